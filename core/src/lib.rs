@@ -1,1 +1,17 @@
+//! medrl: post-training clinical language models in one Rust program.
+//!
+//! Layers, bottom up (see ARCHITECTURE.md):
+//! - [`ops`]: differentiable tensor ops (each with a finite-difference gradient check);
+//! - [`model`]: Llama / Qwen2 / Qwen3 decoders, HF model folders, KV cache, random init;
+//! - [`tokenizer`]: `tokenizer.json`, chat templates, generation defaults;
+//! - [`generate`]: batched sampling with a KV cache;
+//! - [`config`]: typed YAML run configurations with command-line overrides;
+//! - [`progress`]: logging and progress bars shared by every long-running command.
 
+pub mod config;
+pub mod fsutil;
+pub mod generate;
+pub mod model;
+pub mod ops;
+pub mod progress;
+pub mod tokenizer;

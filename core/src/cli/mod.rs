@@ -1,0 +1,55 @@
+//! Command-line edge: argument parsing, `anyhow` error reporting, and one module per command.
+
+mod generate;
+mod model;
+mod schema;
+
+use clap::{Parser, Subcommand};
+
+/// medrl: post-train clinical language models (SFT, GRPO, PPO) with sandboxed reward plugins.
+#[derive(Parser)]
+#[command(name = "medrl", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, import and inspect model folders.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Generate text from a model (batched, KV-cached, seeded).
+    Generate(generate::GenerateArgs),
+    /// Write the JSON Schema of a configuration file type (for editor completion and checks).
+    Schema(schema::SchemaArgs),
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    medrl::progress::init_logging(cli.log_json, level);
+    let result = match cli.command {
+        Command::Model(cmd) => model::run(cmd),
+        Command::Generate(args) => generate::run(args),
+        Command::Schema(args) => schema::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line: "loading model: file: reason".
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

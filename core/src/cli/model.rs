@@ -1,0 +1,83 @@
+use anyhow::Context;
+use std::path::PathBuf;
+
+use medrl::model::{init::{init_model_dir, InitOptions, Preset}, Arch};
+
+#[derive(clap::Subcommand)]
+pub enum ModelCommand {
+    /// Write a random-init model folder (weights, config, trained BPE tokenizer, chat template).
+    Init {
+        #[arg(long, value_enum)]
+        arch: ArchArg,
+        #[arg(long, value_enum, default_value = "tiny")]
+        preset: Preset,
+        /// Seed of the weight initialization (the tokenizer is deterministic).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Standard deviation of weight matrices.
+        #[arg(long, default_value_t = 0.02)]
+        init_std: f64,
+        /// Output folder.
+        out_dir: PathBuf,
+    },
+    /// Print a model folder's architecture, size and tokenizer facts.
+    Info { model: PathBuf },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ArchArg {
+    Llama,
+    Qwen2,
+    Qwen3,
+}
+
+impl From<ArchArg> for Arch {
+    fn from(a: ArchArg) -> Self {
+        match a {
+            ArchArg::Llama => Arch::Llama,
+            ArchArg::Qwen2 => Arch::Qwen2,
+            ArchArg::Qwen3 => Arch::Qwen3,
+        }
+    }
+}
+
+pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::Init { arch, preset, seed, init_std, out_dir } => {
+            let mut opts = InitOptions::new(arch.into(), preset);
+            opts.seed = seed;
+            opts.init_std = init_std;
+            let report = init_model_dir(&out_dir, &opts).with_context(|| format!("initializing {}", out_dir.display()))?;
+            tracing::info!(
+                "wrote {} ({:?}, {} parameters, vocab {})",
+                out_dir.display(),
+                report.arch,
+                report.parameters,
+                report.vocab_size
+            );
+            Ok(())
+        }
+        ModelCommand::Info { model } => {
+            let cfg = medrl::model::ModelConfig::from_file(&model.join("config.json"))?;
+            let tok = medrl::tokenizer::TextTokenizer::from_dir(&model)?;
+            let info = serde_json::json!({
+                "arch": cfg.arch,
+                "parameters": cfg.num_parameters(),
+                "hidden_size": cfg.hidden_size,
+                "layers": cfg.num_hidden_layers,
+                "heads": cfg.num_attention_heads,
+                "kv_heads": cfg.num_key_value_heads,
+                "head_dim": cfg.head_dim,
+                "vocab_size": cfg.vocab_size,
+                "tokenizer_vocab": tok.vocab_size(),
+                "tied_embeddings": cfg.tie_word_embeddings,
+                "rope_theta": cfg.rope_theta,
+                "rope_scaling": cfg.rope_scaling,
+                "chat_template": tok.chat_template.is_some(),
+                "eos_token": tok.eos_token,
+            });
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,31 @@
+use anyhow::Context;
+use std::path::PathBuf;
+
+/// Configuration file types with a schema.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    /// `medrl generate --config`.
+    Generate,
+}
+
+#[derive(clap::Args)]
+pub struct SchemaArgs {
+    /// Which configuration type.
+    #[arg(value_enum, default_value = "generate")]
+    kind: Kind,
+    /// Write to this file instead of stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+pub fn run(args: SchemaArgs) -> anyhow::Result<()> {
+    let schema = match args.kind {
+        Kind::Generate => medrl::config::schema_of::<medrl::config::GenerateConfig>(),
+    };
+    let text = serde_json::to_string_pretty(&schema)? + "\n";
+    match args.output {
+        Some(p) => std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Logit processing and sampling, on the host, one sequence at a time.
+//!
+//! Order follows transformers: repetition penalty, temperature, top-k, top-p, then a draw.
+//! Each sequence owns a seeded RNG, so its tokens do not depend on what else is in the batch.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// How to pick the next token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: f64,
+    /// Keep only the `top_k` most likely tokens (0 = off).
+    pub top_k: usize,
+    /// >1 discourages tokens already in the prompt or the output (CTRL-style, as transformers).
+    pub repetition_penalty: f64,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_p: 1.0, top_k: 0, repetition_penalty: 1.0, max_new_tokens: 128, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    /// Range checks, reported with the name of the offending field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_string(), m));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", format!("{} must be >= 0", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", format!("{} must be in (0, 1]", self.top_p));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad("repetition_penalty", format!("{} must be > 0", self.repetition_penalty));
+        }
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A per-sequence RNG derived from the run seed and the sequence's index.
+pub fn sequence_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(index);
+    r
+}
+
+/// The chosen token and its log-probability under the temperature-scaled distribution (before
+/// top-k/top-p truncation; this is the quantity policy-gradient methods recompute).
+#[derive(Debug, Clone, Copy)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: f32,
+}
+
+/// Pick the next token from raw `logits` given the tokens seen so far (`history`).
+pub fn sample(logits: &mut [f32], history: &[u32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> Sampled {
+    if p.repetition_penalty != 1.0 {
+        let pen = p.repetition_penalty as f32;
+        let mut seen = std::collections::HashSet::with_capacity(history.len());
+        for &t in history {
+            if seen.insert(t) {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / pen } else { *l * pen };
+                }
+            }
+        }
+    }
+    let temperature = if p.temperature > 0.0 { p.temperature as f32 } else { 1.0 };
+    for l in logits.iter_mut() {
+        *l /= temperature;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    if p.temperature == 0.0 {
+        let (i, &l) = logits
+            .iter()
+            .enumerate()
+            .fold((0, &f32::NEG_INFINITY), |best, cur| if cur.1 > best.1 { cur } else { best });
+        return Sampled { token: i as u32, logprob: l - lse };
+    }
+    // Candidates sorted by logit, descending; ties by id for determinism.
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = if p.top_k > 0 { p.top_k.min(idx.len()) } else { idx.len() };
+    let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, cmp);
+        idx.truncate(k);
+    }
+    idx.sort_unstable_by(cmp);
+    let probs: Vec<f32> = idx.iter().map(|&i| (logits[i as usize] - max).exp()).collect();
+    let total: f32 = probs.iter().sum();
+    let mut keep = probs.len();
+    if p.top_p < 1.0 {
+        let mut acc = 0.0;
+        for (j, pr) in probs.iter().enumerate() {
+            acc += pr / total;
+            // transformers keeps tokens until the cumulative mass exceeds top_p (at least one).
+            if acc >= p.top_p as f32 {
+                keep = j + 1;
+                break;
+            }
+        }
+    }
+    let kept_total: f32 = probs[..keep].iter().sum();
+    let mut u = rng.gen::<f32>() * kept_total;
+    let mut choice = idx[keep - 1];
+    for (j, pr) in probs[..keep].iter().enumerate() {
+        if u < *pr {
+            choice = idx[j];
+            break;
+        }
+        u -= pr;
+    }
+    Sampled { token: choice, logprob: logits[choice as usize] - lse }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_picks_argmax() {
+        let mut l = vec![0.1, 2.0, -1.0, 1.9];
+        let s = sample(&mut l, &[], &SamplingParams::default(), &mut sequence_rng(0, 0));
+        assert_eq!(s.token, 1);
+    }
+
+    #[test]
+    fn repetition_penalty_demotes_seen_tokens() {
+        let mut l = vec![0.1, 2.0, -1.0, 1.9];
+        let p = SamplingParams { repetition_penalty: 1.2, ..Default::default() };
+        assert_eq!(sample(&mut l, &[1], &p, &mut sequence_rng(0, 0)).token, 3);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_p_restricts_support() {
+        let p = SamplingParams { temperature: 1.0, top_k: 1, ..Default::default() };
+        for s in 0..20 {
+            let mut l = vec![0.0, 1.0, 0.5];
+            assert_eq!(sample(&mut l, &[], &p, &mut sequence_rng(s, 0)).token, 1);
+        }
+        // p(0) ≈ 0.88 > top_p 0.5: only token 0 may ever be drawn.
+        let p = SamplingParams { temperature: 1.0, top_p: 0.5, ..Default::default() };
+        for s in 0..50 {
+            let mut l = vec![3.0, 1.0, 0.0];
+            assert_eq!(sample(&mut l, &[], &p, &mut sequence_rng(s, 0)).token, 0);
+        }
+    }
+
+    #[test]
+    fn sampling_frequencies_follow_the_distribution() {
+        let p = SamplingParams { temperature: 1.0, ..Default::default() };
+        let mut rng = sequence_rng(42, 0);
+        let mut counts = [0usize; 3];
+        for _ in 0..20_000 {
+            let mut l = vec![0.0, (2.0f32).ln(), (3.0f32).ln()];
+            counts[sample(&mut l, &[], &p, &mut rng).token as usize] += 1;
+        }
+        let freq: Vec<f64> = counts.iter().map(|&c| c as f64 / 20_000.0).collect();
+        for (f, want) in freq.iter().zip([1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]) {
+            assert!((f - want).abs() < 0.015, "{freq:?}");
+        }
+    }
+
+    #[test]
+    fn logprob_is_log_softmax() {
+        let mut l = vec![1.0, 2.0, 3.0];
+        let s = sample(&mut l, &[], &SamplingParams::default(), &mut sequence_rng(0, 0));
+        let z: f32 = [1.0f32, 2.0, 3.0].iter().map(|x| x.exp()).sum();
+        assert!((s.logprob - (3.0f32.exp() / z).ln()).abs() < 1e-6);
+    }
+}

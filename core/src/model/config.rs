@@ -1,0 +1,275 @@
+//! The Hugging Face `config.json` of a decoder model, reduced to what the engine needs.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use super::ModelError;
+
+/// Decoder families medrl implements. They share one implementation ([`super::CausalLm`]);
+/// the differences are data: attention biases (Qwen2), per-head q/k RMSNorm (Qwen3), tying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Qwen3,
+}
+
+impl Arch {
+    pub fn from_model_type(s: &str) -> Option<Self> {
+        match s {
+            "llama" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            "qwen3" => Some(Arch::Qwen3),
+            _ => None,
+        }
+    }
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+}
+
+/// RoPE frequency scaling variants found in released checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum RopeScaling {
+    /// Llama 3.1+: low frequencies are divided by `factor`, high ones kept, a smooth ramp between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear { factor: f64 },
+}
+
+/// The subset of the HF configuration that determines the computation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Bias on the q/k/v projections (always on for Qwen2, optional for Llama/Qwen3).
+    pub attention_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    /// The full original JSON, kept so that an export writes back every key it was given.
+    #[serde(skip)]
+    pub raw: serde_json::Value,
+}
+
+fn get<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    v.get(key).filter(|x| !x.is_null())
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.into(), source: e })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: path.into(),
+            key: String::new(),
+            msg: format!("not valid JSON: {e}"),
+        })?;
+        Self::from_json(v, path)
+    }
+
+    /// Parse an HF config object. `path` is only used in error messages.
+    pub fn from_json(v: serde_json::Value, path: &Path) -> Result<Self, ModelError> {
+        let err = |key: &str, msg: String| ModelError::Config { path: path.into(), key: key.into(), msg };
+        let usize_key = |key: &str| -> Result<usize, ModelError> {
+            get(&v, key)
+                .ok_or_else(|| err(key, "missing".into()))?
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| err(key, "expected a non-negative integer".into()))
+        };
+        let f64_key = |key: &str, default: f64| -> Result<f64, ModelError> {
+            match get(&v, key) {
+                None => Ok(default),
+                Some(x) => x.as_f64().ok_or_else(|| err(key, "expected a number".into())),
+            }
+        };
+        let bool_key = |key: &str, default: bool| -> Result<bool, ModelError> {
+            match get(&v, key) {
+                None => Ok(default),
+                Some(x) => x.as_bool().ok_or_else(|| err(key, "expected true or false".into())),
+            }
+        };
+        let model_type = get(&v, "model_type")
+            .and_then(|x| x.as_str())
+            .ok_or_else(|| err("model_type", "missing".into()))?;
+        let arch = Arch::from_model_type(model_type).ok_or_else(|| {
+            err(
+                "model_type",
+                format!("unsupported architecture {model_type:?}; medrl supports llama, qwen2, qwen3"),
+            )
+        })?;
+        let hidden_size = usize_key("hidden_size")?;
+        let num_attention_heads = usize_key("num_attention_heads")?;
+        if num_attention_heads == 0 || hidden_size == 0 {
+            return Err(err("num_attention_heads", "hidden_size and num_attention_heads must be positive".into()));
+        }
+        let num_key_value_heads = match get(&v, "num_key_value_heads") {
+            None => num_attention_heads,
+            Some(_) => usize_key("num_key_value_heads")?,
+        };
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(err(
+                "num_key_value_heads",
+                format!("{num_key_value_heads} does not divide num_attention_heads={num_attention_heads}"),
+            ));
+        }
+        let head_dim = match get(&v, "head_dim") {
+            Some(_) => usize_key("head_dim")?,
+            None => hidden_size / num_attention_heads,
+        };
+        if head_dim % 2 != 0 {
+            return Err(err("head_dim", format!("{head_dim} must be even for rotary embeddings")));
+        }
+        let rope_scaling = match get(&v, "rope_scaling") {
+            None => None,
+            Some(rs) => {
+                let kind = rs
+                    .get("rope_type")
+                    .or_else(|| rs.get("type"))
+                    .and_then(|x| x.as_str())
+                    .unwrap_or("default");
+                let num = |k: &str| -> Result<f64, ModelError> {
+                    rs.get(k)
+                        .and_then(|x| x.as_f64())
+                        .ok_or_else(|| err(&format!("rope_scaling.{k}"), "missing or not a number".into()))
+                };
+                match kind {
+                    "default" => None,
+                    "llama3" => Some(RopeScaling::Llama3 {
+                        factor: num("factor")?,
+                        low_freq_factor: num("low_freq_factor")?,
+                        high_freq_factor: num("high_freq_factor")?,
+                        original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+                    }),
+                    "linear" => Some(RopeScaling::Linear { factor: num("factor")? }),
+                    other => {
+                        return Err(err(
+                            "rope_scaling.rope_type",
+                            format!("unsupported rope scaling {other:?}; supported: default, linear, llama3"),
+                        ))
+                    }
+                }
+            }
+        };
+        if model_type == "qwen2" && bool_key("use_sliding_window", false)? {
+            tracing::warn!("{}: use_sliding_window=true is ignored; attention is full", path.display());
+        }
+        let hidden_act = get(&v, "hidden_act").and_then(|x| x.as_str()).unwrap_or("silu");
+        if hidden_act != "silu" {
+            return Err(err("hidden_act", format!("unsupported activation {hidden_act:?}; only silu")));
+        }
+        let ids = |key: &str| -> Vec<u32> {
+            match get(&v, key) {
+                Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+                _ => vec![],
+            }
+        };
+        Ok(ModelConfig {
+            arch,
+            vocab_size: usize_key("vocab_size")?,
+            hidden_size,
+            intermediate_size: usize_key("intermediate_size")?,
+            num_hidden_layers: usize_key("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: f64_key("rms_norm_eps", 1e-6)?,
+            rope_theta: f64_key("rope_theta", 10_000.0)?,
+            rope_scaling,
+            max_position_embeddings: match get(&v, "max_position_embeddings") {
+                Some(_) => usize_key("max_position_embeddings")?,
+                None => 2048,
+            },
+            tie_word_embeddings: bool_key("tie_word_embeddings", false)?,
+            attention_bias: arch == Arch::Qwen2 || bool_key("attention_bias", false)?,
+            bos_token_id: ids("bos_token_id").first().copied(),
+            eos_token_ids: ids("eos_token_id"),
+            raw: v,
+        })
+    }
+
+    /// An HF-compatible `config.json` object for this configuration, preserving unknown keys
+    /// of the original file.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = match &self.raw {
+            serde_json::Value::Object(_) => self.raw.clone(),
+            _ => serde_json::json!({}),
+        };
+        let o = v.as_object_mut().expect("object");
+        let mut set = |k: &str, x: serde_json::Value| {
+            o.insert(k.to_string(), x);
+        };
+        set("architectures", serde_json::json!([self.arch.hf_class()]));
+        set("model_type", self.arch.model_type().into());
+        set("vocab_size", self.vocab_size.into());
+        set("hidden_size", self.hidden_size.into());
+        set("intermediate_size", self.intermediate_size.into());
+        set("num_hidden_layers", self.num_hidden_layers.into());
+        set("num_attention_heads", self.num_attention_heads.into());
+        set("num_key_value_heads", self.num_key_value_heads.into());
+        set("head_dim", self.head_dim.into());
+        set("rms_norm_eps", self.rms_norm_eps.into());
+        set("rope_theta", self.rope_theta.into());
+        set("max_position_embeddings", self.max_position_embeddings.into());
+        set("tie_word_embeddings", self.tie_word_embeddings.into());
+        set("hidden_act", "silu".into());
+        if self.arch != Arch::Qwen2 {
+            set("attention_bias", self.attention_bias.into());
+        }
+        if let Some(b) = self.bos_token_id {
+            set("bos_token_id", b.into());
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [one] => set("eos_token_id", (*one).into()),
+            many => set("eos_token_id", serde_json::json!(many)),
+        }
+        v
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let mut attn = h * q + 2 * h * kv + q * h;
+        if self.attention_bias {
+            attn += q + 2 * kv;
+        }
+        if self.arch == Arch::Qwen3 {
+            attn += 2 * self.head_dim;
+        }
+        let mlp = 3 * h * self.intermediate_size;
+        let layer = attn + mlp + 2 * h;
+        let embed = self.vocab_size * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + head + h + self.num_hidden_layers * layer
+    }
+}

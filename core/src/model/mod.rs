@@ -1,0 +1,131 @@
+//! Decoder models: configuration, weights, the transformer itself, KV cache, and model folders.
+//!
+//! A *model folder* is a Hugging Face folder: `config.json`, `model.safetensors` (or a sharded
+//! index), `tokenizer.json`, `tokenizer_config.json`, optionally `generation_config.json`.
+//! Everything medrl writes (tiny random models, GGUF imports, SFT exports) is such a folder, so
+//! `transformers` and medrl read each other's output.
+
+pub mod config;
+pub mod init;
+pub mod kv_cache;
+pub mod transformer;
+pub mod weights;
+
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+
+pub use config::{Arch, ModelConfig};
+pub use kv_cache::KvCache;
+pub use transformer::{build_attention_mask, CausalLm, Linear};
+pub use weights::{MapSource, SafetensorsSource, TensorSource};
+
+use crate::tokenizer::{GenerationDefaults, TextTokenizer, TokenizerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: missing file ({hint})")]
+    MissingFile { path: PathBuf, hint: String },
+    #[error("{path}: invalid config{}: {msg}", if key.is_empty() { String::new() } else { format!(" key `{key}`") })]
+    Config { path: PathBuf, key: String, msg: String },
+    #[error("{path}: tensor `{tensor}` not found")]
+    MissingTensor { tensor: String, path: PathBuf },
+    #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch { path: PathBuf, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{path}: tensor `{tensor}`: {msg}")]
+    Weights { path: PathBuf, tensor: String, msg: String },
+    #[error("{context}: {source}")]
+    Candle { context: String, source: candle_core::Error },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+impl ModelError {
+    pub(crate) fn from_candle(context: &'static str) -> impl Fn(candle_core::Error) -> ModelError {
+        move |source| ModelError::Candle { context: context.into(), source }
+    }
+}
+
+/// Compute device selection from a user string: `cpu`, `cuda`, `cuda:N`, or `auto`.
+pub fn parse_device(spec: &str) -> Result<Device, String> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().map_err(|_| {
+                format!("invalid device {s:?}: expected cuda:N")
+            })?;
+            Device::new_cuda(ordinal.unwrap_or(0)).map_err(|e| {
+                if cfg!(feature = "cuda") {
+                    format!("cannot open {s}: {e}")
+                } else {
+                    format!("cannot open {s}: this medrl was built without the `cuda` feature (see docs/cuda.md)")
+                }
+            })
+        }
+        other => Err(format!("invalid device {other:?}: expected cpu, cuda, cuda:N or auto")),
+    }
+}
+
+/// Parse a dtype name; `auto` is bf16 on CUDA and f32 on CPU.
+pub fn parse_dtype(spec: &str, device: &Device) -> Result<DType, String> {
+    match spec {
+        "auto" => Ok(if device.is_cuda() { DType::BF16 } else { DType::F32 }),
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(format!("invalid dtype {other:?}: expected f32, bf16, f16 or auto")),
+    }
+}
+
+/// A loaded model folder: weights, tokenizer and generation defaults.
+pub struct LoadedModel {
+    pub dir: PathBuf,
+    pub model: CausalLm,
+    pub tokenizer: TextTokenizer,
+    pub generation: GenerationDefaults,
+}
+
+/// Load a Hugging Face model folder.
+pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel, ModelError> {
+    if !dir.is_dir() {
+        return Err(ModelError::MissingFile { path: dir.into(), hint: "model folder not found".into() });
+    }
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        return Err(ModelError::MissingFile { path: cfg_path, hint: "every model folder needs config.json".into() });
+    }
+    let cfg = ModelConfig::from_file(&cfg_path)?;
+    let tokenizer = TextTokenizer::from_dir(dir)?;
+    let generation = GenerationDefaults::from_dir(dir, &cfg, &tokenizer)?;
+    let mut src = SafetensorsSource::open_dir(dir)?;
+    let model = CausalLm::from_source(cfg, &mut src, dtype, device)?;
+    if tokenizer.vocab_size() > model.cfg.vocab_size {
+        return Err(ModelError::Config {
+            path: dir.join("tokenizer.json"),
+            key: "vocab".into(),
+            msg: format!(
+                "tokenizer has {} tokens but the model's vocab_size is {}",
+                tokenizer.vocab_size(),
+                model.cfg.vocab_size
+            ),
+        });
+    }
+    Ok(LoadedModel { dir: dir.into(), model, tokenizer, generation })
+}
+
+/// Save the model weights and `config.json` into `dir` (tokenizer files are the caller's).
+pub fn save_weights(model: &CausalLm, dir: &Path) -> Result<(), ModelError> {
+    let tensors: std::collections::HashMap<_, _> = model.named_tensors().into_iter().collect();
+    weights::save_safetensors_atomic(&tensors, &dir.join("model.safetensors"))?;
+    let mut cfg = model.cfg.to_hf_json();
+    cfg["torch_dtype"] = match model.dtype() {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    }
+    .into();
+    let path = dir.join("config.json");
+    crate::fsutil::write_json_atomic(&path, &cfg).map_err(|e| ModelError::Io { path, source: e })
+}

@@ -1,0 +1,270 @@
+//! Differentiable building blocks of the decoder, written from candle primitives.
+//!
+//! candle's fused kernels (`candle_nn::ops::rms_norm`, `softmax_last_dim`, `rotary_emb::rope`,
+//! ...) record no backward pass: a gradient through them silently becomes `None`. Everything in
+//! this module is composed of primitive ops that all have backward rules, so the same code path
+//! serves inference and training. The price is a few extra kernel launches per op; a fused
+//! custom op with its own backward can replace any of them later, behind the same signature and
+//! the same gradient checks (see [`gradcheck`]).
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// The dtype reductions run in: f32 for half-precision inputs, the input's own otherwise (so
+/// f64 gradient checks stay f64 end to end).
+fn accum_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
+}
+
+/// RMSNorm as Llama/Qwen define it: statistics in f32, result cast back to the input dtype,
+/// then scaled by `weight` (`weight * (x / sqrt(mean(x^2) + eps)).to(dtype)`).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(accum_dtype(dtype))?;
+    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.to_dtype(dtype)?.broadcast_mul(weight)
+}
+
+/// Softmax over the last dimension. The max is detached: shifting by a constant does not change
+/// the result, so its gradient is exactly zero and need not be traced.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&sum)
+}
+
+/// log-softmax over the last dimension (used by losses and log-prob computations).
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Rotary position embedding in the "rotate half" layout used by Hugging Face checkpoints.
+///
+/// `x` is `[B, H, T, D]`; `cos`/`sin` are `[B, 1, T, D/2]` (one row per position of each
+/// sequence, so left-padded batches can carry their own positions).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let half = d / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let cos = cos.to_dtype(x.dtype())?;
+    let sin = sin.to_dtype(x.dtype())?;
+    let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+    Tensor::cat(&[r1, r2], D::Minus1)
+}
+
+/// SwiGLU feed-forward activation: `silu(gate) * up`.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
+}
+
+/// Scaled dot-product attention with an additive mask.
+///
+/// `q` is `[B, H, T, D]`, `k`/`v` are `[B, H, S, D]` (already expanded for grouped-query
+/// attention), `mask` broadcasts to `[B, H, T, S]` with 0 for allowed and a large negative value
+/// for blocked positions. Scores and softmax run in f32 for half-precision inputs.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(accum_dtype(dtype))?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
+        None => scores,
+    };
+    let probs = softmax_last(&scores)?.to_dtype(dtype)?;
+    probs.matmul(v)
+}
+
+/// Repeat key/value heads `n_rep` times along the head axis (grouped-query attention).
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, s, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, h, n_rep, s, d))?
+        .reshape((b, h * n_rep, s, d))
+}
+
+/// Finite-difference gradient checks for the ops above and for any op added later.
+pub mod gradcheck {
+    use candle_core::{DType, Device, Result, Tensor, Var};
+
+    /// Outcome of a check: the worst relative error seen over the probed coordinates.
+    #[derive(Debug, Clone, Copy)]
+    pub struct GradCheck {
+        pub max_rel_err: f64,
+        pub max_abs_err: f64,
+        pub probes: usize,
+    }
+
+    /// Compare the autograd gradient of `sum(f(inputs) * r)` (r a fixed random projection)
+    /// with central finite differences, in f64, at up to `probes` coordinates of each input.
+    ///
+    /// Every input must get a gradient: a `None` (an op that dropped it) is an error, which is
+    /// exactly the failure mode these checks exist to catch.
+    pub fn check<F>(inputs: &[Tensor], f: F, probes: usize, eps: f64) -> Result<GradCheck>
+    where
+        F: Fn(&[Tensor]) -> Result<Tensor>,
+    {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_dtype(DType::F64)?))
+            .collect::<Result<_>>()?;
+        let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&xs)?;
+        // A fixed projection makes the scalar objective depend on every output element.
+        let n = out.elem_count();
+        let r: Vec<f64> = (0..n).map(|i| ((i * 7919 % 1000) as f64 / 1000.0) - 0.37).collect();
+        let r = Tensor::from_vec(r, out.shape(), &Device::Cpu)?;
+        let objective = |out: &Tensor| -> Result<f64> { (out * &r)?.sum_all()?.to_scalar::<f64>() };
+        let grads = objective_backward(&out, &r)?;
+        let mut worst = GradCheck { max_rel_err: 0.0, max_abs_err: 0.0, probes: 0 };
+        for (i, var) in vars.iter().enumerate() {
+            let g = grads.get(var.as_tensor()).ok_or_else(|| {
+                candle_core::Error::Msg(format!("input {i} received no gradient (dropped by an op)"))
+            })?;
+            let g: Vec<f64> = g.flatten_all()?.to_vec1()?;
+            let base: Vec<f64> = xs[i].flatten_all()?.to_vec1()?;
+            let stride = (base.len() / probes.max(1)).max(1);
+            for j in (0..base.len()).step_by(stride).take(probes) {
+                let eval_at = |delta: f64| -> Result<f64> {
+                    let mut v = base.clone();
+                    v[j] += delta;
+                    let t = Tensor::from_vec(v, xs[i].shape(), &Device::Cpu)?;
+                    let mut args = xs.clone();
+                    args[i] = t;
+                    objective(&f(&args)?)
+                };
+                let numeric = (eval_at(eps)? - eval_at(-eps)?) / (2.0 * eps);
+                let abs = (numeric - g[j]).abs();
+                let rel = abs / numeric.abs().max(g[j].abs()).max(1e-6);
+                worst.max_abs_err = worst.max_abs_err.max(abs);
+                worst.max_rel_err = worst.max_rel_err.max(rel);
+                worst.probes += 1;
+            }
+        }
+        Ok(worst)
+    }
+
+    fn objective_backward(out: &Tensor, r: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        (out * r)?.sum_all()?.backward()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gradcheck::check;
+    use super::*;
+    use candle_core::Device;
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        // Deterministic pseudo-random values without pulling an RNG into the op tests.
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f64> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn assert_grad_ok(name: &str, r: gradcheck::GradCheck) {
+        assert!(r.probes > 0, "{name}: nothing probed");
+        assert!(r.max_rel_err < 1e-5, "{name}: gradient mismatch {r:?}");
+    }
+
+    #[test]
+    fn rms_norm_gradient_matches_finite_differences() {
+        let x = randn(&[2, 3, 8], 1);
+        let w = randn(&[8], 2);
+        let r = check(&[x, w], |t| rms_norm(&t[0], &t[1], 1e-6), 24, 1e-6).unwrap();
+        assert_grad_ok("rms_norm", r);
+    }
+
+    #[test]
+    fn softmax_and_log_softmax_gradients() {
+        let x = randn(&[3, 7], 3);
+        assert_grad_ok("softmax", check(&[x.clone()], |t| softmax_last(&t[0]), 21, 1e-6).unwrap());
+        assert_grad_ok("log_softmax", check(&[x], |t| log_softmax_last(&t[0]), 21, 1e-6).unwrap());
+    }
+
+    #[test]
+    fn softmax_matches_definition() {
+        let x = randn(&[2, 5], 9);
+        let ours: Vec<Vec<f64>> = softmax_last(&x).unwrap().to_vec2().unwrap();
+        let raw: Vec<Vec<f64>> = x.to_vec2().unwrap();
+        for (row, out) in raw.iter().zip(&ours) {
+            let z: f64 = row.iter().map(|v| v.exp()).sum();
+            for (a, b) in row.iter().zip(out) {
+                assert!((a.exp() / z - b).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn rope_gradient_and_rotation() {
+        let x = randn(&[1, 2, 3, 8], 4);
+        let cos = randn(&[1, 1, 3, 4], 5);
+        let sin = randn(&[1, 1, 3, 4], 6);
+        let r = check(&[x.clone(), cos.clone(), sin.clone()], |t| rope(&t[0], &t[1], &t[2]), 24, 1e-6)
+            .unwrap();
+        assert_grad_ok("rope", r);
+        // A pure rotation (cos^2 + sin^2 = 1) preserves the norm of each pair.
+        let angle = randn(&[1, 1, 3, 4], 7);
+        let y = rope(&x, &angle.cos().unwrap(), &angle.sin().unwrap()).unwrap();
+        let nx = x.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let ny = y.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!((nx - ny).abs() < 1e-9);
+    }
+
+    #[test]
+    fn swiglu_gradient() {
+        let g = randn(&[4, 6], 8);
+        let u = randn(&[4, 6], 9);
+        assert_grad_ok("swiglu", check(&[g, u], |t| swiglu(&t[0], &t[1]), 24, 1e-6).unwrap());
+    }
+
+    #[test]
+    fn attention_gradient_with_mask_and_gqa() {
+        let q = randn(&[1, 4, 3, 4], 10);
+        let k = randn(&[1, 2, 3, 4], 11);
+        let v = randn(&[1, 2, 3, 4], 12);
+        let mask = Tensor::from_vec(
+            vec![0.0f32, -1e30, -1e30, 0.0, 0.0, -1e30, 0.0, 0.0, 0.0],
+            (1, 1, 3, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let r = check(
+            &[q, k, v],
+            |t| {
+                let k = repeat_kv(&t[1], 2)?;
+                let v = repeat_kv(&t[2], 2)?;
+                attention(&t[0], &k, &v, Some(&mask))
+            },
+            24,
+            1e-6,
+        )
+        .unwrap();
+        assert_grad_ok("attention", r);
+    }
+
+    #[test]
+    fn gradcheck_detects_dropped_gradient() {
+        // The fused softmax drops gradients; the checker must report it rather than pass.
+        let x = randn(&[2, 4], 13);
+        let res = check(&[x.to_dtype(DType::F32).unwrap()], |t| candle_nn::ops::softmax_last_dim(&t[0]), 4, 1e-6);
+        assert!(res.is_err(), "a dropped gradient must be an error");
+    }
+}
