@@ -212,3 +212,45 @@ fn bad_model_folders_give_clear_errors() {
     let (ok, _, err) = run_medrl(&["generate", "--model", arch.to_str().unwrap(), "--prompt", "x"]);
     assert!(!ok && err.contains("gpt_neox") && !err.contains("panicked"), "{err}");
 }
+
+fn fixture(name: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+#[test]
+fn logits_match_hugging_face_transformers() {
+    for arch in ARCHS {
+        let name = arch.model_type();
+        let fx = fixture(&format!("hf_logits_{name}.json"));
+        let d = tempfile::tempdir().unwrap();
+        let m = tiny(arch, d.path());
+        // Same weights as the reference run (it loaded a folder written by this same init).
+        let emb_sum = m.model.embed_tokens.to_dtype(DType::F64).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let want_sum = fx["embed_sum"].as_f64().unwrap();
+        assert!((emb_sum - want_sum).abs() < 1e-3, "{name}: init changed ({emb_sum} vs {want_sum}); regenerate fixtures");
+        let ids: Vec<Vec<u32>> = serde_json::from_value(fx["input_ids"].clone()).unwrap();
+        let want: Vec<Vec<f32>> = serde_json::from_value(fx["logits"].clone()).unwrap();
+        let input = Tensor::new(ids, &Device::Cpu).unwrap();
+        let got = m.model.forward_causal(&input).unwrap().squeeze(0).unwrap();
+        let want = Tensor::new(want, &Device::Cpu).unwrap();
+        let diff = max_abs_diff(&got, &want);
+        let scale = want.abs().unwrap().max_keepdim(1).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(scale > 0.1, "{name}: reference logits too small to be a meaningful check");
+        assert!(diff <= 1e-4, "{name}: max |medrl - transformers| = {diff}");
+    }
+}
+
+#[test]
+fn chat_template_matches_transformers_apply_chat_template() {
+    let fx = fixture("chat_template_tiny_chatml.json");
+    let d = tempfile::tempdir().unwrap();
+    let m = tiny(Arch::Qwen2, d.path());
+    for case in fx["cases"].as_array().unwrap() {
+        let msgs: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let agp = case["add_generation_prompt"].as_bool().unwrap();
+        assert_eq!(m.tokenizer.apply_chat_template(&msgs, agp).unwrap(), case["text"].as_str().unwrap());
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(m.tokenizer.encode_chat(&msgs, agp).unwrap(), ids);
+    }
+}

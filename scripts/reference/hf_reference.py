@@ -78,7 +78,16 @@ def tiny(models_dir):
 
 
 def chat(model_dir, name):
+    """Rendered templates from transformers; ids from the `tokenizers` library on tokenizer.json.
+
+    transformers 5 may rebuild a tokenizer from the model type (e.g. Qwen2's digit-splitting
+    pre-tokenizer) instead of using tokenizer.json as written, so its ids are recorded
+    separately (`transformers_ids`) and the file's own semantics (`ids`) are the reference.
+    """
+    from tokenizers import Tokenizer
+
     tok = AutoTokenizer.from_pretrained(model_dir)
+    raw = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     out = []
     for conv in CONVERSATIONS:
         for agp in [True, False]:
@@ -86,7 +95,15 @@ def chat(model_dir, name):
             ids = tok.apply_chat_template(conv, tokenize=True, add_generation_prompt=agp)
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
-            out.append({"messages": conv, "add_generation_prompt": agp, "text": text, "ids": list(ids)})
+            out.append(
+                {
+                    "messages": conv,
+                    "add_generation_prompt": agp,
+                    "text": text,
+                    "ids": raw.encode(text, add_special_tokens=False).ids,
+                    "transformers_ids": list(ids),
+                }
+            )
     write(f"chat_template_{name}.json", {"versions": versions(), "cases": out})
 
 
