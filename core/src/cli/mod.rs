@@ -1,5 +1,6 @@
 //! Command-line edge: argument parsing, `anyhow` error reporting, and one module per command.
 
+mod bench;
 mod generate;
 mod model;
 mod schema;
@@ -27,6 +28,9 @@ enum Command {
     Model(model::ModelCommand),
     /// Generate text from a model (batched, KV-cached, seeded).
     Generate(generate::GenerateArgs),
+    /// Benchmarks (throughput, device agreement); see docs/benchmarks.md.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Write the JSON Schema of a configuration file type (for editor completion and checks).
     Schema(schema::SchemaArgs),
 }
@@ -43,6 +47,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Model(cmd) => model::run(cmd),
         Command::Generate(args) => generate::run(args),
         Command::Schema(args) => schema::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
