@@ -46,7 +46,7 @@ if [[ -x "$V/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   log "venv up to date: $V"
 else
   [[ -x "$V/bin/python" ]] || { log "creating venv $V"; "$PYTHON" -m venv "$V"; }
-  log "installing CUDA 13.0 wheels (~1.5 GB download the first time)"
+  log "installing CUDA 13.0 wheels (~1 GB download the first time)"
   nice -n 15 "$V/bin/pip" install --disable-pip-version-check -q "${REQS[@]}"
   printf '%s\n' "$WANT" > "$STAMP"
 fi
