@@ -254,3 +254,75 @@ fn chat_template_matches_transformers_apply_chat_template() {
         assert_eq!(m.tokenizer.encode_chat(&msgs, agp).unwrap(), ids);
     }
 }
+
+fn logits_of(dir: &Path, ids: &[Vec<u32>], dtype: DType) -> Tensor {
+    let m = load_model_dir(dir, &Device::Cpu, dtype).unwrap();
+    let input = Tensor::new(ids.to_vec(), &Device::Cpu).unwrap();
+    m.model.forward_causal(&input).unwrap().squeeze(0).unwrap()
+}
+
+#[test]
+fn llama3_rope_scaling_matches_transformers() {
+    let fx = fixture("hf_logits_llama3scaled.json");
+    let d = tempfile::tempdir().unwrap();
+    let _ = tiny(Arch::Llama, d.path());
+    let cfg_path = d.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
+    cfg["rope_theta"] = 500000.0.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let ids: Vec<Vec<u32>> = serde_json::from_value(fx["input_ids"].clone()).unwrap();
+    let want = Tensor::new(serde_json::from_value::<Vec<Vec<f32>>>(fx["logits"].clone()).unwrap(), &Device::Cpu).unwrap();
+    let got = logits_of(d.path(), &ids, DType::F32);
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff <= 1e-4, "llama3 rope scaling: max diff {diff}");
+    // And the scaling matters: the unscaled model is measurably different.
+    let plain = fixture("hf_logits_llama.json");
+    let unscaled = Tensor::new(serde_json::from_value::<Vec<Vec<f32>>>(plain["logits"].clone()).unwrap(), &Device::Cpu).unwrap();
+    assert!(max_abs_diff(&unscaled, &want) > 1e-3);
+}
+
+#[test]
+fn half_precision_logits_track_f32() {
+    let d = tempfile::tempdir().unwrap();
+    let _ = tiny(Arch::Qwen3, d.path());
+    let ids = vec![vec![5u32, 77, 130, 9, 250, 31, 64, 2]];
+    let f32_logits = logits_of(d.path(), &ids, DType::F32);
+    let norm = f32_logits.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+    for (dtype, tol) in [(DType::BF16, 3e-2), (DType::F16, 5e-3)] {
+        let got = logits_of(d.path(), &ids, dtype);
+        let err = (&got - &f32_logits).unwrap().sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap() / norm;
+        assert!(err < tol, "{dtype:?}: relative L2 error {err}");
+        assert!(err > 0.0, "{dtype:?}: suspiciously exact; was the dtype applied?");
+    }
+}
+
+#[test]
+fn sharded_checkpoints_load_like_single_files() {
+    let d = tempfile::tempdir().unwrap();
+    let single = d.path().join("single");
+    let m = tiny(Arch::Qwen2, &single);
+    let sharded = d.path().join("sharded");
+    copy_dir(&single, &sharded);
+    std::fs::remove_file(sharded.join("model.safetensors")).unwrap();
+    // Two shards, split by layer, with an index as transformers writes it.
+    let mut shards: [std::collections::HashMap<String, Tensor>; 2] = Default::default();
+    let mut weight_map = serde_json::Map::new();
+    for (name, t) in m.model.named_tensors() {
+        let i = usize::from(name.contains("layers.1") || name.starts_with("lm_head"));
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        weight_map.insert(name.clone(), file.into());
+        shards[i].insert(name, t);
+    }
+    for (i, s) in shards.iter().enumerate() {
+        candle_core::safetensors::save(s, sharded.join(format!("model-0000{}-of-00002.safetensors", i + 1))).unwrap();
+    }
+    std::fs::write(sharded.join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string()).unwrap();
+    let ids = vec![vec![3u32, 14, 15, 92, 65]];
+    assert_eq!(max_abs_diff(&logits_of(&single, &ids, DType::F32), &logits_of(&sharded, &ids, DType::F32)), 0.0);
+    // A shard listed in the index but absent is named in the error.
+    std::fs::remove_file(sharded.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = load_model_dir(&sharded, &Device::Cpu, DType::F32).err().unwrap().to_string();
+    assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
+}

@@ -56,7 +56,9 @@ def write(name, obj):
 
 
 def tiny(models_dir):
-    for arch in ["llama", "qwen2", "qwen3"]:
+    # llama3scaled: the tiny llama with a Llama-3 rope_scaling block added to its config.json
+    # (factor 8, low/high freq factors 1/4, original context 64), as the Rust test builds it.
+    for arch in ["llama", "qwen2", "qwen3", "llama3scaled"]:
         path = os.path.join(models_dir, arch)
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
         model.eval()
