@@ -101,7 +101,8 @@ pub struct ImportReport {
 
 /// Convert the llama-architecture GGUF file `gguf` into a Hugging Face model folder
 /// at `out_dir` (created if missing; existing files with the same names are
-/// overwritten). Quantized weights are dequantized to F32.
+/// overwritten). Quantized weights are dequantized to F32 and streamed to disk one
+/// tensor at a time, so peak memory is about one F32 tensor plus the GGUF metadata.
 pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportReport, GgufImportError> {
     let path = gguf.to_path_buf();
     let io_err = |source| GgufImportError::Io {
@@ -122,12 +123,13 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportReport, GgufImpo
     let hp = LlamaHParams::from_metadata(&content, gguf)?;
     // Build the tokenizer before the (slow) weights so metadata problems surface early.
     let tok = tokenizer::build_tokenizer_files(&content.metadata, &hp, gguf)?;
-    let converted = tensors::convert_tensors(&content, &mut file, &hp, gguf)?;
+    // Validate all tensors before creating anything on disk.
+    let plan = tensors::plan(&content, &mut file, &hp, gguf)?;
 
     std::fs::create_dir_all(out_dir).map_err(io_err)?;
     let mut files_written = Vec::new();
     let st_path = out_dir.join("model.safetensors");
-    tensors::write_safetensors(&converted.tensors, &st_path, gguf)?;
+    tensors::write_safetensors(&content, &mut file, &plan, &hp, &st_path, gguf)?;
     files_written.push(st_path);
 
     let json_files = [
@@ -145,9 +147,9 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportReport, GgufImpo
 
     Ok(ImportReport {
         arch,
-        n_tensors: converted.tensors.len(),
-        tensor_types: converted.tensor_types,
-        n_params: converted.n_params,
+        n_tensors: plan.len(),
+        tensor_types: plan.tensor_types,
+        n_params: plan.n_params,
         hparams: hp,
         files_written,
     })

@@ -269,19 +269,35 @@ pub fn unpermute_qk(t: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
         .reshape((rows, cols))
 }
 
-pub(crate) struct Converted {
-    /// HF name -> F32 tensor, in a deterministic order.
-    pub tensors: Vec<(String, Tensor)>,
+/// One output tensor: where it comes from and what it must look like.
+pub(crate) struct PlannedTensor {
+    gguf_name: String,
+    hf_name: String,
+    shape: Vec<usize>,
+    kind: Kind,
+}
+
+/// Validated conversion plan: every tensor present, supported, well-shaped and
+/// inside the file. Nothing has been dequantized yet.
+pub(crate) struct Plan {
+    /// Sorted by HF name (the order written to model.safetensors).
+    tensors: Vec<PlannedTensor>,
     pub tensor_types: BTreeMap<String, usize>,
     pub n_params: u64,
 }
 
-pub(crate) fn convert_tensors<R: Read + Seek>(
+impl Plan {
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+}
+
+pub(crate) fn plan<R: Read + Seek>(
     content: &Content,
     reader: &mut R,
     hp: &LlamaHParams,
     path: &Path,
-) -> Result<Converted, GgufImportError> {
+) -> Result<Plan, GgufImportError> {
     let expected = expected_tensors(hp);
     let expected_names: HashSet<&str> = expected.iter().map(|e| e.0.as_str()).collect();
     let mut extra: Vec<&String> = content
@@ -305,10 +321,11 @@ pub(crate) fn convert_tensors<R: Read + Seek>(
         source,
     })?;
 
-    // Validate everything (presence, type, shape, size) before the slow part.
     let mut tensor_types = BTreeMap::new();
-    for (gguf_name, _, shape, _) in &expected {
-        let ti = content.tensor_infos.get(gguf_name).ok_or_else(|| {
+    let mut n_params = 0u64;
+    let mut tensors = Vec::with_capacity(expected.len());
+    for (gguf_name, hf_name, shape, kind) in expected {
+        let ti = content.tensor_infos.get(&gguf_name).ok_or_else(|| {
             GgufImportError::MissingTensor {
                 path: path.to_path_buf(),
                 tensor: gguf_name.clone(),
@@ -331,9 +348,8 @@ pub(crate) fn convert_tensors<R: Read + Seek>(
             });
         }
         // Checked arithmetic: dims come from the file and could overflow.
-        let bytes = shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        let elems = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let bytes = elems
             .map(|n| n / ti.ggml_dtype.block_size() as u64)
             .and_then(|blocks| blocks.checked_mul(ti.ggml_dtype.type_size() as u64));
         let end = bytes.and_then(|b| {
@@ -350,41 +366,31 @@ pub(crate) fn convert_tensors<R: Read + Seek>(
                 ),
             });
         }
+        n_params += elems.unwrap_or(0);
         *tensor_types.entry(dtype_name(ti.ggml_dtype)).or_insert(0) += 1;
+        tensors.push(PlannedTensor {
+            gguf_name,
+            hf_name,
+            shape,
+            kind,
+        });
     }
-
-    let mut tensors = Vec::with_capacity(expected.len());
-    let mut n_params = 0u64;
-    for (gguf_name, hf_name, _, kind) in expected {
-        let data_err = |e: candle_core::Error| GgufImportError::TensorData {
-            path: path.to_path_buf(),
-            tensor: gguf_name.clone(),
-            reason: e.to_string(),
-        };
-        let q = content
-            .tensor(reader, &gguf_name, &Device::Cpu)
-            .map_err(data_err)?;
-        let mut t = q
-            .dequantize(&Device::Cpu)
-            .and_then(|t| t.to_dtype(candle_core::DType::F32))
-            .map_err(data_err)?;
-        t = match kind {
-            Kind::Q => unpermute_qk(&t, hp.num_attention_heads).map_err(data_err)?,
-            Kind::K => unpermute_qk(&t, hp.num_key_value_heads).map_err(data_err)?,
-            Kind::Plain => t,
-        };
-        n_params += t.elem_count() as u64;
-        tensors.push((hf_name, t));
-    }
-    Ok(Converted {
+    tensors.sort_by(|a, b| a.hf_name.cmp(&b.hf_name));
+    Ok(Plan {
         tensors,
         tensor_types,
         n_params,
     })
 }
 
-pub(crate) fn write_safetensors(
-    tensors: &[(String, Tensor)],
+/// Dequantize, un-permute and stream the planned tensors into an F32 safetensors
+/// file, one tensor in memory at a time (the header is computable from the plan).
+/// Writes `out` via a `.partial` file renamed at the end.
+pub(crate) fn write_safetensors<R: Read + Seek>(
+    content: &Content,
+    reader: &mut R,
+    plan: &Plan,
+    hp: &LlamaHParams,
     out: &Path,
     gguf: &Path,
 ) -> Result<(), GgufImportError> {
@@ -393,24 +399,82 @@ pub(crate) fn write_safetensors(
         file: out.to_path_buf(),
         reason,
     };
-    let mut buffers = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let v: Vec<f32> = t
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(|e| werr(format!("{name}: {e}")))?;
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        buffers.push((name.as_str(), t.dims().to_vec(), bytes));
-    }
-    let views = buffers
-        .iter()
-        .map(|(n, shape, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .map(|v| (*n, v))
-                .map_err(|e| werr(format!("{n}: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut header = serde_json::Map::new();
     // transformers expects format=pt in the header metadata.
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), out).map_err(|e| werr(e.to_string()))
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0u64;
+    for t in &plan.tensors {
+        let n = t.shape.iter().map(|&d| d as u64).product::<u64>() * 4;
+        header.insert(
+            t.hf_name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + n]}),
+        );
+        offset += n;
+    }
+    let mut header = serde_json::to_vec(&header).map_err(|e| werr(e.to_string()))?;
+    // Pad with spaces so the data starts 8-byte aligned (as the safetensors crate does).
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+
+    let partial = out.with_extension("safetensors.partial");
+    let file = std::fs::File::create(&partial).map_err(|e| werr(e.to_string()))?;
+    let w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let res = write_data(content, reader, plan, hp, &header, w, gguf, &werr)
+        .and_then(|()| std::fs::rename(&partial, out).map_err(|e| werr(e.to_string())));
+    if res.is_err() {
+        // Do not leave a half-written model behind.
+        let _ = std::fs::remove_file(&partial);
+    }
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_data<R: Read + Seek, W: std::io::Write>(
+    content: &Content,
+    reader: &mut R,
+    plan: &Plan,
+    hp: &LlamaHParams,
+    header: &[u8],
+    mut w: W,
+    gguf: &Path,
+    werr: &dyn Fn(String) -> GgufImportError,
+) -> Result<(), GgufImportError> {
+    let io = |e: std::io::Error| werr(e.to_string());
+    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(header).map_err(io)?;
+    for t in &plan.tensors {
+        let data_err = |e: candle_core::Error| GgufImportError::TensorData {
+            path: gguf.to_path_buf(),
+            tensor: t.gguf_name.clone(),
+            reason: e.to_string(),
+        };
+        let q = content
+            .tensor(reader, &t.gguf_name, &Device::Cpu)
+            .map_err(data_err)?;
+        let mut x = q
+            .dequantize(&Device::Cpu)
+            .and_then(|x| x.to_dtype(candle_core::DType::F32))
+            .map_err(data_err)?;
+        x = match t.kind {
+            Kind::Q => unpermute_qk(&x, hp.num_attention_heads).map_err(data_err)?,
+            Kind::K => unpermute_qk(&x, hp.num_key_value_heads).map_err(data_err)?,
+            Kind::Plain => x,
+        };
+        if x.dims() != t.shape.as_slice() {
+            return Err(GgufImportError::TensorShape {
+                path: gguf.to_path_buf(),
+                tensor: t.gguf_name.clone(),
+                expected: t.shape.clone(),
+                actual: x.dims().to_vec(),
+            });
+        }
+        let v: Vec<f32> = x.flatten_all().and_then(|x| x.to_vec1()).map_err(data_err)?;
+        let mut bytes = Vec::with_capacity(v.len() * 4);
+        for f in v {
+            bytes.extend_from_slice(&f.to_le_bytes());
+        }
+        w.write_all(&bytes).map_err(io)?;
+    }
+    w.flush().map_err(io)
 }
