@@ -411,6 +411,14 @@ fn tokenizer_json_loads_and_uses_gguf_pre_tokenizer() {
     let tok = tokenizers::Tokenizer::from_file(fx.out.join("tokenizer.json")).unwrap();
     let enc = tok.encode(" 12", false).unwrap();
     assert_eq!(enc.get_tokens(), ["Ġ", "12"]);
+    assert_eq!(tok.encode("1212", false).unwrap().get_tokens(), ["12", "12"]);
+
+    // Llama 3 splits digit runs into groups of at most three: "121" + "2".
+    let fx = build(&Spec { pre: "llama-bpe", ..Spec::small() });
+    import_gguf(&fx.gguf, &fx.out).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(fx.out.join("tokenizer.json")).unwrap();
+    assert_eq!(tok.encode("1212", false).unwrap().get_tokens(), ["12", "1", "2"]);
+    assert_eq!(tok.decode(tok.encode("héllo 1212!", false).unwrap().get_ids(), false).unwrap(), "héllo 1212!");
 }
 
 // ---------------------------------------------------------------- errors
