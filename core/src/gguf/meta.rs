@@ -72,7 +72,11 @@ pub(crate) fn opt_string<'a>(
     }
 }
 
-pub(crate) fn opt_u64(md: &Metadata, key: &str, path: &Path) -> Result<Option<u64>, GgufImportError> {
+pub(crate) fn opt_u64(
+    md: &Metadata,
+    key: &str,
+    path: &Path,
+) -> Result<Option<u64>, GgufImportError> {
     match md.get(key) {
         None => Ok(None),
         Some(v) => value_as_u64(v)
@@ -94,7 +98,11 @@ fn get_positive(md: &Metadata, key: &str, path: &Path) -> Result<usize, GgufImpo
     Ok(v as usize)
 }
 
-pub(crate) fn opt_f64(md: &Metadata, key: &str, path: &Path) -> Result<Option<f64>, GgufImportError> {
+pub(crate) fn opt_f64(
+    md: &Metadata,
+    key: &str,
+    path: &Path,
+) -> Result<Option<f64>, GgufImportError> {
     match md.get(key) {
         None => Ok(None),
         // GGUF floats are usually f32; print-then-parse gives 1e-5 rather than
@@ -105,7 +113,11 @@ pub(crate) fn opt_f64(md: &Metadata, key: &str, path: &Path) -> Result<Option<f6
     }
 }
 
-pub(crate) fn opt_bool(md: &Metadata, key: &str, path: &Path) -> Result<Option<bool>, GgufImportError> {
+pub(crate) fn opt_bool(
+    md: &Metadata,
+    key: &str,
+    path: &Path,
+) -> Result<Option<bool>, GgufImportError> {
     match md.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -198,7 +210,12 @@ impl LlamaHParams {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(bad(path, "llama.attention.key_length", "even head size", &Value::U64(head_dim as u64)));
+            return Err(bad(
+                path,
+                "llama.attention.key_length",
+                "even head size",
+                &Value::U64(head_dim as u64),
+            ));
         }
         if let Some(vl) = opt_u64(md, "llama.attention.value_length", path)? {
             if vl as usize != head_dim {
@@ -213,7 +230,9 @@ impl LlamaHParams {
             if rd as usize != head_dim {
                 return Err(GgufImportError::Unsupported {
                     path: path.to_path_buf(),
-                    what: format!("llama.rope.dimension_count {rd} != head dim {head_dim} (partial rotary)"),
+                    what: format!(
+                        "llama.rope.dimension_count {rd} != head dim {head_dim} (partial rotary)"
+                    ),
                 });
             }
         }
@@ -261,7 +280,12 @@ impl LlamaHParams {
         };
         if let Some(v) = opt_u64(md, "llama.vocab_size", path)? {
             if v as usize != vocab_size {
-                return Err(bad(path, "llama.vocab_size", &format!("{vocab_size} (rows of token_embd.weight)"), &Value::U64(v)));
+                return Err(bad(
+                    path,
+                    "llama.vocab_size",
+                    &format!("{vocab_size} (rows of token_embd.weight)"),
+                    &Value::U64(v),
+                ));
             }
         }
         let tie_word_embeddings = !content.tensor_infos.contains_key("output.weight");
@@ -269,7 +293,12 @@ impl LlamaHParams {
             match opt_u64(md, key, path)? {
                 None => Ok(None),
                 Some(v) if (v as usize) < vocab_size => Ok(Some(v as u32)),
-                Some(v) => Err(bad(path, key, &format!("token id < {vocab_size}"), &Value::U64(v))),
+                Some(v) => Err(bad(
+                    path,
+                    key,
+                    &format!("token id < {vocab_size}"),
+                    &Value::U64(v),
+                )),
             }
         };
         Ok(Self {

@@ -144,7 +144,9 @@ fn find_unknown_type_tensor<R: Read + Seek>(r: &mut R) -> Option<(String, u32)> 
         }
     }
     fn skip<R: Seek>(r: &mut R, n: u64) -> Option<()> {
-        r.seek(SeekFrom::Current(i64::try_from(n).ok()?)).ok().map(|_| ())
+        r.seek(SeekFrom::Current(i64::try_from(n).ok()?))
+            .ok()
+            .map(|_| ())
     }
     fn skip_value<R: Read + Seek>(r: &mut R, ty: u32, v1: bool, depth: usize) -> Option<()> {
         match ty {
@@ -228,10 +230,30 @@ fn expected_tensors(hp: &LlamaHParams) -> Vec<(String, String, Vec<usize>, Kind)
         let m = |n: &str| format!("model.layers.{i}.{n}.weight");
         v.push((b("attn_norm"), m("input_layernorm"), vec![h], Kind::Plain));
         v.push((b("attn_q"), m("self_attn.q_proj"), vec![q_rows, h], Kind::Q));
-        v.push((b("attn_k"), m("self_attn.k_proj"), vec![kv_rows, h], Kind::K));
-        v.push((b("attn_v"), m("self_attn.v_proj"), vec![kv_rows, h], Kind::Plain));
-        v.push((b("attn_output"), m("self_attn.o_proj"), vec![h, q_rows], Kind::Plain));
-        v.push((b("ffn_norm"), m("post_attention_layernorm"), vec![h], Kind::Plain));
+        v.push((
+            b("attn_k"),
+            m("self_attn.k_proj"),
+            vec![kv_rows, h],
+            Kind::K,
+        ));
+        v.push((
+            b("attn_v"),
+            m("self_attn.v_proj"),
+            vec![kv_rows, h],
+            Kind::Plain,
+        ));
+        v.push((
+            b("attn_output"),
+            m("self_attn.o_proj"),
+            vec![h, q_rows],
+            Kind::Plain,
+        ));
+        v.push((
+            b("ffn_norm"),
+            m("post_attention_layernorm"),
+            vec![h],
+            Kind::Plain,
+        ));
         v.push((b("ffn_gate"), m("mlp.gate_proj"), vec![ffn, h], Kind::Plain));
         v.push((b("ffn_up"), m("mlp.up_proj"), vec![ffn, h], Kind::Plain));
         v.push((b("ffn_down"), m("mlp.down_proj"), vec![h, ffn], Kind::Plain));
@@ -316,21 +338,25 @@ pub(crate) fn plan<R: Read + Seek>(
             ),
         });
     }
-    let file_len = reader.seek(SeekFrom::End(0)).map_err(|source| GgufImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file_len = reader
+        .seek(SeekFrom::End(0))
+        .map_err(|source| GgufImportError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
 
     let mut tensor_types = BTreeMap::new();
     let mut n_params = 0u64;
     let mut tensors = Vec::with_capacity(expected.len());
     for (gguf_name, hf_name, shape, kind) in expected {
-        let ti = content.tensor_infos.get(&gguf_name).ok_or_else(|| {
-            GgufImportError::MissingTensor {
-                path: path.to_path_buf(),
-                tensor: gguf_name.clone(),
-            }
-        })?;
+        let ti =
+            content
+                .tensor_infos
+                .get(&gguf_name)
+                .ok_or_else(|| GgufImportError::MissingTensor {
+                    path: path.to_path_buf(),
+                    tensor: gguf_name.clone(),
+                })?;
         if !SUPPORTED_TYPES.contains(&ti.ggml_dtype) {
             return Err(GgufImportError::UnsupportedTensorType {
                 path: path.to_path_buf(),
@@ -348,7 +374,9 @@ pub(crate) fn plan<R: Read + Seek>(
             });
         }
         // Checked arithmetic: dims come from the file and could overflow.
-        let elems = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let elems = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
         let bytes = elems
             .map(|n| n / ti.ggml_dtype.block_size() as u64)
             .and_then(|blocks| blocks.checked_mul(ti.ggml_dtype.type_size() as u64));
@@ -441,7 +469,8 @@ fn write_data<R: Read + Seek, W: std::io::Write>(
     werr: &dyn Fn(String) -> GgufImportError,
 ) -> Result<(), GgufImportError> {
     let io = |e: std::io::Error| werr(e.to_string());
-    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
     w.write_all(header).map_err(io)?;
     for t in &plan.tensors {
         let data_err = |e: candle_core::Error| GgufImportError::TensorData {
@@ -469,7 +498,10 @@ fn write_data<R: Read + Seek, W: std::io::Write>(
                 actual: x.dims().to_vec(),
             });
         }
-        let v: Vec<f32> = x.flatten_all().and_then(|x| x.to_vec1()).map_err(data_err)?;
+        let v: Vec<f32> = x
+            .flatten_all()
+            .and_then(|x| x.to_vec1())
+            .map_err(data_err)?;
         let mut bytes = Vec::with_capacity(v.len() * 4);
         for f in v {
             bytes.extend_from_slice(&f.to_le_bytes());

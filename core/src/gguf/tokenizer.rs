@@ -163,7 +163,10 @@ pub(crate) fn build_tokenizer_files(
         .iter()
         .enumerate()
         .filter(|(_, &ty)| {
-            matches!(ty, token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN)
+            matches!(
+                ty,
+                token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN
+            )
         })
         .map(|(id, &ty)| {
             json!({
@@ -194,7 +197,10 @@ pub(crate) fn build_tokenizer_files(
                     Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => {
                         Ok(json!([a, b]))
                     }
-                    _ => Err(tok_err(path, format!("tokenizer.ggml.merges[{i}] = {m:?} is not \"a b\""))),
+                    _ => Err(tok_err(
+                        path,
+                        format!("tokenizer.ggml.merges[{i}] = {m:?} is not \"a b\""),
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let ignore_merges = matches!(pre, "llama3" | "llama-bpe" | "llama-v3");
@@ -212,7 +218,13 @@ pub(crate) fn build_tokenizer_files(
             });
             let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
             // llama.cpp defaults add_bos to false for BPE vocabularies.
-            (add_bos.unwrap_or(false), Json::Null, pre_tok, decoder, model_json)
+            (
+                add_bos.unwrap_or(false),
+                Json::Null,
+                pre_tok,
+                decoder,
+                model_json,
+            )
         }
         "llama" => {
             let scores = float_array(md, "tokenizer.ggml.scores", path)?;
@@ -248,7 +260,13 @@ pub(crate) fn build_tokenizer_files(
                 {"type": "Strip", "content": " ", "start": 1, "stop": 0},
             ]});
             // llama.cpp defaults add_bos to true for SentencePiece vocabularies.
-            (add_bos.unwrap_or(true), normalizer, Json::Null, decoder, model_json)
+            (
+                add_bos.unwrap_or(true),
+                normalizer,
+                Json::Null,
+                decoder,
+                model_json,
+            )
         }
         other => {
             return Err(tok_err(
@@ -264,14 +282,20 @@ pub(crate) fn build_tokenizer_files(
             .filter(|_| add_bos)
             .map(|b| (b, hp.bos_token_id.unwrap_or(0)));
         if add_bos && bos_tok.is_none() {
-            return Err(tok_err(path, "add_bos_token is set but there is no bos_token_id"));
+            return Err(tok_err(
+                path,
+                "add_bos_token is set but there is no bos_token_id",
+            ));
         }
         let eos_tok = eos
             .clone()
             .filter(|_| add_eos)
             .map(|e| (e, hp.eos_token_id.unwrap_or(0)));
         if add_eos && eos_tok.is_none() {
-            return Err(tok_err(path, "add_eos_token is set but there is no eos_token_id"));
+            return Err(tok_err(
+                path,
+                "add_eos_token is set but there is no eos_token_id",
+            ));
         }
         template_processing(bos_tok, eos_tok)
     } else if model == "gpt2" {
@@ -322,7 +346,12 @@ pub(crate) fn build_tokenizer_files(
         "added_tokens_decoder": added_decoder,
     });
     let mut special_tokens_map = serde_json::Map::new();
-    for (k, v) in [("bos_token", &bos), ("eos_token", &eos), ("pad_token", &pad), ("unk_token", &unk)] {
+    for (k, v) in [
+        ("bos_token", &bos),
+        ("eos_token", &eos),
+        ("pad_token", &pad),
+        ("unk_token", &unk),
+    ] {
         if let Some(v) = v {
             special_tokens_map.insert(k.into(), json!(v));
         }
@@ -356,7 +385,10 @@ fn template_processing(bos: Option<(String, u32)>, eos: Option<(String, u32)>) -
         pair.extend(v);
     }
     for (tok, id) in bos.iter().chain(eos.iter()) {
-        special.insert(tok.clone(), json!({"id": tok, "ids": [id], "tokens": [tok]}));
+        special.insert(
+            tok.clone(),
+            json!({"id": tok, "ids": [id], "tokens": [tok]}),
+        );
     }
     json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special})
 }
