@@ -623,6 +623,15 @@ fn error_missing_and_mistyped_metadata() {
     );
 
     let fx = build_with(&Spec::small(), |md, _| {
+        set_meta(md, "llama.block_count", Value::U64(1 << 40))
+    });
+    let e = err_of(import_gguf(&fx.gguf, &fx.out));
+    assert!(
+        matches!(e, GgufImportError::BadMetadata { ref key, .. } if key == "llama.block_count"),
+        "{e}"
+    );
+
+    let fx = build_with(&Spec::small(), |md, _| {
         md.retain(|(k, _)| k != "tokenizer.ggml.tokens")
     });
     let e = err_of(import_gguf(&fx.gguf, &fx.out));

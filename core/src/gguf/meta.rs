@@ -92,7 +92,8 @@ pub(crate) fn get_u64(md: &Metadata, key: &str, path: &Path) -> Result<u64, Gguf
 /// Read a count/size and require it to be >= 1 (zero would make shapes degenerate).
 fn get_positive(md: &Metadata, key: &str, path: &Path) -> Result<usize, GgufImportError> {
     let v = get_u64(md, key, path)?;
-    if v == 0 || v > (1 << 40) {
+    // The cap keeps products of sizes (e.g. heads * head_dim) far from overflow.
+    if v == 0 || v > (1 << 26) {
         return Err(bad(path, key, "positive integer", &Value::U64(v)));
     }
     Ok(v as usize)
@@ -182,6 +183,19 @@ impl LlamaHParams {
         let hidden_size = get_positive(md, "llama.embedding_length", path)?;
         let intermediate_size = get_positive(md, "llama.feed_forward_length", path)?;
         let num_hidden_layers = get_positive(md, "llama.block_count", path)?;
+        // Each block has 9 tensors; reject absurd counts before allocating per-layer plans.
+        if num_hidden_layers > content.tensor_infos.len() / 9 {
+            return Err(bad(
+                path,
+                "llama.block_count",
+                &format!(
+                    "at most {} (9 tensors per block in a file of {} tensors)",
+                    content.tensor_infos.len() / 9,
+                    content.tensor_infos.len()
+                ),
+                &Value::U64(num_hidden_layers as u64),
+            ));
+        }
         let num_attention_heads = get_positive(md, "llama.attention.head_count", path)?;
         let num_key_value_heads = match md.get("llama.attention.head_count_kv") {
             None => num_attention_heads,
