@@ -1043,3 +1043,30 @@ fn sentencepiece_llama_tokenizer() {
     assert_eq!(tc["add_bos_token"], true);
     assert_eq!(tc["unk_token"], "<unk>");
 }
+
+#[test]
+fn no_panic_on_truncated_or_corrupted_files() {
+    let fx = build(&Spec::small());
+    let bytes = std::fs::read(&fx.gguf).unwrap();
+    let bad = fx.gguf.with_file_name("bad.gguf");
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for cut in (0..bytes.len()).step_by(bytes.len() / 97) {
+        cases.push((format!("cut at {cut}"), bytes[..cut].to_vec()));
+    }
+    // Corrupt single bytes across the header (lengths, types, dims, offsets, values).
+    let header_len = 8000.min(bytes.len());
+    for pos in (0..header_len).step_by(11) {
+        for v in [0xffu8, 0x00] {
+            let mut b = bytes.clone();
+            b[pos] = v;
+            cases.push((format!("byte {pos} = {v:#x}"), b));
+        }
+    }
+    for (what, b) in cases {
+        std::fs::write(&bad, &b).unwrap();
+        let out = fx.out.clone();
+        let bad2 = bad.clone();
+        let r = std::panic::catch_unwind(move || import_gguf(&bad2, &out).map(|_| ()));
+        assert!(r.is_ok(), "import panicked on {what}");
+    }
+}
