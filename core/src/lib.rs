@@ -5,12 +5,14 @@
 //! - [`model`]: Llama / Qwen2 / Qwen3 decoders, HF model folders, KV cache, random init;
 //! - [`tokenizer`]: `tokenizer.json`, chat templates, generation defaults;
 //! - [`generate`]: batched sampling with a KV cache;
+//! - [`gguf`]: GGUF import (llama architecture) into Hugging Face folders;
 //! - [`config`]: typed YAML run configurations with command-line overrides;
 //! - [`progress`]: logging and progress bars shared by every long-running command.
 
 pub mod config;
 pub mod fsutil;
 pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod ops;
 pub mod progress;
