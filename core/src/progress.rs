@@ -31,3 +31,12 @@ fn draw_target() -> ProgressDrawTarget {
         ProgressDrawTarget::hidden()
     }
 }
+
+/// A spinner with elapsed time, for work whose size is not known up front.
+pub fn spinner(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(None, draw_target());
+    pb.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}

@@ -20,6 +20,15 @@ pub enum ModelCommand {
         /// Output folder.
         out_dir: PathBuf,
     },
+    /// Turn a llama-architecture GGUF file (F32/F16/BF16/Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q2_K..Q6_K) into
+    /// a Hugging Face folder: dequantized f32 safetensors, config.json, tokenizer.json built from
+    /// the GGUF's tokenizer metadata, tokenizer_config.json with its chat template.
+    ImportGguf {
+        /// The .gguf file.
+        file: PathBuf,
+        /// Output folder.
+        out_dir: PathBuf,
+    },
     /// Print a model folder's architecture, size and tokenizer facts.
     Info { model: PathBuf },
 }
@@ -55,6 +64,21 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 report.parameters,
                 report.vocab_size
             );
+            Ok(())
+        }
+        ModelCommand::ImportGguf { file, out_dir } => {
+            let t0 = std::time::Instant::now();
+            let spinner = medrl::progress::spinner(&format!("importing {}", file.display()));
+            let report = medrl::gguf::import_gguf(&file, &out_dir)
+                .with_context(|| format!("importing {} into {}", file.display(), out_dir.display()))?;
+            spinner.finish_and_clear();
+            tracing::info!("wrote {} in {:.1}s", out_dir.display(), t0.elapsed().as_secs_f64());
+            let summary = serde_json::json!({
+                "arch": report.arch, "tensors": report.n_tensors, "parameters": report.n_params,
+                "source_types": report.tensor_types,
+                "files": report.files_written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
         ModelCommand::Info { model } => {
