@@ -36,3 +36,26 @@ fn smollm2_imported_from_gguf_answers_like_transformers() {
     assert_eq!(g[0].tokens, want, "greedy tokens differ from transformers; medrl said: {text}");
     assert!(text.to_lowercase().contains("hepatocellular"), "{text}");
 }
+
+#[test]
+fn smollm2_chat_template_renders_like_transformers() {
+    let Some(gguf) = common::smollm2_gguf("smollm2_chat_template_renders_like_transformers") else { return };
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/smollm2_tokenizer_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    medrl::gguf::import_gguf(&gguf, d.path()).unwrap();
+    let tok = medrl::tokenizer::TextTokenizer::from_dir(d.path()).unwrap();
+    let cases = fx["chat_template"].as_object().unwrap();
+    assert!(cases.len() >= 3);
+    for (name, case) in cases {
+        let msgs: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        assert_eq!(tok.apply_chat_template(&msgs, false).unwrap(), case["rendered"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            tok.apply_chat_template(&msgs, true).unwrap(),
+            case["rendered_with_generation_prompt"].as_str().unwrap(),
+            "{name} (add_generation_prompt)"
+        );
+    }
+}

@@ -2,20 +2,21 @@
 # On the GPU machine: SmolLM2-135M-Instruct (imported from its GGUF) in bf16 on CUDA vs f32 on
 # CPU, generation on CUDA, and prompt/decode throughput. Numbers go to docs/benchmarks.md.
 #
-# Expects (carried by the device tool, see docs/cuda.md):
-#   .dc-bin/medrl.xz            xz-compressed CUDA build of medrl (scripts/build-cuda.sh)
-#   .dc-gguf-a/, .dc-gguf-b/    the GGUF split in two parts (the tool carries <= 64 MiB a call)
+# The device tool carries at most 64 MiB a call and the GGUF alone is 94 MiB, so it travels in
+# two calls to the same warm machine (scripts/device/stage.sh prepares the parts here):
+#   call 1, carry [.dc-bin, .dc-gguf-a]: bash scripts/device/smollm2-gpu.sh stage
+#   call 2, carry [.dc-gguf-b]:          bash scripts/device/smollm2-gpu.sh run
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/device-env.sh
 W=${WORK:-/tmp/medrl-device}
-mkdir -p "$W"
-[ -x "$W/medrl" ] || xz -dc .dc-bin/medrl.xz > "$W/medrl" && chmod +x "$W/medrl"
+mkdir -p "$W/parts"
+for d in .dc-gguf-a .dc-gguf-b; do [ -d $d ] && cp $d/part-* "$W/parts/"; done
+if [ -d .dc-bin ]; then xz -dc .dc-bin/medrl.xz > "$W/medrl" && chmod +x "$W/medrl"; fi
+if [ "${1:-run}" = stage ]; then ls -la "$W" "$W/parts"; exit 0; fi
 M="$W/medrl"
-if [ ! -f "$W/smollm2.gguf" ]; then
-  cat .dc-gguf-a/part-* .dc-gguf-b/part-* > "$W/smollm2.gguf"
-fi
-sha256sum "$W/smollm2.gguf"
+cat "$W"/parts/part-* > "$W/smollm2.gguf"
+echo "$(cat .dc-gguf-b/sha256)  $W/smollm2.gguf" | sha256sum -c -
 [ -d "$W/smollm2" ] || "$M" model import-gguf "$W/smollm2.gguf" "$W/smollm2"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== CUDA bf16 vs CPU f32 logits"
