@@ -7,6 +7,7 @@
 //! - [`generate`]: batched sampling with a KV cache;
 //! - [`gguf`]: GGUF import (llama architecture) into Hugging Face folders;
 //! - [`config`]: typed YAML run configurations with command-line overrides;
+//! - [`train`]: optimizer (AdamW, f32 master weights, clipping), LR schedules, losses;
 //! - [`progress`]: logging and progress bars shared by every long-running command.
 
 pub mod config;
@@ -17,3 +18,4 @@ pub mod model;
 pub mod ops;
 pub mod progress;
 pub mod tokenizer;
+pub mod train;

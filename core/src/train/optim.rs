@@ -1,0 +1,246 @@
+//! AdamW with f32 master weights, decoupled weight decay that skips norms and biases, and
+//! gradient clipping by global norm.
+//!
+//! candle-nn's AdamW keeps its moments in the parameter's dtype, has no clipping and no
+//! parameter groups; this one keeps every parameter's master copy and both moments in f32
+//! whatever dtype the forward pass computes in (the model casts master weights to bf16 inside
+//! its forward on CUDA; `to_dtype` has a backward rule, so gradients arrive at the master).
+//! A step whose gradient norm is not finite is refused before any parameter is touched.
+
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use std::collections::HashMap;
+
+use super::TrainError;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value (0 = no clipping).
+    pub max_grad_norm: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 }
+    }
+}
+
+/// Whether a parameter gets weight decay: matrices yes; norms, biases (any 1-D tensor) no.
+pub fn decays(name: &str, rank: usize) -> bool {
+    rank >= 2 && !name.ends_with("norm.weight") && !name.ends_with(".bias")
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    m: Tensor,
+    v: Tensor,
+    decay: bool,
+}
+
+/// What one optimizer step saw.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StepStats {
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Factor the gradients were multiplied by (1 when not clipped).
+    pub clip_scale: f64,
+    pub lr: f64,
+}
+
+pub struct AdamW {
+    slots: Vec<Slot>,
+    cfg: AdamWConfig,
+    step: u64,
+}
+
+impl AdamW {
+    /// `params` must be f32 `Var`s (the master weights).
+    pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self, TrainError> {
+        let mut slots = Vec::with_capacity(params.len());
+        for (name, var) in params {
+            if var.dtype() != DType::F32 {
+                return Err(TrainError::Param { name, msg: format!("master weights must be f32, found {:?}", var.dtype()) });
+            }
+            let m = var.zeros_like()?;
+            let v = var.zeros_like()?;
+            let decay = decays(&name, var.rank());
+            slots.push(Slot { name, var, m, v, decay });
+        }
+        Ok(Self { slots, cfg, step: 0 })
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|s| s.name.as_str())
+    }
+
+    /// Global L2 norm of the gradients of all parameters (missing gradients count as zero).
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64, TrainError> {
+        let mut sq = 0f64;
+        for s in &self.slots {
+            if let Some(g) = grads.get(s.var.as_tensor()) {
+                sq += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+        }
+        Ok(sq.sqrt())
+    }
+
+    /// Apply one update with learning rate `lr`. Parameters without a gradient are skipped
+    /// (frozen base weights under LoRA, for instance).
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<StepStats, TrainError> {
+        let grad_norm = self.grad_norm(grads)?;
+        if !grad_norm.is_finite() {
+            let bad: Vec<&str> = self
+                .slots
+                .iter()
+                .filter(|s| {
+                    grads.get(s.var.as_tensor()).is_some_and(|g| {
+                        g.sqr().and_then(|x| x.sum_all()).and_then(|x| x.to_dtype(DType::F32)).and_then(|x| x.to_scalar::<f32>()).map(|x| !x.is_finite()).unwrap_or(true)
+                    })
+                })
+                .map(|s| s.name.as_str())
+                .take(3)
+                .collect();
+            return Err(TrainError::NonFinite { what: "gradient", step: self.step, detail: format!("global norm {grad_norm}; e.g. {bad:?}") });
+        }
+        let clip_scale = if self.cfg.max_grad_norm > 0.0 && grad_norm > self.cfg.max_grad_norm {
+            self.cfg.max_grad_norm / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        for s in &mut self.slots {
+            let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            let g = (g.to_dtype(DType::F32)? * clip_scale)?;
+            s.m = ((&s.m * b1)? + (&g * (1.0 - b1))?)?;
+            s.v = ((&s.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let update = ((&s.m / bc1)? / ((&s.v / bc2)?.sqrt()? + self.cfg.eps)?)?;
+            let mut p = s.var.as_tensor().detach();
+            if s.decay && self.cfg.weight_decay > 0.0 {
+                p = (p * (1.0 - lr * self.cfg.weight_decay))?;
+            }
+            s.var.set(&(p - (update * lr)?)?)?;
+        }
+        Ok(StepStats { grad_norm, clip_scale, lr })
+    }
+
+    /// Optimizer state for checkpoints: `{name}.exp_avg`, `{name}.exp_avg_sq` and the step.
+    pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
+        let mut out = HashMap::new();
+        for s in &self.slots {
+            out.insert(format!("{}.exp_avg", s.name), s.m.clone());
+            out.insert(format!("{}.exp_avg_sq", s.name), s.v.clone());
+        }
+        (out, self.step)
+    }
+
+    /// Restore what [`AdamW::state`] returned.
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>, step: u64) -> Result<(), TrainError> {
+        for s in &mut self.slots {
+            for (suffix, dst) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
+                let key = format!("{}.{suffix}", s.name);
+                let t = state.get(&key).ok_or_else(|| TrainError::Param { name: s.name.clone(), msg: format!("optimizer state has no `{key}`") })?;
+                if t.dims() != s.var.dims() {
+                    return Err(TrainError::Param { name: s.name.clone(), msg: format!("state shape {:?} != parameter {:?}", t.dims(), s.var.dims()) });
+                }
+                *dst = t.to_dtype(DType::F32)?.to_device(s.var.device())?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn var(v: &[f32], shape: &[usize]) -> Var {
+        Var::from_tensor(&Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn first_step_matches_pytorch_formula() {
+        // After one step AdamW moves each weight by lr * g/|g| (bias-corrected m/sqrt(v)).
+        let w = var(&[1.0, -2.0, 3.0, 0.5], &[2, 2]);
+        let mut opt = AdamW::new(vec![("layer.weight".into(), w.clone())], AdamWConfig { weight_decay: 0.1, max_grad_norm: 0.0, ..Default::default() }).unwrap();
+        let loss = (w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap(); // grad = w
+        let grads = loss.backward().unwrap();
+        let stats = opt.step(&grads, 0.01).unwrap();
+        assert!((stats.grad_norm - (1.0f64 + 4.0 + 9.0 + 0.25).sqrt()).abs() < 1e-5);
+        let got: Vec<f32> = w.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for (g, w0) in got.iter().zip([1.0f32, -2.0, 3.0, 0.5]) {
+            let want = w0 * (1.0 - 0.01 * 0.1) - 0.01 * w0.signum() * (w0.abs() / (w0.abs() + 1e-8));
+            assert!((g - want).abs() < 1e-6, "{g} vs {want}");
+        }
+    }
+
+    #[test]
+    fn decay_skips_norms_and_biases_and_clipping_scales() {
+        assert!(decays("model.layers.0.mlp.up_proj.weight", 2));
+        assert!(!decays("model.layers.0.input_layernorm.weight", 1));
+        assert!(!decays("model.layers.0.self_attn.q_proj.bias", 1));
+        let w = var(&[3.0, 4.0], &[2]);
+        let mut opt = AdamW::new(vec![("norm.weight".into(), w.clone())], AdamWConfig { max_grad_norm: 1.0, weight_decay: 0.5, ..Default::default() }).unwrap();
+        let grads = (w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap().backward().unwrap();
+        let s = opt.step(&grads, 0.1).unwrap();
+        assert!((s.grad_norm - 5.0).abs() < 1e-6);
+        assert!((s.clip_scale - 0.2).abs() < 1e-6);
+        // No decay on a norm weight: the step is exactly lr * sign.
+        let got: Vec<f32> = w.as_tensor().to_vec1().unwrap();
+        assert!((got[0] - 2.9).abs() < 1e-5 && (got[1] - 3.9).abs() < 1e-5, "{got:?}");
+    }
+
+    #[test]
+    fn converges_on_a_quadratic() {
+        let w = var(&[5.0, -3.0, 2.0], &[3, 1]);
+        let mut opt = AdamW::new(vec![("w.weight".into(), w.clone())], AdamWConfig::default()).unwrap();
+        for _ in 0..300 {
+            let grads = (w.as_tensor().sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+            opt.step(&grads, 0.05).unwrap();
+        }
+        let n = w.as_tensor().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(n < 1e-2, "did not converge: {n}");
+    }
+
+    #[test]
+    fn non_finite_gradient_is_refused_without_touching_weights() {
+        let w = var(&[1.0, 2.0], &[2, 1]);
+        let mut opt = AdamW::new(vec![("w.weight".into(), w.clone())], AdamWConfig::default()).unwrap();
+        let nan = Tensor::new(&[[f32::NAN], [1.0]], &Device::Cpu).unwrap();
+        let grads = (w.as_tensor() * nan).unwrap().sum_all().unwrap().backward().unwrap();
+        let e = opt.step(&grads, 0.1).unwrap_err().to_string();
+        assert!(e.contains("non-finite gradient") && e.contains("w.weight"), "{e}");
+        assert_eq!(w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
+        assert_eq!(opt.steps(), 0);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let w = var(&[1.0, 2.0], &[2, 1]);
+        let mut a = AdamW::new(vec![("w.weight".into(), w.clone())], AdamWConfig::default()).unwrap();
+        let grads = w.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        a.step(&grads, 0.1).unwrap();
+        let (state, step) = a.state();
+        let w2 = var(&[1.0, 2.0], &[2, 1]);
+        let mut b = AdamW::new(vec![("w.weight".into(), w2)], AdamWConfig::default()).unwrap();
+        b.load_state(&state, step).unwrap();
+        assert_eq!(b.steps(), 1);
+        let (s2, _) = b.state();
+        assert_eq!(s2["w.weight.exp_avg"].to_vec2::<f32>().unwrap(), state["w.weight.exp_avg"].to_vec2::<f32>().unwrap());
+    }
+}
