@@ -8,6 +8,7 @@
 pub mod config;
 pub mod init;
 pub mod kv_cache;
+pub mod lora;
 pub mod transformer;
 pub mod weights;
 

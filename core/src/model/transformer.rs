@@ -8,15 +8,18 @@ use candle_core::{DType, Device, Module, Result as CResult, Tensor, D};
 
 use super::config::{Arch, ModelConfig, RopeScaling};
 use super::kv_cache::KvCache;
+use super::lora::LoraAdapter;
 use super::weights::TensorSource;
 use super::ModelError;
 use crate::ops;
 
-/// A dense projection `y = x W^T + b` with HF's `[out, in]` weight layout.
+/// A dense projection `y = x W^T + b` with HF's `[out, in]` weight layout, optionally with a
+/// LoRA adapter added on top of the (then frozen) weight.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Module for Linear {
@@ -25,7 +28,12 @@ impl Module for Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("rank >= 1");
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = x2.matmul(&self.weight.t()?)?;
+        let y = match &self.lora {
+            Some(l) => (y + l.delta(&x2)?)?,
+            None => y,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -121,7 +129,7 @@ impl CausalLm {
             let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, ModelError> {
                 let weight = get(&format!("{p}.{name}.weight"), &[out, inp])?;
                 let bias = if bias { Some(get(&format!("{p}.{name}.bias"), &[out])?) } else { None };
-                Ok(Linear { weight, bias })
+                Ok(Linear { weight, bias, lora: None })
             };
             let ab = cfg.attention_bias;
             let q_proj = lin("self_attn.q_proj", q_dim, h, ab)?;
@@ -276,7 +284,7 @@ impl CausalLm {
     /// Project hidden states to vocabulary logits, in f32.
     pub fn lm_logits(&self, hidden: &Tensor) -> CResult<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        Linear { weight: head.clone(), bias: None }.forward(hidden)?.to_dtype(DType::F32)
+        Linear { weight: head.clone(), bias: None, lora: None }.forward(hidden)?.to_dtype(DType::F32)
     }
 
     /// Logits `[B, T, V]` (f32) for a full forward without cache.
