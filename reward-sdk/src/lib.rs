@@ -336,7 +336,7 @@ macro_rules! export_reward {
                     $crate::__private::reward_score::<$t>(config, samples)
                 }
             }
-            $crate::__export_reward_world!(__MedrlReward with_types_in $crate::__bindings::reward);
+            $crate::__bindings::reward::__export_reward_world!(__MedrlReward with_types_in $crate::__bindings::reward);
         };
     };
 }
@@ -359,7 +359,7 @@ macro_rules! export_adapter {
                     $crate::__private::adapter_convert::<$t>(config, records)
                 }
             }
-            $crate::__export_adapter_world!(__MedrlAdapter with_types_in $crate::__bindings::adapter);
+            $crate::__bindings::adapter::__export_adapter_world!(__MedrlAdapter with_types_in $crate::__bindings::adapter);
         };
     };
 }

@@ -47,7 +47,7 @@ pub enum PluginError {
     GuestError { plugin: PluginId, message: String },
 
     /// The component was built against an API version this host does not support.
-    #[error("plugin {plugin} targets medrl plugin API {found}, but this host supports {}; rebuild it against a supported reward-sdk/wit version", supported.join(", "))]
+    #[error("plugin {plugin} targets medrl plugin API {found}, but this host supports {}; rebuild it against a supported reward-sdk/wit version", .supported.join(", "))]
     IncompatibleApi { plugin: PluginId, found: String, supported: Vec<String> },
 
     /// The guest's output broke the contract: wrong number of results, a non-finite score,

@@ -250,7 +250,8 @@ impl PluginHost {
                         let compiled = engine.precompile_component(bytes).map_err(invalid)?;
                         // Write-then-rename so concurrent loaders never see a partial file. A
                         // failing cache is not fatal: we still have the compiled bytes.
-                        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                        static SEQ: AtomicU64 = AtomicU64::new(0);
+                        let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
                         let written = std::fs::create_dir_all(dir)
                             .and_then(|_| std::fs::write(&tmp, &compiled))
                             .and_then(|_| std::fs::rename(&tmp, &path));

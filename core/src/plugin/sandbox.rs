@@ -207,14 +207,13 @@ impl wit_host::Host for HostState {
             return;
         }
         let p = self.io.label();
-        let t = "medrl::plugin::guest";
         use wit_host::LogLevel as L;
         match level {
-            L::Trace => tracing::trace!(target: t, plugin = %p, "{msg}"),
-            L::Debug => tracing::debug!(target: t, plugin = %p, "{msg}"),
-            L::Info => tracing::info!(target: t, plugin = %p, "{msg}"),
-            L::Warn => tracing::warn!(target: t, plugin = %p, "{msg}"),
-            L::Error => tracing::error!(target: t, plugin = %p, "{msg}"),
+            L::Trace => tracing::trace!(target: "medrl::plugin::guest", plugin = %p, "{msg}"),
+            L::Debug => tracing::debug!(target: "medrl::plugin::guest", plugin = %p, "{msg}"),
+            L::Info => tracing::info!(target: "medrl::plugin::guest", plugin = %p, "{msg}"),
+            L::Warn => tracing::warn!(target: "medrl::plugin::guest", plugin = %p, "{msg}"),
+            L::Error => tracing::error!(target: "medrl::plugin::guest", plugin = %p, "{msg}"),
         }
     }
 }

@@ -8,7 +8,7 @@
 
 wit_bindgen::generate!({ path: "../../../reward-sdk/wit/v0.1", world: "reward" });
 
-use medrl::plugin::types::{Manifest, Sample, ScoreResult, Scored};
+use medrl::plugin::types::Scored;
 
 struct Hostile;
 
@@ -32,11 +32,16 @@ fn ok(score: f64) -> Result<ScoreResult, String> {
     Ok(ScoreResult::Scored(Scored { score, components: vec![("probe".into(), score)] }))
 }
 
-#[allow(unconditional_recursion)]
-fn recurse(depth: u64, pad: &mut [u8; 256]) -> u64 {
-    pad[(depth % 256) as usize] = depth as u8;
-    let mut local = *pad;
-    recurse(depth + 1, &mut local) + local[0] as u64
+/// Deep recursion using only wasm locals (no address-taken locals, which would live on the
+/// shadow stack in linear memory): exhausts the engine's wasm stack. The non-associative
+/// combination after the call stops LLVM from turning it into a loop.
+#[inline(never)]
+fn deep(n: u64, a: u64, b: u64) -> u64 {
+    if n == 0 {
+        return a ^ b;
+    }
+    let r = deep(n - 1, a.wrapping_mul(31).wrapping_add(n), b ^ n);
+    r.rotate_left((n % 63) as u32) ^ a
 }
 
 fn one(mode: &str, config: &str, s: &Sample) -> Result<ScoreResult, String> {
@@ -57,11 +62,8 @@ fn one(mode: &str, config: &str, s: &Sample) -> Result<ScoreResult, String> {
             }
         }
         "panic" => panic!("hostile plugin panics on purpose"),
-        "unreachable" => unsafe { core::arch::wasm32::unreachable() },
-        "stack-overflow" => {
-            let mut pad = [0u8; 256];
-            ok(recurse(0, &mut pad) as f64)
-        }
+        "unreachable" => core::arch::wasm32::unreachable(),
+        "stack-overflow" => ok(deep(std::hint::black_box(1u64 << 40), 1, 2) as f64),
         "huge-output" => Err("x".repeat(64 << 20)),
         "nan" => ok(f64::NAN),
         "inf" => ok(f64::INFINITY),

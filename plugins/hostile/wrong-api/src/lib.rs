@@ -2,7 +2,7 @@
 
 wit_bindgen::generate!({ path: "wit", world: "reward" });
 
-use medrl::plugin::types::{Manifest, Sample, ScoreResult, Scored};
+use medrl::plugin::types::Scored;
 
 struct Future;
 
