@@ -174,7 +174,6 @@ impl PluginHost {
         c.wasm_component_model(true);
         c.epoch_interruption(true);
         c.consume_fuel(cfg.fuel_metering);
-        c.wasm_backtrace(true);
         let engine = Engine::new(&c).map_err(cerr)?;
 
         let mut linker = Linker::<HostState>::new(&engine);
