@@ -232,10 +232,12 @@ impl PluginHost {
             }
             Some(dir) => {
                 let path = dir.join(format!("{}.cwasm", self.cache_key(bytes)));
+                // Read into memory rather than `deserialize_file`: that one mmaps the file, and
+                // anyone truncating a cache entry later would crash the host with SIGBUS.
                 // SAFETY: the cache directory is written only by this host, and the key
                 // includes the engine's compatibility hash; wasmtime still checks the header
                 // and refuses artifacts from another version or configuration.
-                let cached = path.exists().then(|| unsafe { Component::deserialize_file(engine, &path) });
+                let cached = std::fs::read(&path).ok().map(|b| unsafe { Component::deserialize(engine, &b) });
                 match cached {
                     Some(Ok(c)) => {
                         self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
