@@ -22,8 +22,10 @@ impl fmt::Display for PluginId {
 
 /// Everything that can go wrong when loading or calling a plugin.
 ///
-/// Call-time variants (`Trap`, `Timeout`, `OutOfFuel`, `MemoryLimit`) poison the store that ran
-/// the call: the host drops it and instantiates a fresh one for the next call.
+/// Any error raised by a failed call (`Trap`, `Timeout`, `OutOfFuel`, `MemoryLimit`, and
+/// `BadOutput` when the output was too large to copy out) poisons the store that ran it: the
+/// host drops that store and instantiates a fresh one for the next call. Per-sample errors
+/// (`GuestError`, a NaN score) leave the store in use.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The guest trapped (`unreachable`, a Rust panic, stack overflow, out-of-bounds access...).

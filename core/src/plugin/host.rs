@@ -388,6 +388,10 @@ impl Runner {
         let mut store = Store::new(&self.host.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
+        // wasmtime meters the bytes a guest hands to the host per call (return values, host
+        // call arguments) while lifting them, so oversized output is refused before the host
+        // allocates it. Headroom covers the fixed part of each result record.
+        store.set_hostcall_fuel(l.max_output_bytes.saturating_add(1 << 20));
         store
     }
 
@@ -451,6 +455,13 @@ impl Runner {
             Some(Trap::Interrupt) => return PluginError::Timeout { plugin, limit: l.timeout, elapsed },
             Some(Trap::OutOfFuel) => return PluginError::OutOfFuel { plugin, fuel: l.fuel.unwrap_or(u64::MAX) },
             _ => {}
+        }
+        // `HostcallFuelExhausted` is private in wasmtime 48; its message is the stable part.
+        if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") {
+            return PluginError::BadOutput {
+                plugin,
+                reason: format!("output exceeds the limit of {} bytes (stopped while copying it out of the guest)", l.max_output_bytes),
+            };
         }
         if let Some(requested) = store.data().limiter.hit {
             return PluginError::MemoryLimit { plugin, limit_bytes: l.memory_bytes, requested_bytes: requested };
@@ -621,11 +632,11 @@ impl RewardPlugin {
         let denied = p.store.data().denied;
         match res {
             Ok(out) => Ok(self.check_output(chunk.len(), out, denied)?),
+            // Any failed call (trap, deadline, a lift error) may leave the instance half-way
+            // through; never reuse it.
             Err(e) => {
-                if e.poisons_store() {
-                    *slot = None;
-                    r.metrics.stores_discarded.fetch_add(1, Ordering::Relaxed);
-                }
+                *slot = None;
+                r.metrics.stores_discarded.fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }
         }
@@ -715,9 +726,7 @@ impl AdapterPlugin {
         let out = match res {
             Ok(out) => out,
             Err(e) => {
-                if e.poisons_store() {
-                    *guard = None;
-                }
+                *guard = None;
                 r.metrics.failure(e.kind(), records.len() as u64);
                 return Err(e);
             }
