@@ -49,11 +49,10 @@ pub fn count_tag(text: &str, tag: &str) -> (usize, usize) {
 pub fn exactly_once_in_order(text: &str, markers: &[&str]) -> bool {
     let mut last = 0;
     for m in markers {
-        if count(text, m) != 1 {
-            return false;
-        }
-        let at = text.find(m).expect("counted once");
-        if at < last {
+        // One pass per marker: position of the first match, and whether there is a second.
+        let mut hits = text.match_indices(m);
+        let Some((at, _)) = hits.next() else { return false };
+        if hits.next().is_some() || at < last {
             return false;
         }
         last = at;
