@@ -417,10 +417,37 @@ fn parallel_scoring_matches_sequential() {
     assert_eq!(seq.iter().filter(|r| **r == 1.1).count(), 2000 / 400 * 301);
 }
 
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[test]
 fn guest_output_goes_to_logs_not_the_terminal() {
-    let (r, _) = hostile("log", limits(5000));
-    assert_eq!(r.unwrap().len(), 3);
+    let buf = Captured::default();
+    let w = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    // One thread, so the guest runs on this thread and the scoped subscriber sees its output.
+    let p = host().load_reward(&wasm("hostile"), PluginOptions { threads: 1, limits: limits(5000), ..PluginOptions::default() }).unwrap();
+    let out = tracing::subscriber::with_default(subscriber, || {
+        p.score(&json!({"mode": "log"}), &[s("p0", "r", json!(1), "x"), s("p1", "r", json!(1), "x")]).unwrap()
+    });
+    assert_eq!(out.len(), 2);
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    for needle in ["stdout line from hostile plugin", "stderr line from hostile plugin", "scoring p0", "scoring p1", "hostile@0.1.0"] {
+        assert!(text.contains(needle), "missing {needle:?} in captured log:\n{text}");
+    }
 }
 
 #[test]
