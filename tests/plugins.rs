@@ -14,7 +14,10 @@ use medrl::plugin::*;
 use serde_json::{json, Value};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// Builds the plugins workspace once per test process; returns crate name -> .wasm path.
@@ -23,9 +26,20 @@ fn wasm(name: &str) -> PathBuf {
     let built = BUILT.get_or_init(|| {
         let files = medrl::cli::plugin::build_plugin(&repo().join("plugins"))
             .expect("building plugins/ for wasm32-wasip2 failed (run scripts/setup-plugins.sh)");
-        files.into_iter().map(|p| (p.file_stem().unwrap().to_string_lossy().replace('_', "-"), p)).collect()
+        files
+            .into_iter()
+            .map(|p| {
+                (
+                    p.file_stem().unwrap().to_string_lossy().replace('_', "-"),
+                    p,
+                )
+            })
+            .collect()
     });
-    built.get(name).unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys())).clone()
+    built
+        .get(name)
+        .unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys()))
+        .clone()
 }
 
 fn cache_dir() -> PathBuf {
@@ -35,13 +49,24 @@ fn cache_dir() -> PathBuf {
 /// One host for the whole process: every test also checks that it survives the others.
 fn host() -> &'static PluginHost {
     static HOST: OnceLock<PluginHost> = OnceLock::new();
-    HOST.get_or_init(|| PluginHost::new(HostConfig { cache_dir: Some(cache_dir()), ..HostConfig::default() }).unwrap())
+    HOST.get_or_init(|| {
+        PluginHost::new(HostConfig {
+            cache_dir: Some(cache_dir()),
+            ..HostConfig::default()
+        })
+        .unwrap()
+    })
 }
 
 fn fuel_host() -> &'static PluginHost {
     static HOST: OnceLock<PluginHost> = OnceLock::new();
     HOST.get_or_init(|| {
-        PluginHost::new(HostConfig { cache_dir: Some(cache_dir()), fuel_metering: true, ..HostConfig::default() }).unwrap()
+        PluginHost::new(HostConfig {
+            cache_dir: Some(cache_dir()),
+            fuel_metering: true,
+            ..HostConfig::default()
+        })
+        .unwrap()
     })
 }
 
@@ -50,40 +75,81 @@ fn s(prompt: &str, response: &str, gt: Value, source: &str) -> Sample {
 }
 
 fn opts(limits: Limits, policy: FailurePolicy) -> PluginOptions {
-    PluginOptions { limits, policy, threads: 2, ..PluginOptions::default() }
+    PluginOptions {
+        limits,
+        policy,
+        threads: 2,
+        ..PluginOptions::default()
+    }
 }
 
 fn limits(timeout_ms: u64) -> Limits {
-    Limits { timeout: Duration::from_millis(timeout_ms), memory_bytes: 128 << 20, ..Limits::default() }
+    Limits {
+        timeout: Duration::from_millis(timeout_ms),
+        memory_bytes: 128 << 20,
+        ..Limits::default()
+    }
 }
 
 /// The healthy reward gives the reference scores (called after every hostile test).
 fn assert_healthy() {
-    let p = host().load_reward(&wasm("sample-size"), PluginOptions::default()).unwrap();
+    let p = host()
+        .load_reward(&wasm("sample-size"), PluginOptions::default())
+        .unwrap();
     assert_eq!(p.manifest().name, "sample-size");
     let samples = vec![
-        s("q", "<think>t</think><answer>1,000</answer>", json!({"target": 1100}), "ss"),
-        s("q", "<think>t</think><answer>700</answer>", json!({"target": 1000}), "ss"),
+        s(
+            "q",
+            "<think>t</think><answer>1,000</answer>",
+            json!({"target": 1100}),
+            "ss",
+        ),
+        s(
+            "q",
+            "<think>t</think><answer>700</answer>",
+            json!({"target": 1000}),
+            "ss",
+        ),
         s("q", "<answer>1000</answer>", json!({"target": 1000}), "ss"),
-        s("q", "Assistant: <think>t</think><answer>80</answer>", json!({"target": "100"}), "ss"),
+        s(
+            "q",
+            "Assistant: <think>t</think><answer>80</answer>",
+            json!({"target": "100"}),
+            "ss",
+        ),
     ];
     let out = p.score(&json!({}), &samples).unwrap();
     let rewards: Vec<f64> = out.iter().map(|o| o.reward().unwrap()).collect();
     assert_eq!(rewards, vec![1.1, 0.0, -2.0, 1.1]);
     match &out[0] {
         Outcome::Scored { components, .. } => {
-            assert_eq!(components, &vec![("format".to_string(), 1.0), ("accuracy".to_string(), 1.0)])
+            assert_eq!(
+                components,
+                &vec![("format".to_string(), 1.0), ("accuracy".to_string(), 1.0)]
+            )
         }
         o => panic!("unexpected {o:?}"),
     }
 }
 
 /// Runs the hostile plugin in `mode` on `n` samples under `fail` policy.
-fn hostile_with(h: &PluginHost, mode: &str, extra: Value, limits: Limits, n: usize) -> (Result<Vec<Outcome>, PluginError>, Duration) {
-    let p = h.load_reward(&wasm("hostile"), opts(limits, FailurePolicy::Fail)).unwrap();
+fn hostile_with(
+    h: &PluginHost,
+    mode: &str,
+    extra: Value,
+    limits: Limits,
+    n: usize,
+) -> (Result<Vec<Outcome>, PluginError>, Duration) {
+    let p = h
+        .load_reward(&wasm("hostile"), opts(limits, FailurePolicy::Fail))
+        .unwrap();
     let mut cfg = json!({ "mode": mode });
-    cfg.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
-    let samples: Vec<Sample> = (0..n).map(|i| s(&format!("p{i}"), "response", json!(1), mode)).collect();
+    cfg.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    let samples: Vec<Sample> = (0..n)
+        .map(|i| s(&format!("p{i}"), "response", json!(1), mode))
+        .collect();
     let t = Instant::now();
     let r = p.score(&cfg, &samples);
     (r, t.elapsed())
@@ -96,7 +162,11 @@ fn hostile(mode: &str, limits: Limits) -> (Result<Vec<Outcome>, PluginError>, Du
 const SLACK: Duration = Duration::from_secs(5);
 
 fn check_plugin_named(e: &PluginError) {
-    assert_eq!(e.plugin().to_string(), "hostile@0.1.0", "error must name the plugin: {e}");
+    assert_eq!(
+        e.plugin().to_string(),
+        "hostile@0.1.0",
+        "error must name the plugin: {e}"
+    );
     assert!(e.to_string().contains("hostile@0.1.0"), "{e}");
 }
 
@@ -107,19 +177,37 @@ fn infinite_loop_times_out() {
     assert!(matches!(e, PluginError::Timeout { .. }), "{e}");
     check_plugin_named(&e);
     assert!(dt < Duration::from_millis(300) + SLACK, "took {dt:?}");
-    assert!(dt >= Duration::from_millis(300), "deadline fired early: {dt:?}");
+    assert!(
+        dt >= Duration::from_millis(300),
+        "deadline fired early: {dt:?}"
+    );
     assert_healthy();
 }
 
 #[test]
 fn infinite_loop_runs_out_of_fuel() {
-    let l = Limits { fuel: Some(50_000_000), ..limits(60_000) };
+    let l = Limits {
+        fuel: Some(50_000_000),
+        ..limits(60_000)
+    };
     let (r, dt) = hostile_with(fuel_host(), "loop", json!({}), l, 1);
     let e = r.unwrap_err();
-    assert!(matches!(e, PluginError::OutOfFuel { fuel: 50_000_000, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            PluginError::OutOfFuel {
+                fuel: 50_000_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(dt < SLACK * 4, "took {dt:?}");
     // Fuel metering on the engine does not break normal plugins.
-    let l = Limits { fuel: Some(1_000_000_000), ..limits(10_000) };
+    let l = Limits {
+        fuel: Some(1_000_000_000),
+        ..limits(10_000)
+    };
     let (r, _) = hostile_with(fuel_host(), "ok", json!({}), l, 3);
     assert_eq!(r.unwrap().len(), 3);
     assert_healthy();
@@ -127,17 +215,33 @@ fn infinite_loop_runs_out_of_fuel() {
 
 #[test]
 fn fuel_limit_requires_fuel_metering() {
-    let l = Limits { fuel: Some(1000), ..limits(1000) };
-    let e = host().load_reward(&wasm("hostile"), opts(l, FailurePolicy::Fail)).err().unwrap();
+    let l = Limits {
+        fuel: Some(1000),
+        ..limits(1000)
+    };
+    let e = host()
+        .load_reward(&wasm("hostile"), opts(l, FailurePolicy::Fail))
+        .err()
+        .unwrap();
     assert!(matches!(e, PluginError::Config { .. }), "{e}");
 }
 
 #[test]
 fn allocation_bomb_hits_memory_limit() {
-    let (r, dt) = hostile("alloc-bomb", Limits { memory_bytes: 64 << 20, ..limits(20_000) });
+    let (r, dt) = hostile(
+        "alloc-bomb",
+        Limits {
+            memory_bytes: 64 << 20,
+            ..limits(20_000)
+        },
+    );
     let e = r.unwrap_err();
     match &e {
-        PluginError::MemoryLimit { limit_bytes, requested_bytes, .. } => {
+        PluginError::MemoryLimit {
+            limit_bytes,
+            requested_bytes,
+            ..
+        } => {
             assert_eq!(*limit_bytes, 64 << 20);
             assert!(*requested_bytes > 64 << 20);
         }
@@ -152,9 +256,19 @@ fn allocation_bomb_hits_memory_limit() {
 fn panic_is_a_trap_with_message_and_backtrace() {
     let (r, _) = hostile("panic", limits(5000));
     match r.unwrap_err() {
-        PluginError::Trap { message, backtrace, plugin } => {
-            assert!(message.contains("panics on purpose"), "panic message from guest stderr missing: {message}");
-            assert!(!backtrace.trim().is_empty() && backtrace != "<none>", "no backtrace");
+        PluginError::Trap {
+            message,
+            backtrace,
+            plugin,
+        } => {
+            assert!(
+                message.contains("panics on purpose"),
+                "panic message from guest stderr missing: {message}"
+            );
+            assert!(
+                !backtrace.trim().is_empty() && backtrace != "<none>",
+                "no backtrace"
+            );
             assert_eq!(plugin.name, "hostile");
         }
         e => panic!("expected Trap, got {e}"),
@@ -186,10 +300,19 @@ fn stack_overflow_is_a_trap() {
 #[test]
 fn huge_output_is_rejected() {
     for mode in ["huge-output", "huge-components"] {
-        let (r, dt) = hostile(mode, Limits { memory_bytes: 512 << 20, max_output_bytes: 1 << 20, ..limits(20_000) });
+        let (r, dt) = hostile(
+            mode,
+            Limits {
+                memory_bytes: 512 << 20,
+                max_output_bytes: 1 << 20,
+                ..limits(20_000)
+            },
+        );
         let e = r.unwrap_err();
         match &e {
-            PluginError::BadOutput { reason, .. } => assert!(reason.contains("exceeds the limit"), "{reason}"),
+            PluginError::BadOutput { reason, .. } => {
+                assert!(reason.contains("exceeds the limit"), "{reason}")
+            }
             _ => panic!("{mode}: expected BadOutput, got {e}"),
         }
         assert!(dt < Duration::from_secs(20) + SLACK);
@@ -202,7 +325,9 @@ fn wrong_number_of_results_is_bad_output() {
     for mode in ["wrong-count", "empty"] {
         let (r, _) = hostile(mode, limits(5000));
         match r.unwrap_err() {
-            PluginError::BadOutput { reason, .. } => assert!(reason.contains("results for 3 samples"), "{reason}"),
+            PluginError::BadOutput { reason, .. } => {
+                assert!(reason.contains("results for 3 samples"), "{reason}")
+            }
             e => panic!("{mode}: expected BadOutput, got {e}"),
         }
     }
@@ -238,7 +363,11 @@ fn expect_denied_probe(mode: &str, extra: Value, needle: &str) {
 fn filesystem_is_not_reachable() {
     expect_denied_probe("read-file", json!({"path": "/etc/passwd"}), "/etc/passwd");
     let here = repo().join("Cargo.toml");
-    expect_denied_probe("read-file", json!({"path": here.to_string_lossy()}), "Cargo.toml");
+    expect_denied_probe(
+        "read-file",
+        json!({"path": here.to_string_lossy()}),
+        "Cargo.toml",
+    );
     expect_denied_probe("list-dir", json!({}), "read_dir");
     assert_healthy();
 }
@@ -256,19 +385,36 @@ fn sockets_are_denied() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    expect_denied_probe("socket", json!({"port": port}), &format!("127.0.0.1:{port}"));
-    assert!(listener.accept().is_err(), "the plugin reached a host socket");
+    expect_denied_probe(
+        "socket",
+        json!({"port": port}),
+        &format!("127.0.0.1:{port}"),
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the plugin reached a host socket"
+    );
     assert_healthy();
 }
 
 #[test]
 fn non_granted_capability_is_denied_and_counted() {
     for mode in ["judge", "judge-unwrap", "search"] {
-        let p = host().load_reward(&wasm("hostile"), opts(limits(5000), FailurePolicy::Drop)).unwrap();
-        let out = p.score(&json!({"mode": mode}), &[s("p", "query text", json!(1), "x")]).unwrap();
+        let p = host()
+            .load_reward(&wasm("hostile"), opts(limits(5000), FailurePolicy::Drop))
+            .unwrap();
+        let out = p
+            .score(
+                &json!({"mode": mode}),
+                &[s("p", "query text", json!(1), "x")],
+            )
+            .unwrap();
         match &out[0] {
             Outcome::Dropped { error } => {
-                assert!(matches!(**error, PluginError::CapabilityDenied { .. }), "{mode}: {error}");
+                assert!(
+                    matches!(**error, PluginError::CapabilityDenied { .. }),
+                    "{mode}: {error}"
+                );
                 let cap = if mode == "search" { "search" } else { "judge" };
                 assert!(error.to_string().contains(cap), "{error}");
             }
@@ -276,7 +422,11 @@ fn non_granted_capability_is_denied_and_counted() {
         }
         let m = p.metrics();
         assert_eq!(m.capability_denied, 1, "{mode}: {m:?}");
-        assert_eq!(m.failures.get("capability_denied"), Some(&1), "{mode}: {m:?}");
+        assert_eq!(
+            m.failures.get("capability_denied"),
+            Some(&1),
+            "{mode}: {m:?}"
+        );
         assert_eq!(m.dropped, 1);
     }
     assert_healthy();
@@ -284,23 +434,55 @@ fn non_granted_capability_is_denied_and_counted() {
 
 #[test]
 fn granted_capabilities_work() {
-    let judge = InMemoryJudge { scores: [("good answer".to_string(), 0.9)].into(), default_score: 0.2, reply: String::new() };
-    let index = InMemoryIndex::new([("pmid1".to_string(), "metformin in diabetes".to_string()), ("pmid2".to_string(), "metformin".to_string())]);
-    let grants = Grants::none().with_judge(Box::new(judge)).with_search(Box::new(index));
+    let judge = InMemoryJudge {
+        scores: [("good answer".to_string(), 0.9)].into(),
+        default_score: 0.2,
+        reply: String::new(),
+    };
+    let index = InMemoryIndex::new([
+        ("pmid1".to_string(), "metformin in diabetes".to_string()),
+        ("pmid2".to_string(), "metformin".to_string()),
+    ]);
+    let grants = Grants::none()
+        .with_judge(Box::new(judge))
+        .with_search(Box::new(index));
     let p = host()
-        .load_reward(&wasm("hostile"), PluginOptions { grants, limits: limits(5000), ..PluginOptions::default() })
+        .load_reward(
+            &wasm("hostile"),
+            PluginOptions {
+                grants,
+                limits: limits(5000),
+                ..PluginOptions::default()
+            },
+        )
         .unwrap();
-    let judged = p.score(&json!({"mode": "judge"}), &[s("p", "good answer", json!(1), "x"), s("p", "other", json!(1), "x")]).unwrap();
+    let judged = p
+        .score(
+            &json!({"mode": "judge"}),
+            &[
+                s("p", "good answer", json!(1), "x"),
+                s("p", "other", json!(1), "x"),
+            ],
+        )
+        .unwrap();
     let r: Vec<f64> = judged.iter().map(|o| o.reward().unwrap()).collect();
     assert_eq!(r, vec![0.9, 0.2]);
-    let found = p.score(&json!({"mode": "search"}), &[s("p", "metformin diabetes", json!(1), "x")]).unwrap();
+    let found = p
+        .score(
+            &json!({"mode": "search"}),
+            &[s("p", "metformin diabetes", json!(1), "x")],
+        )
+        .unwrap();
     assert_eq!(found[0].reward(), Some(2.0)); // pmid1 matches both terms
     assert_eq!(p.metrics().capability_denied, 0);
 }
 
 #[test]
 fn malformed_and_truncated_wasm_are_invalid() {
-    let id = PluginId { name: "bytes".into(), version: "?".into() };
+    let id = PluginId {
+        name: "bytes".into(),
+        version: "?".into(),
+    };
     let good = std::fs::read(wasm("sample-size")).unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"\0asm\x0d\0\x01\0this is not wasm".to_vec()),
@@ -313,7 +495,10 @@ fn malformed_and_truncated_wasm_are_invalid() {
     ];
     for (what, bytes) in cases {
         let t = Instant::now();
-        let e = host().load_reward_bytes(&bytes, id.clone(), PluginOptions::default()).err().unwrap();
+        let e = host()
+            .load_reward_bytes(&bytes, id.clone(), PluginOptions::default())
+            .err()
+            .unwrap();
         assert!(matches!(e, PluginError::InvalidWasm { .. }), "{what}: {e}");
         assert!(e.to_string().contains("bytes@?"), "{e}");
         assert!(t.elapsed() < SLACK);
@@ -322,30 +507,49 @@ fn malformed_and_truncated_wasm_are_invalid() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("broken.wasm");
     std::fs::write(&f, &good[..good.len() - 100]).unwrap();
-    let e = host().load_reward(&f, PluginOptions::default()).err().unwrap();
-    assert!(matches!(e, PluginError::InvalidWasm { .. }) && e.to_string().contains("broken.wasm"), "{e}");
+    let e = host()
+        .load_reward(&f, PluginOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, PluginError::InvalidWasm { .. }) && e.to_string().contains("broken.wasm"),
+        "{e}"
+    );
     assert_healthy();
 }
 
 #[test]
 fn wrong_api_version_is_refused_before_instantiation() {
-    let e = host().load_reward(&wasm("wrong-api"), PluginOptions::default()).err().unwrap();
+    let e = host()
+        .load_reward(&wasm("wrong-api"), PluginOptions::default())
+        .err()
+        .unwrap();
     match &e {
-        PluginError::IncompatibleApi { found, supported, .. } => {
+        PluginError::IncompatibleApi {
+            found, supported, ..
+        } => {
             assert_eq!(found, "9.0.0");
             assert_eq!(supported, &vec!["0.1.0".to_string()]);
         }
         _ => panic!("expected IncompatibleApi, got {e}"),
     }
     let msg = e.to_string();
-    assert!(msg.contains("9.0.0") && msg.contains("0.1.0") && msg.contains("wrong_api.wasm"), "{msg}");
+    assert!(
+        msg.contains("9.0.0") && msg.contains("0.1.0") && msg.contains("wrong_api.wasm"),
+        "{msg}"
+    );
     assert_healthy();
 }
 
 /// A batch mixing good and failing samples, one sample per call so a trap costs one sample.
 fn mixed(policy: FailurePolicy) -> (Result<Vec<Outcome>, PluginError>, MetricsSnapshot) {
-    let l = Limits { max_batch_per_call: 1, ..limits(5000) };
-    let p = host().load_reward(&wasm("hostile"), opts(l, policy)).unwrap();
+    let l = Limits {
+        max_batch_per_call: 1,
+        ..limits(5000)
+    };
+    let p = host()
+        .load_reward(&wasm("hostile"), opts(l, policy))
+        .unwrap();
     let samples = vec![
         s("a", "four", json!(1), "ok"),
         s("b", "x", json!(1), "panic"),
@@ -363,18 +567,31 @@ fn policy_drop_counts_and_keeps_good_samples() {
     let (r, m) = mixed(FailurePolicy::Drop);
     let out = r.unwrap();
     assert_eq!(out[0].reward(), Some(4.0));
-    assert!(matches!(&out[1], Outcome::Dropped { error } if matches!(**error, PluginError::Trap { .. })));
+    assert!(
+        matches!(&out[1], Outcome::Dropped { error } if matches!(**error, PluginError::Trap { .. }))
+    );
     assert_eq!(out[2].reward(), Some(6.0));
-    assert!(matches!(&out[3], Outcome::Dropped { error } if matches!(**error, PluginError::GuestError { .. })));
+    assert!(
+        matches!(&out[3], Outcome::Dropped { error } if matches!(**error, PluginError::GuestError { .. }))
+    );
     assert!(matches!(out[4], Outcome::NotApplicable));
-    assert!(matches!(&out[5], Outcome::Dropped { error } if matches!(**error, PluginError::BadOutput { .. })));
+    assert!(
+        matches!(&out[5], Outcome::Dropped { error } if matches!(**error, PluginError::BadOutput { .. }))
+    );
     assert_eq!(m.dropped, 3);
     assert_eq!(m.substituted, 0);
     assert_eq!(m.scored, 2);
     assert_eq!(m.not_applicable, 1);
-    assert_eq!(m.stores_discarded, 1, "the trapped store must be discarded: {m:?}");
-    let expect: std::collections::BTreeMap<String, u64> =
-        [("trap".to_string(), 1), ("guest_error".to_string(), 1), ("bad_output".to_string(), 1)].into();
+    assert_eq!(
+        m.stores_discarded, 1,
+        "the trapped store must be discarded: {m:?}"
+    );
+    let expect: std::collections::BTreeMap<String, u64> = [
+        ("trap".to_string(), 1),
+        ("guest_error".to_string(), 1),
+        ("bad_output".to_string(), 1),
+    ]
+    .into();
     assert_eq!(m.failures, expect);
 }
 
@@ -382,7 +599,17 @@ fn policy_drop_counts_and_keeps_good_samples() {
 fn policy_score_substitutes() {
     let (r, m) = mixed(FailurePolicy::Score(-1.0));
     let rewards: Vec<Option<f64>> = r.unwrap().iter().map(Outcome::reward).collect();
-    assert_eq!(rewards, vec![Some(4.0), Some(-1.0), Some(6.0), Some(-1.0), None, Some(-1.0)]);
+    assert_eq!(
+        rewards,
+        vec![
+            Some(4.0),
+            Some(-1.0),
+            Some(6.0),
+            Some(-1.0),
+            None,
+            Some(-1.0)
+        ]
+    );
     assert_eq!(m.substituted, 3);
     assert_eq!(m.dropped, 0);
 }
@@ -396,8 +623,14 @@ fn policy_fail_returns_first_error() {
 
 #[test]
 fn failure_policy_parses() {
-    assert_eq!("drop".parse::<FailurePolicy>().unwrap(), FailurePolicy::Drop);
-    assert_eq!("score:-0.5".parse::<FailurePolicy>().unwrap(), FailurePolicy::Score(-0.5));
+    assert_eq!(
+        "drop".parse::<FailurePolicy>().unwrap(),
+        FailurePolicy::Drop
+    );
+    assert_eq!(
+        "score:-0.5".parse::<FailurePolicy>().unwrap(),
+        FailurePolicy::Score(-0.5)
+    );
     assert!("score:nan".parse::<FailurePolicy>().is_err());
     assert!("retry".parse::<FailurePolicy>().is_err());
 }
@@ -405,12 +638,35 @@ fn failure_policy_parses() {
 #[test]
 fn parallel_scoring_matches_sequential() {
     let samples: Vec<Sample> = (0..2000)
-        .map(|i| s("q", &format!("<think>x</think><answer>{}</answer>", 900 + i % 400), json!({"target": 1000}), "ss"))
+        .map(|i| {
+            s(
+                "q",
+                &format!("<think>x</think><answer>{}</answer>", 900 + i % 400),
+                json!({"target": 1000}),
+                "ss",
+            )
+        })
         .collect();
     let run = |threads, batch| {
-        let l = Limits { max_batch_per_call: batch, ..Limits::default() };
-        let p = host().load_reward(&wasm("sample-size"), PluginOptions { threads, limits: l, ..PluginOptions::default() }).unwrap();
-        p.score(&json!({}), &samples).unwrap().iter().map(|o| o.reward().unwrap()).collect::<Vec<f64>>()
+        let l = Limits {
+            max_batch_per_call: batch,
+            ..Limits::default()
+        };
+        let p = host()
+            .load_reward(
+                &wasm("sample-size"),
+                PluginOptions {
+                    threads,
+                    limits: l,
+                    ..PluginOptions::default()
+                },
+            )
+            .unwrap();
+        p.score(&json!({}), &samples)
+            .unwrap()
+            .iter()
+            .map(|o| o.reward().unwrap())
+            .collect::<Vec<f64>>()
     };
     let seq = run(1, 2000);
     assert_eq!(seq, run(4, 37));
@@ -439,26 +695,54 @@ fn guest_output_goes_to_logs_not_the_terminal() {
         .with_ansi(false)
         .finish();
     // One thread, so the guest runs on this thread and the scoped subscriber sees its output.
-    let p = host().load_reward(&wasm("hostile"), PluginOptions { threads: 1, limits: limits(5000), ..PluginOptions::default() }).unwrap();
+    let p = host()
+        .load_reward(
+            &wasm("hostile"),
+            PluginOptions {
+                threads: 1,
+                limits: limits(5000),
+                ..PluginOptions::default()
+            },
+        )
+        .unwrap();
     let out = tracing::subscriber::with_default(subscriber, || {
-        p.score(&json!({"mode": "log"}), &[s("p0", "r", json!(1), "x"), s("p1", "r", json!(1), "x")]).unwrap()
+        p.score(
+            &json!({"mode": "log"}),
+            &[s("p0", "r", json!(1), "x"), s("p1", "r", json!(1), "x")],
+        )
+        .unwrap()
     });
     assert_eq!(out.len(), 2);
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    for needle in ["stdout line from hostile plugin", "stderr line from hostile plugin", "scoring p0", "scoring p1", "hostile@0.1.0"] {
-        assert!(text.contains(needle), "missing {needle:?} in captured log:\n{text}");
+    for needle in [
+        "stdout line from hostile plugin",
+        "stderr line from hostile plugin",
+        "scoring p0",
+        "scoring p1",
+        "hostile@0.1.0",
+    ] {
+        assert!(
+            text.contains(needle),
+            "missing {needle:?} in captured log:\n{text}"
+        );
     }
 }
 
 #[test]
 fn compile_cache_is_used_and_survives_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = HostConfig { cache_dir: Some(dir.path().to_path_buf()), ..HostConfig::default() };
+    let cfg = HostConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..HostConfig::default()
+    };
     let path = wasm("sample-size");
     let h1 = PluginHost::new(cfg.clone()).unwrap();
     h1.load_reward(&path, PluginOptions::default()).unwrap();
     assert_eq!(h1.cache_stats(), (0, 1));
-    let entries: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0].extension().unwrap(), "cwasm");
 
@@ -466,7 +750,20 @@ fn compile_cache_is_used_and_survives_corruption() {
     let h2 = PluginHost::new(cfg.clone()).unwrap();
     let p = h2.load_reward(&path, PluginOptions::default()).unwrap();
     assert_eq!(h2.cache_stats(), (1, 0));
-    assert_eq!(p.score(&json!({}), &[s("q", "<think></think><answer>5</answer>", json!({"target": 5}), "")]).unwrap()[0].reward(), Some(1.1));
+    assert_eq!(
+        p.score(
+            &json!({}),
+            &[s(
+                "q",
+                "<think></think><answer>5</answer>",
+                json!({"target": 5}),
+                ""
+            )]
+        )
+        .unwrap()[0]
+            .reward(),
+        Some(1.1)
+    );
 
     // A corrupted entry is recompiled, not trusted.
     std::fs::write(&entries[0], b"garbage").unwrap();
@@ -476,26 +773,35 @@ fn compile_cache_is_used_and_survives_corruption() {
 
     // Different bytes, different key.
     let h4 = PluginHost::new(cfg).unwrap();
-    h4.load_reward(&wasm("hostile"), PluginOptions::default()).unwrap();
+    h4.load_reward(&wasm("hostile"), PluginOptions::default())
+        .unwrap();
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }
 
 #[test]
 fn data_adapter_converts_records() {
-    let a = host().load_adapter(&wasm("alpaca-adapter"), PluginOptions::default()).unwrap();
+    let a = host()
+        .load_adapter(&wasm("alpaca-adapter"), PluginOptions::default())
+        .unwrap();
     assert_eq!(a.manifest().name, "alpaca-adapter");
     let recs = vec![
-        json!({"instruction": "What is HbA1c?", "input": "", "output": "Glycated haemoglobin."}).to_string(),
+        json!({"instruction": "What is HbA1c?", "input": "", "output": "Glycated haemoglobin."})
+            .to_string(),
         json!({"instruction": "Dose?", "input": "metformin", "output": "500 mg"}).to_string(),
         json!({"instruction": "", "output": "x"}).to_string(),
         "not json".to_string(),
     ];
-    let out = a.convert(&json!({"data_source": "flashcards"}), &recs).unwrap();
+    let out = a
+        .convert(&json!({"data_source": "flashcards"}), &recs)
+        .unwrap();
     let ex = out[1].as_ref().unwrap();
     assert_eq!(ex["messages"][0]["content"], "Dose?\nmetformin");
     assert_eq!(ex["messages"][1]["role"], "assistant");
     assert_eq!(ex["data_source"], "flashcards");
-    assert_eq!(out[0].as_ref().unwrap()["messages"][0]["content"], "What is HbA1c?");
+    assert_eq!(
+        out[0].as_ref().unwrap()["messages"][0]["content"],
+        "What is HbA1c?"
+    );
     assert!(matches!(out[2], Err(PluginError::GuestError { .. })));
     assert!(matches!(out[3], Err(PluginError::GuestError { .. })));
     // inspect falls back to the adapter world.
@@ -511,7 +817,12 @@ fn medrl() -> Command {
 
 fn ok(c: &mut Command) -> String {
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{c:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{c:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -519,22 +830,47 @@ fn ok(c: &mut Command) -> String {
 fn scaffold_builds_tests_inspects_and_scores() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dose-check");
-    ok(medrl().args(["plugin", "new", "dose-check", "--dir"]).arg(&dir));
+    ok(medrl()
+        .args(["plugin", "new", "dose-check", "--dir"])
+        .arg(&dir));
     // Share compiled dependencies with the plugins workspace to keep this test fast.
     let target = repo().join("plugins/target");
-    ok(Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-        .args(["test", "--quiet", "--manifest-path"])
-        .arg(dir.join("Cargo.toml"))
+    ok(
+        Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+            .args(["test", "--quiet", "--manifest-path"])
+            .arg(dir.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target),
+    );
+    let built = ok(medrl()
+        .args(["plugin", "build"])
+        .arg(&dir)
         .env("CARGO_TARGET_DIR", &target));
-    let built = ok(medrl().args(["plugin", "build"]).arg(&dir).env("CARGO_TARGET_DIR", &target));
     let wasm_path = PathBuf::from(built.lines().last().unwrap().trim());
     assert!(wasm_path.ends_with("dose_check.wasm"), "{built}");
     let info = ok(medrl().args(["plugin", "inspect"]).arg(&wasm_path));
-    assert!(info.contains("dose-check") && info.contains("api version:  0.1.0") && info.contains("capabilities: none"), "{info}");
+    assert!(
+        info.contains("dose-check")
+            && info.contains("api version:  0.1.0")
+            && info.contains("capabilities: none"),
+        "{info}"
+    );
     let out = dir.join("scores.jsonl");
-    ok(medrl().args(["reward", "score", "--plugin"]).arg(&wasm_path).arg("--input").arg(dir.join("samples.jsonl")).arg("--output").arg(&out));
-    let scores: Vec<Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let r: Vec<f64> = scores.iter().map(|v| v["score"].as_f64().unwrap()).collect();
+    ok(medrl()
+        .args(["reward", "score", "--plugin"])
+        .arg(&wasm_path)
+        .arg("--input")
+        .arg(dir.join("samples.jsonl"))
+        .arg("--output")
+        .arg(&out));
+    let scores: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let r: Vec<f64> = scores
+        .iter()
+        .map(|v| v["score"].as_f64().unwrap())
+        .collect();
     assert_eq!(r, vec![1.0, 0.0, 0.0]);
     assert_eq!(scores[0]["components"]["correct"], 1.0);
 }
@@ -556,33 +892,92 @@ fn cli_score_with_policy_and_config() {
     .unwrap();
     let cfg = tmp.path().join("cfg.json");
     std::fs::write(&cfg, r#"{"tolerance": 0.1}"#).unwrap();
-    let out = ok(medrl().args(["reward", "score", "--plugin"]).arg(wasm("sample-size")).arg("--input").arg(&input).arg("--config").arg(&cfg));
-    let r: Vec<f64> = out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["score"].as_f64().unwrap()).collect();
+    let out = ok(medrl()
+        .args(["reward", "score", "--plugin"])
+        .arg(wasm("sample-size"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--config")
+        .arg(&cfg));
+    let r: Vec<f64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["score"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
     assert_eq!(r, vec![1.1, 0.0]);
 }
 
 #[test]
 fn python_plugin_scores_like_the_rust_one() {
-    let has = Command::new("componentize-py").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let has = Command::new("componentize-py")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !has {
         println!("SKIPPED python_plugin_scores_like_the_rust_one: componentize-py is not installed (pip install componentize-py==0.25.1, or scripts/setup-plugins.sh)");
         return;
     }
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sample_size_py.wasm");
-    ok(Command::new("bash").arg(repo().join("scripts/build-python-plugin.sh")).arg(&out));
+    ok(Command::new("bash")
+        .arg(repo().join("scripts/build-python-plugin.sh"))
+        .arg(&out));
     // Python components take ~1 s to instantiate; the deadline covers that once.
-    let p = host().load_reward(&out, PluginOptions { limits: limits(30_000), ..PluginOptions::default() }).unwrap();
+    let p = host()
+        .load_reward(
+            &out,
+            PluginOptions {
+                limits: limits(30_000),
+                ..PluginOptions::default()
+            },
+        )
+        .unwrap();
     assert_eq!(p.manifest().name, "sample-size-py");
     let samples = vec![
-        s("q", "<think>t</think><answer>1,000</answer>", json!({"target": 1100}), "ss"),
-        s("q", "<think>t</think><answer>700</answer>", json!({"target": 1000}), "ss"),
+        s(
+            "q",
+            "<think>t</think><answer>1,000</answer>",
+            json!({"target": 1100}),
+            "ss",
+        ),
+        s(
+            "q",
+            "<think>t</think><answer>700</answer>",
+            json!({"target": 1000}),
+            "ss",
+        ),
         s("q", "<answer>1000</answer>", json!({"target": 1000}), "ss"),
-        s("q", "Assistant: <think>t</think><answer>80</answer>", json!({"target": "100"}), "ss"),
-        s("q", "<think>t</think><answer>80</answer>", json!({"nothing": 1}), "ss"),
+        s(
+            "q",
+            "Assistant: <think>t</think><answer>80</answer>",
+            json!({"target": "100"}),
+            "ss",
+        ),
+        s(
+            "q",
+            "<think>t</think><answer>80</answer>",
+            json!({"nothing": 1}),
+            "ss",
+        ),
     ];
-    let py: Vec<Option<f64>> = p.score(&json!({}), &samples).unwrap().iter().map(Outcome::reward).collect();
-    let rs = host().load_reward(&wasm("sample-size"), PluginOptions::default()).unwrap();
-    let rust: Vec<Option<f64>> = rs.score(&json!({}), &samples).unwrap().iter().map(Outcome::reward).collect();
+    let py: Vec<Option<f64>> = p
+        .score(&json!({}), &samples)
+        .unwrap()
+        .iter()
+        .map(Outcome::reward)
+        .collect();
+    let rs = host()
+        .load_reward(&wasm("sample-size"), PluginOptions::default())
+        .unwrap();
+    let rust: Vec<Option<f64>> = rs
+        .score(&json!({}), &samples)
+        .unwrap()
+        .iter()
+        .map(Outcome::reward)
+        .collect();
     assert_eq!(py, rust);
     assert_eq!(py[..4], [Some(1.1), Some(0.0), Some(-2.0), Some(1.1)]);
 }

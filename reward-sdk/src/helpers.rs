@@ -42,7 +42,10 @@ pub fn count(text: &str, needle: &str) -> usize {
 
 /// Counts of `<tag>` and `</tag>`.
 pub fn count_tag(text: &str, tag: &str) -> (usize, usize) {
-    (count(text, &format!("<{tag}>")), count(text, &format!("</{tag}>")))
+    (
+        count(text, &format!("<{tag}>")),
+        count(text, &format!("</{tag}>")),
+    )
 }
 
 /// True iff the listed markers each appear exactly once and in this order.
@@ -51,7 +54,9 @@ pub fn exactly_once_in_order(text: &str, markers: &[&str]) -> bool {
     for m in markers {
         // One pass per marker: position of the first match, and whether there is a second.
         let mut hits = text.match_indices(m);
-        let Some((at, _)) = hits.next() else { return false };
+        let Some((at, _)) = hits.next() else {
+            return false;
+        };
         if hits.next().is_some() || at < last {
             return false;
         }
@@ -89,7 +94,11 @@ pub fn lcs_len<T: PartialEq>(a: &[T], b: &[T]) -> usize {
         let mut prev_diag = 0;
         for (j, y) in b.iter().enumerate() {
             let tmp = row[j + 1];
-            row[j + 1] = if x == y { prev_diag + 1 } else { row[j + 1].max(row[j]) };
+            row[j + 1] = if x == y {
+                prev_diag + 1
+            } else {
+                row[j + 1].max(row[j])
+            };
             prev_diag = tmp;
         }
     }
@@ -108,8 +117,14 @@ fn f1_from_lcs(lcs: usize, n_cand: usize, n_ref: usize) -> f64 {
 /// ROUGE-L F1 over whitespace tokens (lowercased). Quadratic in length: fine for responses of
 /// a few hundred tokens; for long texts prefer a cheaper proxy.
 pub fn rouge_l_tokens(candidate: &str, reference: &str) -> f64 {
-    let c: Vec<String> = candidate.split_whitespace().map(str::to_lowercase).collect();
-    let r: Vec<String> = reference.split_whitespace().map(str::to_lowercase).collect();
+    let c: Vec<String> = candidate
+        .split_whitespace()
+        .map(str::to_lowercase)
+        .collect();
+    let r: Vec<String> = reference
+        .split_whitespace()
+        .map(str::to_lowercase)
+        .collect();
     f1_from_lcs(lcs_len(&c, &r), c.len(), r.len())
 }
 
@@ -137,7 +152,11 @@ pub fn distinct_n(text: &str, n: usize) -> f64 {
 /// Drops everything before the first assistant header, as reference parsers do
 /// (`Assistant:`, `<|im_start|>assistant`, Llama-3 header). Unchanged if none is present.
 pub fn strip_to_assistant(text: &str) -> &str {
-    const HEADERS: [&str; 3] = ["<|start_header_id|>assistant<|end_header_id|>", "<|im_start|>assistant", "Assistant:"];
+    const HEADERS: [&str; 3] = [
+        "<|start_header_id|>assistant<|end_header_id|>",
+        "<|im_start|>assistant",
+        "Assistant:",
+    ];
     HEADERS
         .iter()
         .filter_map(|h| text.find(h).map(|i| (i, h.len())))
@@ -158,8 +177,14 @@ mod tests {
         assert_eq!(last_tag(t, "missing"), None);
         assert_eq!(last_tag("<answer>unclosed", "answer"), None);
         assert_eq!(count_tag(t, "answer"), (2, 2));
-        assert!(exactly_once_in_order("<think>x</think><answer>1</answer>", &["<think>", "</think>", "<answer>", "</answer>"]));
-        assert!(!exactly_once_in_order("<answer>1</answer><think>x</think>", &["<think>", "</think>", "<answer>", "</answer>"]));
+        assert!(exactly_once_in_order(
+            "<think>x</think><answer>1</answer>",
+            &["<think>", "</think>", "<answer>", "</answer>"]
+        ));
+        assert!(!exactly_once_in_order(
+            "<answer>1</answer><think>x</think>",
+            &["<think>", "</think>", "<answer>", "</answer>"]
+        ));
         assert!(!exactly_once_in_order(t, &["<answer>"]));
     }
 

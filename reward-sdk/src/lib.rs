@@ -104,14 +104,20 @@ pub struct Sample {
 /// What a reward returns for one sample.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Scored { score: f64, components: Vec<(String, f64)> },
+    Scored {
+        score: f64,
+        components: Vec<(String, f64)>,
+    },
     /// Not this plugin's task (mixed batches): the trainer ignores the sample for this reward.
     NotApplicable,
 }
 
 impl Outcome {
     pub fn score(score: f64) -> Self {
-        Outcome::Scored { score, components: vec![] }
+        Outcome::Scored {
+            score,
+            components: vec![],
+        }
     }
     /// Adds a named component (logged on its own by the trainer).
     pub fn with(mut self, name: &str, value: f64) -> Self {
@@ -199,7 +205,14 @@ pub mod host {
             p::judge::judge_generate(prompt, max_tokens)
         }
         pub fn search(query: &str, top_k: u32) -> Result<Vec<Hit>, String> {
-            p::search::search(query, top_k).map(|v| v.into_iter().map(|h| Hit { id: h.id, score: h.score }).collect())
+            p::search::search(query, top_k).map(|v| {
+                v.into_iter()
+                    .map(|h| Hit {
+                        id: h.id,
+                        score: h.score,
+                    })
+                    .collect()
+            })
         }
     }
 
@@ -273,8 +286,15 @@ pub mod __private {
         manifest(R::manifest())
     }
 
-    pub fn reward_score<R: Reward>(config: String, samples: Vec<t::Sample>) -> Vec<Result<t::ScoreResult, String>> {
-        let config = match serde_json::from_str::<Value>(if config.trim().is_empty() { "{}" } else { &config }) {
+    pub fn reward_score<R: Reward>(
+        config: String,
+        samples: Vec<t::Sample>,
+    ) -> Vec<Result<t::ScoreResult, String>> {
+        let config = match serde_json::from_str::<Value>(if config.trim().is_empty() {
+            "{}"
+        } else {
+            &config
+        }) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("config is not valid JSON: {e}");
@@ -292,7 +312,9 @@ pub mod __private {
                     data_source: s.data_source,
                 };
                 R::score(&config, &sample).map(|o| match o {
-                    Outcome::Scored { score, components } => t::ScoreResult::Scored(t::Scored { score, components }),
+                    Outcome::Scored { score, components } => {
+                        t::ScoreResult::Scored(t::Scored { score, components })
+                    }
                     Outcome::NotApplicable => t::ScoreResult::NotApplicable,
                 })
             })
@@ -303,12 +325,21 @@ pub mod __private {
         manifest(A::manifest())
     }
 
-    pub fn adapter_convert<A: Adapter>(config: String, records: Vec<String>) -> Vec<Result<String, String>> {
-        let config: Value = serde_json::from_str(if config.trim().is_empty() { "{}" } else { &config }).unwrap_or(Value::Null);
+    pub fn adapter_convert<A: Adapter>(
+        config: String,
+        records: Vec<String>,
+    ) -> Vec<Result<String, String>> {
+        let config: Value = serde_json::from_str(if config.trim().is_empty() {
+            "{}"
+        } else {
+            &config
+        })
+        .unwrap_or(Value::Null);
         records
             .iter()
             .map(|r| {
-                let v: Value = serde_json::from_str(r).map_err(|e| format!("record is not valid JSON: {e}"))?;
+                let v: Value = serde_json::from_str(r)
+                    .map_err(|e| format!("record is not valid JSON: {e}"))?;
                 let ex = A::convert(&config, &v)?;
                 serde_json::to_string(&ex).map_err(|e| e.to_string())
             })

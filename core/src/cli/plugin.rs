@@ -47,7 +47,10 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
             let sdk = sdk.unwrap_or_else(|| PathBuf::from(SDK_DIR));
             new_plugin(&name, &dir, &sdk)?;
             println!("created {} (reward plugin `{name}`)", dir.display());
-            println!("next: cd {} && cargo test && medrl plugin build .", dir.display());
+            println!(
+                "next: cd {} && cargo test && medrl plugin build .",
+                dir.display()
+            );
             Ok(())
         }
         PluginCommand::Build { dir } => {
@@ -63,7 +66,9 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// Writes the scaffold crate. Refuses to overwrite an existing Cargo.toml.
@@ -72,27 +77,50 @@ pub fn new_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<()> {
         bail!("invalid plugin name `{name}`: use lowercase letters, digits and `-`, starting with a letter");
     }
     if dir.join("Cargo.toml").exists() {
-        bail!("{} already contains a Cargo.toml; choose another --dir", dir.display());
+        bail!(
+            "{} already contains a Cargo.toml; choose another --dir",
+            dir.display()
+        );
     }
-    let sdk = std::fs::canonicalize(sdk)
-        .with_context(|| format!("medrl-reward-sdk not found at {} (pass --sdk or set MEDRL_SDK_PATH)", sdk.display()))?;
+    let sdk = std::fs::canonicalize(sdk).with_context(|| {
+        format!(
+            "medrl-reward-sdk not found at {} (pass --sdk or set MEDRL_SDK_PATH)",
+            sdk.display()
+        )
+    })?;
     std::fs::create_dir_all(dir.join("src"))?;
     let ty: String = name
         .split('-')
         .map(|w| {
             let mut c = w.chars();
-            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
         })
         .collect();
     let files = [
-        ("Cargo.toml", CARGO_TOML.replace("{name}", name).replace("{sdk}", &sdk.display().to_string().replace('\\', "/"))),
-        ("src/lib.rs", LIB_RS.replace("{name}", name).replace("{Type}", &ty)),
-        ("README.md", README.replace("{name}", name).replace("{crate}", &name.replace('-', "_"))),
+        (
+            "Cargo.toml",
+            CARGO_TOML
+                .replace("{name}", name)
+                .replace("{sdk}", &sdk.display().to_string().replace('\\', "/")),
+        ),
+        (
+            "src/lib.rs",
+            LIB_RS.replace("{name}", name).replace("{Type}", &ty),
+        ),
+        (
+            "README.md",
+            README
+                .replace("{name}", name)
+                .replace("{crate}", &name.replace('-', "_")),
+        ),
         (".gitignore", "/target\n".to_string()),
         ("samples.jsonl", SAMPLES.to_string()),
     ];
     for (rel, text) in files {
-        std::fs::write(dir.join(rel), text).with_context(|| format!("writing {}", dir.join(rel).display()))?;
+        std::fs::write(dir.join(rel), text)
+            .with_context(|| format!("writing {}", dir.join(rel).display()))?;
     }
     Ok(())
 }
@@ -104,7 +132,14 @@ pub fn build_plugin(dir: &Path) -> Result<Vec<PathBuf>> {
         bail!("no Cargo.toml in {}", dir.display());
     }
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -118,18 +153,28 @@ pub fn build_plugin(dir: &Path) -> Result<Vec<PathBuf>> {
     // Cargo reports artifacts as JSON lines; keep the .wasm files of cdylib targets.
     let mut wasm = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
-        for f in msg["filenames"].as_array().into_iter().flatten().filter_map(|f| f.as_str()) {
+        for f in msg["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str())
+        {
             if f.ends_with(".wasm") {
                 wasm.push(PathBuf::from(f));
             }
         }
     }
     if wasm.is_empty() {
-        bail!("cargo built {} but produced no .wasm (is crate-type = [\"cdylib\"] set?)", dir.display());
+        bail!(
+            "cargo built {} but produced no .wasm (is crate-type = [\"cdylib\"] set?)",
+            dir.display()
+        );
     }
     Ok(wasm)
 }
@@ -146,7 +191,8 @@ fn inspect(file: &Path, json: bool) -> Result<()> {
         })
         .collect();
     if json {
-        let schema: serde_json::Value = serde_json::from_str(&m.config_schema).unwrap_or(serde_json::Value::String(m.config_schema.clone()));
+        let schema: serde_json::Value = serde_json::from_str(&m.config_schema)
+            .unwrap_or(serde_json::Value::String(m.config_schema.clone()));
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
@@ -159,7 +205,14 @@ fn inspect(file: &Path, json: bool) -> Result<()> {
         println!("version:      {}", m.version);
         println!("description:  {}", m.description);
         println!("api version:  {api}");
-        println!("capabilities: {}", if caps.is_empty() { "none".to_string() } else { caps.join(", ") });
+        println!(
+            "capabilities: {}",
+            if caps.is_empty() {
+                "none".to_string()
+            } else {
+                caps.join(", ")
+            }
+        );
         println!("config schema: {}", m.config_schema);
     }
     Ok(())

@@ -10,8 +10,8 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use crate::plugin::{
-    sample, FailurePolicy, Grants, HostConfig, InMemoryIndex, InMemoryJudge, Limits, Outcome, PluginHost, PluginOptions,
-    Sample,
+    sample, FailurePolicy, Grants, HostConfig, InMemoryIndex, InMemoryJudge, Limits, Outcome,
+    PluginHost, PluginOptions, Sample,
 };
 
 /// Sandbox limits and grants shared by the reward subcommands.
@@ -85,10 +85,20 @@ pub enum RewardCommand {
 
 pub fn run(cmd: RewardCommand) -> Result<()> {
     match cmd {
-        RewardCommand::Score { plugin, input, config, output, run } => score(&plugin, &input, config.as_deref(), output.as_deref(), &run),
-        RewardCommand::Bench { plugin, n, response_chars, write_samples, batch } => {
-            bench(&plugin, n, response_chars, write_samples.as_deref(), batch)
-        }
+        RewardCommand::Score {
+            plugin,
+            input,
+            config,
+            output,
+            run,
+        } => score(&plugin, &input, config.as_deref(), output.as_deref(), &run),
+        RewardCommand::Bench {
+            plugin,
+            n,
+            response_chars,
+            write_samples,
+            batch,
+        } => bench(&plugin, n, response_chars, write_samples.as_deref(), batch),
     }
 }
 
@@ -106,14 +116,21 @@ fn options(run: &RunArgs) -> Result<PluginOptions> {
     if let Some(path) = &run.search_docs {
         let mut docs = Vec::new();
         for (i, line) in read_lines(path)?.into_iter().enumerate() {
-            let v: Value = serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
-            let id = v["id"].as_str().map(str::to_string).unwrap_or_else(|| v["id"].to_string());
+            let v: Value = serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}", path.display(), i + 1))?;
+            let id = v["id"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v["id"].to_string());
             docs.push((id, v["text"].as_str().unwrap_or_default().to_string()));
         }
         grants = grants.with_search(Box::new(InMemoryIndex::new(docs)));
     }
     if let Some(s) = run.test_judge {
-        grants = grants.with_judge(Box::new(InMemoryJudge { default_score: s, ..Default::default() }));
+        grants = grants.with_judge(Box::new(InMemoryJudge {
+            default_score: s,
+            ..Default::default()
+        }));
     }
     Ok(PluginOptions {
         limits: Limits {
@@ -146,20 +163,42 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
 fn parse_sample(line: &str) -> Result<Sample> {
     let v: Value = serde_json::from_str(line)?;
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
-    let response = if v.get("response").is_some() { s("response") } else { s("completion") };
-    let gt = v.get("ground_truth").or_else(|| v.pointer("/reward_model/ground_truth")).cloned().unwrap_or(Value::Null);
+    let response = if v.get("response").is_some() {
+        s("response")
+    } else {
+        s("completion")
+    };
+    let gt = v
+        .get("ground_truth")
+        .or_else(|| v.pointer("/reward_model/ground_truth"))
+        .cloned()
+        .unwrap_or(Value::Null);
     let prompt = match v.get("prompt") {
         Some(Value::String(p)) => p.clone(),
         Some(other) => other.to_string(),
         None => String::new(),
     };
-    Ok(sample(&prompt, response, &gt, v.get("metadata").unwrap_or(&Value::Null), s("data_source")))
+    Ok(sample(
+        &prompt,
+        response,
+        &gt,
+        v.get("metadata").unwrap_or(&Value::Null),
+        s("data_source"),
+    ))
 }
 
-fn score(plugin: &Path, input: &Path, config: Option<&Path>, output: Option<&Path>, run: &RunArgs) -> Result<()> {
+fn score(
+    plugin: &Path,
+    input: &Path,
+    config: Option<&Path>,
+    output: Option<&Path>,
+    run: &RunArgs,
+) -> Result<()> {
     let config: Value = match config {
-        Some(p) => serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-            .with_context(|| format!("{} is not JSON", p.display()))?,
+        Some(p) => serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not JSON", p.display()))?,
         None => json!({}),
     };
     let mut samples = Vec::new();
@@ -170,7 +209,9 @@ fn score(plugin: &Path, input: &Path, config: Option<&Path>, output: Option<&Pat
     let p = host.load_reward(plugin, options(run)?)?;
     let outcomes = p.score(&config, &samples)?;
     let mut w: Box<dyn Write> = match output {
-        Some(o) => Box::new(BufWriter::new(std::fs::File::create(o).with_context(|| format!("creating {}", o.display()))?)),
+        Some(o) => Box::new(BufWriter::new(
+            std::fs::File::create(o).with_context(|| format!("creating {}", o.display()))?,
+        )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
     for (i, o) in outcomes.iter().enumerate() {
@@ -179,7 +220,9 @@ fn score(plugin: &Path, input: &Path, config: Option<&Path>, output: Option<&Pat
                 "index": i, "status": "scored", "score": score,
                 "components": components.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             }),
-            Outcome::NotApplicable => json!({"index": i, "status": "not_applicable", "score": null}),
+            Outcome::NotApplicable => {
+                json!({"index": i, "status": "not_applicable", "score": null})
+            }
             Outcome::Substituted { score, error } => {
                 json!({"index": i, "status": "substituted", "score": score, "error": error.to_string(), "error_kind": error.kind()})
             }
@@ -198,12 +241,28 @@ fn score(plugin: &Path, input: &Path, config: Option<&Path>, output: Option<&Pat
 /// within ±20% of the target about half of the time, and some malformed formats.
 pub fn synthetic_samples(n: usize, response_chars: usize) -> Vec<Sample> {
     const WORDS: [&str; 16] = [
-        "alpha", "power", "effect", "size", "two-sided", "arm", "dropout", "variance", "hazard", "ratio", "events",
-        "proportion", "assume", "patients", "per", "group",
+        "alpha",
+        "power",
+        "effect",
+        "size",
+        "two-sided",
+        "arm",
+        "dropout",
+        "variance",
+        "hazard",
+        "ratio",
+        "events",
+        "proportion",
+        "assume",
+        "patients",
+        "per",
+        "group",
     ];
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as usize
     };
     (0..n)
@@ -217,33 +276,58 @@ pub fn synthetic_samples(n: usize, response_chars: usize) -> Vec<Sample> {
             let pred = target * (60 + next() % 80) / 100;
             let response = match i % 10 {
                 0 => format!("{think}<answer>{pred}</answer>"),
-                _ => format!("<think>{think}</think>\n<answer>{} participants</answer>", pred),
+                _ => format!(
+                    "<think>{think}</think>\n<answer>{} participants</answer>",
+                    pred
+                ),
             };
-            sample("Estimate the sample size.", &response, &json!({"target": target}), &Value::Null, "sample_size_test")
+            sample(
+                "Estimate the sample size.",
+                &response,
+                &json!({"target": target}),
+                &Value::Null,
+                "sample_size_test",
+            )
         })
         .collect()
 }
 
-fn bench(plugin: &Path, n: usize, response_chars: usize, write: Option<&Path>, batch: usize) -> Result<()> {
+fn bench(
+    plugin: &Path,
+    n: usize,
+    response_chars: usize,
+    write: Option<&Path>,
+    batch: usize,
+) -> Result<()> {
     let samples = synthetic_samples(n, response_chars);
     if let Some(path) = write {
         let mut w = BufWriter::new(std::fs::File::create(path)?);
         for s in &samples {
             let gt: Value = serde_json::from_str(&s.ground_truth)?;
-            writeln!(w, "{}", json!({"prompt": s.prompt, "response": s.response, "ground_truth": gt, "data_source": s.data_source}))?;
+            writeln!(
+                w,
+                "{}",
+                json!({"prompt": s.prompt, "response": s.response, "ground_truth": gt, "data_source": s.data_source})
+            )?;
         }
         w.flush()?;
     }
     let host = host(None, false)?;
     let t0 = Instant::now();
     let mk = |threads| PluginOptions {
-        limits: Limits { timeout: Duration::from_secs(60), max_batch_per_call: batch, ..Limits::default() },
+        limits: Limits {
+            timeout: Duration::from_secs(60),
+            max_batch_per_call: batch,
+            ..Limits::default()
+        },
         threads,
         ..PluginOptions::default()
     };
     let single = host.load_reward(plugin, mk(1))?;
     let load = t0.elapsed();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let all = Arc::new(host.load_reward(plugin, mk(cores))?);
     // Warm-up: instantiate the pooled stores and fault in memory.
     single.score(&json!({}), &samples[..samples.len().min(2048)])?;
@@ -257,12 +341,21 @@ fn bench(plugin: &Path, n: usize, response_chars: usize, write: Option<&Path>, b
         total = out.iter().filter_map(Outcome::reward).sum::<f64>();
         let us = dt.as_secs_f64() * 1e6 / n as f64;
         report.push(json!({"mode": label, "threads": threads, "seconds": dt.as_secs_f64(), "us_per_sample": us}));
-        println!("{label:>10} ({threads} threads): {n} samples in {:.3} s = {us:.2} µs/sample", dt.as_secs_f64());
+        println!(
+            "{label:>10} ({threads} threads): {n} samples in {:.3} s = {us:.2} µs/sample",
+            dt.as_secs_f64()
+        );
     }
     if total.is_nan() {
         bail!("non-finite total");
     }
-    println!("compile/load: {:.3} s; sum of rewards: {total}", load.as_secs_f64());
-    println!("{}", json!({"n": n, "response_chars": response_chars, "batch": batch, "results": report, "sum_rewards": total}));
+    println!(
+        "compile/load: {:.3} s; sum of rewards: {total}",
+        load.as_secs_f64()
+    );
+    println!(
+        "{}",
+        json!({"n": n, "response_chars": response_chars, "batch": batch, "results": report, "sum_rewards": total})
+    );
     Ok(())
 }

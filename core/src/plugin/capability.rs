@@ -73,7 +73,12 @@ impl Judge for InMemoryJudge {
         Ok(*self.scores.get(prompt).unwrap_or(&self.default_score))
     }
     fn generate(&self, _prompt: &str, max_tokens: u32) -> Result<String, String> {
-        Ok(self.reply.split_whitespace().take(max_tokens as usize).collect::<Vec<_>>().join(" "))
+        Ok(self
+            .reply
+            .split_whitespace()
+            .take(max_tokens as usize)
+            .collect::<Vec<_>>()
+            .join(" "))
     }
 }
 
@@ -86,7 +91,12 @@ pub struct InMemoryIndex {
 
 impl InMemoryIndex {
     pub fn new(docs: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self { docs: docs.into_iter().map(|(id, text)| (id, text.to_lowercase())).collect() }
+        Self {
+            docs: docs
+                .into_iter()
+                .map(|(id, text)| (id, text.to_lowercase()))
+                .collect(),
+        }
     }
 }
 
@@ -101,7 +111,10 @@ impl SearchIndex for InMemoryIndex {
             .iter()
             .filter_map(|(id, text)| {
                 let n = terms.iter().filter(|t| text.contains(t.as_str())).count();
-                (n > 0).then(|| SearchHit { id: id.clone(), score: n as f64 })
+                (n > 0).then(|| SearchHit {
+                    id: id.clone(),
+                    score: n as f64,
+                })
             })
             .collect();
         // Stable order for ties so tests are deterministic.

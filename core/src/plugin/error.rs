@@ -30,11 +30,19 @@ impl fmt::Display for PluginId {
 pub enum PluginError {
     /// The guest trapped (`unreachable`, a Rust panic, stack overflow, out-of-bounds access...).
     #[error("plugin {plugin} trapped: {message}\nwasm backtrace:\n{backtrace}")]
-    Trap { plugin: PluginId, message: String, backtrace: String },
+    Trap {
+        plugin: PluginId,
+        message: String,
+        backtrace: String,
+    },
 
     /// The call ran past its wall-clock deadline (epoch interruption).
     #[error("plugin {plugin} timed out after {limit:?} (elapsed {elapsed:?})")]
-    Timeout { plugin: PluginId, limit: Duration, elapsed: Duration },
+    Timeout {
+        plugin: PluginId,
+        limit: Duration,
+        elapsed: Duration,
+    },
 
     /// The call used up its fuel budget (deterministic instruction budget).
     #[error("plugin {plugin} ran out of fuel (budget {fuel})")]
@@ -42,7 +50,11 @@ pub enum PluginError {
 
     /// The guest tried to grow a linear memory past the configured cap.
     #[error("plugin {plugin} exceeded its memory limit of {limit_bytes} bytes (asked for {requested_bytes})")]
-    MemoryLimit { plugin: PluginId, limit_bytes: usize, requested_bytes: usize },
+    MemoryLimit {
+        plugin: PluginId,
+        limit_bytes: usize,
+        requested_bytes: usize,
+    },
 
     /// The guest returned `err(...)` for a sample.
     #[error("plugin {plugin} returned an error: {message}")]
@@ -50,7 +62,11 @@ pub enum PluginError {
 
     /// The component was built against an API version this host does not support.
     #[error("plugin {plugin} targets medrl plugin API {found}, but this host supports {}; rebuild it against a supported reward-sdk/wit version", .supported.join(", "))]
-    IncompatibleApi { plugin: PluginId, found: String, supported: Vec<String> },
+    IncompatibleApi {
+        plugin: PluginId,
+        found: String,
+        supported: Vec<String>,
+    },
 
     /// The guest's output broke the contract: wrong number of results, a non-finite score,
     /// output larger than the cap.
@@ -59,7 +75,10 @@ pub enum PluginError {
 
     /// The guest called a capability (judge, search) that the run did not grant.
     #[error("plugin {plugin} used capability `{capability}` which this run does not grant (grant it in the plugin's configuration)")]
-    CapabilityDenied { plugin: PluginId, capability: String },
+    CapabilityDenied {
+        plugin: PluginId,
+        capability: String,
+    },
 
     /// The bytes are not a valid component, or not one exporting the expected world.
     #[error("plugin {plugin} is not a valid medrl plugin component: {reason}")]
@@ -67,7 +86,11 @@ pub enum PluginError {
 
     /// Reading the plugin or the compilation cache failed.
     #[error("plugin {plugin}: I/O error on {path}: {source}")]
-    Io { plugin: PluginId, path: String, source: std::io::Error },
+    Io {
+        plugin: PluginId,
+        path: String,
+        source: std::io::Error,
+    },
 
     /// The host was asked for something inconsistent (e.g. fuel limit without fuel metering).
     #[error("plugin {plugin}: host configuration error: {reason}")]

@@ -39,7 +39,11 @@ pub struct HostConfig {
 
 impl Default for HostConfig {
     fn default() -> Self {
-        Self { cache_dir: default_cache_dir(), fuel_metering: false, epoch_tick: Duration::from_millis(5) }
+        Self {
+            cache_dir: default_cache_dir(),
+            fuel_metering: false,
+            epoch_tick: Duration::from_millis(5),
+        }
     }
 }
 
@@ -100,7 +104,10 @@ pub struct PluginOptions {
 /// The result for one sample after the failure policy was applied.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Scored { score: f64, components: Vec<(String, f64)> },
+    Scored {
+        score: f64,
+        components: Vec<(String, f64)>,
+    },
     /// The plugin declined the sample (not its task).
     NotApplicable,
     /// The plugin failed on this sample; the policy's score stands in.
@@ -161,15 +168,24 @@ impl Hasher for ShaHasher {
 
 fn file_id(path: &Path) -> PluginId {
     PluginId {
-        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "<bytes>".into()),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "<bytes>".into()),
         version: "?".into(),
     }
 }
 
 impl PluginHost {
     pub fn new(cfg: HostConfig) -> Result<Self, PluginError> {
-        let id = PluginId { name: "<host>".into(), version: env!("CARGO_PKG_VERSION").into() };
-        let cerr = |e: wasmtime::Error| PluginError::Config { plugin: id.clone(), reason: format!("{e:#}") };
+        let id = PluginId {
+            name: "<host>".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let cerr = |e: wasmtime::Error| PluginError::Config {
+            plugin: id.clone(),
+            reason: format!("{e:#}"),
+        };
         let mut c = Config::new();
         c.wasm_component_model(true);
         c.epoch_interruption(true);
@@ -192,7 +208,10 @@ impl PluginHost {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| PluginError::Config { plugin: id.clone(), reason: format!("spawning epoch ticker: {e}") })?
+                .map_err(|e| PluginError::Config {
+                    plugin: id.clone(),
+                    reason: format!("spawning epoch ticker: {e}"),
+                })?
         };
         Ok(Self {
             inner: Arc::new(HostInner {
@@ -201,14 +220,20 @@ impl PluginHost {
                 cfg,
                 cache_hits: AtomicU64::new(0),
                 cache_misses: AtomicU64::new(0),
-                _ticker: Ticker { stop, handle: Some(handle) },
+                _ticker: Ticker {
+                    stop,
+                    handle: Some(handle),
+                },
             }),
         })
     }
 
     /// (hits, misses) of the compiled-component cache since this host was created.
     pub fn cache_stats(&self) -> (u64, u64) {
-        (self.inner.cache_hits.load(Ordering::Relaxed), self.inner.cache_misses.load(Ordering::Relaxed))
+        (
+            self.inner.cache_hits.load(Ordering::Relaxed),
+            self.inner.cache_misses.load(Ordering::Relaxed),
+        )
     }
 
     /// Cache key: content hash of the bytes + wasmtime's engine compatibility hash (version
@@ -216,7 +241,10 @@ impl PluginHost {
     fn cache_key(&self, bytes: &[u8]) -> String {
         let mut h = ShaHasher(Sha256::new());
         h.0.update(bytes);
-        self.inner.engine.precompile_compatibility_hash().hash(&mut h);
+        self.inner
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut h);
         h.0.update(env!("CARGO_PKG_VERSION").as_bytes());
         h.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -224,7 +252,10 @@ impl PluginHost {
     /// Compiles `bytes` (or loads them from the cache) and checks the API version.
     fn compile(&self, bytes: &[u8], id: &PluginId) -> Result<(Component, String), PluginError> {
         let engine = &self.inner.engine;
-        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm { plugin: id.clone(), reason: format!("{e:#}") };
+        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm {
+            plugin: id.clone(),
+            reason: format!("{e:#}"),
+        };
         let component = match &self.inner.cfg.cache_dir {
             None => {
                 self.inner.cache_misses.fetch_add(1, Ordering::Relaxed);
@@ -237,7 +268,9 @@ impl PluginHost {
                 // SAFETY: the cache directory is written only by this host, and the key
                 // includes the engine's compatibility hash; wasmtime still checks the header
                 // and refuses artifacts from another version or configuration.
-                let cached = std::fs::read(&path).ok().map(|b| unsafe { Component::deserialize(engine, &b) });
+                let cached = std::fs::read(&path)
+                    .ok()
+                    .map(|b| unsafe { Component::deserialize(engine, &b) });
                 match cached {
                     Some(Ok(c)) => {
                         self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -252,7 +285,11 @@ impl PluginHost {
                         // Write-then-rename so concurrent loaders never see a partial file. A
                         // failing cache is not fatal: we still have the compiled bytes.
                         static SEQ: AtomicU64 = AtomicU64::new(0);
-                        let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+                        let tmp = path.with_extension(format!(
+                            "tmp{}-{}",
+                            std::process::id(),
+                            SEQ.fetch_add(1, Ordering::Relaxed)
+                        ));
                         let written = std::fs::create_dir_all(dir)
                             .and_then(|_| std::fs::write(&tmp, &compiled))
                             .and_then(|_| std::fs::rename(&tmp, &path));
@@ -275,7 +312,9 @@ impl PluginHost {
         match plugin {
             Ok(p) => Ok((p.manifest.clone(), p.manifest.api_version.clone())),
             // Not a reward world: maybe an adapter.
-            Err(PluginError::InvalidWasm { .. }) if self.load_adapter(path, PluginOptions::default()).is_ok() => {
+            Err(PluginError::InvalidWasm { .. })
+                if self.load_adapter(path, PluginOptions::default()).is_ok() =>
+            {
                 let a = self.load_adapter(path, PluginOptions::default())?;
                 Ok((a.manifest.clone(), a.manifest.api_version.clone()))
             }
@@ -284,17 +323,37 @@ impl PluginHost {
     }
 
     /// Loads a reward plugin from a `.wasm` component file.
-    pub fn load_reward(&self, path: &Path, opts: PluginOptions) -> Result<RewardPlugin, PluginError> {
+    pub fn load_reward(
+        &self,
+        path: &Path,
+        opts: PluginOptions,
+    ) -> Result<RewardPlugin, PluginError> {
         let id = file_id(path);
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Io { plugin: id.clone(), path: path.display().to_string(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
+            plugin: id.clone(),
+            path: path.display().to_string(),
+            source: e,
+        })?;
         self.load_reward_bytes(&bytes, id, opts)
     }
 
     /// Loads a reward plugin from component bytes; `id` names it until its manifest is read.
-    pub fn load_reward_bytes(&self, bytes: &[u8], id: PluginId, opts: PluginOptions) -> Result<RewardPlugin, PluginError> {
+    pub fn load_reward_bytes(
+        &self,
+        bytes: &[u8],
+        id: PluginId,
+        opts: PluginOptions,
+    ) -> Result<RewardPlugin, PluginError> {
         let (component, version) = self.compile(bytes, &id)?;
-        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm { plugin: id.clone(), reason: format!("{e:#}") };
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(invalid)?;
+        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm {
+            plugin: id.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(invalid)?;
         let pre = RewardPre::new(pre).map_err(|e| PluginError::InvalidWasm {
             plugin: id.clone(),
             reason: format!("does not export the `reward` world: {e:#}"),
@@ -305,16 +364,35 @@ impl PluginHost {
         let id = runner.adopt_manifest(&manifest, &version, &mut first.store)?;
         let runner = Runner { id, ..runner };
         runner.pool.lock().unwrap().push(first);
-        Ok(RewardPlugin { runner, pre, manifest })
+        Ok(RewardPlugin {
+            runner,
+            pre,
+            manifest,
+        })
     }
 
     /// Loads a data-adapter plugin from a `.wasm` component file.
-    pub fn load_adapter(&self, path: &Path, opts: PluginOptions) -> Result<AdapterPlugin, PluginError> {
+    pub fn load_adapter(
+        &self,
+        path: &Path,
+        opts: PluginOptions,
+    ) -> Result<AdapterPlugin, PluginError> {
         let id = file_id(path);
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Io { plugin: id.clone(), path: path.display().to_string(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
+            plugin: id.clone(),
+            path: path.display().to_string(),
+            source: e,
+        })?;
         let (component, version) = self.compile(&bytes, &id)?;
-        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm { plugin: id.clone(), reason: format!("{e:#}") };
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(invalid)?;
+        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm {
+            plugin: id.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(invalid)?;
         let pre = DataAdapterPre::new(pre).map_err(|e| PluginError::InvalidWasm {
             plugin: id.clone(),
             reason: format!("does not export the `data-adapter` world: {e:#}"),
@@ -325,13 +403,22 @@ impl PluginHost {
         let manifest = runner.guarded(&mut store, |s| inst.call_manifest(s))?;
         let id = runner.adopt_manifest(&manifest, &version, &mut store)?;
         let runner = Runner { id, ..runner };
-        Ok(AdapterPlugin { runner, manifest, inst: Mutex::new(Some((store, inst))), pre })
+        Ok(AdapterPlugin {
+            runner,
+            manifest,
+            inst: Mutex::new(Some((store, inst))),
+            pre,
+        })
     }
 }
 
 /// Finds the plugin API version from the component's imports and exports
 /// (`medrl:plugin/<interface>@X.Y.Z`) before anything is instantiated.
-fn api_version(engine: &Engine, component: &Component, id: &PluginId) -> Result<String, PluginError> {
+fn api_version(
+    engine: &Engine,
+    component: &Component,
+    id: &PluginId,
+) -> Result<String, PluginError> {
     let ty = component.component_type();
     let names: Vec<String> = ty
         .imports(engine)
@@ -341,19 +428,33 @@ fn api_version(engine: &Engine, component: &Component, id: &PluginId) -> Result<
     let mut found: Vec<String> = names
         .iter()
         .filter_map(|n| n.strip_prefix(API_PACKAGE))
-        .map(|rest| rest.split_once('@').map(|(_, v)| v.to_string()).unwrap_or_else(|| "unversioned".into()))
+        .map(|rest| {
+            rest.split_once('@')
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| "unversioned".into())
+        })
         .collect();
     found.sort();
     found.dedup();
-    let supported: Vec<String> = SUPPORTED_API_VERSIONS.iter().map(|s| s.to_string()).collect();
+    let supported: Vec<String> = SUPPORTED_API_VERSIONS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     match found.as_slice() {
         [v] if SUPPORTED_API_VERSIONS.contains(&v.as_str()) => Ok(v.clone()),
         [] => Err(PluginError::IncompatibleApi {
             plugin: id.clone(),
-            found: format!("none (the component uses no medrl:plugin interface; it imports [{}])", names.join(", ")),
+            found: format!(
+                "none (the component uses no medrl:plugin interface; it imports [{}])",
+                names.join(", ")
+            ),
             supported,
         }),
-        _ => Err(PluginError::IncompatibleApi { plugin: id.clone(), found: found.join(" + "), supported }),
+        _ => Err(PluginError::IncompatibleApi {
+            plugin: id.clone(),
+            found: found.join(" + "),
+            supported,
+        }),
     }
 }
 
@@ -379,12 +480,24 @@ impl Runner {
                 reason: "a fuel limit needs HostConfig::fuel_metering = true".into(),
             });
         }
-        Ok(Self { host, id, opts, metrics: Arc::new(Metrics::default()), pool: Mutex::new(Vec::new()) })
+        Ok(Self {
+            host,
+            id,
+            opts,
+            metrics: Arc::new(Metrics::default()),
+            pool: Mutex::new(Vec::new()),
+        })
     }
 
     fn new_store(&self) -> Store<HostState> {
         let l = &self.opts.limits;
-        let state = HostState::new(self.id.to_string(), l.memory_bytes, l.max_log_bytes, self.opts.grants.clone(), self.metrics.clone());
+        let state = HostState::new(
+            self.id.to_string(),
+            l.memory_bytes,
+            l.max_log_bytes,
+            self.opts.grants.clone(),
+            self.metrics.clone(),
+        );
         let mut store = Store::new(&self.host.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
@@ -402,16 +515,33 @@ impl Runner {
     }
 
     /// Checks the manifest against what the component declares and renames the plugin.
-    fn adopt_manifest(&self, m: &Manifest, version: &str, store: &mut Store<HostState>) -> Result<PluginId, PluginError> {
+    fn adopt_manifest(
+        &self,
+        m: &Manifest,
+        version: &str,
+        store: &mut Store<HostState>,
+    ) -> Result<PluginId, PluginError> {
         if m.name.trim().is_empty() {
-            return Err(PluginError::InvalidWasm { plugin: self.id.clone(), reason: "manifest has an empty name".into() });
+            return Err(PluginError::InvalidWasm {
+                plugin: self.id.clone(),
+                reason: "manifest has an empty name".into(),
+            });
         }
-        let id = PluginId { name: m.name.clone(), version: m.version.clone() };
+        let id = PluginId {
+            name: m.name.clone(),
+            version: m.version.clone(),
+        };
         if m.api_version != version {
             return Err(PluginError::IncompatibleApi {
                 plugin: id,
-                found: format!("{} (manifest) vs {version} (component interfaces)", m.api_version),
-                supported: SUPPORTED_API_VERSIONS.iter().map(|s| s.to_string()).collect(),
+                found: format!(
+                    "{} (manifest) vs {version} (component interfaces)",
+                    m.api_version
+                ),
+                supported: SUPPORTED_API_VERSIONS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
             });
         }
         store.data().io.set_label(id.to_string());
@@ -438,7 +568,9 @@ impl Runner {
         let ticks = (l.timeout.as_nanos() / tick.as_nanos().max(1)) as u64 + 1;
         store.set_epoch_deadline(ticks);
         if self.host.inner.cfg.fuel_metering {
-            store.set_fuel(l.fuel.unwrap_or(u64::MAX)).expect("fuel metering is enabled");
+            store
+                .set_fuel(l.fuel.unwrap_or(u64::MAX))
+                .expect("fuel metering is enabled");
         }
         store.data_mut().denied = None;
         store.data_mut().limiter.hit = None;
@@ -447,13 +579,29 @@ impl Runner {
         f(store).map_err(|e| self.classify(store, e, start.elapsed()))
     }
 
-    fn classify(&self, store: &mut Store<HostState>, e: wasmtime::Error, elapsed: Duration) -> PluginError {
+    fn classify(
+        &self,
+        store: &mut Store<HostState>,
+        e: wasmtime::Error,
+        elapsed: Duration,
+    ) -> PluginError {
         let plugin = self.id.clone();
         let l = &self.opts.limits;
         let stderr = store.data().io.take_stderr_tail();
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => return PluginError::Timeout { plugin, limit: l.timeout, elapsed },
-            Some(Trap::OutOfFuel) => return PluginError::OutOfFuel { plugin, fuel: l.fuel.unwrap_or(u64::MAX) },
+            Some(Trap::Interrupt) => {
+                return PluginError::Timeout {
+                    plugin,
+                    limit: l.timeout,
+                    elapsed,
+                }
+            }
+            Some(Trap::OutOfFuel) => {
+                return PluginError::OutOfFuel {
+                    plugin,
+                    fuel: l.fuel.unwrap_or(u64::MAX),
+                }
+            }
             _ => {}
         }
         // `HostcallFuelExhausted` is private in wasmtime 48; its message is the stable part.
@@ -464,12 +612,22 @@ impl Runner {
             };
         }
         if let Some(requested) = store.data().limiter.hit {
-            return PluginError::MemoryLimit { plugin, limit_bytes: l.memory_bytes, requested_bytes: requested };
+            return PluginError::MemoryLimit {
+                plugin,
+                limit_bytes: l.memory_bytes,
+                requested_bytes: requested,
+            };
         }
         if let Some(cap) = store.data().denied {
-            return PluginError::CapabilityDenied { plugin, capability: cap.into() };
+            return PluginError::CapabilityDenied {
+                plugin,
+                capability: cap.into(),
+            };
         }
-        let backtrace = e.downcast_ref::<WasmBacktrace>().map(|b| b.to_string()).unwrap_or_else(|| "<none>".into());
+        let backtrace = e
+            .downcast_ref::<WasmBacktrace>()
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "<none>".into());
         let mut message = match e.downcast_ref::<Trap>() {
             Some(t) => t.to_string(),
             None => format!("{e:#}"),
@@ -478,12 +636,18 @@ impl Runner {
             message.push_str("\nguest stderr: ");
             message.push_str(stderr.trim());
         }
-        PluginError::Trap { plugin, message, backtrace }
+        PluginError::Trap {
+            plugin,
+            message,
+            backtrace,
+        }
     }
 
     fn threads(&self) -> usize {
         match self.opts.threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             n => n,
         }
     }
@@ -518,17 +682,26 @@ impl RewardPlugin {
 
     /// Scores a batch and applies the failure policy. `Err` only under `FailurePolicy::Fail`
     /// (the first failure, in sample order).
-    pub fn score(&self, config: &serde_json::Value, samples: &[Sample]) -> Result<Vec<Outcome>, PluginError> {
+    pub fn score(
+        &self,
+        config: &serde_json::Value,
+        samples: &[Sample],
+    ) -> Result<Vec<Outcome>, PluginError> {
         let raw = self.score_raw(&config.to_string(), samples);
         let r = &self.runner;
-        r.metrics.samples.fetch_add(samples.len() as u64, Ordering::Relaxed);
+        r.metrics
+            .samples
+            .fetch_add(samples.len() as u64, Ordering::Relaxed);
         let mut out = Vec::with_capacity(samples.len());
         let mut first_err = None;
         for item in raw {
             let o = match item {
                 Ok(ScoreResult::Scored(s)) => {
                     r.metrics.scored.fetch_add(1, Ordering::Relaxed);
-                    Outcome::Scored { score: s.score, components: s.components }
+                    Outcome::Scored {
+                        score: s.score,
+                        components: s.components,
+                    }
                 }
                 Ok(ScoreResult::NotApplicable) => {
                     r.metrics.not_applicable.fetch_add(1, Ordering::Relaxed);
@@ -561,9 +734,15 @@ impl RewardPlugin {
 
     /// Scores a batch without applying the policy: one result per sample. Failures are already
     /// counted in the metrics by kind.
-    pub fn score_raw(&self, config: &str, samples: &[Sample]) -> Vec<Result<ScoreResult, Arc<PluginError>>> {
+    pub fn score_raw(
+        &self,
+        config: &str,
+        samples: &[Sample],
+    ) -> Vec<Result<ScoreResult, Arc<PluginError>>> {
         let r = &self.runner;
-        let chunks: Vec<&[Sample]> = samples.chunks(r.opts.limits.max_batch_per_call.max(1)).collect();
+        let chunks: Vec<&[Sample]> = samples
+            .chunks(r.opts.limits.max_batch_per_call.max(1))
+            .collect();
         let next = AtomicUsize::new(0);
         let workers = r.threads().min(chunks.len()).max(1);
         let mut results: Vec<Option<ChunkResult>> = (0..chunks.len()).map(|_| None).collect();
@@ -617,7 +796,12 @@ impl RewardPlugin {
     }
 
     /// One guest call on a pooled (or fresh) store. A poisoning error discards the store.
-    fn run_chunk(&self, slot: &mut Option<PooledReward>, config: &str, chunk: &[Sample]) -> ChunkResult {
+    fn run_chunk(
+        &self,
+        slot: &mut Option<PooledReward>,
+        config: &str,
+        chunk: &[Sample],
+    ) -> ChunkResult {
         let r = &self.runner;
         if slot.is_none() {
             let pooled = r.pool.lock().unwrap().pop();
@@ -650,21 +834,31 @@ impl RewardPlugin {
         denied: Option<&'static str>,
     ) -> Result<Vec<Result<ScoreResult, PluginError>>, PluginError> {
         let plugin = &self.runner.id;
-        let bad = |reason: String| PluginError::BadOutput { plugin: plugin.clone(), reason };
+        let bad = |reason: String| PluginError::BadOutput {
+            plugin: plugin.clone(),
+            reason,
+        };
         if out.len() != n {
-            return Err(bad(format!("returned {} results for {n} samples", out.len())));
+            return Err(bad(format!(
+                "returned {} results for {n} samples",
+                out.len()
+            )));
         }
         let size: usize = out
             .iter()
             .map(|r| match r {
-                Ok(ScoreResult::Scored(s)) => s.components.iter().map(|(k, _)| k.len() + 8).sum::<usize>() + 8,
+                Ok(ScoreResult::Scored(s)) => {
+                    s.components.iter().map(|(k, _)| k.len() + 8).sum::<usize>() + 8
+                }
                 Ok(ScoreResult::NotApplicable) => 1,
                 Err(m) => m.len(),
             })
             .sum();
         let max = self.runner.opts.limits.max_output_bytes;
         if size > max {
-            return Err(bad(format!("output of {size} bytes exceeds the limit of {max} bytes")));
+            return Err(bad(format!(
+                "output of {size} bytes exceeds the limit of {max} bytes"
+            )));
         }
         Ok(out
             .into_iter()
@@ -674,15 +868,23 @@ impl RewardPlugin {
                         return Err(bad(format!("score is {} (scores must be finite)", s.score)));
                     }
                     if let Some((k, v)) = s.components.iter().find(|(_, v)| !v.is_finite()) {
-                        return Err(bad(format!("component `{k}` is {v} (components must be finite)")));
+                        return Err(bad(format!(
+                            "component `{k}` is {v} (components must be finite)"
+                        )));
                     }
                     Ok(ScoreResult::Scored(s))
                 }
                 Ok(other) => Ok(other),
                 // A guest error after a denied capability call is reported as the denial.
                 Err(message) => Err(match denied {
-                    Some(cap) => PluginError::CapabilityDenied { plugin: plugin.clone(), capability: cap.into() },
-                    None => PluginError::GuestError { plugin: plugin.clone(), message },
+                    Some(cap) => PluginError::CapabilityDenied {
+                        plugin: plugin.clone(),
+                        capability: cap.into(),
+                    },
+                    None => PluginError::GuestError {
+                        plugin: plugin.clone(),
+                        message,
+                    },
                 }),
             })
             .collect())
@@ -733,16 +935,28 @@ impl AdapterPlugin {
         };
         let plugin = &r.id;
         if out.len() != records.len() {
-            let e = PluginError::BadOutput { plugin: plugin.clone(), reason: format!("returned {} results for {} records", out.len(), records.len()) };
+            let e = PluginError::BadOutput {
+                plugin: plugin.clone(),
+                reason: format!(
+                    "returned {} results for {} records",
+                    out.len(),
+                    records.len()
+                ),
+            };
             r.metrics.failure(e.kind(), records.len() as u64);
             return Err(e);
         }
         Ok(out
             .into_iter()
             .map(|x| match x {
-                Ok(text) => serde_json::from_str(&text)
-                    .map_err(|e| PluginError::BadOutput { plugin: plugin.clone(), reason: format!("example is not JSON: {e}") }),
-                Err(message) => Err(PluginError::GuestError { plugin: plugin.clone(), message }),
+                Ok(text) => serde_json::from_str(&text).map_err(|e| PluginError::BadOutput {
+                    plugin: plugin.clone(),
+                    reason: format!("example is not JSON: {e}"),
+                }),
+                Err(message) => Err(PluginError::GuestError {
+                    plugin: plugin.clone(),
+                    message,
+                }),
             })
             .inspect(|x| {
                 if let Err(e) = x {
@@ -758,31 +972,95 @@ impl AdapterPlugin {
 fn clone_error(e: &PluginError) -> PluginError {
     use PluginError::*;
     match e {
-        Trap { plugin, message, backtrace } => Trap { plugin: plugin.clone(), message: message.clone(), backtrace: backtrace.clone() },
-        Timeout { plugin, limit, elapsed } => Timeout { plugin: plugin.clone(), limit: *limit, elapsed: *elapsed },
-        OutOfFuel { plugin, fuel } => OutOfFuel { plugin: plugin.clone(), fuel: *fuel },
-        MemoryLimit { plugin, limit_bytes, requested_bytes } => {
-            MemoryLimit { plugin: plugin.clone(), limit_bytes: *limit_bytes, requested_bytes: *requested_bytes }
-        }
-        GuestError { plugin, message } => GuestError { plugin: plugin.clone(), message: message.clone() },
-        IncompatibleApi { plugin, found, supported } => {
-            IncompatibleApi { plugin: plugin.clone(), found: found.clone(), supported: supported.clone() }
-        }
-        BadOutput { plugin, reason } => BadOutput { plugin: plugin.clone(), reason: reason.clone() },
-        CapabilityDenied { plugin, capability } => CapabilityDenied { plugin: plugin.clone(), capability: capability.clone() },
-        InvalidWasm { plugin, reason } => InvalidWasm { plugin: plugin.clone(), reason: reason.clone() },
-        Io { plugin, path, source } => Io { plugin: plugin.clone(), path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) },
-        Config { plugin, reason } => Config { plugin: plugin.clone(), reason: reason.clone() },
+        Trap {
+            plugin,
+            message,
+            backtrace,
+        } => Trap {
+            plugin: plugin.clone(),
+            message: message.clone(),
+            backtrace: backtrace.clone(),
+        },
+        Timeout {
+            plugin,
+            limit,
+            elapsed,
+        } => Timeout {
+            plugin: plugin.clone(),
+            limit: *limit,
+            elapsed: *elapsed,
+        },
+        OutOfFuel { plugin, fuel } => OutOfFuel {
+            plugin: plugin.clone(),
+            fuel: *fuel,
+        },
+        MemoryLimit {
+            plugin,
+            limit_bytes,
+            requested_bytes,
+        } => MemoryLimit {
+            plugin: plugin.clone(),
+            limit_bytes: *limit_bytes,
+            requested_bytes: *requested_bytes,
+        },
+        GuestError { plugin, message } => GuestError {
+            plugin: plugin.clone(),
+            message: message.clone(),
+        },
+        IncompatibleApi {
+            plugin,
+            found,
+            supported,
+        } => IncompatibleApi {
+            plugin: plugin.clone(),
+            found: found.clone(),
+            supported: supported.clone(),
+        },
+        BadOutput { plugin, reason } => BadOutput {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+        CapabilityDenied { plugin, capability } => CapabilityDenied {
+            plugin: plugin.clone(),
+            capability: capability.clone(),
+        },
+        InvalidWasm { plugin, reason } => InvalidWasm {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+        Io {
+            plugin,
+            path,
+            source,
+        } => Io {
+            plugin: plugin.clone(),
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Config { plugin, reason } => Config {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
     }
 }
 
 /// Converts loosely-typed JSON fields into the WIT sample record.
-pub fn sample(prompt: &str, response: &str, ground_truth: &serde_json::Value, metadata: &serde_json::Value, data_source: &str) -> Sample {
+pub fn sample(
+    prompt: &str,
+    response: &str,
+    ground_truth: &serde_json::Value,
+    metadata: &serde_json::Value,
+    data_source: &str,
+) -> Sample {
     Sample {
         prompt: prompt.to_string(),
         response: response.to_string(),
         ground_truth: ground_truth.to_string(),
-        metadata: if metadata.is_null() { "{}".into() } else { metadata.to_string() },
+        metadata: if metadata.is_null() {
+            "{}".into()
+        } else {
+            metadata.to_string()
+        },
         data_source: data_source.to_string(),
     }
 }

@@ -22,7 +22,7 @@ pub use bindings::{Capability, Manifest, Sample, ScoreResult, Scored};
 pub use capability::{Grants, InMemoryIndex, InMemoryJudge, Judge, SearchHit, SearchIndex};
 pub use error::{PluginError, PluginId};
 pub use host::{
-    default_cache_dir, sample, AdapterPlugin, HostConfig, Limits, Outcome, PluginHost, PluginOptions, RewardPlugin,
-    SUPPORTED_API_VERSIONS,
+    default_cache_dir, sample, AdapterPlugin, HostConfig, Limits, Outcome, PluginHost,
+    PluginOptions, RewardPlugin, SUPPORTED_API_VERSIONS,
 };
 pub use policy::{FailurePolicy, MetricsSnapshot};

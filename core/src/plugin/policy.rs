@@ -27,7 +27,9 @@ impl std::str::FromStr for FailurePolicy {
             "drop" => Ok(Self::Drop),
             _ => match s.strip_prefix("score:").map(str::parse::<f64>) {
                 Some(Ok(v)) if v.is_finite() => Ok(Self::Score(v)),
-                _ => Err(format!("invalid failure policy `{s}`: expected fail, drop or score:<number>")),
+                _ => Err(format!(
+                    "invalid failure policy `{s}`: expected fail, drop or score:<number>"
+                )),
             },
         }
     }
@@ -62,7 +64,13 @@ impl Metrics {
             substituted: g(&self.substituted),
             stores_discarded: g(&self.stores_discarded),
             capability_denied: g(&self.capability_denied),
-            failures: self.failures.lock().unwrap().iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            failures: self
+                .failures
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
         }
     }
 }

@@ -10,7 +10,9 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::reward::medrl::plugin::{host as wit_host, judge as wit_judge, search as wit_search, types as wit_types};
+use super::bindings::reward::medrl::plugin::{
+    host as wit_host, judge as wit_judge, search as wit_search, types as wit_types,
+};
 use super::capability::Grants;
 use super::policy::Metrics;
 
@@ -28,7 +30,11 @@ pub(crate) struct GuestIo {
 
 impl GuestIo {
     pub(crate) fn new(label: String, budget: usize) -> Arc<Self> {
-        Arc::new(Self { label: Mutex::new(label), budget: AtomicUsize::new(budget), stderr_tail: Mutex::new(String::new()) })
+        Arc::new(Self {
+            label: Mutex::new(label),
+            budget: AtomicUsize::new(budget),
+            stderr_tail: Mutex::new(String::new()),
+        })
     }
     pub(crate) fn set_label(&self, label: String) {
         *self.label.lock().unwrap() = label;
@@ -38,7 +44,9 @@ impl GuestIo {
     }
     /// Takes `n` bytes from the budget; false once it is spent.
     fn spend(&self, n: usize) -> bool {
-        self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n)).is_ok()
+        self.budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n))
+            .is_ok()
     }
     pub(crate) fn take_stderr_tail(&self) -> String {
         std::mem::take(&mut *self.stderr_tail.lock().unwrap())
@@ -119,10 +127,16 @@ impl tokio::io::AsyncWrite for LogStream {
         self.io.write(self.stderr, buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
@@ -135,14 +149,24 @@ pub(crate) struct MemLimiter {
 }
 
 impl ResourceLimiter for MemLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_memory {
             self.hit = Some(desired);
             return Ok(false);
         }
         Ok(true)
     }
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         // Tables hold function references; nothing legitimate needs millions of them.
         Ok(desired <= 1 << 20)
     }
@@ -161,13 +185,25 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(label: String, max_memory: usize, max_log_bytes: usize, grants: Grants, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        label: String,
+        max_memory: usize,
+        max_log_bytes: usize,
+        grants: Grants,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let io = GuestIo::new(label, max_log_bytes);
         // Deny by default: no preopened directories, no environment, no arguments, no
         // network (every socket address rejected, name lookup off), stdin empty.
         let wasi = WasiCtxBuilder::new()
-            .stdout(LogStream { io: io.clone(), stderr: false })
-            .stderr(LogStream { io: io.clone(), stderr: true })
+            .stdout(LogStream {
+                io: io.clone(),
+                stderr: false,
+            })
+            .stderr(LogStream {
+                io: io.clone(),
+                stderr: true,
+            })
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -176,7 +212,10 @@ impl HostState {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemLimiter { max_memory, hit: None },
+            limiter: MemLimiter {
+                max_memory,
+                hit: None,
+            },
             io,
             grants,
             metrics,
@@ -186,7 +225,9 @@ impl HostState {
 
     fn deny(&mut self, capability: &'static str) -> String {
         self.denied = Some(capability);
-        self.metrics.capability_denied.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .capability_denied
+            .fetch_add(1, Ordering::Relaxed);
         let label = self.io.label();
         tracing::warn!(target: "medrl::plugin", plugin = %label, capability, "capability denied");
         format!("capability `{capability}` is not granted to plugin {label}")
@@ -195,7 +236,10 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -236,9 +280,14 @@ impl wit_judge::Host for HostState {
 impl wit_search::Host for HostState {
     fn search(&mut self, query: String, top_k: u32) -> Result<Vec<wit_search::Hit>, String> {
         match self.grants.search.clone() {
-            Some(s) => s
-                .search(&query, top_k)
-                .map(|hits| hits.into_iter().map(|h| wit_search::Hit { id: h.id, score: h.score }).collect()),
+            Some(s) => s.search(&query, top_k).map(|hits| {
+                hits.into_iter()
+                    .map(|h| wit_search::Hit {
+                        id: h.id,
+                        score: h.score,
+                    })
+                    .collect()
+            }),
             None => Err(self.deny("search")),
         }
     }

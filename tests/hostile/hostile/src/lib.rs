@@ -29,7 +29,10 @@ fn field(config: &str, key: &str) -> Option<String> {
 }
 
 fn ok(score: f64) -> Result<ScoreResult, String> {
-    Ok(ScoreResult::Scored(Scored { score, components: vec![("probe".into(), score)] }))
+    Ok(ScoreResult::Scored(Scored {
+        score,
+        components: vec![("probe".into(), score)],
+    }))
 }
 
 /// Deep recursion using only wasm locals (no address-taken locals, which would live on the
@@ -103,7 +106,10 @@ fn one(mode: &str, config: &str, s: &Sample) -> Result<ScoreResult, String> {
             ok(hits.first().map(|h| h.score).unwrap_or(0.0))
         }
         "log" => {
-            medrl::plugin::host::log(medrl::plugin::host::LogLevel::Info, &format!("scoring {}", s.prompt));
+            medrl::plugin::host::log(
+                medrl::plugin::host::LogLevel::Info,
+                &format!("scoring {}", s.prompt),
+            );
             println!("stdout line from hostile plugin");
             eprintln!("stderr line from hostile plugin");
             ok(1.0)
@@ -127,14 +133,25 @@ impl Guest for Hostile {
     fn score(config: String, samples: Vec<Sample>) -> Vec<Result<ScoreResult, String>> {
         let mode = mode_of(&config);
         match mode.as_str() {
-            "wrong-count" => return samples.iter().chain(samples.first()).map(|_| ok(1.0)).collect(),
+            "wrong-count" => {
+                return samples
+                    .iter()
+                    .chain(samples.first())
+                    .map(|_| ok(1.0))
+                    .collect()
+            }
             "empty" => return vec![],
             "huge-components" => {
                 // Many large component names: the output-size cap, not memory, must stop this.
                 let name = "c".repeat(1 << 20);
                 return samples
                     .iter()
-                    .map(|_| Ok(ScoreResult::Scored(Scored { score: 1.0, components: (0..24).map(|_| (name.clone(), 1.0)).collect() })))
+                    .map(|_| {
+                        Ok(ScoreResult::Scored(Scored {
+                            score: 1.0,
+                            components: (0..24).map(|_| (name.clone(), 1.0)).collect(),
+                        }))
+                    })
                     .collect();
             }
             _ => {}
@@ -142,7 +159,11 @@ impl Guest for Hostile {
         samples
             .iter()
             .map(|s| {
-                let m = if mode == "by-source" { s.data_source.as_str() } else { mode.as_str() };
+                let m = if mode == "by-source" {
+                    s.data_source.as_str()
+                } else {
+                    mode.as_str()
+                };
                 one(m, &config, s)
             })
             .collect()

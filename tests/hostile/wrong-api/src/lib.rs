@@ -18,7 +18,15 @@ impl Guest for Future {
         }
     }
     fn score(_config: String, samples: Vec<Sample>) -> Vec<Result<ScoreResult, String>> {
-        samples.iter().map(|_| Ok(ScoreResult::Scored(Scored { score: 1.0, components: vec![] }))).collect()
+        samples
+            .iter()
+            .map(|_| {
+                Ok(ScoreResult::Scored(Scored {
+                    score: 1.0,
+                    components: vec![],
+                }))
+            })
+            .collect()
     }
 }
 
