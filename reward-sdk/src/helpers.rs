@@ -192,7 +192,7 @@ mod tests {
     fn numbers() {
         assert_eq!(first_number("about 1,234 patients"), Some(1234.0));
         assert_eq!(first_number("n = 12 .5"), Some(12.5));
-        assert_eq!(first_number("3.14.15"), Some(3.14));
+        assert_eq!(first_number("3.25.15"), Some(3.25));
         assert_eq!(first_number("7."), Some(7.0));
         assert_eq!(first_number("-40"), Some(40.0));
         assert_eq!(first_number("none"), None);
