@@ -325,8 +325,12 @@ fn wrong_number_of_results_is_bad_output() {
     for mode in ["wrong-count", "empty"] {
         let (r, _) = hostile(mode, limits(5000));
         match r.unwrap_err() {
+            // After isolation each sample is retried alone: "returned 2 results for 1 samples".
             PluginError::BadOutput { reason, .. } => {
-                assert!(reason.contains("results for 3 samples"), "{reason}")
+                assert!(
+                    reason.starts_with("returned") && reason.contains("results for 1 samples"),
+                    "{reason}"
+                )
             }
             e => panic!("{mode}: expected BadOutput, got {e}"),
         }
@@ -619,6 +623,55 @@ fn policy_fail_returns_first_error() {
     let (r, m) = mixed(FailurePolicy::Fail);
     assert!(matches!(r.unwrap_err(), PluginError::Trap { .. }));
     assert_eq!(m.failures.values().sum::<u64>(), 3);
+}
+
+#[test]
+fn one_bad_sample_does_not_sink_its_batch() {
+    // Default chunking (up to 512 samples per call): the trap is isolated by bisection.
+    let p = host()
+        .load_reward(
+            &wasm("hostile"),
+            PluginOptions {
+                policy: FailurePolicy::Drop,
+                threads: 1,
+                ..PluginOptions::default()
+            },
+        )
+        .unwrap();
+    let mut samples: Vec<Sample> = (0..40)
+        .map(|i| s("p", &"y".repeat(i), json!(1), "ok"))
+        .collect();
+    samples[17] = s("p", "x", json!(1), "panic");
+    samples[30] = s("p", "x", json!(1), "unreachable");
+    let out = p.score(&json!({"mode": "by-source"}), &samples).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        match i {
+            17 | 30 => assert!(
+                matches!(o, Outcome::Dropped { error } if matches!(**error, PluginError::Trap { .. })),
+                "{i}: {o:?}"
+            ),
+            _ => assert_eq!(o.reward(), Some(i as f64), "{i}"),
+        }
+    }
+    let m = p.metrics();
+    assert_eq!(m.failures.get("trap"), Some(&2), "{m:?}");
+    assert_eq!(m.dropped, 2);
+    assert_eq!(m.scored, 38);
+    // Without isolation the whole chunk is lost.
+    let p = host()
+        .load_reward(
+            &wasm("hostile"),
+            PluginOptions {
+                policy: FailurePolicy::Drop,
+                threads: 1,
+                isolate_failures: false,
+                ..PluginOptions::default()
+            },
+        )
+        .unwrap();
+    let out = p.score(&json!({"mode": "by-source"}), &samples).unwrap();
+    assert!(out.iter().all(|o| matches!(o, Outcome::Dropped { .. })));
+    assert_eq!(p.metrics().failures.get("trap"), Some(&40));
 }
 
 #[test]

@@ -143,6 +143,7 @@ fn options(run: &RunArgs) -> Result<PluginOptions> {
         grants,
         policy: run.policy,
         threads: run.threads,
+        isolate_failures: true,
     })
 }
 

@@ -92,13 +92,29 @@ impl Default for Limits {
 }
 
 /// How one plugin is run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PluginOptions {
     pub limits: Limits,
     pub grants: Grants,
     pub policy: FailurePolicy,
     /// Worker threads for a batch; 0 = all cores.
     pub threads: usize,
+    /// When a call fails fast, re-run its chunk in halves so that only the samples that cause
+    /// the failure are lost (default true). Costs about 2·log2(chunk) extra calls per bad
+    /// sample; timeouts are never retried.
+    pub isolate_failures: bool,
+}
+
+impl Default for PluginOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            grants: Grants::default(),
+            policy: FailurePolicy::default(),
+            threads: 0,
+            isolate_failures: true,
+        }
+    }
 }
 
 /// The result for one sample after the failure policy was applied.
@@ -751,7 +767,7 @@ impl RewardPlugin {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(chunk) = chunks.get(i) else { break };
-                let res = self.run_chunk(&mut slot, config, chunk);
+                let res = self.run_isolating(&mut slot, config, chunk);
                 out.push((i, res));
             }
             if let Some(p) = slot {
@@ -793,6 +809,40 @@ impl RewardPlugin {
             }
         }
         flat
+    }
+
+    /// Runs a chunk; if the call fails fast (trap, memory cap, bad output, denied capability),
+    /// bisects it so the failure is pinned on the samples that cause it and the rest are still
+    /// scored. Deadline and fuel failures are not retried: each retry could cost a full deadline.
+    fn run_isolating(
+        &self,
+        slot: &mut Option<PooledReward>,
+        config: &str,
+        chunk: &[Sample],
+    ) -> ChunkResult {
+        let res = self.run_chunk(slot, config, chunk);
+        let retry = matches!(
+            res,
+            Err(PluginError::Trap { .. }
+                | PluginError::MemoryLimit { .. }
+                | PluginError::BadOutput { .. }
+                | PluginError::CapabilityDenied { .. })
+        );
+        if !(retry && self.runner.opts.isolate_failures && chunk.len() > 1) {
+            return res;
+        }
+        let (a, b) = chunk.split_at(chunk.len() / 2);
+        let mut out = Vec::with_capacity(chunk.len());
+        for half in [a, b] {
+            match self.run_isolating(slot, config, half) {
+                Ok(v) => out.extend(v),
+                Err(e) => {
+                    out.extend((1..half.len()).map(|_| Err(clone_error(&e))));
+                    out.push(Err(e));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// One guest call on a pooled (or fresh) store. A poisoning error discards the store.
