@@ -8,14 +8,18 @@
 //! - [`gguf`]: GGUF import (llama architecture) into Hugging Face folders;
 //! - [`config`]: typed YAML run configurations with command-line overrides;
 //! - [`train`]: optimizer (AdamW, f32 master weights, clipping), LR schedules, losses;
+//! - [`plugin`]: the WebAssembly plugin host (wasmtime, component model, sandbox, policies);
+//! - [`cli`]: the `medrl` command line (the only place that uses `anyhow`);
 //! - [`progress`]: logging and progress bars shared by every long-running command.
 
+pub mod cli;
 pub mod config;
 pub mod fsutil;
 pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod ops;
+pub mod plugin;
 pub mod progress;
 pub mod tokenizer;
 pub mod train;

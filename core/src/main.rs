@@ -1,7 +1,5 @@
-//! The `medrl` command line.
-
-mod cli;
+//! The `medrl` command line; everything lives in [`medrl::cli`].
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    medrl::cli::main()
 }

@@ -6,8 +6,8 @@ use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use medrl::generate::{generate, SamplingParams, StopConditions};
-use medrl::model::{load_model_dir, parse_device, parse_dtype};
+use crate::generate::{generate, SamplingParams, StopConditions};
+use crate::model::{load_model_dir, parse_device, parse_dtype};
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {

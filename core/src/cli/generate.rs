@@ -3,10 +3,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use medrl::config::{self, GenerateConfig};
-use medrl::generate::{generate, StopConditions};
-use medrl::model::{load_model_dir, parse_device, parse_dtype};
-use medrl::tokenizer::ChatMessage;
+use crate::config::{self, GenerateConfig};
+use crate::generate::{generate, StopConditions};
+use crate::model::{load_model_dir, parse_device, parse_dtype};
+use crate::tokenizer::ChatMessage;
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
@@ -169,7 +169,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         tokenizer: Some(tok),
     };
     let total = (prompts.len() * cfg.sampling.max_new_tokens) as u64;
-    let pb = medrl::progress::bar(total, "generating", "tok");
+    let pb = crate::progress::bar(total, "generating", "tok");
     let t0 = Instant::now();
     let mut results = Vec::with_capacity(prompts.len());
     let mut done_before = 0u64;

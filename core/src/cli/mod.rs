@@ -1,9 +1,11 @@
 //! Command-line edge: argument parsing, `anyhow` error reporting, and one module per command.
 
-mod bench;
-mod generate;
-mod model;
-mod schema;
+pub mod bench;
+pub mod generate;
+pub mod model;
+pub mod plugin;
+pub mod reward;
+pub mod schema;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +33,12 @@ enum Command {
     /// Benchmarks (throughput, device agreement); see docs/benchmarks.md.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Create, build and inspect WebAssembly reward plugins and data adapters.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Score samples with a reward plugin, or benchmark one.
+    #[command(subcommand)]
+    Reward(reward::RewardCommand),
     /// Write the JSON Schema of a configuration file type (for editor completion and checks).
     Schema(schema::SchemaArgs),
 }
@@ -42,12 +50,14 @@ pub fn main() -> std::process::ExitCode {
         1 => "debug",
         _ => "trace",
     };
-    medrl::progress::init_logging(cli.log_json, level);
+    crate::progress::init_logging(cli.log_json, level);
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Generate(args) => generate::run(args),
         Command::Schema(args) => schema::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Reward(cmd) => reward::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 use anyhow::Context;
 use std::path::PathBuf;
 
-use medrl::model::{init::{init_model_dir, InitOptions, Preset}, Arch};
+use crate::model::{init::{init_model_dir, InitOptions, Preset}, Arch};
 
 #[derive(clap::Subcommand)]
 pub enum ModelCommand {
@@ -68,8 +68,8 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
         }
         ModelCommand::ImportGguf { file, out_dir } => {
             let t0 = std::time::Instant::now();
-            let spinner = medrl::progress::spinner(&format!("importing {}", file.display()));
-            let report = medrl::gguf::import_gguf(&file, &out_dir)
+            let spinner = crate::progress::spinner(&format!("importing {}", file.display()));
+            let report = crate::gguf::import_gguf(&file, &out_dir)
                 .with_context(|| format!("importing {} into {}", file.display(), out_dir.display()))?;
             spinner.finish_and_clear();
             tracing::info!("wrote {} in {:.1}s", out_dir.display(), t0.elapsed().as_secs_f64());
@@ -82,8 +82,8 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ModelCommand::Info { model } => {
-            let cfg = medrl::model::ModelConfig::from_file(&model.join("config.json"))?;
-            let tok = medrl::tokenizer::TextTokenizer::from_dir(&model)?;
+            let cfg = crate::model::ModelConfig::from_file(&model.join("config.json"))?;
+            let tok = crate::tokenizer::TextTokenizer::from_dir(&model)?;
             let info = serde_json::json!({
                 "arch": cfg.arch,
                 "parameters": cfg.num_parameters(),

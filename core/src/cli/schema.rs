@@ -20,7 +20,7 @@ pub struct SchemaArgs {
 
 pub fn run(args: SchemaArgs) -> anyhow::Result<()> {
     let schema = match args.kind {
-        Kind::Generate => medrl::config::schema_of::<medrl::config::GenerateConfig>(),
+        Kind::Generate => crate::config::schema_of::<crate::config::GenerateConfig>(),
     };
     let text = serde_json::to_string_pretty(&schema)? + "\n";
     match args.output {

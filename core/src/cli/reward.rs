@@ -1,0 +1,362 @@
+//! `medrl reward score|bench`.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::plugin::{
+    sample, FailurePolicy, Grants, HostConfig, InMemoryIndex, InMemoryJudge, Limits, Outcome,
+    PluginHost, PluginOptions, Sample,
+};
+
+/// Sandbox limits and grants shared by the reward subcommands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// What to do with a failed sample: fail | drop | score:<value>.
+    #[arg(long, default_value = "fail")]
+    pub policy: FailurePolicy,
+    /// Wall-clock deadline per guest call, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Memory cap per plugin instance, in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory_mib: usize,
+    /// Fuel per call (enables fuel metering, which slows execution).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Samples per guest call.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+    /// Grant the `search` capability backed by an in-memory index of this JSONL file
+    /// ({"id": ..., "text": ...} per line).
+    #[arg(long)]
+    pub search_docs: Option<PathBuf>,
+    /// Grant the `judge` capability with a constant test judge returning this score.
+    #[arg(long)]
+    pub test_judge: Option<f64>,
+    /// Directory of the compiled-plugin cache (default: $MEDRL_CACHE_DIR or ~/.cache/medrl/plugins).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RewardCommand {
+    /// Score samples (JSONL: prompt, response, ground_truth, metadata, data_source) with a
+    /// reward plugin; writes one JSON line per sample.
+    Score {
+        #[arg(long)]
+        plugin: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// JSON file with the plugin's config object.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output JSONL (default: stdout).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Score N synthetic sample-size samples (~700-char responses) single-threaded and with
+    /// all cores; prints µs/sample.
+    Bench {
+        #[arg(long)]
+        plugin: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        n: usize,
+        /// Characters of filler reasoning per response.
+        #[arg(long, default_value_t = 700)]
+        response_chars: usize,
+        /// Also write the samples as JSONL (for the CPython baseline, scripts/bench_reward.py).
+        #[arg(long)]
+        write_samples: Option<PathBuf>,
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+    },
+}
+
+pub fn run(cmd: RewardCommand) -> Result<()> {
+    match cmd {
+        RewardCommand::Score {
+            plugin,
+            input,
+            config,
+            output,
+            run,
+        } => score(&plugin, &input, config.as_deref(), output.as_deref(), &run),
+        RewardCommand::Bench {
+            plugin,
+            n,
+            response_chars,
+            write_samples,
+            batch,
+        } => bench(&plugin, n, response_chars, write_samples.as_deref(), batch),
+    }
+}
+
+fn host(cache_dir: Option<PathBuf>, fuel: bool) -> Result<PluginHost> {
+    let mut cfg = HostConfig::default();
+    if cache_dir.is_some() {
+        cfg.cache_dir = cache_dir;
+    }
+    cfg.fuel_metering = fuel;
+    Ok(PluginHost::new(cfg)?)
+}
+
+fn options(run: &RunArgs) -> Result<PluginOptions> {
+    let mut grants = Grants::none();
+    if let Some(path) = &run.search_docs {
+        let mut docs = Vec::new();
+        for (i, line) in read_lines(path)?.into_iter().enumerate() {
+            let v: Value = serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}", path.display(), i + 1))?;
+            let id = v["id"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v["id"].to_string());
+            docs.push((id, v["text"].as_str().unwrap_or_default().to_string()));
+        }
+        grants = grants.with_search(Box::new(InMemoryIndex::new(docs)));
+    }
+    if let Some(s) = run.test_judge {
+        grants = grants.with_judge(Box::new(InMemoryJudge {
+            default_score: s,
+            ..Default::default()
+        }));
+    }
+    Ok(PluginOptions {
+        limits: Limits {
+            timeout: Duration::from_millis(run.timeout_ms),
+            fuel: run.fuel,
+            memory_bytes: run.memory_mib << 20,
+            max_batch_per_call: run.batch.max(1),
+            ..Limits::default()
+        },
+        grants,
+        policy: run.policy,
+        threads: run.threads,
+        isolate_failures: true,
+    })
+}
+
+fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(f).lines() {
+        let line = line?;
+        if !line.trim().is_empty() {
+            out.push(line);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses one input line. `response` may also be given as `completion`; `ground_truth` may
+/// sit under `reward_model.ground_truth` (VERL rows).
+fn parse_sample(line: &str) -> Result<Sample> {
+    let v: Value = serde_json::from_str(line)?;
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
+    let response = if v.get("response").is_some() {
+        s("response")
+    } else {
+        s("completion")
+    };
+    let gt = v
+        .get("ground_truth")
+        .or_else(|| v.pointer("/reward_model/ground_truth"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let prompt = match v.get("prompt") {
+        Some(Value::String(p)) => p.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    Ok(sample(
+        &prompt,
+        response,
+        &gt,
+        v.get("metadata").unwrap_or(&Value::Null),
+        s("data_source"),
+    ))
+}
+
+fn score(
+    plugin: &Path,
+    input: &Path,
+    config: Option<&Path>,
+    output: Option<&Path>,
+    run: &RunArgs,
+) -> Result<()> {
+    let config: Value = match config {
+        Some(p) => serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not JSON", p.display()))?,
+        None => json!({}),
+    };
+    let mut samples = Vec::new();
+    for (i, line) in read_lines(input)?.iter().enumerate() {
+        samples.push(parse_sample(line).with_context(|| format!("{}:{}", input.display(), i + 1))?);
+    }
+    let host = host(run.cache_dir.clone(), run.fuel.is_some())?;
+    let p = host.load_reward(plugin, options(run)?)?;
+    let outcomes = p.score(&config, &samples)?;
+    let mut w: Box<dyn Write> = match output {
+        Some(o) => Box::new(BufWriter::new(
+            std::fs::File::create(o).with_context(|| format!("creating {}", o.display()))?,
+        )),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    for (i, o) in outcomes.iter().enumerate() {
+        let line = match o {
+            Outcome::Scored { score, components } => json!({
+                "index": i, "status": "scored", "score": score,
+                "components": components.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            }),
+            Outcome::NotApplicable => {
+                json!({"index": i, "status": "not_applicable", "score": null})
+            }
+            Outcome::Substituted { score, error } => {
+                json!({"index": i, "status": "substituted", "score": score, "error": error.to_string(), "error_kind": error.kind()})
+            }
+            Outcome::Dropped { error } => {
+                json!({"index": i, "status": "dropped", "score": null, "error": error.to_string(), "error_kind": error.kind()})
+            }
+        };
+        writeln!(w, "{line}")?;
+    }
+    w.flush()?;
+    eprintln!("{} {}", p.id(), serde_json::to_string(&p.metrics())?);
+    Ok(())
+}
+
+/// Deterministic synthetic sample-size samples: varied filler reasoning, an answer that is
+/// within ±20% of the target about half of the time, and some malformed formats.
+pub fn synthetic_samples(n: usize, response_chars: usize) -> Vec<Sample> {
+    const WORDS: [&str; 16] = [
+        "alpha",
+        "power",
+        "effect",
+        "size",
+        "two-sided",
+        "arm",
+        "dropout",
+        "variance",
+        "hazard",
+        "ratio",
+        "events",
+        "proportion",
+        "assume",
+        "patients",
+        "per",
+        "group",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    (0..n)
+        .map(|i| {
+            let mut think = String::with_capacity(response_chars + 16);
+            while think.len() < response_chars {
+                think.push_str(WORDS[next() % WORDS.len()]);
+                think.push(' ');
+            }
+            let target = 50 + next() % 2000;
+            let pred = target * (60 + next() % 80) / 100;
+            let response = match i % 10 {
+                0 => format!("{think}<answer>{pred}</answer>"),
+                _ => format!(
+                    "<think>{think}</think>\n<answer>{} participants</answer>",
+                    pred
+                ),
+            };
+            sample(
+                "Estimate the sample size.",
+                &response,
+                &json!({"target": target}),
+                &Value::Null,
+                "sample_size_test",
+            )
+        })
+        .collect()
+}
+
+fn bench(
+    plugin: &Path,
+    n: usize,
+    response_chars: usize,
+    write: Option<&Path>,
+    batch: usize,
+) -> Result<()> {
+    let samples = synthetic_samples(n, response_chars);
+    if let Some(path) = write {
+        let mut w = BufWriter::new(std::fs::File::create(path)?);
+        for s in &samples {
+            let gt: Value = serde_json::from_str(&s.ground_truth)?;
+            writeln!(
+                w,
+                "{}",
+                json!({"prompt": s.prompt, "response": s.response, "ground_truth": gt, "data_source": s.data_source})
+            )?;
+        }
+        w.flush()?;
+    }
+    let host = host(None, false)?;
+    let t0 = Instant::now();
+    let mk = |threads| PluginOptions {
+        limits: Limits {
+            timeout: Duration::from_secs(60),
+            max_batch_per_call: batch,
+            ..Limits::default()
+        },
+        threads,
+        ..PluginOptions::default()
+    };
+    let single = host.load_reward(plugin, mk(1))?;
+    let load = t0.elapsed();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let all = Arc::new(host.load_reward(plugin, mk(cores))?);
+    // Warm-up: instantiate the pooled stores and fault in memory.
+    single.score(&json!({}), &samples[..samples.len().min(2048)])?;
+    all.score(&json!({}), &samples[..samples.len().min(2048 * cores)])?;
+    let mut report = Vec::new();
+    let mut total = 0.0;
+    for (label, p, threads) in [("1 thread", &single, 1), ("all cores", &*all, cores)] {
+        let t = Instant::now();
+        let out = p.score(&json!({}), &samples)?;
+        let dt = t.elapsed();
+        total = out.iter().filter_map(Outcome::reward).sum::<f64>();
+        let us = dt.as_secs_f64() * 1e6 / n as f64;
+        report.push(json!({"mode": label, "threads": threads, "seconds": dt.as_secs_f64(), "us_per_sample": us}));
+        println!(
+            "{label:>10} ({threads} threads): {n} samples in {:.3} s = {us:.2} µs/sample",
+            dt.as_secs_f64()
+        );
+    }
+    if total.is_nan() {
+        bail!("non-finite total");
+    }
+    println!(
+        "compile/load: {:.3} s; sum of rewards: {total}",
+        load.as_secs_f64()
+    );
+    println!(
+        "{}",
+        json!({"n": n, "response_chars": response_chars, "batch": batch, "results": report, "sum_rewards": total})
+    );
+    Ok(())
+}

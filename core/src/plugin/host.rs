@@ -1,0 +1,1116 @@
+//! The plugin host: one wasmtime `Engine`, an on-disk cache of compiled components, and loaded
+//! plugins that score batches in parallel under per-call limits.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, Trap, WasmBacktrace};
+
+use super::bindings::adapter::{DataAdapter, DataAdapterPre};
+use super::bindings::reward::{Reward, RewardPre};
+use super::bindings::{Capability, Manifest, Sample, ScoreResult};
+use super::capability::Grants;
+use super::error::{PluginError, PluginId};
+use super::policy::{FailurePolicy, Metrics, MetricsSnapshot};
+use super::sandbox::HostState;
+
+/// API versions (WIT package `medrl:plugin@X.Y.Z`) this host can run.
+pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0"];
+const API_PACKAGE: &str = "medrl:plugin/";
+
+/// Engine-wide settings. Changing `fuel_metering` changes the compiled code, so it is part of
+/// the cache key (through wasmtime's compatibility hash).
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where compiled components are cached; `None` disables the cache (compile every load).
+    pub cache_dir: Option<PathBuf>,
+    /// Instrument code for fuel. Costs some speed on every call, so it is off unless a plugin
+    /// needs a deterministic budget (`Limits::fuel`).
+    pub fuel_metering: bool,
+    /// Resolution of wall-clock deadlines: a ticker thread bumps the engine epoch this often.
+    pub epoch_tick: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: default_cache_dir(),
+            fuel_metering: false,
+            epoch_tick: Duration::from_millis(5),
+        }
+    }
+}
+
+/// `$MEDRL_CACHE_DIR`, else `$XDG_CACHE_HOME/medrl/plugins`, else `~/.cache/medrl/plugins`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("MEDRL_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("medrl").join("plugins"))
+}
+
+/// Limits applied to every guest call.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock deadline of one call (one chunk of at most `max_batch_per_call` samples).
+    /// Time spent inside host capabilities (judge, search) counts toward the wall clock but a
+    /// host call is never interrupted midway: the deadline fires when it returns.
+    pub timeout: Duration,
+    /// Fuel per call; requires `HostConfig::fuel_metering`.
+    pub fuel: Option<u64>,
+    /// Cap on each linear memory of the plugin, in bytes.
+    pub memory_bytes: usize,
+    /// Cap on strings returned by one call (error messages and component names), in bytes.
+    pub max_output_bytes: usize,
+    /// Bytes of stdout/stderr/log a store may emit before further output is discarded.
+    pub max_log_bytes: usize,
+    /// Samples per guest call. Smaller chunks make deadlines tighter and a trap costs fewer
+    /// samples; larger ones amortize the per-call cost (~µs).
+    pub max_batch_per_call: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            fuel: None,
+            memory_bytes: 512 << 20,
+            max_output_bytes: 16 << 20,
+            max_log_bytes: 1 << 20,
+            max_batch_per_call: 512,
+        }
+    }
+}
+
+/// How one plugin is run.
+#[derive(Debug, Clone)]
+pub struct PluginOptions {
+    pub limits: Limits,
+    pub grants: Grants,
+    pub policy: FailurePolicy,
+    /// Worker threads for a batch; 0 = all cores.
+    pub threads: usize,
+    /// When a call fails fast, re-run its chunk in halves so that only the samples that cause
+    /// the failure are lost (default true). Costs about 2·log2(chunk) extra calls per bad
+    /// sample; timeouts are never retried.
+    pub isolate_failures: bool,
+}
+
+impl Default for PluginOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            grants: Grants::default(),
+            policy: FailurePolicy::default(),
+            threads: 0,
+            isolate_failures: true,
+        }
+    }
+}
+
+/// The result for one sample after the failure policy was applied.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Scored {
+        score: f64,
+        components: Vec<(String, f64)>,
+    },
+    /// The plugin declined the sample (not its task).
+    NotApplicable,
+    /// The plugin failed on this sample; the policy's score stands in.
+    Substituted { score: f64, error: Arc<PluginError> },
+    /// The plugin failed on this sample; the policy drops it.
+    Dropped { error: Arc<PluginError> },
+}
+
+impl Outcome {
+    /// The reward to train on, if any.
+    pub fn reward(&self) -> Option<f64> {
+        match self {
+            Outcome::Scored { score, .. } | Outcome::Substituted { score, .. } => Some(*score),
+            _ => None,
+        }
+    }
+}
+
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct HostInner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cfg: HostConfig,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    _ticker: Ticker,
+}
+
+/// Loads plugins. Cheap to clone; plugins keep the engine (and its epoch ticker) alive.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<HostInner>,
+}
+
+/// Feeds `Hash` output into SHA-256 so wasmtime's compatibility hash becomes a stable key.
+struct ShaHasher(Sha256);
+impl Hasher for ShaHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    fn finish(&self) -> u64 {
+        0
+    }
+}
+
+fn file_id(path: &Path) -> PluginId {
+    PluginId {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "<bytes>".into()),
+        version: "?".into(),
+    }
+}
+
+impl PluginHost {
+    pub fn new(cfg: HostConfig) -> Result<Self, PluginError> {
+        let id = PluginId {
+            name: "<host>".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let cerr = |e: wasmtime::Error| PluginError::Config {
+            plugin: id.clone(),
+            reason: format!("{e:#}"),
+        };
+        let mut c = Config::new();
+        c.wasm_component_model(true);
+        c.epoch_interruption(true);
+        c.consume_fuel(cfg.fuel_metering);
+        let engine = Engine::new(&c).map_err(cerr)?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(cerr)?;
+        // Both worlds import the same interfaces, so one linker serves both.
+        Reward::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(cerr)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let (engine, stop, tick) = (engine.clone(), stop.clone(), cfg.epoch_tick);
+            std::thread::Builder::new()
+                .name("medrl-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| PluginError::Config {
+                    plugin: id.clone(),
+                    reason: format!("spawning epoch ticker: {e}"),
+                })?
+        };
+        Ok(Self {
+            inner: Arc::new(HostInner {
+                engine,
+                linker,
+                cfg,
+                cache_hits: AtomicU64::new(0),
+                cache_misses: AtomicU64::new(0),
+                _ticker: Ticker {
+                    stop,
+                    handle: Some(handle),
+                },
+            }),
+        })
+    }
+
+    /// (hits, misses) of the compiled-component cache since this host was created.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.inner.cache_hits.load(Ordering::Relaxed),
+            self.inner.cache_misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Cache key: content hash of the bytes + wasmtime's engine compatibility hash (version
+    /// and codegen settings) + the medrl version.
+    fn cache_key(&self, bytes: &[u8]) -> String {
+        let mut h = ShaHasher(Sha256::new());
+        h.0.update(bytes);
+        self.inner
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut h);
+        h.0.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Compiles `bytes` (or loads them from the cache) and checks the API version.
+    fn compile(&self, bytes: &[u8], id: &PluginId) -> Result<(Component, String), PluginError> {
+        let engine = &self.inner.engine;
+        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm {
+            plugin: id.clone(),
+            reason: format!("{e:#}"),
+        };
+        let component = match &self.inner.cfg.cache_dir {
+            None => {
+                self.inner.cache_misses.fetch_add(1, Ordering::Relaxed);
+                Component::new(engine, bytes).map_err(invalid)?
+            }
+            Some(dir) => {
+                let path = dir.join(format!("{}.cwasm", self.cache_key(bytes)));
+                // Read into memory rather than `deserialize_file`: that one mmaps the file, and
+                // anyone truncating a cache entry later would crash the host with SIGBUS.
+                // SAFETY: the cache directory is written only by this host, and the key
+                // includes the engine's compatibility hash; wasmtime still checks the header
+                // and refuses artifacts from another version or configuration.
+                let cached = std::fs::read(&path)
+                    .ok()
+                    .map(|b| unsafe { Component::deserialize(engine, &b) });
+                match cached {
+                    Some(Ok(c)) => {
+                        self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+                        c
+                    }
+                    other => {
+                        if let Some(Err(e)) = other {
+                            tracing::warn!(target: "medrl::plugin", plugin = %id, "discarding unreadable cache entry {}: {e:#}", path.display());
+                        }
+                        self.inner.cache_misses.fetch_add(1, Ordering::Relaxed);
+                        let compiled = engine.precompile_component(bytes).map_err(invalid)?;
+                        // Write-then-rename so concurrent loaders never see a partial file. A
+                        // failing cache is not fatal: we still have the compiled bytes.
+                        static SEQ: AtomicU64 = AtomicU64::new(0);
+                        let tmp = path.with_extension(format!(
+                            "tmp{}-{}",
+                            std::process::id(),
+                            SEQ.fetch_add(1, Ordering::Relaxed)
+                        ));
+                        let written = std::fs::create_dir_all(dir)
+                            .and_then(|_| std::fs::write(&tmp, &compiled))
+                            .and_then(|_| std::fs::rename(&tmp, &path));
+                        if let Err(e) = written {
+                            tracing::warn!(target: "medrl::plugin", plugin = %id, "cannot write compile cache {}: {e}", path.display());
+                        }
+                        // SAFETY: these bytes were produced just now by this engine.
+                        unsafe { Component::deserialize(engine, &compiled) }.map_err(invalid)?
+                    }
+                }
+            }
+        };
+        let version = api_version(engine, &component, id)?;
+        Ok((component, version))
+    }
+
+    /// Reads a component's manifest and API version without scoring anything.
+    pub fn inspect(&self, path: &Path) -> Result<(Manifest, String), PluginError> {
+        let plugin = self.load_reward(path, PluginOptions::default());
+        match plugin {
+            Ok(p) => Ok((p.manifest.clone(), p.manifest.api_version.clone())),
+            // Not a reward world: maybe an adapter.
+            Err(PluginError::InvalidWasm { .. })
+                if self.load_adapter(path, PluginOptions::default()).is_ok() =>
+            {
+                let a = self.load_adapter(path, PluginOptions::default())?;
+                Ok((a.manifest.clone(), a.manifest.api_version.clone()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads a reward plugin from a `.wasm` component file.
+    pub fn load_reward(
+        &self,
+        path: &Path,
+        opts: PluginOptions,
+    ) -> Result<RewardPlugin, PluginError> {
+        let id = file_id(path);
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
+            plugin: id.clone(),
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        self.load_reward_bytes(&bytes, id, opts)
+    }
+
+    /// Loads a reward plugin from component bytes; `id` names it until its manifest is read.
+    pub fn load_reward_bytes(
+        &self,
+        bytes: &[u8],
+        id: PluginId,
+        opts: PluginOptions,
+    ) -> Result<RewardPlugin, PluginError> {
+        let (component, version) = self.compile(bytes, &id)?;
+        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm {
+            plugin: id.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(invalid)?;
+        let pre = RewardPre::new(pre).map_err(|e| PluginError::InvalidWasm {
+            plugin: id.clone(),
+            reason: format!("does not export the `reward` world: {e:#}"),
+        })?;
+        let runner = Runner::new(self.clone(), id, opts)?;
+        let mut first = runner.instantiate_reward(&pre)?;
+        let manifest = runner.guarded(&mut first.store, |s| first.inst.call_manifest(s))?;
+        let id = runner.adopt_manifest(&manifest, &version, &mut first.store)?;
+        let runner = Runner { id, ..runner };
+        runner.pool.lock().unwrap().push(first);
+        Ok(RewardPlugin {
+            runner,
+            pre,
+            manifest,
+        })
+    }
+
+    /// Loads a data-adapter plugin from a `.wasm` component file.
+    pub fn load_adapter(
+        &self,
+        path: &Path,
+        opts: PluginOptions,
+    ) -> Result<AdapterPlugin, PluginError> {
+        let id = file_id(path);
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
+            plugin: id.clone(),
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let (component, version) = self.compile(&bytes, &id)?;
+        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm {
+            plugin: id.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(invalid)?;
+        let pre = DataAdapterPre::new(pre).map_err(|e| PluginError::InvalidWasm {
+            plugin: id.clone(),
+            reason: format!("does not export the `data-adapter` world: {e:#}"),
+        })?;
+        let runner = Runner::new(self.clone(), id, opts)?;
+        let mut store = runner.new_store();
+        let inst = runner.guarded(&mut store, |s| pre.instantiate(s))?;
+        let manifest = runner.guarded(&mut store, |s| inst.call_manifest(s))?;
+        let id = runner.adopt_manifest(&manifest, &version, &mut store)?;
+        let runner = Runner { id, ..runner };
+        Ok(AdapterPlugin {
+            runner,
+            manifest,
+            inst: Mutex::new(Some((store, inst))),
+            pre,
+        })
+    }
+}
+
+/// Finds the plugin API version from the component's imports and exports
+/// (`medrl:plugin/<interface>@X.Y.Z`) before anything is instantiated.
+fn api_version(
+    engine: &Engine,
+    component: &Component,
+    id: &PluginId,
+) -> Result<String, PluginError> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty
+        .imports(engine)
+        .map(|(n, _)| n.to_string())
+        .chain(ty.exports(engine).map(|(n, _)| n.to_string()))
+        .collect();
+    let mut found: Vec<String> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix(API_PACKAGE))
+        .map(|rest| {
+            rest.split_once('@')
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| "unversioned".into())
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    let supported: Vec<String> = SUPPORTED_API_VERSIONS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    match found.as_slice() {
+        [v] if SUPPORTED_API_VERSIONS.contains(&v.as_str()) => Ok(v.clone()),
+        [] => Err(PluginError::IncompatibleApi {
+            plugin: id.clone(),
+            found: format!(
+                "none (the component uses no medrl:plugin interface; it imports [{}])",
+                names.join(", ")
+            ),
+            supported,
+        }),
+        _ => Err(PluginError::IncompatibleApi {
+            plugin: id.clone(),
+            found: found.join(" + "),
+            supported,
+        }),
+    }
+}
+
+struct PooledReward {
+    store: Store<HostState>,
+    inst: Reward,
+}
+
+/// Store creation, guarded calls and error classification shared by both plugin kinds.
+struct Runner {
+    host: PluginHost,
+    id: PluginId,
+    opts: PluginOptions,
+    metrics: Arc<Metrics>,
+    pool: Mutex<Vec<PooledReward>>,
+}
+
+impl Runner {
+    fn new(host: PluginHost, id: PluginId, opts: PluginOptions) -> Result<Self, PluginError> {
+        if opts.limits.fuel.is_some() && !host.inner.cfg.fuel_metering {
+            return Err(PluginError::Config {
+                plugin: id,
+                reason: "a fuel limit needs HostConfig::fuel_metering = true".into(),
+            });
+        }
+        Ok(Self {
+            host,
+            id,
+            opts,
+            metrics: Arc::new(Metrics::default()),
+            pool: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn new_store(&self) -> Store<HostState> {
+        let l = &self.opts.limits;
+        let state = HostState::new(
+            self.id.to_string(),
+            l.memory_bytes,
+            l.max_log_bytes,
+            self.opts.grants.clone(),
+            self.metrics.clone(),
+        );
+        let mut store = Store::new(&self.host.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        // wasmtime meters the bytes a guest hands to the host per call (return values, host
+        // call arguments) while lifting them, so oversized output is refused before the host
+        // allocates it. Headroom covers the fixed part of each result record.
+        store.set_hostcall_fuel(l.max_output_bytes.saturating_add(1 << 20));
+        store
+    }
+
+    fn instantiate_reward(&self, pre: &RewardPre<HostState>) -> Result<PooledReward, PluginError> {
+        let mut store = self.new_store();
+        let inst = self.guarded(&mut store, |s| pre.instantiate(s))?;
+        Ok(PooledReward { store, inst })
+    }
+
+    /// Checks the manifest against what the component declares and renames the plugin.
+    fn adopt_manifest(
+        &self,
+        m: &Manifest,
+        version: &str,
+        store: &mut Store<HostState>,
+    ) -> Result<PluginId, PluginError> {
+        if m.name.trim().is_empty() {
+            return Err(PluginError::InvalidWasm {
+                plugin: self.id.clone(),
+                reason: "manifest has an empty name".into(),
+            });
+        }
+        let id = PluginId {
+            name: m.name.clone(),
+            version: m.version.clone(),
+        };
+        if m.api_version != version {
+            return Err(PluginError::IncompatibleApi {
+                plugin: id,
+                found: format!(
+                    "{} (manifest) vs {version} (component interfaces)",
+                    m.api_version
+                ),
+                supported: SUPPORTED_API_VERSIONS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            });
+        }
+        store.data().io.set_label(id.to_string());
+        for cap in &m.capabilities {
+            let granted = match cap {
+                Capability::Judge => self.opts.grants.judge.is_some(),
+                Capability::Search => self.opts.grants.search.is_some(),
+            };
+            if !granted {
+                tracing::warn!(target: "medrl::plugin", plugin = %id, "plugin requests capability {cap:?}, which is not granted; its calls will fail");
+            }
+        }
+        Ok(id)
+    }
+
+    /// Runs `f` under the call limits and turns a wasmtime error into a typed one.
+    fn guarded<R>(
+        &self,
+        store: &mut Store<HostState>,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let l = &self.opts.limits;
+        let tick = self.host.inner.cfg.epoch_tick;
+        let ticks = (l.timeout.as_nanos() / tick.as_nanos().max(1)) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        if self.host.inner.cfg.fuel_metering {
+            store
+                .set_fuel(l.fuel.unwrap_or(u64::MAX))
+                .expect("fuel metering is enabled");
+        }
+        store.data_mut().denied = None;
+        store.data_mut().limiter.hit = None;
+        let start = Instant::now();
+        self.metrics.calls.fetch_add(1, Ordering::Relaxed);
+        f(store).map_err(|e| self.classify(store, e, start.elapsed()))
+    }
+
+    fn classify(
+        &self,
+        store: &mut Store<HostState>,
+        e: wasmtime::Error,
+        elapsed: Duration,
+    ) -> PluginError {
+        let plugin = self.id.clone();
+        let l = &self.opts.limits;
+        let stderr = store.data().io.take_stderr_tail();
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                return PluginError::Timeout {
+                    plugin,
+                    limit: l.timeout,
+                    elapsed,
+                }
+            }
+            Some(Trap::OutOfFuel) => {
+                return PluginError::OutOfFuel {
+                    plugin,
+                    fuel: l.fuel.unwrap_or(u64::MAX),
+                }
+            }
+            _ => {}
+        }
+        // `HostcallFuelExhausted` is private in wasmtime 48; its message is the stable part.
+        if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") {
+            return PluginError::BadOutput {
+                plugin,
+                reason: format!("output exceeds the limit of {} bytes (stopped while copying it out of the guest)", l.max_output_bytes),
+            };
+        }
+        if let Some(requested) = store.data().limiter.hit {
+            return PluginError::MemoryLimit {
+                plugin,
+                limit_bytes: l.memory_bytes,
+                requested_bytes: requested,
+            };
+        }
+        if let Some(cap) = store.data().denied {
+            return PluginError::CapabilityDenied {
+                plugin,
+                capability: cap.into(),
+            };
+        }
+        let backtrace = e
+            .downcast_ref::<WasmBacktrace>()
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "<none>".into());
+        let mut message = match e.downcast_ref::<Trap>() {
+            Some(t) => t.to_string(),
+            None => format!("{e:#}"),
+        };
+        if !stderr.trim().is_empty() {
+            message.push_str("\nguest stderr: ");
+            message.push_str(stderr.trim());
+        }
+        PluginError::Trap {
+            plugin,
+            message,
+            backtrace,
+        }
+    }
+
+    fn threads(&self) -> usize {
+        match self.opts.threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+
+    fn fail(&self, err: PluginError, n: usize) -> Arc<PluginError> {
+        self.metrics.failure(err.kind(), n as u64);
+        tracing::warn!(target: "medrl::plugin", plugin = %self.id, kind = err.kind(), samples = n, "{err}");
+        Arc::new(err)
+    }
+}
+
+type ChunkResult = Result<Vec<Result<ScoreResult, PluginError>>, PluginError>;
+
+/// A loaded reward plugin. `Sync`: score from any thread; batches are split over worker
+/// threads, each using its own pooled `Store` (a trap discards that store only).
+pub struct RewardPlugin {
+    runner: Runner,
+    pre: RewardPre<HostState>,
+    manifest: Manifest,
+}
+
+impl RewardPlugin {
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn id(&self) -> &PluginId {
+        &self.runner.id
+    }
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.runner.metrics.snapshot()
+    }
+
+    /// Scores a batch and applies the failure policy. `Err` only under `FailurePolicy::Fail`
+    /// (the first failure, in sample order).
+    pub fn score(
+        &self,
+        config: &serde_json::Value,
+        samples: &[Sample],
+    ) -> Result<Vec<Outcome>, PluginError> {
+        let raw = self.score_raw(&config.to_string(), samples);
+        let r = &self.runner;
+        r.metrics
+            .samples
+            .fetch_add(samples.len() as u64, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(samples.len());
+        let mut first_err = None;
+        for item in raw {
+            let o = match item {
+                Ok(ScoreResult::Scored(s)) => {
+                    r.metrics.scored.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Scored {
+                        score: s.score,
+                        components: s.components,
+                    }
+                }
+                Ok(ScoreResult::NotApplicable) => {
+                    r.metrics.not_applicable.fetch_add(1, Ordering::Relaxed);
+                    Outcome::NotApplicable
+                }
+                Err(e) => match r.opts.policy {
+                    FailurePolicy::Fail => {
+                        if first_err.is_none() {
+                            first_err = Some(e);
+                        }
+                        continue;
+                    }
+                    FailurePolicy::Score(v) => {
+                        r.metrics.substituted.fetch_add(1, Ordering::Relaxed);
+                        Outcome::Substituted { score: v, error: e }
+                    }
+                    FailurePolicy::Drop => {
+                        r.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                        Outcome::Dropped { error: e }
+                    }
+                },
+            };
+            out.push(o);
+        }
+        match first_err {
+            Some(e) => Err(Arc::try_unwrap(e).unwrap_or_else(|e| clone_error(&e))),
+            None => Ok(out),
+        }
+    }
+
+    /// Scores a batch without applying the policy: one result per sample. Failures are already
+    /// counted in the metrics by kind.
+    pub fn score_raw(
+        &self,
+        config: &str,
+        samples: &[Sample],
+    ) -> Vec<Result<ScoreResult, Arc<PluginError>>> {
+        let r = &self.runner;
+        let chunks: Vec<&[Sample]> = samples
+            .chunks(r.opts.limits.max_batch_per_call.max(1))
+            .collect();
+        let next = AtomicUsize::new(0);
+        let workers = r.threads().min(chunks.len()).max(1);
+        let mut results: Vec<Option<ChunkResult>> = (0..chunks.len()).map(|_| None).collect();
+        let work = |out: &mut Vec<(usize, ChunkResult)>| {
+            let mut slot: Option<PooledReward> = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(chunk) = chunks.get(i) else { break };
+                let res = self.run_isolating(&mut slot, config, chunk);
+                out.push((i, res));
+            }
+            if let Some(p) = slot {
+                r.pool.lock().unwrap().push(p);
+            }
+        };
+        if workers == 1 {
+            let mut out = Vec::new();
+            work(&mut out);
+            for (i, res) in out {
+                results[i] = Some(res);
+            }
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let mut out = Vec::new();
+                            work(&mut out);
+                            out
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    for (i, res) in h.join().expect("plugin worker thread panicked") {
+                        results[i] = Some(res);
+                    }
+                }
+            });
+        }
+        let mut flat = Vec::with_capacity(samples.len());
+        for (chunk, res) in chunks.iter().zip(results) {
+            match res.expect("every chunk was processed") {
+                Ok(v) => flat.extend(v.into_iter().map(|x| x.map_err(|e| r.fail(e, 1)))),
+                Err(e) => {
+                    let e = r.fail(e, chunk.len());
+                    flat.extend(chunk.iter().map(|_| Err(e.clone())));
+                }
+            }
+        }
+        flat
+    }
+
+    /// Runs a chunk; if the call fails fast (trap, memory cap, bad output, denied capability),
+    /// bisects it so the failure is pinned on the samples that cause it and the rest are still
+    /// scored. Deadline and fuel failures are not retried: each retry could cost a full deadline.
+    fn run_isolating(
+        &self,
+        slot: &mut Option<PooledReward>,
+        config: &str,
+        chunk: &[Sample],
+    ) -> ChunkResult {
+        let res = self.run_chunk(slot, config, chunk);
+        let retry = matches!(
+            res,
+            Err(PluginError::Trap { .. }
+                | PluginError::MemoryLimit { .. }
+                | PluginError::BadOutput { .. }
+                | PluginError::CapabilityDenied { .. })
+        );
+        if !(retry && self.runner.opts.isolate_failures && chunk.len() > 1) {
+            return res;
+        }
+        let (a, b) = chunk.split_at(chunk.len() / 2);
+        let mut out = Vec::with_capacity(chunk.len());
+        for half in [a, b] {
+            match self.run_isolating(slot, config, half) {
+                Ok(v) => out.extend(v),
+                Err(e) => {
+                    out.extend((1..half.len()).map(|_| Err(clone_error(&e))));
+                    out.push(Err(e));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One guest call on a pooled (or fresh) store. A poisoning error discards the store.
+    fn run_chunk(
+        &self,
+        slot: &mut Option<PooledReward>,
+        config: &str,
+        chunk: &[Sample],
+    ) -> ChunkResult {
+        let r = &self.runner;
+        if slot.is_none() {
+            let pooled = r.pool.lock().unwrap().pop();
+            *slot = Some(match pooled {
+                Some(p) => p,
+                None => r.instantiate_reward(&self.pre)?,
+            });
+        }
+        let p = slot.as_mut().expect("filled above");
+        let inst = &p.inst;
+        let res = r.guarded(&mut p.store, |s| inst.call_score(s, config, chunk));
+        let denied = p.store.data().denied;
+        match res {
+            Ok(out) => Ok(self.check_output(chunk.len(), out, denied)?),
+            // Any failed call (trap, deadline, a lift error) may leave the instance half-way
+            // through; never reuse it.
+            Err(e) => {
+                *slot = None;
+                r.metrics.stores_discarded.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Enforces the output contract: one result per sample, finite numbers, bounded size.
+    fn check_output(
+        &self,
+        n: usize,
+        out: Vec<Result<ScoreResult, String>>,
+        denied: Option<&'static str>,
+    ) -> Result<Vec<Result<ScoreResult, PluginError>>, PluginError> {
+        let plugin = &self.runner.id;
+        let bad = |reason: String| PluginError::BadOutput {
+            plugin: plugin.clone(),
+            reason,
+        };
+        if out.len() != n {
+            return Err(bad(format!(
+                "returned {} results for {n} samples",
+                out.len()
+            )));
+        }
+        let size: usize = out
+            .iter()
+            .map(|r| match r {
+                Ok(ScoreResult::Scored(s)) => {
+                    s.components.iter().map(|(k, _)| k.len() + 8).sum::<usize>() + 8
+                }
+                Ok(ScoreResult::NotApplicable) => 1,
+                Err(m) => m.len(),
+            })
+            .sum();
+        let max = self.runner.opts.limits.max_output_bytes;
+        if size > max {
+            return Err(bad(format!(
+                "output of {size} bytes exceeds the limit of {max} bytes"
+            )));
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| match r {
+                Ok(ScoreResult::Scored(s)) => {
+                    if !s.score.is_finite() {
+                        return Err(bad(format!("score is {} (scores must be finite)", s.score)));
+                    }
+                    if let Some((k, v)) = s.components.iter().find(|(_, v)| !v.is_finite()) {
+                        return Err(bad(format!(
+                            "component `{k}` is {v} (components must be finite)"
+                        )));
+                    }
+                    Ok(ScoreResult::Scored(s))
+                }
+                Ok(other) => Ok(other),
+                // A guest error after a denied capability call is reported as the denial.
+                Err(message) => Err(match denied {
+                    Some(cap) => PluginError::CapabilityDenied {
+                        plugin: plugin.clone(),
+                        capability: cap.into(),
+                    },
+                    None => PluginError::GuestError {
+                        plugin: plugin.clone(),
+                        message,
+                    },
+                }),
+            })
+            .collect())
+    }
+}
+
+/// A loaded data-adapter plugin. Conversion is a one-off preprocessing step, so calls are
+/// serialized on one store (re-created after a trap).
+pub struct AdapterPlugin {
+    runner: Runner,
+    manifest: Manifest,
+    pre: DataAdapterPre<HostState>,
+    inst: Mutex<Option<(Store<HostState>, DataAdapter)>>,
+}
+
+impl AdapterPlugin {
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.runner.metrics.snapshot()
+    }
+
+    /// Converts raw JSON records to training examples (JSON values). The outer `Err` is a
+    /// failed call; inner errors are per record.
+    pub fn convert(
+        &self,
+        config: &serde_json::Value,
+        records: &[String],
+    ) -> Result<Vec<Result<serde_json::Value, PluginError>>, PluginError> {
+        let r = &self.runner;
+        let mut guard = self.inst.lock().unwrap();
+        if guard.is_none() {
+            let mut store = r.new_store();
+            let inst = r.guarded(&mut store, |s| self.pre.instantiate(s))?;
+            *guard = Some((store, inst));
+        }
+        let (store, inst) = guard.as_mut().expect("filled above");
+        let cfg = config.to_string();
+        let res = r.guarded(store, |s| inst.call_convert(s, &cfg, records));
+        let out = match res {
+            Ok(out) => out,
+            Err(e) => {
+                *guard = None;
+                r.metrics.failure(e.kind(), records.len() as u64);
+                return Err(e);
+            }
+        };
+        let plugin = &r.id;
+        if out.len() != records.len() {
+            let e = PluginError::BadOutput {
+                plugin: plugin.clone(),
+                reason: format!(
+                    "returned {} results for {} records",
+                    out.len(),
+                    records.len()
+                ),
+            };
+            r.metrics.failure(e.kind(), records.len() as u64);
+            return Err(e);
+        }
+        Ok(out
+            .into_iter()
+            .map(|x| match x {
+                Ok(text) => serde_json::from_str(&text).map_err(|e| PluginError::BadOutput {
+                    plugin: plugin.clone(),
+                    reason: format!("example is not JSON: {e}"),
+                }),
+                Err(message) => Err(PluginError::GuestError {
+                    plugin: plugin.clone(),
+                    message,
+                }),
+            })
+            .inspect(|x| {
+                if let Err(e) = x {
+                    r.metrics.failure(e.kind(), 1);
+                }
+            })
+            .collect())
+    }
+}
+
+/// `PluginError` holds an `io::Error`, so it is not `Clone`; a failed chunk shares one error
+/// among its samples and `score` hands back an owned copy.
+fn clone_error(e: &PluginError) -> PluginError {
+    use PluginError::*;
+    match e {
+        Trap {
+            plugin,
+            message,
+            backtrace,
+        } => Trap {
+            plugin: plugin.clone(),
+            message: message.clone(),
+            backtrace: backtrace.clone(),
+        },
+        Timeout {
+            plugin,
+            limit,
+            elapsed,
+        } => Timeout {
+            plugin: plugin.clone(),
+            limit: *limit,
+            elapsed: *elapsed,
+        },
+        OutOfFuel { plugin, fuel } => OutOfFuel {
+            plugin: plugin.clone(),
+            fuel: *fuel,
+        },
+        MemoryLimit {
+            plugin,
+            limit_bytes,
+            requested_bytes,
+        } => MemoryLimit {
+            plugin: plugin.clone(),
+            limit_bytes: *limit_bytes,
+            requested_bytes: *requested_bytes,
+        },
+        GuestError { plugin, message } => GuestError {
+            plugin: plugin.clone(),
+            message: message.clone(),
+        },
+        IncompatibleApi {
+            plugin,
+            found,
+            supported,
+        } => IncompatibleApi {
+            plugin: plugin.clone(),
+            found: found.clone(),
+            supported: supported.clone(),
+        },
+        BadOutput { plugin, reason } => BadOutput {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+        CapabilityDenied { plugin, capability } => CapabilityDenied {
+            plugin: plugin.clone(),
+            capability: capability.clone(),
+        },
+        InvalidWasm { plugin, reason } => InvalidWasm {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+        Io {
+            plugin,
+            path,
+            source,
+        } => Io {
+            plugin: plugin.clone(),
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Config { plugin, reason } => Config {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+    }
+}
+
+/// Converts loosely-typed JSON fields into the WIT sample record.
+pub fn sample(
+    prompt: &str,
+    response: &str,
+    ground_truth: &serde_json::Value,
+    metadata: &serde_json::Value,
+    data_source: &str,
+) -> Sample {
+    Sample {
+        prompt: prompt.to_string(),
+        response: response.to_string(),
+        ground_truth: ground_truth.to_string(),
+        metadata: if metadata.is_null() {
+            "{}".into()
+        } else {
+            metadata.to_string()
+        },
+        data_source: data_source.to_string(),
+    }
+}

@@ -1,0 +1,294 @@
+//! Per-store state of a sandboxed plugin: deny-all WASI, captured stdio, memory cap, and the
+//! host functions of the plugin API (log, judge, search).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::reward::medrl::plugin::{
+    host as wit_host, judge as wit_judge, search as wit_search, types as wit_types,
+};
+use super::capability::Grants;
+use super::policy::Metrics;
+
+/// Bytes of guest stderr kept to explain a trap (a Rust panic message lands there).
+const STDERR_TAIL: usize = 2048;
+
+/// Guest output shared between the WASI streams and the host state of one store.
+pub(crate) struct GuestIo {
+    label: Mutex<String>,
+    /// Bytes the guest may still write to stdout/stderr/log in this store's lifetime; output
+    /// beyond it is discarded (not an error, so a chatty plugin cannot crash itself).
+    budget: AtomicUsize,
+    stderr_tail: Mutex<String>,
+}
+
+impl GuestIo {
+    pub(crate) fn new(label: String, budget: usize) -> Arc<Self> {
+        Arc::new(Self {
+            label: Mutex::new(label),
+            budget: AtomicUsize::new(budget),
+            stderr_tail: Mutex::new(String::new()),
+        })
+    }
+    pub(crate) fn set_label(&self, label: String) {
+        *self.label.lock().unwrap() = label;
+    }
+    pub(crate) fn label(&self) -> String {
+        self.label.lock().unwrap().clone()
+    }
+    /// Takes `n` bytes from the budget; false once it is spent.
+    fn spend(&self, n: usize) -> bool {
+        self.budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n))
+            .is_ok()
+    }
+    pub(crate) fn take_stderr_tail(&self) -> String {
+        std::mem::take(&mut *self.stderr_tail.lock().unwrap())
+    }
+    fn write(&self, stderr: bool, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        if stderr {
+            let mut tail = self.stderr_tail.lock().unwrap();
+            tail.push_str(&text);
+            if tail.len() > STDERR_TAIL {
+                let mut cut = tail.len() - STDERR_TAIL;
+                while !tail.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                tail.drain(..cut);
+            }
+        }
+        if !self.spend(bytes.len()) {
+            return;
+        }
+        let label = self.label();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if stderr {
+                tracing::warn!(target: "medrl::plugin::guest", plugin = %label, stream = "stderr", "{line}");
+            } else {
+                tracing::info!(target: "medrl::plugin::guest", plugin = %label, stream = "stdout", "{line}");
+            }
+        }
+    }
+}
+
+/// A WASI output stream that forwards the guest's stdout/stderr to `tracing`.
+#[derive(Clone)]
+pub(crate) struct LogStream {
+    pub(crate) io: Arc<GuestIo>,
+    pub(crate) stderr: bool,
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LogStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.io.write(self.stderr, &bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for LogStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.io.write(self.stderr, buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Caps every linear memory and table of a store; remembers whether the cap was hit so a
+/// resulting trap (Rust aborts on allocation failure) is reported as `MemoryLimit`.
+pub(crate) struct MemLimiter {
+    pub(crate) max_memory: usize,
+    pub(crate) hit: Option<usize>,
+}
+
+impl ResourceLimiter for MemLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.hit = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; nothing legitimate needs millions of them.
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// The `T` of every plugin `Store<T>`.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemLimiter,
+    pub(crate) io: Arc<GuestIo>,
+    grants: Grants,
+    metrics: Arc<Metrics>,
+    /// Set when the guest called a capability it was not granted during the current call.
+    pub(crate) denied: Option<&'static str>,
+}
+
+impl HostState {
+    pub(crate) fn new(
+        label: String,
+        max_memory: usize,
+        max_log_bytes: usize,
+        grants: Grants,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let io = GuestIo::new(label, max_log_bytes);
+        // Deny by default: no preopened directories, no environment, no arguments, no
+        // network (every socket address rejected, name lookup off), stdin empty.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(LogStream {
+                io: io.clone(),
+                stderr: false,
+            })
+            .stderr(LogStream {
+                io: io.clone(),
+                stderr: true,
+            })
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemLimiter {
+                max_memory,
+                hit: None,
+            },
+            io,
+            grants,
+            metrics,
+            denied: None,
+        }
+    }
+
+    fn deny(&mut self, capability: &'static str) -> String {
+        self.denied = Some(capability);
+        self.metrics
+            .capability_denied
+            .fetch_add(1, Ordering::Relaxed);
+        let label = self.io.label();
+        tracing::warn!(target: "medrl::plugin", plugin = %label, capability, "capability denied");
+        format!("capability `{capability}` is not granted to plugin {label}")
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit_types::Host for HostState {}
+
+impl wit_host::Host for HostState {
+    fn log(&mut self, level: wit_host::LogLevel, msg: String) {
+        if !self.io.spend(msg.len()) {
+            return;
+        }
+        let p = self.io.label();
+        use wit_host::LogLevel as L;
+        match level {
+            L::Trace => tracing::trace!(target: "medrl::plugin::guest", plugin = %p, "{msg}"),
+            L::Debug => tracing::debug!(target: "medrl::plugin::guest", plugin = %p, "{msg}"),
+            L::Info => tracing::info!(target: "medrl::plugin::guest", plugin = %p, "{msg}"),
+            L::Warn => tracing::warn!(target: "medrl::plugin::guest", plugin = %p, "{msg}"),
+            L::Error => tracing::error!(target: "medrl::plugin::guest", plugin = %p, "{msg}"),
+        }
+    }
+}
+
+impl wit_judge::Host for HostState {
+    fn judge_score(&mut self, prompt: String) -> Result<f64, String> {
+        match self.grants.judge.clone() {
+            Some(j) => j.score(&prompt),
+            None => Err(self.deny("judge")),
+        }
+    }
+    fn judge_generate(&mut self, prompt: String, max_tokens: u32) -> Result<String, String> {
+        match self.grants.judge.clone() {
+            Some(j) => j.generate(&prompt, max_tokens),
+            None => Err(self.deny("judge")),
+        }
+    }
+}
+
+impl wit_search::Host for HostState {
+    fn search(&mut self, query: String, top_k: u32) -> Result<Vec<wit_search::Hit>, String> {
+        match self.grants.search.clone() {
+            Some(s) => s.search(&query, top_k).map(|hits| {
+                hits.into_iter()
+                    .map(|h| wit_search::Hit {
+                        id: h.id,
+                        score: h.score,
+                    })
+                    .collect()
+            }),
+            None => Err(self.deny("search")),
+        }
+    }
+}

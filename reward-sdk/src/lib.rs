@@ -1,0 +1,396 @@
+//! Write medrl reward functions and data adapters in Rust.
+//!
+//! ```ignore
+//! use medrl_reward_sdk::{export_reward, Manifest, Outcome, Reward, Sample};
+//! struct Exact;
+//! impl Reward for Exact {
+//!     fn manifest() -> Manifest { Manifest::new("exact", "0.1.0", "1.0 if the answer matches") }
+//!     fn score(_cfg: &serde_json::Value, s: &Sample) -> Result<Outcome, String> {
+//!         let ok = s.response.trim() == s.ground_truth.as_str().unwrap_or_default();
+//!         Ok(Outcome::score(if ok { 1.0 } else { 0.0 }))
+//!     }
+//! }
+//! export_reward!(Exact);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2` (or `medrl plugin build`). The
+//! traits, types and [`helpers`] also compile natively, so scoring logic is unit-tested with a
+//! plain `cargo test`; only the export glue and host calls are wasm-only.
+
+pub mod helpers;
+
+pub use serde_json::{self, Value};
+
+/// The plugin API version this SDK implements (the WIT package version in `wit/v0.1`).
+pub const API_VERSION: &str = "0.1.0";
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod __bindings {
+    pub mod reward {
+        wit_bindgen::generate!({
+            path: "wit/v0.1",
+            world: "reward",
+            pub_export_macro: true,
+            export_macro_name: "__export_reward_world",
+            runtime_path: "wit_bindgen::rt",
+        });
+    }
+    pub mod adapter {
+        wit_bindgen::generate!({
+            path: "wit/v0.1",
+            world: "data-adapter",
+            pub_export_macro: true,
+            export_macro_name: "__export_adapter_world",
+            runtime_path: "wit_bindgen::rt",
+            with: {
+                "medrl:plugin/types@0.1.0": super::reward::medrl::plugin::types,
+                "medrl:plugin/host@0.1.0": super::reward::medrl::plugin::host,
+                "medrl:plugin/judge@0.1.0": super::reward::medrl::plugin::judge,
+                "medrl:plugin/search@0.1.0": super::reward::medrl::plugin::search,
+            },
+        });
+    }
+}
+
+/// Host services a plugin may ask for; the run's configuration decides whether they are granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Judge,
+    Search,
+}
+
+/// What a plugin says about itself (`medrl plugin inspect` prints it).
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// JSON Schema of the config object, as JSON text.
+    pub config_schema: String,
+    pub capabilities: Vec<Capability>,
+}
+
+impl Manifest {
+    pub fn new(name: &str, version: &str, description: &str) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            description: description.into(),
+            config_schema: "{}".into(),
+            capabilities: vec![],
+        }
+    }
+    pub fn config_schema(mut self, schema: Value) -> Self {
+        self.config_schema = schema.to_string();
+        self
+    }
+    pub fn capability(mut self, c: Capability) -> Self {
+        self.capabilities.push(c);
+        self
+    }
+}
+
+/// One completion to score, with its JSON fields parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub prompt: String,
+    pub response: String,
+    pub ground_truth: Value,
+    pub metadata: Value,
+    pub data_source: String,
+}
+
+/// What a reward returns for one sample.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Scored {
+        score: f64,
+        components: Vec<(String, f64)>,
+    },
+    /// Not this plugin's task (mixed batches): the trainer ignores the sample for this reward.
+    NotApplicable,
+}
+
+impl Outcome {
+    pub fn score(score: f64) -> Self {
+        Outcome::Scored {
+            score,
+            components: vec![],
+        }
+    }
+    /// Adds a named component (logged on its own by the trainer).
+    pub fn with(mut self, name: &str, value: f64) -> Self {
+        if let Outcome::Scored { components, .. } = &mut self {
+            components.push((name.into(), value));
+        }
+        self
+    }
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            Outcome::Scored { score, .. } => Some(*score),
+            Outcome::NotApplicable => None,
+        }
+    }
+}
+
+/// A reward function. Implement it on a unit struct and call [`export_reward!`].
+pub trait Reward {
+    fn manifest() -> Manifest;
+    /// Score one sample. `Err` marks this sample as failed (the host's policy decides what
+    /// happens); it does not affect the other samples of the batch.
+    fn score(config: &Value, sample: &Sample) -> Result<Outcome, String>;
+}
+
+/// One chat message of a training example.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// A training example as data adapters produce it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Example {
+    pub messages: Vec<Message>,
+    pub ground_truth: Value,
+    pub metadata: Value,
+    pub data_source: String,
+}
+
+/// A data adapter: raw records (any JSON) to training examples.
+pub trait Adapter {
+    fn manifest() -> Manifest;
+    fn convert(config: &Value, record: &Value) -> Result<Example, String>;
+}
+
+/// Host calls. Inside a plugin they go to the host; natively (unit tests) `log` prints to
+/// stderr and capabilities return an error.
+pub mod host {
+    #[derive(Debug, Clone, Copy)]
+    pub enum Level {
+        Trace,
+        Debug,
+        Info,
+        Warn,
+        Error,
+    }
+
+    /// A search result from the host's index.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Hit {
+        pub id: String,
+        pub score: f64,
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    mod imp {
+        use super::*;
+        use crate::__bindings::reward::medrl::plugin as p;
+        pub fn log(level: Level, msg: &str) {
+            use p::host::LogLevel as L;
+            let l = match level {
+                Level::Trace => L::Trace,
+                Level::Debug => L::Debug,
+                Level::Info => L::Info,
+                Level::Warn => L::Warn,
+                Level::Error => L::Error,
+            };
+            p::host::log(l, msg)
+        }
+        pub fn judge_score(prompt: &str) -> Result<f64, String> {
+            p::judge::judge_score(prompt)
+        }
+        pub fn judge_generate(prompt: &str, max_tokens: u32) -> Result<String, String> {
+            p::judge::judge_generate(prompt, max_tokens)
+        }
+        pub fn search(query: &str, top_k: u32) -> Result<Vec<Hit>, String> {
+            p::search::search(query, top_k).map(|v| {
+                v.into_iter()
+                    .map(|h| Hit {
+                        id: h.id,
+                        score: h.score,
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod imp {
+        use super::*;
+        const NATIVE: &str = "host capabilities are only available inside the medrl plugin host";
+        pub fn log(level: Level, msg: &str) {
+            eprintln!("[{level:?}] {msg}");
+        }
+        pub fn judge_score(_prompt: &str) -> Result<f64, String> {
+            Err(NATIVE.into())
+        }
+        pub fn judge_generate(_prompt: &str, _max_tokens: u32) -> Result<String, String> {
+            Err(NATIVE.into())
+        }
+        pub fn search(_query: &str, _top_k: u32) -> Result<Vec<Hit>, String> {
+            Err(NATIVE.into())
+        }
+    }
+
+    /// Write to the host's log (tagged with the plugin's name).
+    pub fn log(level: Level, msg: &str) {
+        imp::log(level, msg)
+    }
+    /// Ask the granted judge model for a score in [0, 1]. Fails if `judge` is not granted.
+    pub fn judge_score(prompt: &str) -> Result<f64, String> {
+        imp::judge_score(prompt)
+    }
+    /// Ask the granted judge model to generate text. Fails if `judge` is not granted.
+    pub fn judge_generate(prompt: &str, max_tokens: u32) -> Result<String, String> {
+        imp::judge_generate(prompt, max_tokens)
+    }
+    /// Query the granted search index. Fails if `search` is not granted.
+    pub fn search(query: &str, top_k: u32) -> Result<Vec<Hit>, String> {
+        imp::search(query, top_k)
+    }
+}
+
+/// Glue used by the export macros; not a stable API.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+    use crate::__bindings::reward::medrl::plugin::types as t;
+
+    fn manifest(m: Manifest) -> t::Manifest {
+        t::Manifest {
+            name: m.name,
+            version: m.version,
+            description: m.description,
+            config_schema: m.config_schema,
+            capabilities: m
+                .capabilities
+                .into_iter()
+                .map(|c| match c {
+                    Capability::Judge => t::Capability::Judge,
+                    Capability::Search => t::Capability::Search,
+                })
+                .collect(),
+            api_version: API_VERSION.into(),
+        }
+    }
+
+    fn json(text: &str) -> Value {
+        // Non-JSON text (e.g. a bare answer string) is passed through as a JSON string.
+        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+    }
+
+    pub fn reward_manifest<R: Reward>() -> t::Manifest {
+        manifest(R::manifest())
+    }
+
+    pub fn reward_score<R: Reward>(
+        config: String,
+        samples: Vec<t::Sample>,
+    ) -> Vec<Result<t::ScoreResult, String>> {
+        let config = match serde_json::from_str::<Value>(if config.trim().is_empty() {
+            "{}"
+        } else {
+            &config
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("config is not valid JSON: {e}");
+                return samples.iter().map(|_| Err(msg.clone())).collect();
+            }
+        };
+        samples
+            .into_iter()
+            .map(|s| {
+                let sample = Sample {
+                    ground_truth: json(&s.ground_truth),
+                    metadata: json(&s.metadata),
+                    prompt: s.prompt,
+                    response: s.response,
+                    data_source: s.data_source,
+                };
+                R::score(&config, &sample).map(|o| match o {
+                    Outcome::Scored { score, components } => {
+                        t::ScoreResult::Scored(t::Scored { score, components })
+                    }
+                    Outcome::NotApplicable => t::ScoreResult::NotApplicable,
+                })
+            })
+            .collect()
+    }
+
+    pub fn adapter_manifest<A: Adapter>() -> t::Manifest {
+        manifest(A::manifest())
+    }
+
+    pub fn adapter_convert<A: Adapter>(
+        config: String,
+        records: Vec<String>,
+    ) -> Vec<Result<String, String>> {
+        let config: Value = serde_json::from_str(if config.trim().is_empty() {
+            "{}"
+        } else {
+            &config
+        })
+        .unwrap_or(Value::Null);
+        records
+            .iter()
+            .map(|r| {
+                let v: Value = serde_json::from_str(r)
+                    .map_err(|e| format!("record is not valid JSON: {e}"))?;
+                let ex = A::convert(&config, &v)?;
+                serde_json::to_string(&ex).map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+}
+
+/// Exports a [`Reward`] implementation as the plugin's `reward` world. No-op natively.
+#[macro_export]
+macro_rules! export_reward {
+    ($t:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __MedrlReward;
+            impl $crate::__bindings::reward::Guest for __MedrlReward {
+                fn manifest() -> $crate::__bindings::reward::medrl::plugin::types::Manifest {
+                    $crate::__private::reward_manifest::<$t>()
+                }
+                fn score(
+                    config: ::std::string::String,
+                    samples: ::std::vec::Vec<$crate::__bindings::reward::medrl::plugin::types::Sample>,
+                ) -> ::std::vec::Vec<
+                    ::std::result::Result<$crate::__bindings::reward::medrl::plugin::types::ScoreResult, ::std::string::String>,
+                > {
+                    $crate::__private::reward_score::<$t>(config, samples)
+                }
+            }
+            $crate::__bindings::reward::__export_reward_world!(__MedrlReward with_types_in $crate::__bindings::reward);
+        };
+    };
+}
+
+/// Exports an [`Adapter`] implementation as the plugin's `data-adapter` world. No-op natively.
+#[macro_export]
+macro_rules! export_adapter {
+    ($t:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __MedrlAdapter;
+            impl $crate::__bindings::adapter::Guest for __MedrlAdapter {
+                fn manifest() -> $crate::__bindings::reward::medrl::plugin::types::Manifest {
+                    $crate::__private::adapter_manifest::<$t>()
+                }
+                fn convert(
+                    config: ::std::string::String,
+                    records: ::std::vec::Vec<::std::string::String>,
+                ) -> ::std::vec::Vec<::std::result::Result<::std::string::String, ::std::string::String>> {
+                    $crate::__private::adapter_convert::<$t>(config, records)
+                }
+            }
+            $crate::__bindings::adapter::__export_adapter_world!(__MedrlAdapter with_types_in $crate::__bindings::adapter);
+        };
+    };
+}

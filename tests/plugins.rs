@@ -1,0 +1,1036 @@
+//! Plugin host tests: hostile guests, failure policies, capabilities, cache, scaffold, Python.
+//!
+//! The wasm plugins are built on first use (`cargo build --release --target wasm32-wasip2
+//! --manifest-path plugins/Cargo.toml`), so a plain `cargo test` works on a machine that has
+//! the wasm32-wasip2 target (scripts/setup-plugins.sh installs it).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use medrl::plugin::*;
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Builds the plugins workspace once per test process; returns crate name -> .wasm path.
+fn wasm(name: &str) -> PathBuf {
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let files = medrl::cli::plugin::build_plugin(&repo().join("plugins"))
+            .expect("building plugins/ for wasm32-wasip2 failed (run scripts/setup-plugins.sh)");
+        files
+            .into_iter()
+            .map(|p| {
+                (
+                    p.file_stem().unwrap().to_string_lossy().replace('_', "-"),
+                    p,
+                )
+            })
+            .collect()
+    });
+    built
+        .get(name)
+        .unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys()))
+        .clone()
+}
+
+fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
+}
+
+/// One host for the whole process: every test also checks that it survives the others.
+fn host() -> &'static PluginHost {
+    static HOST: OnceLock<PluginHost> = OnceLock::new();
+    HOST.get_or_init(|| {
+        PluginHost::new(HostConfig {
+            cache_dir: Some(cache_dir()),
+            ..HostConfig::default()
+        })
+        .unwrap()
+    })
+}
+
+fn fuel_host() -> &'static PluginHost {
+    static HOST: OnceLock<PluginHost> = OnceLock::new();
+    HOST.get_or_init(|| {
+        PluginHost::new(HostConfig {
+            cache_dir: Some(cache_dir()),
+            fuel_metering: true,
+            ..HostConfig::default()
+        })
+        .unwrap()
+    })
+}
+
+fn s(prompt: &str, response: &str, gt: Value, source: &str) -> Sample {
+    sample(prompt, response, &gt, &Value::Null, source)
+}
+
+fn opts(limits: Limits, policy: FailurePolicy) -> PluginOptions {
+    PluginOptions {
+        limits,
+        policy,
+        threads: 2,
+        ..PluginOptions::default()
+    }
+}
+
+fn limits(timeout_ms: u64) -> Limits {
+    Limits {
+        timeout: Duration::from_millis(timeout_ms),
+        memory_bytes: 128 << 20,
+        ..Limits::default()
+    }
+}
+
+/// The healthy reward gives the reference scores (called after every hostile test).
+fn assert_healthy() {
+    let p = host()
+        .load_reward(&wasm("sample-size"), PluginOptions::default())
+        .unwrap();
+    assert_eq!(p.manifest().name, "sample-size");
+    let samples = vec![
+        s(
+            "q",
+            "<think>t</think><answer>1,000</answer>",
+            json!({"target": 1100}),
+            "ss",
+        ),
+        s(
+            "q",
+            "<think>t</think><answer>700</answer>",
+            json!({"target": 1000}),
+            "ss",
+        ),
+        s("q", "<answer>1000</answer>", json!({"target": 1000}), "ss"),
+        s(
+            "q",
+            "Assistant: <think>t</think><answer>80</answer>",
+            json!({"target": "100"}),
+            "ss",
+        ),
+    ];
+    let out = p.score(&json!({}), &samples).unwrap();
+    let rewards: Vec<f64> = out.iter().map(|o| o.reward().unwrap()).collect();
+    assert_eq!(rewards, vec![1.1, 0.0, -2.0, 1.1]);
+    match &out[0] {
+        Outcome::Scored { components, .. } => {
+            assert_eq!(
+                components,
+                &vec![("format".to_string(), 1.0), ("accuracy".to_string(), 1.0)]
+            )
+        }
+        o => panic!("unexpected {o:?}"),
+    }
+}
+
+/// Runs the hostile plugin in `mode` on `n` samples under `fail` policy.
+fn hostile_with(
+    h: &PluginHost,
+    mode: &str,
+    extra: Value,
+    limits: Limits,
+    n: usize,
+) -> (Result<Vec<Outcome>, PluginError>, Duration) {
+    let p = h
+        .load_reward(&wasm("hostile"), opts(limits, FailurePolicy::Fail))
+        .unwrap();
+    let mut cfg = json!({ "mode": mode });
+    cfg.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    let samples: Vec<Sample> = (0..n)
+        .map(|i| s(&format!("p{i}"), "response", json!(1), mode))
+        .collect();
+    let t = Instant::now();
+    let r = p.score(&cfg, &samples);
+    (r, t.elapsed())
+}
+
+fn hostile(mode: &str, limits: Limits) -> (Result<Vec<Outcome>, PluginError>, Duration) {
+    hostile_with(host(), mode, json!({}), limits, 3)
+}
+
+const SLACK: Duration = Duration::from_secs(5);
+
+fn check_plugin_named(e: &PluginError) {
+    assert_eq!(
+        e.plugin().to_string(),
+        "hostile@0.1.0",
+        "error must name the plugin: {e}"
+    );
+    assert!(e.to_string().contains("hostile@0.1.0"), "{e}");
+}
+
+#[test]
+fn infinite_loop_times_out() {
+    let (r, dt) = hostile("loop", limits(300));
+    let e = r.unwrap_err();
+    assert!(matches!(e, PluginError::Timeout { .. }), "{e}");
+    check_plugin_named(&e);
+    assert!(dt < Duration::from_millis(300) + SLACK, "took {dt:?}");
+    assert!(
+        dt >= Duration::from_millis(300),
+        "deadline fired early: {dt:?}"
+    );
+    assert_healthy();
+}
+
+#[test]
+fn infinite_loop_runs_out_of_fuel() {
+    let l = Limits {
+        fuel: Some(50_000_000),
+        ..limits(60_000)
+    };
+    let (r, dt) = hostile_with(fuel_host(), "loop", json!({}), l, 1);
+    let e = r.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PluginError::OutOfFuel {
+                fuel: 50_000_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(dt < SLACK * 4, "took {dt:?}");
+    // Fuel metering on the engine does not break normal plugins.
+    let l = Limits {
+        fuel: Some(1_000_000_000),
+        ..limits(10_000)
+    };
+    let (r, _) = hostile_with(fuel_host(), "ok", json!({}), l, 3);
+    assert_eq!(r.unwrap().len(), 3);
+    assert_healthy();
+}
+
+#[test]
+fn fuel_limit_requires_fuel_metering() {
+    let l = Limits {
+        fuel: Some(1000),
+        ..limits(1000)
+    };
+    let e = host()
+        .load_reward(&wasm("hostile"), opts(l, FailurePolicy::Fail))
+        .err()
+        .unwrap();
+    assert!(matches!(e, PluginError::Config { .. }), "{e}");
+}
+
+#[test]
+fn allocation_bomb_hits_memory_limit() {
+    let (r, dt) = hostile(
+        "alloc-bomb",
+        Limits {
+            memory_bytes: 64 << 20,
+            ..limits(20_000)
+        },
+    );
+    let e = r.unwrap_err();
+    match &e {
+        PluginError::MemoryLimit {
+            limit_bytes,
+            requested_bytes,
+            ..
+        } => {
+            assert_eq!(*limit_bytes, 64 << 20);
+            assert!(*requested_bytes > 64 << 20);
+        }
+        _ => panic!("expected MemoryLimit, got {e}"),
+    }
+    check_plugin_named(&e);
+    assert!(dt < Duration::from_secs(20) + SLACK, "took {dt:?}");
+    assert_healthy();
+}
+
+#[test]
+fn panic_is_a_trap_with_message_and_backtrace() {
+    let (r, _) = hostile("panic", limits(5000));
+    match r.unwrap_err() {
+        PluginError::Trap {
+            message,
+            backtrace,
+            plugin,
+        } => {
+            assert!(
+                message.contains("panics on purpose"),
+                "panic message from guest stderr missing: {message}"
+            );
+            assert!(
+                !backtrace.trim().is_empty() && backtrace != "<none>",
+                "no backtrace"
+            );
+            assert_eq!(plugin.name, "hostile");
+        }
+        e => panic!("expected Trap, got {e}"),
+    }
+    assert_healthy();
+}
+
+#[test]
+fn unreachable_is_a_trap() {
+    let (r, _) = hostile("unreachable", limits(5000));
+    match r.unwrap_err() {
+        PluginError::Trap { message, .. } => assert!(message.contains("unreachable"), "{message}"),
+        e => panic!("expected Trap, got {e}"),
+    }
+    assert_healthy();
+}
+
+#[test]
+fn stack_overflow_is_a_trap() {
+    let (r, dt) = hostile("stack-overflow", limits(10_000));
+    match r.unwrap_err() {
+        PluginError::Trap { message, .. } => assert!(message.contains("stack"), "{message}"),
+        e => panic!("expected Trap, got {e}"),
+    }
+    assert!(dt < Duration::from_secs(10) + SLACK);
+    assert_healthy();
+}
+
+#[test]
+fn huge_output_is_rejected() {
+    for mode in ["huge-output", "huge-components"] {
+        let (r, dt) = hostile(
+            mode,
+            Limits {
+                memory_bytes: 512 << 20,
+                max_output_bytes: 1 << 20,
+                ..limits(20_000)
+            },
+        );
+        let e = r.unwrap_err();
+        match &e {
+            PluginError::BadOutput { reason, .. } => {
+                assert!(reason.contains("exceeds the limit"), "{reason}")
+            }
+            _ => panic!("{mode}: expected BadOutput, got {e}"),
+        }
+        assert!(dt < Duration::from_secs(20) + SLACK);
+    }
+    assert_healthy();
+}
+
+#[test]
+fn wrong_number_of_results_is_bad_output() {
+    for mode in ["wrong-count", "empty"] {
+        let (r, _) = hostile(mode, limits(5000));
+        match r.unwrap_err() {
+            // After isolation each sample is retried alone: "returned 2 results for 1 samples".
+            PluginError::BadOutput { reason, .. } => {
+                assert!(
+                    reason.starts_with("returned") && reason.contains("results for 1 samples"),
+                    "{reason}"
+                )
+            }
+            e => panic!("{mode}: expected BadOutput, got {e}"),
+        }
+    }
+    assert_healthy();
+}
+
+#[test]
+fn non_finite_scores_are_bad_output() {
+    for (mode, word) in [("nan", "NaN"), ("inf", "inf")] {
+        let (r, _) = hostile(mode, limits(5000));
+        match r.unwrap_err() {
+            PluginError::BadOutput { reason, .. } => assert!(reason.contains(word), "{reason}"),
+            e => panic!("{mode}: expected BadOutput, got {e}"),
+        }
+    }
+    assert_healthy();
+}
+
+/// The probes return `err(what happened)` when denied and a score when they got through.
+fn expect_denied_probe(mode: &str, extra: Value, needle: &str) {
+    let (r, dt) = hostile_with(host(), mode, extra, limits(10_000), 1);
+    match r {
+        Err(PluginError::GuestError { message, .. }) => {
+            assert!(message.contains(needle), "{mode}: {message}");
+        }
+        Err(e) => panic!("{mode}: expected GuestError (probe denied), got {e}"),
+        Ok(out) => panic!("{mode}: SANDBOX LEAK, the probe succeeded: {out:?}"),
+    }
+    assert!(dt < Duration::from_secs(10) + SLACK);
+}
+
+#[test]
+fn filesystem_is_not_reachable() {
+    expect_denied_probe("read-file", json!({"path": "/etc/passwd"}), "/etc/passwd");
+    let here = repo().join("Cargo.toml");
+    expect_denied_probe(
+        "read-file",
+        json!({"path": here.to_string_lossy()}),
+        "Cargo.toml",
+    );
+    expect_denied_probe("list-dir", json!({}), "read_dir");
+    assert_healthy();
+}
+
+#[test]
+fn environment_is_empty() {
+    // The test process has plenty of variables (CARGO_*, PATH); none may leak.
+    assert!(std::env::vars().count() > 0);
+    expect_denied_probe("env", json!({}), "environment is empty");
+    assert_healthy();
+}
+
+#[test]
+fn sockets_are_denied() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    expect_denied_probe(
+        "socket",
+        json!({"port": port}),
+        &format!("127.0.0.1:{port}"),
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the plugin reached a host socket"
+    );
+    assert_healthy();
+}
+
+#[test]
+fn non_granted_capability_is_denied_and_counted() {
+    for mode in ["judge", "judge-unwrap", "search"] {
+        let p = host()
+            .load_reward(&wasm("hostile"), opts(limits(5000), FailurePolicy::Drop))
+            .unwrap();
+        let out = p
+            .score(
+                &json!({"mode": mode}),
+                &[s("p", "query text", json!(1), "x")],
+            )
+            .unwrap();
+        match &out[0] {
+            Outcome::Dropped { error } => {
+                assert!(
+                    matches!(**error, PluginError::CapabilityDenied { .. }),
+                    "{mode}: {error}"
+                );
+                let cap = if mode == "search" { "search" } else { "judge" };
+                assert!(error.to_string().contains(cap), "{error}");
+            }
+            o => panic!("{mode}: expected a denied capability, got {o:?}"),
+        }
+        let m = p.metrics();
+        assert_eq!(m.capability_denied, 1, "{mode}: {m:?}");
+        assert_eq!(
+            m.failures.get("capability_denied"),
+            Some(&1),
+            "{mode}: {m:?}"
+        );
+        assert_eq!(m.dropped, 1);
+    }
+    assert_healthy();
+}
+
+#[test]
+fn granted_capabilities_work() {
+    let judge = InMemoryJudge {
+        scores: [("good answer".to_string(), 0.9)].into(),
+        default_score: 0.2,
+        reply: String::new(),
+    };
+    let index = InMemoryIndex::new([
+        ("pmid1".to_string(), "metformin in diabetes".to_string()),
+        ("pmid2".to_string(), "metformin".to_string()),
+    ]);
+    let grants = Grants::none()
+        .with_judge(Box::new(judge))
+        .with_search(Box::new(index));
+    let p = host()
+        .load_reward(
+            &wasm("hostile"),
+            PluginOptions {
+                grants,
+                limits: limits(5000),
+                ..PluginOptions::default()
+            },
+        )
+        .unwrap();
+    let judged = p
+        .score(
+            &json!({"mode": "judge"}),
+            &[
+                s("p", "good answer", json!(1), "x"),
+                s("p", "other", json!(1), "x"),
+            ],
+        )
+        .unwrap();
+    let r: Vec<f64> = judged.iter().map(|o| o.reward().unwrap()).collect();
+    assert_eq!(r, vec![0.9, 0.2]);
+    let found = p
+        .score(
+            &json!({"mode": "search"}),
+            &[s("p", "metformin diabetes", json!(1), "x")],
+        )
+        .unwrap();
+    assert_eq!(found[0].reward(), Some(2.0)); // pmid1 matches both terms
+    assert_eq!(p.metrics().capability_denied, 0);
+}
+
+#[test]
+fn malformed_and_truncated_wasm_are_invalid() {
+    let id = PluginId {
+        name: "bytes".into(),
+        version: "?".into(),
+    };
+    let good = std::fs::read(wasm("sample-size")).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\0asm\x0d\0\x01\0this is not wasm".to_vec()),
+        ("empty", vec![]),
+        ("text", b"fn main() {}".to_vec()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("truncated-header", good[..6].to_vec()),
+        // A core module is valid wasm but not a component.
+        ("core module", b"\0asm\x01\0\0\0".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let t = Instant::now();
+        let e = host()
+            .load_reward_bytes(&bytes, id.clone(), PluginOptions::default())
+            .err()
+            .unwrap();
+        assert!(matches!(e, PluginError::InvalidWasm { .. }), "{what}: {e}");
+        assert!(e.to_string().contains("bytes@?"), "{e}");
+        assert!(t.elapsed() < SLACK);
+    }
+    // A plugin file that is not a component also names the file.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("broken.wasm");
+    std::fs::write(&f, &good[..good.len() - 100]).unwrap();
+    let e = host()
+        .load_reward(&f, PluginOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, PluginError::InvalidWasm { .. }) && e.to_string().contains("broken.wasm"),
+        "{e}"
+    );
+    assert_healthy();
+}
+
+#[test]
+fn wrong_api_version_is_refused_before_instantiation() {
+    let e = host()
+        .load_reward(&wasm("wrong-api"), PluginOptions::default())
+        .err()
+        .unwrap();
+    match &e {
+        PluginError::IncompatibleApi {
+            found, supported, ..
+        } => {
+            assert_eq!(found, "9.0.0");
+            assert_eq!(supported, &vec!["0.1.0".to_string()]);
+        }
+        _ => panic!("expected IncompatibleApi, got {e}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains("9.0.0") && msg.contains("0.1.0") && msg.contains("wrong_api.wasm"),
+        "{msg}"
+    );
+    assert_healthy();
+}
+
+/// A batch mixing good and failing samples, one sample per call so a trap costs one sample.
+fn mixed(policy: FailurePolicy) -> (Result<Vec<Outcome>, PluginError>, MetricsSnapshot) {
+    let l = Limits {
+        max_batch_per_call: 1,
+        ..limits(5000)
+    };
+    let p = host()
+        .load_reward(&wasm("hostile"), opts(l, policy))
+        .unwrap();
+    let samples = vec![
+        s("a", "four", json!(1), "ok"),
+        s("b", "x", json!(1), "panic"),
+        s("c", "sixsix", json!(1), "ok"),
+        s("d", "x", json!(1), "guest-error"),
+        s("e", "x", json!(1), "not-applicable"),
+        s("f", "x", json!(1), "nan"),
+    ];
+    let r = p.score(&json!({"mode": "by-source"}), &samples);
+    (r, p.metrics())
+}
+
+#[test]
+fn policy_drop_counts_and_keeps_good_samples() {
+    let (r, m) = mixed(FailurePolicy::Drop);
+    let out = r.unwrap();
+    assert_eq!(out[0].reward(), Some(4.0));
+    assert!(
+        matches!(&out[1], Outcome::Dropped { error } if matches!(**error, PluginError::Trap { .. }))
+    );
+    assert_eq!(out[2].reward(), Some(6.0));
+    assert!(
+        matches!(&out[3], Outcome::Dropped { error } if matches!(**error, PluginError::GuestError { .. }))
+    );
+    assert!(matches!(out[4], Outcome::NotApplicable));
+    assert!(
+        matches!(&out[5], Outcome::Dropped { error } if matches!(**error, PluginError::BadOutput { .. }))
+    );
+    assert_eq!(m.dropped, 3);
+    assert_eq!(m.substituted, 0);
+    assert_eq!(m.scored, 2);
+    assert_eq!(m.not_applicable, 1);
+    assert_eq!(
+        m.stores_discarded, 1,
+        "the trapped store must be discarded: {m:?}"
+    );
+    let expect: std::collections::BTreeMap<String, u64> = [
+        ("trap".to_string(), 1),
+        ("guest_error".to_string(), 1),
+        ("bad_output".to_string(), 1),
+    ]
+    .into();
+    assert_eq!(m.failures, expect);
+}
+
+#[test]
+fn policy_score_substitutes() {
+    let (r, m) = mixed(FailurePolicy::Score(-1.0));
+    let rewards: Vec<Option<f64>> = r.unwrap().iter().map(Outcome::reward).collect();
+    assert_eq!(
+        rewards,
+        vec![
+            Some(4.0),
+            Some(-1.0),
+            Some(6.0),
+            Some(-1.0),
+            None,
+            Some(-1.0)
+        ]
+    );
+    assert_eq!(m.substituted, 3);
+    assert_eq!(m.dropped, 0);
+}
+
+#[test]
+fn policy_fail_returns_first_error() {
+    let (r, m) = mixed(FailurePolicy::Fail);
+    assert!(matches!(r.unwrap_err(), PluginError::Trap { .. }));
+    assert_eq!(m.failures.values().sum::<u64>(), 3);
+}
+
+#[test]
+fn one_bad_sample_does_not_sink_its_batch() {
+    // Default chunking (up to 512 samples per call): the trap is isolated by bisection.
+    let p = host()
+        .load_reward(
+            &wasm("hostile"),
+            PluginOptions {
+                policy: FailurePolicy::Drop,
+                threads: 1,
+                ..PluginOptions::default()
+            },
+        )
+        .unwrap();
+    let mut samples: Vec<Sample> = (0..40)
+        .map(|i| s("p", &"y".repeat(i), json!(1), "ok"))
+        .collect();
+    samples[17] = s("p", "x", json!(1), "panic");
+    samples[30] = s("p", "x", json!(1), "unreachable");
+    let out = p.score(&json!({"mode": "by-source"}), &samples).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        match i {
+            17 | 30 => assert!(
+                matches!(o, Outcome::Dropped { error } if matches!(**error, PluginError::Trap { .. })),
+                "{i}: {o:?}"
+            ),
+            _ => assert_eq!(o.reward(), Some(i as f64), "{i}"),
+        }
+    }
+    let m = p.metrics();
+    assert_eq!(m.failures.get("trap"), Some(&2), "{m:?}");
+    assert_eq!(m.dropped, 2);
+    assert_eq!(m.scored, 38);
+    // Without isolation the whole chunk is lost.
+    let p = host()
+        .load_reward(
+            &wasm("hostile"),
+            PluginOptions {
+                policy: FailurePolicy::Drop,
+                threads: 1,
+                isolate_failures: false,
+                ..PluginOptions::default()
+            },
+        )
+        .unwrap();
+    let out = p.score(&json!({"mode": "by-source"}), &samples).unwrap();
+    assert!(out.iter().all(|o| matches!(o, Outcome::Dropped { .. })));
+    assert_eq!(p.metrics().failures.get("trap"), Some(&40));
+}
+
+#[test]
+fn failure_policy_parses() {
+    assert_eq!(
+        "drop".parse::<FailurePolicy>().unwrap(),
+        FailurePolicy::Drop
+    );
+    assert_eq!(
+        "score:-0.5".parse::<FailurePolicy>().unwrap(),
+        FailurePolicy::Score(-0.5)
+    );
+    assert!("score:nan".parse::<FailurePolicy>().is_err());
+    assert!("retry".parse::<FailurePolicy>().is_err());
+}
+
+#[test]
+fn parallel_scoring_matches_sequential() {
+    let samples: Vec<Sample> = (0..2000)
+        .map(|i| {
+            s(
+                "q",
+                &format!("<think>x</think><answer>{}</answer>", 900 + i % 400),
+                json!({"target": 1000}),
+                "ss",
+            )
+        })
+        .collect();
+    let run = |threads, batch| {
+        let l = Limits {
+            max_batch_per_call: batch,
+            ..Limits::default()
+        };
+        let p = host()
+            .load_reward(
+                &wasm("sample-size"),
+                PluginOptions {
+                    threads,
+                    limits: l,
+                    ..PluginOptions::default()
+                },
+            )
+            .unwrap();
+        p.score(&json!({}), &samples)
+            .unwrap()
+            .iter()
+            .map(|o| o.reward().unwrap())
+            .collect::<Vec<f64>>()
+    };
+    let seq = run(1, 2000);
+    assert_eq!(seq, run(4, 37));
+    assert_eq!(seq.iter().filter(|r| **r == 1.1).count(), 2000 / 400 * 301);
+}
+
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn guest_output_goes_to_logs_not_the_terminal() {
+    let buf = Captured::default();
+    let w = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    // One thread, so the guest runs on this thread and the scoped subscriber sees its output.
+    let p = host()
+        .load_reward(
+            &wasm("hostile"),
+            PluginOptions {
+                threads: 1,
+                limits: limits(5000),
+                ..PluginOptions::default()
+            },
+        )
+        .unwrap();
+    let out = tracing::subscriber::with_default(subscriber, || {
+        p.score(
+            &json!({"mode": "log"}),
+            &[s("p0", "r", json!(1), "x"), s("p1", "r", json!(1), "x")],
+        )
+        .unwrap()
+    });
+    assert_eq!(out.len(), 2);
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    for needle in [
+        "stdout line from hostile plugin",
+        "stderr line from hostile plugin",
+        "scoring p0",
+        "scoring p1",
+        "hostile@0.1.0",
+    ] {
+        assert!(
+            text.contains(needle),
+            "missing {needle:?} in captured log:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn compile_cache_is_used_and_survives_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = HostConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..HostConfig::default()
+    };
+    let path = wasm("sample-size");
+    let h1 = PluginHost::new(cfg.clone()).unwrap();
+    h1.load_reward(&path, PluginOptions::default()).unwrap();
+    assert_eq!(h1.cache_stats(), (0, 1));
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].extension().unwrap(), "cwasm");
+
+    // A new host (as after a restart) loads from the cache.
+    let h2 = PluginHost::new(cfg.clone()).unwrap();
+    let p = h2.load_reward(&path, PluginOptions::default()).unwrap();
+    assert_eq!(h2.cache_stats(), (1, 0));
+    assert_eq!(
+        p.score(
+            &json!({}),
+            &[s(
+                "q",
+                "<think></think><answer>5</answer>",
+                json!({"target": 5}),
+                ""
+            )]
+        )
+        .unwrap()[0]
+            .reward(),
+        Some(1.1)
+    );
+
+    // A corrupted entry is recompiled, not trusted.
+    std::fs::write(&entries[0], b"garbage").unwrap();
+    let h3 = PluginHost::new(cfg.clone()).unwrap();
+    h3.load_reward(&path, PluginOptions::default()).unwrap();
+    assert_eq!(h3.cache_stats(), (0, 1));
+
+    // Different bytes, different key.
+    let h4 = PluginHost::new(cfg).unwrap();
+    h4.load_reward(&wasm("hostile"), PluginOptions::default())
+        .unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn data_adapter_converts_records() {
+    let a = host()
+        .load_adapter(&wasm("alpaca-adapter"), PluginOptions::default())
+        .unwrap();
+    assert_eq!(a.manifest().name, "alpaca-adapter");
+    let recs = vec![
+        json!({"instruction": "What is HbA1c?", "input": "", "output": "Glycated haemoglobin."})
+            .to_string(),
+        json!({"instruction": "Dose?", "input": "metformin", "output": "500 mg"}).to_string(),
+        json!({"instruction": "", "output": "x"}).to_string(),
+        "not json".to_string(),
+    ];
+    let out = a
+        .convert(&json!({"data_source": "flashcards"}), &recs)
+        .unwrap();
+    let ex = out[1].as_ref().unwrap();
+    assert_eq!(ex["messages"][0]["content"], "Dose?\nmetformin");
+    assert_eq!(ex["messages"][1]["role"], "assistant");
+    assert_eq!(ex["data_source"], "flashcards");
+    assert_eq!(
+        out[0].as_ref().unwrap()["messages"][0]["content"],
+        "What is HbA1c?"
+    );
+    assert!(matches!(out[2], Err(PluginError::GuestError { .. })));
+    assert!(matches!(out[3], Err(PluginError::GuestError { .. })));
+    // inspect falls back to the adapter world.
+    let (m, api) = host().inspect(&wasm("alpaca-adapter")).unwrap();
+    assert_eq!((m.name.as_str(), api.as_str()), ("alpaca-adapter", "0.1.0"));
+}
+
+fn medrl() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_medrl"));
+    c.env("MEDRL_CACHE_DIR", cache_dir());
+    c
+}
+
+fn ok(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn scaffold_builds_tests_inspects_and_scores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dose-check");
+    ok(medrl()
+        .args(["plugin", "new", "dose-check", "--dir"])
+        .arg(&dir));
+    // Share compiled dependencies with the plugins workspace to keep this test fast.
+    let target = repo().join("plugins/target");
+    ok(
+        Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+            .args(["test", "--quiet", "--manifest-path"])
+            .arg(dir.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target),
+    );
+    let built = ok(medrl()
+        .args(["plugin", "build"])
+        .arg(&dir)
+        .env("CARGO_TARGET_DIR", &target));
+    let wasm_path = PathBuf::from(built.lines().last().unwrap().trim());
+    assert!(wasm_path.ends_with("dose_check.wasm"), "{built}");
+    let info = ok(medrl().args(["plugin", "inspect"]).arg(&wasm_path));
+    assert!(
+        info.contains("dose-check")
+            && info.contains("api version:  0.1.0")
+            && info.contains("capabilities: none"),
+        "{info}"
+    );
+    let out = dir.join("scores.jsonl");
+    ok(medrl()
+        .args(["reward", "score", "--plugin"])
+        .arg(&wasm_path)
+        .arg("--input")
+        .arg(dir.join("samples.jsonl"))
+        .arg("--output")
+        .arg(&out));
+    let scores: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let r: Vec<f64> = scores
+        .iter()
+        .map(|v| v["score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(r, vec![1.0, 0.0, 0.0]);
+    assert_eq!(scores[0]["components"]["correct"], 1.0);
+}
+
+#[test]
+fn cli_score_with_policy_and_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        [
+            json!({"prompt": "q", "response": "<think>a</think><answer>95</answer>", "reward_model": {"ground_truth": {"target": 100}}}),
+            json!({"prompt": "q", "completion": "<think>a</think><answer>85</answer>", "ground_truth": {"target": 100}}),
+        ]
+        .iter()
+        .map(|v| v.to_string() + "\n")
+        .collect::<String>(),
+    )
+    .unwrap();
+    let cfg = tmp.path().join("cfg.json");
+    std::fs::write(&cfg, r#"{"tolerance": 0.1}"#).unwrap();
+    let out = ok(medrl()
+        .args(["reward", "score", "--plugin"])
+        .arg(wasm("sample-size"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--config")
+        .arg(&cfg));
+    let r: Vec<f64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["score"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(r, vec![1.1, 0.0]);
+}
+
+#[test]
+fn python_plugin_scores_like_the_rust_one() {
+    let has = Command::new("componentize-py")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has {
+        println!("SKIPPED python_plugin_scores_like_the_rust_one: componentize-py is not installed (pip install componentize-py==0.25.1, or scripts/setup-plugins.sh)");
+        return;
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sample_size_py.wasm");
+    ok(Command::new("bash")
+        .arg(repo().join("scripts/build-python-plugin.sh"))
+        .arg(&out));
+    // Python components take ~1 s to instantiate; the deadline covers that once.
+    let p = host()
+        .load_reward(
+            &out,
+            PluginOptions {
+                limits: limits(30_000),
+                ..PluginOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(p.manifest().name, "sample-size-py");
+    let samples = vec![
+        s(
+            "q",
+            "<think>t</think><answer>1,000</answer>",
+            json!({"target": 1100}),
+            "ss",
+        ),
+        s(
+            "q",
+            "<think>t</think><answer>700</answer>",
+            json!({"target": 1000}),
+            "ss",
+        ),
+        s("q", "<answer>1000</answer>", json!({"target": 1000}), "ss"),
+        s(
+            "q",
+            "Assistant: <think>t</think><answer>80</answer>",
+            json!({"target": "100"}),
+            "ss",
+        ),
+        s(
+            "q",
+            "<think>t</think><answer>80</answer>",
+            json!({"nothing": 1}),
+            "ss",
+        ),
+    ];
+    let py: Vec<Option<f64>> = p
+        .score(&json!({}), &samples)
+        .unwrap()
+        .iter()
+        .map(Outcome::reward)
+        .collect();
+    let rs = host()
+        .load_reward(&wasm("sample-size"), PluginOptions::default())
+        .unwrap();
+    let rust: Vec<Option<f64>> = rs
+        .score(&json!({}), &samples)
+        .unwrap()
+        .iter()
+        .map(Outcome::reward)
+        .collect();
+    assert_eq!(py, rust);
+    assert_eq!(py[..4], [Some(1.1), Some(0.0), Some(-2.0), Some(1.1)]);
+}
