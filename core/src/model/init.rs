@@ -89,7 +89,7 @@ fn normal(rng: &mut ChaCha8Rng, n: usize, mean: f64, std: f64) -> Vec<f32> {
 /// Random weights for `cfg`. Norm weights are drawn around 1 (not exactly 1 as HF does) so that
 /// reference comparisons also exercise them.
 pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f64) -> Result<HashMap<String, Tensor>, ModelError> {
-    // Build a zero model only to enumerate names and shapes in a stable order.
+    // Every tensor the architecture needs, in a stable order (the RNG stream depends on it).
     let mut shapes = Vec::new();
     let h = cfg.hidden_size;
     let q = cfg.num_attention_heads * cfg.head_dim;
