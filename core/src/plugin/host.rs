@@ -338,18 +338,29 @@ impl PluginHost {
         }
     }
 
+    /// Compiles (or loads from the cache) and links a component against the host imports;
+    /// shared by reward and adapter loading. Returns the pre-instance and the API version.
+    fn link(
+        &self,
+        bytes: &[u8],
+        id: &PluginId,
+    ) -> Result<(wasmtime::component::InstancePre<HostState>, String), PluginError> {
+        let (component, version) = self.compile(bytes, id)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::InvalidWasm { plugin: id.clone(), reason: format!("{e:#}") })?;
+        Ok((pre, version))
+    }
+
     /// Loads a reward plugin from a `.wasm` component file.
     pub fn load_reward(
         &self,
         path: &Path,
         opts: PluginOptions,
     ) -> Result<RewardPlugin, PluginError> {
-        let id = file_id(path);
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
-            plugin: id.clone(),
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let (bytes, id) = read_component(path)?;
         self.load_reward_bytes(&bytes, id, opts)
     }
 
@@ -360,16 +371,7 @@ impl PluginHost {
         id: PluginId,
         opts: PluginOptions,
     ) -> Result<RewardPlugin, PluginError> {
-        let (component, version) = self.compile(bytes, &id)?;
-        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm {
-            plugin: id.clone(),
-            reason: format!("{e:#}"),
-        };
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(invalid)?;
+        let (pre, version) = self.link(bytes, &id)?;
         let pre = RewardPre::new(pre).map_err(|e| PluginError::InvalidWasm {
             plugin: id.clone(),
             reason: format!("does not export the `reward` world: {e:#}"),
@@ -393,22 +395,8 @@ impl PluginHost {
         path: &Path,
         opts: PluginOptions,
     ) -> Result<AdapterPlugin, PluginError> {
-        let id = file_id(path);
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
-            plugin: id.clone(),
-            path: path.display().to_string(),
-            source: e,
-        })?;
-        let (component, version) = self.compile(&bytes, &id)?;
-        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm {
-            plugin: id.clone(),
-            reason: format!("{e:#}"),
-        };
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(invalid)?;
+        let (bytes, id) = read_component(path)?;
+        let (pre, version) = self.link(&bytes, &id)?;
         let pre = DataAdapterPre::new(pre).map_err(|e| PluginError::InvalidWasm {
             plugin: id.clone(),
             reason: format!("does not export the `data-adapter` world: {e:#}"),
@@ -426,6 +414,17 @@ impl PluginHost {
             pre,
         })
     }
+}
+
+/// Reads a `.wasm` file; the file name identifies the plugin until its manifest is read.
+fn read_component(path: &Path) -> Result<(Vec<u8>, PluginId), PluginError> {
+    let id = file_id(path);
+    let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
+        plugin: id.clone(),
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    Ok((bytes, id))
 }
 
 /// Finds the plugin API version from the component's imports and exports
