@@ -6,6 +6,7 @@
 //! - [`tokenizer`]: `tokenizer.json`, chat templates, generation defaults;
 //! - [`generate`]: batched sampling with a KV cache;
 //! - [`gguf`]: GGUF import (llama architecture) into Hugging Face folders;
+//! - [`data`]: datasets (JSON/JSONL/Parquet; alpaca, sharegpt, VERL), loss masks, batching;
 //! - [`config`]: typed YAML run configurations with command-line overrides;
 //! - [`train`]: optimizer (AdamW, f32 master weights, clipping), LR schedules, losses;
 //! - [`plugin`]: the WebAssembly plugin host (wasmtime, component model, sandbox, policies);
@@ -14,11 +15,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod fsutil;
 pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod plugin;
 pub mod progress;
 pub mod tokenizer;

@@ -40,3 +40,20 @@ pub fn spinner(msg: &str) -> ProgressBar {
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     pb
 }
+
+/// Memory in use, in MiB: device memory in use on CUDA (whole device, as `nvidia-smi` shows),
+/// resident set size on CPU.
+pub fn memory_mb(device: &candle_core::Device) -> f64 {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        if let Ok((free, total)) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info() {
+            return (total - free) as f64 / (1024.0 * 1024.0);
+        }
+    }
+    let _ = device;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok()))
+        .map(|pages| pages * 4096.0 / (1024.0 * 1024.0))
+        .unwrap_or(0.0)
+}

@@ -32,6 +32,29 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// Full-SFT training throughput on a random-init model of a known shape (AdamW, f32 master
+    /// weights, compute in --dtype), random token batches, loss on every token.
+    Sft {
+        /// `qwen2.5-0.5b`, `smollm2-135m` or `tiny`.
+        #[arg(long, default_value = "qwen2.5-0.5b")]
+        shape: String,
+        #[arg(long, default_value_t = 1024)]
+        seq: usize,
+        #[arg(long, default_value_t = 8)]
+        micro_batch: usize,
+        /// Timed optimizer steps (after --warmup untimed ones).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+        /// Also write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Logits of a device/dtype against CPU f32 on the same prompt (e.g. CUDA bf16 vs CPU f32).
     CompareDevices {
         #[arg(long)]
@@ -50,8 +73,89 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// HF config.json of the benchmark shapes (the published configs' architecture fields).
+pub fn shape_config(shape: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(match shape {
+        "qwen2.5-0.5b" => serde_json::json!({
+            "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+            "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0, "tie_word_embeddings": true, "max_position_embeddings": 32768, "hidden_act": "silu"}),
+        "smollm2-135m" => serde_json::json!({
+            "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+            "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "rms_norm_eps": 1e-5,
+            "rope_theta": 100000.0, "tie_word_embeddings": true, "max_position_embeddings": 8192, "hidden_act": "silu"}),
+        "tiny" => serde_json::json!({
+            "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0, "tie_word_embeddings": true, "max_position_embeddings": 2048, "hidden_act": "silu"}),
+        other => anyhow::bail!("unknown shape {other:?}: expected qwen2.5-0.5b, smollm2-135m or tiny"),
+    })
+}
+
+fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str) -> anyhow::Result<serde_json::Value> {
+    use crate::train::trainable::{Mode, Trainable};
+    use crate::train::{AdamW, AdamWConfig};
+    let dev = parse_device(device).map_err(anyhow::Error::msg)?;
+    let dt = parse_dtype(dtype, &dev).map_err(anyhow::Error::msg)?;
+    let cfg = crate::model::ModelConfig::from_json(shape_config(shape)?, std::path::Path::new(shape))?;
+    let t0 = Instant::now();
+    let weights = crate::model::init::random_weights(&cfg, 0, 0.02)?;
+    let mut src = crate::model::MapSource::new(weights, shape);
+    let model = crate::model::CausalLm::from_source(cfg.clone(), &mut src, DType::F32, &dev)?;
+    let trainable = Trainable::new(model, Mode::Full, dt, 0)?;
+    let mut opt = AdamW::new(trainable.params().to_vec(), AdamWConfig { weight_decay: 0.01, ..Default::default() })?;
+    tracing::info!("{shape}: {} parameters, built in {:.1}s", trainable.num_trainable(), t0.elapsed().as_secs_f64());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let examples: Vec<crate::data::TokenizedExample> = (0..mb)
+        .map(|_| crate::data::TokenizedExample {
+            ids: (0..seq).map(|_| rng.gen_range(0..cfg.vocab_size as u32)).collect(),
+            trained: vec![true; seq],
+            truncated: false,
+        })
+        .collect();
+    let plan: Vec<Vec<usize>> = (0..mb).map(|i| vec![i]).collect();
+    let batch = crate::data::batch::build_batch(&examples, &plan, 0, &dev)?;
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    let mut peak = 0f64;
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let view = trainable.view(false, None)?;
+        let logits = view.forward(&batch.input_ids, &batch.positions, Some(&batch.attention_mask))?;
+        let lp = crate::generate::token_logprobs(&logits, &batch.targets)?;
+        let loss = ((lp * &batch.loss_mask)?.sum_all()?.neg()? / batch.trained_tokens as f64)?;
+        let grads = loss.backward()?;
+        // Activations and gradients are all alive here: the step's high-water mark.
+        peak = peak.max(crate::progress::memory_mb(&dev));
+        opt.step(&grads, 1e-4)?;
+        // Reading the loss waits for the device, so the step time is real.
+        losses.push(loss.to_scalar::<f32>()? as f64);
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = median(times.clone());
+    let tokens = (mb * seq) as f64;
+    let out = serde_json::json!({
+        "impl": "medrl", "shape": shape, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
+        "parameters": trainable.num_trainable(),
+        "median_step_s": step_s, "tokens_per_s": tokens / step_s,
+        "peak_memory_mb": peak,
+        "losses": losses,
+    });
+    Ok(out)
+}
+
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Sft { shape, seq, micro_batch, steps, warmup, device, dtype, json } => {
+            let r = bench_sft(&shape, seq, micro_batch, steps, warmup, &device, &dtype)?;
+            println!("{}", serde_json::to_string(&r)?);
+            if let Some(p) = json {
+                crate::fsutil::write_json_atomic(&p, &r).with_context(|| format!("writing {}", p.display()))?;
+            }
+            Ok(())
+        }
         BenchCommand::Generate { model, device, dtype, batch, prompt_len, new_tokens, repeats } => {
             let dev = parse_device(&device).map_err(anyhow::Error::msg)?;
             let dt = parse_dtype(&dtype, &dev).map_err(anyhow::Error::msg)?;

@@ -13,6 +13,9 @@ pub struct GenerateArgs {
     /// Model folder (Hugging Face layout). Required unless the config file names one.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// A LoRA adapter folder in PEFT's format, applied on top of the model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// A prompt (repeatable).
     #[arg(long)]
     prompt: Vec<String>,
@@ -133,7 +136,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
     let dtype = parse_dtype(&cfg.dtype, &device).map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
-    let loaded = load_model_dir(&cfg.model, &device, dtype).with_context(|| format!("loading {}", cfg.model.display()))?;
+    let mut loaded = load_model_dir(&cfg.model, &device, dtype).with_context(|| format!("loading {}", cfg.model.display()))?;
+    if let Some(a) = &args.adapter {
+        crate::model::peft::load_peft_adapter(&mut loaded.model, a).with_context(|| format!("loading adapter {}", a.display()))?;
+    }
     tracing::info!("loaded {} ({:?}, {:?}, {:?}) in {:.2}s", cfg.model.display(), loaded.model.cfg.arch, device, dtype, t0.elapsed().as_secs_f64());
     let tok = &loaded.tokenizer;
 

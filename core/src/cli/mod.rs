@@ -6,6 +6,7 @@ pub mod model;
 pub mod plugin;
 pub mod reward;
 pub mod schema;
+pub mod sft;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,13 @@ enum Command {
     /// Score samples with a reward plugin, or benchmark one.
     #[command(subcommand)]
     Reward(reward::RewardCommand),
+    /// Supervised fine-tuning (full or LoRA) from a YAML config.
+    Sft(sft::SftArgs),
+    /// Export a training checkpoint as a Hugging Face folder or a PEFT adapter.
+    Export(sft::ExportArgs),
+    /// Inspect datasets as training will see them.
+    #[command(subcommand)]
+    Data(sft::DataCommand),
     /// Write the JSON Schema of a configuration file type (for editor completion and checks).
     Schema(schema::SchemaArgs),
 }
@@ -58,6 +66,9 @@ pub fn main() -> std::process::ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Reward(cmd) => reward::run(cmd),
+        Command::Sft(args) => sft::run(args),
+        Command::Export(args) => sft::export(args),
+        Command::Data(cmd) => sft::data(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

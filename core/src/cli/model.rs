@@ -31,6 +31,19 @@ pub enum ModelCommand {
     },
     /// Print a model folder's architecture, size and tokenizer facts.
     Info { model: PathBuf },
+    /// Logits of every position for a chat prompt, as JSON (for checks against other stacks).
+    Logits {
+        #[arg(long)]
+        model: PathBuf,
+        /// A LoRA adapter in PEFT's format applied on top (unmerged).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// The user message (rendered with the model's chat template and generation prompt).
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -79,6 +92,19 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 "files": report.files_written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        ModelCommand::Logits { model, adapter, prompt, out } => {
+            let dev = candle_core::Device::Cpu;
+            let mut m = crate::model::load_model_dir(&model, &dev, candle_core::DType::F32)?;
+            if let Some(a) = &adapter {
+                crate::model::peft::load_peft_adapter(&mut m.model, a).with_context(|| format!("loading adapter {}", a.display()))?;
+            }
+            let ids = m.tokenizer.encode_chat(&[crate::tokenizer::ChatMessage::user(prompt)], true)?;
+            let x = candle_core::Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
+            let logits: Vec<Vec<f32>> = m.model.forward_causal(&x)?.squeeze(0)?.to_vec2()?;
+            let v = serde_json::json!({"ids": ids, "logits": logits});
+            crate::fsutil::write_json_atomic(&out, &v).with_context(|| format!("writing {}", out.display()))?;
             Ok(())
         }
         ModelCommand::Info { model } => {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub enum Kind {
     /// `medrl generate --config`.
     Generate,
+    /// `medrl sft --config`.
+    Sft,
 }
 
 #[derive(clap::Args)]
@@ -21,6 +23,7 @@ pub struct SchemaArgs {
 pub fn run(args: SchemaArgs) -> anyhow::Result<()> {
     let schema = match args.kind {
         Kind::Generate => crate::config::schema_of::<crate::config::GenerateConfig>(),
+        Kind::Sft => crate::config::schema_of::<crate::train::sft::SftConfig>(),
     };
     let text = serde_json::to_string_pretty(&schema)? + "\n";
     match args.output {

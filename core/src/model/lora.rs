@@ -15,6 +15,9 @@ pub struct LoraAdapter {
     /// `[out, r]`.
     pub b: Tensor,
     pub scale: f64,
+    /// Training only: a `[rows, in]` dropout mask (0 or `1/(1-p)`) applied to the adapter's
+    /// input, as PEFT's `lora_dropout`; rebuilt for every forward by the trainer.
+    pub dropout_mask: Option<Tensor>,
 }
 
 impl LoraAdapter {
@@ -27,6 +30,7 @@ impl LoraAdapter {
             a: Tensor::from_vec(a, (rank, in_dim), device)?,
             b: Tensor::zeros((out_dim, rank), DType::F32, device)?,
             scale: alpha / rank as f64,
+            dropout_mask: None,
         })
     }
 
@@ -38,6 +42,14 @@ impl LoraAdapter {
     pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
         let a = self.a.to_dtype(x.dtype())?;
         let b = self.b.to_dtype(x.dtype())?;
+        let dropped;
+        let x = match &self.dropout_mask {
+            Some(m) => {
+                dropped = x.mul(&m.to_dtype(x.dtype())?)?;
+                &dropped
+            }
+            None => x,
+        };
         x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale
     }
 
@@ -83,7 +95,7 @@ mod tests {
         let r = check(
             &[a, b, x],
             |p| {
-                let lin = Linear { weight: w.clone(), bias: None, lora: Some(LoraAdapter { a: p[0].clone(), b: p[1].clone(), scale: 2.0 }) };
+                let lin = Linear { weight: w.clone(), bias: None, lora: Some(LoraAdapter { a: p[0].clone(), b: p[1].clone(), scale: 2.0, dropout_mask: None }) };
                 lin.forward(&p[2])
             },
             24,

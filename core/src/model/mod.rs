@@ -9,6 +9,7 @@ pub mod config;
 pub mod init;
 pub mod kv_cache;
 pub mod lora;
+pub mod peft;
 pub mod transformer;
 pub mod weights;
 

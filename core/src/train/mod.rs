@@ -1,9 +1,14 @@
 //! Training building blocks shared by SFT, GRPO and PPO: the optimizer (AdamW with f32 master
-//! weights, decoupled weight decay, global-norm clipping), learning-rate schedules, and losses.
+//! weights, decoupled weight decay, global-norm clipping), learning-rate schedules, losses,
+//! trainable views of a model (full or LoRA), checkpoints, metrics; and the SFT loop itself.
 
+pub mod checkpoint;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod sft;
+pub mod trainable;
 
 pub use loss::masked_token_nll;
 pub use optim::{AdamW, AdamWConfig, StepStats};

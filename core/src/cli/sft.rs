@@ -1,0 +1,149 @@
+//! `medrl sft`, `medrl export` and `medrl data preview`.
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+use crate::config;
+use crate::train::sft::{self, RunOptions, SftConfig};
+
+#[derive(clap::Args)]
+pub struct SftArgs {
+    /// Run configuration (see `medrl schema sft` and configs/).
+    #[arg(long)]
+    config: PathBuf,
+    /// Continue from the latest checkpoint in output_dir.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many optimizer steps of this invocation (the run stays resumable).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Configuration overrides, `key.sub=value` (e.g. training.lr=1e-4 lora.rank=16).
+    overrides: Vec<String>,
+}
+
+/// Load a config file with overrides, keeping the merged tree (for multi-stage runs).
+pub fn load_sft_config(path: &Path, overrides: &[String]) -> anyhow::Result<(SftConfig, serde_yaml::Value)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut tree: serde_yaml::Value = serde_yaml::from_str(&text).with_context(|| format!("{}: YAML syntax error", path.display()))?;
+    for o in overrides {
+        config::apply_override(&mut tree, o)?;
+    }
+    let cfg: SftConfig = config::from_tree(tree.clone(), path)?;
+    Ok((cfg, tree))
+}
+
+pub fn run(args: SftArgs) -> anyhow::Result<()> {
+    let (cfg, tree) = load_sft_config(&args.config, &args.overrides)?;
+    let outcome = sft::run(&cfg, &tree, &RunOptions { resume: args.resume, stop_after: args.stop_after })?;
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// A run folder (output_dir of `medrl sft`).
+    #[arg(long)]
+    run: PathBuf,
+    /// Which checkpoint: a step number, or `latest`.
+    #[arg(long, default_value = "latest")]
+    checkpoint: String,
+    /// Where to write the export.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// `merged`: a Hugging Face model folder; `peft`: the LoRA adapter in PEFT's format.
+    #[arg(long, value_enum, default_value = "merged")]
+    format: ExportFormat,
+    /// dtype of the exported weights: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Merged,
+    Peft,
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use crate::train::checkpoint;
+    use crate::train::trainable::{Mode, Trainable};
+    let cfg_path = args.run.join("config.yaml");
+    let (cfg, _) = load_sft_config(&cfg_path, &[])?;
+    let ck = if args.checkpoint == "latest" {
+        checkpoint::latest(&args.run).with_context(|| format!("{}: no checkpoints", args.run.display()))?
+    } else {
+        let step: u64 = args.checkpoint.parse().context("--checkpoint must be a step number or `latest`")?;
+        checkpoint::list(&args.run)
+            .into_iter()
+            .find(|(s, _)| *s == step)
+            .map(|(_, p)| p)
+            .with_context(|| format!("{}: no checkpoint for step {step} (have {:?})", args.run.display(), checkpoint::list(&args.run).iter().map(|(s, _)| s).collect::<Vec<_>>()))?
+    };
+    if args.format == ExportFormat::Peft && cfg.lora.is_none() {
+        bail!("{} is a full fine-tuning run; only --format merged applies", args.run.display());
+    }
+    let device = candle_core::Device::Cpu;
+    let dtype = crate::model::parse_dtype(&args.dtype, &device).map_err(anyhow::Error::msg)?;
+    let loaded = crate::model::load_model_dir(&cfg.model, &device, candle_core::DType::F32)?;
+    let mode = match &cfg.lora {
+        Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(anyhow::Error::msg)? },
+        None => Mode::Full,
+    };
+    let trainable = Trainable::new(loaded.model, mode, candle_core::DType::F32, cfg.training.seed)?;
+    let state = checkpoint::load(&ck, &device)?;
+    trainable.load_state(&state.trainable)?;
+    match args.format {
+        ExportFormat::Merged => sft::export(&trainable, &cfg, &args.out, None, dtype)?,
+        ExportFormat::Peft => {
+            let tmp = args.out.join(".merged-tmp");
+            sft::export(&trainable, &cfg, &tmp, Some(&args.out), dtype)?;
+            std::fs::remove_dir_all(&tmp).ok();
+        }
+    }
+    tracing::info!("exported {} ({:?}) to {}", ck.display(), args.format == ExportFormat::Merged, args.out.display());
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum DataCommand {
+    /// Show how examples are rendered and which tokens are trained (marked [[...]]).
+    Preview(PreviewArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PreviewArgs {
+    /// An SFT run configuration (its model, datasets and tokenization settings are used).
+    #[arg(long)]
+    config: PathBuf,
+    /// How many examples to show.
+    #[arg(long, short, default_value_t = 2)]
+    n: usize,
+    overrides: Vec<String>,
+}
+
+pub fn data(cmd: DataCommand) -> anyhow::Result<()> {
+    match cmd {
+        DataCommand::Preview(a) => preview(a),
+    }
+}
+
+fn preview(args: PreviewArgs) -> anyhow::Result<()> {
+    let (cfg, _) = load_sft_config(&args.config, &args.overrides)?;
+    let tok = crate::tokenizer::TextTokenizer::from_dir(&cfg.model)?;
+    let prep = sft::prepare(&cfg, &tok)?;
+    for (i, t) in prep.train.iter().take(args.n).enumerate() {
+        println!("=== {} ({} tokens, {} trained{}) ===", prep.train_origins[i], t.ids.len(), t.trained_tokens(), if t.truncated { ", truncated" } else { "" });
+        println!("{}", crate::data::tokenize::preview(&tok, t));
+    }
+    println!(
+        "--- {} train / {} eval examples; {} rows read, {} skipped, {} truncated, {} dropped as too long, {} without assistant tokens",
+        prep.train.len(),
+        prep.eval.len(),
+        prep.report.rows,
+        prep.report.skipped_rows,
+        prep.truncated,
+        prep.dropped_too_long,
+        prep.dropped_no_target
+    );
+    Ok(())
+}

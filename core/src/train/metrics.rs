@@ -1,0 +1,83 @@
+//! Per-step metrics as JSON lines, and the plots drawn from them.
+//!
+//! The metrics file belongs to the run: a resume truncates it to the lines that existed when
+//! the checkpoint was written (rewritten atomically), so the file always describes one
+//! uninterrupted run. Each line is flushed as it is written.
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::sft::SftError;
+use crate::plot::{line_chart_svg, Series};
+
+pub struct MetricsLog {
+    path: PathBuf,
+    lines: usize,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> SftError + '_ {
+    move |source| SftError::Io { path: path.into(), source }
+}
+
+impl MetricsLog {
+    pub fn open(path: &Path) -> Result<Self, SftError> {
+        let lines = match std::fs::read_to_string(path) {
+            Ok(t) => t.lines().count(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io(path)(e)),
+        };
+        Ok(Self { path: path.into(), lines })
+    }
+
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+
+    /// Keep only the first `n` lines.
+    pub fn truncate(&mut self, n: usize) -> Result<(), SftError> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let kept: String = text.lines().take(n).map(|l| format!("{l}\n")).collect();
+        crate::fsutil::write_atomic(&self.path, kept.as_bytes()).map_err(io(&self.path))?;
+        self.lines = kept.lines().count();
+        Ok(())
+    }
+
+    pub fn write(&mut self, v: &Value) -> Result<(), SftError> {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io(&self.path))?;
+        writeln!(f, "{}", serde_json::to_string(v).expect("JSON serializes")).map_err(io(&self.path))?;
+        f.flush().map_err(io(&self.path))?;
+        self.lines += 1;
+        Ok(())
+    }
+}
+
+/// Read `metrics.jsonl` of a run folder.
+pub fn read_metrics(run_dir: &Path) -> Result<Vec<Value>, SftError> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+fn series<'a>(rows: &[Value], name: &'a str, key: &str) -> Series<'a> {
+    Series {
+        name,
+        points: rows.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?))).collect(),
+    }
+}
+
+/// Draw `loss.svg` (train and eval loss), `lr.svg` and `grad_norm.svg` into `run_dir/plots/`.
+pub fn write_plots(run_dir: &Path) -> Result<(), SftError> {
+    let rows = read_metrics(run_dir)?;
+    let dir = run_dir.join("plots");
+    let charts = [
+        ("loss.svg", line_chart_svg("Loss", "step", "mean NLL per trained token", &[series(&rows, "train", "loss"), series(&rows, "eval", "eval_loss")])),
+        ("lr.svg", line_chart_svg("Learning rate", "step", "lr", &[series(&rows, "lr", "lr")])),
+        ("grad_norm.svg", line_chart_svg("Gradient norm (before clipping)", "step", "global L2 norm", &[series(&rows, "grad_norm", "grad_norm")])),
+    ];
+    for (file, svg) in charts {
+        let p = dir.join(file);
+        crate::fsutil::write_atomic(&p, svg.as_bytes()).map_err(io(&p))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! SFT integration tests (CPU): a tiny model fine-tuned on the bundled medical dialogue sample
+//! learns (train and eval loss drop, full and LoRA), resume retraces the same curve, exports load
+//! back with the same outputs, and bad data / non-finite losses fail clearly without damage.
+
+use candle_core::{DType, Device, Tensor};
+use medrl::data::tokenize::{tokenize_example, Tokenizing};
+use medrl::model::init::{init_model_dir, InitOptions, Preset};
+use medrl::model::{load_model_dir, peft, Arch};
+use medrl::tokenizer::ChatMessage;
+use medrl::train::sft::{self, RunOptions, SftConfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn tiny_model(dir: &Path) -> PathBuf {
+    let m = dir.join("base");
+    let mut opts = InitOptions::new(Arch::Qwen2, Preset::Tiny);
+    opts.seed = 3;
+    init_model_dir(&m, &opts).unwrap();
+    m
+}
+
+/// A config for the bundled sample; `extra` is YAML merged as overrides (`key: value` lines).
+fn config(model: &Path, out: &Path, extra: &[&str]) -> (SftConfig, serde_yaml::Value) {
+    let yaml = format!(
+        "model: {model:?}\noutput_dir: {out:?}\ndevice: cpu\n\
+         data:\n  dataset_dir: {data:?}\n  train: [medical_dialogue]\n  eval: [medical_dialogue_eval]\n  cutoff_len: 256\n\
+         training:\n  epochs: 1\n  micro_batch_size: 8\n  grad_accum: 2\n  lr: 3.0e-3\n  warmup_ratio: 0.1\n  seed: 11\n  eval_every: 5\n",
+        data = repo().join("tasks/medical-dialogue/data"),
+    );
+    let mut tree: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    for o in extra {
+        medrl::config::apply_override(&mut tree, o).unwrap();
+    }
+    let cfg: SftConfig = medrl::config::from_tree(tree.clone(), Path::new("test.yaml")).unwrap();
+    (cfg, tree)
+}
+
+fn run(cfg: &(SftConfig, serde_yaml::Value), opts: RunOptions) -> Result<sft::SftOutcome, sft::SftError> {
+    sft::run(&cfg.0, &cfg.1, &opts)
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn logits(model_dir: &Path, adapter: Option<&Path>, ids: &[u32]) -> Tensor {
+    let mut m = load_model_dir(model_dir, &Device::Cpu, DType::F32).unwrap();
+    if let Some(a) = adapter {
+        peft::load_peft_adapter(&mut m.model, a).unwrap();
+    }
+    let x = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    m.model.forward_causal(&x).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn probe_ids(model: &Path) -> Vec<u32> {
+    let tok = medrl::tokenizer::TextTokenizer::from_dir(model).unwrap();
+    tok.encode_chat(&[ChatMessage::user("I have a fever. What should I do?")], true).unwrap()
+}
+
+#[test]
+fn full_sft_lowers_train_and_eval_loss_and_exports_a_loadable_model() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let out = d.path().join("full");
+    let cfg = config(&base, &out, &["training.epochs=3", "training.lr=1.0e-2", "training.save_every=10"]);
+    let o = run(&cfg, RunOptions::default()).unwrap();
+    let (first, last) = (o.first_loss.unwrap(), o.last_loss.unwrap());
+    let (eb, ea) = (o.eval_loss_before.unwrap(), o.eval_loss_after.unwrap());
+    assert!(last < 0.5 * first, "train loss {first} -> {last}");
+    assert!(ea < 0.5 * eb, "eval loss {eb} -> {ea}");
+    // Metrics, plots, checkpoints (keep_last 2) and the final HF folder are all there.
+    let m = metrics(&out);
+    assert!(m.iter().any(|r| r.get("eval_loss").is_some()) && m.iter().all(|r| r.get("step").is_some()));
+    for f in ["plots/loss.svg", "plots/lr.svg", "config.yaml", "final/config.json", "final/model.safetensors", "final/tokenizer.json", "final/tokenizer_config.json"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    assert_eq!(medrl::train::checkpoint::list(&out).len(), 2);
+    // The exported model differs from the base and equals `medrl export` of the last checkpoint.
+    let ids = probe_ids(&base);
+    let tuned = logits(&out.join("final"), None, &ids);
+    assert!(max_diff(&tuned, &logits(&base, None, &ids)) > 1e-2);
+    let exported = d.path().join("exported");
+    let st = Command::new(env!("CARGO_BIN_EXE_medrl"))
+        .args(["export", "--run", out.to_str().unwrap(), "--out", exported.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(max_diff(&tuned, &logits(&exported, None, &ids)), 0.0);
+}
+
+#[test]
+fn lora_sft_learns_and_the_peft_adapter_matches_the_merged_model() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let out = d.path().join("lora");
+    // A random tiny model's tied embeddings give logits too small to fit anything, so the head
+    // is trained too (PEFT's modules_to_save), which also exercises that export path.
+    let cfg = config(
+        &base,
+        &out,
+        &["training.epochs=3", "training.lr=1.0e-2", "lora={rank: 8, alpha: 16, dropout: 0.05, target_modules: [all-linear], modules_to_save: [lm_head]}"],
+    );
+    let o = run(&cfg, RunOptions::default()).unwrap();
+    let (eb, ea) = (o.eval_loss_before.unwrap(), o.eval_loss_after.unwrap());
+    let (first, last) = (o.first_loss.unwrap(), o.last_loss.unwrap());
+    assert!(last < 0.5 * first, "train loss {first} -> {last}");
+    assert!(ea < 0.5 * eb, "eval loss {eb} -> {ea}");
+    let adapter = o.adapter.expect("LoRA runs write an adapter");
+    let cfg_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg_json["peft_type"], "LORA");
+    assert_eq!(cfg_json["r"], 8);
+    let names = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert!(names.contains_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"), "{:?}", names.keys().take(3).collect::<Vec<_>>());
+    assert!(names.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"));
+    assert!(names.contains_key("base_model.model.lm_head.weight"));
+    assert_eq!(cfg_json["modules_to_save"], serde_json::json!(["lm_head"]));
+    // base + adapter (unmerged, as PEFT runs it) == merged export.
+    let ids = probe_ids(&base);
+    let merged = logits(&out.join("final"), None, &ids);
+    let with_adapter = logits(&base, Some(&adapter), &ids);
+    assert!(max_diff(&merged, &with_adapter) < 1e-4, "{}", max_diff(&merged, &with_adapter));
+    assert!(max_diff(&merged, &logits(&base, None, &ids)) > 1e-3, "the adapter must change the model");
+}
+
+#[test]
+fn resume_retraces_the_uninterrupted_curve() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    // LoRA with dropout: the RNG stream must be restored too, not only weights and data order.
+    let extra = ["training.max_steps=9", "training.save_every=3", "training.eval_every=2", "lora={rank: 4, alpha: 8, dropout: 0.1}", "training.lr=5.0e-3"];
+    let a = d.path().join("a");
+    run(&config(&base, &a, &extra), RunOptions::default()).unwrap();
+    let b = d.path().join("b");
+    let cfg_b = config(&base, &b, &extra);
+    // Interrupted after step 5: the last checkpoint is step 3, and steps 4-5 are redone.
+    run(&cfg_b, RunOptions { resume: false, stop_after: Some(5) }).unwrap();
+    assert_eq!(medrl::train::checkpoint::list(&b).last().unwrap().0, 3);
+    let e = run(&cfg_b, RunOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("--resume"), "starting over a run with checkpoints must be refused: {e}");
+    run(&cfg_b, RunOptions { resume: true, stop_after: None }).unwrap();
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert_eq!(ma.len(), mb.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        for k in ["step", "loss", "lr", "grad_norm", "eval_loss", "trained_tokens"] {
+            assert_eq!(x.get(k), y.get(k), "{k} differs: {x} vs {y}");
+        }
+    }
+    // A changed training config is refused on resume.
+    let cfg_c = config(&base, &b, &[&extra[..], &["training.lr=1.0e-3"]].concat());
+    let e = run(&cfg_c, RunOptions { resume: true, stop_after: None }).unwrap_err().to_string();
+    assert!(e.contains("different training config"), "{e}");
+}
+
+#[test]
+fn assistant_mask_covers_exactly_the_assistant_turns() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let tok = medrl::tokenizer::TextTokenizer::from_dir(&base).unwrap();
+    let ex = medrl::data::Example {
+        messages: vec![
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("I have a cough."),
+            ChatMessage::assistant("Drink warm fluids."),
+            ChatMessage::user("Is it serious?"),
+            ChatMessage::assistant("Usually not."),
+        ],
+        ground_truth: serde_json::Value::Null,
+        metadata: serde_json::Value::Null,
+        data_source: String::new(),
+    };
+    let t = tokenize_example(&tok, &ex, &Tokenizing::default()).unwrap().unwrap();
+    let preview = medrl::data::tokenize::preview(&tok, &t);
+    assert_eq!(
+        preview,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nI have a cough.<|im_end|>\n<|im_start|>assistant\n[[Drink warm fluids.<|im_end|>\n]]\
+         <|im_start|>user\nIs it serious?<|im_end|>\n<|im_start|>assistant\n[[Usually not.<|im_end|>\n]]"
+    );
+    let last_only = Tokenizing { train_on: medrl::data::tokenize::TrainOn::LastAssistant, ..Default::default() };
+    let t2 = tokenize_example(&tok, &ex, &last_only).unwrap().unwrap();
+    assert!(medrl::data::tokenize::preview(&tok, &t2).matches("[[").count() == 1);
+    // Cutoff: truncation keeps the head; `drop` removes the example (both are counted by SFT).
+    let short = Tokenizing { cutoff_len: 12, ..Default::default() };
+    let r = tokenize_example(&tok, &ex, &short).unwrap();
+    assert!(matches!(r, Err(medrl::data::tokenize::Dropped::NothingToTrain)) || r.as_ref().unwrap().truncated);
+    let drop = Tokenizing { cutoff_len: 12, overlong: medrl::data::tokenize::Overlong::Drop, ..Default::default() };
+    assert!(matches!(tokenize_example(&tok, &ex, &drop).unwrap(), Err(medrl::data::tokenize::Dropped::TooLong)));
+}
+
+#[test]
+fn malformed_rows_are_reported_with_file_and_row_or_skipped_and_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let data = d.path().join("data.jsonl");
+    let good = r#"{"instruction": "I have a fever.", "output": "Rest and drink fluids."}"#;
+    let rows = [good, good, "{not json", r#"{"output": "no instruction"}"#, good, good, good, good];
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let inline = format!("data.train=[{{path: {data:?}, formatting: alpaca}}]");
+    let out = d.path().join("fail");
+    let cfg = config(&base, &out, &[&inline, "data.eval=[]", "training.max_steps=1"]);
+    let e = run(&cfg, RunOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("data.jsonl row 3") && e.contains("invalid JSON"), "{e}");
+    let out = d.path().join("skip");
+    let cfg = config(&base, &out, &[&inline, "data.eval=[]", "data.on_bad_row=skip", "training.max_steps=1", "training.micro_batch_size=2", "training.grad_accum=1"]);
+    run(&cfg, RunOptions::default()).unwrap();
+    let m = metrics(&out);
+    assert_eq!(m.last().unwrap()["skipped_rows"], 2, "{m:?}");
+}
+
+#[test]
+fn verl_parquet_and_dataset_info_registries_load() {
+    use arrow_array::{ArrayRef, RecordBatch, StringArray, StructArray, ListArray};
+    use arrow_schema::{DataType, Field, Fields};
+    use std::sync::Arc;
+    let d = tempfile::tempdir().unwrap();
+    // A VERL-style parquet: prompt = list<struct<role, content>>, reward_model struct, answer column.
+    let msg_fields = Fields::from(vec![Field::new("role", DataType::Utf8, false), Field::new("content", DataType::Utf8, false)]);
+    let roles = StringArray::from(vec!["system", "user", "user"]);
+    let contents = StringArray::from(vec!["Be brief.", "Sample size for 80% power?", "Sample size for 90% power?"]);
+    let structs = StructArray::new(msg_fields.clone(), vec![Arc::new(roles) as ArrayRef, Arc::new(contents) as ArrayRef], None);
+    let list = ListArray::new(
+        Arc::new(Field::new("item", DataType::Struct(msg_fields), true)),
+        arrow_buffer::OffsetBuffer::from_lengths([2, 1]),
+        Arc::new(structs),
+        None,
+    );
+    let gt_fields = Fields::from(vec![Field::new("ground_truth", DataType::Utf8, false)]);
+    let gt = StructArray::new(gt_fields, vec![Arc::new(StringArray::from(vec!["128", "172"])) as ArrayRef], None);
+    let batch = RecordBatch::try_from_iter(vec![
+        ("data_source", Arc::new(StringArray::from(vec!["trialpanorama", "trialpanorama"])) as ArrayRef),
+        ("prompt", Arc::new(list) as ArrayRef),
+        ("reward_model", Arc::new(gt) as ArrayRef),
+        ("answer", Arc::new(StringArray::from(vec!["<answer>128</answer>", "<answer>172</answer>"])) as ArrayRef),
+    ])
+    .unwrap();
+    let path = d.path().join("train.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    std::fs::write(
+        d.path().join("dataset_info.json"),
+        r#"{"ss": {"file_name": "train.parquet", "formatting": "verl", "columns": {"response": "answer"}}}"#,
+    )
+    .unwrap();
+    let spec = medrl::data::registry::resolve(&medrl::data::registry::DatasetRef::Name("ss".into()), Some(d.path())).unwrap();
+    let (exs, rep) = medrl::data::load_examples(&spec, medrl::data::BadRowPolicy::Fail).unwrap();
+    assert_eq!(rep.rows, 2);
+    assert_eq!(exs[0].0.row, 1);
+    let ex = &exs[0].1;
+    assert_eq!(ex.messages.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(), ["system", "user", "assistant"]);
+    assert_eq!(ex.ground_truth, serde_json::json!("128"));
+    assert_eq!(ex.data_source, "trialpanorama");
+    assert_eq!(exs[1].1.messages.len(), 2);
+}
+
+#[test]
+fn nonfinite_loss_stops_with_a_clear_error_and_leaves_the_checkpoint_intact() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let out = d.path().join("run");
+    let extra = ["training.max_steps=6", "training.save_every=2", "lora={rank: 4, alpha: 8, dropout: 0.0}"];
+    let cfg = config(&base, &out, &extra);
+    run(&cfg, RunOptions { resume: false, stop_after: Some(3) }).unwrap();
+    let ck = medrl::train::checkpoint::latest(&out).unwrap();
+    let before = std::fs::read(ck.join("trainable.safetensors")).unwrap();
+    // Poison the frozen base: every forward now produces NaN.
+    let w = base.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&w, &Device::Cpu).unwrap();
+    let n = tensors["model.norm.weight"].dims()[0];
+    tensors.insert("model.norm.weight".into(), Tensor::new(vec![f32::NAN; n], &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&tensors, &w).unwrap();
+    let e = run(&cfg, RunOptions { resume: true, stop_after: None }).unwrap_err().to_string();
+    assert!(e.contains("non-finite loss") && e.contains("step 3") && e.contains("row"), "{e}");
+    assert_eq!(std::fs::read(ck.join("trainable.safetensors")).unwrap(), before, "checkpoint changed");
+    assert_eq!(medrl::train::checkpoint::latest(&out).unwrap(), ck);
+    // Under `skip` the run goes on and counts the skipped steps.
+    let cfg = config(&base, &d.path().join("skip"), &[&extra[..], &["training.on_nonfinite=skip"]].concat());
+    run(&cfg, RunOptions::default()).unwrap();
+    let m = metrics(&d.path().join("skip"));
+    assert_eq!(m.last().unwrap()["skipped_steps"], 6);
+}
+
+#[test]
+fn multi_stage_runs_chain_models() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let out = d.path().join("stages");
+    let cfg = config(
+        &base,
+        &out,
+        &["stages=[{name: s1, training: {max_steps: 2}}, {name: s2, data: {train: [medical_qa_alpaca]}, training: {max_steps: 2, lr: 1.0e-3}}]"],
+    );
+    let o = run(&cfg, RunOptions::default()).unwrap();
+    assert_eq!(o.final_model, out.join("s2/final"));
+    let s2: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(out.join("s2/config.yaml")).unwrap()).unwrap();
+    assert_eq!(s2["model"].as_str().unwrap(), out.join("s1/final").to_str().unwrap());
+    assert!(out.join("s1/final/model.safetensors").exists() && out.join("s2/final/model.safetensors").exists());
+}
