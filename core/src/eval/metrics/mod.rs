@@ -2,7 +2,7 @@
 //!
 //! - [`bleu`]: corpus and sentence BLEU as sacreBLEU 2.x computes them by default (13a tokenizer,
 //!   exp smoothing, 4-grams);
-//! - [`rouge`]: ROUGE-1/2/L as Google's `rouge-score` package computes them (no stemmer), plus a
+//! - [`rouge`](mod@rouge): ROUGE-1/2/L as Google's `rouge-score` package computes them (no stemmer), plus a
 //!   character-level variant for Chinese (and other CJK) text, which `rouge-score` drops;
 //! - [`survival`]: Harrell's C-index (lifelines' tie handling) with a bootstrap interval, Brier
 //!   score and cumulative/dynamic AUC at fixed horizons, extraction-failure rate;
