@@ -32,6 +32,6 @@ sys.exit(any(v(n) != want for n, want in (p.split("==") for p in sys.argv[1:])))
 if ! ref_ok; then
   [ -x "$REF_PY" ] || $PY -m venv .venv-ref
   "$REF_PY" -m pip install -q --disable-pip-version-check "${REF_PINS[@]}"
-  ref_ok
+  ref_ok || { echo "setup: .venv-ref does not hold ${REF_PINS[*]}" >&2; exit 1; }
 fi
 echo "setup: ok"
