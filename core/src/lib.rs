@@ -8,6 +8,7 @@
 //! - [`gguf`]: GGUF import (llama architecture) into Hugging Face folders;
 //! - [`data`]: datasets (JSON/JSONL/Parquet; alpaca, sharegpt, VERL), loss masks, batching;
 //! - [`config`]: typed YAML run configurations with command-line overrides;
+//! - [`eval`]: evaluation metrics (BLEU, ROUGE, survival, accuracy), each matching a reference package;
 //! - [`train`]: optimizer (AdamW, f32 master weights, clipping), LR schedules, losses;
 //! - [`plugin`]: the WebAssembly plugin host (wasmtime, component model, sandbox, policies);
 //! - [`cli`]: the `medrl` command line (the only place that uses `anyhow`);
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod gguf;
