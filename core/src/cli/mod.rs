@@ -1,6 +1,7 @@
 //! Command-line edge: argument parsing, `anyhow` error reporting, and one module per command.
 
 pub mod bench;
+pub mod data;
 pub mod generate;
 pub mod model;
 pub mod plugin;
@@ -46,7 +47,7 @@ enum Command {
     Export(sft::ExportArgs),
     /// Inspect datasets as training will see them.
     #[command(subcommand)]
-    Data(sft::DataCommand),
+    Data(data::DataCommand),
     /// Write the JSON Schema of a configuration file type (for editor completion and checks).
     Schema(schema::SchemaArgs),
 }
@@ -68,7 +69,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Reward(cmd) => reward::run(cmd),
         Command::Sft(args) => sft::run(args),
         Command::Export(args) => sft::export(args),
-        Command::Data(cmd) => sft::data(cmd),
+        Command::Data(cmd) => data::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
