@@ -144,7 +144,8 @@ fn mismatches(plugin: &str, dir: &Path) -> (usize, Vec<String>) {
             &wasm(plugin),
             PluginOptions {
                 grants: grants(plugin, dir, &cases),
-                policy: FailurePolicy::Fail,
+                // Cases where the reference raises expect a failed (dropped) sample.
+                policy: FailurePolicy::Drop,
                 threads: 1,
                 ..PluginOptions::default()
             },
@@ -172,6 +173,16 @@ fn mismatches(plugin: &str, dir: &Path) -> (usize, Vec<String>) {
         };
         for (c, o) in group.iter().zip(out) {
             let name = c["name"].as_str().unwrap();
+            if let Some(kind) = c["expected"].get("error") {
+                match &o {
+                    Outcome::Dropped { error }
+                        if matches!(**error, PluginError::GuestError { .. }) => {}
+                    other => bad.push(format!(
+                        "{name}: the reference raises {kind}, the plugin gave {other:?}"
+                    )),
+                }
+                continue;
+            }
             let want = c["expected"]["score"].as_f64().unwrap();
             let want_c: BTreeMap<String, f64> = c["expected"]["components"]
                 .as_object()

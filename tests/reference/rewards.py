@@ -18,6 +18,7 @@ semantics (score = number of query terms contained in the lowercased text; ties 
 """
 
 import argparse
+import ast
 import hashlib
 import json
 import math
@@ -27,30 +28,6 @@ import string
 
 # ----------------------------------------------------------------------------------------------
 # shared parsing, as the reference reward files do it
-
-ASSISTANT_HEADERS = [
-    "<|start_header_id|>assistant<|end_header_id|>",
-    "<|im_start|>assistant",
-    "Assistant:",
-]
-
-
-def drop_before_assistant(text):
-    """Remove everything up to the first assistant header (earliest in the text)."""
-    found = [(text.find(h), h) for h in ASSISTANT_HEADERS if h in text]
-    if not found:
-        return text
-    i, h = min(found)
-    return text[i + len(h):]
-
-
-def _reject_constant(name):
-    raise ValueError("non-finite JSON constant " + name)
-
-
-def loads(s):
-    return json.loads(s, parse_constant=_reject_constant)
-
 
 # ----------------------------------------------------------------------------------------------
 # study search (TrialPanorama)
@@ -73,7 +50,12 @@ def study_search_reward(response, ground_truth, corpus, config):
     top_k = config.get("top_k", 100)
     penalty = config.get("format_penalty", -2.0)
     bonus = config.get("bonus", 0.1)
-    text = prefix + drop_before_assistant(response)
+    # As the reference: prefix first, then the header split (fixed priority, not earliest).
+    text = prefix + response
+    for header in ("Assistant:", "<|im_start|>assistant", "<|start_header_id|>assistant<|end_header_id|>"):
+        if header in text:
+            text = text.split(header, 1)[1].strip()
+            break
 
     ok = (
         text.count("<answer>") == 1
@@ -234,143 +216,200 @@ def dialogue_reward(response, ground_truth, config):
 
 PROCESS_TAGS = ["ps", "child_pugh", "metastasis", "cancer_thrombus", "num_tumor", "tumor_size"]
 FORMAT_TAGS = PROCESS_TAGS + ["treatment", "treatment_not_recommended", "hard_check", "thinking", "answer"]
+REPEATABLE = ("treatment", "treatment_not_recommended")
+YEARS = [("survival_1yr", 12), ("survival_3yr", 36), ("survival_5yr", 60)]
+
+# Semantics of HCC-STAR's verl/utils/reward_score/hcc_reasoner.py (compute_score): the response
+# is stripped; the ground truth is re-read with json.loads; the hard-check blocks go through
+# bytes.decode('unicode_escape'); the survival block falls back to ast.literal_eval.
 
 
-def hcc_length(x, lo=1536, hi=2048, window=128):
-    def s(t):
+def hcc_gt(gt):
+    """The ground truth dict; None when it is not JSON (P = T = S = 0); raises for other JSON."""
+    text = json.dumps(gt, ensure_ascii=False) if isinstance(gt, dict) else str(gt).strip()
+    try:
+        d = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(d, dict):
+        raise TypeError("ground truth is JSON but not an object")
+    return d
+
+
+def first(tag, text):
+    return re.search(r"<%s>(.*?)</%s>" % (tag, tag), text, re.DOTALL)
+
+
+def hcc_length(x, lo=1536, hi=2048, w=128):
+    def smooth(t):
         return 0.5 - 0.5 * math.cos(math.pi * t)
 
-    def below(v):
-        return 0.2 * v / lo
+    def low(v):
+        return 0.2 * (v / lo)
 
     def mid(v):
         return v / hi
 
-    def above(v):
-        return 0.2 * hi / v
+    def high(v):
+        return 0.2 * (hi / v)
 
-    if window > 0 and abs(x - lo) <= window:
-        t = (x - (lo - window)) / (2 * window)
-        return (1 - s(t)) * below(x) + s(t) * mid(x)
-    if window > 0 and abs(x - hi) <= window:
-        t = (x - (hi - window)) / (2 * window)
-        return (1 - s(t)) * mid(x) + s(t) * above(x)
-    if x < lo:
-        return below(x)
-    if x <= hi:
+    if x <= lo - w:
+        return low(x)
+    if x < lo + w:
+        t = (x - (lo - w)) / (2 * w)
+        return low(x) * (1 - smooth(t)) + mid(x) * smooth(t)
+    if x <= hi - w:
         return mid(x)
-    return above(x)
+    if x < hi + w:
+        t = (x - (hi - w)) / (2 * w)
+        return mid(x) * (1 - smooth(t)) + high(x) * smooth(t)
+    return high(x)
 
 
 def hcc_process(text, gt):
+    if gt is None:
+        return 0.0
     score = 0.0
     for tag in PROCESS_TAGS:
-        m = re.search(r"<%s>(.*?)</%s>" % (tag, tag), text, re.DOTALL)
-        if m and gt.get(tag) is not None and m.group(1).strip() == str(gt[tag]):
-            score += 1 / 6
+        m = first(tag, text)
+        if m and m.group(1).strip() == str(gt.get(tag, "")):
+            score += 1.0 / 6.0
     return score
 
 
 def hcc_format(text):
     score = 0.0
     for tag in FORMAT_TAGS:
-        found = re.findall(r"<%s>(.*?)</%s>" % (tag, tag), text, re.DOTALL)
-        if found:
-            score += (1 / 11) / len(found)
+        o, c = "<%s>" % tag, "</%s>" % tag
+        if o in text and c in text:
+            if tag in REPEATABLE:
+                score += 1.0 / 11.0
+            else:
+                score += (1.0 / 11.0) * (1.0 / max(text.count(o), text.count(c)))
     return score
 
 
-def is_num(v):
-    return isinstance(v, (int, float))  # bool included, as Python treats True as 1
+def float_or_none(v):
+    try:
+        f = float(v)
+    except (ValueError, TypeError):
+        return None
+    return None if f != f else f
 
 
-def hcc_treatment_block(text):
-    """(top-3 names with score > 0, parsed JSON) or None."""
-    m = re.search(r"<hard_check_treatment>(.*?)</hard_check_treatment>", text, re.DOTALL)
+def hcc_treatment_json(text):
+    """The parsed block, None without one or when json.loads fails; raises on decode errors."""
+    m = first("hard_check_treatment", text)
     if not m:
         return None
+    decoded = m.group(1).strip().encode().decode("unicode_escape")
     try:
-        data = loads(m.group(1).strip())
-        ranked = sorted(data["scores"].items(), key=lambda kv: kv[1], reverse=True)
-        top = [name for name, s in ranked if s > 0][:3]
-    except (ValueError, KeyError, TypeError, AttributeError):
+        return json.loads(decoded.replace("'", '"'))
+    except json.JSONDecodeError:
         return None
-    if not all(is_num(s) for _, s in ranked):
-        return None
-    return top, data
 
 
-def hcc_gt_treatments(gt):
-    names = []
-    for e in gt.get("top3_treatments") or []:
-        if isinstance(e, str):
-            names.append(e)
-        elif isinstance(e, dict) and isinstance(e.get("treatment"), str):
-            names.append(e["treatment"])
-    return names[:3]
+def hcc_recommendations(block):
+    """[(key, stripped key)] of the top 3 valid positive scores."""
+    if not isinstance(block, dict) or not isinstance(block.get("scores"), dict):
+        return []
+    valid = []
+    for k, v in block["scores"].items():
+        f = float_or_none(v) if v is not None else None
+        if f is not None and f > 0:
+            valid.append((k, f))
+    valid.sort(key=lambda kv: kv[1], reverse=True)
+    return [(k, k.strip()) for k, _ in valid[:3]]
 
 
-def ndcg_at_3(pred, truth):
-    idcg = sum(1 / math.log2(i + 2) for i in range(min(3, len(truth))))
-    if idcg == 0:
+def hcc_treatment(text, gt):
+    if gt is None or "top3_treatments" not in gt:
         return 0.0
-    dcg = sum(1 / math.log2(i + 2) for i, name in enumerate(pred[:3]) if name in truth)
-    return dcg / idcg
+    truth = set([entry["treatment"] for entry in gt["top3_treatments"]][:3])
+    block = hcc_treatment_json(text)
+    if block is None:
+        return 0.0
+    recs = hcc_recommendations(block)
+    dcg = sum(1.0 / math.log2(i + 2) for i, (_, name) in enumerate(recs) if name in truth)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(truth), 3)))
+    return dcg / ideal if ideal > 0 else 0.0
 
 
-def hcc_truth_flags(gt):
-    months = gt.get("survival_months")
-    if not is_num(months) or isinstance(months, bool):
-        return [None, None, None]
-    death = gt.get("if_death")
-    died = is_num(death) and death == 1
-    flags = []
-    for threshold in (12, 36, 60):
-        if died:
-            flags.append(months >= threshold)
-        else:
-            flags.append(True if months >= threshold else None)
-    return flags
+def to_int(x):
+    if x is None:
+        return None
+    try:
+        return int(float(x))
+    except Exception:
+        return None
+
+
+def flag01(x):
+    if x is None:
+        return None
+    if isinstance(x, bool):
+        return int(x)
+    if isinstance(x, (int, float)):
+        return 0 if x == 0 else 1 if x == 1 else None
+    word = str(x).strip().lower()
+    return 0 if word in ("0", "false") else 1 if word in ("1", "true") else None
 
 
 def hcc_survival_json(text):
-    m = re.search(r"<hard_check_survival>(.*?)</hard_check_survival>", text, re.DOTALL)
+    m = first("hard_check_survival", text)
     if not m:
         return None
+    raw = m.group(1).strip()
     try:
-        data = loads(m.group(1).strip())
-    except ValueError:
+        obj = json.loads(raw.encode().decode("unicode_escape"))
+    except Exception:
+        try:
+            obj = ast.literal_eval(raw)
+        except Exception:
+            return None
+    if not isinstance(obj, dict):
         return None
-    return data if isinstance(data, dict) else None
+    if "survival_months" not in obj and isinstance(obj.get("survival"), dict):
+        obj = obj["survival"]
+    return obj
 
 
-YEAR_KEYS = ["survival_1yr", "survival_3yr", "survival_5yr"]
+def hcc_truth(gt):
+    event = flag01(gt.get("if_death"))
+    base = gt["survival_months"] if isinstance(gt.get("survival_months"), dict) else gt
+    months = to_int(base.get("survival_months"))
+    flags = []
+    for key, m in YEARS:
+        f = flag01(base.get(key))
+        if f is None and months is not None and event is not None:
+            if event == 1:
+                f = 0 if months < m else 1
+            elif months >= m:
+                f = 1
+        flags.append(f)
+    return event, months, flags
 
 
-def hcc_survival(pred, gt):
-    if pred is None:
+def hcc_survival(obj, gt):
+    if obj is None or gt is None:
         return 0.0
-    flags_ok = True
-    for truth, key in zip(hcc_truth_flags(gt), YEAR_KEYS):
-        if truth is None:
-            continue
-        v = pred.get(key)
-        if not is_num(v) or (v >= 0.5) != truth:
-            flags_ok = False
-    flags = 1.0 if flags_ok else 0.0
-    gt_m = gt.get("survival_months")
-    if not is_num(gt_m) or isinstance(gt_m, bool):
-        months = 0.5
+    event, months, flags = hcc_truth(gt)
+    predicted = [flag01(obj.get(key)) for key, _ in YEARS]
+    flag_score = 1.0 if all(p == t for p, t in zip(predicted, flags) if t is not None) else 0.0
+    pm = to_int(obj.get("survival_months"))
+    if pm is None:
+        month_score = 0.0
+    elif event == 1:
+        month_score = 0.0 if months is None else math.exp(-abs(pm - months) / 12.0)
+    elif event == 0:
+        tc = months
+        if tc is None:
+            passed = [m for (_, m), f in zip(YEARS, flags) if f == 1]
+            tc = max(passed) if passed else None
+        month_score = 0.5 if tc is None else math.exp(-max(0.0, float(tc) - float(pm)) / 6.0)
     else:
-        pm = pred.get("survival_months")
-        death = gt.get("if_death")
-        if not is_num(pm):
-            months = 0.0
-        elif is_num(death) and death == 1:
-            months = math.exp(-abs(pm - gt_m) / 12)
-        else:
-            months = math.exp(-max(0, gt_m - pm) / 6)
-    return min(max(0.5 * flags + 0.5 * months, 0.0), 1.0)
+        month_score = 0.5
+    return max(0.0, min(1.0, 0.5 * flag_score + 0.5 * month_score))
 
 
 # --- extended components: the rule tables are data (defaults mirror the plugin's documentation)
@@ -393,17 +432,18 @@ DEFAULT_GUIDELINE = {
         {"stage": "B"},
     ],
     "allowed": {
-        "0": ["Ablation", "Surgical_resection", "Liver_transplantation"],
-        "A": ["Surgical_resection", "Ablation", "Liver_transplantation", "TACE_plus_ablation"],
-        "B": ["TACE", "TACE_plus_ablation", "Liver_transplantation", "Systemic_anti-tumor_therapy"],
+        "0": ["Ablation", "Surgical_resection"],
+        "A": ["Surgical_resection", "Ablation", "Liver_transplantation"],
+        "B": ["Liver_transplantation", "Interventional_therapy", "TACE", "Systemic_anti-tumor_therapy"],
         "C": ["Systemic_anti-tumor_therapy"],
-        "D": ["Palliative_care"],
+        "D": ["Symptomatic_support", "Palliative_care"],
     },
 }
 DEFAULT_CONTRAINDICATIONS = [
     {"treatments": ["Surgical_resection", "Liver_transplantation"],
      "when": [[{"field": "child_pugh", "op": "in", "value": ["C"]}], [{"field": "ps", "op": ">", "value": 2}]]},
-    {"treatments": ["TACE", "TACE_plus_ablation"],
+    {"treatments": ["TACE", "TACE_plus_ablation", "Interventional_therapy", "Interventional_therapy_plus_ablation",
+                    "Interventional_therapy_plus_systemic_anti-tumor_therapy"],
      "when": [[{"field": "child_pugh", "op": "in", "value": ["C"]}]]},
 ]
 
@@ -466,53 +506,60 @@ def bclc_stage(table, patient):
     return None
 
 
-def hcc_extended(rec, data, surv, gt, config):
+def hcc_extended(text, surv, gt, config):
+    try:
+        block = hcc_treatment_json(text)
+    except UnicodeDecodeError:
+        block = None
+    recs = hcc_recommendations(block)
+    names = [name for _, name in recs]
+    patient = gt if gt is not None else {}
     table = config.get("guideline", DEFAULT_GUIDELINE)
-    stage = bclc_stage(table, gt)
+    stage = bclc_stage(table, patient)
     allowed = table["allowed"].get(stage, []) if stage is not None else []
-    guideline = sum(1 for r in rec if r in allowed) / len(rec) if rec and stage is not None else 0.0
+    guideline = sum(1 for r in names if r in allowed) / len(names) if names and stage is not None else 0.0
 
     bad = set()
     for rule in config.get("contraindications", DEFAULT_CONTRAINDICATIONS):
-        if rule_applies(rule, gt):
-            bad |= {t for t in rule["treatments"] if t in rec}
+        if rule_applies(rule, patient):
+            bad |= {t for t in rule["treatments"] if t in names}
     safety = 0.0 - len(bad)
 
     min_chars = config.get("evidence_min_chars", 10)
-    ev = data.get("evidence") if isinstance(data, dict) else None
+    ev = block.get("evidence") if isinstance(block, dict) else None
     ev = ev if isinstance(ev, dict) else {}
-    with_reason = [r for r in rec if isinstance(ev.get(r), str) and len(ev[r].strip()) >= min_chars]
-    evidence = len(with_reason) / len(rec) if rec else 0.0
+    with_reason = [k for k, _ in recs if isinstance(ev.get(k), str) and len(ev[k].strip()) >= min_chars]
+    evidence = len(with_reason) / len(recs) if recs else 0.0
 
     errors = []
-    for truth, key in zip(hcc_truth_flags(gt), YEAR_KEYS):
-        if truth is None:
-            continue
-        v = surv.get(key) if surv is not None else None
-        if is_num(v):
-            errors.append((min(max(v, 0.0), 1.0) - (1.0 if truth else 0.0)) ** 2)
-        else:
-            errors.append(1.0)
+    if gt is not None:
+        _, _, flags = hcc_truth(gt)
+        for (key, _), truth in zip(YEARS, flags):
+            if truth is None:
+                continue
+            p = float_or_none(surv.get(key)) if surv is not None and surv.get(key) is not None else None
+            errors.append(1.0 if p is None else (min(max(p, 0.0), 1.0) - truth) ** 2)
     calibration = 1.0 - sum(errors) / len(errors) if errors else 0.0
     return {"guideline": guideline, "safety": safety, "evidence": evidence, "calibration": calibration}
 
 
-def hcc_reward(response, gt, config):
+def hcc_reward(response, ground_truth, config):
+    """(score, components), or raises where the reference raises."""
     w = config.get("weights", {})
     lcfg = config.get("length", {})
-    L = hcc_length(len(response), lcfg.get("min", 1536), lcfg.get("max", 2048), lcfg.get("window", 128))
-    P = hcc_process(response, gt)
-    F = hcc_format(response)
-    block = hcc_treatment_block(response)
-    T = ndcg_at_3(block[0], hcc_gt_treatments(gt)) if block else 0.0
-    surv = hcc_survival_json(response)
+    text = str(response).strip()
+    gt = hcc_gt(ground_truth)
+    L = hcc_length(len(text), lcfg.get("min", 1536), lcfg.get("max", 2048), lcfg.get("window", 128))
+    P = hcc_process(text, gt)
+    F = hcc_format(text)
+    T = hcc_treatment(text, gt)
+    surv = hcc_survival_json(text)
     S = hcc_survival(surv, gt)
     comps = {"length": L, "process": P, "format": F, "treatment": T, "survival": S}
     total = (w.get("length", 1.0) * L + w.get("process", 1.0) * P + w.get("format", 1.0) * F
              + w.get("treatment", 1.0) * T + w.get("survival", 1.5) * S)
     if config.get("mode", "reference") == "extended":
-        rec, data = block if block else ([], {})
-        ext = hcc_extended(rec, data, surv, gt, config)
+        ext = hcc_extended(text, surv, gt, config)
         total += (w.get("guideline", 0.5) * ext["guideline"] + w.get("safety", 1.0) * ext["safety"]
                   + w.get("evidence", 0.5) * ext["evidence"] + w.get("calibration", 0.5) * ext["calibration"])
         comps.update(ext)
@@ -583,9 +630,11 @@ def study_search_cases():
         ("close_before_open_prefix_off", "</answer>metformin<answer>", gt_diab, {"prefix": ""}),
         ("prefix_off_valid", "<answer>metformin diabetes</answer>", gt_diab, {"prefix": ""}),
         ("prefix_off_missing", "metformin diabetes</answer>", gt_diab, {"prefix": ""}),
-        ("assistant_header", "User: find trials\nAssistant: metformin</answer>", gt_diab, {}),
-        ("im_start_header", "<|im_start|>assistant\nmetformin diabetes</answer>", gt_diab, {}),
-        ("llama3_header", "<|start_header_id|>assistant<|end_header_id|>\n\nSGLT2</answer>", gt_hf, {}),
+        ("assistant_header_drops_prefix", "User: find trials\nAssistant: metformin</answer>", gt_diab, {}),
+        ("assistant_header_with_answer", "User: find trials\nAssistant: <answer>metformin</answer>", gt_diab, {}),
+        ("im_start_header", "<|im_start|>assistant\n<answer>metformin diabetes</answer>", gt_diab, {}),
+        ("llama3_header", "<|start_header_id|>assistant<|end_header_id|>\n\n<answer>SGLT2</answer>", gt_hf, {}),
+        ("header_priority", "<|im_start|>assistant\n<answer>x</answer> Assistant: <answer>metformin</answer>", gt_diab, {}),
         ("trailing_text", "metformin</answer> done", gt_diab, {}),
         ("no_relevant_list", "metformin</answer>", gt_none, {}),
         ("duplicate_relevant", "metformin</answer>", {"relevant_pmids": ["1001", "1001", 1002]}, {}),
@@ -809,22 +858,22 @@ def hcc_cases():
     gt = {
         "ps": 1, "child_pugh": "A", "metastasis": "absent", "cancer_thrombus": "absent",
         "num_tumor": 2, "tumor_size": 35, "survival_months": 40, "if_death": 1,
-        "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0,
         "top3_treatments": [{"treatment": "TACE", "score": 0.9}, {"treatment": "Surgical_resection", "score": 0.7},
                             {"treatment": "Ablation", "score": 0.5}],
     }
+    gt_flags = dict(gt, survival_1yr=1, survival_3yr=1, survival_5yr=0)
     gt_censored = dict(gt, survival_months=20, if_death=0)
     gt_early = dict(gt, ps=0, num_tumor=1, tumor_size=15, child_pugh="A", survival_months=70, if_death=0,
                     top3_treatments=[{"treatment": "Ablation", "score": 0.9}, {"treatment": "Surgical_resection", "score": 0.8}])
     gt_endstage = dict(gt, ps=3, child_pugh="C", survival_months=4, if_death=1,
                        top3_treatments=[{"treatment": "Palliative_care", "score": 0.95}])
     gt_float = dict(gt, tumor_size=35.0, ps=1.0)
-    gt_unknown_months = {k: v for k, v in gt.items() if k != "survival_months"}
     right_tags = {"ps": 1, "child_pugh": "A", "metastasis": "absent", "cancer_thrombus": "absent", "num_tumor": 2, "tumor_size": 35}
     good_t = {"scores": {"TACE": 0.9, "Surgical_resection": 0.6, "Ablation": 0.4, "Palliative_care": 0.0}}
     good_s = {"survival_months": 38, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}
     with_ev = dict(good_t, evidence={"TACE": "BCLC B, multinodular, Child-Pugh A", "Surgical_resection": "short",
                                      "Ablation": "two nodules under 3 cm each"})
+    surv = lambda body: R(right_tags, good_t, body)
 
     R = hcc_response
     cases = [
@@ -832,17 +881,20 @@ def hcc_cases():
         ("full_good_len_1800", R(right_tags, good_t, good_s, length=1800), gt, {}),
         ("empty_response", "", gt, {}),
         ("plain_text", "The patient should receive TACE.", gt, {}),
+        ("surrounding_whitespace_stripped", "  \n" + R(right_tags, good_t, good_s) + "\n\n  ", gt, {}),
         ("len_1", "x", gt, {}),
         ("len_1407", R(length=1407), gt, {}),
         ("len_1408_window_start", R(length=1408), gt, {}),
         ("len_1409", R(length=1409), gt, {}),
         ("len_1536_min", R(length=1536), gt, {}),
         ("len_1600", R(length=1600), gt, {}),
+        ("len_1663", R(length=1663), gt, {}),
         ("len_1664_window_end", R(length=1664), gt, {}),
         ("len_1665", R(length=1665), gt, {}),
         ("len_1919", R(length=1919), gt, {}),
         ("len_1920", R(length=1920), gt, {}),
         ("len_2048_max", R(length=2048), gt, {}),
+        ("len_2175", R(length=2175), gt, {}),
         ("len_2176", R(length=2176), gt, {}),
         ("len_2177", R(length=2177), gt, {}),
         ("len_4000", R(length=4000), gt, {}),
@@ -858,64 +910,105 @@ def hcc_cases():
         ("process_first_match_counts", R(right_tags, extra="<ps>3</ps>"), gt, {}),
         ("process_first_match_wrong", R(dict(right_tags, ps=3), extra="<ps>1</ps>"), gt, {}),
         ("process_missing_gt_key", R(right_tags), {k: v for k, v in gt.items() if k != "metastasis"}, {}),
-        ("format_dup_tags", R(right_tags, extra="<answer>again</answer><answer>and again</answer>"), gt, {}),
-        ("format_unclosed", R(right_tags, extra="<thinking>unclosed"), gt, {}),
+        ("process_empty_tag_matches_missing_gt", R(dict(right_tags, metastasis="")), {k: v for k, v in gt.items() if k != "metastasis"}, {}),
+        ("process_null_bool_list_gt", R(dict(right_tags, ps="None", metastasis="True", cancer_thrombus="['PVTT', 'Vp2']")),
+         dict(gt, ps=None, metastasis=True, cancer_thrombus=["PVTT", "Vp2"]), {}),
+        ("process_chinese_values", R(dict(right_tags, metastasis="无", cancer_thrombus="无")), dict(gt, metastasis="无", cancer_thrombus="有"), {}),
+        ("format_repeated_answer", R(right_tags, extra="<answer>again</answer><answer>and again</answer>"), gt, {}),
+        ("format_unclosed_extra_open", R(right_tags, extra="<thinking>unclosed"), gt, {}),
+        ("format_treatment_may_repeat", R(right_tags, extra="<treatment>a</treatment><treatment>b</treatment></treatment_not_recommended>"), gt, {}),
         ("format_malformed_tag", "<ps>1</PS><child_pugh>A<child_pugh><num_tumor>2</num_tumor>", gt, {}),
-        ("format_only_answer", "<answer>TACE</answer>", gt, {}),
+        ("format_close_before_open", "</answer>x<answer>", gt, {}),
         ("treatment_perfect_order", R(right_tags, {"scores": {"TACE": 3, "Surgical_resection": 2, "Ablation": 1}}), gt, {}),
         ("treatment_reversed", R(right_tags, {"scores": {"Ablation": 3, "Surgical_resection": 2, "TACE": 1}}), gt, {}),
         ("treatment_one_hit_last", R(right_tags, {"scores": {"Palliative_care": 3, "Systemic_anti-tumor_therapy": 2, "TACE": 1}}), gt, {}),
         ("treatment_no_hit", R(right_tags, {"scores": {"Palliative_care": 3, "Liver_transplantation": 2}}), gt, {}),
-        ("treatment_ties_json_order", R(right_tags, {"scores": {"Palliative_care": 1, "TACE": 1, "Ablation": 1, "Surgical_resection": 1}}), gt, {}),
+        ("treatment_ties_keep_order", R(right_tags, {"scores": {"Palliative_care": 1, "TACE": 1, "Ablation": 1, "Surgical_resection": 1}}), gt, {}),
         ("treatment_zero_and_negative", R(right_tags, {"scores": {"TACE": 0, "Ablation": -1, "Surgical_resection": 0.5}}), gt, {}),
         ("treatment_more_than_three", R(right_tags, {"scores": {"Palliative_care": 5, "Liver_transplantation": 4, "TACE_plus_ablation": 3, "TACE": 2, "Ablation": 1}}), gt, {}),
         ("treatment_bool_score", R(right_tags, {"scores": {"TACE": True, "Ablation": 0.5}}), gt, {}),
-        ("treatment_string_score", R(right_tags, '{"scores": {"TACE": "high", "Ablation": 0.5}}'), gt, {}),
-        ("treatment_null_score", R(right_tags, '{"scores": {"TACE": null}}'), gt, {}),
+        ("treatment_string_scores", R(right_tags, {"scores": {"TACE": "high", "Ablation": "0.5", "Surgical_resection": " 1_0 "}}), gt, {}),
+        ("treatment_null_and_list_scores", R(right_tags, {"scores": {"TACE": None, "Ablation": [1], "Surgical_resection": 0.2}}), gt, {}),
+        ("treatment_nan_infinity", R(right_tags, '{"scores": {"TACE": NaN, "Ablation": Infinity, "Surgical_resection": 0.1}}'), gt, {}),
+        ("treatment_single_quotes", R(right_tags, "{'scores': {'TACE': 0.9, 'Ablation': 0.5}}"), gt, {}),
+        ("treatment_escaped_quotes", R(right_tags, '{\\"scores\\": {\\"Surgical_resection\\": 0.9}}'), gt, {}),
+        ("treatment_apostrophe_breaks_json", R(right_tags, '{"scores": {"TACE": 0.9}, "note": "patient\'s choice"}'), gt, {}),
+        ("treatment_unicode_escape_key", R(right_tags, '{"scores": {"\\u0054ACE": 0.9}}'), gt, {}),
+        ("treatment_key_spaces", R(right_tags, {"scores": {" TACE ": 0.9, "Ablation\\t": 0.8}}), gt, {}),
         ("treatment_invalid_json", R(right_tags, '{"scores": {"TACE": 0.9,}}'), gt, {}),
-        ("treatment_nan", R(right_tags, '{"scores": {"TACE": NaN}}'), gt, {}),
         ("treatment_no_scores_key", R(right_tags, {"rank": ["TACE"]}), gt, {}),
         ("treatment_scores_list", R(right_tags, {"scores": ["TACE"]}), gt, {}),
         ("treatment_top_level_list", R(right_tags, [1, 2]), gt, {}),
         ("treatment_duplicate_key", R(right_tags, '{"scores": {"Ablation": 0.1, "TACE": 0.5, "Ablation": 0.9}}'), gt, {}),
+        ("treatment_chinese_key_mojibake", R(right_tags, {"scores": {"肝移植": 0.9, "TACE": 0.5}}), gt, {}),
+        ("treatment_trailing_backslash_raises", R(right_tags, '{"scores": {"TACE": 0.9}}\\'), gt, {}),
+        ("treatment_bad_hex_escape_raises", R(right_tags, '{"scores": {"TA\\xZZ": 0.9}}'), gt, {}),
+        ("treatment_bad_block_without_gt_top3", R(right_tags, '{"scores": {"TACE": 0.9}}\\'), {k: v for k, v in gt.items() if k != "top3_treatments"}, {}),
         ("treatment_gt_shorter", R(right_tags, good_t), gt_early, {}),
         ("treatment_gt_empty", R(right_tags, good_t), dict(gt, top3_treatments=[]), {}),
-        ("treatment_gt_strings", R(right_tags, good_t), dict(gt, top3_treatments=["Ablation", "TACE"]), {}),
+        ("treatment_gt_duplicate_names", R(right_tags, good_t), dict(gt, top3_treatments=[{"treatment": "TACE"}, {"treatment": "TACE"}, {"treatment": "Ablation"}]), {}),
+        ("treatment_gt_fourth_ignored", R(right_tags, {"scores": {"Radiotherapy": 1}}), dict(gt, top3_treatments=gt["top3_treatments"] + [{"treatment": "Radiotherapy"}]), {}),
+        ("treatment_gt_strings_raises", R(right_tags, good_t), dict(gt, top3_treatments=["Ablation", "TACE"]), {}),
+        ("treatment_gt_missing_name_raises", R(right_tags, good_t), dict(gt, top3_treatments=[{"name": "TACE"}]), {}),
         ("treatment_empty_scores", R(right_tags, {"scores": {}}), gt, {}),
-        ("treatment_chinese_names", R(right_tags, {"scores": {"肝移植": 0.9, "TACE": 0.5}}), gt, {}),
-        ("survival_died_exact", R(right_tags, good_t, {"survival_months": 40, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}), gt, {}),
-        ("survival_died_off", R(right_tags, good_t, {"survival_months": 10, "survival_1yr": 0, "survival_3yr": 0, "survival_5yr": 0}), gt, {}),
-        ("survival_flags_probabilities", R(right_tags, good_t, {"survival_months": 30, "survival_1yr": 0.9, "survival_3yr": 0.55, "survival_5yr": 0.2}), gt, {}),
-        ("survival_flag_boundary_half", R(right_tags, good_t, {"survival_months": 30, "survival_1yr": 0.5, "survival_3yr": 0.5, "survival_5yr": 0.49}), gt, {}),
-        ("survival_missing_flag", R(right_tags, good_t, {"survival_months": 40, "survival_1yr": 1, "survival_3yr": 1}), gt, {}),
-        ("survival_string_months", R(right_tags, good_t, {"survival_months": "40", "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}), gt, {}),
-        ("survival_censored_over", R(right_tags, good_t, {"survival_months": 30, "survival_1yr": 1, "survival_3yr": 0, "survival_5yr": 0}), gt_censored, {}),
-        ("survival_censored_under", R(right_tags, good_t, {"survival_months": 8, "survival_1yr": 0, "survival_3yr": 0, "survival_5yr": 0}), gt_censored, {}),
-        ("survival_censored_long", R(right_tags, good_t, {"survival_months": 80, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 1}), gt_early, {}),
-        ("survival_censored_before_1yr", R(right_tags, good_t, {"survival_months": 6, "survival_1yr": 0, "survival_3yr": 0, "survival_5yr": 0}), dict(gt, survival_months=6, if_death=0), {}),
-        ("survival_threshold_12_died", R(right_tags, good_t, {"survival_months": 12, "survival_1yr": 1, "survival_3yr": 0, "survival_5yr": 0}), dict(gt, survival_months=12), {}),
-        ("survival_threshold_float", R(right_tags, good_t, {"survival_months": 35.5, "survival_1yr": 1, "survival_3yr": 0, "survival_5yr": 0}), dict(gt, survival_months=35.9), {}),
-        ("survival_gt_unknown_months", R(right_tags, good_t, good_s), gt_unknown_months, {}),
-        ("survival_if_death_bool", R(right_tags, good_t, good_s), dict(gt, if_death=True), {}),
-        ("survival_if_death_string", R(right_tags, good_t, good_s), dict(gt, if_death="1"), {}),
-        ("survival_invalid_json", R(right_tags, good_t, "{survival_months: 40}"), gt, {}),
-        ("survival_not_object", R(right_tags, good_t, "[40, 1, 1, 0]"), gt, {}),
+        ("survival_died_exact", surv({"survival_months": 40, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}), gt, {}),
+        ("survival_died_off", surv({"survival_months": 10, "survival_1yr": 0, "survival_3yr": 0, "survival_5yr": 0}), gt, {}),
+        ("survival_probabilities_are_unknown_flags", surv({"survival_months": 30, "survival_1yr": 0.9, "survival_3yr": 0.55, "survival_5yr": 0.2}), gt, {}),
+        ("survival_flag_spellings", surv({"survival_months": 40, "survival_1yr": True, "survival_3yr": " TRUE ", "survival_5yr": "0"}), gt, {}),
+        ("survival_flag_float_one", surv({"survival_months": 40, "survival_1yr": 1.0, "survival_3yr": "1", "survival_5yr": 0.0}), gt, {}),
+        ("survival_flag_string_one_point_zero", surv({"survival_months": 40, "survival_1yr": "1.0", "survival_3yr": 1, "survival_5yr": 0}), gt, {}),
+        ("survival_missing_flag", surv({"survival_months": 40, "survival_1yr": 1, "survival_3yr": 1}), gt, {}),
+        ("survival_string_months", surv({"survival_months": "40", "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}), gt, {}),
+        ("survival_months_truncated", surv({"survival_months": 47.9, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}), gt, {}),
+        ("survival_months_negative_string", surv({"survival_months": "-3.7", "survival_1yr": 0, "survival_3yr": 0, "survival_5yr": 0}), gt, {}),
+        ("survival_months_inf", surv('{"survival_months": Infinity, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}'), gt, {}),
+        ("survival_literal_eval", surv("{'survival_months': 40, 'survival_1yr': True, 'survival_3yr': 1, 'survival_5yr': None}"), gt, {}),
+        ("survival_literal_trailing_comma", surv("{'survival_months': 39, 'survival_1yr': 1, 'survival_3yr': 1, 'survival_5yr': 0,}"), gt, {}),
+        ("survival_literal_set_is_not_dict", surv("{40, 1}"), gt, {}),
+        ("survival_escaped_json", surv('{\\"survival_months\\": 41, \\"survival_1yr\\": 1, \\"survival_3yr\\": 1, \\"survival_5yr\\": 0}'), gt, {}),
+        ("survival_nested", surv({"survival": {"survival_months": 40, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}}), gt, {}),
+        ("survival_null_months_blocks_unnesting", surv({"survival_months": None, "survival": {"survival_months": 40}}), gt, {}),
+        ("survival_given_flags_win", surv({"survival_months": 40, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 1}), dict(gt_flags, survival_5yr=1), {}),
+        ("survival_given_flags_string", surv(good_s), dict(gt, survival_1yr="true", survival_3yr="1", survival_5yr="false"), {}),
+        ("survival_gt_nested_months", surv(good_s), dict(gt, survival_months={"survival_months": 30, "survival_1yr": 1}), {}),
+        ("survival_event_unknown", surv(good_s), {k: v for k, v in gt_flags.items() if k != "if_death"}, {}),
+        ("survival_event_string", surv(good_s), dict(gt, if_death="1"), {}),
+        ("survival_event_bool", surv(good_s), dict(gt, if_death=True), {}),
+        ("survival_event_two_is_unknown", surv(good_s), dict(gt, if_death=2), {}),
+        ("survival_censored_over", surv({"survival_months": 30, "survival_1yr": 1, "survival_3yr": 0, "survival_5yr": 0}), gt_censored, {}),
+        ("survival_censored_under", surv({"survival_months": 8, "survival_1yr": 0, "survival_3yr": 0, "survival_5yr": 0}), gt_censored, {}),
+        ("survival_censored_long", surv({"survival_months": 80, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 1}), gt_early, {}),
+        ("survival_censored_no_months_uses_flags", surv({"survival_months": 30, "survival_1yr": 1, "survival_3yr": 1}), {"if_death": 0, "survival_1yr": 1, "survival_3yr": 1}, {}),
+        ("survival_censored_nothing_known", surv({"survival_months": 30}), {"if_death": 0}, {}),
+        ("survival_died_no_months", surv({"survival_months": 30}), {"if_death": 1, "survival_1yr": 1}, {}),
+        ("survival_threshold_12_died", surv({"survival_months": 12, "survival_1yr": 1, "survival_3yr": 0, "survival_5yr": 0}), dict(gt, survival_months=12), {}),
+        ("survival_gt_months_float_truncated", surv({"survival_months": 35, "survival_1yr": 1, "survival_3yr": 0, "survival_5yr": 0}), dict(gt, survival_months=35.9), {}),
+        ("survival_invalid_everything", surv("{survival_months: 40}"), gt, {}),
+        ("survival_not_object", surv("[40, 1, 1, 0]"), gt, {}),
         ("survival_endstage", R({"ps": 3, "child_pugh": "C"}, {"scores": {"Palliative_care": 1}}, {"survival_months": 3, "survival_1yr": 0, "survival_3yr": 0, "survival_5yr": 0}), gt_endstage, {}),
+        ("gt_as_json_string", R(right_tags, good_t, good_s), json.dumps(gt_flags), {}),
+        ("gt_json_string_with_spaces", R(right_tags, good_t, good_s), "  " + json.dumps(gt_flags) + "\n", {}),
+        ("gt_not_json", R(right_tags, good_t, good_s), "ps=1, child_pugh=A", {}),
+        ("gt_null", R(right_tags, good_t, good_s), None, {}),
+        ("gt_number_raises", R(right_tags, good_t, good_s), 5, {}),
+        ("gt_json_list_string_raises", R(right_tags, good_t, good_s), "[1, 2]", {}),
         ("weights_config", R(right_tags, good_t, good_s), gt, {"weights": {"length": 0.5, "survival": 3.0}}),
         ("chinese_response", R({"ps": 1, "child_pugh": "A", "metastasis": "absent", "cancer_thrombus": "absent", "num_tumor": 2, "tumor_size": 35}, good_t, good_s, filler="患者肝功能良好，"), gt, {}),
         # extended mode
-        ("ext_full_good", R(right_tags, with_ev, good_s), gt, {"mode": "extended"}),
+        ("ext_full_good", R(right_tags, with_ev, good_s), gt_flags, {"mode": "extended"}),
         ("ext_no_blocks", "", gt, {"mode": "extended"}),
         ("ext_stage_0_good", R(right_tags, {"scores": {"Ablation": 0.9, "Surgical_resection": 0.8}}, {"survival_months": 72, "survival_1yr": 0.95, "survival_3yr": 0.8, "survival_5yr": 0.6}), gt_early, {"mode": "extended"}),
         ("ext_stage_D_resection", R({"ps": 3}, {"scores": {"Surgical_resection": 0.9, "Liver_transplantation": 0.5, "Palliative_care": 0.4}}, good_s), gt_endstage, {"mode": "extended"}),
         ("ext_stage_D_tace", R({"ps": 3}, {"scores": {"TACE": 0.9, "Palliative_care": 0.8}}, {"survival_months": 4, "survival_1yr": 0.1}), gt_endstage, {"mode": "extended"}),
         ("ext_thrombus_stage_C", R(right_tags, {"scores": {"Systemic_anti-tumor_therapy": 0.9, "TACE": 0.3}}, good_s), dict(gt, cancer_thrombus="present"), {"mode": "extended"}),
-        ("ext_stage_B", R(right_tags, good_t, good_s), dict(gt, ps=0, num_tumor=4), {"mode": "extended"}),
+        ("ext_stage_B", R(right_tags, {"scores": {"Interventional_therapy": 0.9, "TACE": 0.5, "Ablation": 0.1}}, good_s), dict(gt, ps=0, num_tumor=4), {"mode": "extended"}),
         ("ext_stage_A_string_fields", R(right_tags, good_t, good_s), dict(gt, ps="0", num_tumor="2", tumor_size="25"), {"mode": "extended"}),
         ("ext_calibration_censored", R(right_tags, good_t, {"survival_months": 25, "survival_1yr": 0.8, "survival_3yr": 0.4, "survival_5yr": 0.1}), gt_censored, {"mode": "extended"}),
-        ("ext_calibration_clipped", R(right_tags, good_t, {"survival_months": 40, "survival_1yr": 1.4, "survival_3yr": -0.2, "survival_5yr": 0.3}), gt, {"mode": "extended"}),
+        ("ext_calibration_clipped_and_strings", R(right_tags, good_t, {"survival_months": 40, "survival_1yr": 1.4, "survival_3yr": "-0.2", "survival_5yr": "x"}), gt, {"mode": "extended"}),
         ("ext_calibration_unknown", R(right_tags, good_t, good_s), dict(gt, survival_months=6, if_death=0), {"mode": "extended"}),
         ("ext_evidence_min_chars", R(right_tags, with_ev, good_s), gt, {"mode": "extended", "evidence_min_chars": 3}),
+        ("ext_decode_error_block", R(right_tags, '{"scores": {"TACE": 0.9}}\\'), {k: v for k, v in gt.items() if k != "top3_treatments"}, {"mode": "extended"}),
+        ("ext_gt_not_json", R(right_tags, good_t, good_s), "no json here", {"mode": "extended"}),
         ("ext_custom_table", R(right_tags, good_t, good_s), gt, {
             "mode": "extended",
             "guideline": {"stages": [{"stage": "X", "when": [[{"field": "tumor_size", "op": ">", "value": 30}]]}, {"stage": "Y"}],
@@ -928,9 +1021,14 @@ def hcc_cases():
     ]
     out = []
     for name, response, g, config in cases:
-        score, comps = hcc_reward(response, g, config)
-        out.append({"name": name, "config": config, "sample": sample(response, g, "EMR: ...", "hcc"),
-                    "expected": {"score": score, "components": comps}})
+        entry = {"name": name, "config": config, "sample": sample(response, g, "EMR: ...", "hcc")}
+        try:
+            score, comps = hcc_reward(response, g, config)
+            entry["expected"] = {"score": score, "components": comps}
+        except (TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+            # The reference raises here; the plugin reports a failed sample.
+            entry["expected"] = {"error": type(e).__name__}
+        out.append(entry)
     return out
 
 

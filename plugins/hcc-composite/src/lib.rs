@@ -1,46 +1,62 @@
 //! HCC-ClinReasoner composite reward.
 //!
-//! `reference` mode reproduces the public reward code: total = L + P + F + T + 1.5·S (weights
-//! configurable, defaults are the reference's).
-//! - L (length, characters x of the response): x < min: 0.2·x/min; min ≤ x ≤ max: x/max;
-//!   x > max: 0.2·max/x. Within ±window of min (checked first) and of max the two neighbouring
-//!   pieces blend with s(t) = 0.5 − 0.5·cos(πt), t = (x − (b − window)) / (2·window).
+//! `reference` mode reproduces the public reward code (HCC-STAR,
+//! `verl/utils/reward_score/hcc_reasoner.py`, `compute_score`), Python quirks included, on the
+//! response after `str.strip()`: total = L + P + F + T + 1.5·S (weights configurable; the
+//! defaults are the reference's).
+//! - L (length, characters x): x ≤ min−w: 0.2·x/min; x < min+w: blend to x/max; x ≤ max−w:
+//!   x/max; x < max+w: blend to 0.2·max/x; beyond: 0.2·max/x. Blends weight the upper piece by
+//!   s(t) = 0.5 − 0.5·cos(πt), t = (x − (b − w)) / 2w. min 1536, max 2048, w 128.
 //! - P (process): +1/6 for each of `<ps>`, `<child_pugh>`, `<metastasis>`, `<cancer_thrombus>`,
-//!   `<num_tumor>`, `<tumor_size>` whose first match, trimmed, equals Python's `str()` of the
-//!   ground-truth value (a missing ground-truth value earns nothing).
-//! - F (format): each of 11 tags with n ≥ 1 `<tag>…</tag>` pairs earns (1/11)/n.
-//! - T (treatment): first `<hard_check_treatment>{"scores": {name: score}}</…>`; names sorted by
-//!   score (descending, ties in JSON order), those with score > 0, top 3; nDCG@3 with binary
-//!   relevance against the first 3 `ground_truth.top3_treatments`. Invalid JSON or a
-//!   non-numeric score: 0.
-//! - S (survival): first `<hard_check_survival>{...}</…>` object; S = clip(0.5·flags +
-//!   0.5·months, 0, 1), 0 without a parsable prediction. The true 1/3/5-year flags come from
-//!   `survival_months` and `if_death` (died: flag = months ≥ 12/36/60; censored: 1 once the
-//!   threshold is passed, else unknown); flags = 1 iff every known flag equals the predicted one
-//!   (a prediction ≥ 0.5 counts as 1). months: died exp(−|pred − gt|/12); censored
-//!   exp(−max(0, gt − pred)/6); 0.5 when the true months are unknown; 0 without a predicted
-//!   number.
+//!   `<num_tumor>`, `<tumor_size>` whose first match, stripped, equals `str(gt.get(tag, ""))`
+//!   (so `1.0` must be written "1.0", and a missing field matches an empty tag).
+//! - F (format): for each of 11 tags (the six above, treatment, treatment_not_recommended,
+//!   hard_check, thinking, answer) present with both `<tag>` and `</tag>`: 1/11, or
+//!   (1/11)·1/max(#open, #close) except for the two treatment tags, which may repeat.
+//! - T (treatment): the first `<hard_check_treatment>` is unicode-escape decoded, its single
+//!   quotes become double quotes, and it is read with `json.loads`; `scores` entries whose value
+//!   `float()` accepts (numbers, numeric strings) and is > 0, sorted by score (ties keep their
+//!   order), top 3; nDCG@3 (binary relevance, names stripped) against the distinct names among
+//!   the first three `ground_truth.top3_treatments[].treatment`. Unparsable JSON: 0. A block that
+//!   cannot be unicode-escape decoded, or malformed `top3_treatments`, is an error for the
+//!   sample (the reference raises there).
+//! - S (survival): the first `<hard_check_survival>` (unicode-escape + `json.loads`, else
+//!   `ast.literal_eval`; `{"survival": {...}}` unnested), months as `int(float(x))` and 1/3/5-year
+//!   flags as 0/1 (`1`, `1.0`, `true`, `"1"`, `"true"`; anything else, e.g. 0.9, is unknown).
+//!   True flags: the ground truth's own `survival_1yr/3yr/5yr`, missing ones derived from
+//!   `if_death` and `survival_months` (died: months ≥ 12/36/60; censored: 1 once passed).
+//!   flags = 1 if every known true flag is predicted exactly (1 if none is known), else 0;
+//!   months: died exp(−|pred − gt|/12), censored exp(−max(0, t_c − pred)/6) with t_c the true
+//!   months (or the last passed threshold), 0.5 when that or the event is unknown, 0 without
+//!   a predicted number. S = clip(0.5·flags + 0.5·months, 0, 1), 0 without a parsable block.
+//! - The ground truth may be an object or a JSON string holding one (as VERL passes it); text
+//!   that is not JSON scores P = T = S = 0, as in the reference.
 //!
 //! `extended` mode adds (each reported on its own, weighted in `weights`):
-//! - `guideline`: share of the recommended treatments (the T list) that the ground-truth
-//!   patient's BCLC stage allows. Stage rules and allowed treatments are data (`guideline`
-//!   config, default below) so clinicians can edit them.
+//! - `guideline`: share of the recommended treatments (the T list) that the patient's BCLC stage
+//!   allows. Stage rules and allowed treatments are data (`guideline` config; the default
+//!   stages follow one public calculator, the default allowed lists follow HCC-STAR's own
+//!   evaluation map plus the TACE names) so clinicians can edit them.
 //! - `safety`: −(number of recommended treatments contraindicated for the patient)
-//!   (`contraindications` config).
+//!   (`contraindications` config; default: resection or transplant with Child-Pugh C or PS > 2,
+//!   TACE-type treatments with Child-Pugh C).
 //! - `evidence`: share of recommended treatments with a reason of at least
-//!   `evidence_min_chars` characters in the JSON's `evidence` object ({name: reason}).
-//! - `calibration`: 1 − Brier score of the predicted 1/3/5-year survival probabilities over the
-//!   known outcomes (a missing probability counts as error 1); 0 when no outcome is known.
+//!   `evidence_min_chars` characters in the block's `evidence` object ({name: reason}).
+//! - `calibration`: 1 − Brier score of the predicted 1/3/5-year probabilities (`float()` of the
+//!   values, clipped to [0, 1]) over the known true flags (a missing probability counts as
+//!   error 1); 0 when no outcome is known.
 
 use std::f64::consts::PI;
 
 use medrl_reward_sdk::config::{check_keys, f64_or, str_or, u64_or};
-use medrl_reward_sdk::helpers::first_tag;
-use medrl_reward_sdk::{
-    export_reward, serde_json, serde_json::json, Manifest, Outcome, Reward, Sample, Value,
+use medrl_reward_sdk::helpers::count;
+use medrl_reward_sdk::{export_reward, serde_json::json, Manifest, Outcome, Reward, Sample, Value};
+
+pub mod py;
+use py::{
+    float_of, json_loads, literal_eval, py_str, py_strip, safe_to_01, safe_to_int, unicode_escape,
+    Py,
 };
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
 
 pub struct HccComposite;
 
@@ -115,11 +131,11 @@ pub fn default_guideline() -> Value {
             {"stage": "B"}
         ],
         "allowed": {
-            "0": ["Ablation", "Surgical_resection", "Liver_transplantation"],
-            "A": ["Surgical_resection", "Ablation", "Liver_transplantation", "TACE_plus_ablation"],
-            "B": ["TACE", "TACE_plus_ablation", "Liver_transplantation", "Systemic_anti-tumor_therapy"],
+            "0": ["Ablation", "Surgical_resection"],
+            "A": ["Surgical_resection", "Ablation", "Liver_transplantation"],
+            "B": ["Liver_transplantation", "Interventional_therapy", "TACE", "Systemic_anti-tumor_therapy"],
             "C": ["Systemic_anti-tumor_therapy"],
-            "D": ["Palliative_care"]
+            "D": ["Symptomatic_support", "Palliative_care"]
         }
     })
 }
@@ -131,7 +147,8 @@ pub fn default_contraindications() -> Value {
             [{"field": "child_pugh", "op": "in", "value": ["C"]}],
             [{"field": "ps", "op": ">", "value": 2}]
         ]},
-        {"treatments": ["TACE", "TACE_plus_ablation"], "when": [
+        {"treatments": ["TACE", "TACE_plus_ablation", "Interventional_therapy", "Interventional_therapy_plus_ablation",
+                        "Interventional_therapy_plus_systemic_anti-tumor_therapy"], "when": [
             [{"field": "child_pugh", "op": "in", "value": ["C"]}]
         ]}
     ])
@@ -226,193 +243,61 @@ impl Config {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Python semantics the reference relies on
+// Reference components (HCC-STAR verl/utils/reward_score/hcc_reasoner.py)
 
-/// Python's `str()` of a JSON value as `json.loads` returns it (`1` -> "1", `1.0` -> "1.0",
-/// `true` -> "True", `null` -> "None"). Lists and objects fall back to JSON text.
-pub fn py_str(v: &Value) -> String {
-    match v {
-        Value::Null => "None".into(),
-        Value::Bool(b) => if *b { "True" } else { "False" }.into(),
-        Value::String(s) => s.clone(),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.to_string()
-            } else if let Some(u) = n.as_u64() {
-                u.to_string()
-            } else {
-                py_float_repr(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Python's `repr(float)`: shortest round-trip digits, scientific below 1e-4 and from 1e16.
-pub fn py_float_repr(x: f64) -> String {
-    if x.is_nan() {
-        return "nan".into();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "inf" } else { "-inf" }.into();
-    }
-    if x == 0.0 {
-        return if x.is_sign_negative() { "-0.0" } else { "0.0" }.into();
-    }
-    // `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
-    let e = format!("{x:e}");
-    let (mant, exp) = e.split_once('e').unwrap();
-    let exp: i32 = exp.parse().unwrap();
-    let (sign, mant) = match mant.strip_prefix('-') {
-        Some(m) => ("-", m),
-        None => ("", mant),
-    };
-    let digits: String = mant.chars().filter(|c| *c != '.').collect();
-    let n = digits.len() as i32;
-    if (-4..16).contains(&exp) {
-        let point = exp + 1; // digits before the decimal point
-        let s = if point <= 0 {
-            format!("0.{}{}", "0".repeat((-point) as usize), digits)
-        } else if point >= n {
-            format!("{}{}.0", digits, "0".repeat((point - n) as usize))
-        } else {
-            format!(
-                "{}.{}",
-                &digits[..point as usize],
-                &digits[point as usize..]
-            )
-        };
-        format!("{sign}{s}")
-    } else {
-        let m = if n > 1 {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        } else {
-            digits.clone()
-        };
-        let es = if exp < 0 { "-" } else { "+" };
-        format!("{sign}{m}e{es}{:02}", exp.abs())
-    }
-}
-
-/// A JSON number, or a bool (Python's `True` is 1); `None` for anything else.
-fn py_num(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::Bool(b) => Some(*b as u8 as f64),
-        _ => None,
-    }
-}
-
-/// An object deserialized in source order; a repeated key keeps its first position and its
-/// last value, as a Python dict does.
-#[derive(Debug, Clone, Default)]
-pub struct Ordered(pub Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for Ordered {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Ordered;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Ordered, A::Error> {
-                let mut out: Vec<(String, Value)> = Vec::new();
-                while let Some(k) = m.next_key::<String>()? {
-                    let v: Value = m.next_value()?;
-                    match out.iter_mut().find(|(key, _)| *key == k) {
-                        Some(slot) => slot.1 = v,
-                        None => out.push((k, v)),
-                    }
-                }
-                Ok(Ordered(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// The `<hard_check_treatment>` JSON: `scores` in source order, the rest as values.
-#[derive(Debug, Clone, Default)]
-pub struct TreatmentJson {
-    pub scores: Option<Ordered>,
-    pub rest: serde_json::Map<String, Value>,
-}
-
-impl<'de> Deserialize<'de> for TreatmentJson {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TreatmentJson;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<TreatmentJson, A::Error> {
-                let mut t = TreatmentJson::default();
-                while let Some(k) = m.next_key::<String>()? {
-                    if k == "scores" {
-                        t.scores = Some(m.next_value::<Ordered>()?);
-                    } else {
-                        let v: Value = m.next_value()?;
-                        t.rest.insert(k, v);
-                    }
-                }
-                Ok(t)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reference components
-
-/// Non-overlapping `<tag>(.*?)</tag>` matches (dot matches newline).
-pub fn count_pairs(text: &str, tag: &str) -> usize {
+/// Raw content of the first `<tag>(.*?)</tag>` match (dot matches newline).
+pub fn first_match<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
-    let (mut n, mut pos) = (0, 0);
-    while let Some(i) = text[pos..].find(&open) {
-        let start = pos + i + open.len();
-        match text[start..].find(&close) {
-            Some(j) => {
-                n += 1;
-                pos = start + j + close.len();
-            }
-            None => break,
-        }
+    let start = text.find(&open)? + open.len();
+    let end = text[start..].find(&close)?;
+    Some(&text[start..start + end])
+}
+
+/// The ground truth as the reference reads it: an object, or a JSON string holding one.
+/// `Ok(None)`: not JSON, so process, treatment and survival score 0 (as in the reference);
+/// `Err`: JSON that is not an object (the reference raises).
+pub fn ground_truth(v: &Value) -> Result<Option<Py>, String> {
+    match v {
+        Value::Object(_) => Ok(Some(Py::from_json(v))),
+        Value::String(s) => match json_loads(py_strip(s)) {
+            Ok(p) if p.is_dict() => Ok(Some(p)),
+            Ok(_) => Err("ground_truth JSON must be an object".into()),
+            Err(()) => Ok(None),
+        },
+        Value::Null | Value::Bool(_) => Ok(None),
+        other => Err(format!("ground_truth must be an object, got {other}")),
     }
-    n
 }
 
 pub fn length_score(cfg: &Config, x: f64) -> f64 {
     let (min, max, w) = (cfg.len_min, cfg.len_max, cfg.len_window);
-    let below = |x: f64| 0.2 * x / min;
+    let low = |x: f64| 0.2 * (x / min);
     let mid = |x: f64| x / max;
-    let above = |x: f64| 0.2 * max / x;
+    let high = |x: f64| 0.2 * (max / x);
     let s = |t: f64| 0.5 - 0.5 * (PI * t).cos();
-    if w > 0.0 && (x - min).abs() <= w {
+    if x <= min - w {
+        low(x)
+    } else if x < min + w {
         let t = (x - (min - w)) / (2.0 * w);
-        (1.0 - s(t)) * below(x) + s(t) * mid(x)
-    } else if w > 0.0 && (x - max).abs() <= w {
-        let t = (x - (max - w)) / (2.0 * w);
-        (1.0 - s(t)) * mid(x) + s(t) * above(x)
-    } else if x < min {
-        below(x)
-    } else if x <= max {
+        low(x) * (1.0 - s(t)) + mid(x) * s(t)
+    } else if x <= max - w {
         mid(x)
+    } else if x < max + w {
+        let t = (x - (max - w)) / (2.0 * w);
+        mid(x) * (1.0 - s(t)) + high(x) * s(t)
     } else {
-        above(x)
+        high(x)
     }
 }
 
-pub fn process_score(text: &str, gt: &Value) -> f64 {
+pub fn process_score(text: &str, gt: Option<&Py>) -> f64 {
+    let Some(gt) = gt else { return 0.0 };
     let mut p = 0.0;
     for tag in PROCESS_TAGS {
-        let (Some(got), Some(want)) = (first_tag(text, tag), gt.get(tag)) else {
-            continue;
-        };
-        if !want.is_null() && got == py_str(want) {
+        // str(gt.get(tag, "")): a missing field matches an empty tag.
+        let want = gt.get(tag).map(py_str).unwrap_or_default();
+        if first_match(text, tag).is_some_and(|got| py_strip(got) == want) {
             p += 1.0 / 6.0;
         }
     }
@@ -422,125 +307,180 @@ pub fn process_score(text: &str, gt: &Value) -> f64 {
 pub fn format_score(text: &str) -> f64 {
     let mut f = 0.0;
     for tag in FORMAT_TAGS {
-        let n = count_pairs(text, tag);
-        if n > 0 {
-            f += (1.0 / 11.0) / n as f64;
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        if !(text.contains(&open) && text.contains(&close)) {
+            continue;
+        }
+        if tag == "treatment" || tag == "treatment_not_recommended" {
+            f += 1.0 / 11.0;
+        } else {
+            let n = count(text, &open).max(count(text, &close));
+            f += (1.0 / 11.0) * (1.0 / n as f64);
         }
     }
     f
 }
 
-/// The parsed treatment block: recommended names (top 3, score > 0) and the JSON's other keys.
-pub fn treatment_block(text: &str) -> Option<(Vec<String>, serde_json::Map<String, Value>)> {
-    let raw = first_tag(text, "hard_check_treatment")?;
-    let t: TreatmentJson = serde_json::from_str(raw).ok()?;
-    let scores = t.scores?;
-    let mut items: Vec<(String, f64)> = Vec::with_capacity(scores.0.len());
-    for (k, v) in scores.0 {
-        items.push((k, py_num(&v)?));
-    }
-    // Stable sort, descending: ties keep JSON order (Python's sorted(..., reverse=True)).
-    items.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let names = items
-        .into_iter()
-        .filter(|(_, s)| *s > 0.0)
-        .take(3)
-        .map(|(k, _)| k)
-        .collect();
-    Some((names, t.rest))
+/// The `<hard_check_treatment>` block as the reference parses it: unicode-escape decoding,
+/// single quotes turned into double quotes, `json.loads`. `Ok(None)`: no block, or not JSON;
+/// `Err`: the decoding raises (the reference does not catch that).
+pub fn treatment_json(text: &str) -> Result<Option<Py>, String> {
+    let Some(raw) = first_match(text, "hard_check_treatment") else {
+        return Ok(None);
+    };
+    let fixed = unicode_escape(py_strip(raw))
+        .map_err(|e| format!("<hard_check_treatment> cannot be unicode-escape decoded: {e}"))?;
+    Ok(json_loads(&fixed.replace('\'', "\"")).ok())
 }
 
-/// The first three ground-truth treatment names.
-pub fn gt_treatments(gt: &Value) -> Vec<String> {
-    gt.get("top3_treatments")
-        .and_then(Value::as_array)
-        .map(|l| {
-            l.iter()
-                .filter_map(|e| match e {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Object(m) => m
-                        .get("treatment")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                    _ => None,
-                })
-                .take(3)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub fn ndcg3(pred: &[String], truth: &[String]) -> f64 {
-    let idcg: f64 = (0..truth.len().min(3))
-        .map(|i| 1.0 / ((i + 2) as f64).log2())
-        .sum();
-    if idcg == 0.0 {
-        return 0.0;
-    }
-    let dcg: f64 = pred
+/// Top 3 (key, name stripped) with a valid score > 0, by score (descending, ties in order).
+pub fn recommendations(block: &Py) -> Vec<(String, String)> {
+    let Some(Py::Dict(scores)) = block.get("scores") else {
+        return vec![];
+    };
+    let mut items: Vec<(String, f64)> = scores
         .iter()
+        .filter_map(|(k, v)| {
+            let f = float_of(v).filter(|f| !f.is_nan())?;
+            let Py::Str(k) = k else { return None };
+            (f > 0.0).then(|| (k.clone(), f))
+        })
+        .collect();
+    items.sort_by(|a, b| b.1.total_cmp(&a.1)); // stable: ties keep their order
+    items
+        .into_iter()
         .take(3)
-        .enumerate()
-        .filter(|(_, p)| truth.contains(p))
-        .map(|(i, _)| 1.0 / ((i + 2) as f64).log2())
-        .sum();
-    dcg / idcg
+        .map(|(k, _)| {
+            let name = py_strip(&k).to_string();
+            (k, name)
+        })
+        .collect()
 }
 
-/// Known true 1/3/5-year survival flags (None = unknown).
-pub fn true_flags(gt: &Value) -> [Option<bool>; 3] {
-    let months = gt.get("survival_months").and_then(|v| match v {
-        Value::Number(n) => n.as_f64(),
-        _ => None,
-    });
-    let died = matches!(gt.get("if_death"), Some(v) if py_num(v) == Some(1.0));
-    let mut out = [None; 3];
-    if let Some(m) = months {
-        for (k, thr) in [12.0, 36.0, 60.0].into_iter().enumerate() {
-            out[k] = if died {
-                Some(m >= thr)
-            } else if m >= thr {
-                Some(true)
-            } else {
-                None
-            };
+/// nDCG@3 of the recommendations against the ground truth's first three treatments.
+pub fn treatment_score(text: &str, gt: Option<&Py>) -> Result<f64, String> {
+    let Some(gt) = gt else { return Ok(0.0) };
+    let Some(list) = gt.get("top3_treatments") else {
+        return Ok(0.0);
+    };
+    let Py::List(entries) = list else {
+        return Err("ground_truth.top3_treatments must be a list of {treatment, score}".into());
+    };
+    let mut names = Vec::with_capacity(entries.len());
+    for e in entries {
+        let name = e
+            .get("treatment")
+            .ok_or("ground_truth.top3_treatments entries need a `treatment`")?;
+        names.push(name.clone());
+    }
+    let mut truth: Vec<Py> = Vec::new();
+    for n in names.into_iter().take(3) {
+        if matches!(n, Py::List(_) | Py::Dict(_)) {
+            return Err("a treatment name must be text".into());
+        }
+        if !truth.contains(&n) {
+            truth.push(n);
         }
     }
-    out
+    let Some(block) = treatment_json(text)? else {
+        return Ok(0.0);
+    };
+    let rec = recommendations(&block);
+    let mut dcg = 0.0;
+    for (i, (_, name)) in rec.iter().enumerate() {
+        if truth.contains(&Py::Str(name.clone())) {
+            dcg += 1.0 / ((i + 2) as f64).log2();
+        }
+    }
+    let ideal: f64 = (0..truth.len().min(3))
+        .map(|i| 1.0 / ((i + 2) as f64).log2())
+        .sum();
+    Ok(if ideal > 0.0 { dcg / ideal } else { 0.0 })
 }
 
-pub fn survival_json(text: &str) -> Option<serde_json::Map<String, Value>> {
-    let raw = first_tag(text, "hard_check_survival")?;
-    match serde_json::from_str::<Value>(raw).ok()? {
-        Value::Object(m) => Some(m),
-        _ => None,
+const YEARS: [(&str, f64); 3] = [
+    ("survival_1yr", 12.0),
+    ("survival_3yr", 36.0),
+    ("survival_5yr", 60.0),
+];
+
+/// The parsed `<hard_check_survival>` object (after `{"survival": {...}}` unnesting).
+pub fn survival_json(text: &str) -> Option<Py> {
+    let raw = py_strip(first_match(text, "hard_check_survival")?);
+    let obj = match unicode_escape(raw).ok().and_then(|f| json_loads(&f).ok()) {
+        Some(o) => o,
+        None => literal_eval(raw).ok()?,
+    };
+    if !obj.is_dict() {
+        return None;
+    }
+    if obj.get("survival_months").is_none() {
+        if let Some(inner @ Py::Dict(_)) = obj.get("survival") {
+            return Some(inner.clone());
+        }
+    }
+    Some(obj)
+}
+
+/// The ground truth's event, months and 1/3/5-year flags (given flags first, the missing ones
+/// derived from event and months).
+pub struct Truth {
+    pub event: Option<u8>,
+    pub months: Option<f64>,
+    pub flags: [Option<u8>; 3],
+}
+
+pub fn truth(gt: &Py) -> Truth {
+    let event = safe_to_01(gt.get("if_death"));
+    let base = match gt.get("survival_months") {
+        Some(d @ Py::Dict(_)) => d,
+        _ => gt,
+    };
+    let months = safe_to_int(base.get("survival_months"));
+    let mut flags = [None; 3];
+    for (k, (key, m)) in YEARS.iter().enumerate() {
+        flags[k] = safe_to_01(base.get(key)).or(match (event, months) {
+            (Some(1), Some(mo)) => Some((mo >= *m) as u8),
+            (Some(_), Some(mo)) if mo >= *m => Some(1),
+            _ => None,
+        });
+    }
+    Truth {
+        event,
+        months,
+        flags,
     }
 }
 
-const YEAR_KEYS: [&str; 3] = ["survival_1yr", "survival_3yr", "survival_5yr"];
-
-pub fn survival_score(pred: Option<&serde_json::Map<String, Value>>, gt: &Value) -> f64 {
-    let Some(pred) = pred else { return 0.0 };
-    let truth = true_flags(gt);
-    let flags_ok = truth.iter().zip(YEAR_KEYS).all(|(t, key)| match t {
-        None => true,
-        Some(t) => pred
-            .get(key)
-            .and_then(py_num)
-            .is_some_and(|p| (p >= 0.5) == *t),
-    });
+pub fn survival_score(pred: Option<&Py>, gt: Option<&Py>) -> f64 {
+    let (Some(pred), Some(gt)) = (pred, gt) else {
+        return 0.0;
+    };
+    let t = truth(gt);
+    let flags_ok = YEARS
+        .iter()
+        .zip(t.flags)
+        .all(|((key, _), want)| want.is_none() || safe_to_01(pred.get(key)) == want);
     let flags = if flags_ok { 1.0 } else { 0.0 };
-    let gt_months = gt.get("survival_months").and_then(|v| match v {
-        Value::Number(n) => n.as_f64(),
-        _ => None,
-    });
-    let died = matches!(gt.get("if_death"), Some(v) if py_num(v) == Some(1.0));
-    let pm = pred.get("survival_months").and_then(py_num);
-    let months = match (gt_months, pm) {
-        (None, _) => 0.5,
-        (Some(_), None) => 0.0,
-        (Some(m), Some(p)) if died => (-(p - m).abs() / 12.0).exp(),
-        (Some(m), Some(p)) => (-(m - p).max(0.0) / 6.0).exp(),
+    let months = match (safe_to_int(pred.get("survival_months")), t.event) {
+        (None, _) => 0.0,
+        (Some(p), Some(1)) => match t.months {
+            None => 0.0,
+            Some(g) => (-(p - g).abs() / 12.0).exp(),
+        },
+        (Some(p), Some(_)) => {
+            let passed = YEARS
+                .iter()
+                .zip(t.flags)
+                .filter(|(_, f)| *f == Some(1))
+                .map(|((_, m), _)| *m)
+                .last();
+            match t.months.or(passed) {
+                None => 0.5,
+                Some(tc) => (-(tc - p).max(0.0) / 6.0).exp(),
+            }
+        }
+        (Some(_), None) => 0.5,
     };
     (0.5 * flags + 0.5 * months).clamp(0.0, 1.0)
 }
@@ -734,31 +674,33 @@ pub fn safety_score(cfg: &Config, rec: &[String], patient: &Value) -> Result<f64
     Ok(0.0 - bad.len() as f64)
 }
 
-pub fn evidence_score(cfg: &Config, rec: &[String], rest: &serde_json::Map<String, Value>) -> f64 {
-    let ev = rest.get("evidence").and_then(Value::as_object);
+pub fn evidence_score(cfg: &Config, rec: &[(String, String)], block: Option<&Py>) -> f64 {
+    let ev = block.and_then(|b| b.get("evidence"));
     let n = rec
         .iter()
-        .filter(|r| {
-            ev.and_then(|e| e.get(r.as_str()))
-                .and_then(Value::as_str)
-                .is_some_and(|s| s.trim().chars().count() >= cfg.evidence_min_chars)
+        .filter(|(key, _)| {
+            matches!(ev.and_then(|e| e.get(key)), Some(Py::Str(s)) if py_strip(s).chars().count() >= cfg.evidence_min_chars)
         })
         .count();
     share(n, rec.len())
 }
 
-pub fn calibration_score(pred: Option<&serde_json::Map<String, Value>>, gt: &Value) -> f64 {
-    let truth = true_flags(gt);
+/// 1 − Brier score of the predicted 1/3/5-year probabilities over the known outcomes.
+pub fn calibration_score(pred: Option<&Py>, gt: Option<&Py>) -> f64 {
+    let Some(gt) = gt else { return 0.0 };
+    let t = truth(gt);
     let mut sum = 0.0;
     let mut n = 0;
-    for (t, key) in truth.iter().zip(YEAR_KEYS) {
-        let Some(t) = t else { continue };
-        let y = if *t { 1.0 } else { 0.0 };
-        let err = match pred.and_then(|p| p.get(key)).and_then(py_num) {
-            Some(p) => (p.clamp(0.0, 1.0) - y).powi(2),
+    for ((key, _), want) in YEARS.iter().zip(t.flags) {
+        let Some(y) = want else { continue };
+        let p = pred
+            .and_then(|p| p.get(key))
+            .and_then(float_of)
+            .filter(|p| !p.is_nan());
+        sum += match p {
+            Some(p) => (p.clamp(0.0, 1.0) - y as f64).powi(2),
             None => 1.0,
         };
-        sum += err;
         n += 1;
     }
     if n == 0 {
@@ -768,17 +710,16 @@ pub fn calibration_score(pred: Option<&serde_json::Map<String, Value>>, gt: &Val
     }
 }
 
-pub fn score_response(cfg: &Config, text: &str, gt: &Value) -> Result<Outcome, String> {
+pub fn score_response(cfg: &Config, response: &str, gt_value: &Value) -> Result<Outcome, String> {
+    // The reference strips the response first; lengths and matches are on the stripped text.
+    let text = py_strip(response);
+    let gt = ground_truth(gt_value)?;
     let l = length_score(cfg, text.chars().count() as f64);
-    let p = process_score(text, gt);
+    let p = process_score(text, gt.as_ref());
     let f = format_score(text);
-    let block = treatment_block(text);
-    let t = block
-        .as_ref()
-        .map(|(names, _)| ndcg3(names, &gt_treatments(gt)))
-        .unwrap_or(0.0);
+    let t = treatment_score(text, gt.as_ref())?;
     let surv = survival_json(text);
-    let s = survival_score(surv.as_ref(), gt);
+    let s = survival_score(surv.as_ref(), gt.as_ref());
     let w = &cfg.w;
     let mut total = w.length * l + w.process * p + w.format * f + w.treatment * t + w.survival * s;
     let mut o = Outcome::score(0.0)
@@ -788,15 +729,14 @@ pub fn score_response(cfg: &Config, text: &str, gt: &Value) -> Result<Outcome, S
         .with("treatment", t)
         .with("survival", s);
     if cfg.mode == Mode::Extended {
-        let empty = serde_json::Map::new();
-        let (rec, rest) = match &block {
-            Some((names, rest)) => (names.as_slice(), rest),
-            None => (&[][..], &empty),
-        };
-        let g = guideline_score(cfg, rec, gt)?;
-        let sa = safety_score(cfg, rec, gt)?;
-        let e = evidence_score(cfg, rec, rest);
-        let c = calibration_score(surv.as_ref(), gt);
+        let block = treatment_json(text).ok().flatten();
+        let rec = block.as_ref().map(recommendations).unwrap_or_default();
+        let names: Vec<String> = rec.iter().map(|(_, n)| n.clone()).collect();
+        let patient = gt.as_ref().map(Py::to_json).unwrap_or(Value::Null);
+        let g = guideline_score(cfg, &names, &patient)?;
+        let sa = safety_score(cfg, &names, &patient)?;
+        let e = evidence_score(cfg, &rec, block.as_ref());
+        let c = calibration_score(surv.as_ref(), gt.as_ref());
         total += w.guideline * g + w.safety * sa + w.evidence * e + w.calibration * c;
         o = o
             .with("guideline", g)
@@ -868,11 +808,6 @@ impl Reward for HccComposite {
 
     fn score(config: &Value, s: &Sample) -> Result<Outcome, String> {
         let cfg = Config::parse(config)?;
-        if !s.ground_truth.is_object() {
-            return Err(
-                "ground_truth must be an object (ps, child_pugh, ..., top3_treatments)".into(),
-            );
-        }
         score_response(&cfg, &s.response, &s.ground_truth)
     }
 }
@@ -883,57 +818,59 @@ export_reward!(HccComposite);
 mod tests {
     use super::*;
 
-    #[test]
-    fn python_repr() {
-        for (x, s) in [
-            (1.0, "1.0"),
-            (2.5, "2.5"),
-            (0.1, "0.1"),
-            (1e16, "1e+16"),
-            (1.5e16, "1.5e+16"),
-            (123456789012345.0, "123456789012345.0"),
-            (1e-4, "0.0001"),
-            (1e-5, "1e-05"),
-            (-3.25e-7, "-3.25e-07"),
-            (-0.0, "-0.0"),
-            (30.0, "30.0"),
-        ] {
-            assert_eq!(py_float_repr(x), s, "{x}");
-        }
-        assert_eq!(py_str(&json!(3)), "3");
-        assert_eq!(py_str(&json!(true)), "True");
+    fn cfg(c: Value) -> Config {
+        Config::parse(&c).unwrap()
     }
 
     #[test]
     fn length_is_continuous() {
-        let cfg = Config::parse(&json!({})).unwrap();
+        let c = cfg(json!({}));
         for b in [1408.0, 1664.0, 1920.0, 2176.0] {
-            let a = length_score(&cfg, b - 1e-9);
-            let c = length_score(&cfg, b + 1e-9);
-            assert!((a - c).abs() < 1e-9, "{b}: {a} vs {c}");
+            let (lo, hi) = (length_score(&c, b - 1e-9), length_score(&c, b + 1e-9));
+            assert!((lo - hi).abs() < 1e-9, "{b}: {lo} vs {hi}");
         }
-        assert!((length_score(&cfg, 1800.0) - 1800.0 / 2048.0).abs() < 1e-15);
-        assert!((length_score(&cfg, 768.0) - 0.1).abs() < 1e-15);
+        assert!((length_score(&c, 1800.0) - 1800.0 / 2048.0).abs() < 1e-15);
+        assert!((length_score(&c, 768.0) - 0.1).abs() < 1e-15);
     }
 
     #[test]
-    fn treatment_order_and_ndcg() {
-        let r = r#"<hard_check_treatment>{"scores": {"TACE": 0.5, "Ablation": 0.9, "Palliative_care": 0.5, "X": 0.5, "Y": 0}}</hard_check_treatment>"#;
-        let (names, _) = treatment_block(r).unwrap();
+    fn format_counts_like_the_reference() {
+        // An unclosed extra <thinking> halves its credit; <treatment> may repeat.
+        let t = "<thinking>a</thinking><thinking><treatment>x</treatment><treatment>y</treatment>";
+        assert!((format_score(t) - (0.5 / 11.0 + 1.0 / 11.0)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn treatment_like_the_reference() {
+        let gt = Py::from_json(&json!({"top3_treatments": [
+            {"treatment": "Ablation"}, {"treatment": "Palliative_care"}]}));
+        let r = "<hard_check_treatment>{'scores': {'TACE': '0.5', 'Ablation': 0.9, ' Palliative_care ': 0.5, 'X': 'high', 'Y': 0}}</hard_check_treatment>";
+        let block = treatment_json(r).unwrap().unwrap();
+        let names: Vec<String> = recommendations(&block)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
         assert_eq!(names, vec!["Ablation", "TACE", "Palliative_care"]);
-        let truth = vec!["Ablation".to_string(), "Palliative_care".to_string()];
         let want = (1.0 + 1.0 / 2.0) / (1.0 + 1.0 / 3f64.log2());
-        assert!((ndcg3(&names, &truth) - want).abs() < 1e-12);
-        assert!(treatment_block(
-            r#"<hard_check_treatment>{"scores": {"a": "x"}}</hard_check_treatment>"#
+        assert!((treatment_score(r, Some(&gt)).unwrap() - want).abs() < 1e-12);
+        assert!(treatment_score(
+            "<hard_check_treatment>x\\</hard_check_treatment>",
+            Some(&gt)
         )
-        .is_none());
+        .is_err());
+    }
+
+    #[test]
+    fn survival_like_the_reference() {
+        let gt = Py::from_json(&json!({"survival_months": 40, "if_death": "1"}));
+        let pred = survival_json("<hard_check_survival>{'survival': {'survival_months': '40.9', 'survival_1yr': True, 'survival_3yr': 1.0, 'survival_5yr': 'false'}}</hard_check_survival>").unwrap();
+        assert!((survival_score(Some(&pred), Some(&gt)) - 1.0).abs() < 1e-15);
     }
 
     #[test]
     fn bclc_default_table() {
-        let cfg = Config::parse(&json!({"mode": "extended"})).unwrap();
-        let st = |p: Value| stage(&cfg, &p).unwrap().unwrap();
+        let c = cfg(json!({"mode": "extended"}));
+        let st = |p: Value| stage(&c, &p).unwrap().unwrap();
         assert_eq!(st(json!({"ps": 3, "child_pugh": "A"})), "D");
         assert_eq!(st(json!({"ps": 0, "child_pugh": "C"})), "D");
         assert_eq!(
@@ -962,7 +899,7 @@ mod tests {
             "Palliative_care".to_string(),
         ];
         let p = json!({"ps": 0, "child_pugh": "C"});
-        assert_eq!(safety_score(&cfg, &rec, &p).unwrap(), -1.0);
-        assert_eq!(guideline_score(&cfg, &rec, &p).unwrap(), 0.5);
+        assert_eq!(safety_score(&c, &rec, &p).unwrap(), -1.0);
+        assert_eq!(guideline_score(&c, &rec, &p).unwrap(), 0.5);
     }
 }

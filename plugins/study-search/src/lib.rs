@@ -1,22 +1,25 @@
 //! Study-search reward, reproducing TrialPanorama's reference scoring.
 //!
 //! The model writes a literature search query for a systematic review. The prompt ends with
-//! `<answer>`, so the response is scored as `"<answer>" + response` (config `prefix`); text before
-//! an assistant header (`Assistant:`, `<|im_start|>assistant`, Llama-3 header) is dropped first,
-//! as the other TrialPanorama reward does.
+//! `<answer>`, so the response is scored as `"<answer>" + response` (config `prefix`); then, as
+//! in the reference, everything up to an assistant header is dropped (`Assistant:`, else
+//! `<|im_start|>assistant`, else the Llama-3 header; see [`after_assistant_header`]).
 //!
 //! - Format valid iff exactly one `<answer>` and one `</answer>`, open before close, and no
 //!   `<think>` / `</think>`. Invalid: -2.0.
 //! - Query = last `<answer>…</answer>`, trimmed. Empty query: 0.0.
 //! - The query runs against the host's `search` capability (the run grants an index; PubMed
-//!   relevance order in the reference). R = |relevant ∩ top-`top_k` hits| / |relevant|, with
-//!   PMIDs compared as strings and duplicates ignored (0 when nothing is relevant).
+//!   relevance order in the reference). R = |relevant ∩ top-`top_k` hits| / |relevant|, over
+//!   distinct PMIDs (0 when nothing is relevant). PMIDs are compared as strings; numeric ids in
+//!   the ground truth are turned into strings (the reference would never match them). A failed
+//!   search is an error for the sample (the reference silently scores it 0; here the run's
+//!   failure policy decides).
 //! - Score = 0.1 + R when R > 0, else 0.0.
 //!
 //! Components: `format` (1/0), `recall` (R), `retrieved` (number of hits returned).
 
 use medrl_reward_sdk::config::{check_keys, f64_or, str_or, u64_or};
-use medrl_reward_sdk::helpers::{count, last_tag, strip_to_assistant};
+use medrl_reward_sdk::helpers::{count, last_tag};
 use medrl_reward_sdk::{
     export_reward, host, serde_json::json, Capability, Manifest, Outcome, Reward, Sample, Value,
 };
@@ -54,6 +57,24 @@ impl Config {
     }
 }
 
+/// The reference's header handling: the text after the first `Assistant:` if there is one,
+/// else after the first `<|im_start|>assistant`, else after the first Llama-3 assistant
+/// header, trimmed; unchanged without a header. (A fixed priority, not the earliest header as
+/// `helpers::strip_to_assistant` does; it runs after the prefix is prepended, as in the
+/// reference, so a header inside the response also drops the prefix.)
+pub fn after_assistant_header(text: &str) -> &str {
+    for h in [
+        "Assistant:",
+        "<|im_start|>assistant",
+        "<|start_header_id|>assistant<|end_header_id|>",
+    ] {
+        if let Some(i) = text.find(h) {
+            return text[i + h.len()..].trim();
+        }
+    }
+    text
+}
+
 /// Format check of the reference: one `<answer>`, one `</answer>` after it, no think tags.
 pub fn valid_format(text: &str) -> bool {
     if count(text, "<answer>") != 1 || count(text, "</answer>") != 1 {
@@ -67,7 +88,8 @@ pub fn valid_format(text: &str) -> bool {
 
 /// The query to run, or `Err(outcome)` when the response is scored without searching.
 pub fn parse(cfg: &Config, response: &str) -> Result<String, Outcome> {
-    let text = format!("{}{}", cfg.prefix, strip_to_assistant(response));
+    let full = format!("{}{}", cfg.prefix, response);
+    let text = after_assistant_header(&full);
     if !valid_format(&text) {
         return Err(Outcome::score(cfg.format_penalty)
             .with("format", 0.0)
@@ -181,7 +203,9 @@ mod tests {
             parse(&c, "heart failure</answer>").unwrap(),
             "heart failure"
         );
-        assert_eq!(parse(&c, "Assistant: x </answer>").unwrap(), "x");
+        // The header drops the prepended "<answer>" too, as in the reference.
+        assert!(parse(&c, "Assistant: x </answer>").is_err());
+        assert_eq!(parse(&c, "Assistant: <answer>x </answer>").unwrap(), "x");
         assert!(parse(&c, "<answer>x</answer>").is_err()); // two <answer>
         assert!(parse(&c, "<think>a</think>x</answer>").is_err());
         assert!(parse(&c, "x").is_err());
