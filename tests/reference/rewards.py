@@ -3,9 +3,12 @@
 the exactness fixtures `tests/fixtures/rewards/<plugin>.jsonl` that `tests/rewards.rs` checks the
 WebAssembly plugins against (to 1e-9, score and every component).
 
-The formulas follow the public reference code as summarized in the task notes (regexes with
-DOTALL, `str()` comparisons, `json.loads`, Python sorting), written the way that code is written,
-not translated from the Rust plugins. Standard library only.
+The formulas follow the public reference code (TrialPanorama train/rlvr/reward_func/
+study_search.py; HuatuoGPT-o1's get_reward_o1; HCC-STAR verl/utils/reward_score/hcc_reasoner.py)
+with the same Python calls where they matter (re with DOTALL, str(), json.loads, ast.literal_eval,
+bytes.decode('unicode_escape'), float(), sorted), written independently of the Rust plugins. The
+medical-dialogue tutorial publishes no reward code; its formula is the one documented in
+plugins/dialogue-quality. Standard library only.
 
     python3 tests/reference/rewards.py                 # rewrite tests/fixtures/rewards/
     python3 tests/reference/rewards.py --out DIR       # write elsewhere (the live test does)
@@ -72,7 +75,7 @@ def study_search_reward(response, ground_truth, corpus, config):
         return 0.0, {"format": 1.0, "recall": 0.0, "retrieved": 0.0}
 
     relevant = []
-    for p in ground_truth["relevant_pmids"]:
+    for p in ground_truth.get("relevant_pmids") or []:
         p = p.strip() if isinstance(p, str) else str(p)
         if p not in relevant:
             relevant.append(p)
@@ -661,6 +664,7 @@ def study_search_cases():
         ("tranexamic", "tranexamic acid trauma</answer>", {"relevant_pmids": ["1020"]}, {}),
         ("all_relevant", "hepatocellular carcinoma 肝细胞癌</answer>", gt_hcc, {}),
         ("vitamin_d", "vitamin d fracture</answer>", {"relevant_pmids": ["1012", "1099"]}, {}),
+        ("missing_relevant_list", "metformin</answer>", {"review_pmid": "9001"}, {}),
         ("answer_in_prefix_only", "", gt_diab, {"prefix": "<answer>metformin</answer>"}),
     ]
     out = []

@@ -474,7 +474,7 @@ pub fn survival_score(pred: Option<&Py>, gt: Option<&Py>) -> f64 {
                 .zip(t.flags)
                 .filter(|(_, f)| *f == Some(1))
                 .map(|((_, m), _)| *m)
-                .last();
+                .next_back();
             match t.months.or(passed) {
                 None => 0.5,
                 Some(tc) => (-(tc - p).max(0.0) / 6.0).exp(),

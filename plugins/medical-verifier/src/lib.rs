@@ -1,4 +1,5 @@
-//! Medical verifier reward of HuatuoGPT-o1 (as used by Doctor-Agent's PPO/GRPO).
+//! Medical verifier reward of HuatuoGPT-o1 (its PPO trainer's `get_reward_o1`; Doctor-Agent uses
+//! the same verifier for PPO and GRPO).
 //!
 //! - Format ok iff `"## Final Response\n\n"` and `"## Thinking"` each appear exactly once;
 //!   the final answer is the text after `"## Final Response\n\n"`, trimmed.

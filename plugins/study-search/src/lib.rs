@@ -1,4 +1,5 @@
-//! Study-search reward, reproducing TrialPanorama's reference scoring.
+//! Study-search reward, reproducing TrialPanorama's reference scoring
+//! (`train/rlvr/reward_func/study_search.py`, `compute_score`).
 //!
 //! The model writes a literature search query for a systematic review. The prompt ends with
 //! `<answer>`, so the response is scored as `"<answer>" + response` (config `prefix`); then, as
@@ -90,13 +91,13 @@ pub fn valid_format(text: &str) -> bool {
 pub fn parse(cfg: &Config, response: &str) -> Result<String, Outcome> {
     let full = format!("{}{}", cfg.prefix, response);
     let text = after_assistant_header(&full);
-    if !valid_format(&text) {
+    if !valid_format(text) {
         return Err(Outcome::score(cfg.format_penalty)
             .with("format", 0.0)
             .with("recall", 0.0)
             .with("retrieved", 0.0));
     }
-    match last_tag(&text, "answer") {
+    match last_tag(text, "answer") {
         Some(q) if !q.is_empty() => Ok(q.to_string()),
         _ => Err(Outcome::score(0.0)
             .with("format", 1.0)
@@ -115,10 +116,16 @@ fn pmid(v: &Value) -> Option<String> {
 
 /// `ground_truth.relevant_pmids` as distinct strings.
 pub fn relevant(gt: &Value) -> Result<Vec<String>, String> {
-    let list = gt
-        .get("relevant_pmids")
-        .and_then(Value::as_array)
-        .ok_or("ground_truth.relevant_pmids (a list) is missing")?;
+    // ground_truth.get("relevant_pmids", []) in the reference: missing means nothing relevant.
+    let list = match gt.get("relevant_pmids") {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Array(l)) => l,
+        Some(other) => {
+            return Err(format!(
+                "ground_truth.relevant_pmids must be a list, got {other}"
+            ))
+        }
+    };
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for v in list {
         let id = pmid(v).ok_or_else(|| format!("relevant_pmids holds a non-id value {v}"))?;
