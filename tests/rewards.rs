@@ -7,7 +7,8 @@
 //! the host's in-memory test doubles: the judge answers each case's pinned P(True) for exactly
 //! the verifier prompt the Python side built; the index holds `study-search-corpus.jsonl`.
 //!
-//! `python_reference_regenerates_fixtures` reruns the Python script (skipped without python3,
+//! `python_reference_regenerates_fixtures` reruns the Python script (`$PYTHON`, default python3;
+//! skipped without it,
 //! a failure instead when `MEDRL_REQUIRE_PYREF=1`) and checks both that the committed fixtures
 //! are what it writes and that the plugins match its fresh output.
 //!
