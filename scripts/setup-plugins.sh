@@ -7,3 +7,7 @@ COMPONENTIZE_PY_VERSION="${COMPONENTIZE_PY_VERSION:-0.25.1}"
 rustup target add wasm32-wasip2
 python3 -m pip install --upgrade "componentize-py==${COMPONENTIZE_PY_VERSION}"
 componentize-py --version
+# Build the bundled plugins once (sample-size, study-search, medical-verifier, dialogue-quality,
+# hcc-composite, the adapters and the hostile test guests); the tests rebuild incrementally.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cargo build --release --target wasm32-wasip2 --manifest-path "$root/plugins/Cargo.toml"

@@ -17,6 +17,7 @@
 //! traits, types and [`helpers`] also compile natively, so scoring logic is unit-tested with a
 //! plain `cargo test`; only the export glue and host calls are wasm-only.
 
+pub mod config;
 pub mod helpers;
 
 pub use serde_json::{self, Value};
