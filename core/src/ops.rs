@@ -1,13 +1,56 @@
-//! Differentiable building blocks of the decoder, written from candle primitives.
+//! Differentiable building blocks of the decoder.
 //!
 //! candle's fused kernels (`candle_nn::ops::rms_norm`, `softmax_last_dim`, `rotary_emb::rope`,
-//! ...) record no backward pass: a gradient through them silently becomes `None`. Everything in
-//! this module is composed of primitive ops that all have backward rules, so the same code path
-//! serves inference and training. The price is a few extra kernel launches per op; a fused
-//! custom op with its own backward can replace any of them later, behind the same signature and
-//! the same gradient checks (see [`gradcheck`]).
+//! ...) record no backward pass: a gradient through them silently becomes `None`. This module
+//! uses them only through [`attach`]: the fused kernel computes the value on detached inputs,
+//! and a custom op re-attaches it to the graph with a hand-written backward. That keeps the
+//! speed of one kernel and, as important for training, keeps the autograd graph from holding
+//! every intermediate of a composite op (a primitive softmax over `[B, H, T, T]` scores retains
+//! five full-size tensors per layer). Every backward is checked against finite differences
+//! (see [`gradcheck`]); ops with no fused kernel (RoPE, SwiGLU) are composed of primitives.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use std::sync::Arc;
+
+type Backward = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
+
+/// A custom op whose value is precomputed and whose gradient is `backward(input, output, grad)`.
+struct Attach {
+    name: &'static str,
+    backward: Arc<Backward>,
+}
+
+impl CustomOp2 for Attach {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, value: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((value.try_clone(l)?, l.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        value: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((value.try_clone(l)?, l.shape().clone()))
+    }
+    fn bwd(&self, input: &Tensor, _value: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some((self.backward)(input, res, grad)?), None))
+    }
+}
+
+/// `value` (computed without gradient tracking, e.g. by a fused kernel) as a function of
+/// `input` in the autograd graph, with the given backward rule.
+fn attach(name: &'static str, input: &Tensor, value: Tensor, backward: Arc<Backward>) -> Result<Tensor> {
+    // The forward copies `value`'s storage, which must be exactly the tensor.
+    let value = value.detach().contiguous()?;
+    let value = if value.layout().start_offset() != 0 { value.copy()? } else { value };
+    input.apply_op2(&value, Attach { name, backward })
+}
 
 /// The dtype reductions run in: f32 for half-precision inputs, the input's own otherwise (so
 /// f64 gradient checks stay f64 end to end).
@@ -21,20 +64,59 @@ fn accum_dtype(dtype: DType) -> DType {
 /// RMSNorm as Llama/Qwen define it: statistics in f32, result cast back to the input dtype,
 /// then scaled by `weight` (`weight * (x / sqrt(mean(x^2) + eps)).to(dtype)`).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    // The norm itself (fused kernel: statistics in f32), then the weight as a primitive multiply
+    // so its gradient needs no custom rule.
+    let normed = if x.dtype() == DType::F64 {
+        // candle's fused kernel has no f64 path; f64 is what gradient checks use.
+        rms_norm_composite(&x.detach(), eps)?
+    } else {
+        let ones = Tensor::ones(x.dim(D::Minus1)?, x.dtype(), x.device())?;
+        candle_nn::ops::rms_norm(&x.detach().contiguous()?, &ones, eps as f32)?
+    };
+    let backward: Arc<Backward> = Arc::new(move |x: &Tensor, _y: &Tensor, g: &Tensor| {
+        // y = x * r, r = (mean(x^2) + eps)^-1/2:  dx = r * (g - x * r^2 * mean(g * x)).
+        let dtype = x.dtype();
+        let (xf, gf) = (x.to_dtype(accum_dtype(dtype))?, g.to_dtype(accum_dtype(dtype))?);
+        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+        let gx = (&gf * &xf)?.mean_keepdim(D::Minus1)?;
+        let inner = (gf - xf.broadcast_mul(&(r.sqr()? * gx)?)?)?;
+        inner.broadcast_mul(&r)?.to_dtype(dtype)
+    });
+    attach("medrl-rms-norm", x, normed, backward)?.broadcast_mul(weight)
+}
+
+/// RMS normalization (without the weight) from primitives, for dtypes the fused kernel lacks.
+fn rms_norm_composite(x: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let xf = x.to_dtype(accum_dtype(dtype))?;
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
-    normed.to_dtype(dtype)?.broadcast_mul(weight)
+    xf.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)
 }
 
 /// Softmax over the last dimension. The max is detached: shifting by a constant does not change
 /// the result, so its gradient is exactly zero and need not be traced.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&sum)
+    let y = candle_nn::ops::softmax_last_dim(&x.detach().contiguous()?)?;
+    let backward: Arc<Backward> = Arc::new(|_x: &Tensor, y: &Tensor, g: &Tensor| {
+        // dx = y * (g - sum(g * y)).
+        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
+        y * g.broadcast_sub(&dot)?
+    });
+    attach("medrl-softmax", x, y, backward)
+}
+
+/// `log(sum(exp(x)))` over the last dimension, keeping it (`[..., 1]`). Only the small result is
+/// retained for backward, not the exponentials: for vocabulary-sized logits this is the
+/// difference between one and several copies of `[B, T, V]` held until backward.
+pub fn logsumexp_last(x: &Tensor) -> Result<Tensor> {
+    let xd = x.detach();
+    let max = xd.max_keepdim(D::Minus1)?;
+    let lse = (xd.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+    let backward: Arc<Backward> = Arc::new(|x: &Tensor, lse: &Tensor, g: &Tensor| {
+        // d lse / dx = softmax(x) = exp(x - lse).
+        x.broadcast_sub(lse)?.exp()?.broadcast_mul(g)
+    });
+    attach("medrl-logsumexp", x, lse, backward)
 }
 
 /// log-softmax over the last dimension (used by losses and log-prob computations).
@@ -72,15 +154,15 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// attention), `mask` broadcasts to `[B, H, T, S]` with 0 for allowed and a large negative value
 /// for blocked positions. Scores and softmax run in f32 for half-precision inputs.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    let dtype = q.dtype();
+    // Scale the (small) queries rather than the (T x S) scores; the softmax kernel accumulates
+    // in f32 whatever the input dtype, so scores stay in the compute dtype.
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(accum_dtype(dtype))?;
+    let scores = (q * scale)?.matmul(&k.t()?)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
         None => scores,
     };
-    let probs = softmax_last(&scores)?.to_dtype(dtype)?;
-    probs.matmul(v)
+    softmax_last(&scores)?.matmul(v)
 }
 
 /// Repeat key/value heads `n_rep` times along the head axis (grouped-query attention).
@@ -190,6 +272,33 @@ mod tests {
         let w = randn(&[8], 2);
         let r = check(&[x, w], |t| rms_norm(&t[0], &t[1], 1e-6), 24, 1e-6).unwrap();
         assert_grad_ok("rms_norm", r);
+    }
+
+    #[test]
+    fn logsumexp_gradient_and_value() {
+        let x = randn(&[3, 7], 5);
+        assert_grad_ok("logsumexp", check(&[x.clone()], |t| logsumexp_last(&t[0]), 21, 1e-6).unwrap());
+        let want = x.exp().unwrap().sum_keepdim(D::Minus1).unwrap().log().unwrap();
+        let got = logsumexp_last(&x).unwrap();
+        assert!((want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap() < 1e-12);
+    }
+
+    #[test]
+    fn fused_forwards_match_the_composite_definitions_in_f32() {
+        let x = randn(&[2, 5, 16], 9).to_dtype(DType::F32).unwrap();
+        let w = randn(&[16], 10).to_dtype(DType::F32).unwrap();
+        let fused = rms_norm(&x, &w, 1e-6).unwrap();
+        let composite = rms_norm_composite(&x, 1e-6).unwrap().broadcast_mul(&w).unwrap();
+        let d = (fused - composite).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "rms_norm fused vs composite: {d}");
+        let e = x.exp().unwrap();
+        let manual = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+        let d = (softmax_last(&x).unwrap() - manual).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-6, "softmax fused vs definition: {d}");
+        // Gradients reach the input through the attached fused value in f32 too.
+        let v = candle_core::Var::from_tensor(&x).unwrap();
+        let g = softmax_last(v.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g.get(v.as_tensor()).is_some());
     }
 
     #[test]

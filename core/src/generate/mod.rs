@@ -164,6 +164,9 @@ pub fn generate(
 /// Log-probabilities of `targets` under `logits` (`[B, T, V]` and `[B, T]`) -> `[B, T]`.
 /// Differentiable: policy-gradient losses are built on it.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
-    let lp = crate::ops::log_softmax_last(logits)?;
-    lp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)
+    // log p(t) = x_t - logsumexp(x): gathers one logit per position instead of materializing
+    // (and retaining for backward) a full log-softmax over the vocabulary.
+    let picked = logits.gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?;
+    let lse = crate::ops::logsumexp_last(logits)?;
+    (picked - lse)?.squeeze(D::Minus1)
 }
