@@ -89,7 +89,7 @@ impl Iterator for FindAll<'_, '_> {
                 let k = self.next_needle;
                 self.next_needle += 1;
                 let n = self.needles[k].as_bytes();
-                if !n.is_empty() && self.text[self.at..].starts_with(n) {
+                if !n.is_empty() && starts_with(&self.text[self.at..], n) {
                     return Some((self.at, k));
                 }
             }
@@ -97,6 +97,21 @@ impl Iterator for FindAll<'_, '_> {
             self.next_needle = 0;
         }
     }
+}
+
+/// `h.starts_with(n)` as an inline loop: needles are short, and inside a plugin a `memcmp`
+/// call is a call into wasi-libc's byte loop.
+#[inline]
+fn starts_with(h: &[u8], n: &[u8]) -> bool {
+    if h.len() < n.len() {
+        return false;
+    }
+    for i in 0..n.len() {
+        if h[i] != n[i] {
+            return false;
+        }
+    }
+    true
 }
 
 /// Offset of the first `<tag>` (or `</tag>` when `closing`) at or after `from`, without
@@ -108,7 +123,7 @@ fn find_tag(h: &[u8], from: usize, tag: &[u8], closing: bool) -> Option<usize> {
         let rest = &h[at + 1..];
         if (!closing || rest.first() == Some(&b'/'))
             && h.len() >= at + skip + tag.len() + 1
-            && &h[at + skip..at + skip + tag.len()] == tag
+            && starts_with(&h[at + skip..], tag)
             && h[at + skip + tag.len()] == b'>'
         {
             return Some(at);
@@ -175,7 +190,7 @@ pub fn count_tag(text: &str, tag: &str) -> (usize, usize) {
             (1, false)
         };
         if h.len() > at + skip + t.len()
-            && &h[at + skip..at + skip + t.len()] == t
+            && starts_with(&h[at + skip..], t)
             && h[at + skip + t.len()] == b'>'
         {
             if closing {
@@ -193,22 +208,42 @@ pub fn count_tag(text: &str, tag: &str) -> (usize, usize) {
 /// One pass over `text` for all markers ([`find_all`]). Occurrences of one marker are counted
 /// without overlaps, as `str::matches` does.
 pub fn exactly_once_in_order(text: &str, markers: &[&str]) -> bool {
-    if markers.iter().any(|m| m.is_empty()) || markers.len() > 64 {
-        return exactly_once_in_order_slow(text, markers);
+    if markers.len() > 64 {
+        return once_in_order_slow(text, markers, &mut vec![0; markers.len()]);
     }
-    // Per marker: first offset, and end of the last counted (non-overlapping) occurrence.
-    let mut first = [usize::MAX; 64];
-    let mut end = [0usize; 64];
+    once_in_order_into(text, markers, &mut [0; 64][..markers.len()])
+}
+
+/// Offsets of the listed markers when each appears exactly once and in this order (the test
+/// of [`exactly_once_in_order`]), `None` otherwise. One pass over `text`. With the offsets, a
+/// reward can slice the parts between markers without searching again: e.g. for
+/// `["<answer>", "</answer>"]`, `text[at[0] + 8..at[1]]` is the answer.
+pub fn once_in_order<const N: usize>(text: &str, markers: &[&str; N]) -> Option<[usize; N]> {
+    let mut at = [0; N];
+    let ok = if N > 64 {
+        once_in_order_slow(text, markers, &mut at)
+    } else {
+        once_in_order_into(text, markers, &mut at)
+    };
+    ok.then_some(at)
+}
+
+/// Fills `first` (one slot per marker, at most 64) with the offset of each marker; false
+/// unless each appears exactly once, in order.
+fn once_in_order_into(text: &str, markers: &[&str], first: &mut [usize]) -> bool {
+    if markers.iter().any(|m| m.is_empty()) {
+        return once_in_order_slow(text, markers, first);
+    }
+    first.fill(usize::MAX);
     for (at, k) in find_all(text, markers) {
         if first[k] == usize::MAX {
             first[k] = at;
-            end[k] = at + markers[k].len();
-        } else if at >= end[k] {
+        } else if at >= first[k] + markers[k].len() {
             return false; // a second, non-overlapping occurrence
         }
     }
     let mut last = 0;
-    for &at in &first[..markers.len()] {
+    for &at in first.iter() {
         if at == usize::MAX || at < last {
             return false;
         }
@@ -217,9 +252,9 @@ pub fn exactly_once_in_order(text: &str, markers: &[&str]) -> bool {
     true
 }
 
-fn exactly_once_in_order_slow(text: &str, markers: &[&str]) -> bool {
+fn once_in_order_slow(text: &str, markers: &[&str], first: &mut [usize]) -> bool {
     let mut last = 0;
-    for m in markers {
+    for (m, slot) in markers.iter().zip(first) {
         let mut hits = text.match_indices(m);
         let Some((at, _)) = hits.next() else {
             return false;
@@ -228,6 +263,7 @@ fn exactly_once_in_order_slow(text: &str, markers: &[&str]) -> bool {
             return false;
         }
         last = at;
+        *slot = at;
     }
     true
 }
@@ -549,11 +585,13 @@ mod tests {
                 assert_eq!(count(&t, n), reference::count(&t, n), "{t:?} {n:?}");
             }
             for m in marker_sets {
-                assert_eq!(
-                    exactly_once_in_order(&t, m),
-                    exactly_once_in_order_slow(&t, m),
-                    "{t:?} {m:?}"
-                );
+                let mut want = vec![0; m.len()];
+                let ok = once_in_order_slow(&t, m, &mut want);
+                assert_eq!(exactly_once_in_order(&t, m), ok, "{t:?} {m:?}");
+                if m.len() == 4 {
+                    let m4: &[&str; 4] = m.try_into().unwrap();
+                    assert_eq!(once_in_order(&t, m4).map(|a| a.to_vec()), ok.then_some(want), "{t:?}");
+                }
             }
             // find_all reports exactly the (overlapping) occurrences of each needle, in order.
             let got: Vec<(usize, usize)> = find_all(&t, &needles).collect();
