@@ -2,7 +2,7 @@
 //! -2 for a bad format, 1.1 when the answer is within ±20% of the target (bounds included),
 //! 0 otherwise. Components: `format` (1/0) and `accuracy` (1/0).
 
-use medrl_reward_sdk::helpers::{first_number, once_in_order, strip_to_assistant};
+use medrl_reward_sdk::helpers::{find_all, first_number};
 use medrl_reward_sdk::serde_json::{self, json};
 use medrl_reward_sdk::{export_reward, Manifest, Outcome, RawSample, Reward, Sample, Value};
 
@@ -22,10 +22,40 @@ fn target(gt: &Value) -> f64 {
 /// (no map, no key strings): the same result for every input, including text that is not
 /// JSON (which the SDK treats as a JSON string).
 fn target_from_json(text: &str) -> f64 {
+    if let Some(t) = plain_target(text) {
+        return t;
+    }
     match serde_json::from_str::<Target>(text) {
         Ok(Target(t)) => t,
         Err(_) => text.trim().parse().unwrap_or(-2.0),
     }
+}
+
+/// The common shape `{"target": <digits>}` (JSON whitespace allowed, no sign, no fraction, no
+/// leading zero, at most 15 digits so the value is exact), read without a JSON parser; `None`
+/// for anything else, which the full parser then handles.
+fn plain_target(text: &str) -> Option<f64> {
+    fn ws(b: &[u8]) -> &[u8] {
+        let n = b
+            .iter()
+            .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+            .count();
+        &b[n..]
+    }
+    let b = ws(text.as_bytes());
+    let b = ws(b.strip_prefix(b"{")?);
+    let b = ws(b.strip_prefix(b"\"target\"")?);
+    let b = ws(b.strip_prefix(b":")?);
+    let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 15 || (digits > 1 && b[0] == b'0') {
+        return None;
+    }
+    let (num, rest) = b.split_at(digits);
+    let rest = ws(rest);
+    if rest.first() != Some(&b'}') || !ws(&rest[1..]).is_empty() {
+        return None;
+    }
+    Some(num.iter().fold(0u64, |n, d| n * 10 + (d - b'0') as u64) as f64)
 }
 
 /// Deserializes a ground truth to its target, like [`target`]: an object's `target` field (the
@@ -113,6 +143,52 @@ impl<'de> serde::Deserialize<'de> for IsTarget {
     }
 }
 
+const HEADERS: [&str; 3] = [
+    "<|start_header_id|>assistant<|end_header_id|>",
+    "<|im_start|>assistant",
+    "Assistant:",
+];
+const MARKERS: [&str; 4] = ["<think>", "</think>", "<answer>", "</answer>"];
+
+/// The format check of the reference in ONE pass over the response: in the text after the
+/// first assistant header (`helpers::strip_to_assistant`), each of `<think>`, `</think>`,
+/// `<answer>`, `</answer>` must appear exactly once and in this order
+/// (`helpers::exactly_once_in_order`). Returns the byte range of the answer, which is then the
+/// reference's "last `<answer>...</answer>`" (`helpers::last_tag`); `None` for a bad format.
+fn answer_span(response: &str) -> Option<std::ops::Range<usize>> {
+    const NEEDLES: [&str; 7] = [
+        HEADERS[0], HEADERS[1], HEADERS[2], MARKERS[0], MARKERS[1], MARKERS[2], MARKERS[3],
+    ];
+    // Start of the assistant text: after the first header, if any.
+    let mut cut: Option<usize> = None;
+    let mut first = [usize::MAX; 4];
+    let mut repeated = false;
+    for (at, k) in find_all(response, &NEEDLES) {
+        if k < 3 {
+            if cut.is_none() {
+                // Everything seen so far lies before the assistant text.
+                cut = Some(at + NEEDLES[k].len());
+                first = [usize::MAX; 4];
+                repeated = false;
+            }
+            continue;
+        }
+        if cut.is_some_and(|c| at < c) || repeated {
+            continue;
+        }
+        let m = k - 3;
+        if first[m] == usize::MAX {
+            first[m] = at;
+        } else if at >= first[m] + MARKERS[m].len() {
+            repeated = true; // a second, non-overlapping occurrence
+        }
+    }
+    if repeated || first.contains(&usize::MAX) || !first.is_sorted() {
+        return None;
+    }
+    Some(first[2] + MARKERS[2].len()..first[3])
+}
+
 /// The reward for one response, given its target (computed only for well-formed responses).
 fn score_response(config: &Value, response: &str, target: impl FnOnce() -> f64) -> Outcome {
     let tol = config
@@ -127,16 +203,13 @@ fn score_response(config: &Value, response: &str, target: impl FnOnce() -> f64) 
         .get("format_penalty")
         .and_then(Value::as_f64)
         .unwrap_or(-2.0);
-    let text = strip_to_assistant(response);
-    // One pass finds the four markers. With each exactly once and in order, the reference's
-    // "last <answer>...</answer>" is the text between the two answer markers.
-    let Some(at) = once_in_order(text, &["<think>", "</think>", "<answer>", "</answer>"]) else {
+    let Some(answer) = answer_span(response) else {
         return Outcome::score(penalty)
             .with("format", 0.0)
             .with("accuracy", 0.0);
     };
     let t = target();
-    let pred = first_number(text[at[2] + "<answer>".len()..at[3]].trim());
+    let pred = first_number(response[answer].trim());
     let hit = matches!(pred, Some(p) if (1.0 - tol) * t <= p && p <= (1.0 + tol) * t);
     Outcome::score(if hit { correct } else { 0.0 })
         .with("format", 1.0)
@@ -197,6 +270,9 @@ mod tests {
             r#"{"other": 100}"#, "[100]", "true", "null", "not json 100", " 100 ",
             r#"{"target": 100"#, r#"{"target": 18446744073709551616}"#, r#"{"target": -7}"#,
             r#"{"target": null}"#, r#"{"target": [100]}"#, "", "{}", r#"{"target": "inf"}"#,
+            r#"{"target":0}"#, r#"{"target": 0123}"#, r#"{"target": 123} x"#, r#" { "target" : 42 } "#,
+            r#"{"target": 1234567890123456}"#, r#"{"target": 12.}"#, r#"{"target": 12e1}"#,
+            r#"{"target": 12,}"#, r#"{"target": 7}}"#, "{\"target\":\t9\n}",
         ];
         let responses = [
             "<think>x</think><answer>100</answer>",
@@ -220,6 +296,48 @@ mod tests {
             let (a, b) = (target_from_json(gt), target(&parsed.ground_truth));
             assert!(a == b || (a.is_nan() && b.is_nan()), "{gt}: {a} vs {b}");
         }
+    }
+
+    /// The one-pass format check agrees with the SDK helpers it replaces.
+    #[test]
+    fn answer_span_matches_helpers() {
+        use medrl_reward_sdk::helpers::{exactly_once_in_order, last_tag, strip_to_assistant};
+        const FRAGS: [&str; 16] = [
+            "<think>", "</think>", "<answer>", "</answer>", "Assistant:", "<|im_start|>assistant",
+            "<|start_header_id|>assistant<|end_header_id|>", "<|im_start|>", "x", " 12 ", "<",
+            "/", "é", "<answer", "think>", "A",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as usize
+        };
+        let mut ok = 0;
+        for _ in 0..200_000 {
+            let mut junk = |n: usize| -> String {
+                (0..next() % n).map(|_| FRAGS[next() % FRAGS.len()]).collect()
+            };
+            let t = if junk(2).is_empty() {
+                junk(14)
+            } else {
+                // A well-formed response with a few random fragments around the markers.
+                let mut t = junk(3);
+                for m in MARKERS {
+                    t.push_str(m);
+                    t.push_str(&junk(3));
+                }
+                t
+            };
+            let text = strip_to_assistant(&t);
+            let want = exactly_once_in_order(text, &MARKERS).then(|| last_tag(text, "answer"));
+            let got = answer_span(&t).map(|r| Some(t[r].trim()));
+            assert_eq!(got, want, "{t:?}");
+            ok += got.is_some() as usize;
+        }
+        assert!(ok > 100, "too few well-formed cases: {ok}");
+        assert_eq!(plain_target(r#"{"target": 100}"#), Some(100.0));
     }
 
     #[test]
