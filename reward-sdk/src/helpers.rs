@@ -12,15 +12,22 @@ use memchr::{memchr2_iter, memchr3_iter, memchr_iter, memmem};
 /// cost is one scan of `text` plus a comparison at each candidate: cheap when the needles start
 /// with a byte that is rare in the text, as tags (`<`) do in prose. Use it to look for all the
 /// markers of a format at once instead of calling `find`/`count` once per marker.
+#[inline]
 pub fn find_all<'t, 'n>(text: &'t str, needles: &'n [&'n str]) -> FindAll<'t, 'n> {
     // Distinct first bytes of the needles (up to three use a vectorized memchr).
     let mut firsts = [0u8; 3];
     let mut n_firsts = 0;
-    let mut table = [false; 256];
-    for n in needles {
-        if let Some(&b) = n.as_bytes().first() {
-            if !table[b as usize] {
-                table[b as usize] = true;
+    let mut seen = [0u64; 4]; // bit set of first bytes
+    let mut prefixes = [(0u64, 0u64); PREFIXES];
+    for (k, n) in needles.iter().enumerate() {
+        let n = n.as_bytes();
+        if k < PREFIXES {
+            prefixes[k] = prefix(n);
+        }
+        if let Some(&b) = n.first() {
+            let (word, bit) = ((b >> 6) as usize, 1u64 << (b & 63));
+            if seen[word] & bit == 0 {
+                seen[word] |= bit;
                 if n_firsts < 3 {
                     firsts[n_firsts] = b;
                 }
@@ -34,15 +41,30 @@ pub fn find_all<'t, 'n>(text: &'t str, needles: &'n [&'n str]) -> FindAll<'t, 'n
         1 => Candidates::One(memchr_iter(firsts[0], h)),
         2 => Candidates::Two(memchr2_iter(firsts[0], firsts[1], h)),
         3 => Candidates::Three(memchr3_iter(firsts[0], firsts[1], firsts[2], h)),
-        _ => Candidates::Table(table, 0),
+        _ => Candidates::Scan(seen, 0),
     };
     FindAll {
         text: h,
         needles,
+        prefixes,
         candidates,
         at: 0,
+        window: 0,
         next_needle: needles.len(),
     }
+}
+
+/// Needles whose first (up to) 8 bytes are kept as a word, so that most candidates are
+/// rejected with one masked compare instead of a byte loop.
+const PREFIXES: usize = 16;
+
+/// (word, mask) of the first min(8, len) bytes, little-endian.
+fn prefix(n: &[u8]) -> (u64, u64) {
+    let mut w = [0u8; 8];
+    let k = n.len().min(8);
+    w[..k].copy_from_slice(&n[..k]);
+    let mask = if k == 8 { u64::MAX } else { (1u64 << (8 * k)) - 1 };
+    (u64::from_le_bytes(w), mask)
 }
 
 enum Candidates<'t> {
@@ -50,29 +72,35 @@ enum Candidates<'t> {
     One(memchr::Memchr<'t>),
     Two(memchr::Memchr2<'t>),
     Three(memchr::Memchr3<'t>),
-    /// More than three distinct first bytes: a byte-by-byte scan with a lookup table.
-    Table([bool; 256], usize),
+    /// More than three distinct first bytes: a byte-by-byte scan with a bit set.
+    Scan([u64; 4], usize),
 }
 
 /// Iterator returned by [`find_all`].
 pub struct FindAll<'t, 'n> {
     text: &'t [u8],
     needles: &'n [&'n str],
+    prefixes: [(u64, u64); PREFIXES],
     candidates: Candidates<'t>,
-    /// Current candidate offset, and the next needle to try there.
+    /// Current candidate offset, the (up to) 8 bytes of text there, and the next needle to try.
     at: usize,
+    window: u64,
     next_needle: usize,
 }
 
 impl<'t, 'n> FindAll<'t, 'n> {
+    #[inline]
     fn next_candidate(&mut self) -> Option<usize> {
         match &mut self.candidates {
             Candidates::None => None,
             Candidates::One(it) => it.next(),
             Candidates::Two(it) => it.next(),
             Candidates::Three(it) => it.next(),
-            Candidates::Table(table, pos) => {
-                let i = *pos + self.text[*pos..].iter().position(|b| table[*b as usize])?;
+            Candidates::Scan(seen, pos) => {
+                let i = *pos
+                    + self.text[*pos..]
+                        .iter()
+                        .position(|&b| seen[(b >> 6) as usize] & (1u64 << (b & 63)) != 0)?;
                 *pos = i + 1;
                 Some(i)
             }
@@ -83,17 +111,38 @@ impl<'t, 'n> FindAll<'t, 'n> {
 impl Iterator for FindAll<'_, '_> {
     type Item = (usize, usize);
 
+    #[inline]
     fn next(&mut self) -> Option<(usize, usize)> {
         loop {
             while self.next_needle < self.needles.len() {
                 let k = self.next_needle;
                 self.next_needle += 1;
                 let n = self.needles[k].as_bytes();
-                if !n.is_empty() && starts_with(&self.text[self.at..], n) {
+                if n.is_empty() || self.text.len() - self.at < n.len() {
+                    continue;
+                }
+                if k < PREFIXES {
+                    let (word, mask) = self.prefixes[k];
+                    if self.window & mask != word {
+                        continue;
+                    }
+                    if n.len() <= 8 || starts_with(&self.text[self.at + 8..], &n[8..]) {
+                        return Some((self.at, k));
+                    }
+                } else if starts_with(&self.text[self.at..], n) {
                     return Some((self.at, k));
                 }
             }
             self.at = self.next_candidate()?;
+            let rest = &self.text[self.at..];
+            self.window = match rest.get(..8) {
+                Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+                None => {
+                    let mut w = [0u8; 8];
+                    w[..rest.len()].copy_from_slice(rest);
+                    u64::from_le_bytes(w)
+                }
+            };
             self.next_needle = 0;
         }
     }

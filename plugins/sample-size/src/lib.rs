@@ -2,7 +2,7 @@
 //! -2 for a bad format, 1.1 when the answer is within ±20% of the target (bounds included),
 //! 0 otherwise. Components: `format` (1/0) and `accuracy` (1/0).
 
-use medrl_reward_sdk::helpers::{find_all, first_number};
+use medrl_reward_sdk::helpers::first_number;
 use medrl_reward_sdk::serde_json::{self, json};
 use medrl_reward_sdk::{export_reward, Manifest, Outcome, RawSample, Reward, Sample, Value};
 
@@ -156,18 +156,33 @@ const MARKERS: [&str; 4] = ["<think>", "</think>", "<answer>", "</answer>"];
 /// (`helpers::exactly_once_in_order`). Returns the byte range of the answer, which is then the
 /// reference's "last `<answer>...</answer>`" (`helpers::last_tag`); `None` for a bad format.
 fn answer_span(response: &str) -> Option<std::ops::Range<usize>> {
-    const NEEDLES: [&str; 7] = [
-        HEADERS[0], HEADERS[1], HEADERS[2], MARKERS[0], MARKERS[1], MARKERS[2], MARKERS[3],
-    ];
+    let h = response.as_bytes();
     // Start of the assistant text: after the first header, if any.
     let mut cut: Option<usize> = None;
     let mut first = [usize::MAX; 4];
     let mut repeated = false;
-    for (at, k) in find_all(response, &NEEDLES) {
+    // Every header starts with `<|` or `A`, every marker with `<t`, `<a`, `</t` or `</a`: one
+    // vectorized scan for `<` and `A`, then the next byte or two say which needle can match.
+    for at in memchr::memchr2_iter(b'<', b'A', h) {
+        let rest = &h[at..];
+        let k = match (rest.first(), rest.get(1), rest.get(2)) {
+            (Some(b'A'), ..) => 2,
+            (_, Some(b'|'), Some(b's')) => 0,
+            (_, Some(b'|'), _) => 1,
+            (_, Some(b't'), _) => 3,
+            (_, Some(b'/'), Some(b't')) => 4,
+            (_, Some(b'a'), _) => 5,
+            (_, Some(b'/'), Some(b'a')) => 6,
+            _ => continue,
+        };
+        let needle = if k < 3 { HEADERS[k] } else { MARKERS[k - 3] };
+        if !rest.starts_with(needle.as_bytes()) {
+            continue;
+        }
         if k < 3 {
             if cut.is_none() {
                 // Everything seen so far lies before the assistant text.
-                cut = Some(at + NEEDLES[k].len());
+                cut = Some(at + needle.len());
                 first = [usize::MAX; 4];
                 repeated = false;
             }
