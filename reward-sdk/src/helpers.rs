@@ -63,7 +63,11 @@ fn prefix(n: &[u8]) -> (u64, u64) {
     let mut w = [0u8; 8];
     let k = n.len().min(8);
     w[..k].copy_from_slice(&n[..k]);
-    let mask = if k == 8 { u64::MAX } else { (1u64 << (8 * k)) - 1 };
+    let mask = if k == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * k)) - 1
+    };
     (u64::from_le_bytes(w), mask)
 }
 
@@ -584,10 +588,39 @@ mod tests {
     /// and overlapping markers, headers, numbers with commas and spaces, multi-byte chars.
     fn random_texts(n: usize) -> Vec<String> {
         const FRAGS: [&str; 34] = [
-            "<think>", "</think>", "<answer>", "</answer>", "<answer", "</answer", "<", ">", "/",
-            "<<answer>>", "</</answer>", "a", "b", " ", ",", ".", "1", "23", "4,5", " 6 .7",
-            "é", "日本", "\n", "Assistant:", "<|im_start|>assistant", "<|start_header_id|>",
-            "assistant<|end_header_id|>", "aa", "<a><a>", "<a>", "</a>", "<ab>", "x</ab>",
+            "<think>",
+            "</think>",
+            "<answer>",
+            "</answer>",
+            "<answer",
+            "</answer",
+            "<",
+            ">",
+            "/",
+            "<<answer>>",
+            "</</answer>",
+            "a",
+            "b",
+            " ",
+            ",",
+            ".",
+            "1",
+            "23",
+            "4,5",
+            " 6 .7",
+            "é",
+            "日本",
+            "\n",
+            "Assistant:",
+            "<|im_start|>assistant",
+            "<|start_header_id|>",
+            "assistant<|end_header_id|>",
+            "aa",
+            "<a><a>",
+            "<a>",
+            "</a>",
+            "<ab>",
+            "x</ab>",
             "0.",
         ];
         let mut state: u64 = 0x2545_F491_4F6C_DD1D;
@@ -609,7 +642,15 @@ mod tests {
     fn fast_helpers_match_reference() {
         let tags = ["answer", "think", "a", "a><a", "/a", "", "ab", "<a"];
         let needles = [
-            "<answer>", "</answer>", "aa", "<a><a>", "a", ",", "<", "Assistant:", "",
+            "<answer>",
+            "</answer>",
+            "aa",
+            "<a><a>",
+            "a",
+            ",",
+            "<",
+            "Assistant:",
+            "",
         ];
         let marker_sets: [&[&str]; 5] = [
             &["<think>", "</think>", "<answer>", "</answer>"],
@@ -619,11 +660,23 @@ mod tests {
             &["", "<"],
         ];
         for t in random_texts(20_000) {
-            assert_eq!(strip_to_assistant(&t), reference::strip_to_assistant(&t), "{t:?}");
+            assert_eq!(
+                strip_to_assistant(&t),
+                reference::strip_to_assistant(&t),
+                "{t:?}"
+            );
             assert_eq!(first_number(&t), first_number_slow(&t), "{t:?}");
             for tag in tags {
-                assert_eq!(last_tag(&t, tag), reference::last_tag(&t, tag), "{t:?} {tag:?}");
-                assert_eq!(first_tag(&t, tag), reference::first_tag(&t, tag), "{t:?} {tag:?}");
+                assert_eq!(
+                    last_tag(&t, tag),
+                    reference::last_tag(&t, tag),
+                    "{t:?} {tag:?}"
+                );
+                assert_eq!(
+                    first_tag(&t, tag),
+                    reference::first_tag(&t, tag),
+                    "{t:?} {tag:?}"
+                );
                 let want = (
                     reference::count(&t, &format!("<{tag}>")),
                     reference::count(&t, &format!("</{tag}>")),
@@ -639,7 +692,11 @@ mod tests {
                 assert_eq!(exactly_once_in_order(&t, m), ok, "{t:?} {m:?}");
                 if m.len() == 4 {
                     let m4: &[&str; 4] = m.try_into().unwrap();
-                    assert_eq!(once_in_order(&t, m4).map(|a| a.to_vec()), ok.then_some(want), "{t:?}");
+                    assert_eq!(
+                        once_in_order(&t, m4).map(|a| a.to_vec()),
+                        ok.then_some(want),
+                        "{t:?}"
+                    );
                 }
             }
             // find_all reports exactly the (overlapping) occurrences of each needle, in order.
@@ -658,7 +715,10 @@ mod tests {
 
     #[test]
     fn long_numbers() {
-        assert_eq!(first_number("12345678901234567890"), Some(12345678901234567890.0));
+        assert_eq!(
+            first_number("12345678901234567890"),
+            Some(12345678901234567890.0)
+        );
         assert_eq!(first_number("x 0.1"), Some(0.1));
         let long = format!("{}.5", "9".repeat(100));
         assert_eq!(first_number(&long), long.parse().ok());

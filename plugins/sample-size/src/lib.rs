@@ -246,7 +246,9 @@ impl Reward for SampleSize {
     }
 
     fn score(config: &Value, s: &Sample) -> Result<Outcome, String> {
-        Ok(score_response(config, &s.response, || target(&s.ground_truth)))
+        Ok(score_response(config, &s.response, || {
+            target(&s.ground_truth)
+        }))
     }
 
     /// Same as `score`, reading only `target` from the ground truth's JSON text.
@@ -279,15 +281,39 @@ mod tests {
     #[test]
     fn raw_path_matches_value_path() {
         let gts = [
-            r#"{"target": 100}"#, r#"{"target":"100"}"#, r#"{"target": " 1e2 "}"#, "100",
-            r#""100""#, r#"{"target": 100.0, "target": 50}"#, r#"{"target": {"target": 100}}"#,
-            r#"{"x": [1, {"target": 3}], "target": -0}"#, r#"{"targ\u0065t": 100}"#,
-            r#"{"other": 100}"#, "[100]", "true", "null", "not json 100", " 100 ",
-            r#"{"target": 100"#, r#"{"target": 18446744073709551616}"#, r#"{"target": -7}"#,
-            r#"{"target": null}"#, r#"{"target": [100]}"#, "", "{}", r#"{"target": "inf"}"#,
-            r#"{"target":0}"#, r#"{"target": 0123}"#, r#"{"target": 123} x"#, r#" { "target" : 42 } "#,
-            r#"{"target": 1234567890123456}"#, r#"{"target": 12.}"#, r#"{"target": 12e1}"#,
-            r#"{"target": 12,}"#, r#"{"target": 7}}"#, "{\"target\":\t9\n}",
+            r#"{"target": 100}"#,
+            r#"{"target":"100"}"#,
+            r#"{"target": " 1e2 "}"#,
+            "100",
+            r#""100""#,
+            r#"{"target": 100.0, "target": 50}"#,
+            r#"{"target": {"target": 100}}"#,
+            r#"{"x": [1, {"target": 3}], "target": -0}"#,
+            r#"{"targ\u0065t": 100}"#,
+            r#"{"other": 100}"#,
+            "[100]",
+            "true",
+            "null",
+            "not json 100",
+            " 100 ",
+            r#"{"target": 100"#,
+            r#"{"target": 18446744073709551616}"#,
+            r#"{"target": -7}"#,
+            r#"{"target": null}"#,
+            r#"{"target": [100]}"#,
+            "",
+            "{}",
+            r#"{"target": "inf"}"#,
+            r#"{"target":0}"#,
+            r#"{"target": 0123}"#,
+            r#"{"target": 123} x"#,
+            r#" { "target" : 42 } "#,
+            r#"{"target": 1234567890123456}"#,
+            r#"{"target": 12.}"#,
+            r#"{"target": 12e1}"#,
+            r#"{"target": 12,}"#,
+            r#"{"target": 7}}"#,
+            "{\"target\":\t9\n}",
         ];
         let responses = [
             "<think>x</think><answer>100</answer>",
@@ -307,7 +333,11 @@ mod tests {
                 let via_raw = SampleSize::score_raw(&json!({}), raw);
                 assert_eq!(via_raw, via_value, "{gt} {r}");
             }
-            let parsed = RawSample { ground_truth: gt.into(), ..Default::default() }.parse();
+            let parsed = RawSample {
+                ground_truth: gt.into(),
+                ..Default::default()
+            }
+            .parse();
             let (a, b) = (target_from_json(gt), target(&parsed.ground_truth));
             assert!(a == b || (a.is_nan() && b.is_nan()), "{gt}: {a} vs {b}");
         }
@@ -318,9 +348,22 @@ mod tests {
     fn answer_span_matches_helpers() {
         use medrl_reward_sdk::helpers::{exactly_once_in_order, last_tag, strip_to_assistant};
         const FRAGS: [&str; 16] = [
-            "<think>", "</think>", "<answer>", "</answer>", "Assistant:", "<|im_start|>assistant",
-            "<|start_header_id|>assistant<|end_header_id|>", "<|im_start|>", "x", " 12 ", "<",
-            "/", "é", "<answer", "think>", "A",
+            "<think>",
+            "</think>",
+            "<answer>",
+            "</answer>",
+            "Assistant:",
+            "<|im_start|>assistant",
+            "<|start_header_id|>assistant<|end_header_id|>",
+            "<|im_start|>",
+            "x",
+            " 12 ",
+            "<",
+            "/",
+            "é",
+            "<answer",
+            "think>",
+            "A",
         ];
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = move || {
@@ -332,7 +375,9 @@ mod tests {
         let mut ok = 0;
         for _ in 0..200_000 {
             let mut junk = |n: usize| -> String {
-                (0..next() % n).map(|_| FRAGS[next() % FRAGS.len()]).collect()
+                (0..next() % n)
+                    .map(|_| FRAGS[next() % FRAGS.len()])
+                    .collect()
             };
             let t = if junk(2).is_empty() {
                 junk(14)
