@@ -175,7 +175,7 @@ fn find_tag(h: &[u8], from: usize, tag: &[u8], closing: bool) -> Option<usize> {
         let at = from + i;
         let rest = &h[at + 1..];
         if (!closing || rest.first() == Some(&b'/'))
-            && h.len() >= at + skip + tag.len() + 1
+            && h.len() > at + skip + tag.len()
             && starts_with(&h[at + skip..], tag)
             && h[at + skip + tag.len()] == b'>'
         {
