@@ -102,6 +102,38 @@ pub struct Sample {
     pub data_source: String,
 }
 
+/// One completion to score as the host sent it: `ground_truth` and `metadata` are still JSON
+/// text. See [`Reward::score_raw`].
+#[derive(Debug, Clone, Default)]
+pub struct RawSample {
+    pub prompt: String,
+    pub response: String,
+    /// JSON value as text.
+    pub ground_truth: String,
+    /// JSON object as text ("{}" when absent).
+    pub metadata: String,
+    pub data_source: String,
+}
+
+impl RawSample {
+    /// Parses the JSON fields, as the SDK does before [`Reward::score`]: text that is not JSON
+    /// (e.g. a bare answer string) becomes a JSON string.
+    pub fn parse(self) -> Sample {
+        Sample {
+            ground_truth: json_or_string(&self.ground_truth),
+            metadata: json_or_string(&self.metadata),
+            prompt: self.prompt,
+            response: self.response,
+            data_source: self.data_source,
+        }
+    }
+}
+
+/// Non-JSON text (e.g. a bare answer string) is passed through as a JSON string.
+fn json_or_string(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
 /// What a reward returns for one sample.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -141,6 +173,15 @@ pub trait Reward {
     /// Score one sample. `Err` marks this sample as failed (the host's policy decides what
     /// happens); it does not affect the other samples of the batch.
     fn score(config: &Value, sample: &Sample) -> Result<Outcome, String>;
+    /// Scores a sample whose `ground_truth` and `metadata` are still JSON text; this is what
+    /// the plugin's export calls. The default parses both into [`Value`]s
+    /// ([`RawSample::parse`]) and calls [`Reward::score`]. Override it in cheap rewards scored
+    /// in bulk, where building two `Value`s per sample is a visible part of the cost, and read
+    /// only the fields you need (e.g. with a typed `serde_json::from_str`); keep `score`
+    /// giving the same results.
+    fn score_raw(config: &Value, sample: RawSample) -> Result<Outcome, String> {
+        Self::score(config, &sample.parse())
+    }
 }
 
 /// One chat message of a training example.
@@ -278,11 +319,6 @@ pub mod __private {
         }
     }
 
-    fn json(text: &str) -> Value {
-        // Non-JSON text (e.g. a bare answer string) is passed through as a JSON string.
-        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
-    }
-
     pub fn reward_manifest<R: Reward>() -> t::Manifest {
         manifest(R::manifest())
     }
@@ -305,14 +341,14 @@ pub mod __private {
         samples
             .into_iter()
             .map(|s| {
-                let sample = Sample {
-                    ground_truth: json(&s.ground_truth),
-                    metadata: json(&s.metadata),
+                let sample = RawSample {
                     prompt: s.prompt,
                     response: s.response,
+                    ground_truth: s.ground_truth,
+                    metadata: s.metadata,
                     data_source: s.data_source,
                 };
-                R::score(&config, &sample).map(|o| match o {
+                R::score_raw(&config, sample).map(|o| match o {
                     Outcome::Scored { score, components } => {
                         t::ScoreResult::Scored(t::Scored { score, components })
                     }

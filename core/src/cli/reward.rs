@@ -80,6 +80,10 @@ pub enum RewardCommand {
         write_samples: Option<PathBuf>,
         #[arg(long, default_value_t = 512)]
         batch: usize,
+        /// Timed rounds per mode; the best and the median are reported (timings on a shared
+        /// machine vary by 2x from one round to the next).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
 }
 
@@ -98,7 +102,15 @@ pub fn run(cmd: RewardCommand) -> Result<()> {
             response_chars,
             write_samples,
             batch,
-        } => bench(&plugin, n, response_chars, write_samples.as_deref(), batch),
+            rounds,
+        } => bench(
+            &plugin,
+            n,
+            response_chars,
+            write_samples.as_deref(),
+            batch,
+            rounds,
+        ),
     }
 }
 
@@ -299,6 +311,7 @@ fn bench(
     response_chars: usize,
     write: Option<&Path>,
     batch: usize,
+    rounds: usize,
 ) -> Result<()> {
     let samples = synthetic_samples(n, response_chars);
     if let Some(path) = write {
@@ -336,15 +349,23 @@ fn bench(
     let mut report = Vec::new();
     let mut total = 0.0;
     for (label, p, threads) in [("1 thread", &single, 1), ("all cores", &*all, cores)] {
-        let t = Instant::now();
-        let out = p.score(&json!({}), &samples)?;
-        let dt = t.elapsed();
-        total = out.iter().filter_map(Outcome::reward).sum::<f64>();
-        let us = dt.as_secs_f64() * 1e6 / n as f64;
-        report.push(json!({"mode": label, "threads": threads, "seconds": dt.as_secs_f64(), "us_per_sample": us}));
+        let mut us = Vec::new();
+        for _ in 0..rounds.max(1) {
+            let t = Instant::now();
+            let out = p.score(&json!({}), &samples)?;
+            let dt = t.elapsed();
+            total = out.iter().filter_map(Outcome::reward).sum::<f64>();
+            us.push(dt.as_secs_f64() * 1e6 / n as f64);
+            drop(out);
+        }
+        let mut sorted = us.clone();
+        sorted.sort_by(f64::total_cmp);
+        let (best, median) = (sorted[0], sorted[sorted.len() / 2]);
+        report.push(json!({"mode": label, "threads": threads, "us_per_sample_rounds": us, "us_per_sample_best": best, "us_per_sample_median": median}));
         println!(
-            "{label:>10} ({threads} threads): {n} samples in {:.3} s = {us:.2} µs/sample",
-            dt.as_secs_f64()
+            "{label:>10} ({threads} threads): {n} samples, best {best:.2} µs/sample, median {median:.2} ({} rounds: {})",
+            us.len(),
+            us.iter().map(|u| format!("{u:.2}")).collect::<Vec<_>>().join(" ")
         );
     }
     if total.is_nan() {
@@ -356,7 +377,7 @@ fn bench(
     );
     println!(
         "{}",
-        json!({"n": n, "response_chars": response_chars, "batch": batch, "results": report, "sum_rewards": total})
+        json!({"n": n, "response_chars": response_chars, "batch": batch, "rounds": rounds, "results": report, "sum_rewards": total})
     );
     Ok(())
 }

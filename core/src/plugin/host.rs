@@ -206,6 +206,9 @@ impl PluginHost {
         c.wasm_component_model(true);
         c.epoch_interruption(true);
         c.consume_fuel(cfg.fuel_metering);
+        if std::env::var_os("MEDRL_PERFMAP").is_some() {
+            c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&c).map_err(cerr)?;
 
         let mut linker = Linker::<HostState>::new(&engine);
