@@ -43,6 +43,8 @@ enum Command {
     Reward(reward::RewardCommand),
     /// Supervised fine-tuning (full or LoRA) from a YAML config.
     Sft(sft::SftArgs),
+    /// GRPO with reward plugins from a YAML config.
+    Grpo(sft::GrpoArgs),
     /// Export a training checkpoint as a Hugging Face folder or a PEFT adapter.
     Export(sft::ExportArgs),
     /// Inspect datasets as training will see them.
@@ -69,6 +71,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Reward(cmd) => reward::run(cmd),
         Command::Sft(args) => sft::run(args),
         Command::Export(args) => sft::export(args),
+        Command::Grpo(args) => sft::grpo(args),
         Command::Data(cmd) => data::run(cmd),
     };
     match result {

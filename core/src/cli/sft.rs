@@ -40,6 +40,27 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
 }
 
 #[derive(clap::Args)]
+pub struct GrpoArgs {
+    /// Run configuration (see `medrl schema grpo` and configs/).
+    #[arg(long)]
+    config: PathBuf,
+    /// Continue from the latest checkpoint in output_dir.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many steps of this invocation (the run stays resumable).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    overrides: Vec<String>,
+}
+
+pub fn grpo(args: GrpoArgs) -> anyhow::Result<()> {
+    let cfg: crate::train::grpo::GrpoConfig = config::load(Some(&args.config), &args.overrides)?;
+    let outcome = crate::train::grpo::run(&cfg, crate::plugin::Grants::none(), &RunOptions { resume: args.resume, stop_after: args.stop_after })?;
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    Ok(())
+}
+
+#[derive(clap::Args)]
 pub struct ExportArgs {
     /// A run folder (output_dir of `medrl sft`).
     #[arg(long)]

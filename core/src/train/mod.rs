@@ -3,9 +3,11 @@
 //! trainable views of a model (full or LoRA), checkpoints, metrics; and the SFT loop itself.
 
 pub mod checkpoint;
+pub mod grpo;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod rewards;
 pub mod schedule;
 pub mod sft;
 pub mod trainable;

@@ -661,7 +661,11 @@ fn nonfinite_action(policy: NonFinitePolicy, what: &'static str, step: u64, deta
 
 /// Write the merged model (HF folder) and, for LoRA, the PEFT adapter.
 pub fn export(trainable: &Trainable, cfg: &SftConfig, merged_dir: &Path, adapter_dir: Option<&Path>, dtype: DType) -> Result<(), SftError> {
-    let merged = trainable.merged(dtype)?;
+    let base_f32 = match trainable.mode {
+        Mode::Lora { .. } => Some(load_model_dir(&cfg.model, &Device::Cpu, DType::F32)?.model),
+        Mode::Full => None,
+    };
+    let merged = trainable.merged(dtype, base_f32)?;
     peft::save_model_dir(&merged, &cfg.model, merged_dir)?;
     if let (Some(dir), Mode::Lora { cfg: l, targets }) = (adapter_dir, &trainable.mode) {
         let meta = peft::AdapterMeta {

@@ -227,9 +227,43 @@ impl Trainable {
     }
 
     /// The model with adapters merged into the weights, in `dtype` (for export and evaluation).
-    pub fn merged(&self, dtype: DType) -> Result<CausalLm, TrainError> {
+    ///
+    /// Under LoRA the frozen base is held in the compute dtype; merging onto it would bake bf16
+    /// rounding of every base weight into the export. Pass the f32 base (`base_f32`, loaded from
+    /// the model folder) so the export equals `base + adapter` as PEFT computes it.
+    pub fn merged(&self, dtype: DType, base_f32: Option<CausalLm>) -> Result<CausalLm, TrainError> {
         let view = self.view(true, None)?;
         let mut m = cast_model(&view, DType::F32)?;
+        if let (Mode::Lora { .. }, Some(mut base)) = (&self.mode, base_f32) {
+            // Same adapters (and trained modules) on the full-precision base.
+            for (l_dst, l_src) in base.layers.iter_mut().zip(&m.layers) {
+                l_dst.self_attn.q_proj.lora = l_src.self_attn.q_proj.lora.clone();
+                l_dst.self_attn.k_proj.lora = l_src.self_attn.k_proj.lora.clone();
+                l_dst.self_attn.v_proj.lora = l_src.self_attn.v_proj.lora.clone();
+                l_dst.self_attn.o_proj.lora = l_src.self_attn.o_proj.lora.clone();
+                l_dst.mlp.gate_proj.lora = l_src.mlp.gate_proj.lora.clone();
+                l_dst.mlp.up_proj.lora = l_src.mlp.up_proj.lora.clone();
+                l_dst.mlp.down_proj.lora = l_src.mlp.down_proj.lora.clone();
+            }
+            let by_name: HashMap<&str, &Var> = self.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
+            let dev = base.device().clone();
+            if let Some(v) = by_name.get("model.embed_tokens.weight") {
+                base.embed_tokens = v.as_tensor().detach().to_device(&dev)?;
+            }
+            if let Some(v) = by_name.get("lm_head.weight") {
+                base.lm_head = Some(v.as_tensor().detach().to_device(&dev)?);
+                base.cfg.tie_word_embeddings = false;
+            }
+            for l in base.layers.iter_mut() {
+                for lin in [&mut l.self_attn.q_proj, &mut l.self_attn.k_proj, &mut l.self_attn.v_proj, &mut l.self_attn.o_proj, &mut l.mlp.gate_proj, &mut l.mlp.up_proj, &mut l.mlp.down_proj] {
+                    if let Some(a) = lin.lora.as_mut() {
+                        a.a = a.a.to_device(&dev)?;
+                        a.b = a.b.to_device(&dev)?;
+                    }
+                }
+            }
+            m = base;
+        }
         for l in m.layers.iter_mut() {
             for lin in [
                 &mut l.self_attn.q_proj,

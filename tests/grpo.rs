@@ -1,0 +1,114 @@
+//! GRPO integration tests (CPU): a few steps on a tiny model with a real reward plugin, exact
+//! resume, and hostile plugins in the reward set that must not stop training.
+
+use medrl::model::init::{init_model_dir, InitOptions, Preset};
+use medrl::model::Arch;
+use medrl::train::grpo::{self, GrpoConfig};
+use medrl::train::sft::RunOptions;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Builds the plugins workspace once per test process; returns crate name -> .wasm path.
+fn wasm(name: &str) -> PathBuf {
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let mut files: Vec<PathBuf> = medrl::cli::plugin::build_plugin(&repo().join("plugins")).expect("building plugins/ (run scripts/setup-plugins.sh)");
+        files.extend(medrl::cli::plugin::build_plugin(&repo().join("tests/hostile")).expect("building tests/hostile"));
+        files.into_iter().map(|p| (p.file_stem().unwrap().to_string_lossy().replace('_', "-"), p)).collect()
+    });
+    built.get(name).unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys())).clone()
+}
+
+fn tiny_model(dir: &Path) -> PathBuf {
+    let m = dir.join("base");
+    let mut opts = InitOptions::new(Arch::Qwen2, Preset::Tiny);
+    opts.seed = 5;
+    init_model_dir(&m, &opts).unwrap();
+    m
+}
+
+fn config(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> GrpoConfig {
+    let yaml = format!(
+        "model: {model:?}\noutput_dir: {out:?}\ndevice: cpu\n\
+         data:\n  dataset_dir: {data:?}\n  train: [medical_dialogue]\n  eval: [medical_dialogue_eval]\n  eval_limit: 4\n\
+         rewards: {rewards}\n\
+         rollout: {{temperature: 1.0, max_new_tokens: 12}}\n\
+         algorithm: {{n: 4, prompts_per_step: 2, micro_batch_size: 4, kl_coef: 0.05}}\n\
+         training: {{max_steps: 4, lr: 1.0e-3, seed: 3, save_every: 2}}\n",
+        data = repo().join("tasks/medical-dialogue/data"),
+    );
+    let mut tree: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    for o in extra {
+        medrl::config::apply_override(&mut tree, o).unwrap();
+    }
+    medrl::config::from_tree(tree, Path::new("grpo.yaml")).unwrap()
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn dialogue_reward() -> String {
+    format!("[{{plugin: {:?}, weight: 1.0}}]", wasm("dialogue-quality"))
+}
+
+#[test]
+fn grpo_trains_with_a_plugin_reward_and_resumes_identically() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let a = d.path().join("a");
+    let o = grpo::run(&config(&base, &a, &dialogue_reward(), &[]), Default::default(), &RunOptions::default()).unwrap();
+    assert_eq!(o.steps, 4);
+    assert!(o.validation_before.is_some() && o.validation_after.is_some());
+    let m = metrics(&a);
+    let steps: Vec<&serde_json::Value> = m.iter().filter(|r| r.get("reward").is_some()).collect();
+    assert_eq!(steps.len(), 4);
+    for r in &steps {
+        for k in ["loss", "kl", "entropy", "clip_frac", "grad_norm", "response_len", "time_generate_s", "time_reward_s", "time_update_s", "rollout_tokens_per_s", "reward/dialogue-quality/score"] {
+            assert!(r.get(k).is_some_and(|v| !v.is_null()), "{k} missing in {r}");
+        }
+        assert!(r["entropy"].as_f64().unwrap() > 0.0);
+    }
+    assert!(a.join("final/model.safetensors").exists() && a.join("plots/reward.svg").exists());
+    // Interrupted after step 3 (last checkpoint: step 2), then resumed: the same curve.
+    let b = d.path().join("b");
+    let cfg_b = config(&base, &b, &dialogue_reward(), &[]);
+    grpo::run(&cfg_b, Default::default(), &RunOptions { resume: false, stop_after: Some(3) }).unwrap();
+    grpo::run(&cfg_b, Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap();
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert_eq!(ma.len(), mb.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        for k in ["step", "reward", "loss", "kl", "grad_norm", "response_len", "val_reward"] {
+            assert_eq!(x.get(k), y.get(k), "{k}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn hostile_plugins_in_the_reward_set_do_not_stop_training() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    // A panicking plugin scored as 0, and an infinite loop (deadline 0.2 s) whose samples are dropped.
+    let rewards = format!(
+        "[{{plugin: {dq:?}}}, {{plugin: {h:?}, config: {{mode: panic}}, on_failure: \"score:0\"}}, \
+          {{plugin: {h:?}, config: {{mode: loop}}, on_failure: drop, timeout_s: 0.2}}]",
+        dq = wasm("dialogue-quality"),
+        h = wasm("hostile"),
+    );
+    let out = d.path().join("run");
+    let o = grpo::run(&config(&base, &out, &rewards, &["training.max_steps=2", "data.eval=[]"]), Default::default(), &RunOptions::default()).unwrap();
+    assert_eq!(o.steps, 2);
+    let m = metrics(&out);
+    let last = m.last().unwrap();
+    assert_eq!(last["dropped"], 8, "every sample hits the looping plugin: {last}");
+    assert!(last["reward_failures"].as_u64().unwrap() >= 16, "{last}");
+    // Under `fail`, the same hostile plugin stops the run with a typed error naming it.
+    let rewards = format!("[{{plugin: {h:?}, config: {{mode: panic}}, on_failure: fail}}]", h = wasm("hostile"));
+    let e = grpo::run(&config(&base, &d.path().join("fail"), &rewards, &["data.eval=[]"]), Default::default(), &RunOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("hostile"), "{e}");
+}
