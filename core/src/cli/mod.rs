@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod plugin;
@@ -48,6 +49,8 @@ enum Command {
     /// Inspect datasets as training will see them.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Evaluate a model on a task (resumable), or compare runs in an HTML report (`eval compare`).
+    Eval(eval::EvalArgs),
     /// Write the JSON Schema of a configuration file type (for editor completion and checks).
     Schema(schema::SchemaArgs),
 }
@@ -70,6 +73,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Sft(args) => sft::run(args),
         Command::Export(args) => sft::export(args),
         Command::Data(cmd) => data::run(cmd),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
