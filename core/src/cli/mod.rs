@@ -8,6 +8,7 @@ pub mod plugin;
 pub mod reward;
 pub mod schema;
 pub mod sft;
+pub mod task;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,9 @@ enum Command {
     /// Inspect datasets as training will see them.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Task bundles (tasks/<name>/task.yaml): list, show, validate.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
     /// Write the JSON Schema of a configuration file type (for editor completion and checks).
     Schema(schema::SchemaArgs),
 }
@@ -70,6 +74,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Sft(args) => sft::run(args),
         Command::Export(args) => sft::export(args),
         Command::Data(cmd) => data::run(cmd),
+        Command::Task(cmd) => task::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
