@@ -177,6 +177,12 @@ pub fn eval_task(task: &Task, split: Split, limit: Option<usize>, policy: Failur
             response_tag: s.response_tag.clone(),
         }),
         bootstrap: 1000,
+        // study-search scores `prefix + response` (its prompts end with `<answer>`).
+        answer_prefix: specs
+            .iter()
+            .find(|s| s.name == "study-search")
+            .map(|s| s.config.get("prefix").and_then(|v| v.as_str()).unwrap_or("<answer>").to_string())
+            .unwrap_or_default(),
     };
     Ok(EvalTask { name: task.name().to_string(), examples, rewards, metrics })
 }

@@ -118,11 +118,28 @@ pub struct MetricSettings {
     pub survival: Option<SurvivalSettings>,
     /// Bootstrap resamples for the C-index interval.
     pub bootstrap: usize,
+    /// Text the prompt ends with that belongs to the answer (study-search's prompts end with
+    /// `<answer>`): put before the response when parsing it.
+    pub answer_prefix: String,
+}
+
+impl MetricSettings {
+    fn full_response(&self, response: &str) -> String {
+        format!("{}{response}", self.answer_prefix)
+    }
+    /// The parsed answer of a response.
+    pub fn parse_answer(&self, response: &str) -> Option<String> {
+        self.answer.parse(&self.full_response(response))
+    }
+    /// The text compared with the reference (BLEU/ROUGE).
+    pub fn answer_text(&self, response: &str) -> String {
+        self.answer.answer_text(&self.full_response(response))
+    }
 }
 
 impl Default for MetricSettings {
     fn default() -> Self {
-        Self { answer: AnswerParser::Text, accuracy: None, bleu: false, rouge: false, rouge_cjk: None, survival: None, bootstrap: 1000 }
+        Self { answer: AnswerParser::Text, accuracy: None, bleu: false, rouge: false, rouge_cjk: None, survival: None, bootstrap: 1000, answer_prefix: String::new() }
     }
 }
 
@@ -346,7 +363,7 @@ fn run_batch(
                 sample: k,
                 id: p.id.clone(),
                 prompt: p.text.clone(),
-                answer: settings.answer.parse(&response),
+                answer: settings.parse_answer(&response),
                 response,
                 finish_reason: serde_json::to_value(g.finish_reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
                 tokens: g.tokens.len(),
@@ -834,7 +851,7 @@ fn text_metrics(firsts: &[&Prediction], settings: &MetricSettings) -> Result<Opt
         return Ok(None);
     }
     let pairs: Vec<(String, &str)> =
-        firsts.iter().filter_map(|p| p.reference.as_deref().map(|r| (settings.answer.answer_text(&p.response), r))).collect();
+        firsts.iter().filter_map(|p| p.reference.as_deref().map(|r| (settings.answer_text(&p.response), r))).collect();
     if pairs.is_empty() {
         return Ok(None);
     }
