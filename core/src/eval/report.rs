@@ -384,32 +384,32 @@ pub fn render_html(runs: &[RunData], report: &Report) -> String {
     if runs.iter().any(|r| !r.metrics.scaling.is_empty()) {
         h.push_str("<h2>Test-time scaling</h2>\n");
         let mut series_store: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-        for r in runs {
+        // Short legend names (#run, as in the Runs table): the chart's legend box is narrow.
+        for (i, r) in runs.iter().enumerate() {
             let pts = |f: &dyn Fn(&super::run::ScalingPoint) -> Option<f64>| r.metrics.scaling.iter().filter_map(|p| f(p).map(|v| (p.n as f64, v))).collect::<Vec<_>>();
             if has_acc {
-                series_store.push((format!("{}: best-of-n", r.config.label), pts(&|p| p.best_of_n_accuracy)));
-                series_store.push((format!("{}: majority", r.config.label), pts(&|p| p.majority_accuracy)));
+                series_store.push((format!("#{} best-of-n", i + 1), pts(&|p| p.best_of_n_accuracy)));
+                series_store.push((format!("#{} majority", i + 1), pts(&|p| p.majority_accuracy)));
             } else {
-                series_store.push((format!("{}: best-of-n", r.config.label), pts(&|p| p.best_of_n_reward)));
+                series_store.push((format!("#{} best-of-n", i + 1), pts(&|p| p.best_of_n_reward)));
             }
         }
         let series: Vec<Series> = series_store.iter().map(|(n, p)| Series { name: n, points: p.clone() }).collect();
         let (title, y) = if has_acc { ("Accuracy vs number of samples", "accuracy") } else { ("Best-of-n reward vs number of samples", "mean reward of selected response") };
         let _ = writeln!(h, "<figure>{}</figure>", line_chart_svg(title, "samples per prompt (n)", y, &series));
-        h.push_str("<table><tr><th>model</th><th>n</th><th>best-of-n accuracy</th><th>majority-vote accuracy</th><th>any correct (oracle)</th><th>best-of-n reward</th></tr>\n");
+        h.push_str("<table><tr><th>model</th><th>n</th>");
+        if has_acc {
+            h.push_str("<th>best-of-n accuracy</th><th>majority-vote accuracy</th><th>any correct (oracle)</th>");
+        }
+        h.push_str("<th>best-of-n reward</th></tr>\n");
         let o = |v: Option<f64>| v.map(pct).unwrap_or_else(|| "—".into());
-        for r in runs {
+        for (i, r) in runs.iter().enumerate() {
             for p in &r.metrics.scaling {
-                let _ = writeln!(
-                    h,
-                    "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-                    esc(&r.config.label),
-                    p.n,
-                    o(p.best_of_n_accuracy),
-                    o(p.majority_accuracy),
-                    o(p.oracle_accuracy),
-                    p.best_of_n_reward.map(f3).unwrap_or_else(|| "—".into())
-                );
+                let _ = write!(h, "<tr><td>#{} {}</td><td class=\"num\">{}</td>", i + 1, esc(&r.config.label), p.n);
+                if has_acc {
+                    let _ = write!(h, "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>", o(p.best_of_n_accuracy), o(p.majority_accuracy), o(p.oracle_accuracy));
+                }
+                let _ = writeln!(h, "<td class=\"num\">{}</td></tr>", p.best_of_n_reward.map(f3).unwrap_or_else(|| "—".into()));
             }
         }
         h.push_str("</table><p class=\"help\">Best-of-n: of a prompt's first n responses, the one with the highest reward is kept. When the reward itself compares with the reference answer, this is an upper bound, not something a deployed model could do. Majority vote: the most frequent parsed answer of the n responses. Oracle: at least one of the n responses is correct.</p>\n");
