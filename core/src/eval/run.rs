@@ -1060,6 +1060,45 @@ mod tests {
     }
 
     #[test]
+    fn survival_metrics_from_hcc_responses() {
+        let settings = MetricSettings { answer: AnswerParser::Hcc, survival: Some(SurvivalSettings::default()), bootstrap: 50, ..Default::default() };
+        // (true months, died, predicted months, 1y, 3y, 5y); the last one has no block.
+        let rows = [(6.0, true, 8.0, 0.3, 0.1, 0.0), (20.0, true, 18.0, 0.9, 0.2, 0.1), (40.0, false, 50.0, 1.0, 0.8, 0.4), (70.0, false, 80.0, 1.0, 0.9, 0.7), (30.0, true, 25.0, 0.8, 0.3, 0.1)];
+        let mut preds: Vec<Prediction> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &(t, d, m, p1, p3, p5))| {
+                let mut p = pred(i, 0, 0.0, None, false);
+                p.response = format!("<ps>0</ps><child_pugh>A</child_pugh><metastasis>absent</metastasis><cancer_thrombus>absent</cancer_thrombus><num_tumor>1</num_tumor><tumor_size>15</tumor_size><hard_check_survival>{{\"survival_months\": {m}, \"survival_1yr\": {p1}, \"survival_3yr\": {p3}, \"survival_5yr\": {p5}}}</hard_check_survival>");
+                p.answer = AnswerParser::Hcc.parse(&p.response);
+                p.ground_truth = serde_json::json!({"survival_months": t, "if_death": d as u8, "ps": 0, "child_pugh": "A", "metastasis": "absent", "cancer_thrombus": "absent", "num_tumor": 1, "tumor_size": 15});
+                p
+            })
+            .collect();
+        let mut missing = pred(5, 0, 0.0, None, false);
+        missing.ground_truth = serde_json::json!({"survival_months": 10, "if_death": 1, "ps": 3, "child_pugh": "A"});
+        preds.push(missing);
+        let m = compute_metrics(&preds, &settings, 1).unwrap();
+        let s = m.survival.unwrap();
+        assert_eq!((s.n_with_truth, s.n_predicted), (6, 5));
+        assert!((s.extract_failure_rate - 1.0 / 6.0).abs() < 1e-12);
+        // Predicted months order the patients perfectly.
+        assert_eq!(s.c_index.as_ref().unwrap().estimate, 1.0);
+        assert_eq!(s.time_auc.len(), 3);
+        assert_eq!(s.time_auc[0].auc, 1.0);
+        assert_eq!(s.brier.len(), 3);
+        // At 12 months: died at 6 (p 0.3, outcome 0) and four alive after 12 (outcome 1).
+        let b12 = (0.3f64.powi(2) + 0.1f64.powi(2) + 0.0 + 0.0 + 0.2f64.powi(2)) / 5.0;
+        assert!((s.brier[0].score - b12).abs() < 1e-12, "{:?}", s.brier[0]);
+        assert_eq!(s.risk_groups["high (<12 mo)"], 1);
+        assert_eq!(s.risk_groups["no prediction"], 1);
+        assert_eq!(s.predicted_stage["0"], 5);
+        assert_eq!(s.true_stage["D"], 1);
+        assert_eq!(s.stage_agreement, Some(1.0));
+        assert!((m.extract_failure_rate - 1.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
     fn accuracy_value_lookup() {
         let r = RewardResult {
             total: Some(1.0),
