@@ -199,16 +199,16 @@ struct Context {
 }
 
 const CONTEXTS: &[Context] = &[
-    Context { condition: "type 2 diabetes", intervention: "a once-weekly GLP-1 receptor agonist", control: "placebo", continuous: ("change in HbA1c", "percentage points"), binary: "achieving HbA1c below 7%", event: "a major adverse cardiovascular event" },
-    Context { condition: "essential hypertension", intervention: "a fixed-dose triple combination pill", control: "usual care", continuous: ("change in systolic blood pressure", "mmHg"), binary: "reaching blood pressure control", event: "stroke" },
+    Context { condition: "type 2 diabetes", intervention: "a once-weekly GLP-1 receptor agonist", control: "placebo", continuous: ("change in HbA1c", "percentage points"), binary: "HbA1c below 7%", event: "a major adverse cardiovascular event" },
+    Context { condition: "essential hypertension", intervention: "a fixed-dose triple combination pill", control: "usual care", continuous: ("change in systolic blood pressure", "mmHg"), binary: "blood pressure control", event: "stroke" },
     Context { condition: "major depressive disorder", intervention: "an internet-delivered cognitive behavioural therapy program", control: "waitlist control", continuous: ("change in the HAM-D score", "points"), binary: "remission at 12 weeks", event: "relapse" },
-    Context { condition: "hepatocellular carcinoma", intervention: "a PD-L1 inhibitor plus a VEGF inhibitor", control: "sorafenib", continuous: ("change in tumour diameter", "mm"), binary: "objective response", event: "death" },
+    Context { condition: "hepatocellular carcinoma", intervention: "a PD-L1 inhibitor plus a VEGF inhibitor", control: "sorafenib", continuous: ("change in tumour diameter", "mm"), binary: "an objective response", event: "death" },
     Context { condition: "chronic heart failure", intervention: "an SGLT2 inhibitor", control: "placebo", continuous: ("change in 6-minute walk distance", "m"), binary: "improvement by one NYHA class", event: "hospitalisation for heart failure or cardiovascular death" },
     Context { condition: "community-acquired pneumonia", intervention: "a 3-day antibiotic course", control: "an 8-day antibiotic course", continuous: ("length of hospital stay", "days"), binary: "clinical cure at day 15", event: "treatment failure" },
     Context { condition: "knee osteoarthritis", intervention: "supervised exercise therapy", control: "education alone", continuous: ("change in WOMAC pain score", "points"), binary: "a clinically important pain reduction", event: "total knee replacement" },
     Context { condition: "postoperative nausea", intervention: "dexamethasone plus ondansetron", control: "ondansetron alone", continuous: ("nausea score at 24 hours", "points"), binary: "nausea or vomiting within 24 hours", event: "rescue antiemetic use" },
     Context { condition: "atrial fibrillation", intervention: "early rhythm control", control: "rate control", continuous: ("change in quality-of-life score", "points"), binary: "sinus rhythm at 12 months", event: "stroke or systemic embolism" },
-    Context { condition: "metastatic colorectal cancer", intervention: "an anti-EGFR antibody added to chemotherapy", control: "chemotherapy alone", continuous: ("change in CEA level", "ng/mL"), binary: "objective response", event: "disease progression or death" },
+    Context { condition: "metastatic colorectal cancer", intervention: "an anti-EGFR antibody added to chemotherapy", control: "chemotherapy alone", continuous: ("change in CEA level", "ng/mL"), binary: "an objective response", event: "disease progression or death" },
 ];
 
 fn pct(x: f64) -> String {
@@ -231,7 +231,7 @@ pub fn describe(p: &Problem, ctx_index: usize) -> String {
             c.continuous.0, c.continuous.1, delta, c.continuous.1, sd, c.continuous.1
         ),
         Design::TwoProportions { p1, p2 } => format!(
-            "The primary endpoint is the proportion of patients {}. The expected proportion is {} with {} and {} with {}. Use the normal approximation with pooled variance for comparing two proportions (no continuity correction).",
+            "The primary endpoint is the proportion of patients with {}. The expected proportion is {} with {} and {} with {}. Use the normal approximation with pooled variance for comparing two proportions (no continuity correction).",
             c.binary, pct(p1), c.control, pct(p2), c.intervention
         ),
         Design::TimeToEvent { hazard_ratio, event_probability } => format!(
@@ -251,7 +251,9 @@ fn near_integer(x: f64) -> bool {
 pub fn draw(rng: &mut impl Rng) -> Problem {
     let alpha = *[0.05, 0.05, 0.05, 0.01, 0.1].choose(rng).unwrap();
     let power = *[0.8, 0.8, 0.85, 0.9, 0.9, 0.95].choose(rng).unwrap();
-    let round = |x: f64, step: f64| (x / step).round() * step;
+    // Round to the step and through decimal text, so values print as written ("16.4", not
+    // "16.400000000000002") and survive a JSON round trip unchanged.
+    let round = |x: f64, step: f64| format!("{:.2}", (x / step).round() * step).parse::<f64>().expect("a formatted number parses");
     let (design, dropout) = match rng.gen_range(0..3) {
         0 => {
             let sd = round(rng.gen_range(2.0..30.0), 0.5);
