@@ -216,18 +216,19 @@ SS_ROWS = [
 
 def ss_solve(kind, a, b, alpha, power, dropout):
     import math
+    from fractions import Fraction
     from statistics import NormalDist
     za, zb = NormalDist().inv_cdf(1 - alpha / 2), NormalDist().inv_cdf(power)
     if kind == "means":
         n = math.ceil(2 * (za + zb) ** 2 * a * a / (b * b))
-        return 2 * math.ceil(n / (1 - dropout))
+        return 2 * math.ceil(Fraction(n) / (1 - Fraction(str(dropout))))
     if kind == "props":
         pbar = (a + b) / 2
         num = za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(a * (1 - a) + b * (1 - b))
         n = math.ceil(num * num / ((a - b) ** 2))
-        return 2 * math.ceil(n / (1 - dropout))
+        return 2 * math.ceil(Fraction(n) / (1 - Fraction(str(dropout))))
     d = math.ceil((za + zb) ** 2 / (0.25 * math.log(a) ** 2))
-    return math.ceil(d / b)
+    return math.ceil(Fraction(d) / Fraction(str(b)))
 
 
 def sample_size_style():
@@ -237,8 +238,9 @@ def sample_size_style():
             q = (text + " how many participants in total (both arms, 1:1 allocation) had to be enrolled? Round up at each step. "
                  "Think step by step inside <think></think>, then give only the number inside <answer></answer>.")
             f.write(json.dumps({
+                # No `prompt`: TrialPanorama's input field is `question` (extra_info here); the
+                # task's prompt_template renders the user turn from it.
                 "data_source": "sample_size_estimation_validation",
-                "prompt": [{"role": "user", "content": q}],
                 "ability": "sample_size_estimation",
                 "reward_model": {"style": "rule", "ground_truth": {"target": str(ss_solve(*spec)), "answer_type": "integer", "trial_id": trial, "pmid": ""}},
                 "extra_info": {"split": "validation", "index": i, "question": q},

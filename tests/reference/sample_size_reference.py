@@ -11,6 +11,8 @@ power equation numerically, including the negligible opposite tail, so it agrees
 - two proportions: n = ceil((z_a sqrt(2 pbar (1 - pbar)) + z_b sqrt(p1 q1 + p2 q2))^2 / (p1 - p2)^2)
 - time to event:   D = ceil((z_a + z_b)^2 / (0.25 ln(HR)^2)) events, N = ceil(D / P(event))
 - dropout d (means, proportions): per group ceil(n / (1 - d)); total = 2 x per group.
+  Quotients n / (1 - d) and D / P(event) are rounded up in exact decimal arithmetic (fractions),
+  so 315 / 0.9 is 350.
 
 tests/tasks.rs compares the Rust generator's solver with the committed file and reruns this
 script (`.venv-ref/bin/python`, or $MEDRL_PYREF_PYTHON) to check the file is what it writes.
@@ -21,6 +23,7 @@ import itertools
 import json
 import math
 import os
+from fractions import Fraction
 import sys
 from importlib.metadata import version
 
@@ -53,18 +56,23 @@ def solve(c):
         raw = 2 * (za + zb) ** 2 * c["sd"] ** 2 / c["delta"] ** 2
         sm = NormalIndPower().solve_power(effect_size=c["delta"] / c["sd"], alpha=c["alpha"], power=c["power"], ratio=1.0, alternative="two-sided")
         assert abs(sm - raw) / raw < 1e-3, (c, sm, raw)
-        n = math.ceil(math.ceil(raw) / (1 - c["dropout"]))
+        n = ceil_ratio(math.ceil(raw), 1 - Fraction(str(c["dropout"])))
         return za, zb, raw, n, 2 * n
     if c["design"] == "two_proportions":
         p1, p2 = c["p1"], c["p2"]
         pbar = (p1 + p2) / 2
         num = za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
         raw = num * num / (p1 - p2) ** 2
-        n = math.ceil(math.ceil(raw) / (1 - c["dropout"]))
+        n = ceil_ratio(math.ceil(raw), 1 - Fraction(str(c["dropout"])))
         return za, zb, raw, n, 2 * n
     raw = (za + zb) ** 2 / (0.25 * math.log(c["hazard_ratio"]) ** 2)
     d = math.ceil(raw)
-    return za, zb, raw, d, math.ceil(d / c["event_probability"])
+    return za, zb, raw, d, ceil_ratio(d, Fraction(str(c["event_probability"])))
+
+
+def ceil_ratio(n, rate):
+    """ceil(n / rate) with rate an exact decimal."""
+    return math.ceil(Fraction(n) / rate)
 
 
 def main():

@@ -165,7 +165,8 @@ pub fn sample_size_verl(e: &crate::data::Example, split: &str, index: usize) -> 
         "reward_model": {"style": "rule", "ground_truth": {
             "target": gt["target"].to_string(), "answer_type": "integer",
             "trial_id": gt["trial_id"].as_str().unwrap_or(""), "pmid": ""}},
-        "extra_info": {"split": split, "index": index as i64, "question": q},
+        "extra_info": {"split": split, "index": index as i64, "question": q,
+            "answer": e.messages.iter().rev().find(|m| m.role == "assistant").map(|m| m.content.clone()).unwrap_or_default()},
     })
 }
 

@@ -8,6 +8,8 @@ pub enum Kind {
     Generate,
     /// `medrl sft --config`.
     Sft,
+    /// `tasks/<name>/task.yaml`.
+    Task,
 }
 
 #[derive(clap::Args)]
@@ -24,6 +26,7 @@ pub fn run(args: SchemaArgs) -> anyhow::Result<()> {
     let schema = match args.kind {
         Kind::Generate => crate::config::schema_of::<crate::config::GenerateConfig>(),
         Kind::Sft => crate::config::schema_of::<crate::train::sft::SftConfig>(),
+        Kind::Task => crate::config::schema_of::<crate::task::TaskConfig>(),
     };
     let text = serde_json::to_string_pretty(&schema)? + "\n";
     match args.output {

@@ -12,7 +12,8 @@
 //!   events `D = ⌈(z_a + z_b)² / (p (1 − p) ln(HR)²)⌉`, total `N = ⌈D / P(event)⌉`.
 //!
 //! Rounding: each step rounds up — per-group size (or events) first; with an expected dropout
-//! rate d, the per-group size becomes `⌈n / (1 − d)⌉`; the two-arm total is twice the per-group
+//! rate d, the per-group size becomes `⌈n / (1 − d)⌉` (quotients that are whole numbers in exact
+//! arithmetic, such as 315 / 0.9, are not pushed up by floating-point error); the two-arm total is twice the per-group
 //! size. The answer (ground truth `target`) is the total number of participants.
 //!
 //! Generated problems avoid raw values within 1e-6 of an integer, so the rounded answer does
@@ -163,6 +164,12 @@ fn ceil_u(x: f64) -> u64 {
     x.ceil() as u64
 }
 
+/// Round up a quotient of an integer by a decimal rate (n / (1 − d), D / P(event)) as exact
+/// arithmetic would: 315 / 0.9 is 350, though it is 350.00000000000006 in floating point.
+fn ceil_ratio(n: u64, rate: f64) -> u64 {
+    (n as f64 / rate - 1e-9).ceil() as u64
+}
+
 /// Solve a problem with the documented formulas and rounding.
 pub fn solve(p: &Problem) -> Solution {
     let za = norm_ppf(1.0 - p.alpha / 2.0);
@@ -170,20 +177,20 @@ pub fn solve(p: &Problem) -> Solution {
     match p.design {
         Design::TwoMeans { sd, delta } => {
             let raw = 2.0 * (za + zb).powi(2) * sd * sd / (delta * delta);
-            let n = ceil_u(ceil_u(raw) as f64 / (1.0 - p.dropout));
+            let n = ceil_ratio(ceil_u(raw), 1.0 - p.dropout);
             Solution { raw, per_group_or_events: n, total: 2 * n }
         }
         Design::TwoProportions { p1, p2 } => {
             let pbar = (p1 + p2) / 2.0;
             let num = za * (2.0 * pbar * (1.0 - pbar)).sqrt() + zb * (p1 * (1.0 - p1) + p2 * (1.0 - p2)).sqrt();
             let raw = num * num / ((p1 - p2) * (p1 - p2));
-            let n = ceil_u(ceil_u(raw) as f64 / (1.0 - p.dropout));
+            let n = ceil_ratio(ceil_u(raw), 1.0 - p.dropout);
             Solution { raw, per_group_or_events: n, total: 2 * n }
         }
         Design::TimeToEvent { hazard_ratio, event_probability } => {
             let raw = (za + zb).powi(2) / (0.25 * hazard_ratio.ln().powi(2));
             let d = ceil_u(raw);
-            Solution { raw, per_group_or_events: d, total: ceil_u(d as f64 / event_probability) }
+            Solution { raw, per_group_or_events: d, total: ceil_ratio(d, event_probability) }
         }
     }
 }
@@ -199,16 +206,16 @@ struct Context {
 }
 
 const CONTEXTS: &[Context] = &[
-    Context { condition: "type 2 diabetes", intervention: "a once-weekly GLP-1 receptor agonist", control: "placebo", continuous: ("change in HbA1c", "percentage points"), binary: "achieving HbA1c below 7%", event: "a major adverse cardiovascular event" },
-    Context { condition: "essential hypertension", intervention: "a fixed-dose triple combination pill", control: "usual care", continuous: ("change in systolic blood pressure", "mmHg"), binary: "reaching blood pressure control", event: "stroke" },
+    Context { condition: "type 2 diabetes", intervention: "a once-weekly GLP-1 receptor agonist", control: "placebo", continuous: ("change in HbA1c", "percentage points"), binary: "HbA1c below 7%", event: "a major adverse cardiovascular event" },
+    Context { condition: "essential hypertension", intervention: "a fixed-dose triple combination pill", control: "usual care", continuous: ("change in systolic blood pressure", "mmHg"), binary: "blood pressure control", event: "stroke" },
     Context { condition: "major depressive disorder", intervention: "an internet-delivered cognitive behavioural therapy program", control: "waitlist control", continuous: ("change in the HAM-D score", "points"), binary: "remission at 12 weeks", event: "relapse" },
-    Context { condition: "hepatocellular carcinoma", intervention: "a PD-L1 inhibitor plus a VEGF inhibitor", control: "sorafenib", continuous: ("change in tumour diameter", "mm"), binary: "objective response", event: "death" },
+    Context { condition: "hepatocellular carcinoma", intervention: "a PD-L1 inhibitor plus a VEGF inhibitor", control: "sorafenib", continuous: ("change in tumour diameter", "mm"), binary: "an objective response", event: "death" },
     Context { condition: "chronic heart failure", intervention: "an SGLT2 inhibitor", control: "placebo", continuous: ("change in 6-minute walk distance", "m"), binary: "improvement by one NYHA class", event: "hospitalisation for heart failure or cardiovascular death" },
     Context { condition: "community-acquired pneumonia", intervention: "a 3-day antibiotic course", control: "an 8-day antibiotic course", continuous: ("length of hospital stay", "days"), binary: "clinical cure at day 15", event: "treatment failure" },
     Context { condition: "knee osteoarthritis", intervention: "supervised exercise therapy", control: "education alone", continuous: ("change in WOMAC pain score", "points"), binary: "a clinically important pain reduction", event: "total knee replacement" },
     Context { condition: "postoperative nausea", intervention: "dexamethasone plus ondansetron", control: "ondansetron alone", continuous: ("nausea score at 24 hours", "points"), binary: "nausea or vomiting within 24 hours", event: "rescue antiemetic use" },
     Context { condition: "atrial fibrillation", intervention: "early rhythm control", control: "rate control", continuous: ("change in quality-of-life score", "points"), binary: "sinus rhythm at 12 months", event: "stroke or systemic embolism" },
-    Context { condition: "metastatic colorectal cancer", intervention: "an anti-EGFR antibody added to chemotherapy", control: "chemotherapy alone", continuous: ("change in CEA level", "ng/mL"), binary: "objective response", event: "disease progression or death" },
+    Context { condition: "metastatic colorectal cancer", intervention: "an anti-EGFR antibody added to chemotherapy", control: "chemotherapy alone", continuous: ("change in CEA level", "ng/mL"), binary: "an objective response", event: "disease progression or death" },
 ];
 
 fn pct(x: f64) -> String {
@@ -231,7 +238,7 @@ pub fn describe(p: &Problem, ctx_index: usize) -> String {
             c.continuous.0, c.continuous.1, delta, c.continuous.1, sd, c.continuous.1
         ),
         Design::TwoProportions { p1, p2 } => format!(
-            "The primary endpoint is the proportion of patients {}. The expected proportion is {} with {} and {} with {}. Use the normal approximation with pooled variance for comparing two proportions (no continuity correction).",
+            "The primary endpoint is the proportion of patients with {}. The expected proportion is {} with {} and {} with {}. Use the normal approximation with pooled variance for comparing two proportions (no continuity correction).",
             c.binary, pct(p1), c.control, pct(p2), c.intervention
         ),
         Design::TimeToEvent { hazard_ratio, event_probability } => format!(
@@ -243,6 +250,52 @@ pub fn describe(p: &Problem, ctx_index: usize) -> String {
     format!("{head} {body} {test}{dropout}\n{ask}")
 }
 
+/// A worked solution in the reward's format (`<think>` steps, `<answer>` total), for SFT.
+pub fn worked_solution(p: &Problem, s: &Solution) -> String {
+    let za = norm_ppf(1.0 - p.alpha / 2.0);
+    let zb = norm_ppf(p.power);
+    let mut t = format!(
+        "z for a two-sided alpha of {} is z_(1-alpha/2) = {za:.4}; z for {} power is {zb:.4}.\n",
+        p.alpha,
+        pct(p.power)
+    );
+    match p.design {
+        Design::TwoMeans { sd, delta } => t.push_str(&format!(
+            "Two means: n per group = 2 (z_a + z_b)^2 sd^2 / delta^2 = 2 x ({za:.4} + {zb:.4})^2 x {sd}^2 / {delta}^2 = {:.2}, rounded up to {}.\n",
+            s.raw,
+            s.raw.ceil()
+        )),
+        Design::TwoProportions { p1, p2 } => t.push_str(&format!(
+            "Two proportions: pbar = ({p1} + {p2}) / 2 = {:.4}; n per group = (z_a sqrt(2 pbar (1 - pbar)) + z_b sqrt(p1 (1 - p1) + p2 (1 - p2)))^2 / (p1 - p2)^2 = {:.2}, rounded up to {}.\n",
+            (p1 + p2) / 2.0,
+            s.raw,
+            s.raw.ceil()
+        )),
+        Design::TimeToEvent { hazard_ratio, event_probability } => t.push_str(&format!(
+            "Schoenfeld: events = (z_a + z_b)^2 / (0.5 x 0.5 x ln({hazard_ratio})^2) = {:.2}, rounded up to {} events. Total = {} / {event_probability} = {:.2}, rounded up to {}.\n",
+            s.raw,
+            s.per_group_or_events,
+            s.per_group_or_events,
+            s.per_group_or_events as f64 / event_probability,
+            s.total
+        )),
+    }
+    if p.dropout > 0.0 {
+        t.push_str(&format!(
+            "Allowing for {} dropout: {} / (1 - {}) = {:.2}, rounded up to {} per group.\n",
+            pct(p.dropout),
+            s.raw.ceil(),
+            p.dropout,
+            s.raw.ceil() / (1.0 - p.dropout),
+            s.per_group_or_events
+        ));
+    }
+    if !matches!(p.design, Design::TimeToEvent { .. }) {
+        t.push_str(&format!("Total for two arms = 2 x {} = {}.\n", s.per_group_or_events, s.total));
+    }
+    format!("<think>\n{t}</think>\n<answer>{}</answer>", s.total)
+}
+
 fn near_integer(x: f64) -> bool {
     (x - x.round()).abs() < 1e-6
 }
@@ -251,7 +304,9 @@ fn near_integer(x: f64) -> bool {
 pub fn draw(rng: &mut impl Rng) -> Problem {
     let alpha = *[0.05, 0.05, 0.05, 0.01, 0.1].choose(rng).unwrap();
     let power = *[0.8, 0.8, 0.85, 0.9, 0.9, 0.95].choose(rng).unwrap();
-    let round = |x: f64, step: f64| (x / step).round() * step;
+    // Round to the step and through decimal text, so values print as written ("16.4", not
+    // "16.400000000000002") and survive a JSON round trip unchanged.
+    let round = |x: f64, step: f64| format!("{:.2}", (x / step).round() * step).parse::<f64>().expect("a formatted number parses");
     let (design, dropout) = match rng.gen_range(0..3) {
         0 => {
             let sd = round(rng.gen_range(2.0..30.0), 0.5);
@@ -273,7 +328,8 @@ pub fn draw(rng: &mut impl Rng) -> Problem {
     Problem { design, alpha, power, dropout }
 }
 
-/// `n` problems from `seed`, each as a medrl example: the user prompt describes the design,
+/// `n` problems from `seed`, each as a medrl example: the user prompt describes the design, the
+/// assistant turn is a worked solution ([`worked_solution`]),
 /// `ground_truth` is `{"target": total, "answer_type": "integer", ...}` (TrialPanorama's keys),
 /// `metadata` holds the problem and its solution.
 pub fn generate(n: usize, seed: u64) -> Vec<Example> {
@@ -289,7 +345,7 @@ pub fn generate(n: usize, seed: u64) -> Vec<Example> {
         let i = out.len();
         let question = describe(&p, ctx);
         out.push(Example {
-            messages: vec![ChatMessage::user(question.clone())],
+            messages: vec![ChatMessage::user(question.clone()), ChatMessage::assistant(worked_solution(&p, &s))],
             ground_truth: json!({"target": s.total, "answer_type": "integer", "trial_id": format!("SYN-{seed}-{i}"), "pmid": null}),
             metadata: json!({"question": question, "problem": p, "solution": s, "generator": "medrl data synth sample-size", "seed": seed, "index": i}),
             data_source: "synthetic_sample_size".into(),
@@ -324,6 +380,9 @@ mod tests {
         assert_eq!(s.per_group_or_events, 97);
         let s = solve(&Problem { design: Design::TwoProportions { p1: 0.4, p2: 0.6 }, alpha: 0.05, power: 0.8, dropout: 0.1 });
         assert_eq!(s.total, 2 * 108);
+        assert_eq!(ceil_ratio(315, 1.0 - 0.1), 350);
+        assert_eq!(ceil_ratio(300, 0.75), 400);
+        assert_eq!(ceil_ratio(301, 0.75), 402);
     }
 
     #[test]
