@@ -293,7 +293,7 @@ pub fn render_html(runs: &[RunData], report: &Report) -> String {
         t.dedup();
         t
     };
-    let _ = write!(h, "<h1>Evaluation report</h1><p>Task: <b>{}</b>. {} model run(s) compared. Numbers are computed by medrl from each run's predictions; see the glossary below each table.</p>\n", esc(&tasks.join(", ")), runs.len());
+    let _ = writeln!(h, "<h1>Evaluation report</h1><p>Task: <b>{}</b>. {} model run(s) compared. Every number is computed by medrl from the runs' saved responses; the last column of the metrics table says what each one means.</p>", esc(&tasks.join(", ")), runs.len());
 
     // Runs.
     h.push_str("<h2>Runs</h2><table><tr><th>#</th><th>model</th><th>model folder</th><th>adapter</th><th>task / split</th><th>samples per prompt</th><th>temperature</th><th>max new tokens</th><th>seed</th></tr>\n");

@@ -42,7 +42,7 @@ pub enum EvalError {
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error("reward `{name}`: {source}")]
-    Plugin { name: String, source: crate::plugin::PluginError },
+    Plugin { name: String, source: Box<crate::plugin::PluginError> },
     #[error("{0}")]
     Invalid(String),
 }
@@ -179,7 +179,7 @@ impl Rewards {
         let mut items = Vec::with_capacity(specs.len());
         for spec in specs {
             let opts = PluginOptions { limits: limits.clone(), grants: spec.grants.clone(), policy: spec.policy, ..Default::default() };
-            let plugin = host.load_reward(&spec.plugin, opts).map_err(|source| EvalError::Plugin { name: spec.name.clone(), source })?;
+            let plugin = host.load_reward(&spec.plugin, opts).map_err(|source| EvalError::Plugin { name: spec.name.clone(), source: Box::new(source) })?;
             items.push((spec, plugin));
         }
         Ok(Self { items })
@@ -194,7 +194,7 @@ impl Rewards {
         let mut out = vec![RewardResult { total: Some(0.0), ..Default::default() }; samples.len()];
         let single = self.items.len() == 1;
         for (spec, plugin) in &self.items {
-            let outcomes = plugin.score(&spec.config, samples).map_err(|source| EvalError::Plugin { name: spec.name.clone(), source })?;
+            let outcomes = plugin.score(&spec.config, samples).map_err(|source| EvalError::Plugin { name: spec.name.clone(), source: Box::new(source) })?;
             for (r, o) in out.iter_mut().zip(outcomes) {
                 let score = match o {
                     Outcome::Scored { score, components } => {
@@ -509,6 +509,7 @@ pub struct RunControl {
 }
 
 /// `medrl eval`: evaluate into run folder `out`, resuming from its `predictions.jsonl`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_eval(
     model: &CausalLm,
     tokenizer: &TextTokenizer,
@@ -1002,7 +1003,7 @@ pub fn host(cache_dir: Option<PathBuf>) -> Result<Arc<PluginHost>, EvalError> {
     if cache_dir.is_some() {
         cfg.cache_dir = cache_dir;
     }
-    PluginHost::new(cfg).map(Arc::new).map_err(|source| EvalError::Plugin { name: "host".into(), source })
+    PluginHost::new(cfg).map(Arc::new).map_err(|source| EvalError::Plugin { name: "host".into(), source: Box::new(source) })
 }
 
 #[cfg(test)]
