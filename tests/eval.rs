@@ -38,8 +38,7 @@ fn tiny_model() -> PathBuf {
     .clone()
 }
 
-/// Builds the plugins workspace once (incremental); the task bundles find the `.wasm` files in
-/// plugins/target/wasm32-wasip2/release.
+/// Builds the plugins workspace once (incremental); returns the folder of the `.wasm` files.
 fn plugins_built() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -50,9 +49,16 @@ fn plugins_built() -> PathBuf {
         .clone()
 }
 
+/// The binary with the repo's tasks and the plugins just built (CI builds them into its own
+/// CARGO_TARGET_DIR, not plugins/target).
+fn medrl_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_medrl"));
+    c.args(args).env("MEDRL_TASKS_DIR", repo().join("tasks")).env("MEDRL_PLUGIN_DIR", plugins_built());
+    c
+}
+
 fn medrl(args: &[&str]) -> std::process::Output {
-    plugins_built();
-    let out = Command::new(env!("CARGO_BIN_EXE_medrl")).args(args).env("MEDRL_TASKS_DIR", repo().join("tasks")).output().unwrap();
+    let out = medrl_cmd(args).output().unwrap();
     if !out.status.success() {
         panic!("medrl {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
@@ -151,7 +157,7 @@ fn interrupted_eval_resumes_without_regenerating_and_matches_an_uninterrupted_ru
 
     // Settings that differ from the run folder's are refused.
     let other = eval_args(m, &task, part.to_str().unwrap(), &["--limit", "5", "--n", "2", "--temperature", "0.9", "--seed", "8"]);
-    let refused = Command::new(env!("CARGO_BIN_EXE_medrl")).args(&other).env("MEDRL_TASKS_DIR", repo().join("tasks")).output().unwrap();
+    let refused = medrl_cmd(&other).output().unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("other settings"), "{}", String::from_utf8_lossy(&refused.stderr));
 
