@@ -474,14 +474,20 @@ pub fn render_html(runs: &[RunData], report: &Report) -> String {
                 Some(false) => " · not correct",
                 None => "",
             };
+            // Free-text tasks: the "answer" is the response itself, not worth repeating.
+            let answer = if r.config.metrics.answer == super::AnswerParser::Text {
+                String::new()
+            } else {
+                format!(" · answer: {}", esc(p.answer.as_deref().map(|a| truncate(a, 200)).as_deref().unwrap_or("(none found)")))
+            };
             let _ = write!(
                 h,
-                "<p><span class=\"tag\" style=\"background:{}22\">{}</span><b>{}</b> · reward {} · answer: {}{}</p><pre>{}</pre>",
+                "<p><span class=\"tag\" style=\"background:{}22\">{}</span><b>{}</b> · reward {}{}{}</p><pre>{}</pre>",
                 COLORS[ri % COLORS.len()],
                 ri + 1,
                 esc(&r.config.label),
                 esc(&reward),
-                esc(p.answer.as_deref().map(|a| truncate(a, 200)).as_deref().unwrap_or("(none found)")),
+                answer,
                 correct,
                 esc(&truncate(&p.response, 3000))
             );
