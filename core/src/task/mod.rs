@@ -583,12 +583,12 @@ fn template_parts(t: &str) -> Result<Vec<Part<'_>>, String> {
     while let Some(i) = rest.find(['{', '}']) {
         text.push_str(&rest[..i]);
         let c = &rest[i..];
-        if c.starts_with("{{") {
+        if let Some(r) = c.strip_prefix("{{") {
             text.push('{');
-            rest = &c[2..];
-        } else if c.starts_with("}}") {
+            rest = r;
+        } else if let Some(r) = c.strip_prefix("}}") {
             text.push('}');
-            rest = &c[2..];
+            rest = r;
         } else if c.starts_with('}') {
             return Err("unmatched `}` (write `}}` for a literal brace)".into());
         } else {
