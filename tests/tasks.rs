@@ -166,7 +166,7 @@ fn adapters_convert_their_samples_and_report_rejected_rows() {
             for row in *bad {
                 assert!(s.contains(&format!("rejected {} row {row}:", input.display())), "{adapter}: row {row} of {file} not reported:\n{s}");
             }
-            assert_eq!(s.matches("rejected ").count(), bad.len() + 0, "{s}");
+            assert_eq!(s.matches("rejected ").count(), bad.len(), "{s}");
             // The output reads back as medrl examples.
             let spec = medrl::data::DatasetSpec {
                 name: "x".into(),

@@ -279,6 +279,49 @@ fn survival_tag() -> String {
     "hard_check_survival".into()
 }
 
+impl AccuracySpec {
+    /// The accuracy value of one scored sample: the total `score` or the named component.
+    pub fn value(&self, score: f64, components: &[(String, f64)]) -> Option<f64> {
+        if self.component == "score" {
+            return Some(score);
+        }
+        components.iter().find(|(k, _)| *k == self.component).map(|(_, v)| *v)
+    }
+    /// Whether the sample counts as correct (`None` when the component is missing).
+    pub fn correct(&self, score: f64, components: &[(String, f64)]) -> Option<bool> {
+        self.value(score, components).map(|v| v >= self.threshold)
+    }
+}
+
+impl SurvivalSpec {
+    /// The observed (time in months, died) of a ground truth (an object or a JSON string).
+    pub fn truth(&self, ground_truth: &Value) -> Option<(f64, bool)> {
+        let gt = validate::ground_truth_object(ground_truth);
+        let t = gt.get(&self.time_field)?.as_f64()?;
+        let e = match gt.get(&self.event_field)? {
+            Value::Bool(b) => *b,
+            v => v.as_f64()? != 0.0,
+        };
+        Some((t, e))
+    }
+    /// The predicted survival months in a response: the `survival_months` of the JSON object
+    /// in the first `<response_tag>` block (numbers or numeric strings). `None` when absent.
+    pub fn predicted_months(&self, response: &str) -> Option<f64> {
+        let open = format!("<{}>", self.response_tag);
+        let close = format!("</{}>", self.response_tag);
+        let start = response.find(&open)? + open.len();
+        let end = response[start..].find(&close)? + start;
+        let v: Value = serde_json::from_str(response[start..end].trim()).ok()?;
+        let v = if v.get("survival_months").is_none() { v.get("survival")?.clone() } else { v };
+        match v.get("survival_months")? {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+        .filter(|m: &f64| m.is_finite())
+    }
+}
+
 /// A reward plugin of a loaded task, with paths resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewardSpec {
@@ -583,12 +626,12 @@ fn template_parts(t: &str) -> Result<Vec<Part<'_>>, String> {
     while let Some(i) = rest.find(['{', '}']) {
         text.push_str(&rest[..i]);
         let c = &rest[i..];
-        if c.starts_with("{{") {
+        if let Some(r) = c.strip_prefix("{{") {
             text.push('{');
-            rest = &c[2..];
-        } else if c.starts_with("}}") {
+            rest = r;
+        } else if let Some(r) = c.strip_prefix("}}") {
             text.push('}');
-            rest = &c[2..];
+            rest = r;
         } else if c.starts_with('}') {
             return Err("unmatched `}` (write `}}` for a literal brace)".into());
         } else {
@@ -697,6 +740,20 @@ mod tests {
         assert!(template_fields("{open").is_err());
         assert!(template_fields("close}").is_err());
         assert_eq!(template_fields("{a} and {b}").unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn metric_helpers() {
+        let a = AccuracySpec { plugin: None, component: "accuracy".into(), threshold: 1.0 };
+        assert_eq!(a.correct(1.1, &[("accuracy".into(), 1.0)]), Some(true));
+        assert_eq!(a.correct(0.0, &[("accuracy".into(), 0.0)]), Some(false));
+        assert_eq!(a.correct(0.0, &[]), None);
+        let s: SurvivalSpec = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(s.truth(&json!({"survival_months": 14, "if_death": 1})), Some((14.0, true)));
+        assert_eq!(s.truth(&json!("{\"survival_months\": 3.5, \"if_death\": 0}")), Some((3.5, false)));
+        assert_eq!(s.predicted_months("x <hard_check_survival>{\"survival_months\": \"18\"}</hard_check_survival>"), Some(18.0));
+        assert_eq!(s.predicted_months("<hard_check_survival>{\"survival\": {\"survival_months\": 7}}</hard_check_survival>"), Some(7.0));
+        assert_eq!(s.predicted_months("no block"), None);
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //! (Child-Pugh A, ≤ 3 nodules) or systemic therapy; C: systemic therapy; D: palliative care and
 //! symptomatic support.
 //!
+//! Stages are drawn first (0 10%, A 25%, B 20%, C 30%, D 15%), then fields until they match.
+//!
 //! Survival: an exponential time with the stage's median overall survival (0: 96, A: 60, B: 26,
 //! C: 11, D: 4 months), shortened for AFP > 400 ng/mL (×0.7) and Child-Pugh B (×0.75), censored
 //! by a uniform follow-up of 6–84 months. Months are whole; a censored case knows only the
@@ -102,13 +104,13 @@ fn median_os(stage: &str) -> f64 {
 }
 
 fn draw_case(rng: &mut impl Rng) -> Case {
-    let child_pugh = *["A", "A", "A", "A", "B", "B", "C"].choose(rng).unwrap();
-    let ps = *[0, 0, 0, 0, 1, 1, 2, 3, 4].choose(rng).unwrap();
-    let num_tumor = *[1, 1, 1, 1, 2, 2, 3, 4, 5].choose(rng).unwrap();
-    let tumor_size = match rng.gen_range(0..4) {
+    let child_pugh = *["A", "A", "A", "A", "A", "A", "B", "B", "C"].choose(rng).unwrap();
+    let ps = *[0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3].choose(rng).unwrap();
+    let num_tumor = *[1, 1, 1, 1, 1, 2, 2, 3, 4, 5].choose(rng).unwrap();
+    let tumor_size = match rng.gen_range(0..5) {
         0 => rng.gen_range(8..20),
-        1 => rng.gen_range(20..31),
-        2 => rng.gen_range(31..51),
+        1 | 2 => rng.gen_range(20..31),
+        3 => rng.gen_range(31..51),
         _ => rng.gen_range(51..150),
     };
     Case {
@@ -119,8 +121,8 @@ fn draw_case(rng: &mut impl Rng) -> Case {
         ps,
         num_tumor,
         tumor_size,
-        vascular_invasion: rng.gen_bool(0.2),
-        metastasis: rng.gen_bool(0.12),
+        vascular_invasion: rng.gen_bool(0.12),
+        metastasis: rng.gen_bool(0.08),
         afp: if rng.gen_bool(0.4) { (rng.gen_range(400.0f64..20000.0)).round() } else { (rng.gen_range(1.0f64..400.0) * 10.0).round() / 10.0 },
     }
 }
@@ -226,8 +228,23 @@ pub fn ground_truth(c: &Case, survival_months: u32, died: bool) -> Value {
     gt
 }
 
+/// Median overall survival (months) of a case under the generator's survival model.
+pub fn model_median_os(c: &Case) -> f64 {
+    let mut median = median_os(bclc_stage(c));
+    if c.afp > 400.0 {
+        median *= 0.7;
+    }
+    if c.child_pugh == "B" {
+        median *= 0.75;
+    }
+    median
+}
+
 /// A well-formed reference response in the tags the reward reads (for SFT warm-up and for
-/// checking the reward end to end).
+/// checking the reward end to end). The staging factors, stage and treatments are the ground
+/// truth's; the survival prediction is the model's (the case's median survival and the
+/// exponential survival probabilities at 1/3/5 years), not the drawn outcome, which no record
+/// can predict.
 pub fn reference_response(c: &Case, gt: &Value, lang: Lang) -> String {
     let stage = gt["bclc_stage"].as_str().unwrap_or("?");
     let tx: Vec<(String, f64)> = gt["top3_treatments"]
@@ -237,8 +254,9 @@ pub fn reference_response(c: &Case, gt: &Value, lang: Lang) -> String {
         .map(|t| (t["treatment"].as_str().unwrap_or("").to_string(), t["score"].as_f64().unwrap_or(0.0)))
         .collect();
     let scores: serde_json::Map<String, Value> = tx.iter().map(|(n, s)| (n.clone(), json!(s))).collect();
-    let months = gt["survival_months"].as_u64().unwrap_or(0);
-    let p = |m: f64| if months as f64 >= m { 0.8 } else { 0.2 };
+    let median = model_median_os(c);
+    let months = median.round() as u64;
+    let p = |m: f64| ((-std::f64::consts::LN_2 * m / median).exp() * 100.0).round() / 100.0;
     let thinking = match lang {
         Lang::En => format!(
             "Performance status {}, Child-Pugh {}, {} tumour(s) with the largest {} mm, portal vein thrombus {}, extrahepatic metastasis {}. By the BCLC rules this is stage {stage}.",
@@ -260,7 +278,12 @@ pub fn reference_response(c: &Case, gt: &Value, lang: Lang) -> String {
         gt["ps"], gt["child_pugh"].as_str().unwrap_or(""), gt["metastasis"].as_str().unwrap_or(""), gt["cancer_thrombus"].as_str().unwrap_or(""),
         gt["num_tumor"], gt["tumor_size"],
         tx.iter().map(|t| t.0.as_str()).collect::<Vec<_>>().join(", "),
-        if stage == "D" { "Surgical_resection, Liver_transplantation" } else { "Palliative_care" },
+        match stage {
+            "D" => "Surgical_resection, Liver_transplantation, TACE",
+            "C" => "Surgical_resection, Liver_transplantation",
+            "B" => "Ablation",
+            _ => "Palliative_care",
+        },
         json!({"scores": scores, "evidence": evidence}),
         json!({"survival_months": months, "survival_1yr": p(12.0), "survival_3yr": p(36.0), "survival_5yr": p(60.0)}),
     )
@@ -280,15 +303,19 @@ pub fn generate(n: usize, seed: u64, lang: Lang) -> Vec<Example> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..n)
         .map(|i| {
-            let c = draw_case(&mut rng);
+            // The stage is drawn first (0 10%, A 25%, B 20%, C 30%, D 15%), then fields until
+            // they stage to it, so every stage is represented.
+            let target = *["0", "A", "A", "A", "B", "B", "C", "C", "C", "D"]
+                .choose(&mut rng)
+                .unwrap();
+            let c = loop {
+                let c = draw_case(&mut rng);
+                if bclc_stage(&c) == target {
+                    break c;
+                }
+            };
             let stage = bclc_stage(&c);
-            let mut median = median_os(stage);
-            if c.afp > 400.0 {
-                median *= 0.7;
-            }
-            if c.child_pugh == "B" {
-                median *= 0.75;
-            }
+            let median = model_median_os(&c);
             let u: f64 = rng.gen::<f64>().max(1e-12);
             let t = -median / std::f64::consts::LN_2 * u.ln();
             let follow_up: f64 = rng.gen_range(6.0..84.0);

@@ -28,7 +28,8 @@ use crate::data::Example;
 use crate::tokenizer::ChatMessage;
 
 /// Standard normal quantile Φ⁻¹(p), Wichura's algorithm AS241 (PPND16), relative accuracy
-/// about 1e-16. `p` outside (0, 1) gives ±infinity or NaN.
+/// about 1e-16. `p` outside (0, 1) gives ±infinity or NaN. The coefficients are as published.
+#[allow(clippy::excessive_precision)]
 pub fn norm_ppf(p: f64) -> f64 {
     if p.is_nan() {
         return f64::NAN;
