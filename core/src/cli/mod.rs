@@ -2,12 +2,14 @@
 
 pub mod bench;
 pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod plugin;
 pub mod reward;
 pub mod schema;
 pub mod sft;
+pub mod task;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +52,11 @@ enum Command {
     /// Inspect datasets as training will see them.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Evaluate a model on a task (resumable), or compare runs in an HTML report (`eval compare`).
+    Eval(eval::EvalArgs),
+    /// Task bundles (tasks/<name>/task.yaml): list, show, validate.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
     /// Write the JSON Schema of a configuration file type (for editor completion and checks).
     Schema(schema::SchemaArgs),
 }
@@ -73,6 +80,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Export(args) => sft::export(args),
         Command::Grpo(args) => sft::grpo(args),
         Command::Data(cmd) => data::run(cmd),
+        Command::Eval(args) => eval::run(args),
+        Command::Task(cmd) => task::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

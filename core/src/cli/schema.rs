@@ -10,6 +10,8 @@ pub enum Kind {
     Sft,
     /// `medrl grpo --config`.
     Grpo,
+    /// `tasks/<name>/task.yaml`.
+    Task,
 }
 
 #[derive(clap::Args)]
@@ -27,6 +29,7 @@ pub fn run(args: SchemaArgs) -> anyhow::Result<()> {
         Kind::Generate => crate::config::schema_of::<crate::config::GenerateConfig>(),
         Kind::Sft => crate::config::schema_of::<crate::train::sft::SftConfig>(),
         Kind::Grpo => crate::config::schema_of::<crate::train::grpo::GrpoConfig>(),
+        Kind::Task => crate::config::schema_of::<crate::task::TaskConfig>(),
     };
     let text = serde_json::to_string_pretty(&schema)? + "\n";
     match args.output {

@@ -108,7 +108,17 @@ pub fn to_example(record: &Value, formatting: &Formatting, cols: &Columns, tags:
         Formatting::Alpaca => alpaca(record, cols)?,
         Formatting::Sharegpt => sharegpt(record, &col(&cols.messages, "conversations"), &cols.system, tags)?,
         Formatting::Messages => {
-            let mut ex: Example = serde_json::from_value(record.clone()).map_err(|e| format!("not a medrl example: {e}"))?;
+            // medrl's Parquet layout stores ground_truth and metadata as JSON text (data::write).
+            let mut record = record.clone();
+            for (col, key) in [("ground_truth_json", "ground_truth"), ("metadata_json", "metadata")] {
+                if let Some(Value::String(text)) = record.get(col).cloned() {
+                    let v: Value = serde_json::from_str(&text).map_err(|e| format!("column `{col}` is not JSON text: {e}"))?;
+                    let o = record.as_object_mut().expect("checked above");
+                    o.remove(col);
+                    o.entry(key).or_insert(v);
+                }
+            }
+            let mut ex: Example = serde_json::from_value(record).map_err(|e| format!("not a medrl example: {e}"))?;
             check_roles(&ex.messages)?;
             ex.messages.iter_mut().for_each(|m| m.extra.clear());
             ex

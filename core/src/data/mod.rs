@@ -9,7 +9,9 @@ pub mod batch;
 pub mod formats;
 pub mod read;
 pub mod registry;
+pub mod synth;
 pub mod tokenize;
+pub mod write;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

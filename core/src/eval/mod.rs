@@ -1,6 +1,22 @@
-//! Evaluation (issue 7, `medrl eval`). So far only the metric layer: [`metrics`] computes BLEU,
-//! ROUGE, survival metrics and accuracy from strings and numbers, with no model involved. Each
-//! metric documents the reference implementation it reproduces; `tests/metrics.rs` checks them
-//! against values computed by those Python packages (docs/metrics.md).
+//! Evaluation (issue 7, `medrl eval`).
+//!
+//! - [`metrics`]: BLEU, ROUGE, survival metrics and accuracy from strings and numbers, each
+//!   checked against the Python package it reproduces (`tests/metrics.rs`, docs/metrics.md);
+//! - [`answer`]: reading the answer out of a response (the extract-failure rate, majority vote);
+//! - [`run`]: generating for a task's split, scoring with its reward plugins, metrics from the
+//!   predictions ([`evaluate`] in memory for trainers, [`run_eval`] for resumable run folders);
+//! - [`report`]: the comparison report (`medrl eval compare`): one self-contained HTML file and
+//!   `report.json`.
+//!
+//! docs/eval.md describes the command, every metric and the report.
 
+pub mod answer;
 pub mod metrics;
+pub mod report;
+pub mod run;
+
+pub use answer::AnswerParser;
+pub use run::{
+    compute_metrics, evaluate, read_predictions, run_eval, AccuracySpec, EvalError, SurvivalSettings, EvalMetrics, EvalOptions, EvalTask,
+    MetricSettings, Prediction, RewardSpec, Rewards, RunConfig, RunControl, RunOutcome,
+};

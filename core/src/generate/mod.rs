@@ -68,6 +68,25 @@ pub fn generate(
     pad_token_id: u32,
     progress: Option<Progress<'_>>,
 ) -> candle_core::Result<Vec<Generation>> {
+    let streams: Vec<u64> = (0..prompts.len() as u64).collect();
+    generate_streams(model, prompts, &streams, params, stop, pad_token_id, progress)
+}
+
+/// [`generate`] with an explicit RNG stream per sequence (`streams[i]` of `params.seed`), so a
+/// sequence's samples do not depend on which batch it lands in (evaluation resumes with batches
+/// of different composition and still draws the same samples).
+pub fn generate_streams(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    streams: &[u64],
+    params: &SamplingParams,
+    stop: &StopConditions<'_>,
+    pad_token_id: u32,
+    progress: Option<Progress<'_>>,
+) -> candle_core::Result<Vec<Generation>> {
+    if streams.len() != prompts.len() {
+        candle_core::bail!("{} RNG streams for {} prompts", streams.len(), prompts.len());
+    }
     if prompts.is_empty() {
         return Ok(vec![]);
     }
@@ -110,7 +129,7 @@ pub fn generate(
     let hidden = model.forward_hidden(&input, &positions, Some(&mask), Some(&mut cache))?;
     let mut logits = model.lm_logits(&hidden.narrow(1, max_len - 1, 1)?)?.squeeze(1)?;
 
-    let mut rngs: Vec<_> = (0..b).map(|i| sequence_rng(params.seed, i as u64)).collect();
+    let mut rngs: Vec<_> = streams.iter().map(|&i| sequence_rng(params.seed, i)).collect();
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
     let mut out: Vec<Generation> =
         (0..b).map(|_| Generation { tokens: vec![], logprobs: vec![], finish_reason: FinishReason::Length }).collect();
