@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::{DataError, Example};
 
-/// Write medrl examples as JSON lines or Parquet (by extension), atomically.
+/// Write medrl examples as JSON lines, a JSON array or Parquet (by extension), atomically.
 pub fn write_examples(path: &Path, examples: &[Example]) -> Result<(), DataError> {
     match super::read::FileKind::of(path)? {
         super::read::FileKind::Parquet => {
@@ -48,9 +48,13 @@ pub fn write_examples(path: &Path, examples: &[Example]) -> Result<(), DataError
             ];
             write_parquet_with(path, &rows, schema)
         }
-        _ => {
+        super::read::FileKind::Jsonl => {
             let rows: Vec<Value> = examples.iter().map(|e| serde_json::to_value(e).expect("examples serialize")).collect();
             super::read::write_jsonl(path, &rows)
+        }
+        super::read::FileKind::Json => {
+            let text = serde_json::to_string_pretty(examples).expect("examples serialize") + "\n";
+            crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|e| DataError::Io { path: path.into(), source: e })
         }
     }
 }
@@ -255,7 +259,7 @@ mod tests {
             Example { messages: vec![ChatMessage::user("q"), ChatMessage::assistant("a")], ground_truth: json!(12), metadata: json!({"k": [1]}), data_source: "t".into() },
             Example { messages: vec![ChatMessage::system("s"), ChatMessage::user("q2")], ground_truth: json!({"target": "x"}), metadata: Value::Null, data_source: "t".into() },
         ];
-        for f in ["e.parquet", "e.jsonl"] {
+        for f in ["e.parquet", "e.jsonl", "e.json"] {
             let p = d.path().join(f);
             write_examples(&p, &ex).unwrap();
             let spec = crate::data::DatasetSpec {
