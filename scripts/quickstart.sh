@@ -35,7 +35,7 @@ print(f"quickstart: GRPO validation reward (greedy, 32 held-out prompts): {b:.4f
 for name in ("eval-sft", "eval-grpo"):
     m = json.load(open(f"{out}/{name}/metrics.json"))
     r, t = m["reward"], m.get("text") or {}
-    rouge = (t.get("rougeL") or {}).get("f1")
+    rouge = (t.get("rouge_l") or {}).get("f1")
     print(f"quickstart: {name}: test split ({r['n']} prompts) mean reward {r['mean']:.4f}, ROUGE-L F1 {rouge}")
 print(f"quickstart: report {out}/report.html")
 PY
