@@ -621,21 +621,7 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
                     break;
                 }
                 l_sum += lv;
-                let g = loss.backward()?;
-                match grads.as_mut() {
-                    None => grads = Some(g),
-                    Some(acc) => {
-                        for (_, v) in trainable.params() {
-                            if let Some(new) = g.get(v.as_tensor()) {
-                                let sum = match acc.get(v.as_tensor()) {
-                                    Some(old) => (old + new)?,
-                                    None => new.clone(),
-                                };
-                                acc.insert(v.as_tensor(), sum);
-                            }
-                        }
-                    }
-                }
+                super::sft::accumulate(&mut grads, loss.backward()?, trainable.params())?;
             }
             if nonfinite.is_some() {
                 break;

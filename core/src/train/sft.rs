@@ -348,8 +348,8 @@ pub fn eval_loss(model: &crate::model::CausalLm, examples: &[TokenizedExample], 
     Ok(Some(total / count.max(1) as f64))
 }
 
-/// Add `g` into the accumulated gradients of `params`.
-fn accumulate(acc: &mut Option<GradStore>, g: GradStore, params: &[(String, candle_core::Var)]) -> Result<(), SftError> {
+/// Add `g` into the accumulated gradients of `params` (gradient accumulation over micro-batches).
+pub(crate) fn accumulate(acc: &mut Option<GradStore>, g: GradStore, params: &[(String, candle_core::Var)]) -> Result<(), SftError> {
     match acc {
         None => *acc = Some(g),
         Some(a) => {
