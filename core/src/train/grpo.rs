@@ -19,14 +19,15 @@ use std::time::Instant;
 
 use super::checkpoint::{self, TrainerState};
 use super::metrics::MetricsLog;
-use super::rewards::{RewardSet, RewardSpec, ToScore};
+use super::rewards::{load_rewards, RewardSpec};
+use crate::eval::run::{evaluate, AccuracySpec, EvalOptions, MetricSettings, Rewards};
 use super::sft::{SftError, NonFinitePolicy};
 use super::trainable::{LoraConfig, Mode, Trainable};
 use super::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, TrainError};
 use crate::config::Validate;
 use crate::data::batch::{build_batch, Batcher, BatchingConfig};
 use crate::data::registry::{resolve, DatasetRef};
-use crate::data::{load_examples, BadRowPolicy, Example, TokenizedExample};
+use crate::data::{load_examples, BadRowPolicy, Example, Origin, TokenizedExample};
 use crate::generate::{generate, SamplingParams, StopConditions};
 use crate::model::{load_model_dir, peft, CausalLm};
 use crate::tokenizer::TextTokenizer;
@@ -234,23 +235,31 @@ pub struct RlPrompt {
     pub data_source: String,
 }
 
-/// Turn examples into prompts: a trailing assistant turn is removed and becomes the ground
-/// truth when the example has none (a reference answer, as dialogue rewards use).
+/// An example as RL sees it: a trailing assistant turn is removed and becomes the ground truth
+/// when the example has none (a reference answer, as dialogue rewards use); `system` is added to
+/// examples without a system message.
+pub fn prompt_example(mut ex: Example, system: Option<&str>) -> Example {
+    if ex.messages.last().is_some_and(|m| m.role == "assistant") {
+        let last = ex.messages.pop().expect("non-empty");
+        if ex.ground_truth.is_null() {
+            ex.ground_truth = serde_json::Value::String(last.content);
+        }
+    }
+    if let Some(s) = system {
+        if ex.messages.first().is_none_or(|m| m.role != "system") {
+            ex.messages.insert(0, crate::tokenizer::ChatMessage::system(s));
+        }
+    }
+    ex
+}
+
+/// Turn examples into prompts (see [`prompt_example`]); prompts longer than `max_len` tokens are
+/// left out and counted.
 pub fn prompts_from_examples(tok: &TextTokenizer, examples: Vec<Example>, system: Option<&str>, max_len: usize) -> Result<(Vec<RlPrompt>, usize), SftError> {
     let mut out = Vec::new();
     let mut too_long = 0;
-    for mut ex in examples {
-        if ex.messages.last().is_some_and(|m| m.role == "assistant") {
-            let last = ex.messages.pop().expect("non-empty");
-            if ex.ground_truth.is_null() {
-                ex.ground_truth = serde_json::Value::String(last.content);
-            }
-        }
-        if let Some(s) = system {
-            if ex.messages.first().is_none_or(|m| m.role != "system") {
-                ex.messages.insert(0, crate::tokenizer::ChatMessage::system(s));
-            }
-        }
+    for ex in examples {
+        let ex = prompt_example(ex, system);
         let text = tok.apply_chat_template(&ex.messages, true).map_err(|e| SftError::Setup(e.to_string()))?;
         let ids = tok.encode(&text, false).map_err(|e| SftError::Setup(e.to_string()))?;
         if ids.len() > max_len {
@@ -318,40 +327,39 @@ pub struct Validation {
     pub dropped: usize,
 }
 
-/// Greedy responses to `prompts`, scored with `rewards`.
+/// Greedy responses to the validation examples, scored through `eval::evaluate` (the code path
+/// of `medrl eval`). `threshold`: accuracy is the share of responses whose plugin score reaches it.
 pub fn validate(
     model: &CausalLm,
     tok: &TextTokenizer,
-    prompts: &[RlPrompt],
-    rewards: &RewardSet,
+    examples: &[(Origin, Example)],
+    rewards: &Rewards,
     max_new_tokens: usize,
     stop: &[String],
     eos: &[u32],
     pad: u32,
     threshold: Option<f64>,
 ) -> Result<Validation, SftError> {
-    let params = SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() };
-    let stopc = StopConditions { eos_token_ids: eos.to_vec(), stop_strings: stop.to_vec(), tokenizer: Some(tok) };
-    let mut texts = Vec::new();
-    for chunk in prompts.chunks(32) {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
-        for g in generate(model, &ids, &params, &stopc, pad, None)? {
-            texts.push(tok.decode(&g.tokens, true).map_err(|e| SftError::Setup(e.to_string()))?);
-        }
-    }
-    let batch: Vec<ToScore> = prompts
-        .iter()
-        .zip(&texts)
-        .map(|(p, r)| ToScore { prompt: &p.text, response: r, ground_truth: &p.ground_truth, metadata: &p.metadata, data_source: &p.data_source })
-        .collect();
-    let scored = rewards.score(&batch).map_err(|e| SftError::Setup(e.to_string()))?;
-    let vals: Vec<f64> = scored.iter().filter_map(|s| s.total).collect();
-    let mean = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
+    let settings = MetricSettings {
+        accuracy: threshold.map(|t| AccuracySpec { plugin: None, component: "score".into(), threshold: t }),
+        ..Default::default()
+    };
+    let opts = EvalOptions {
+        sampling: SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() },
+        n: 1,
+        batch_size: 32,
+        eos_token_ids: eos.to_vec(),
+        pad_token_id: pad,
+        stop_strings: stop.to_vec(),
+        progress: false,
+    };
+    let (m, preds) = evaluate(model, tok, examples, rewards, &settings, &opts).map_err(setup)?;
+    let scored = preds.iter().filter(|p| p.reward.total.is_some()).count();
     Ok(Validation {
-        mean_reward: mean,
-        accuracy: threshold.map(|t| vals.iter().filter(|&&v| v >= t).count() as f64 / vals.len().max(1) as f64),
-        scored: vals.len(),
-        dropped: scored.len() - vals.len(),
+        mean_reward: m.reward.as_ref().map(|s| s.mean).unwrap_or(0.0),
+        accuracy: m.accuracy,
+        scored,
+        dropped: preds.len() - scored,
     })
 }
 
@@ -396,16 +404,18 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
     let tok = loaded.tokenizer;
     let eos = loaded.generation.eos_token_ids.clone();
     let pad = loaded.generation.pad_token_id.or(eos.first().copied()).unwrap_or(0);
-    let load = |refs: &[DatasetRef]| -> Result<Vec<Example>, SftError> {
+    let load = |refs: &[DatasetRef]| -> Result<Vec<(Origin, Example)>, SftError> {
         let mut v = Vec::new();
         for r in refs {
             let spec = resolve(r, cfg.data.dataset_dir.as_deref())?;
-            v.extend(load_examples(&spec, cfg.data.on_bad_row)?.0.into_iter().map(|(_, e)| e));
+            v.extend(load_examples(&spec, cfg.data.on_bad_row)?.0);
         }
         Ok(v)
     };
-    let (train, too_long) = prompts_from_examples(&tok, load(&cfg.data.train)?, cfg.data.system.as_deref(), cfg.data.max_prompt_len)?;
-    let (mut eval, _) = prompts_from_examples(&tok, load(&cfg.data.eval)?, cfg.data.system.as_deref(), cfg.data.max_prompt_len)?;
+    let train_examples = load(&cfg.data.train)?.into_iter().map(|(_, e)| e).collect();
+    let (train, too_long) = prompts_from_examples(&tok, train_examples, cfg.data.system.as_deref(), cfg.data.max_prompt_len)?;
+    let mut eval: Vec<(Origin, Example)> =
+        load(&cfg.data.eval)?.into_iter().map(|(o, e)| (o, prompt_example(e, cfg.data.system.as_deref()))).collect();
     if cfg.data.eval_limit > 0 {
         eval.truncate(cfg.data.eval_limit);
     }
@@ -413,7 +423,7 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
         return Err(SftError::Setup("no training prompts".into()));
     }
     tracing::info!(train = train.len(), eval = eval.len(), too_long, "prompts ready");
-    let rewards = RewardSet::load(&cfg.rewards, grants).map_err(setup)?;
+    let rewards = load_rewards(&cfg.rewards, &grants).map_err(setup)?;
 
     let mode = match &cfg.lora {
         Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(SftError::Setup)? },
@@ -521,10 +531,10 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
         let (scored, (old_lps, ref_lps, logprob_s), reward_s) = std::thread::scope(|s| -> Result<_, SftError> {
             let handle = s.spawn(|| {
                 let t0 = Instant::now();
-                let batch: Vec<ToScore> = owners
+                let batch: Vec<crate::plugin::Sample> = owners
                     .iter()
                     .zip(&responses)
-                    .map(|(&i, r)| ToScore { prompt: &train[i].text, response: r, ground_truth: &train[i].ground_truth, metadata: &train[i].metadata, data_source: &train[i].data_source })
+                    .map(|(&i, r)| crate::plugin::sample(&train[i].text, r, &train[i].ground_truth, &train[i].metadata, &train[i].data_source))
                     .collect();
                 (rewards.score(&batch), t0.elapsed().as_secs_f64())
             });
@@ -658,7 +668,8 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
         let mean_r = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
         let mut comps: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
         for s in &scored {
-            for (k, v) in &s.components {
+            let plugin_scores = s.by_plugin.iter().filter_map(|(k, v)| v.map(|v| (k, v)));
+            for (k, v) in s.components.iter().map(|(k, v)| (k, *v)).chain(plugin_scores) {
                 let e = comps.entry(k.clone()).or_default();
                 e.0 += v;
                 e.1 += 1;
@@ -676,7 +687,7 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
             "lr": schedule.lr_at(state.step - 1),
             "response_len": rollout_tokens as f64 / gens.len().max(1) as f64,
             "dropped": scored.iter().filter(|s| s.total.is_none()).count(),
-            "reward_failures": scored.iter().map(|s| s.failures).sum::<usize>(),
+            "reward_failures": scored.iter().map(|s| s.failures.values().filter(|f| f.as_str() != "not_applicable").count()).sum::<usize>(),
             "time_generate_s": gen_s,
             "time_logprob_s": logprob_s,
             "time_reward_s": reward_s,
