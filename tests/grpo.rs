@@ -112,3 +112,25 @@ fn hostile_plugins_in_the_reward_set_do_not_stop_training() {
     let e = grpo::run(&config(&base, &d.path().join("fail"), &rewards, &["data.eval=[]"]), Default::default(), &RunOptions::default()).unwrap_err().to_string();
     assert!(e.contains("hostile"), "{e}");
 }
+
+#[test]
+fn sft_validation_scores_generations_with_the_same_eval_code() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let out = d.path().join("sft");
+    let yaml = format!(
+        "model: {base:?}\noutput_dir: {out:?}\ndevice: cpu\n\
+         data: {{dataset_dir: {data:?}, train: [medical_dialogue], eval: [medical_dialogue_eval], cutoff_len: 256}}\n\
+         training: {{max_steps: 4, micro_batch_size: 8, lr: 1.0e-2, eval_every: 2}}\n\
+         validation: {{rewards: [{{plugin: {dq:?}}}], max_new_tokens: 8, limit: 4, accuracy_threshold: 0.5}}\n",
+        data = repo().join("tasks/medical-dialogue/data"),
+        dq = wasm("dialogue-quality"),
+    );
+    let tree: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let cfg: medrl::train::sft::SftConfig = medrl::config::from_tree(tree.clone(), Path::new("sft.yaml")).unwrap();
+    medrl::train::sft::run(&cfg, &tree, &RunOptions::default()).unwrap();
+    let m = metrics(&out);
+    let vals: Vec<&serde_json::Value> = m.iter().filter(|r| r.get("val_reward").is_some()).collect();
+    assert_eq!(vals.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 2, 4], "{m:?}");
+    assert!(vals.iter().all(|r| r["val_reward"].as_f64().is_some_and(f64::is_finite) && r.get("val_accuracy").is_some()));
+}

@@ -48,11 +48,32 @@ pub struct SftConfig {
     /// LoRA instead of full fine-tuning.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    /// Also validate by generating for the eval examples and scoring with reward plugins, through
+    /// the same code as `medrl eval` and GRPO's validation (at every eval step).
+    #[serde(default)]
+    pub validation: Option<SftValidation>,
     /// Multi-stage runs: each entry is merged over this config (its keys override), must have a
     /// `name`, and starts from the previous stage's final model. Outputs go to
     /// `output_dir/<name>/`.
     #[serde(default)]
     pub stages: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SftValidation {
+    pub rewards: Vec<super::rewards::RewardSpec>,
+    #[serde(default = "default_val_tokens")]
+    pub max_new_tokens: usize,
+    /// Eval examples used (0 = all).
+    #[serde(default)]
+    pub limit: usize,
+    #[serde(default)]
+    pub accuracy_threshold: Option<f64>,
+}
+
+fn default_val_tokens() -> usize {
+    128
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -505,11 +526,38 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
 
     let micro = t.micro_batch_size;
     let eval_now = |tr: &Trainable| -> Result<Option<f64>, SftError> { eval_loss(&tr.view(true, None)?, &prep.eval, micro, pad) };
+    // Generation-based validation with reward plugins (optional), as GRPO and `medrl eval` do it.
+    let reward_validation = match &cfg.validation {
+        Some(v) => {
+            let rewards = super::rewards::load_rewards(&v.rewards, &crate::plugin::Grants::none()).map_err(|e| SftError::Setup(e.to_string()))?;
+            let (_, eval_examples, _) = load_split(cfg)?;
+            let mut examples: Vec<(Origin, Example)> = eval_examples.into_iter().map(|(o, e)| (o, super::grpo::prompt_example(e, None))).collect();
+            if v.limit > 0 {
+                examples.truncate(v.limit);
+            }
+            let gen = crate::tokenizer::GenerationDefaults::from_dir(&cfg.model, &trainable.view(true, None)?.cfg, &tok).map_err(|e| SftError::Setup(e.to_string()))?;
+            Some((rewards, examples, gen.eos_token_ids, v.clone()))
+        }
+        None => None,
+    };
+    let validate_rewards = |tr: &Trainable| -> Result<Option<super::grpo::Validation>, SftError> {
+        let Some((rewards, examples, eos, v)) = &reward_validation else { return Ok(None) };
+        let m = tr.view(true, None)?;
+        Ok(Some(super::grpo::validate(&m, &tok, examples, rewards, v.max_new_tokens, &[], eos, pad, v.accuracy_threshold)?))
+    };
     let mut eval_before = None;
     if state.step == 0 {
         eval_before = eval_now(&trainable)?;
+        let mut line = serde_json::json!({"step": 0});
         if let Some(l) = eval_before {
-            metrics.write(&serde_json::json!({"step": 0, "eval_loss": l}))?;
+            line["eval_loss"] = l.into();
+        }
+        if let Some(v) = validate_rewards(&trainable)? {
+            line["val_reward"] = v.mean_reward.into();
+            line["val_accuracy"] = v.accuracy.into();
+        }
+        if line.as_object().is_some_and(|o| o.len() > 1) {
+            metrics.write(&line)?;
         }
     }
     let pb = crate::progress::bar(total_steps, "sft", "steps");
@@ -611,6 +659,10 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
                 line["eval_loss"] = l.into();
             }
             eval_after = l;
+            if let Some(v) = validate_rewards(&trainable)? {
+                line["val_reward"] = v.mean_reward.into();
+                line["val_accuracy"] = v.accuracy.into();
+            }
         }
         metrics.write(&line)?;
         pb.set_message(format!("sft loss {loss_sum:.4}"));
