@@ -114,10 +114,10 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let state = checkpoint::load(&ck, &device)?;
     trainable.load_state(&state.trainable)?;
     match args.format {
-        ExportFormat::Merged => sft::export(&trainable, &cfg, &args.out, None, dtype)?,
+        ExportFormat::Merged => sft::export(&trainable, &cfg.model, &args.out, None, dtype)?,
         ExportFormat::Peft => {
             let tmp = args.out.join(".merged-tmp");
-            sft::export(&trainable, &cfg, &tmp, Some(&args.out), dtype)?;
+            sft::export(&trainable, &cfg.model, &tmp, Some(&args.out), dtype)?;
             std::fs::remove_dir_all(&tmp).ok();
         }
     }

@@ -721,23 +721,7 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
     let (final_dir, adapter_dir) = peft::run_outputs(out);
     if state.step >= t.max_steps {
         let dtype = crate::model::parse_dtype(&t.export_dtype, &candle_core::Device::Cpu).map_err(SftError::Setup)?;
-        let base_f32 = match trainable.mode {
-            Mode::Lora { .. } => Some(load_model_dir(&cfg.model, &candle_core::Device::Cpu, DType::F32)?.model),
-            Mode::Full => None,
-        };
-        let merged = trainable.merged(dtype, base_f32)?;
-        peft::save_model_dir(&merged, &cfg.model, &final_dir)?;
-        if let Mode::Lora { cfg: l, targets } = &trainable.mode {
-            let meta = peft::AdapterMeta {
-                rank: l.rank,
-                alpha: l.alpha,
-                dropout: l.dropout,
-                target_modules: targets.clone(),
-                modules_to_save: l.modules_to_save.clone(),
-                base_model: cfg.model.to_string_lossy().into_owned(),
-            };
-            peft::save_peft_adapter(&trainable.state(), &meta, dtype, &adapter_dir)?;
-        }
+        super::sft::export(&trainable, &cfg.model, &final_dir, Some(&adapter_dir), dtype)?;
     }
     Ok(GrpoOutcome { output_dir: out.clone(), final_model: final_dir, steps: state.step, validation_before, validation_after })
 }

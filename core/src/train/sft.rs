@@ -683,7 +683,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     let mut adapter = None;
     if state.step >= total_steps {
         let export_dtype = crate::model::parse_dtype(&t.export_dtype, &Device::Cpu).map_err(SftError::Setup)?;
-        export(&trainable, cfg, &final_dir, Some(&adapter_dir), export_dtype)?;
+        export(&trainable, &cfg.model, &final_dir, Some(&adapter_dir), export_dtype)?;
         if cfg.lora.is_some() {
             adapter = Some(adapter_dir);
         }
@@ -711,14 +711,15 @@ fn nonfinite_action(policy: NonFinitePolicy, what: &'static str, step: u64, deta
     }
 }
 
-/// Write the merged model (HF folder) and, for LoRA, the PEFT adapter.
-pub fn export(trainable: &Trainable, cfg: &SftConfig, merged_dir: &Path, adapter_dir: Option<&Path>, dtype: DType) -> Result<(), SftError> {
+/// Write the merged model (HF folder) and, for LoRA, the PEFT adapter. `base_model` is the
+/// folder the run started from (f32 base for merging, tokenizer files). SFT and GRPO share it.
+pub fn export(trainable: &Trainable, base_model: &Path, merged_dir: &Path, adapter_dir: Option<&Path>, dtype: DType) -> Result<(), SftError> {
     let base_f32 = match trainable.mode {
-        Mode::Lora { .. } => Some(load_model_dir(&cfg.model, &Device::Cpu, DType::F32)?.model),
+        Mode::Lora { .. } => Some(load_model_dir(base_model, &Device::Cpu, DType::F32)?.model),
         Mode::Full => None,
     };
     let merged = trainable.merged(dtype, base_f32)?;
-    peft::save_model_dir(&merged, &cfg.model, merged_dir)?;
+    peft::save_model_dir(&merged, base_model, merged_dir)?;
     if let (Some(dir), Mode::Lora { cfg: l, targets }) = (adapter_dir, &trainable.mode) {
         let meta = peft::AdapterMeta {
             rank: l.rank,
@@ -726,11 +727,11 @@ pub fn export(trainable: &Trainable, cfg: &SftConfig, merged_dir: &Path, adapter
             dropout: l.dropout,
             target_modules: targets.clone(),
             modules_to_save: l.modules_to_save.clone(),
-            base_model: std::fs::canonicalize(&cfg.model).unwrap_or(cfg.model.clone()).to_string_lossy().into_owned(),
+            base_model: std::fs::canonicalize(base_model).unwrap_or(base_model.to_path_buf()).to_string_lossy().into_owned(),
         };
         let tensors: HashMap<String, Tensor> = trainable.state();
         peft::save_peft_adapter(&tensors, &meta, dtype, dir)?;
-        peft::copy_tokenizer_files(&cfg.model, dir)?;
+        peft::copy_tokenizer_files(base_model, dir)?;
     }
     Ok(())
 }
