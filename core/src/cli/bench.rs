@@ -55,6 +55,24 @@ pub enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The same SFT steps (random-init model, random batch, AdamW) on CPU f32 and on --device:
+    /// per-step losses and the final weights' relative difference, with the device's fused and
+    /// tensor-op AdamW. Checks the GPU-only code paths (fused optimizer kernel, CUDA attention
+    /// and head backward) against the CPU ones.
+    TrainAgreement {
+        #[arg(long, default_value = "tiny")]
+        shape: String,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 2)]
+        micro_batch: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
     /// Logits of a device/dtype against CPU f32 on the same prompt (e.g. CUDA bf16 vs CPU f32).
     CompareDevices {
         #[arg(long)]
@@ -121,8 +139,7 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
     for i in 0..warmup + steps {
         let t = Instant::now();
         let view = trainable.view(false, None)?;
-        let logits = view.forward(&batch.input_ids, &batch.positions, Some(&batch.attention_mask))?;
-        let lp = crate::generate::token_logprobs(&logits, &batch.targets)?;
+        let lp = view.target_logprobs(&batch.input_ids, &batch.positions, Some(&batch.attention_mask), &batch.targets)?;
         let loss = ((lp * &batch.loss_mask)?.sum_all()?.neg()? / batch.trained_tokens as f64)?;
         let grads = loss.backward()?;
         // Activations and gradients are all alive here: the step's high-water mark.
@@ -146,8 +163,69 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
     Ok(out)
 }
 
+/// Train `steps` full-SFT steps of a random-init `shape` model on `device`; returns the losses
+/// and the final master weights (on the CPU).
+fn train_steps(shape: &str, seq: usize, mb: usize, steps: usize, device: &str, dtype: &str, fused: bool) -> anyhow::Result<(Vec<f64>, Vec<(String, Tensor)>)> {
+    use crate::train::trainable::{Mode, Trainable};
+    use crate::train::{AdamW, AdamWConfig};
+    let dev = parse_device(device).map_err(anyhow::Error::msg)?;
+    let dt = parse_dtype(dtype, &dev).map_err(anyhow::Error::msg)?;
+    let cfg = crate::model::ModelConfig::from_json(shape_config(shape)?, std::path::Path::new(shape))?;
+    let weights = crate::model::init::random_weights(&cfg, 0, 0.02)?;
+    let mut src = crate::model::MapSource::new(weights, shape);
+    let model = crate::model::CausalLm::from_source(cfg.clone(), &mut src, DType::F32, &dev)?;
+    let trainable = Trainable::new(model, Mode::Full, dt, 0)?;
+    let mut opt = AdamW::new(trainable.params().to_vec(), AdamWConfig { weight_decay: 0.01, max_grad_norm: 1.0, ..Default::default() })?.with_fused(fused);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    // Ragged lengths so that padding and the attention mask are exercised.
+    let examples: Vec<crate::data::TokenizedExample> = (0..mb)
+        .map(|i| {
+            let len = seq - (i * seq / (2 * mb.max(1)));
+            crate::data::TokenizedExample { ids: (0..len).map(|_| rng.gen_range(0..cfg.vocab_size as u32)).collect(), trained: vec![true; len], truncated: false }
+        })
+        .collect();
+    let plan: Vec<Vec<usize>> = (0..mb).map(|i| vec![i]).collect();
+    let batch = crate::data::batch::build_batch(&examples, &plan, 0, &dev)?;
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        let view = trainable.view(false, None)?;
+        let lp = view.target_logprobs(&batch.input_ids, &batch.positions, Some(&batch.attention_mask), &batch.targets)?;
+        let loss = ((lp * &batch.loss_mask)?.sum_all()?.neg()? / batch.trained_tokens as f64)?;
+        let grads = loss.backward()?;
+        opt.step(&grads, 1e-3)?;
+        losses.push(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+    }
+    let params = trainable.params().iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?))).collect::<anyhow::Result<_>>()?;
+    Ok((losses, params))
+}
+
+/// Relative L2 distance between two sets of named tensors.
+fn rel_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> anyhow::Result<f64> {
+    let (mut num, mut den) = (0f64, 0f64);
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        anyhow::ensure!(na == nb, "parameter order differs: {na} vs {nb}");
+        num += (ta - tb)?.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        den += ta.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    }
+    Ok((num / den.max(1e-30)).sqrt())
+}
+
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::TrainAgreement { shape, seq, micro_batch, steps, device, dtype } => {
+            let (cpu_losses, cpu_w) = train_steps(&shape, seq, micro_batch, steps, "cpu", "f32", false)?;
+            let (dev_losses, dev_w) = train_steps(&shape, seq, micro_batch, steps, &device, &dtype, true)?;
+            let (plain_losses, plain_w) = train_steps(&shape, seq, micro_batch, steps, &device, &dtype, false)?;
+            let report = serde_json::json!({
+                "shape": shape, "device": device, "dtype": dtype, "seq": seq, "micro_batch": micro_batch,
+                "cpu_f32_losses": cpu_losses, "device_losses_fused_adamw": dev_losses, "device_losses_tensor_adamw": plain_losses,
+                "weights_rel_diff_device_vs_cpu": rel_diff(&cpu_w, &dev_w)?,
+                "weights_rel_diff_fused_vs_tensor_adamw": rel_diff(&plain_w, &dev_w)?,
+                "weights_rel_change_cpu": rel_diff(&cpu_w, &train_steps(&shape, seq, micro_batch, 0, "cpu", "f32", false)?.1)?,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         BenchCommand::Sft { shape, seq, micro_batch, steps, warmup, device, dtype, json } => {
             let r = bench_sft(&shape, seq, micro_batch, steps, warmup, &device, &dtype)?;
             println!("{}", serde_json::to_string(&r)?);

@@ -138,23 +138,39 @@ pub fn generate_streams(
     for step in 0..params.max_new_tokens {
         let rows: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
         let mut next = vec![pad_token_id; b];
-        for i in 0..b {
-            if done[i] {
-                continue;
-            }
-            let mut row = rows[i].clone();
-            let s = sample(&mut row, &history[i], params, &mut rngs[i]);
-            next[i] = s.token;
-            history[i].push(s.token);
-            out[i].tokens.push(s.token);
-            out[i].logprobs.push(s.logprob);
+        // Sequences sample in parallel: each owns its RNG stream, so the tokens do not depend
+        // on thread scheduling.
+        use rayon::prelude::*;
+        let picked: Vec<Option<(u32, FinishReason, bool)>> = rows
+            .into_par_iter()
+            .zip(rngs.par_iter_mut())
+            .zip(history.par_iter_mut())
+            .zip(out.par_iter_mut())
+            .zip(done.par_iter())
+            .map(|((((mut row, rng), hist), o), &finished)| {
+                if finished {
+                    return None;
+                }
+                let s = sample(&mut row, hist, params, rng);
+                hist.push(s.token);
+                o.tokens.push(s.token);
+                o.logprobs.push(s.logprob);
+                if stop.eos_token_ids.contains(&s.token) {
+                    Some((s.token, FinishReason::Eos, true))
+                } else if stop.hits_stop_string(&o.tokens) {
+                    Some((s.token, FinishReason::Stop, true))
+                } else {
+                    Some((s.token, FinishReason::Length, false))
+                }
+            })
+            .collect();
+        for (i, p) in picked.into_iter().enumerate() {
+            let Some((token, reason, finished)) = p else { continue };
+            next[i] = token;
             produced += 1;
-            if stop.eos_token_ids.contains(&s.token) {
+            if finished {
                 done[i] = true;
-                out[i].finish_reason = FinishReason::Eos;
-            } else if stop.hits_stop_string(&out[i].tokens) {
-                done[i] = true;
-                out[i].finish_reason = FinishReason::Stop;
+                out[i].finish_reason = reason;
             }
         }
         let running = done.iter().filter(|d| !**d).count();

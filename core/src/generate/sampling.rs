@@ -1,4 +1,5 @@
-//! Logit processing and sampling, on the host, one sequence at a time.
+//! Logit processing and sampling, on the host, one sequence at a time (sequences of a batch in
+//! parallel, see `generate`).
 //!
 //! Order follows transformers: repetition penalty, temperature, top-k, top-p, then a draw.
 //! Each sequence owns a seeded RNG, so its tokens do not depend on what else is in the batch.
@@ -89,6 +90,27 @@ pub fn sample(logits: &mut [f32], history: &[u32], p: &SamplingParams, rng: &mut
             .enumerate()
             .fold((0, &f32::NEG_INFINITY), |best, cur| if cur.1 > best.1 { cur } else { best });
         return Sampled { token: i as u32, logprob: l - lse };
+    }
+    if (p.top_k == 0 || p.top_k >= logits.len()) && p.top_p >= 1.0 {
+        // Nothing is truncated: draw by inverse CDF in vocabulary order, O(V) and no sort (a
+        // full sort of a 50-150k vocabulary per token dominated GPU rollouts).
+        let mut u = rng.gen::<f32>() * (lse - max).exp();
+        let mut choice = None;
+        let mut last_positive = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            let pr = (l - max).exp();
+            if pr > 0.0 {
+                last_positive = i;
+            }
+            if u < pr {
+                choice = Some(i);
+                break;
+            }
+            u -= pr;
+        }
+        // Rounding can leave u just above the last mass: take the last token with mass.
+        let token = choice.unwrap_or(last_positive);
+        return Sampled { token: token as u32, logprob: logits[token] - lse };
     }
     // Candidates sorted by logit, descending; ties by id for determinism.
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();

@@ -58,13 +58,22 @@ pub fn parse_device(spec: &str) -> Result<Device, String> {
             let ordinal = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().map_err(|_| {
                 format!("invalid device {s:?}: expected cuda:N")
             })?;
-            Device::new_cuda(ordinal.unwrap_or(0)).map_err(|e| {
+            let dev = Device::new_cuda(ordinal.unwrap_or(0)).map_err(|e| {
                 if cfg!(feature = "cuda") {
                     format!("cannot open {s}: {e}")
                 } else {
                     format!("cannot open {s}: this medrl was built without the `cuda` feature (see docs/cuda.md)")
                 }
-            })
+            })?;
+            #[cfg(feature = "cuda")]
+            if let Device::Cuda(d) = &dev {
+                // SAFETY: medrl issues all work of a device on that device's one stream, so the
+                // per-tensor CUDA events cudarc records to order work across streams are never
+                // needed; they cost two event creations per allocation and event waits/records
+                // on every kernel launch, which dominated small-kernel training steps.
+                unsafe { d.disable_event_tracking() };
+            }
+            Ok(dev)
         }
         other => Err(format!("invalid device {other:?}: expected cpu, cuda, cuda:N or auto")),
     }

@@ -264,8 +264,6 @@ impl CausalLm {
                 Some(c) => c.append(i, &k, &v)?,
                 None => (k, v),
             };
-            let k = ops::repeat_kv(&k, nh / nkv)?.contiguous()?;
-            let v = ops::repeat_kv(&v, nh / nkv)?.contiguous()?;
             let o = ops::attention(&q, &k, &v, mask.as_ref())?;
             let o = o.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             x = (residual + a.o_proj.forward(&o)?)?;
@@ -288,6 +286,18 @@ impl CausalLm {
     }
 
     /// Logits `[B, T, V]` (f32) for a full forward without cache.
+    /// Log-probabilities `[B, T]` (f32) of `targets` `[B, T]` at each position, without
+    /// materializing the `[B, T, V]` logits (see [`ops::head_logprobs`]): what training losses
+    /// need, at a fraction of the memory of [`Self::forward`] for large vocabularies.
+    pub fn target_logprobs(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, targets: &Tensor) -> CResult<Tensor> {
+        let h = self.forward_hidden(input_ids, positions, mask, None)?;
+        let (b, t, hidden) = h.dims3()?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        // Chunks of ~2^27 logits (512 MB in f32) bound the transient memory of the head.
+        let rows = ((1usize << 27) / self.cfg.vocab_size.max(1)).max(1);
+        ops::head_logprobs(&h.reshape((b * t, hidden))?, head, &targets.flatten_all()?, rows)?.reshape((b, t))
+    }
+
     pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
         let h = self.forward_hidden(input_ids, positions, mask, None)?;
         self.lm_logits(&h)

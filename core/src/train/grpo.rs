@@ -347,7 +347,7 @@ pub fn validate(
     let opts = EvalOptions {
         sampling: SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() },
         n: 1,
-        batch_size: 32,
+        batch_size: 64,
         eos_token_ids: eos.to_vec(),
         pad_token_id: pad,
         stop_strings: stop.to_vec(),

@@ -3,6 +3,8 @@
 //! trainable views of a model (full or LoRA), checkpoints, metrics; and the SFT loop itself.
 
 pub mod checkpoint;
+#[cfg(feature = "cuda")]
+mod fused_adamw;
 pub mod grpo;
 pub mod loss;
 pub mod metrics;

@@ -56,6 +56,8 @@ pub struct AdamW {
     slots: Vec<Slot>,
     cfg: AdamWConfig,
     step: u64,
+    /// Use the one-kernel CUDA update where it applies (`MEDRL_FUSED_ADAMW=0` turns it off).
+    fused: bool,
 }
 
 impl AdamW {
@@ -71,7 +73,14 @@ impl AdamW {
             let decay = decays(&name, var.rank());
             slots.push(Slot { name, var, m, v, decay });
         }
-        Ok(Self { slots, cfg, step: 0 })
+        let fused = std::env::var("MEDRL_FUSED_ADAMW").map_or(true, |v| v != "0");
+        Ok(Self { slots, cfg, step: 0, fused })
+    }
+
+    /// Choose the fused CUDA update (default) or the tensor-op one (for comparisons).
+    pub fn with_fused(mut self, on: bool) -> Self {
+        self.fused = on;
+        self
     }
 
     /// Steps taken so far.
@@ -85,12 +94,18 @@ impl AdamW {
 
     /// Global L2 norm of the gradients of all parameters (missing gradients count as zero).
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64, TrainError> {
-        let mut sq = 0f64;
-        for s in &self.slots {
-            if let Some(g) = grads.get(s.var.as_tensor()) {
-                sq += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            }
+        // One device-to-host read for all parameters: a read per parameter would stall the
+        // device queue hundreds of times per step.
+        let sums: Vec<Tensor> = self
+            .slots
+            .iter()
+            .filter_map(|s| grads.get(s.var.as_tensor()))
+            .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all())
+            .collect::<candle_core::Result<_>>()?;
+        if sums.is_empty() {
+            return Ok(0.0);
         }
+        let sq: f64 = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?.iter().map(|&x| x as f64).sum();
         Ok(sq.sqrt())
     }
 
@@ -122,8 +137,30 @@ impl AdamW {
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
+        #[cfg(feature = "cuda")]
+        let fused = self.fused;
         for s in &mut self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            #[cfg(feature = "cuda")]
+            if fused {
+                let g = g.contiguous()?;
+                let p = s.var.as_tensor();
+                if super::fused_adamw::applies(p, &g, &s.m, &s.v) {
+                    let decay = if s.decay && self.cfg.weight_decay > 0.0 { 1.0 - lr * self.cfg.weight_decay } else { 1.0 };
+                    let u = super::fused_adamw::Update {
+                        lr: lr as f32,
+                        beta1: b1 as f32,
+                        beta2: b2 as f32,
+                        bias_correction1: bc1 as f32,
+                        bias_correction2: bc2 as f32,
+                        eps: self.cfg.eps as f32,
+                        decay: decay as f32,
+                        clip: clip_scale as f32,
+                    };
+                    super::fused_adamw::step(p, &g, &s.m, &s.v, u)?;
+                    continue;
+                }
+            }
             let g = (g.to_dtype(DType::F32)? * clip_scale)?;
             s.m = ((&s.m * b1)? + (&g * (1.0 - b1))?)?;
             s.v = ((&s.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;

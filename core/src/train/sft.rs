@@ -361,8 +361,7 @@ pub fn eval_loss(model: &crate::model::CausalLm, examples: &[TokenizedExample], 
     for chunk in idx.chunks(micro_batch) {
         let mb: MicroBatch = chunk.iter().map(|&i| vec![i]).collect();
         let b = build_batch(examples, &mb, pad, model.device())?;
-        let logits = model.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?;
-        let lp = crate::generate::token_logprobs(&logits, &b.targets)?;
+        let lp = model.target_logprobs(&b.input_ids, &b.positions, Some(&b.attention_mask), &b.targets)?;
         total -= (lp * &b.loss_mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         count += b.trained_tokens;
     }
@@ -595,8 +594,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
             tokens += b.tokens;
             let (bsz, seq) = b.input_ids.dims2()?;
             let model = trainable.view(false, Some((bsz * seq, &mut rng)))?;
-            let logits = model.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?;
-            let lp = crate::generate::token_logprobs(&logits, &b.targets)?;
+            let lp = model.target_logprobs(&b.input_ids, &b.positions, Some(&b.attention_mask), &b.targets)?;
             let loss = ((lp * &b.loss_mask)?.sum_all()?.neg()? / step_tokens.max(1) as f64)?;
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !lv.is_finite() {
