@@ -54,6 +54,10 @@ pub enum BenchCommand {
         /// Also write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also time weight cast / forward / backward / optimizer separately (synchronizing the
+        /// device between them).
+        #[arg(long)]
+        phases: bool,
     },
     /// The same SFT steps (random-init model, random batch, AdamW) on CPU f32 and on --device:
     /// per-step losses and the final weights' relative difference, with the device's fused and
@@ -110,7 +114,8 @@ pub fn shape_config(shape: &str) -> anyhow::Result<serde_json::Value> {
     })
 }
 
-fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str) -> anyhow::Result<serde_json::Value> {
+#[allow(clippy::too_many_arguments)]
+fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool) -> anyhow::Result<serde_json::Value> {
     use crate::train::trainable::{Mode, Trainable};
     use crate::train::{AdamW, AdamWConfig};
     let dev = parse_device(device).map_err(anyhow::Error::msg)?;
@@ -136,15 +141,33 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
     let mut times = Vec::new();
     let mut losses = Vec::new();
     let mut peak = 0f64;
+    // With --phases, the device is synchronized between phases so each one's time is its own
+    // (the step is slightly slower than without: the host cannot run ahead).
+    let mut phase_times: [Vec<f64>; 4] = Default::default();
     for i in 0..warmup + steps {
         let t = Instant::now();
+        let mut lap = Instant::now();
+        let mut mark = |k: usize| -> anyhow::Result<()> {
+            if phases {
+                dev.synchronize()?;
+                if i >= warmup {
+                    phase_times[k].push(lap.elapsed().as_secs_f64());
+                }
+                lap = Instant::now();
+            }
+            Ok(())
+        };
         let view = trainable.view(false, None)?;
+        mark(0)?;
         let lp = view.target_logprobs(&batch.input_ids, &batch.positions, Some(&batch.attention_mask), &batch.targets)?;
         let loss = ((lp * &batch.loss_mask)?.sum_all()?.neg()? / batch.trained_tokens as f64)?;
+        mark(1)?;
         let grads = loss.backward()?;
+        mark(2)?;
         // Activations and gradients are all alive here: the step's high-water mark.
         peak = peak.max(crate::progress::memory_mb(&dev));
         opt.step(&grads, 1e-4)?;
+        mark(3)?;
         // Reading the loss waits for the device, so the step time is real.
         losses.push(loss.to_scalar::<f32>()? as f64);
         if i >= warmup {
@@ -152,6 +175,10 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
         }
     }
     let step_s = median(times.clone());
+    let phase_report = phases.then(|| {
+        let [cast, fwd, bwd, opt] = phase_times.map(median);
+        serde_json::json!({"cast_weights_s": cast, "forward_s": fwd, "backward_s": bwd, "optimizer_s": opt})
+    });
     let tokens = (mb * seq) as f64;
     let out = serde_json::json!({
         "impl": "medrl", "shape": shape, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
@@ -159,6 +186,7 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
         "median_step_s": step_s, "tokens_per_s": tokens / step_s,
         "peak_memory_mb": peak,
         "losses": losses,
+        "phases": phase_report,
     });
     Ok(out)
 }
@@ -226,8 +254,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        BenchCommand::Sft { shape, seq, micro_batch, steps, warmup, device, dtype, json } => {
-            let r = bench_sft(&shape, seq, micro_batch, steps, warmup, &device, &dtype)?;
+        BenchCommand::Sft { shape, seq, micro_batch, steps, warmup, device, dtype, json, phases } => {
+            let r = bench_sft(&shape, seq, micro_batch, steps, warmup, &device, &dtype, phases)?;
             println!("{}", serde_json::to_string(&r)?);
             if let Some(p) = json {
                 crate::fsutil::write_json_atomic(&p, &r).with_context(|| format!("writing {}", p.display()))?;
