@@ -62,13 +62,18 @@ sft)
   cp "$W/sft-ss/metrics.jsonl" "$OUT/sft-metrics.jsonl"; cp "$W/sft-ss/plots/loss.svg" "$OUT/sft-loss.svg"
   ;;
 grpo)
+  # The device tool stops a call after 10 minutes: the run is bounded a little below that and
+  # checkpoints every few steps, so `RESUME=1 ... grpo` in the next call continues it.
   echo "== GRPO from the SFT model, sample-size reward plugin"
-  rm -rf "$W/grpo-ss"
-  /usr/bin/time -f "grpo wall %es" "$M" grpo --config configs/grpo-smollm2-sample-size.yaml model="$W/sft-ss/final" output_dir="$W/grpo-ss" \
+  if [ "${RESUME:-0}" = 1 ]; then resume=--resume; else rm -rf "$W/grpo-ss"; resume=; fi
+  set +e
+  /usr/bin/time -f "grpo wall %es" timeout "${GRPO_TIMEOUT:-540}" "$M" grpo --config configs/grpo-smollm2-sample-size.yaml $resume model="$W/sft-ss/final" output_dir="$W/grpo-ss" \
     data.dataset_dir="$D" "rewards=[{plugin: $W/plugins/sample_size.wasm, config: {tolerance: 0.2, correct_score: 1.1, format_penalty: -2.0}, on_failure: drop}]" "$@" \
     > "$OUT/grpo-outcome.json"
+  echo "grpo exit status $?"
+  set -e
   cat "$OUT/grpo-outcome.json"
   summary "$W/grpo-ss/metrics.jsonl"
-  cp "$W/grpo-ss/metrics.jsonl" "$OUT/grpo-metrics.jsonl"; cp "$W"/grpo-ss/plots/*.svg "$OUT/"
+  cp "$W/grpo-ss/metrics.jsonl" "$OUT/grpo-metrics.jsonl"; cp "$W"/grpo-ss/plots/*.svg "$OUT/" 2>/dev/null || true
   ;;
 esac
