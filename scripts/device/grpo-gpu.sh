@@ -9,6 +9,7 @@
 #   call 1, carry [.dc-bin, .dc-gguf-a]:                    bash scripts/device/grpo-gpu.sh stage
 #   call 2, carry [.dc-gguf-b, plugins/target/.../sample_size.wasm]:  bash scripts/device/grpo-gpu.sh sft
 #   call 3:                                                  bash scripts/device/grpo-gpu.sh grpo
+#   then:                                                    bash scripts/device/grpo-gpu.sh eval
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/device-env.sh
@@ -75,5 +76,17 @@ grpo)
   cat "$OUT/grpo-outcome.json"
   summary "$W/grpo-ss/metrics.jsonl"
   cp "$W/grpo-ss/metrics.jsonl" "$OUT/grpo-metrics.jsonl"; cp "$W"/grpo-ss/plots/*.svg "$OUT/" 2>/dev/null || true
+  ;;
+eval)
+  # Held-out accuracy of the SFT and GRPO models through `medrl eval` (the task's accuracy rule:
+  # the sample-size plugin's `accuracy` component), on the generated test problems. The working
+  # copy on the device is disposable, so the task's bundled test split is replaced in place.
+  cp "$D/test.jsonl" tasks/trialpanorama-sample-size/data/test.jsonl
+  for m in sft-ss grpo-ss; do
+    "$M" eval --model "$W/$m/final" --task trialpanorama-sample-size --split test --device cuda --dtype bf16 \
+      --batch-size 64 --max-new-tokens 320 --out "$W/eval-$m" --quiet > /dev/null
+    cp "$W/eval-$m/metrics.json" "$OUT/eval-$m-metrics.json"
+    python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], {k: m[k] for k in m if k in ('accuracy','reward','n','examples')})" "$W/eval-$m/metrics.json" "$m"
+  done
   ;;
 esac

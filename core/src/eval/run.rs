@@ -392,6 +392,8 @@ fn accuracy_value(r: &RewardResult, a: &AccuracySpec) -> Option<f64> {
         .copied()
         .or_else(|| r.components.iter().find(|(k, _)| k.rsplit('/').next() == Some(name)).map(|(_, v)| *v))
         .or_else(|| r.by_plugin.get(name).copied().flatten())
+        // `score` with no plugin named: the weighted total (GRPO's `accuracy_threshold`).
+        .or_else(|| (name == "score").then_some(r.total).flatten())
 }
 
 fn is_correct(r: &RewardResult, a: &AccuracySpec) -> bool {
@@ -1114,5 +1116,9 @@ mod tests {
         assert_eq!(accuracy_value(&r, &spec(Some("verifier"), "score")), Some(1.0));
         assert_eq!(accuracy_value(&r, &spec(Some("sample-size"), "accuracy")), Some(1.0));
         assert_eq!(accuracy_value(&r, &spec(Some("verifier"), "accuracy")), None);
+        // No plugin and no component called `score`: the total (this read None before, so
+        // GRPO's `accuracy_threshold` reported 0 accuracy whatever the answers).
+        let total = RewardResult { total: Some(1.1), ..r.clone() };
+        assert_eq!(accuracy_value(&total, &spec(None, "score")), Some(1.1));
     }
 }
