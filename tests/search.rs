@@ -239,6 +239,14 @@ fn foreign_and_stale_folders_give_clear_errors() {
     write_jsonl(&corpus, &studies(SMALL));
     let out = d.path().join("idx");
     search::build(&corpus, &out, &BuildOptions::default()).unwrap();
+    // A changed corpus is noticed (a warning when the index is opened).
+    let m = search::index::read_manifest(&out).unwrap();
+    assert_eq!(search::index::corpus_changed(&m), Some(false));
+    std::fs::write(&corpus, "{\"pmid\": 1, \"title\": \"changed\"}\n").unwrap();
+    assert_eq!(search::index::corpus_changed(&m), Some(true));
+    assert!(StudyIndex::open(&out).is_ok());
+    std::fs::remove_file(&corpus).unwrap();
+    assert_eq!(search::index::corpus_changed(&m), None);
     let mf = out.join("medrl-index.json");
     let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&mf).unwrap()).unwrap();
     m["schema_version"] = json!(0);
@@ -589,4 +597,30 @@ fn cli_index_build_search_and_reward_score() {
         outs.push(lines);
     }
     assert_eq!(outs[0], outs[1]);
+}
+
+#[test]
+fn grpo_config_takes_a_search_grant() {
+    let base = "model: m\noutput_dir: o\ndata: {train: [x]}\nrewards: [{plugin: p.wasm}]\n";
+    let parse = |extra: &str| {
+        let tree: serde_yaml::Value = serde_yaml::from_str(&format!("{base}{extra}")).unwrap();
+        medrl::config::from_tree::<medrl::train::grpo::GrpoConfig>(tree, Path::new("grpo.yaml"))
+    };
+    let c = parse("search: {index: idx}\n").unwrap();
+    assert_eq!(c.search.unwrap().index.as_deref(), Some(Path::new("idx")));
+    assert!(parse("").unwrap().search.is_none());
+    let e = parse("search: {index: idx, corpus: c.jsonl}\n").unwrap_err().to_string();
+    assert!(e.contains("search") && e.contains("exactly one"), "{e}");
+}
+
+#[test]
+fn parquet_corpora_with_integer_pmids() {
+    let d = tempfile::tempdir().unwrap();
+    let rows: Vec<Value> = SMALL.iter().map(|(id, t, a)| json!({"pmid": id.parse::<u64>().unwrap() + 30_000_000, "title": t, "abstract": a, "year": 2020})).collect();
+    let corpus = d.path().join("c.parquet");
+    medrl::data::write::write_parquet(&corpus, &rows).unwrap();
+    let r = search::build(&corpus, &d.path().join("idx"), &BuildOptions::default()).unwrap();
+    assert_eq!(r.manifest.documents, 5);
+    let idx = StudyIndex::open(&d.path().join("idx")).unwrap();
+    assert_eq!(ids(&idx.search("aspirin", 5).unwrap()), ["30000003"]);
 }

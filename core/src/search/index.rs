@@ -250,12 +250,19 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, SearchError> {
     Ok(m)
 }
 
-/// Warn when the corpus an index was built from has changed since (hashing it only when it is
-/// small enough to be cheap).
-fn warn_if_stale(dir: &Path, m: &Manifest) {
+/// Whether the corpus an index was built from has changed since the build: `None` when that
+/// cannot be told cheaply (the file is gone, or over 64 MiB and so not hashed on every open).
+pub fn corpus_changed(m: &Manifest) -> Option<bool> {
     const HASH_LIMIT: u64 = 64 << 20;
-    let Ok(meta) = std::fs::metadata(&m.corpus) else { return };
-    if meta.len() <= HASH_LIMIT && file_sha256(&m.corpus).is_ok_and(|h| h != m.corpus_sha256) {
+    let meta = std::fs::metadata(&m.corpus).ok()?;
+    if meta.len() > HASH_LIMIT {
+        return None;
+    }
+    file_sha256(&m.corpus).ok().map(|h| h != m.corpus_sha256)
+}
+
+fn warn_if_stale(dir: &Path, m: &Manifest) {
+    if corpus_changed(m) == Some(true) {
         tracing::warn!("index {} was built from {}, which has changed since (rebuild it with `medrl index build --force`)", dir.display(), m.corpus.display());
     }
 }

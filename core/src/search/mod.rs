@@ -67,10 +67,11 @@ pub enum SearchError {
 #[serde(deny_unknown_fields)]
 pub struct SearchGrant {
     /// A corpus file (.jsonl, .json or .parquet; rows `{pmid|id, title, abstract|text}`),
-    /// relative to the task folder. It is indexed in memory each time a run starts.
+    /// indexed in memory each time a run starts. Relative to the task folder in task.yaml, to
+    /// the working directory in a run config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corpus: Option<PathBuf>,
-    /// An index folder written by `medrl index build`, relative to the task folder.
+    /// An index folder written by `medrl index build` (relative like `corpus`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<PathBuf>,
     /// PubMed through NCBI E-utilities (needs network).
