@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes the small hand-written sample data of three task bundles (standard library only):
 
-- tasks/trialpanorama-study-search/: a study corpus (corpus.jsonl, {"id": PMID, "text": title
-  and abstract}) and review rows in TrialPanorama's VERL layout (data/*.jsonl; train is then
+- tasks/trialpanorama-study-search/: a study corpus (corpus.jsonl, {"pmid", "title", "year",
+  "abstract"}; the format `medrl index build` and search grants read) and review rows in TrialPanorama's VERL layout (data/*.jsonl; train is then
   converted to Parquet with `medrl data convert --input data/train.jsonl --output
   data/train.parquet`);
 - tasks/medical-o1/data/*.jsonl: HuatuoGPT-o1-style verifiable questions as medrl examples
@@ -33,7 +33,7 @@ REVIEWS = [
     ("atezolizumab plus bevacizumab", "unresectable hepatocellular carcinoma", "overall survival", "atezolizumab bevacizumab hepatocellular"),
     ("tranexamic acid", "postpartum haemorrhage", "death due to bleeding", "tranexamic acid postpartum haemorrhage"),
     ("vitamin D supplementation", "prevention of fractures in older adults", "fracture incidence", "vitamin D fractures older adults"),
-    ("proton pump inhibitor", "peptic ulcer rebleeding", "rebleeding", "proton pump inhibitor ulcer bleeding"),
+    ("proton pump inhibitor", "peptic ulcer rebleeding", "rebleeding", "proton pump inhibitor ulcer rebleeding"),
     ("radiofrequency ablation", "small hepatocellular carcinoma", "recurrence-free survival", "radiofrequency ablation small hepatocellular"),
     ("mindfulness-based stress reduction", "chronic low back pain", "pain intensity", "mindfulness chronic low back pain"),
     ("influenza vaccination", "patients after myocardial infarction", "death and cardiovascular events", "influenza vaccination myocardial infarction"),
@@ -71,9 +71,12 @@ def study_search():
         for k in range(rng.randint(3, 5)):
             pmid += rng.randint(7, 900)
             year = rng.randint(2003, 2023)
-            text = (f"{intervention.capitalize()} versus control for {condition}: {DESIGNS[k % len(DESIGNS)]} ({year}). "
-                    f"Adults with {condition} were randomly assigned to {intervention} or control; the primary outcome was {outcome}.")
-            corpus.append({"id": str(pmid), "text": text})
+            corpus.append({
+                "pmid": str(pmid),
+                "title": f"{intervention.capitalize()} versus control for {condition}: {DESIGNS[k % len(DESIGNS)]}",
+                "year": year,
+                "abstract": f"Adults with {condition} were randomly assigned to {intervention} or control; the primary outcome was {outcome}.",
+            })
             relevant.append(str(pmid))
         review_pmid = str(pmid + 5000)
         background = f"{condition.capitalize()} is common and its treatment options differ in effectiveness."
@@ -87,7 +90,7 @@ def study_search():
         rows.append({"prompt": prompt, "relevant": relevant, "review_pmid": review_pmid, "query": query})
     for d in DISTRACT:
         pmid += rng.randint(7, 900)
-        corpus.append({"id": str(pmid), "text": d})
+        corpus.append({"pmid": str(pmid), "title": d, "abstract": ""})
     rng.shuffle(corpus)
     with open(os.path.join(task, "corpus.jsonl"), "w") as f:
         for c in corpus:

@@ -136,7 +136,7 @@ fn task_api_examples_and_reward_specs() {
     assert!(ex[0].1.ground_truth["reference"].as_str().is_some());
     let t = Task::load("trialpanorama-study-search").unwrap();
     let s = &t.reward_specs()[0];
-    assert!(s.grants.search.as_ref().unwrap().corpus.is_absolute());
+    assert!(s.grants.search.as_ref().unwrap().corpus.as_ref().unwrap().is_absolute());
     assert!(s.search_index().unwrap().is_some());
     assert!(Task::load("no-such-task").unwrap_err().to_string().contains("known tasks"));
 }

@@ -11,6 +11,7 @@
 //! - [`eval`]: evaluation metrics (BLEU, ROUGE, survival, accuracy), each matching a reference package;
 //! - [`train`]: optimizer (AdamW, f32 master weights, clipping), LR schedules, losses;
 //! - [`plugin`]: the WebAssembly plugin host (wasmtime, component model, sandbox, policies);
+//! - [`search`]: study search backends of the `search` capability (tantivy index, PubMed);
 //! - [`task`]: task bundles (`tasks/<name>/task.yaml`): datasets, prompts, rewards, metrics;
 //! - [`cli`]: the `medrl` command line (the only place that uses `anyhow`);
 //! - [`progress`]: logging and progress bars shared by every long-running command.
@@ -27,6 +28,7 @@ pub mod ops;
 pub mod plot;
 pub mod plugin;
 pub mod progress;
+pub mod search;
 pub mod task;
 pub mod tokenizer;
 pub mod train;

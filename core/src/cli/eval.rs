@@ -153,8 +153,8 @@ pub fn eval_task(task: &Task, split: Split, limit: Option<usize>, policy: Failur
                 ),
             }
         }
-        if let Some(index) = s.search_index().map_err(anyhow::Error::msg).with_context(|| format!("reward `{}`: search corpus", s.name))? {
-            grants = grants.with_search(Box::new(index));
+        if let Some(index) = s.search_index().with_context(|| format!("reward `{}`: search backend", s.name))? {
+            grants = grants.with_search(index);
         }
         rewards.push(RewardSpec { name: s.name.clone(), plugin: s.path.clone(), weight: s.weight, config: s.config.clone(), grants, policy });
     }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod index;
 pub mod model;
 pub mod plugin;
 pub mod reward;
@@ -54,6 +55,9 @@ enum Command {
     Data(data::DataCommand),
     /// Evaluate a model on a task (resumable), or compare runs in an HTML report (`eval compare`).
     Eval(eval::EvalArgs),
+    /// Local study indexes for the `search` capability: build, search, info.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
     /// Task bundles (tasks/<name>/task.yaml): list, show, validate.
     #[command(subcommand)]
     Task(task::TaskCommand),
@@ -82,6 +86,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Data(cmd) => data::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Task(cmd) => task::run(cmd),
+        Command::Index(cmd) => index::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

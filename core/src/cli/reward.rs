@@ -10,9 +10,10 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use crate::plugin::{
-    sample, FailurePolicy, Grants, HostConfig, InMemoryIndex, InMemoryJudge, Limits, Outcome,
-    PluginHost, PluginOptions, Sample,
+    sample, FailurePolicy, Grants, HostConfig, InMemoryJudge, Limits, Outcome, PluginHost,
+    PluginOptions, Sample,
 };
+use crate::search::StudyIndex;
 
 /// Sandbox limits and grants shared by the reward subcommands.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,10 +36,13 @@ pub struct RunArgs {
     /// Samples per guest call.
     #[arg(long, default_value_t = 512)]
     pub batch: usize,
-    /// Grant the `search` capability backed by an in-memory index of this JSONL file
-    /// ({"id": ..., "text": ...} per line).
-    #[arg(long)]
+    /// Grant the `search` capability backed by a tantivy index built in memory from this
+    /// corpus file (.jsonl/.json/.parquet rows {pmid|id, title, abstract|text}).
+    #[arg(long, conflicts_with = "search_index")]
     pub search_docs: Option<PathBuf>,
+    /// Grant the `search` capability backed by an index folder from `medrl index build`.
+    #[arg(long)]
+    pub search_index: Option<PathBuf>,
     /// Grant the `judge` capability with a constant test judge returning this score.
     #[arg(long)]
     pub test_judge: Option<f64>,
@@ -126,17 +130,12 @@ fn host(cache_dir: Option<PathBuf>, fuel: bool) -> Result<PluginHost> {
 fn options(run: &RunArgs) -> Result<PluginOptions> {
     let mut grants = Grants::none();
     if let Some(path) = &run.search_docs {
-        let mut docs = Vec::new();
-        for (i, line) in read_lines(path)?.into_iter().enumerate() {
-            let v: Value = serde_json::from_str(&line)
-                .with_context(|| format!("{}:{}", path.display(), i + 1))?;
-            let id = v["id"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v["id"].to_string());
-            docs.push((id, v["text"].as_str().unwrap_or_default().to_string()));
-        }
-        grants = grants.with_search(Box::new(InMemoryIndex::new(docs)));
+        let index = StudyIndex::from_corpus(path).context("--search-docs")?;
+        grants = grants.with_search(Box::new(index));
+    }
+    if let Some(dir) = &run.search_index {
+        let index = StudyIndex::open(dir).context("--search-index")?;
+        grants = grants.with_search(Box::new(index));
     }
     if let Some(s) = run.test_judge {
         grants = grants.with_judge(Box::new(InMemoryJudge {

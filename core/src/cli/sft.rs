@@ -55,7 +55,11 @@ pub struct GrpoArgs {
 
 pub fn grpo(args: GrpoArgs) -> anyhow::Result<()> {
     let cfg: crate::train::grpo::GrpoConfig = config::load(Some(&args.config), &args.overrides)?;
-    let outcome = crate::train::grpo::run(&cfg, crate::plugin::Grants::none(), &RunOptions { resume: args.resume, stop_after: args.stop_after })?;
+    let mut grants = crate::plugin::Grants::none();
+    if let Some(g) = &cfg.search {
+        grants = grants.with_search(g.open().context("search grant")?);
+    }
+    let outcome = crate::train::grpo::run(&cfg, grants, &RunOptions { resume: args.resume, stop_after: args.stop_after })?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
 }

@@ -96,7 +96,7 @@ fn show(t: &Task) -> Result<()> {
             grants.push(format!("judge({})", j.model.as_deref().unwrap_or("engine default")));
         }
         if let Some(s) = &r.grants.search {
-            grants.push(format!("search({})", s.corpus.display()));
+            grants.push(format!("search({})", s.describe()));
         }
         println!("  {} x{} ({})", r.name, r.weight, r.path.display());
         println!("    config: {}", r.config);

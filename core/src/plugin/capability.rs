@@ -82,8 +82,10 @@ impl Judge for InMemoryJudge {
     }
 }
 
-/// Test index: scores documents by the number of query terms (lowercased, whitespace split)
-/// they contain. Deterministic, no dependencies; not a real ranking function.
+/// Test double: scores documents by the number of query terms (lowercased, whitespace split)
+/// they contain. Not a real ranking function; runs use [`crate::search`] (tantivy or PubMed).
+/// Kept because the reward exactness fixtures (tests/reference/rewards.py) reimplement this
+/// exact ranking in Python, which a BM25 index could not be checked against to 1e-9.
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryIndex {
     docs: Vec<(String, String)>,

@@ -43,6 +43,9 @@ pub mod validate;
 
 pub use validate::{validate, CheckStatus, ValidationReport};
 
+/// The search backend of a reward: `corpus`, `index` or `pubmed`.
+pub use crate::search::SearchGrant;
+
 /// Environment variable naming the tasks folder (the one holding `<name>/task.yaml`).
 pub const TASKS_DIR_ENV: &str = "MEDRL_TASKS_DIR";
 /// Environment variable naming the folder of bundled plugin `.wasm` files
@@ -207,14 +210,6 @@ fn half() -> f64 {
     0.5
 }
 
-/// A search index over a corpus the task ships: JSON lines `{"id": ..., "text": ...}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SearchGrant {
-    /// Relative to the task folder (absolute after [`Task::load`]).
-    pub corpus: PathBuf,
-}
-
 /// Validation metrics of the task.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -331,33 +326,15 @@ pub struct RewardSpec {
     pub path: PathBuf,
     pub weight: f64,
     pub config: Value,
-    /// Corpus paths absolute.
+    /// Search corpus / index paths absolute.
     pub grants: GrantsSpec,
 }
 
 impl RewardSpec {
-    /// The search grant as the host's in-memory index over the corpus (None when not granted).
-    pub fn search_index(&self) -> Result<Option<crate::plugin::InMemoryIndex>, String> {
-        let Some(s) = &self.grants.search else { return Ok(None) };
-        let text = std::fs::read_to_string(&s.corpus).map_err(|e| format!("{}: {e}", s.corpus.display()))?;
-        let mut docs = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(line).map_err(|e| format!("{} row {}: {e}", s.corpus.display(), i + 1))?;
-            let id = match v.get("id") {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Number(n)) => n.to_string(),
-                _ => return Err(format!("{} row {}: needs `id`", s.corpus.display(), i + 1)),
-            };
-            let text = v.get("text").and_then(Value::as_str).ok_or(format!("{} row {}: needs `text`", s.corpus.display(), i + 1))?;
-            docs.push((id, text.to_string()));
-        }
-        if docs.is_empty() {
-            return Err(format!("{}: empty corpus", s.corpus.display()));
-        }
-        Ok(Some(crate::plugin::InMemoryIndex::new(docs)))
+    /// The search grant's backend (None when not granted): the corpus indexed in memory (tantivy),
+    /// a prebuilt index folder, or PubMed.
+    pub fn search_index(&self) -> Result<Option<Box<dyn crate::plugin::SearchIndex>>, crate::search::SearchError> {
+        self.grants.search.as_ref().map(|s| s.open()).transpose()
     }
 }
 
@@ -526,7 +503,7 @@ impl Task {
         }
     }
 
-    /// The reward plugins: path, weight, config JSON and grants (corpus paths resolved).
+    /// The reward plugins: path, weight, config JSON and grants (search paths resolved).
     pub fn reward_specs(&self) -> Vec<RewardSpec> {
         self.config
             .rewards
@@ -534,7 +511,7 @@ impl Task {
             .map(|r| {
                 let mut grants = r.grants.clone();
                 if let Some(s) = &mut grants.search {
-                    s.corpus = self.dir.join(&s.corpus);
+                    s.resolve(&self.dir);
                 }
                 RewardSpec { name: r.plugin.clone(), path: self.plugin_path(&r.plugin), weight: r.weight, config: r.config.clone(), grants }
             })
@@ -585,6 +562,9 @@ fn parse(text: &str, file: &Path) -> Result<TaskConfig, TaskError> {
         }
         if !r.config.is_object() {
             return Err(invalid(format!("rewards[{i}].config"), "must be a mapping".into()));
+        }
+        if let Some(s) = &r.grants.search {
+            s.check().map_err(|m| invalid(format!("rewards[{i}].grants.search"), m))?;
         }
         if let Some(j) = &r.grants.judge {
             if !(0.0..=1.0).contains(&j.validate_score) {

@@ -11,7 +11,8 @@
 //! - the accuracy metric names a component the plugin reports.
 //!
 //! A judge grant is backed by a constant stand-in judge (`validate_score`) since validation
-//! runs no model.
+//! runs no model; a search grant by its real backend (the corpus indexed in memory, the index
+//! folder, or PubMed).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -82,14 +83,15 @@ pub fn example_sample(ex: &crate::data::Example, response: &str) -> Sample {
     sample(&prompt, response, &ex.ground_truth, &ex.metadata, &ex.data_source)
 }
 
-/// The capability grants of a reward spec, for validation (judge: constant stand-in).
+/// The capability grants of a reward spec, for validation (judge: constant stand-in; search:
+/// the task's real backend).
 pub fn validation_grants(spec: &RewardSpec) -> Result<Grants, String> {
     let mut g = Grants::none();
     if let Some(j) = &spec.grants.judge {
         g = g.with_judge(Box::new(InMemoryJudge { default_score: j.validate_score, reply: "True".into(), ..Default::default() }));
     }
-    if let Some(idx) = spec.search_index()? {
-        g = g.with_search(Box::new(idx));
+    if let Some(idx) = spec.search_index().map_err(|e| e.to_string())? {
+        g = g.with_search(idx);
     }
     Ok(g)
 }

@@ -179,6 +179,11 @@ pub struct GrpoConfig {
     pub dtype: String,
     pub data: GrpoData,
     pub rewards: Vec<RewardSpec>,
+    /// The `search` capability granted to the reward plugins (study search): `{corpus: FILE}`,
+    /// `{index: DIR}` or `{pubmed: {email: ...}}`, paths relative to the working directory
+    /// (docs/search.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<crate::search::SearchGrant>,
     /// Validation accuracy: the fraction of responses whose total reward reaches this.
     #[serde(default)]
     pub accuracy_threshold: Option<f64>,
@@ -217,6 +222,9 @@ impl Validate for GrpoConfig {
         }
         if self.training.max_steps == 0 {
             return Err(("training.max_steps".into(), "must be at least 1".into()));
+        }
+        if let Some(g) = &self.search {
+            g.check().map_err(|m| ("search".to_string(), m))?;
         }
         if let Some(l) = &self.lora {
             l.validate().map_err(|(k, m)| (format!("lora.{k}"), m))?;
