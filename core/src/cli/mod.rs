@@ -4,6 +4,7 @@ pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod judge;
 pub mod model;
 pub mod plugin;
 pub mod reward;

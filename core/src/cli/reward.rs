@@ -10,8 +10,8 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use crate::plugin::{
-    sample, FailurePolicy, Grants, HostConfig, InMemoryIndex, InMemoryJudge, Limits, Outcome,
-    PluginHost, PluginOptions, Sample,
+    sample, FailurePolicy, Grants, HostConfig, InMemoryIndex, Limits, Outcome, PluginHost,
+    PluginOptions, Sample,
 };
 
 /// Sandbox limits and grants shared by the reward subcommands.
@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Grant the `judge` capability with a constant test judge returning this score.
     #[arg(long)]
     pub test_judge: Option<f64>,
+    /// Grant the `judge` capability backed by a model (`--judge-model DIR`, CPU unless
+    /// --judge-device says otherwise).
+    #[command(flatten)]
+    pub judge: super::judge::JudgeArgs,
     /// Directory of the compiled-plugin cache (default: $MEDRL_CACHE_DIR or ~/.cache/medrl/plugins).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -138,12 +142,8 @@ fn options(run: &RunArgs) -> Result<PluginOptions> {
         }
         grants = grants.with_search(Box::new(InMemoryIndex::new(docs)));
     }
-    if let Some(s) = run.test_judge {
-        grants = grants.with_judge(Box::new(InMemoryJudge {
-            default_score: s,
-            ..Default::default()
-        }));
-    }
+    let mut judges = super::judge::JudgeProvider::new(run.test_judge, run.judge.clone(), "cpu")?;
+    grants.judge = judges.from_flags()?;
     Ok(PluginOptions {
         limits: Limits {
             timeout: Duration::from_millis(run.timeout_ms),
