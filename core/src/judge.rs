@@ -661,6 +661,62 @@ mod tests {
         assert_eq!(resolve_model_dir("v", Some(d.path())).unwrap(), d.path().join("v"));
     }
 
+    fn fixture_judge(f: impl FnOnce(&mut JudgeSettings)) -> ModelJudge {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/judge/llama-cls");
+        let mut s = JudgeSettings::new(dir.to_string_lossy());
+        f(&mut s);
+        ModelJudge::load(s).unwrap()
+    }
+
+    fn wait_for_queue(j: &ModelJudge, n: usize) {
+        let t0 = Instant::now();
+        while lock(&j.queue).len() < n {
+            assert!(t0.elapsed() < Duration::from_secs(30), "requests never queued");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn queued_requests_are_computed_in_one_batch() {
+        let j = Arc::new(fixture_judge(|s| s.max_batch = 8));
+        let prompts = ["The patient has a fever.", "What is the dose?", "A", "Is this correct? True or False"];
+        let want: Vec<f64> = prompts.iter().map(|p| j.score_many(&[p]).unwrap()[0]).collect();
+        // Hold the model so that calls pile up in the queue, then let one caller run them all.
+        let busy = lock(&j.busy);
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let j = j.clone();
+                let p = prompts[i % prompts.len()];
+                std::thread::spawn(move || (i, j.score(p).unwrap()))
+            })
+            .collect();
+        wait_for_queue(&j, 6);
+        drop(busy);
+        let last = j.score(prompts[0]).unwrap();
+        assert!((last - want[0]).abs() < 1e-6);
+        for h in handles {
+            let (i, p) = h.join().unwrap();
+            assert!((p - want[i % prompts.len()]).abs() < 1e-6, "request {i}: {p} batched vs {} alone", want[i % prompts.len()]);
+        }
+        let st = j.stats();
+        assert_eq!((st.requests, st.batches, st.largest_batch), (7, 1, 7), "{st:?}");
+    }
+
+    #[test]
+    fn a_call_that_cannot_start_times_out() {
+        let j = Arc::new(fixture_judge(|s| s.timeout = Duration::from_millis(50)));
+        let busy = lock(&j.busy);
+        let j2 = j.clone();
+        let h = std::thread::spawn(move || j2.score("What is the dose?"));
+        let e = h.join().unwrap().unwrap_err();
+        drop(busy);
+        assert!(e.contains("timed out"), "{e}");
+        assert_eq!(j.stats().timeouts, 1);
+        assert!(lock(&j.queue).is_empty(), "a timed-out request leaves the queue");
+        // The judge still works afterwards.
+        assert!(j.score("What is the dose?").unwrap() > 0.0);
+    }
+
     #[test]
     fn truncation_keeps_the_requested_end() {
         let ids: Vec<u32> = (1..=10).collect();
