@@ -406,3 +406,39 @@ fn eval_builds_the_judge_from_the_task_grant_or_the_flag() {
     let s = flags.settings(task.config.rewards[0].grants.judge.as_ref(), Some(&task.dir)).unwrap();
     assert_eq!((s.kind, s.label.as_deref(), s.max_length), (Some(JudgeKind::Classifier), Some("1"), 4096));
 }
+
+#[test]
+fn grpo_cli_grants_the_judge_model() {
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("policy");
+    let mut opts = medrl::model::init::InitOptions::new(medrl::model::Arch::Qwen2, medrl::model::init::Preset::Tiny);
+    opts.seed = 5;
+    medrl::model::init::init_model_dir(&model, &opts).unwrap();
+    let cfg = d.path().join("grpo.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model: {model:?}\noutput_dir: {out:?}\ndevice: cpu\n\
+             data:\n  train: [{{path: {data:?}, formatting: messages}}]\n\
+             rewards: [{{plugin: {wasm:?}, weight: 1.0}}]\n\
+             rollout: {{temperature: 1.0, max_new_tokens: 8}}\n\
+             algorithm: {{n: 2, prompts_per_step: 2, micro_batch_size: 4}}\n\
+             training: {{max_steps: 1, lr: 1.0e-4, seed: 3}}\n",
+            out = d.path().join("run"),
+            data = repo().join("tasks/medical-o1/data/train.jsonl"),
+            wasm = verifier_wasm(),
+        ),
+    )
+    .unwrap();
+    // A hub name stops the run before training, saying why.
+    let out = medrl_cmd().args(["grpo", "--config"]).arg(&cfg).args(["--judge-model", "FreedomIntelligence/medical_o1_verifier_3B"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never downloads"));
+    assert!(!d.path().join("run").exists(), "nothing was written");
+    // A local verifier is loaded and granted (on the run's device).
+    let out = medrl_cmd().args(["grpo", "--config"]).arg(&cfg).arg("--judge-model").arg(fixture_dir("llama-cls")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("judge model loaded") && err.contains("Classifier"), "{err}");
+    assert!(!err.contains("not granted"), "{err}");
+}
