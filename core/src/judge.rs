@@ -392,14 +392,33 @@ impl ModelJudge {
         Ok(truncate(ids, self.settings.max_length, self.settings.truncation, self.bos))
     }
 
-    /// Scores of several prompts in one call (batched by `max_batch`), in order.
+    /// Scores of several prompts in one call (batched by `max_batch`), in order. Runs on the
+    /// caller's thread once the model is free, without the per-call timeout.
     pub fn score_many(&self, prompts: &[&str]) -> Result<Vec<f64>, String> {
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| self.prompt_ids(p)).collect::<Result<_, _>>()?;
+        let guard = lock(&self.busy);
         let mut out = Vec::with_capacity(prompts.len());
-        for chunk in prompts.chunks(self.settings.max_batch) {
-            let ids: Vec<Vec<u32>> = chunk.iter().map(|p| self.prompt_ids(p)).collect::<Result<_, _>>()?;
-            out.extend(self.score_ids(&ids).map_err(|e| e.to_string())?);
+        let mut result = Ok(());
+        for chunk in ids.chunks(self.settings.max_batch) {
+            match self.score_ids(chunk) {
+                Ok(p) => out.extend(p),
+                Err(e) => {
+                    result = Err(format!("judge model {}: {e}", self.dir.display()));
+                    break;
+                }
+            }
         }
-        Ok(out)
+        self.release(guard);
+        result.map(|_| out)
+    }
+
+    /// Free the model and let the oldest queued caller compute what is waiting.
+    fn release(&self, guard: std::sync::MutexGuard<'_, ()>) {
+        let next = lock(&self.queue).front().map(|r| r.slot.clone());
+        drop(guard);
+        if let Some(s) = next {
+            s.wake();
+        }
     }
 
     /// One forward over a batch of prompts: the probability of each.
@@ -515,12 +534,7 @@ impl ModelJudge {
                 if !batch.is_empty() {
                     self.run_batch(batch);
                 }
-                let next = lock(&self.queue).front().map(|r| r.slot.clone());
-                drop(g);
-                // The model is free again: let the oldest waiting caller compute the rest.
-                if let Some(s) = next {
-                    s.wake();
-                }
+                self.release(g);
                 continue;
             }
             let mut st = lock(&slot.state);
@@ -534,7 +548,12 @@ impl ModelJudge {
                 let mut q = lock(&self.queue);
                 if let Some(i) = q.iter().position(|r| r.id == id) {
                     q.remove(i);
+                    // A wake meant for this request would be lost: pass it on to the next one.
+                    let next = q.front().map(|r| r.slot.clone());
                     drop(q);
+                    if let Some(s) = next {
+                        s.wake();
+                    }
                     lock(&self.stats).timeouts += 1;
                     return Err(format!(
                         "judge call timed out: the model did not become free within {:.1} s (judge timeout)",
