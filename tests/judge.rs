@@ -404,7 +404,7 @@ fn eval_builds_the_judge_from_the_task_grant_or_the_flag() {
     close(j.score(&prompt).unwrap(), want[1], "eval's judge");
     assert_eq!(flags.loaded().count(), 1);
     let s = flags.settings(task.config.rewards[0].grants.judge.as_ref(), Some(&task.dir)).unwrap();
-    assert_eq!((s.kind, s.label.as_deref(), s.max_length), (Some(JudgeKind::Classifier), Some("1"), 4096));
+    assert_eq!((s.kind, s.label.as_deref(), s.max_length, s.add_special_tokens), (Some(JudgeKind::Classifier), Some("1"), 4000, false));
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! - `classifier`: a `*ForSequenceClassification` checkpoint ([`crate::model::classifier`]);
 //!   the score is `softmax(logits)[label]` (label by name from `id2label`, e.g. `True`, or by
 //!   index; default index 1, as HuatuoGPT-o1's verifier is read). The prompt is tokenized as
-//!   transformers' `tokenizer(text)` does (special tokens of the post-processor, no chat
-//!   template). `generate` is an error.
+//!   transformers' `tokenizer(text)` does (the post-processor's special tokens unless
+//!   `add_special_tokens: false`; no chat template). `generate` is an error.
 //! - `causal_lm`: a decoder LM; the score is P(`true_token`) of the next token after the prompt
 //!   (rendered as one user turn through the chat template when the tokenizer has one, unless
 //!   `chat_template: false`). `normalize: pair` (default) renormalizes over {`true_token`,
@@ -100,6 +100,10 @@ pub struct JudgeSettings {
     /// Causal LM: render the prompt as a user turn with the chat template (`None`: when the
     /// tokenizer has one).
     pub chat_template: Option<bool>,
+    /// Apply the tokenizer's post-processor (e.g. a BOS) to a prompt that is not chat-rendered,
+    /// as transformers' `tokenizer(text)` does by default. HuatuoGPT-o1 tokenizes its verifier
+    /// prompt with `add_special_tokens=False`; for Qwen tokenizers (no BOS) both are the same.
+    pub add_special_tokens: bool,
     /// Longest prompt in tokens; longer ones are truncated.
     pub max_length: usize,
     pub truncation: Truncation,
@@ -127,6 +131,7 @@ impl JudgeSettings {
             false_token: "False".into(),
             normalize: Normalize::Pair,
             chat_template: None,
+            add_special_tokens: true,
             max_length: 4096,
             truncation: Truncation::Left,
             max_batch: 8,
@@ -383,7 +388,7 @@ impl ModelJudge {
         let ids = if self.chat {
             self.tokenizer.encode_chat(&[ChatMessage::user(prompt)], true)
         } else {
-            self.tokenizer.encode(prompt, true)
+            self.tokenizer.encode(prompt, self.settings.add_special_tokens)
         }
         .map_err(|e| e.to_string())?;
         if ids.is_empty() {

@@ -35,6 +35,10 @@ pub struct JudgeArgs {
     /// Causal LM: render the prompt with the chat template (default: when the tokenizer has one).
     #[arg(long)]
     pub judge_chat_template: Option<bool>,
+    /// Apply the tokenizer's special tokens (e.g. BOS) to prompts that are not chat-rendered
+    /// (default true).
+    #[arg(long)]
+    pub judge_add_special_tokens: Option<bool>,
     /// Longest judge prompt in tokens (default 4096).
     #[arg(long)]
     pub judge_max_length: Option<usize>,
@@ -67,6 +71,7 @@ impl JudgeArgs {
             false_token: self.judge_false_token.clone(),
             normalize: self.judge_normalize,
             chat_template: self.judge_chat_template,
+            add_special_tokens: self.judge_add_special_tokens,
             max_length: self.judge_max_length,
             truncation: self.judge_truncation,
             max_batch: self.judge_max_batch,

@@ -51,6 +51,8 @@ pub struct RunArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+// Parsed once per process: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum RewardCommand {
     /// Score samples (JSONL: prompt, response, ground_truth, metadata, data_source) with a

@@ -223,6 +223,10 @@ pub struct JudgeGrant {
     /// tokenizer has one).
     #[serde(default)]
     pub chat_template: Option<bool>,
+    /// Apply the tokenizer's special tokens (e.g. a BOS) to a prompt that is not chat-rendered
+    /// (default true, as transformers' `tokenizer(text)`; HuatuoGPT-o1's verifier uses false).
+    #[serde(default)]
+    pub add_special_tokens: Option<bool>,
     /// Longest judge prompt in tokens (default 4096); longer prompts are truncated.
     #[serde(default)]
     pub max_length: Option<usize>,
@@ -277,6 +281,9 @@ impl JudgeGrant {
         }
         if self.chat_template.is_some() {
             s.chat_template = self.chat_template;
+        }
+        if let Some(a) = self.add_special_tokens {
+            s.add_special_tokens = a;
         }
         if let Some(n) = self.max_length {
             s.max_length = n;
