@@ -105,6 +105,8 @@ fn qwen2_classifier_without_pad_token_reads_the_last_token() {
     let c = load_classifier_dir(&fixture_dir("qwen2-cls"), &Device::Cpu, DType::F32).unwrap();
     assert_eq!(c.model.pad_token_id, None);
     assert!(c.model.body.cfg.attention_bias);
+    // Read from transformers 5's `rope_parameters` (the logits below depend on it).
+    assert_eq!(c.model.body.cfg.rope_theta, 1e6);
     let want_ids = ids(&e["ids"]);
     let got_ids: Vec<Vec<u32>> = prompts().iter().map(|p| c.tokenizer.encode(p, true).unwrap()).collect();
     assert_eq!(got_ids, want_ids);

@@ -146,10 +146,11 @@ def main(tiny_dir):
     }
 
     # Qwen2 classifier (attention biases, tied config) without a pad token: last token, unbatched.
+    # RoPE theta 1e6 as in Qwen2.5; transformers 5 stores it under `rope_parameters`.
     d = os.path.join(OUT, "qwen2-cls")
     tok = copy_tokenizer(tiny_dir, d)
     cfg = Qwen2Config(vocab_size=512, pad_token_id=None, eos_token_id=2, bos_token_id=None,
-                      tie_word_embeddings=True, num_labels=2, **DIMS)
+                      tie_word_embeddings=True, num_labels=2, **{**DIMS, "rope_theta": 1e6})
     torch.manual_seed(0)
     m = Qwen2ForSequenceClassification(cfg).eval()
     randomize(m, 12)
