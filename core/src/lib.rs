@@ -10,6 +10,7 @@
 //! - [`config`]: typed YAML run configurations with command-line overrides;
 //! - [`eval`]: evaluation metrics (BLEU, ROUGE, survival, accuracy), each matching a reference package;
 //! - [`train`]: optimizer (AdamW, f32 master weights, clipping), LR schedules, losses;
+//! - [`judge`]: the plugins' `judge` capability backed by a loaded model (classifier or causal LM);
 //! - [`plugin`]: the WebAssembly plugin host (wasmtime, component model, sandbox, policies);
 //! - [`search`]: study search backends of the `search` capability (tantivy index, PubMed);
 //! - [`task`]: task bundles (`tasks/<name>/task.yaml`): datasets, prompts, rewards, metrics;
@@ -23,6 +24,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod gguf;
+pub mod judge;
 pub mod model;
 pub mod ops;
 pub mod plot;

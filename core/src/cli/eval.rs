@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use crate::eval::{self, AccuracySpec, AnswerParser, EvalOptions, EvalTask, MetricSettings, RewardSpec, RunConfig, RunControl, SurvivalSettings};
 use crate::generate::SamplingParams;
 use crate::model::{load_model_dir, parse_device, parse_dtype};
-use crate::plugin::{FailurePolicy, Grants, InMemoryJudge, Limits};
+use super::judge::JudgeProvider;
+use crate::plugin::{FailurePolicy, Grants, Limits};
 use crate::task::{Split, Task, TextMetric};
 
 #[derive(clap::Args)]
@@ -87,9 +88,13 @@ struct RunArgs {
     #[arg(long, default_value = "fail")]
     reward_policy: FailurePolicy,
     /// Back the tasks' judge capability with a constant stand-in judge returning this score
-    /// (medrl has no model-backed judge yet; a task that grants a judge needs this flag).
+    /// (instead of the judge model; the numbers then measure format only).
     #[arg(long)]
     test_judge: Option<f64>,
+    /// The judge model (default: the task's grants.judge; it runs on --device unless
+    /// --judge-device says otherwise).
+    #[command(flatten)]
+    judge: super::judge::JudgeArgs,
     /// Wall-clock deadline per reward plugin call, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     reward_timeout_ms: u64,
@@ -128,7 +133,7 @@ pub fn answer_parser_for(plugins: &[String]) -> AnswerParser {
 }
 
 /// Build what evaluation needs from a task bundle.
-pub fn eval_task(task: &Task, split: Split, limit: Option<usize>, policy: FailurePolicy, test_judge: Option<f64>) -> Result<EvalTask> {
+pub fn eval_task(task: &Task, split: Split, limit: Option<usize>, policy: FailurePolicy, judges: &mut JudgeProvider) -> Result<EvalTask> {
     let mut examples = task.examples(split)?;
     if let Some(l) = limit {
         examples.truncate(l);
@@ -143,15 +148,8 @@ pub fn eval_task(task: &Task, split: Split, limit: Option<usize>, policy: Failur
     let mut rewards = Vec::new();
     for s in &specs {
         let mut grants = Grants::none();
-        if s.grants.judge.is_some() {
-            match test_judge {
-                Some(v) => grants = grants.with_judge(Box::new(InMemoryJudge { default_score: v, ..Default::default() })),
-                None => bail!(
-                    "task `{}`: reward `{}` needs a judge model; medrl has no model-backed judge yet. Pass --test-judge SCORE for a constant stand-in (its numbers then measure format only)",
-                    task.name(),
-                    s.name
-                ),
-            }
+        if let Some(j) = &s.grants.judge {
+            grants.judge = Some(judges.for_grant(j, Some(&task.dir), &format!("task `{}`: reward `{}`", task.name(), s.name))?);
         }
         if let Some(index) = s.search_index().with_context(|| format!("reward `{}`: search backend", s.name))? {
             grants = grants.with_search(index);
@@ -210,7 +208,8 @@ fn run_eval(a: RunArgs) -> Result<()> {
     }
     let split: Split = a.split.parse().map_err(anyhow::Error::msg)?;
     let task = Task::load(&task_name)?;
-    let etask = eval_task(&task, split, a.limit, a.reward_policy, a.test_judge)?;
+    let mut judges = JudgeProvider::new(a.test_judge, a.judge.clone(), &a.device)?;
+    let etask = eval_task(&task, split, a.limit, a.reward_policy, &mut judges)?;
     let temperature = a.temperature.unwrap_or(if a.n > 1 { 0.7 } else { 0.0 });
     if a.n > 1 && temperature == 0.0 {
         tracing::warn!("--n {} with temperature 0: every sample of a prompt is the same greedy response", a.n);
@@ -255,6 +254,9 @@ fn run_eval(a: RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let outcome = eval::run_eval(&loaded.model, &loaded.tokenizer, &etask, &rewards, &config, &opts, &control, &out)?;
     tracing::info!("{} responses generated ({} resumed) in {:.1}s", outcome.generated, outcome.resumed, t0.elapsed().as_secs_f64());
+    for j in judges.loaded() {
+        tracing::info!(judge = %j.dir().display(), stats = ?j.stats(), "judge model");
+    }
     match outcome.metrics {
         None => println!("stopped early; rerun the same command to resume ({})", out.display()),
         Some(m) => {

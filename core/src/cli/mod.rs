@@ -5,6 +5,7 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod index;
+pub mod judge;
 pub mod model;
 pub mod plugin;
 pub mod reward;

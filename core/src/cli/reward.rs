@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use crate::plugin::{
-    sample, FailurePolicy, Grants, HostConfig, InMemoryJudge, Limits, Outcome, PluginHost,
+    sample, FailurePolicy, Grants, HostConfig, Limits, Outcome, PluginHost,
     PluginOptions, Sample,
 };
 use crate::search::StudyIndex;
@@ -46,11 +46,17 @@ pub struct RunArgs {
     /// Grant the `judge` capability with a constant test judge returning this score.
     #[arg(long)]
     pub test_judge: Option<f64>,
+    /// Grant the `judge` capability backed by a model (`--judge-model DIR`, CPU unless
+    /// --judge-device says otherwise).
+    #[command(flatten)]
+    pub judge: super::judge::JudgeArgs,
     /// Directory of the compiled-plugin cache (default: $MEDRL_CACHE_DIR or ~/.cache/medrl/plugins).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
 }
 
+// Parsed once per process: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum RewardCommand {
     /// Score samples (JSONL: prompt, response, ground_truth, metadata, data_source) with a
@@ -137,12 +143,8 @@ fn options(run: &RunArgs) -> Result<PluginOptions> {
         let index = StudyIndex::open(dir).context("--search-index")?;
         grants = grants.with_search(Box::new(index));
     }
-    if let Some(s) = run.test_judge {
-        grants = grants.with_judge(Box::new(InMemoryJudge {
-            default_score: s,
-            ..Default::default()
-        }));
-    }
+    let mut judges = super::judge::JudgeProvider::new(run.test_judge, run.judge.clone(), "cpu")?;
+    grants.judge = judges.from_flags()?;
     Ok(PluginOptions {
         limits: Limits {
             timeout: Duration::from_millis(run.timeout_ms),

@@ -50,16 +50,27 @@ pub struct GrpoArgs {
     /// Stop after this many steps of this invocation (the run stays resumable).
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Grant the reward plugins a constant stand-in judge returning this score.
+    #[arg(long)]
+    test_judge: Option<f64>,
+    /// Grant the reward plugins a judge backed by this model (on the run's device unless
+    /// --judge-device says otherwise); see docs/judge.md.
+    #[command(flatten)]
+    judge: super::judge::JudgeArgs,
     overrides: Vec<String>,
 }
 
 pub fn grpo(args: GrpoArgs) -> anyhow::Result<()> {
     let cfg: crate::train::grpo::GrpoConfig = config::load(Some(&args.config), &args.overrides)?;
-    let mut grants = crate::plugin::Grants::none();
+    let mut judges = super::judge::JudgeProvider::new(args.test_judge, args.judge.clone(), &cfg.device)?;
+    let mut grants = crate::plugin::Grants { judge: judges.from_flags()?, ..crate::plugin::Grants::none() };
     if let Some(g) = &cfg.search {
         grants = grants.with_search(g.open().context("search grant")?);
     }
     let outcome = crate::train::grpo::run(&cfg, grants, &RunOptions { resume: args.resume, stop_after: args.stop_after })?;
+    for j in judges.loaded() {
+        tracing::info!(judge = %j.dir().display(), stats = ?j.stats(), "judge model");
+    }
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
 }

@@ -147,7 +147,14 @@ impl ModelConfig {
         if head_dim % 2 != 0 {
             return Err(err("head_dim", format!("{head_dim} must be even for rotary embeddings")));
         }
-        let rope_scaling = match get(&v, "rope_scaling") {
+        // transformers 5 writes `rope_parameters` ({rope_theta, rope_type, scaling keys}) where
+        // earlier versions wrote `rope_theta` and `rope_scaling`.
+        let rope_parameters = get(&v, "rope_parameters").filter(|p| p.is_object());
+        let rope_theta = match (get(&v, "rope_theta"), rope_parameters.and_then(|p| get(p, "rope_theta"))) {
+            (None, Some(t)) => t.as_f64().ok_or_else(|| err("rope_parameters.rope_theta", "expected a number".into()))?,
+            _ => f64_key("rope_theta", 10_000.0)?,
+        };
+        let rope_scaling = match get(&v, "rope_scaling").or(rope_parameters) {
             None => None,
             Some(rs) => {
                 let kind = rs
@@ -202,7 +209,7 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             rms_norm_eps: f64_key("rms_norm_eps", 1e-6)?,
-            rope_theta: f64_key("rope_theta", 10_000.0)?,
+            rope_theta,
             rope_scaling,
             max_position_embeddings: match get(&v, "max_position_embeddings") {
                 Some(_) => usize_key("max_position_embeddings")?,
@@ -271,5 +278,35 @@ impl ModelConfig {
         let embed = self.vocab_size * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
         embed + head + h + self.num_hidden_layers * layer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2})
+    }
+
+    #[test]
+    fn rope_parameters_of_transformers_5_are_read() {
+        let p = Path::new("config.json");
+        let mut v = base();
+        v["rope_parameters"] = serde_json::json!({"rope_theta": 1e6, "rope_type": "default"});
+        let c = ModelConfig::from_json(v, p).unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling), (1e6, None));
+        let mut v = base();
+        v["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 5e5});
+        let c = ModelConfig::from_json(v, p).unwrap();
+        assert_eq!(c.rope_theta, 5e5);
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+        // The older keys win when both are present.
+        let mut v = base();
+        v["rope_theta"] = 1e4.into();
+        v["rope_parameters"] = serde_json::json!({"rope_theta": 1e6});
+        assert_eq!(ModelConfig::from_json(v, p).unwrap().rope_theta, 1e4);
     }
 }

@@ -1,10 +1,12 @@
-//! Decoder models: configuration, weights, the transformer itself, KV cache, and model folders.
+//! Decoder models: configuration, weights, the transformer itself, KV cache, model folders, and
+//! sequence classifiers (a decoder body with a score head, [`classifier`]).
 //!
 //! A *model folder* is a Hugging Face folder: `config.json`, `model.safetensors` (or a sharded
 //! index), `tokenizer.json`, `tokenizer_config.json`, optionally `generation_config.json`.
 //! Everything medrl writes (tiny random models, GGUF imports, SFT exports) is such a folder, so
 //! `transformers` and medrl read each other's output.
 
+pub mod classifier;
 pub mod config;
 pub mod init;
 pub mod kv_cache;
@@ -16,6 +18,7 @@ pub mod weights;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 
+pub use classifier::{load_classifier_dir, LoadedClassifier, SequenceClassifier};
 pub use config::{Arch, ModelConfig};
 pub use kv_cache::KvCache;
 pub use transformer::{build_attention_mask, CausalLm, Linear};

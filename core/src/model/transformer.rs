@@ -118,6 +118,27 @@ pub struct CausalLm {
 impl CausalLm {
     /// Build the model, pulling every tensor from `src` with its expected shape.
     pub fn from_source(cfg: ModelConfig, src: &mut dyn TensorSource, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        let model = Self::load(cfg, src, dtype, device, true)?;
+        let unused = src.unused();
+        if !unused.is_empty() {
+            // A tied checkpoint may still carry lm_head.weight; anything else is suspicious.
+            let notable: Vec<_> = unused.iter().filter(|n| n.as_str() != "lm_head.weight").collect();
+            if !notable.is_empty() {
+                tracing::warn!("{} tensors in the checkpoint were not used, e.g. {:?}", notable.len(), &notable[..notable.len().min(3)]);
+            }
+        }
+        Ok(model)
+    }
+
+    /// The decoder body only (embeddings, blocks, final norm), for models with another head on
+    /// top (sequence classifiers: `score.weight`). Such a model has no LM head: use
+    /// [`CausalLm::forward_hidden`], never [`CausalLm::lm_logits`]. Tensors `src` holds beyond
+    /// the body are left for the caller (no unused-tensor warning here).
+    pub fn body_from_source(cfg: ModelConfig, src: &mut dyn TensorSource, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        Self::load(cfg, src, dtype, device, false)
+    }
+
+    fn load(cfg: ModelConfig, src: &mut dyn TensorSource, dtype: DType, device: &Device, with_lm_head: bool) -> Result<Self, ModelError> {
         let h = cfg.hidden_size;
         let q_dim = cfg.num_attention_heads * cfg.head_dim;
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
@@ -156,19 +177,11 @@ impl CausalLm {
             });
         }
         let norm = get("model.norm.weight", &[h])?;
-        let lm_head = if cfg.tie_word_embeddings {
+        let lm_head = if cfg.tie_word_embeddings || !with_lm_head {
             None
         } else {
             Some(get("lm_head.weight", &[cfg.vocab_size, h])?)
         };
-        let unused = src.unused();
-        if !unused.is_empty() {
-            // A tied checkpoint may still carry lm_head.weight; anything else is suspicious.
-            let notable: Vec<_> = unused.iter().filter(|n| n.as_str() != "lm_head.weight").collect();
-            if !notable.is_empty() {
-                tracing::warn!("{} tensors in the checkpoint were not used, e.g. {:?}", notable.len(), &notable[..notable.len().min(3)]);
-            }
-        }
         let inv_freq = Tensor::new(rope_inv_freq(&cfg), device).map_err(ModelError::from_candle("rope"))?;
         Ok(Self { cfg, embed_tokens, layers, norm, lm_head, inv_freq, dtype, device: device.clone() })
     }

@@ -11,8 +11,11 @@
 //! - the accuracy metric names a component the plugin reports.
 //!
 //! A judge grant is backed by a constant stand-in judge (`validate_score`) since validation
-//! runs no model; a search grant by its real backend (the corpus indexed in memory, the index
-//! folder, or PubMed).
+//! runs no model (loading a multi-GB verifier would make validation slow and GPU-bound). The
+//! judge's `model` is still checked without loading it: a local folder with a `config.json`
+//! is ok; a hub name or a missing folder is a warning, since `medrl eval` and GRPO then need
+//! `--judge-model DIR` (or `--test-judge`). A search grant is validated by its real backend (the
+//! corpus indexed in memory, the index folder, or PubMed).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -94,6 +97,26 @@ pub fn validation_grants(spec: &RewardSpec) -> Result<Grants, String> {
         g = g.with_search(idx);
     }
     Ok(g)
+}
+
+/// Where the judge model of a grant is, checked without loading it.
+fn judge_model_check(j: &super::JudgeGrant, task_dir: &std::path::Path) -> (CheckStatus, String) {
+    let stand_in = format!("validation uses the stand-in score {}", j.validate_score);
+    let Some(m) = &j.model else {
+        return (CheckStatus::Warn, format!("no model named; medrl eval and grpo need --judge-model DIR ({stand_in})"));
+    };
+    let dir = match crate::judge::resolve_model_dir(m, Some(task_dir)) {
+        Err(e) => return (CheckStatus::Warn, format!("{e} ({stand_in})")),
+        Result::Ok(d) => d,
+    };
+    let cfg = dir.join("config.json");
+    match std::fs::read_to_string(&cfg).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+        None => (CheckStatus::Fail, format!("{}: missing or not JSON", cfg.display())),
+        Some(v) => {
+            let arch = v.get("architectures").map(|a| a.to_string()).unwrap_or_else(|| "no architectures".into());
+            (CheckStatus::Ok, format!("local folder {} ({arch}; not loaded, {stand_in})", dir.display()))
+        }
+    }
 }
 
 fn cap_name(c: &Capability) -> &'static str {
@@ -186,6 +209,10 @@ pub fn validate(task: &Task, host: &PluginHost) -> ValidationReport {
             rep.push(format!("{what} capabilities"), Fail, format!("task.yaml grants {extra:?} which the plugin does not request"));
         } else {
             rep.push(format!("{what} capabilities"), Ok, format!("requested {requested:?} = granted"));
+        }
+        if let Some(j) = &spec.grants.judge {
+            let (status, detail) = judge_model_check(j, &task.dir);
+            rep.push(format!("{what} judge model"), status, detail);
         }
         let mut seen = Vec::new();
         for (split, ex) in &split_examples {
