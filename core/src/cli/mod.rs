@@ -46,7 +46,9 @@ enum Command {
     /// Supervised fine-tuning (full or LoRA) from a YAML config.
     Sft(sft::SftArgs),
     /// GRPO with reward plugins from a YAML config.
-    Grpo(sft::GrpoArgs),
+    Grpo(sft::RlArgs),
+    /// PPO with a learned value model (critic) and reward plugins from a YAML config.
+    Ppo(sft::RlArgs),
     /// Export a training checkpoint as a Hugging Face folder or a PEFT adapter.
     Export(sft::ExportArgs),
     /// Inspect datasets as training will see them.
@@ -79,6 +81,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Sft(args) => sft::run(args),
         Command::Export(args) => sft::export(args),
         Command::Grpo(args) => sft::grpo(args),
+        Command::Ppo(args) => sft::ppo(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Task(cmd) => task::run(cmd),

@@ -40,8 +40,8 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
 }
 
 #[derive(clap::Args)]
-pub struct GrpoArgs {
-    /// Run configuration (see `medrl schema grpo` and configs/).
+pub struct RlArgs {
+    /// Run configuration (see `medrl schema grpo|ppo` and configs/).
     #[arg(long)]
     config: PathBuf,
     /// Continue from the latest checkpoint in output_dir.
@@ -50,12 +50,36 @@ pub struct GrpoArgs {
     /// Stop after this many steps of this invocation (the run stays resumable).
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Back a judge capability (e.g. a task's verifier) with a constant stand-in judge returning
+    /// this score; rewards then measure format only. For wiring checks, not real training.
+    #[arg(long)]
+    test_judge: Option<f64>,
+    /// Configuration overrides, `key.sub=value`.
     overrides: Vec<String>,
 }
 
-pub fn grpo(args: GrpoArgs) -> anyhow::Result<()> {
+impl RlArgs {
+    fn grants(&self) -> crate::plugin::Grants {
+        match self.test_judge {
+            Some(v) => crate::plugin::Grants::none().with_judge(Box::new(crate::plugin::InMemoryJudge { default_score: v, ..Default::default() })),
+            None => crate::plugin::Grants::none(),
+        }
+    }
+    fn options(&self) -> RunOptions {
+        RunOptions { resume: self.resume, stop_after: self.stop_after }
+    }
+}
+
+pub fn grpo(args: RlArgs) -> anyhow::Result<()> {
     let cfg: crate::train::grpo::GrpoConfig = config::load(Some(&args.config), &args.overrides)?;
-    let outcome = crate::train::grpo::run(&cfg, crate::plugin::Grants::none(), &RunOptions { resume: args.resume, stop_after: args.stop_after })?;
+    let outcome = crate::train::grpo::run(&cfg, args.grants(), &args.options())?;
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    Ok(())
+}
+
+pub fn ppo(args: RlArgs) -> anyhow::Result<()> {
+    let cfg: crate::train::ppo::PpoConfig = config::load(Some(&args.config), &args.overrides)?;
+    let outcome = crate::train::ppo::run(&cfg, args.grants(), &args.options())?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
 }
