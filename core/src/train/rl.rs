@@ -273,7 +273,9 @@ struct Sources {
     accuracy: Option<AccuracySpec>,
 }
 
-/// Judge capability for the task's rewards that ask for one (`grants.judge` of the run).
+/// Training and validation examples, system prompt, rewards and accuracy: from the config's
+/// datasets and rewards, else from its task. `grants` serve explicit rewards whole; for a
+/// task's rewards only its judge is used (search grants come from the task's corpus).
 fn load_sources(spec: &RlSpec, grants: &crate::plugin::Grants) -> Result<Sources, SftError> {
     let data = spec.data;
     let task = match &data.task {
