@@ -48,7 +48,9 @@ enum Command {
     /// Supervised fine-tuning (full or LoRA) from a YAML config.
     Sft(sft::SftArgs),
     /// GRPO with reward plugins from a YAML config.
-    Grpo(sft::GrpoArgs),
+    Grpo(sft::RlArgs),
+    /// PPO with a learned value model (critic) and reward plugins from a YAML config.
+    Ppo(sft::RlArgs),
     /// Export a training checkpoint as a Hugging Face folder or a PEFT adapter.
     Export(sft::ExportArgs),
     /// Inspect datasets as training will see them.
@@ -84,6 +86,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Sft(args) => sft::run(args),
         Command::Export(args) => sft::export(args),
         Command::Grpo(args) => sft::grpo(args),
+        Command::Ppo(args) => sft::ppo(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Task(cmd) => task::run(cmd),

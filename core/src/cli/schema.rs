@@ -10,6 +10,8 @@ pub enum Kind {
     Sft,
     /// `medrl grpo --config`.
     Grpo,
+    /// `medrl ppo --config`.
+    Ppo,
     /// `tasks/<name>/task.yaml`.
     Task,
 }
@@ -29,6 +31,7 @@ pub fn run(args: SchemaArgs) -> anyhow::Result<()> {
         Kind::Generate => crate::config::schema_of::<crate::config::GenerateConfig>(),
         Kind::Sft => crate::config::schema_of::<crate::train::sft::SftConfig>(),
         Kind::Grpo => crate::config::schema_of::<crate::train::grpo::GrpoConfig>(),
+        Kind::Ppo => crate::config::schema_of::<crate::train::ppo::PpoConfig>(),
         Kind::Task => crate::config::schema_of::<crate::task::TaskConfig>(),
     };
     let text = serde_json::to_string_pretty(&schema)? + "\n";

@@ -40,8 +40,8 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
 }
 
 #[derive(clap::Args)]
-pub struct GrpoArgs {
-    /// Run configuration (see `medrl schema grpo` and configs/).
+pub struct RlArgs {
+    /// Run configuration (see `medrl schema grpo|ppo` and configs/).
     #[arg(long)]
     config: PathBuf,
     /// Continue from the latest checkpoint in output_dir.
@@ -50,27 +50,49 @@ pub struct GrpoArgs {
     /// Stop after this many steps of this invocation (the run stays resumable).
     #[arg(long)]
     stop_after: Option<u64>,
-    /// Grant the reward plugins a constant stand-in judge returning this score.
+    /// Grant the reward plugins a constant stand-in judge returning this score (rewards then
+    /// measure format only: for wiring checks, not real training).
     #[arg(long)]
     test_judge: Option<f64>,
     /// Grant the reward plugins a judge backed by this model (on the run's device unless
     /// --judge-device says otherwise); see docs/judge.md.
     #[command(flatten)]
     judge: super::judge::JudgeArgs,
+    /// Configuration overrides, `key.sub=value`.
     overrides: Vec<String>,
 }
 
-pub fn grpo(args: GrpoArgs) -> anyhow::Result<()> {
+impl RlArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions { resume: self.resume, stop_after: self.stop_after }
+    }
+}
+
+fn log_judges(judges: &super::judge::JudgeProvider) {
+    for j in judges.loaded() {
+        tracing::info!(judge = %j.dir().display(), stats = ?j.stats(), "judge model");
+    }
+}
+
+pub fn grpo(args: RlArgs) -> anyhow::Result<()> {
     let cfg: crate::train::grpo::GrpoConfig = config::load(Some(&args.config), &args.overrides)?;
     let mut judges = super::judge::JudgeProvider::new(args.test_judge, args.judge.clone(), &cfg.device)?;
     let mut grants = crate::plugin::Grants { judge: judges.from_flags()?, ..crate::plugin::Grants::none() };
     if let Some(g) = &cfg.search {
         grants = grants.with_search(g.open().context("search grant")?);
     }
-    let outcome = crate::train::grpo::run(&cfg, grants, &RunOptions { resume: args.resume, stop_after: args.stop_after })?;
-    for j in judges.loaded() {
-        tracing::info!(judge = %j.dir().display(), stats = ?j.stats(), "judge model");
-    }
+    let outcome = crate::train::grpo::run(&cfg, grants, &args.options())?;
+    log_judges(&judges);
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    Ok(())
+}
+
+pub fn ppo(args: RlArgs) -> anyhow::Result<()> {
+    let cfg: crate::train::ppo::PpoConfig = config::load(Some(&args.config), &args.overrides)?;
+    let mut judges = super::judge::JudgeProvider::new(args.test_judge, args.judge.clone(), &cfg.device)?;
+    let grants = crate::plugin::Grants { judge: judges.from_flags()?, ..crate::plugin::Grants::none() };
+    let outcome = crate::train::ppo::run(&cfg, grants, &args.options())?;
+    log_judges(&judges);
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
 }

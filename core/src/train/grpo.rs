@@ -12,25 +12,20 @@
 //! curve after resume is identical.
 
 use candle_core::{DType, Tensor, D};
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::checkpoint::{self, TrainerState};
-use super::metrics::MetricsLog;
-use super::rewards::{load_rewards, RewardSpec};
-use crate::eval::run::{evaluate, AccuracySpec, EvalOptions, MetricSettings, Rewards};
-use super::sft::{SftError, NonFinitePolicy};
-use super::trainable::{LoraConfig, Mode, Trainable};
-use super::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, TrainError};
+use super::rewards::RewardSpec;
+use super::rl::{default_rollout, hash_json, validate_common, write_charts, RlData, RlRun, RlSpec, RlTraining};
+use super::sft::{NonFinitePolicy, SftError};
+use super::trainable::LoraConfig;
+use super::TrainError;
 use crate::config::Validate;
-use crate::data::batch::{build_batch, Batcher, BatchingConfig};
-use crate::data::registry::{resolve, DatasetRef};
-use crate::data::{load_examples, BadRowPolicy, Example, Origin, TokenizedExample};
-use crate::generate::{generate, SamplingParams, StopConditions};
-use crate::model::{load_model_dir, peft, CausalLm};
-use crate::tokenizer::TextTokenizer;
+use crate::generate::SamplingParams;
+
+// Moved to the shared RL module; re-exported where callers found them.
+pub use super::rl::{prompt_example, prompts_from_examples, validate, RlPrompt, Validation};
 
 fn auto() -> String {
     "auto".into()
@@ -109,63 +104,10 @@ impl Default for GrpoAlgo {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GrpoData {
-    #[serde(default)]
-    pub dataset_dir: Option<PathBuf>,
-    pub train: Vec<DatasetRef>,
-    #[serde(default)]
-    pub eval: Vec<DatasetRef>,
-    /// A system prompt for examples without one.
-    #[serde(default)]
-    pub system: Option<String>,
-    #[serde(default = "default_prompt_len")]
-    pub max_prompt_len: usize,
-    #[serde(default)]
-    pub on_bad_row: BadRowPolicy,
-    /// Validation prompts used (0 = all).
-    #[serde(default)]
-    pub eval_limit: usize,
-}
-
-fn default_prompt_len() -> usize {
-    512
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct GrpoTraining {
-    pub max_steps: u64,
-    pub lr: f64,
-    pub schedule: ScheduleKind,
-    pub warmup_steps: u64,
-    pub optimizer: AdamWConfig,
-    pub seed: u64,
-    pub eval_every: u64,
-    pub save_every: u64,
-    pub keep_last: usize,
-    pub on_nonfinite: NonFinitePolicy,
-    pub export_dtype: String,
-}
-
-impl Default for GrpoTraining {
-    fn default() -> Self {
-        Self {
-            max_steps: 20,
-            lr: 1e-6,
-            schedule: ScheduleKind::Constant,
-            warmup_steps: 0,
-            optimizer: AdamWConfig { weight_decay: 0.0, ..Default::default() },
-            seed: 42,
-            eval_every: 0,
-            save_every: 0,
-            keep_last: 2,
-            on_nonfinite: NonFinitePolicy::Stop,
-            export_dtype: "f32".into(),
-        }
-    }
-}
+/// Prompts of a GRPO run (shared with PPO, see [`super::rl::RlData`]).
+pub type GrpoData = RlData;
+/// Optimization settings of a GRPO run (shared with PPO).
+pub type GrpoTraining = RlTraining;
 
 /// `medrl grpo --config FILE.yaml`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -178,13 +120,16 @@ pub struct GrpoConfig {
     #[serde(default = "auto")]
     pub dtype: String,
     pub data: GrpoData,
+    /// Reward plugins (default with `data.task`: the task's rewards, under the `drop` policy).
+    #[serde(default)]
     pub rewards: Vec<RewardSpec>,
     /// The `search` capability granted to the reward plugins (study search): `{corpus: FILE}`,
     /// `{index: DIR}` or `{pubmed: {email: ...}}`, paths relative to the working directory
     /// (docs/search.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<crate::search::SearchGrant>,
-    /// Validation accuracy: the fraction of responses whose total reward reaches this.
+    /// Validation accuracy: the fraction of responses whose total reward reaches this (default
+    /// with `data.task`: the task's accuracy component and threshold).
     #[serde(default)]
     pub accuracy_threshold: Option<f64>,
     /// Sampling for rollouts (`seed` is ignored: rollout seeds derive from training.seed and the step).
@@ -200,13 +145,9 @@ pub struct GrpoConfig {
     pub lora: Option<LoraConfig>,
 }
 
-fn default_rollout() -> SamplingParams {
-    SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, repetition_penalty: 1.0, max_new_tokens: 128, seed: 0 }
-}
-
 impl Validate for GrpoConfig {
     fn validate(&self) -> Result<(), (String, String)> {
-        self.rollout.validate().map_err(|(k, m)| (format!("rollout.{k}"), m))?;
+        validate_common(&self.data, &self.rewards, &self.training, self.lora.as_ref(), &self.rollout)?;
         let a = &self.algorithm;
         if a.n < 2 {
             return Err(("algorithm.n".into(), "GRPO needs at least 2 responses per prompt".into()));
@@ -217,67 +158,11 @@ impl Validate for GrpoConfig {
         if !(0.0..1.0).contains(&a.clip_low) || a.clip_high < 0.0 {
             return Err(("algorithm.clip_low".into(), "clip_low must be in [0, 1) and clip_high >= 0".into()));
         }
-        if self.rewards.is_empty() {
-            return Err(("rewards".into(), "at least one reward plugin is needed".into()));
-        }
-        if self.training.max_steps == 0 {
-            return Err(("training.max_steps".into(), "must be at least 1".into()));
-        }
         if let Some(g) = &self.search {
             g.check().map_err(|m| ("search".to_string(), m))?;
         }
-        if let Some(l) = &self.lora {
-            l.validate().map_err(|(k, m)| (format!("lora.{k}"), m))?;
-        }
         Ok(())
     }
-}
-
-/// A prompt to roll out: rendered ids plus what the rewards need.
-#[derive(Debug, Clone)]
-pub struct RlPrompt {
-    pub ids: Vec<u32>,
-    pub text: String,
-    pub ground_truth: serde_json::Value,
-    pub metadata: serde_json::Value,
-    pub data_source: String,
-}
-
-/// An example as RL sees it: a trailing assistant turn is removed and becomes the ground truth
-/// when the example has none (a reference answer, as dialogue rewards use); `system` is added to
-/// examples without a system message.
-pub fn prompt_example(mut ex: Example, system: Option<&str>) -> Example {
-    if ex.messages.last().is_some_and(|m| m.role == "assistant") {
-        let last = ex.messages.pop().expect("non-empty");
-        if ex.ground_truth.is_null() {
-            ex.ground_truth = serde_json::Value::String(last.content);
-        }
-    }
-    if let Some(s) = system {
-        if ex.messages.first().is_none_or(|m| m.role != "system") {
-            ex.messages.insert(0, crate::tokenizer::ChatMessage::system(s));
-        }
-    }
-    ex
-}
-
-/// Turn examples into prompts (see [`prompt_example`]); prompts longer than `max_len` tokens are
-/// left out and counted.
-pub fn prompts_from_examples(tok: &TextTokenizer, examples: Vec<Example>, system: Option<&str>, max_len: usize) -> Result<(Vec<RlPrompt>, usize), SftError> {
-    let mut out = Vec::new();
-    let mut too_long = 0;
-    for ex in examples {
-        let ex = prompt_example(ex, system);
-        let text = tok.apply_chat_template(&ex.messages, true).map_err(|e| SftError::Setup(e.to_string()))?;
-        let ids = tok.encode(&text, false).map_err(|e| SftError::Setup(e.to_string()))?;
-        if ids.len() > max_len {
-            too_long += 1;
-            continue;
-        }
-        let user_text = ex.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
-        out.push(RlPrompt { ids, text: user_text, ground_truth: ex.ground_truth, metadata: ex.metadata, data_source: ex.data_source });
-    }
-    Ok((out, too_long))
 }
 
 /// Group-relative advantages. `rewards[i]` is `None` for dropped samples (advantage 0, and
@@ -326,51 +211,6 @@ pub fn kl_term(lp: &Tensor, ref_lp: &Tensor, est: KlEstimator) -> candle_core::R
     }
 }
 
-/// Results of validating a policy on held-out prompts.
-#[derive(Debug, Clone, Serialize)]
-pub struct Validation {
-    pub mean_reward: f64,
-    pub accuracy: Option<f64>,
-    pub scored: usize,
-    pub dropped: usize,
-}
-
-/// Greedy responses to the validation examples, scored through `eval::evaluate` (the code path
-/// of `medrl eval`). `threshold`: accuracy is the share of responses whose plugin score reaches it.
-pub fn validate(
-    model: &CausalLm,
-    tok: &TextTokenizer,
-    examples: &[(Origin, Example)],
-    rewards: &Rewards,
-    max_new_tokens: usize,
-    stop: &[String],
-    eos: &[u32],
-    pad: u32,
-    threshold: Option<f64>,
-) -> Result<Validation, SftError> {
-    let settings = MetricSettings {
-        accuracy: threshold.map(|t| AccuracySpec { plugin: None, component: "score".into(), threshold: t }),
-        ..Default::default()
-    };
-    let opts = EvalOptions {
-        sampling: SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() },
-        n: 1,
-        batch_size: 64,
-        eos_token_ids: eos.to_vec(),
-        pad_token_id: pad,
-        stop_strings: stop.to_vec(),
-        progress: false,
-    };
-    let (m, preds) = evaluate(model, tok, examples, rewards, &settings, &opts).map_err(setup)?;
-    let scored = preds.iter().filter(|p| p.reward.total.is_some()).count();
-    Ok(Validation {
-        mean_reward: m.reward.as_ref().map(|s| s.mean).unwrap_or(0.0),
-        accuracy: m.accuracy,
-        scored,
-        dropped: preds.len() - scored,
-    })
-}
-
 /// What a finished run produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct GrpoOutcome {
@@ -382,196 +222,49 @@ pub struct GrpoOutcome {
 }
 
 fn hash_config(cfg: &GrpoConfig) -> String {
-    use sha2::Digest;
     let mut c = cfg.clone();
     c.training.eval_every = 0;
     c.training.save_every = 0;
     c.training.keep_last = 0;
     c.training.max_steps = 0;
-    format!("{:x}", sha2::Sha256::digest(serde_json::to_vec(&c).expect("serializes")))[..16].to_string()
-}
-
-fn setup<E: std::fmt::Display>(e: E) -> SftError {
-    SftError::Setup(e.to_string())
+    hash_json(&c)
 }
 
 /// Run GRPO. `grants` are the capabilities (judge, search) the reward plugins may use.
 pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::RunOptions) -> Result<GrpoOutcome, SftError> {
-    let device = crate::model::parse_device(&cfg.device).map_err(SftError::Setup)?;
-    let compute = crate::model::parse_dtype(&cfg.dtype, &device).map_err(SftError::Setup)?;
-    let out = &cfg.output_dir;
-    let existing = checkpoint::latest(out);
-    if existing.is_some() && !opts.resume {
-        return Err(SftError::Setup(format!("{} already has checkpoints; pass --resume or choose another output_dir", out.display())));
-    }
-    std::fs::create_dir_all(out).map_err(|e| SftError::Io { path: out.clone(), source: e })?;
-    crate::fsutil::write_atomic(&out.join("config.yaml"), serde_yaml::to_string(cfg).expect("serializes").as_bytes())
-        .map_err(|e| SftError::Io { path: out.join("config.yaml"), source: e })?;
-
-    let loaded = load_model_dir(&cfg.model, &device, DType::F32)?;
-    let tok = loaded.tokenizer;
-    let eos = loaded.generation.eos_token_ids.clone();
-    let pad = loaded.generation.pad_token_id.or(eos.first().copied()).unwrap_or(0);
-    let load = |refs: &[DatasetRef]| -> Result<Vec<(Origin, Example)>, SftError> {
-        let mut v = Vec::new();
-        for r in refs {
-            let spec = resolve(r, cfg.data.dataset_dir.as_deref())?;
-            v.extend(load_examples(&spec, cfg.data.on_bad_row)?.0);
-        }
-        Ok(v)
-    };
-    let train_examples = load(&cfg.data.train)?.into_iter().map(|(_, e)| e).collect();
-    let (train, too_long) = prompts_from_examples(&tok, train_examples, cfg.data.system.as_deref(), cfg.data.max_prompt_len)?;
-    let mut eval: Vec<(Origin, Example)> =
-        load(&cfg.data.eval)?.into_iter().map(|(o, e)| (o, prompt_example(e, cfg.data.system.as_deref()))).collect();
-    if cfg.data.eval_limit > 0 {
-        eval.truncate(cfg.data.eval_limit);
-    }
-    if train.is_empty() {
-        return Err(SftError::Setup("no training prompts".into()));
-    }
-    tracing::info!(train = train.len(), eval = eval.len(), too_long, "prompts ready");
-    let rewards = load_rewards(&cfg.rewards, &grants).map_err(setup)?;
-
-    let mode = match &cfg.lora {
-        Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(SftError::Setup)? },
-        None => Mode::Full,
-    };
-    let t = &cfg.training;
     let a = &cfg.algorithm;
-    let reference = if a.kl_coef > 0.0 { Some(load_model_dir(&cfg.model, &device, compute)?.model) } else { None };
-    let trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
-    let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?;
-    let schedule = LrSchedule { peak_lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.max_steps, kind: t.schedule, min_lr_ratio: 0.0 };
-    // Prompt order: epochs over the training prompts, `prompts_per_step` at a time.
-    let batcher = Batcher::new(vec![1; train.len()], BatchingConfig { micro_batch_size: a.prompts_per_step, packing: false, group_by_length: false, shuffle: true }, 1, t.seed);
-    let config_hash = hash_config(cfg);
-    let mut state = TrainerState {
-        step: 0,
-        epoch: 0,
-        next_micro_batch: 0,
-        rng_word_pos: "0".into(),
-        optimizer_steps: 0,
-        metrics_lines: 0,
-        skipped_steps: 0,
-        tokens_seen: 0,
-        kind: "grpo".into(),
-        config_hash: config_hash.clone(),
+    let t = &cfg.training;
+    let spec = RlSpec {
+        kind: "grpo",
+        model: &cfg.model,
+        output_dir: &cfg.output_dir,
+        device: &cfg.device,
+        dtype: &cfg.dtype,
+        data: &cfg.data,
+        rewards: &cfg.rewards,
+        accuracy_threshold: cfg.accuracy_threshold,
+        rollout: &cfg.rollout,
+        stop: &cfg.stop,
+        training: t,
+        lora: cfg.lora.as_ref(),
+        prompts_per_step: a.prompts_per_step,
+        reference: a.kl_coef > 0.0,
+        config_yaml: serde_yaml::to_string(cfg).expect("serializes"),
+        config_hash: hash_config(cfg),
     };
-    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
-    let mut dropout_rng = rand_chacha::ChaCha8Rng::seed_from_u64(t.seed.wrapping_add(1));
-    if let (true, Some(dir)) = (opts.resume, &existing) {
-        let ck = checkpoint::load(dir, &device)?;
-        if ck.state.config_hash != config_hash || ck.state.kind != "grpo" {
-            return Err(SftError::Setup(format!("{}: written by a different run config; resume with the same config", dir.display())));
-        }
-        trainable.load_state(&ck.trainable)?;
-        opt.load_state(&ck.optimizer, ck.state.optimizer_steps)?;
-        dropout_rng.set_word_pos(ck.state.rng_word_pos.parse().unwrap_or(0));
-        metrics.truncate(ck.state.metrics_lines)?;
-        state = ck.state;
-        tracing::info!(step = state.step, "resumed from {}", dir.display());
-    } else {
-        metrics.truncate(0)?;
-    }
-    let do_validate = |tr: &Trainable| -> Result<Option<Validation>, SftError> {
-        if eval.is_empty() {
-            return Ok(None);
-        }
-        let m = tr.view(true, None)?;
-        Ok(Some(validate(&m, &tok, &eval, &rewards, cfg.rollout.max_new_tokens, &cfg.stop, &eos, pad, cfg.accuracy_threshold)?))
-    };
-    let mut validation_before = None;
-    if state.step == 0 {
-        validation_before = do_validate(&trainable)?;
-        if let Some(v) = &validation_before {
-            metrics.write(&serde_json::json!({"step": 0, "val_reward": v.mean_reward, "val_accuracy": v.accuracy}))?;
-        }
-    }
-    let mut plan = batcher.plan_epoch(state.epoch);
-    let pb = crate::progress::bar(t.max_steps, "grpo", "steps");
-    pb.set_position(state.step);
-    let mut validation_after = None;
-    let mut steps_this_run = 0;
-    let stopc = StopConditions { eos_token_ids: eos.clone(), stop_strings: cfg.stop.clone(), tokenizer: Some(&tok) };
-    while state.step < t.max_steps {
-        if opts.stop_after.is_some_and(|n| steps_this_run >= n) {
-            break;
-        }
+    let mut rl = RlRun::setup(&spec, grants, opts)?;
+    let device = rl.device.clone();
+    while let Some(chosen) = rl.next_prompts() {
         let step_start = Instant::now();
-        if state.next_micro_batch >= plan.len() {
-            state.epoch += 1;
-            state.next_micro_batch = 0;
-            plan = batcher.plan_epoch(state.epoch);
-        }
-        let chosen: Vec<usize> = plan[state.next_micro_batch].iter().flatten().copied().collect();
-        state.next_micro_batch += 1;
-
-        // 1. Rollout: n responses per prompt, from the current policy.
-        let t_gen = Instant::now();
-        let policy = trainable.view(true, None)?;
-        let mut ids: Vec<Vec<u32>> = Vec::new();
-        let mut owners = Vec::new();
-        for &i in &chosen {
-            for _ in 0..a.n {
-                ids.push(train[i].ids.clone());
-                owners.push(i);
-            }
-        }
-        let params = SamplingParams { seed: t.seed.wrapping_mul(1_000_003).wrapping_add(state.step), ..cfg.rollout.clone() };
-        let gens = generate(&policy, &ids, &params, &stopc, pad, None)?;
-        let gen_s = t_gen.elapsed().as_secs_f64();
-        let rollout_tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
-        let responses: Vec<String> = gens.iter().map(|g| tok.decode(&g.tokens, true).unwrap_or_default()).collect();
-
-        // 2. Rewards on CPU threads while the device computes old-policy and reference log-probs.
-        let seqs: Vec<TokenizedExample> = ids
-            .iter()
-            .zip(&gens)
-            .map(|(p, g)| {
-                let mut all = p.clone();
-                all.extend(&g.tokens);
-                let mut trained = vec![false; p.len()];
-                trained.extend(std::iter::repeat_n(true, g.tokens.len()));
-                TokenizedExample { ids: all, trained, truncated: false }
-            })
-            .collect();
-        let (scored, (old_lps, ref_lps, logprob_s), reward_s) = std::thread::scope(|s| -> Result<_, SftError> {
-            let handle = s.spawn(|| {
-                let t0 = Instant::now();
-                let batch: Vec<crate::plugin::Sample> = owners
-                    .iter()
-                    .zip(&responses)
-                    .map(|(&i, r)| crate::plugin::sample(&train[i].text, r, &train[i].ground_truth, &train[i].metadata, &train[i].data_source))
-                    .collect();
-                (rewards.score(&batch), t0.elapsed().as_secs_f64())
-            });
-            let t0 = Instant::now();
-            let mut old = Vec::new();
-            let mut refs = Vec::new();
-            for chunk in (0..seqs.len()).collect::<Vec<_>>().chunks(a.micro_batch_size) {
-                let mb: Vec<Vec<usize>> = chunk.iter().map(|&i| vec![i]).collect();
-                let b = build_batch(&seqs, &mb, pad, &device)?;
-                let lp = crate::generate::token_logprobs(&policy.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?, &b.targets)?;
-                old.push(lp.detach());
-                if let Some(r) = &reference {
-                    let rl = crate::generate::token_logprobs(&r.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?, &b.targets)?;
-                    refs.push(Some(rl.detach()));
-                } else {
-                    refs.push(None);
-                }
-            }
-            let lp_s = t0.elapsed().as_secs_f64();
-            let (scored, reward_s) = handle.join().expect("reward thread");
-            Ok((scored.map_err(setup)?, (old, refs, lp_s), reward_s))
-        })?;
-        let mut totals: Vec<Option<f64>> = scored.iter().map(|s| s.total).collect();
+        // 1-2. Rollouts, rewards and log-probs.
+        let r = rl.rollout(&chosen, a.n, a.micro_batch_size, |_| Ok(None))?;
+        let (seqs, old_lps, ref_lps) = (&r.seqs, &r.old_lps, &r.ref_lps);
+        let mut totals = r.totals();
         // KL in the reward: subtract kl_coef * sum of per-token KL from each sequence's reward.
         let mut mean_kl_seq = 0.0;
         if a.kl_in_reward && a.kl_coef > 0.0 {
-            for (c, chunk) in (0..seqs.len()).collect::<Vec<_>>().chunks(a.micro_batch_size).enumerate() {
-                let mb: Vec<Vec<usize>> = chunk.iter().map(|&i| vec![i]).collect();
-                let b = build_batch(&seqs, &mb, pad, &device)?;
+            for (c, chunk) in r.chunks.iter().enumerate() {
+                let b = rl.batch(seqs, chunk)?;
                 let k = (kl_term(&old_lps[c], ref_lps[c].as_ref().expect("reference"), a.kl_estimator)? * &b.loss_mask)?.sum(D::Minus1)?;
                 for (j, v) in k.to_dtype(DType::F64)?.to_vec1::<f64>()?.into_iter().enumerate() {
                     mean_kl_seq += v / seqs.len() as f64;
@@ -592,15 +285,14 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
         for _epoch in 0..a.update_epochs {
             let mut grads: Option<candle_core::backprop::GradStore> = None;
             let (mut l_sum, mut kl_sum, mut ent_sum, mut clip_sum) = (0.0, 0.0, 0.0, 0.0);
-            for (c, chunk) in (0..seqs.len()).collect::<Vec<_>>().chunks(a.micro_batch_size).enumerate() {
-                let mb: Vec<Vec<usize>> = chunk.iter().map(|&i| vec![i]).collect();
-                let b = build_batch(&seqs, &mb, pad, &device)?;
+            for (c, chunk) in r.chunks.iter().enumerate() {
+                let b = rl.batch(seqs, chunk)?;
                 let (bsz, tlen) = b.input_ids.dims2()?;
                 // Dropped samples are masked out of the loss entirely.
                 let keep: Vec<f32> = chunk.iter().map(|&i| if totals[i].is_some() { 1.0 } else { 0.0 }).collect();
                 let mask = b.loss_mask.broadcast_mul(&Tensor::from_vec(keep, (bsz, 1), &device)?)?;
                 let advt = Tensor::from_vec(chunk.iter().map(|&i| adv[i] as f32).collect::<Vec<_>>(), (bsz, 1), &device)?;
-                let model = trainable.view(false, Some((bsz * tlen, &mut dropout_rng)))?;
+                let model = rl.trainable.view(false, Some((bsz * tlen, &mut rl.dropout_rng)))?;
                 let logits = model.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?;
                 let lp = crate::generate::token_logprobs(&logits, &b.targets)?;
                 let ratio = (&lp - &old_lps[c])?.exp()?;
@@ -614,12 +306,7 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
                     kl_sum += (kl.detach() * &mask)?.sum_all()?.to_scalar::<f32>()? as f64;
                     per_token = (per_token + (kl * a.kl_coef)?)?;
                 }
-                // Entropy of the policy at each position, H = logsumexp(x) - sum(softmax(x) * x).
-                let ent = {
-                    let x = if a.entropy_coef > 0.0 { logits.clone() } else { logits.detach() };
-                    let p = crate::ops::softmax_last(&x)?;
-                    (crate::ops::logsumexp_last(&x)?.squeeze(D::Minus1)? - (p * &x)?.sum(D::Minus1)?)?
-                };
+                let ent = token_entropy(&logits, a.entropy_coef > 0.0)?;
                 ent_sum += (ent.detach() * &mask)?.sum_all()?.to_scalar::<f32>()? as f64;
                 if a.entropy_coef > 0.0 {
                     per_token = (per_token - (ent * a.entropy_coef)?)?;
@@ -635,18 +322,18 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
                 };
                 let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !lv.is_finite() {
-                    nonfinite = Some(format!("loss {lv} at step {}", state.step + 1));
+                    nonfinite = Some(format!("loss {lv} at step {}", rl.state.step + 1));
                     break;
                 }
                 l_sum += lv;
-                super::sft::accumulate(&mut grads, loss.backward()?, trainable.params())?;
+                super::sft::accumulate(&mut grads, loss.backward()?, rl.trainable.params())?;
             }
             if nonfinite.is_some() {
                 break;
             }
-            let lr = schedule.lr_at(state.step);
+            let lr = rl.schedule.lr_at(rl.state.step);
             match grads {
-                Some(g) if kept > 0 => match opt.step(&g, lr) {
+                Some(g) if kept > 0 => match rl.opt.step(&g, lr) {
                     Ok(s) => stats_last = Some(s),
                     Err(TrainError::NonFinite { detail, .. }) => {
                         nonfinite = Some(detail);
@@ -661,94 +348,42 @@ pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::R
         if let Some(detail) = nonfinite {
             match t.on_nonfinite {
                 NonFinitePolicy::Stop => {
-                    return Err(TrainError::NonFinite { what: "loss or gradient", step: state.step + 1, detail: format!("{detail}; the last checkpoint is intact") }.into())
+                    return Err(TrainError::NonFinite { what: "loss or gradient", step: rl.state.step + 1, detail: format!("{detail}; the last checkpoint is intact") }.into())
                 }
-                NonFinitePolicy::Skip => state.skipped_steps += 1,
+                NonFinitePolicy::Skip => rl.state.skipped_steps += 1,
             }
         }
         let upd_s = t_upd.elapsed().as_secs_f64();
-        state.step += 1;
-        steps_this_run += 1;
-        state.optimizer_steps = opt.steps();
-        state.tokens_seen += rollout_tokens as u64;
-
-        let vals: Vec<f64> = scored.iter().filter_map(|s| s.total).collect();
-        let mean_r = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
-        let mut comps: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
-        for s in &scored {
-            let plugin_scores = s.by_plugin.iter().filter_map(|(k, v)| v.map(|v| (k, v)));
-            for (k, v) in s.components.iter().map(|(k, v)| (k, *v)).chain(plugin_scores) {
-                let e = comps.entry(k.clone()).or_default();
-                e.0 += v;
-                e.1 += 1;
-            }
-        }
-        let mut line = serde_json::json!({
-            "step": state.step,
-            "reward": mean_r,
-            "reward_std": (vals.iter().map(|v| (v - mean_r).powi(2)).sum::<f64>() / vals.len().max(1) as f64).sqrt(),
-            "loss": loss_v,
-            "kl": if a.kl_in_reward { mean_kl_seq } else { kl_v },
-            "entropy": ent_v,
-            "clip_frac": clipfrac_v,
-            "grad_norm": stats_last.map(|s| s.grad_norm),
-            "lr": schedule.lr_at(state.step - 1),
-            "response_len": rollout_tokens as f64 / gens.len().max(1) as f64,
-            "dropped": scored.iter().filter(|s| s.total.is_none()).count(),
-            "reward_failures": scored.iter().map(|s| s.failures.values().filter(|f| f.as_str() != "not_applicable").count()).sum::<usize>(),
-            "time_generate_s": gen_s,
-            "time_logprob_s": logprob_s,
-            "time_reward_s": reward_s,
-            "time_update_s": upd_s,
-            "time_step_s": step_start.elapsed().as_secs_f64(),
-            "rollout_tokens_per_s": rollout_tokens as f64 / gen_s.max(1e-9),
-            "memory_mb": crate::progress::memory_mb(&device),
-            "skipped_steps": state.skipped_steps,
-        });
-        for (k, (sum, n)) in comps {
-            line[format!("reward/{k}")] = (sum / n.max(1) as f64).into();
-        }
-        if state.step == t.max_steps || (t.eval_every > 0 && state.step % t.eval_every == 0) {
-            if let Some(v) = do_validate(&trainable)? {
-                line["val_reward"] = v.mean_reward.into();
-                line["val_accuracy"] = v.accuracy.into();
-                validation_after = Some(v);
-            }
-        }
-        metrics.write(&line)?;
-        pb.set_message(format!("grpo reward {mean_r:.3}"));
-        pb.inc(1);
-        if state.step == t.max_steps || (t.save_every > 0 && state.step % t.save_every == 0) {
-            state.rng_word_pos = dropout_rng.get_word_pos().to_string();
-            state.metrics_lines = metrics.lines();
-            checkpoint::save(out, &state, &trainable.state(), &opt.state().0, t.keep_last)?;
-            write_plots(out)?;
-        }
+        rl.end_update(r.rollout_tokens);
+        let mut line = rl.rollout_line(&r, upd_s, step_start);
+        line["loss"] = loss_v.into();
+        line["kl"] = (if a.kl_in_reward { mean_kl_seq } else { kl_v }).into();
+        line["entropy"] = ent_v.into();
+        line["clip_frac"] = clipfrac_v.into();
+        line["grad_norm"] = stats_last.map(|s| s.grad_norm).into();
+        rl.finish_step(line, Default::default, write_plots)?;
     }
-    pb.finish_and_clear();
-    let (final_dir, adapter_dir) = peft::run_outputs(out);
-    if state.step >= t.max_steps {
-        let dtype = crate::model::parse_dtype(&t.export_dtype, &candle_core::Device::Cpu).map_err(SftError::Setup)?;
-        super::sft::export(&trainable, &cfg.model, &final_dir, Some(&adapter_dir), dtype)?;
-    }
-    Ok(GrpoOutcome { output_dir: out.clone(), final_model: final_dir, steps: state.step, validation_before, validation_after })
+    let final_model = rl.finish()?;
+    Ok(GrpoOutcome { output_dir: rl.out.clone(), final_model, steps: rl.state.step, validation_before: rl.validation_before.take(), validation_after: rl.validation_after.take() })
 }
 
-/// `reward.svg`, `kl.svg` and validation curves for an RL run folder.
+/// Entropy of the policy at each position, H = logsumexp(x) - sum(softmax(x) * x), `[B, T]`.
+/// `grad`: keep it differentiable (an entropy bonus), else computed on detached logits.
+pub fn token_entropy(logits: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+    let x = if grad { logits.clone() } else { logits.detach() };
+    let p = crate::ops::softmax_last(&x)?;
+    crate::ops::logsumexp_last(&x)?.squeeze(D::Minus1)? - (p * &x)?.sum(D::Minus1)?
+}
+/// `reward.svg`, `kl_entropy.svg` and `timing.svg` for an RL run folder.
 pub fn write_plots(run_dir: &Path) -> Result<(), SftError> {
-    use crate::plot::{line_chart_svg, Series};
-    let rows = super::metrics::read_metrics(run_dir)?;
-    let s = |name: &'static str, key: &str| Series { name, points: rows.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?))).collect() };
-    let charts = [
-        ("reward.svg", line_chart_svg("Reward", "step", "mean reward", &[s("train (rollouts)", "reward"), s("validation (greedy)", "val_reward")])),
-        ("kl_entropy.svg", line_chart_svg("KL to reference and entropy", "step", "nats per token", &[s("kl", "kl"), s("entropy", "entropy")])),
-        ("timing.svg", line_chart_svg("Time per step", "step", "seconds", &[s("generate", "time_generate_s"), s("log-probs", "time_logprob_s"), s("reward", "time_reward_s"), s("update", "time_update_s")])),
-    ];
-    for (file, svg) in charts {
-        let p = run_dir.join("plots").join(file);
-        crate::fsutil::write_atomic(&p, svg.as_bytes()).map_err(|e| SftError::Io { path: p.clone(), source: e })?;
-    }
-    Ok(())
+    write_charts(
+        run_dir,
+        &[
+            ("reward.svg", "Reward", "mean reward", &[("train (rollouts)", "reward"), ("validation (greedy)", "val_reward")]),
+            ("kl_entropy.svg", "KL to reference and entropy", "nats per token", &[("kl", "kl"), ("entropy", "entropy")]),
+            ("timing.svg", "Time per step", "seconds", &[("generate", "time_generate_s"), ("log-probs", "time_logprob_s"), ("reward", "time_reward_s"), ("update", "time_update_s")]),
+        ],
+    )
 }
 
 #[cfg(test)]

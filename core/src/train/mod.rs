@@ -10,6 +10,8 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod rewards;
+pub mod rl;
+pub mod ppo;
 pub mod schedule;
 pub mod sft;
 pub mod trainable;

@@ -164,6 +164,11 @@ impl Trainable {
         self.base.device()
     }
 
+    /// The model's architecture (as loaded; LoRA views may untie the head).
+    pub fn config(&self) -> &crate::model::ModelConfig {
+        &self.base.cfg
+    }
+
     pub fn params(&self) -> &[(String, Var)] {
         &self.params
     }

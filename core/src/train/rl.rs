@@ -1,0 +1,777 @@
+//! The RL plumbing GRPO and PPO share: prompts (from datasets or a task bundle), reward
+//! plugins, run setup and resume, rollouts with rewards scored on CPU threads while the device
+//! computes log-probs, the common part of each metrics line, validation, checkpoints and export.
+//!
+//! An algorithm (grpo.rs, ppo.rs) owns only what differs: advantages and the update. The order
+//! of everything that draws randomness (prompt plan, rollout seeds, dropout masks) is fixed
+//! here, so a resumed CPU run retraces an uninterrupted one for both.
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::checkpoint::{self, TrainerState};
+use super::metrics::MetricsLog;
+use super::rewards::{load_rewards, RewardSpec};
+use super::sft::{NonFinitePolicy, RunOptions, SftError};
+use super::trainable::{LoraConfig, Mode, Trainable};
+use super::{AdamW, AdamWConfig, LrSchedule, ScheduleKind};
+use crate::data::batch::{build_batch, Batch, Batcher, BatchingConfig, MicroBatch};
+use crate::data::registry::{resolve, DatasetRef};
+use crate::data::{load_examples, BadRowPolicy, Example, Origin, TokenizedExample};
+use crate::eval::run::{evaluate, AccuracySpec, EvalOptions, MetricSettings, RewardResult, Rewards};
+use crate::generate::{generate, SamplingParams, StopConditions};
+use crate::model::{load_model_dir, peft, CausalLm};
+use crate::task::{Split, Task};
+use crate::tokenizer::TextTokenizer;
+
+/// Where an RL run's prompts come from.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RlData {
+    /// A task bundle: a name under the repository's `tasks/` (or `$MEDRL_TASKS_DIR`) or a path
+    /// to a task folder. It supplies the training prompts (its `train` split), validation
+    /// prompts (`validation`), system prompt, rewards (plugins, weights, configs, grants) and
+    /// the accuracy metric; the explicit keys of this config override each of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(default)]
+    pub dataset_dir: Option<PathBuf>,
+    /// Training datasets (default with `task`: the task's train split).
+    #[serde(default)]
+    pub train: Vec<DatasetRef>,
+    /// Validation datasets. Unset with `task`: the task's validation split; `[]`: no validation.
+    #[serde(default)]
+    pub eval: Option<Vec<DatasetRef>>,
+    /// A system prompt for examples without one (overrides the task's).
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default = "default_prompt_len")]
+    pub max_prompt_len: usize,
+    #[serde(default)]
+    pub on_bad_row: BadRowPolicy,
+    /// Validation prompts used (0 = all).
+    #[serde(default)]
+    pub eval_limit: usize,
+}
+
+fn default_prompt_len() -> usize {
+    512
+}
+
+impl RlData {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.train.is_empty() && self.task.is_none() {
+            return Err(("data.train".into(), "give training datasets or a `task`".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Optimization settings shared by GRPO and PPO.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlTraining {
+    pub max_steps: u64,
+    pub lr: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_steps: u64,
+    pub optimizer: AdamWConfig,
+    pub seed: u64,
+    pub eval_every: u64,
+    pub save_every: u64,
+    pub keep_last: usize,
+    pub on_nonfinite: NonFinitePolicy,
+    pub export_dtype: String,
+}
+
+impl Default for RlTraining {
+    fn default() -> Self {
+        Self {
+            max_steps: 20,
+            lr: 1e-6,
+            schedule: ScheduleKind::Constant,
+            warmup_steps: 0,
+            optimizer: AdamWConfig { weight_decay: 0.0, ..Default::default() },
+            seed: 42,
+            eval_every: 0,
+            save_every: 0,
+            keep_last: 2,
+            on_nonfinite: NonFinitePolicy::Stop,
+            export_dtype: "f32".into(),
+        }
+    }
+}
+
+pub fn default_rollout() -> SamplingParams {
+    SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, repetition_penalty: 1.0, max_new_tokens: 128, seed: 0 }
+}
+
+/// Checks shared by the RL configs: rewards present (or from a task), steps, LoRA.
+pub fn validate_common(data: &RlData, rewards: &[RewardSpec], training: &RlTraining, lora: Option<&LoraConfig>, rollout: &SamplingParams) -> Result<(), (String, String)> {
+    rollout.validate().map_err(|(k, m)| (format!("rollout.{k}"), m))?;
+    data.validate()?;
+    if rewards.is_empty() && data.task.is_none() {
+        return Err(("rewards".into(), "at least one reward plugin is needed (or a data.task that has rewards)".into()));
+    }
+    if training.max_steps == 0 {
+        return Err(("training.max_steps".into(), "must be at least 1".into()));
+    }
+    if !["f32", "bf16", "f16"].contains(&training.export_dtype.as_str()) {
+        return Err(("training.export_dtype".into(), "expected f32, bf16 or f16".into()));
+    }
+    if let Some(l) = lora {
+        l.validate().map_err(|(k, m)| (format!("lora.{k}"), m))?;
+    }
+    Ok(())
+}
+
+/// A prompt to roll out: rendered ids plus what the rewards need.
+#[derive(Debug, Clone)]
+pub struct RlPrompt {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub ground_truth: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub data_source: String,
+}
+
+/// An example as RL sees it: a trailing assistant turn is removed and becomes the ground truth
+/// when the example has none (a reference answer, as dialogue rewards use); `system` is added to
+/// examples without a system message.
+pub fn prompt_example(mut ex: Example, system: Option<&str>) -> Example {
+    if ex.messages.last().is_some_and(|m| m.role == "assistant") {
+        let last = ex.messages.pop().expect("non-empty");
+        if ex.ground_truth.is_null() {
+            ex.ground_truth = serde_json::Value::String(last.content);
+        }
+    }
+    if let Some(s) = system {
+        if ex.messages.first().is_none_or(|m| m.role != "system") {
+            ex.messages.insert(0, crate::tokenizer::ChatMessage::system(s));
+        }
+    }
+    ex
+}
+
+/// Turn examples into prompts (see [`prompt_example`]); prompts longer than `max_len` tokens are
+/// left out and counted.
+pub fn prompts_from_examples(tok: &TextTokenizer, examples: Vec<Example>, system: Option<&str>, max_len: usize) -> Result<(Vec<RlPrompt>, usize), SftError> {
+    let mut out = Vec::new();
+    let mut too_long = 0;
+    for ex in examples {
+        let ex = prompt_example(ex, system);
+        let text = tok.apply_chat_template(&ex.messages, true).map_err(|e| SftError::Setup(e.to_string()))?;
+        let ids = tok.encode(&text, false).map_err(|e| SftError::Setup(e.to_string()))?;
+        if ids.len() > max_len {
+            too_long += 1;
+            continue;
+        }
+        let user_text = ex.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        out.push(RlPrompt { ids, text: user_text, ground_truth: ex.ground_truth, metadata: ex.metadata, data_source: ex.data_source });
+    }
+    Ok((out, too_long))
+}
+
+/// Results of validating a policy on held-out prompts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    pub mean_reward: f64,
+    pub accuracy: Option<f64>,
+    pub scored: usize,
+    pub dropped: usize,
+}
+
+/// Greedy responses to the validation examples, scored through `eval::evaluate` (the code path
+/// of `medrl eval`). `threshold`: accuracy is the share of responses whose plugin score reaches it.
+#[allow(clippy::too_many_arguments)]
+pub fn validate(
+    model: &CausalLm,
+    tok: &TextTokenizer,
+    examples: &[(Origin, Example)],
+    rewards: &Rewards,
+    max_new_tokens: usize,
+    stop: &[String],
+    eos: &[u32],
+    pad: u32,
+    threshold: Option<f64>,
+) -> Result<Validation, SftError> {
+    let accuracy = threshold.map(|t| AccuracySpec { plugin: None, component: "score".into(), threshold: t });
+    validate_with(model, tok, examples, rewards, max_new_tokens, stop, eos, pad, accuracy)
+}
+
+/// [`validate`] with any accuracy spec (a task's component and threshold).
+#[allow(clippy::too_many_arguments)]
+pub fn validate_with(
+    model: &CausalLm,
+    tok: &TextTokenizer,
+    examples: &[(Origin, Example)],
+    rewards: &Rewards,
+    max_new_tokens: usize,
+    stop: &[String],
+    eos: &[u32],
+    pad: u32,
+    accuracy: Option<AccuracySpec>,
+) -> Result<Validation, SftError> {
+    let settings = MetricSettings { accuracy, ..Default::default() };
+    let opts = EvalOptions {
+        sampling: SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() },
+        n: 1,
+        batch_size: 64,
+        eos_token_ids: eos.to_vec(),
+        pad_token_id: pad,
+        stop_strings: stop.to_vec(),
+        progress: false,
+    };
+    let (m, preds) = evaluate(model, tok, examples, rewards, &settings, &opts).map_err(setup_err)?;
+    let scored = preds.iter().filter(|p| p.reward.total.is_some()).count();
+    Ok(Validation { mean_reward: m.reward.as_ref().map(|s| s.mean).unwrap_or(0.0), accuracy: m.accuracy, scored, dropped: preds.len() - scored })
+}
+
+pub(crate) fn setup_err<E: std::fmt::Display>(e: E) -> SftError {
+    SftError::Setup(e.to_string())
+}
+
+/// Hash of a run config without its bookkeeping keys (those may change on resume).
+pub fn hash_json(v: &impl Serialize) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(serde_json::to_vec(v).expect("serializes")))[..16].to_string()
+}
+
+/// The parts of a GRPO or PPO config the shared setup reads.
+pub struct RlSpec<'a> {
+    /// `grpo` or `ppo`: written into checkpoints and checked on resume.
+    pub kind: &'static str,
+    pub model: &'a Path,
+    pub output_dir: &'a Path,
+    pub device: &'a str,
+    pub dtype: &'a str,
+    pub data: &'a RlData,
+    pub rewards: &'a [RewardSpec],
+    pub accuracy_threshold: Option<f64>,
+    pub rollout: &'a SamplingParams,
+    pub stop: &'a [String],
+    pub training: &'a RlTraining,
+    pub lora: Option<&'a LoraConfig>,
+    pub prompts_per_step: usize,
+    /// Load the starting model a second time as the frozen KL reference.
+    pub reference: bool,
+    /// The whole config as YAML (written to `output_dir/config.yaml`) and its hash.
+    pub config_yaml: String,
+    pub config_hash: String,
+}
+
+/// What a task bundle contributes to a run, after the config's overrides.
+struct Sources {
+    train: Vec<Example>,
+    eval: Vec<(Origin, Example)>,
+    system: Option<String>,
+    rewards: Rewards,
+    accuracy: Option<AccuracySpec>,
+}
+
+/// Training and validation examples, system prompt, rewards and accuracy: from the config's
+/// datasets and rewards, else from its task. `grants` serve explicit rewards whole; for a
+/// task's rewards only its judge is used (search grants come from the task's corpus).
+fn load_sources(spec: &RlSpec, grants: &crate::plugin::Grants) -> Result<Sources, SftError> {
+    let data = spec.data;
+    let task = match &data.task {
+        Some(t) => {
+            let mut task = Task::load(t).map_err(setup_err)?;
+            if let Some(s) = &data.system {
+                task.config.system_prompt = Some(s.clone());
+            }
+            Some(task)
+        }
+        None => None,
+    };
+    let load = |refs: &[DatasetRef]| -> Result<Vec<(Origin, Example)>, SftError> {
+        let mut v = Vec::new();
+        for r in refs {
+            let rs = resolve(r, data.dataset_dir.as_deref())?;
+            v.extend(load_examples(&rs, data.on_bad_row)?.0);
+        }
+        Ok(v)
+    };
+    let task_split = |split: Split| -> Result<Vec<(Origin, Example)>, SftError> {
+        match &task {
+            Some(t) if t.splits().contains(&split) => t.examples(split).map_err(setup_err),
+            _ => Ok(Vec::new()),
+        }
+    };
+    let train = if data.train.is_empty() { task_split(Split::Train)? } else { load(&data.train)? };
+    let eval = match &data.eval {
+        Some(refs) => load(refs)?,
+        None => task_split(Split::Validation)?,
+    };
+    let system = data.system.clone().or_else(|| task.as_ref().and_then(|t| t.config.system_prompt.clone()));
+    let (rewards, names) = if !spec.rewards.is_empty() || task.is_none() {
+        let r = load_rewards(spec.rewards, grants).map_err(setup_err)?;
+        let names = r.names();
+        (r, names)
+    } else {
+        task_rewards(task.as_ref().expect("task"), grants)?
+    };
+    let accuracy = match (spec.accuracy_threshold, task.as_ref().and_then(|t| t.metrics().accuracy.clone())) {
+        (Some(t), _) => Some(AccuracySpec { plugin: None, component: "score".into(), threshold: t }),
+        // As `medrl eval` reads a task's accuracy: `score` or several rewards name the plugin.
+        (None, Some(a)) => Some(AccuracySpec {
+            plugin: a.plugin.clone().or_else(|| (names.len() > 1 || a.component == "score").then(|| names[0].clone())),
+            component: a.component,
+            threshold: a.threshold,
+        }),
+        (None, None) => None,
+    };
+    Ok(Sources { train: train.into_iter().map(|(_, e)| e).collect(), eval, system, rewards, accuracy })
+}
+
+/// The task's reward plugins under the `drop` policy (a failed sample leaves the loss; list
+/// `rewards` explicitly for another policy). A search grant is an in-memory index over the
+/// task's corpus; a judge grant is the run's judge, which must be given.
+fn task_rewards(task: &Task, grants: &crate::plugin::Grants) -> Result<(Rewards, Vec<String>), SftError> {
+    use crate::eval::run::RewardSpec as EvalRewardSpec;
+    let specs = task.reward_specs();
+    if specs.is_empty() {
+        return Err(SftError::Setup(format!("task `{}` declares no reward plugin; list `rewards` in the config", task.name())));
+    }
+    let mut out = Vec::new();
+    for s in &specs {
+        let mut g = crate::plugin::Grants::none();
+        if s.grants.judge.is_some() {
+            g.judge = Some(grants.judge.clone().ok_or_else(|| {
+                SftError::Setup(format!("task `{}`: reward `{}` needs a judge model; pass one to the run (CLI: --judge-model DIR, or --test-judge SCORE for a constant stand-in)", task.name(), s.name))
+            })?);
+        }
+        if let Some(index) = s.search_index().map_err(|e| SftError::Setup(format!("reward `{}`: search corpus: {e}", s.name)))? {
+            g = g.with_search(index);
+        }
+        out.push(EvalRewardSpec { name: s.name.clone(), plugin: s.path.clone(), weight: s.weight, config: s.config.clone(), grants: g, policy: crate::plugin::FailurePolicy::Drop });
+    }
+    let names = out.iter().map(|s| s.name.clone()).collect();
+    let host = crate::plugin::PluginHost::new(Default::default()).map_err(setup_err)?;
+    let rewards = Rewards::load(&host, out, &crate::plugin::Limits::default()).map_err(setup_err)?;
+    Ok((rewards, names))
+}
+
+/// A running RL job: model, data, rewards, optimizer and bookkeeping.
+pub struct RlRun {
+    pub device: Device,
+    pub compute: DType,
+    pub out: PathBuf,
+    pub model_dir: PathBuf,
+    pub tok: TextTokenizer,
+    pub eos: Vec<u32>,
+    pub pad: u32,
+    pub train: Vec<RlPrompt>,
+    pub eval: Vec<(Origin, Example)>,
+    pub rewards: Rewards,
+    pub accuracy: Option<AccuracySpec>,
+    pub trainable: Trainable,
+    pub reference: Option<CausalLm>,
+    pub opt: AdamW,
+    pub schedule: LrSchedule,
+    pub state: TrainerState,
+    pub metrics: MetricsLog,
+    pub dropout_rng: rand_chacha::ChaCha8Rng,
+    /// The checkpoint resumed from (algorithms restore their own extra state from it).
+    pub resumed: Option<checkpoint::Loaded>,
+    pub validation_before: Option<Validation>,
+    pub validation_after: Option<Validation>,
+    pub training: RlTraining,
+    rollout: SamplingParams,
+    stop: Vec<String>,
+    batcher: Batcher,
+    plan: Vec<MicroBatch>,
+    pb: indicatif::ProgressBar,
+    steps_this_run: u64,
+    stop_after: Option<u64>,
+}
+
+/// One step's rollouts: sequences, rewards, and the log-probs computed beside the scoring.
+pub struct Rollout {
+    /// Index into `RlRun::train` of each sequence's prompt.
+    pub owners: Vec<usize>,
+    /// Prompt + response tokens; `trained` marks the response.
+    pub seqs: Vec<TokenizedExample>,
+    pub responses: Vec<String>,
+    pub scored: Vec<RewardResult>,
+    /// Per rollout micro-batch (`chunks`): old-policy log-probs `[B, T]`, reference log-probs,
+    /// and what the algorithm's extra pass returned (PPO: values).
+    pub chunks: Vec<Vec<usize>>,
+    pub old_lps: Vec<Tensor>,
+    pub ref_lps: Vec<Option<Tensor>>,
+    pub extra: Vec<Option<Tensor>>,
+    pub rollout_tokens: usize,
+    pub gen_s: f64,
+    pub logprob_s: f64,
+    pub reward_s: f64,
+}
+
+impl Rollout {
+    /// Total reward per sequence (`None`: dropped by a plugin's policy).
+    pub fn totals(&self) -> Vec<Option<f64>> {
+        self.scored.iter().map(|s| s.total).collect()
+    }
+}
+
+/// Consecutive index chunks of `0..n`.
+pub fn chunks(n: usize, size: usize) -> Vec<Vec<usize>> {
+    (0..n).collect::<Vec<_>>().chunks(size.max(1)).map(|c| c.to_vec()).collect()
+}
+
+impl RlRun {
+    /// Prepare (or resume) a run: output folder, model, prompts, rewards, trainable policy,
+    /// optimizer, metrics, and validation before training when starting fresh.
+    pub fn setup(spec: &RlSpec, grants: crate::plugin::Grants, opts: &RunOptions) -> Result<RlRun, SftError> {
+        let device = crate::model::parse_device(spec.device).map_err(SftError::Setup)?;
+        let compute = crate::model::parse_dtype(spec.dtype, &device).map_err(SftError::Setup)?;
+        let out = spec.output_dir.to_path_buf();
+        let existing = checkpoint::latest(&out);
+        if existing.is_some() && !opts.resume {
+            return Err(SftError::Setup(format!("{} already has checkpoints; pass --resume or choose another output_dir", out.display())));
+        }
+        std::fs::create_dir_all(&out).map_err(|e| SftError::Io { path: out.clone(), source: e })?;
+        crate::fsutil::write_atomic(&out.join("config.yaml"), spec.config_yaml.as_bytes()).map_err(|e| SftError::Io { path: out.join("config.yaml"), source: e })?;
+
+        let loaded = load_model_dir(spec.model, &device, DType::F32)?;
+        let tok = loaded.tokenizer;
+        let eos = loaded.generation.eos_token_ids.clone();
+        let pad = loaded.generation.pad_token_id.or(eos.first().copied()).unwrap_or(0);
+        let src = load_sources(spec, &grants)?;
+        let (train, too_long) = prompts_from_examples(&tok, src.train, src.system.as_deref(), spec.data.max_prompt_len)?;
+        let mut eval: Vec<(Origin, Example)> = src.eval.into_iter().map(|(o, e)| (o, prompt_example(e, src.system.as_deref()))).collect();
+        if spec.data.eval_limit > 0 {
+            eval.truncate(spec.data.eval_limit);
+        }
+        if train.is_empty() {
+            return Err(SftError::Setup("no training prompts".into()));
+        }
+        tracing::info!(train = train.len(), eval = eval.len(), too_long, "prompts ready");
+
+        let mode = match spec.lora {
+            Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(SftError::Setup)? },
+            None => Mode::Full,
+        };
+        let t = spec.training;
+        let reference = if spec.reference { Some(load_model_dir(spec.model, &device, compute)?.model) } else { None };
+        let trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
+        let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?;
+        let schedule = LrSchedule { peak_lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.max_steps, kind: t.schedule, min_lr_ratio: 0.0 };
+        // Prompt order: epochs over the training prompts, `prompts_per_step` at a time.
+        let batcher = Batcher::new(vec![1; train.len()], BatchingConfig { micro_batch_size: spec.prompts_per_step, packing: false, group_by_length: false, shuffle: true }, 1, t.seed);
+        let mut state = TrainerState {
+            step: 0,
+            epoch: 0,
+            next_micro_batch: 0,
+            rng_word_pos: "0".into(),
+            optimizer_steps: 0,
+            metrics_lines: 0,
+            skipped_steps: 0,
+            tokens_seen: 0,
+            kind: spec.kind.into(),
+            config_hash: spec.config_hash.clone(),
+        };
+        let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
+        let mut dropout_rng = rand_chacha::ChaCha8Rng::seed_from_u64(t.seed.wrapping_add(1));
+        let mut resumed = None;
+        if let (true, Some(dir)) = (opts.resume, &existing) {
+            let ck = checkpoint::load(dir, &device)?;
+            if ck.state.config_hash != spec.config_hash || ck.state.kind != spec.kind {
+                return Err(SftError::Setup(format!("{}: written by a different run config; resume with the same config", dir.display())));
+            }
+            trainable.load_state(&ck.trainable)?;
+            opt.load_state(&ck.optimizer, ck.state.optimizer_steps)?;
+            dropout_rng.set_word_pos(ck.state.rng_word_pos.parse().unwrap_or(0));
+            metrics.truncate(ck.state.metrics_lines)?;
+            state = ck.state.clone();
+            tracing::info!(step = state.step, "resumed from {}", dir.display());
+            resumed = Some(ck);
+        } else {
+            metrics.truncate(0)?;
+        }
+        let plan = batcher.plan_epoch(state.epoch);
+        let pb = crate::progress::bar(t.max_steps, spec.kind, "steps");
+        pb.set_position(state.step);
+        let mut run = RlRun {
+            device,
+            compute,
+            out,
+            model_dir: spec.model.to_path_buf(),
+            tok,
+            eos,
+            pad,
+            train,
+            eval,
+            rewards: src.rewards,
+            accuracy: src.accuracy,
+            trainable,
+            reference,
+            opt,
+            schedule,
+            state,
+            metrics,
+            dropout_rng,
+            resumed,
+            validation_before: None,
+            validation_after: None,
+            training: t.clone(),
+            rollout: spec.rollout.clone(),
+            stop: spec.stop.to_vec(),
+            batcher,
+            plan,
+            pb,
+            steps_this_run: 0,
+            stop_after: opts.stop_after,
+        };
+        if run.state.step == 0 {
+            run.validation_before = run.validate_now()?;
+            if let Some(v) = &run.validation_before {
+                run.metrics.write(&serde_json::json!({"step": 0, "val_reward": v.mean_reward, "val_accuracy": v.accuracy}))?;
+            }
+        }
+        Ok(run)
+    }
+
+    /// Greedy validation of the current policy (None without validation prompts).
+    pub fn validate_now(&self) -> Result<Option<Validation>, SftError> {
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        let m = self.trainable.view(true, None)?;
+        Ok(Some(validate_with(&m, &self.tok, &self.eval, &self.rewards, self.rollout.max_new_tokens, &self.stop, &self.eos, self.pad, self.accuracy.clone())?))
+    }
+
+    /// The prompts of the next step, or `None` when the run is done (or told to stop).
+    pub fn next_prompts(&mut self) -> Option<Vec<usize>> {
+        if self.state.step >= self.training.max_steps || self.stop_after.is_some_and(|n| self.steps_this_run >= n) {
+            return None;
+        }
+        if self.state.next_micro_batch >= self.plan.len() {
+            self.state.epoch += 1;
+            self.state.next_micro_batch = 0;
+            self.plan = self.batcher.plan_epoch(self.state.epoch);
+        }
+        let chosen: Vec<usize> = self.plan[self.state.next_micro_batch].iter().flatten().copied().collect();
+        self.state.next_micro_batch += 1;
+        Some(chosen)
+    }
+
+    /// A padded batch of sequences `idx`.
+    pub fn batch(&self, seqs: &[TokenizedExample], idx: &[usize]) -> Result<Batch, SftError> {
+        let mb: MicroBatch = idx.iter().map(|&i| vec![i]).collect();
+        Ok(build_batch(seqs, &mb, self.pad, &self.device)?)
+    }
+
+    /// Sample `n` responses per chosen prompt with the current policy (seeded by the step), then
+    /// score them on a CPU thread while the device computes old-policy and reference log-probs
+    /// and `extra` (the algorithm's own pass over each micro-batch, e.g. PPO's values).
+    pub fn rollout(&self, chosen: &[usize], n: usize, micro_batch_size: usize, mut extra: impl FnMut(&Batch) -> Result<Option<Tensor>, SftError>) -> Result<Rollout, SftError> {
+        let t_gen = Instant::now();
+        let policy = self.trainable.view(true, None)?;
+        let mut ids: Vec<Vec<u32>> = Vec::new();
+        let mut owners = Vec::new();
+        for &i in chosen {
+            for _ in 0..n {
+                ids.push(self.train[i].ids.clone());
+                owners.push(i);
+            }
+        }
+        let stopc = StopConditions { eos_token_ids: self.eos.clone(), stop_strings: self.stop.clone(), tokenizer: Some(&self.tok) };
+        let params = SamplingParams { seed: self.training.seed.wrapping_mul(1_000_003).wrapping_add(self.state.step), ..self.rollout.clone() };
+        let gens = generate(&policy, &ids, &params, &stopc, self.pad, None)?;
+        let gen_s = t_gen.elapsed().as_secs_f64();
+        let rollout_tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
+        let responses: Vec<String> = gens.iter().map(|g| self.tok.decode(&g.tokens, true).unwrap_or_default()).collect();
+        let seqs: Vec<TokenizedExample> = ids
+            .iter()
+            .zip(&gens)
+            .map(|(p, g)| {
+                let mut all = p.clone();
+                all.extend(&g.tokens);
+                let mut trained = vec![false; p.len()];
+                trained.extend(std::iter::repeat_n(true, g.tokens.len()));
+                TokenizedExample { ids: all, trained, truncated: false }
+            })
+            .collect();
+        let chunks = chunks(seqs.len(), micro_batch_size);
+        let train = &self.train;
+        let (scored, old_lps, ref_lps, extras, logprob_s, reward_s) = std::thread::scope(|s| -> Result<_, SftError> {
+            let handle = s.spawn(|| {
+                let t0 = Instant::now();
+                let batch: Vec<crate::plugin::Sample> =
+                    owners.iter().zip(&responses).map(|(&i, r)| crate::plugin::sample(&train[i].text, r, &train[i].ground_truth, &train[i].metadata, &train[i].data_source)).collect();
+                (self.rewards.score(&batch), t0.elapsed().as_secs_f64())
+            });
+            let t0 = Instant::now();
+            let (mut old, mut refs, mut extras) = (Vec::new(), Vec::new(), Vec::new());
+            for chunk in &chunks {
+                let b = self.batch(&seqs, chunk)?;
+                let lp = crate::generate::token_logprobs(&policy.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?, &b.targets)?;
+                old.push(lp.detach());
+                refs.push(match &self.reference {
+                    Some(r) => Some(crate::generate::token_logprobs(&r.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?, &b.targets)?.detach()),
+                    None => None,
+                });
+                extras.push(extra(&b)?);
+            }
+            let lp_s = t0.elapsed().as_secs_f64();
+            let (scored, reward_s) = handle.join().expect("reward thread");
+            Ok((scored.map_err(setup_err)?, old, refs, extras, lp_s, reward_s))
+        })?;
+        Ok(Rollout { owners, seqs, responses, scored, chunks, old_lps, ref_lps, extra: extras, rollout_tokens, gen_s, logprob_s, reward_s })
+    }
+
+    /// Count a finished update: step, optimizer steps, tokens.
+    pub fn end_update(&mut self, rollout_tokens: usize) {
+        self.state.step += 1;
+        self.steps_this_run += 1;
+        self.state.optimizer_steps = self.opt.steps();
+        self.state.tokens_seen += rollout_tokens as u64;
+    }
+
+    /// The part of a step's metrics line every RL algorithm writes: rewards (total, per plugin
+    /// and component), failures, response length, timings and throughput.
+    pub fn rollout_line(&self, r: &Rollout, update_s: f64, step_start: Instant) -> serde_json::Value {
+        let vals: Vec<f64> = r.scored.iter().filter_map(|s| s.total).collect();
+        let mean_r = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
+        let mut comps: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+        for s in &r.scored {
+            let plugin_scores = s.by_plugin.iter().filter_map(|(k, v)| v.map(|v| (k, v)));
+            for (k, v) in s.components.iter().map(|(k, v)| (k, *v)).chain(plugin_scores) {
+                let e = comps.entry(k.clone()).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+        let mut line = serde_json::json!({
+            "step": self.state.step,
+            "reward": mean_r,
+            "reward_std": (vals.iter().map(|v| (v - mean_r).powi(2)).sum::<f64>() / vals.len().max(1) as f64).sqrt(),
+            "lr": self.schedule.lr_at(self.state.step.saturating_sub(1)),
+            "response_len": r.rollout_tokens as f64 / r.seqs.len().max(1) as f64,
+            "dropped": r.scored.iter().filter(|s| s.total.is_none()).count(),
+            "reward_failures": r.scored.iter().map(|s| s.failures.values().filter(|f| f.as_str() != "not_applicable").count()).sum::<usize>(),
+            "time_generate_s": r.gen_s,
+            "time_logprob_s": r.logprob_s,
+            "time_reward_s": r.reward_s,
+            "time_update_s": update_s,
+            "time_step_s": step_start.elapsed().as_secs_f64(),
+            "rollout_tokens_per_s": r.rollout_tokens as f64 / r.gen_s.max(1e-9),
+            "memory_mb": crate::progress::memory_mb(&self.device),
+            "skipped_steps": self.state.skipped_steps,
+        });
+        for (k, (sum, n)) in comps {
+            line[format!("reward/{k}")] = (sum / n.max(1) as f64).into();
+        }
+        line
+    }
+
+    /// Finish a step: validation when due (added to `line`), the metrics line, and a checkpoint
+    /// when due. `extra` adds the algorithm's own tensors to the checkpoint's trainable and
+    /// optimizer files (PPO: the critic, under `critic/`); `plots` redraws the run's charts.
+    pub fn finish_step(
+        &mut self,
+        mut line: serde_json::Value,
+        extra: impl FnOnce() -> (HashMap<String, Tensor>, HashMap<String, Tensor>),
+        plots: fn(&Path) -> Result<(), SftError>,
+    ) -> Result<(), SftError> {
+        let t = &self.training;
+        let step = self.state.step;
+        if step == t.max_steps || (t.eval_every > 0 && step % t.eval_every == 0) {
+            if let Some(v) = self.validate_now()? {
+                line["val_reward"] = v.mean_reward.into();
+                line["val_accuracy"] = v.accuracy.into();
+                self.validation_after = Some(v);
+            }
+        }
+        self.metrics.write(&line)?;
+        if let Some(r) = line.get("reward").and_then(|v| v.as_f64()) {
+            self.pb.set_message(format!("{} reward {r:.3}", self.state.kind));
+        }
+        self.pb.inc(1);
+        let t = &self.training;
+        if step == t.max_steps || (t.save_every > 0 && step % t.save_every == 0) {
+            self.state.rng_word_pos = self.dropout_rng.get_word_pos().to_string();
+            self.state.metrics_lines = self.metrics.lines();
+            let (mut tr, mut op) = (self.trainable.state(), self.opt.state().0);
+            let (xt, xo) = extra();
+            tr.extend(xt);
+            op.extend(xo);
+            checkpoint::save(&self.out, &self.state, &tr, &op, t.keep_last)?;
+            plots(&self.out)?;
+        }
+        Ok(())
+    }
+
+    /// After the loop: the final model (and LoRA adapter) when the run reached `max_steps`.
+    /// Returns the final model folder.
+    pub fn finish(&mut self) -> Result<PathBuf, SftError> {
+        self.pb.finish_and_clear();
+        let (final_dir, adapter_dir) = peft::run_outputs(&self.out);
+        if self.state.step >= self.training.max_steps {
+            let dtype = crate::model::parse_dtype(&self.training.export_dtype, &Device::Cpu).map_err(SftError::Setup)?;
+            super::sft::export(&self.trainable, &self.model_dir, &final_dir, Some(&adapter_dir), dtype)?;
+        }
+        Ok(final_dir)
+    }
+}
+
+/// Tensors of `map` whose names start with `prefix`, with the prefix removed (the algorithm's
+/// own part of a checkpoint).
+pub fn strip_prefix(map: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    map.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.clone()))).collect()
+}
+
+/// `map` with every name prefixed.
+pub fn add_prefix(map: HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    map.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)).collect()
+}
+
+/// Draw `charts` (file, title, y label, [(series name, metrics key)]) from `metrics.jsonl`
+/// into `run_dir/plots/`.
+pub fn write_charts(run_dir: &Path, charts: &[(&str, &str, &str, &[(&'static str, &str)])]) -> Result<(), SftError> {
+    use crate::plot::{line_chart_svg, Series};
+    let rows = super::metrics::read_metrics(run_dir)?;
+    for (file, title, ylabel, keys) in charts {
+        let series: Vec<Series> = keys
+            .iter()
+            .map(|(name, key)| Series { name, points: rows.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(*key)?.as_f64()?))).collect() })
+            .collect();
+        let svg = line_chart_svg(title, "step", ylabel, &series);
+        let p = run_dir.join("plots").join(file);
+        crate::fsutil::write_atomic(&p, svg.as_bytes()).map_err(|e| SftError::Io { path: p.clone(), source: e })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trailing_assistant_turn_becomes_the_reference_and_system_is_added() {
+        let ex = Example {
+            messages: vec![crate::tokenizer::ChatMessage::user("q"), crate::tokenizer::ChatMessage::assistant("a")],
+            ground_truth: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            data_source: String::new(),
+        };
+        let p = prompt_example(ex, Some("sys"));
+        assert_eq!(p.messages.len(), 2);
+        assert_eq!(p.messages[0].role, "system");
+        assert_eq!(p.ground_truth, serde_json::json!("a"));
+    }
+
+    #[test]
+    fn data_needs_train_or_task() {
+        let d: RlData = serde_yaml::from_str("train: []").unwrap();
+        assert!(d.validate().is_err());
+        let d: RlData = serde_yaml::from_str("task: hcc").unwrap();
+        assert!(d.validate().is_ok() && d.eval.is_none());
+        let d: RlData = serde_yaml::from_str("task: hcc\neval: []").unwrap();
+        assert_eq!(d.eval.map(|e| e.len()), Some(0));
+    }
+}
