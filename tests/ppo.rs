@@ -20,6 +20,10 @@ fn wasm(name: &str) -> PathBuf {
     static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let files: Vec<PathBuf> = medrl::cli::plugin::build_plugin(&repo().join("plugins")).expect("building plugins/ (run scripts/setup-plugins.sh)");
+        // Bundled plugin names in task.yaml resolve under MEDRL_PLUGIN_DIR: where this build put
+        // them (CI builds into its own CARGO_TARGET_DIR, not plugins/target). Set once, before
+        // any test of this process loads a task.
+        std::env::set_var(medrl::task::PLUGIN_DIR_ENV, files[0].parent().expect("wasm in a folder"));
         files.into_iter().map(|p| (p.file_stem().unwrap().to_string_lossy().replace('_', "-"), p)).collect()
     });
     built.get(name).unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys())).clone()
