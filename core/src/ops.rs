@@ -43,13 +43,17 @@ impl CustomOp2 for Attach {
     }
 }
 
+/// `value` detached, contiguous and at offset 0: the attach ops' forward copies its storage,
+/// which must be exactly the tensor.
+fn attachable(value: Tensor) -> Result<Tensor> {
+    let value = value.detach().contiguous()?;
+    Ok(if value.layout().start_offset() != 0 { value.copy()? } else { value })
+}
+
 /// `value` (computed without gradient tracking, e.g. by a fused kernel) as a function of
 /// `input` in the autograd graph, with the given backward rule.
 fn attach(name: &'static str, input: &Tensor, value: Tensor, backward: Arc<Backward>) -> Result<Tensor> {
-    // The forward copies `value`'s storage, which must be exactly the tensor.
-    let value = value.detach().contiguous()?;
-    let value = if value.layout().start_offset() != 0 { value.copy()? } else { value };
-    input.apply_op2(&value, Attach { name, backward })
+    input.apply_op2(&attachable(value)?, Attach { name, backward })
 }
 
 /// Gradients of a two-input op: `backward(a, b, output, grad)`; `None` where an input needs none.
@@ -88,9 +92,7 @@ impl CustomOp3 for Attach2 {
 
 /// `value` as a function of `a` and `b` in the autograd graph (see [`attach`]).
 fn attach2(name: &'static str, a: &Tensor, b: &Tensor, value: Tensor, backward: Arc<Backward2>) -> Result<Tensor> {
-    let value = value.detach().contiguous()?;
-    let value = if value.layout().start_offset() != 0 { value.copy()? } else { value };
-    a.apply_op3(b, &value, Attach2 { name, backward })
+    a.apply_op3(b, &attachable(value)?, Attach2 { name, backward })
 }
 
 /// The dtype reductions run in: f32 for half-precision inputs, the input's own otherwise (so

@@ -164,14 +164,8 @@ pub struct LoadedClassifier {
 
 /// Load a Hugging Face `*ForSequenceClassification` folder.
 pub fn load_classifier_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedClassifier, ModelError> {
-    if !dir.is_dir() {
-        return Err(ModelError::MissingFile { path: dir.into(), hint: "model folder not found".into() });
-    }
+    let cfg = super::read_model_config(dir)?;
     let cfg_path = dir.join("config.json");
-    if !cfg_path.exists() {
-        return Err(ModelError::MissingFile { path: cfg_path, hint: "every model folder needs config.json".into() });
-    }
-    let cfg = ModelConfig::from_file(&cfg_path)?;
     if !is_sequence_classifier(&cfg.raw) {
         return Err(ModelError::Config {
             path: cfg_path,

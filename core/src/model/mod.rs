@@ -101,8 +101,8 @@ pub struct LoadedModel {
     pub generation: GenerationDefaults,
 }
 
-/// Load a Hugging Face model folder.
-pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel, ModelError> {
+/// The `config.json` of a model folder, with errors that say which of the two is missing.
+pub fn read_model_config(dir: &Path) -> Result<ModelConfig, ModelError> {
     if !dir.is_dir() {
         return Err(ModelError::MissingFile { path: dir.into(), hint: "model folder not found".into() });
     }
@@ -110,7 +110,12 @@ pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Loade
     if !cfg_path.exists() {
         return Err(ModelError::MissingFile { path: cfg_path, hint: "every model folder needs config.json".into() });
     }
-    let cfg = ModelConfig::from_file(&cfg_path)?;
+    ModelConfig::from_file(&cfg_path)
+}
+
+/// Load a Hugging Face model folder.
+pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel, ModelError> {
+    let cfg = read_model_config(dir)?;
     let tokenizer = TextTokenizer::from_dir(dir)?;
     let generation = GenerationDefaults::from_dir(dir, &cfg, &tokenizer)?;
     let mut src = SafetensorsSource::open_dir(dir)?;

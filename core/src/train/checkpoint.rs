@@ -40,6 +40,24 @@ pub struct TrainerState {
     pub config_hash: String,
 }
 
+impl TrainerState {
+    /// The state of a run before its first step.
+    pub fn start(kind: &str, config_hash: String) -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            next_micro_batch: 0,
+            rng_word_pos: "0".into(),
+            optimizer_steps: 0,
+            metrics_lines: 0,
+            skipped_steps: 0,
+            tokens_seen: 0,
+            kind: kind.into(),
+            config_hash,
+        }
+    }
+}
+
 pub fn checkpoints_dir(output_dir: &Path) -> PathBuf {
     output_dir.join("checkpoints")
 }

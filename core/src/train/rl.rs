@@ -462,18 +462,7 @@ impl RlRun {
         let schedule = LrSchedule { peak_lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.max_steps, kind: t.schedule, min_lr_ratio: 0.0 };
         // Prompt order: epochs over the training prompts, `prompts_per_step` at a time.
         let batcher = Batcher::new(vec![1; train.len()], BatchingConfig { micro_batch_size: spec.prompts_per_step, packing: false, group_by_length: false, shuffle: true }, 1, t.seed);
-        let mut state = TrainerState {
-            step: 0,
-            epoch: 0,
-            next_micro_batch: 0,
-            rng_word_pos: "0".into(),
-            optimizer_steps: 0,
-            metrics_lines: 0,
-            skipped_steps: 0,
-            tokens_seen: 0,
-            kind: spec.kind.into(),
-            config_hash: spec.config_hash.clone(),
-        };
+        let mut state = TrainerState::start(spec.kind, spec.config_hash.clone());
         let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
         let mut dropout_rng = rand_chacha::ChaCha8Rng::seed_from_u64(t.seed.wrapping_add(1));
         let mut resumed = None;

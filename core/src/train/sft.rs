@@ -490,18 +490,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     tracing::info!(params = trainable.num_trainable(), lora = cfg.lora.is_some(), "trainable parameters");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(t.seed.wrapping_add(1));
     let config_hash = hash_config(cfg);
-    let mut state = TrainerState {
-        step: 0,
-        epoch: 0,
-        next_micro_batch: 0,
-        rng_word_pos: "0".into(),
-        optimizer_steps: 0,
-        metrics_lines: 0,
-        skipped_steps: 0,
-        tokens_seen: 0,
-        kind: "sft".into(),
-        config_hash: config_hash.clone(),
-    };
+    let mut state = TrainerState::start("sft", config_hash.clone());
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
     if let (true, Some(dir)) = (opts.resume, &existing) {
         let ck = checkpoint::load(dir, &device)?;
