@@ -25,6 +25,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod gguf;
 pub mod judge;
+pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod plot;

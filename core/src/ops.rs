@@ -13,6 +13,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use std::sync::Arc;
 
+use crate::kernels;
+
 type Backward = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
 
 /// A custom op whose value is precomputed and whose gradient is `backward(input, output, grad)`.
@@ -117,6 +119,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         candle_nn::ops::rms_norm(&x.detach().contiguous()?, &ones, eps as f32)?
     };
     let backward: Arc<Backward> = Arc::new(move |x: &Tensor, _y: &Tensor, g: &Tensor| {
+        if kernels::enabled(x) {
+            return kernels::rms_norm_backward(x, g, eps);
+        }
         // y = x * r, r = (mean(x^2) + eps)^-1/2:  dx = r * (g - x * r^2 * mean(g * x)).
         let dtype = x.dtype();
         let (xf, gf) = (x.to_dtype(accum_dtype(dtype))?, g.to_dtype(accum_dtype(dtype))?);
@@ -175,6 +180,16 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
 /// `x` is `[B, H, T, D]`; `cos`/`sin` are `[B, 1, T, D/2]` (one row per position of each
 /// sequence, so left-padded batches can carry their own positions).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if kernels::enabled(x) && !cos.track_op() && !sin.track_op() {
+        // One kernel each way; the backward of a rotation is the inverse rotation.
+        let value = kernels::rope(&x.detach(), cos, sin, false)?;
+        if !x.track_op() {
+            return Ok(value);
+        }
+        let (c, s) = (cos.clone(), sin.clone());
+        let backward: Arc<Backward> = Arc::new(move |_x: &Tensor, _y: &Tensor, g: &Tensor| kernels::rope(g, &c, &s, true));
+        return attach("medrl-rope", x, value, backward);
+    }
     let d = x.dim(D::Minus1)?;
     let half = d / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
@@ -188,6 +203,17 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// SwiGLU feed-forward activation: `silu(gate) * up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if kernels::enabled(gate) && gate.dtype() == up.dtype() {
+        let value = kernels::swiglu(&gate.detach(), &up.detach())?;
+        if !gate.track_op() && !up.track_op() {
+            return Ok(value);
+        }
+        let backward: Arc<Backward2> = Arc::new(|g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor| {
+            let (dg, du) = kernels::swiglu_backward(g, u, dy)?;
+            Ok((Some(dg), Some(du)))
+        });
+        return attach2("medrl-swiglu", gate, up, value, backward);
+    }
     gate.silu()? * up
 }
 
@@ -205,10 +231,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
     let n_rep = q.dim(1)? / k.dim(1)?;
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let mask = mask.map(|m| m.detach());
+    let fused = kernels::enabled(q);
     let probs = move |q: &Tensor, k: &Tensor, mask: Option<&Tensor>| -> Result<Tensor> {
         // Scale the (small) queries rather than the (T x S) scores.
         let k = repeat_kv(k, n_rep)?.contiguous()?;
         let scores = (q * scale)?.matmul(&k.t()?)?;
+        if fused {
+            // Mask add and softmax in one pass over the scores (f32 mask, f32 arithmetic).
+            return kernels::masked_softmax(&scores, mask);
+        }
         let scores = match mask {
             Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
             None => scores,
@@ -235,7 +266,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
         // Softmax backward: dS = P * (dP - rowsum(dO * O)), the row term in f32.
         let acc = accum_dtype(g.dtype());
         let row = (g.to_dtype(acc)? * o.to_dtype(acc)?)?.sum_keepdim(D::Minus1)?;
-        let ds = (p.to_dtype(acc)? * dp.to_dtype(acc)?.broadcast_sub(&row)?)?.to_dtype(g.dtype())?;
+        let ds = if fused {
+            kernels::softmax_backward(&p, &dp, &row)?
+        } else {
+            (p.to_dtype(acc)? * dp.to_dtype(acc)?.broadcast_sub(&row)?)?.to_dtype(g.dtype())?
+        };
         // S = scale * Q K^T + M:  dQ = scale * dS K,  dK = scale * dS^T Q.
         let dq = (ds.matmul(&kr)? * scale)?;
         let dk = (ds.t()?.matmul(q)? * scale)?;
@@ -268,8 +303,18 @@ pub fn head_logprobs(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk_r
     let targets = targets.detach().to_dtype(DType::U32)?;
     let mut lps = Vec::new();
     let mut lses = Vec::new();
+    let fused = kernels::enabled(hidden);
     for start in (0..n).step_by(chunk_rows) {
         let len = chunk_rows.min(n - start);
+        if fused {
+            // The log-sum-exp and the target's logit in one pass over the chunk's logits, which
+            // stay in the compute dtype (no f32 copy of [rows, V]).
+            let logits = hd.narrow(0, start, len)?.matmul(&wd.t()?)?;
+            let (lse, lp) = kernels::lse_target(&logits, &targets.narrow(0, start, len)?)?;
+            lps.push(lp);
+            lses.push(lse);
+            continue;
+        }
         let logits = hd.narrow(0, start, len)?.matmul(&wd.t()?)?.to_dtype(acc)?;
         let max = logits.max_keepdim(D::Minus1)?;
         let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
@@ -290,12 +335,17 @@ pub fn head_logprobs(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk_r
         for start in (0..n).step_by(chunk_rows) {
             let len = chunk_rows.min(n - start);
             let hc = h.narrow(0, start, len)?;
-            let logits = hc.matmul(&w.t()?)?.to_dtype(acc)?;
-            let gc = g.narrow(0, start, len)?.to_dtype(acc)?.unsqueeze(D::Minus1)?;
-            // d lp / d logits = onehot(target) - softmax(logits), times the incoming gradient.
-            let p = logits.broadcast_sub(&lse.narrow(0, start, len)?.unsqueeze(D::Minus1)?)?.exp()?;
-            let t = targets.narrow(0, start, len)?.unsqueeze(D::Minus1)?.contiguous()?;
-            let dlogits = p.broadcast_mul(&gc)?.neg()?.scatter_add(&t, &gc.contiguous()?, D::Minus1)?.to_dtype(h.dtype())?;
+            let dlogits = if fused {
+                let logits = hc.matmul(&w.t()?)?;
+                kernels::head_dlogits(&logits, &lse.narrow(0, start, len)?, &g.narrow(0, start, len)?, &targets.narrow(0, start, len)?)?
+            } else {
+                let logits = hc.matmul(&w.t()?)?.to_dtype(acc)?;
+                let gc = g.narrow(0, start, len)?.to_dtype(acc)?.unsqueeze(D::Minus1)?;
+                // d lp / d logits = onehot(target) - softmax(logits), times the incoming gradient.
+                let p = logits.broadcast_sub(&lse.narrow(0, start, len)?.unsqueeze(D::Minus1)?)?.exp()?;
+                let t = targets.narrow(0, start, len)?.unsqueeze(D::Minus1)?.contiguous()?;
+                p.broadcast_mul(&gc)?.neg()?.scatter_add(&t, &gc.contiguous()?, D::Minus1)?.to_dtype(h.dtype())?
+            };
             dh.push(dlogits.matmul(w)?);
             if weight_needs_grad {
                 let part = dlogits.t()?.matmul(&hc)?.to_dtype(acc)?;

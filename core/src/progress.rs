@@ -43,7 +43,58 @@ pub fn spinner(msg: &str) -> ProgressBar {
 
 /// Memory in use, in MiB: device memory in use on CUDA (whole device, as `nvidia-smi` shows),
 /// resident set size on CPU.
+/// On CUDA: (peak, current) MB allocated from the device's default memory pool since the last
+/// [`reset_peak_memory`]: what tensors hold, like PyTorch's `max_memory_allocated`. The pool
+/// keeps freed memory (see `model::parse_device`), so [`memory_mb`] reports what is reserved.
+pub fn pool_memory_mb(device: &candle_core::Device) -> Option<(f64, f64)> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        let dev = d.cuda_stream().context().cu_device();
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let (mut high, mut cur) = (0u64, 0u64);
+        // SAFETY: driver queries on a valid device with out-pointers to locals.
+        let ok = unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS
+                && sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut high as *mut u64 as *mut std::ffi::c_void) == sys::CUresult::CUDA_SUCCESS
+                && sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &mut cur as *mut u64 as *mut std::ffi::c_void) == sys::CUresult::CUDA_SUCCESS
+        };
+        return ok.then(|| (high as f64 / 1048576.0, cur as f64 / 1048576.0));
+    }
+    let _ = device;
+    None
+}
+
+/// Restart the peak of [`pool_memory_mb`] from the current use.
+pub fn reset_peak_memory(device: &candle_core::Device) {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        let dev = d.cuda_stream().context().cu_device();
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let mut zero = 0u64;
+        // SAFETY: as above; resetting the high-water mark takes a zero value.
+        unsafe {
+            if sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS {
+                sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut zero as *mut u64 as *mut std::ffi::c_void);
+            }
+        }
+    }
+    let _ = device;
+}
+
+/// Memory in use, in MB: on CUDA the peak allocated by tensors so far (see
+/// [`pool_memory_mb`]), else the process's resident memory.
 pub fn memory_mb(device: &candle_core::Device) -> f64 {
+    if let Some((high, _)) = pool_memory_mb(device) {
+        return high;
+    }
+    device_memory_used_mb(device)
+}
+
+/// What the whole device has in use (all processes; includes memory pools' reserve), else the
+/// process's resident memory.
+pub fn device_memory_used_mb(device: &candle_core::Device) -> f64 {
     #[cfg(feature = "cuda")]
     if device.is_cuda() {
         if let Ok((free, total)) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info() {

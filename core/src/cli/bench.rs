@@ -58,6 +58,10 @@ pub enum BenchCommand {
         /// device between them).
         #[arg(long)]
         phases: bool,
+        /// Override the shape's number of decoder layers (e.g. 2, to profile one step's kernels
+        /// with `ncu` in reasonable time; per-layer costs are unchanged).
+        #[arg(long)]
+        layers: Option<usize>,
     },
     /// The same SFT steps (random-init model, random batch, AdamW) on CPU f32 and on --device:
     /// per-step losses and the final weights' relative difference, with the device's fused and
@@ -75,6 +79,16 @@ pub enum BenchCommand {
         #[arg(long, default_value = "cuda")]
         device: String,
         #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// Each differentiable decoder op (RMSNorm, RoPE, SwiGLU, attention, output-head
+    /// log-probs) on --device/--dtype against the CPU in f64 on random inputs: relative L2 error
+    /// of the value and of every input's gradient. On CUDA this checks the fused kernels
+    /// (`MEDRL_FUSED_KERNELS=0` gives the primitive-op path's figures for comparison).
+    OpsAgreement {
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value = "bf16")]
         dtype: String,
     },
     /// Logits of a device/dtype against CPU f32 on the same prompt (e.g. CUDA bf16 vs CPU f32).
@@ -115,12 +129,16 @@ pub fn shape_config(shape: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool) -> anyhow::Result<serde_json::Value> {
+fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool, layers: Option<usize>) -> anyhow::Result<serde_json::Value> {
     use crate::train::trainable::{Mode, Trainable};
     use crate::train::{AdamW, AdamWConfig};
     let dev = parse_device(device).map_err(anyhow::Error::msg)?;
     let dt = parse_dtype(dtype, &dev).map_err(anyhow::Error::msg)?;
-    let cfg = crate::model::ModelConfig::from_json(shape_config(shape)?, std::path::Path::new(shape))?;
+    let mut config = shape_config(shape)?;
+    if let Some(n) = layers {
+        config["num_hidden_layers"] = n.into();
+    }
+    let cfg = crate::model::ModelConfig::from_json(config, std::path::Path::new(shape))?;
     let t0 = Instant::now();
     let weights = crate::model::init::random_weights(&cfg, 0, 0.02)?;
     let mut src = crate::model::MapSource::new(weights, shape);
@@ -165,7 +183,10 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
         let grads = loss.backward()?;
         mark(2)?;
         // Activations and gradients are all alive here: the step's high-water mark.
-        peak = peak.max(crate::progress::memory_mb(&dev));
+        peak = peak.max(crate::progress::device_memory_used_mb(&dev));
+        if i + 1 == warmup {
+            crate::progress::reset_peak_memory(&dev);
+        }
         opt.step(&grads, 1e-4)?;
         mark(3)?;
         // Reading the loss waits for the device, so the step time is real.
@@ -181,10 +202,13 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
     });
     let tokens = (mb * seq) as f64;
     let out = serde_json::json!({
-        "impl": "medrl", "shape": shape, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
+        "impl": "medrl", "shape": shape, "layers": cfg.num_hidden_layers, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
         "parameters": trainable.num_trainable(),
         "median_step_s": step_s, "tokens_per_s": tokens / step_s,
+        // What the process holds on the device (the memory pool keeps freed blocks, like
+        // PyTorch's reserved memory) and, on CUDA, the peak actually allocated by tensors.
         "peak_memory_mb": peak,
+        "peak_allocated_mb": crate::progress::pool_memory_mb(&dev).map(|(high, _)| high),
         "losses": losses,
         "phases": phase_report,
     });
@@ -228,6 +252,102 @@ fn train_steps(shape: &str, seq: usize, mb: usize, steps: usize, device: &str, d
 }
 
 /// Relative L2 distance between two sets of named tensors.
+/// How an input of an op under test is prepared.
+#[derive(Clone, Copy)]
+enum OpInput {
+    /// Cast to the compute dtype (f64 on the reference side) and differentiated.
+    Param,
+    /// Moved to the device as is (masks, tables, token ids): no gradient.
+    Aux,
+}
+
+type OpFn = dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>;
+
+/// Value and parameter gradients of `f` on `device`/`dtype`, as f64 CPU tensors, for the
+/// objective `sum(f(inputs) * r)`.
+fn op_value_and_grads(inputs: &[(Tensor, OpInput)], f: &OpFn, r: &Tensor, dev: &Device, dt: DType) -> anyhow::Result<(Tensor, Vec<Tensor>)> {
+    let mut vars = Vec::new();
+    let mut xs = Vec::new();
+    for (t, kind) in inputs {
+        let t = t.to_device(dev)?;
+        match kind {
+            OpInput::Param => {
+                let v = candle_core::Var::from_tensor(&t.to_dtype(dt)?)?;
+                xs.push(v.as_tensor().clone());
+                vars.push(v);
+            }
+            OpInput::Aux => xs.push(t),
+        }
+    }
+    let out = f(&xs)?;
+    let grads = (out.to_dtype(DType::F32)? * r.to_device(dev)?)?.sum_all()?.backward()?;
+    let value = out.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
+    let g = vars
+        .iter()
+        .map(|v| -> anyhow::Result<Tensor> {
+            let g = grads.get(v.as_tensor()).context("an input received no gradient")?;
+            Ok(g.to_dtype(DType::F64)?.to_device(&Device::Cpu)?)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok((value, g))
+}
+
+fn ops_agreement(device: &str, dtype: &str) -> anyhow::Result<serde_json::Value> {
+    use crate::ops;
+    let dev = parse_device(device).map_err(anyhow::Error::msg)?;
+    let dt = parse_dtype(dtype, &dev).map_err(anyhow::Error::msg)?;
+    let cpu = Device::Cpu;
+    let mut seed = 11u64;
+    let mut randn = |shape: &[usize]| -> anyhow::Result<Tensor> {
+        seed += 1;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0) + rng.gen_range(-1.0f32..1.0)).collect();
+        Ok(Tensor::from_vec(v, shape, &cpu)?)
+    };
+    let (b, t, hidden, heads, kv, hd, vocab, inter) = (2usize, 64usize, 128usize, 4usize, 2usize, 32usize, 1000usize, 256usize);
+    // Padding in the second sequence's first 5 positions, causal everywhere.
+    let valid: Vec<Vec<bool>> = vec![vec![true; t], (0..t).map(|i| i >= 5).collect()];
+    let mask = crate::model::build_attention_mask(&valid, 0, t, &cpu)?;
+    let angles = (randn(&[b, 1, t, hd / 2])? * 3.0)?;
+    let (cos, sin) = (angles.cos()?, angles.sin()?);
+    let targets = Tensor::from_vec((0..b * t).map(|i| ((i * 7919) % vocab) as u32).collect::<Vec<_>>(), b * t, &cpu)?;
+    let cases: Vec<(&str, Vec<(Tensor, OpInput)>, Box<OpFn>)> = vec![
+        ("rms_norm", vec![(randn(&[b, t, hidden])?, OpInput::Param), (randn(&[hidden])?.affine(0.5, 1.0)?, OpInput::Param)], Box::new(|x: &[Tensor]| ops::rms_norm(&x[0], &x[1], 1e-6))),
+        ("rope", vec![(randn(&[b, heads, t, hd])?, OpInput::Param), (cos, OpInput::Aux), (sin, OpInput::Aux)], Box::new(|x: &[Tensor]| ops::rope(&x[0], &x[1], &x[2]))),
+        ("swiglu", vec![((randn(&[b * t, inter])? * 2.0)?, OpInput::Param), (randn(&[b * t, inter])?, OpInput::Param)], Box::new(|x: &[Tensor]| ops::swiglu(&x[0], &x[1]))),
+        (
+            "attention",
+            vec![(randn(&[b, heads, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (mask, OpInput::Aux)],
+            Box::new(|x: &[Tensor]| ops::attention(&x[0], &x[1], &x[2], Some(&x[3]))),
+        ),
+        (
+            "head_logprobs",
+            vec![(randn(&[b * t, hidden])?, OpInput::Param), ((randn(&[vocab, hidden])? * 0.2)?, OpInput::Param), (targets, OpInput::Aux)],
+            // Chunks of 40 rows: several chunks, the last one partial.
+            Box::new(|x: &[Tensor]| ops::head_logprobs(&x[0], &x[1], &x[2], 40)),
+        ),
+    ];
+    let rel = |a: &Tensor, b: &Tensor| -> anyhow::Result<f64> {
+        let num = (a - b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+        let den = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+        Ok(num / den.max(1e-300))
+    };
+    let mut report = serde_json::Map::new();
+    for (name, inputs, f) in &cases {
+        let probe = f(&inputs.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>())?;
+        let r = randn(probe.dims())?;
+        let (want, want_g) = op_value_and_grads(inputs, f.as_ref(), &r, &cpu, DType::F64).with_context(|| format!("{name} on the CPU"))?;
+        let (got, got_g) = op_value_and_grads(inputs, f.as_ref(), &r, &dev, dt).with_context(|| format!("{name} on {device}"))?;
+        let grads: Vec<f64> = got_g.iter().zip(&want_g).map(|(g, w)| rel(g, w)).collect::<anyhow::Result<_>>()?;
+        report.insert(name.to_string(), serde_json::json!({"value_rel_err": rel(&got, &want)?, "grad_rel_err": grads}));
+    }
+    Ok(serde_json::json!({
+        "device": device, "dtype": format!("{dt:?}"), "fused_kernels": crate::kernels::enabled(&Tensor::zeros(1, dt, &dev)?),
+        "reference": "cpu f64 (primitive-op path)", "ops": report,
+    }))
+}
+
 fn rel_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> anyhow::Result<f64> {
     let (mut num, mut den) = (0f64, 0f64);
     for ((na, ta), (nb, tb)) in a.iter().zip(b) {
@@ -240,6 +360,10 @@ fn rel_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> anyhow::Result<f6
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::OpsAgreement { device, dtype } => {
+            println!("{}", serde_json::to_string_pretty(&ops_agreement(&device, &dtype)?)?);
+            Ok(())
+        }
         BenchCommand::TrainAgreement { shape, seq, micro_batch, steps, device, dtype } => {
             let (cpu_losses, cpu_w) = train_steps(&shape, seq, micro_batch, steps, "cpu", "f32", false)?;
             let (dev_losses, dev_w) = train_steps(&shape, seq, micro_batch, steps, &device, &dtype, true)?;
@@ -254,8 +378,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        BenchCommand::Sft { shape, seq, micro_batch, steps, warmup, device, dtype, json, phases } => {
-            let r = bench_sft(&shape, seq, micro_batch, steps, warmup, &device, &dtype, phases)?;
+        BenchCommand::Sft { shape, seq, micro_batch, steps, warmup, device, dtype, json, phases, layers } => {
+            let r = bench_sft(&shape, seq, micro_batch, steps, warmup, &device, &dtype, phases, layers)?;
             println!("{}", serde_json::to_string(&r)?);
             if let Some(p) = json {
                 crate::fsutil::write_json_atomic(&p, &r).with_context(|| format!("writing {}", p.display()))?;

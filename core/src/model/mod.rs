@@ -53,6 +53,35 @@ impl ModelError {
 }
 
 /// Compute device selection from a user string: `cpu`, `cuda`, `cuda:N`, or `auto`.
+/// Keep memory freed into the device's default pool instead of returning it to the driver at
+/// every synchronization (the default release threshold is 0). cudarc allocates with
+/// `cuMemAllocAsync` from that pool; a training step frees and re-allocates tens of GB, and with
+/// threshold 0 each step after a sync (reading the loss) maps all of it afresh. PyTorch's caching
+/// allocator keeps freed blocks the same way. `MEDRL_POOL_RELEASE=1` restores the driver default.
+#[cfg(feature = "cuda")]
+fn keep_freed_memory_pooled(d: &candle_core::CudaDevice) {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    if std::env::var("MEDRL_POOL_RELEASE").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let stream = d.cuda_stream();
+    let dev = stream.context().cu_device();
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: plain driver calls on a valid device handle with out-pointers to locals.
+    let r = unsafe {
+        let r = sys::cuDeviceGetDefaultMemPool(&mut pool, dev);
+        if r != sys::CUresult::CUDA_SUCCESS {
+            r
+        } else {
+            sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &mut threshold as *mut u64 as *mut std::ffi::c_void)
+        }
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        tracing::warn!("could not raise the CUDA memory pool's release threshold ({r:?}); allocations may be slower");
+    }
+}
+
 pub fn parse_device(spec: &str) -> Result<Device, String> {
     match spec {
         "cpu" => Ok(Device::Cpu),
@@ -75,6 +104,7 @@ pub fn parse_device(spec: &str) -> Result<Device, String> {
                 // needed; they cost two event creations per allocation and event waits/records
                 // on every kernel launch, which dominated small-kernel training steps.
                 unsafe { d.disable_event_tracking() };
+                keep_freed_memory_pooled(d);
             }
             Ok(dev)
         }

@@ -7,7 +7,7 @@
 //! its forward on CUDA; `to_dtype` has a backward rule, so gradients arrive at the master).
 //! A step whose gradient norm is not finite is refused before any parameter is touched.
 
-use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Tensor, Var, D};
 use std::collections::HashMap;
 
 use super::TrainError;
@@ -100,7 +100,12 @@ impl AdamW {
             .slots
             .iter()
             .filter_map(|s| grads.get(s.var.as_tensor()))
-            .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all())
+            .map(|g| {
+                let sq = g.to_dtype(DType::F32)?.sqr()?;
+                // Reduce the last axis first: a whole-tensor sum runs in one GPU thread block,
+                // which for a [vocab, hidden] gradient took milliseconds.
+                if sq.rank() >= 2 { sq.sum(D::Minus1)?.sum_all() } else { sq.sum_all() }
+            })
             .collect::<candle_core::Result<_>>()?;
         if sums.is_empty() {
             return Ok(0.0);
