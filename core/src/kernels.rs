@@ -64,6 +64,9 @@ mod imp {
     pub fn rope(_: &Tensor, _: &Tensor, _: &Tensor, _: bool) -> Result<Tensor> {
         Err(unavailable())
     }
+    pub fn embedding_backward(_: &Tensor, _: &Tensor, _: usize) -> Result<Tensor> {
+        Err(unavailable())
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -242,7 +245,23 @@ __device__ void rope(const T* x, const float* cs, const float* sn, T* out, int B
     }
 }
 
+// Embedding backward: scatter-add the rows of g [N, Hd] into acc [V, Hd] (f32, zeroed) at ids.
+// Atomics make it order-independent up to f32 rounding of repeated ids.
+template <typename T>
+__device__ void embedding_backward(const unsigned int* ids, const T* g, float* acc, size_t n, int Hd, unsigned int V) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const unsigned int id = ids[i / Hd];
+        if (id < V) atomicAdd(acc + (size_t)id * Hd + i % Hd, ld(g, i));
+    }
+}
+template <typename T>
+__device__ void from_f32(const float* x, T* out, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) st(out, i, x[i]);
+}
+
 #define INSTANTIATE(T, SUF) \
+extern "C" __global__ void medrl_embedding_backward_##SUF(const unsigned int* ids, const T* g, float* acc, size_t n, int Hd, unsigned int V) { embedding_backward<T>(ids, g, acc, n, Hd, V); } \
+extern "C" __global__ void medrl_from_f32_##SUF(const float* x, T* out, size_t n) { from_f32<T>(x, out, n); } \
 extern "C" __global__ void medrl_lse_target_##SUF(const T* x, const unsigned int* tg, float* lse, float* lp, int V) { lse_target<T>(x, tg, lse, lp, V); } \
 extern "C" __global__ void medrl_head_dlogits_##SUF(const T* x, const float* lse, const float* g, const unsigned int* tg, T* out, int R, int V) { head_dlogits<T>(x, lse, g, tg, out, R, V); } \
 extern "C" __global__ void medrl_masked_softmax_##SUF(const T* s, const float* mask, T* out, int S, int H, int Tq) { masked_softmax<T>(s, mask, out, S, H, Tq); } \
@@ -569,6 +588,54 @@ INSTANTIATE(bf16_t, bf16)
         let n = gate.elem_count();
         let both = gate.contiguous()?.apply_op3_no_bwd(&up.contiguous()?, &grad.contiguous()?, &SwigluBackward)?;
         Ok((both.narrow(0, 0, n)?.reshape(gate.shape())?, both.narrow(0, n, n)?.reshape(gate.shape())?))
+    }
+
+    // ---- embedding -----------------------------------------------------------------------------
+
+    struct EmbeddingBackward {
+        vocab: usize,
+    }
+    impl CustomOp2 for EmbeddingBackward {
+        fn name(&self) -> &'static str {
+            "medrl-embedding-backward"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            cpu_unsupported(self.name())
+        }
+        fn cuda_fwd(&self, ids: &CudaStorage, il: &Layout, g: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
+            let (n, hd) = gl.shape().dims2()?;
+            if il.shape().elem_count() != n || ids.dtype() != DType::U32 {
+                candle_core::bail!("embedding_backward: expected {n} u32 ids");
+            }
+            let dev = g.device();
+            let (ip, gp) = (ptr(ids, il, "ids")?, ptr(g, gl, "grad")?);
+            let total = self.vocab * hd;
+            let acc = dev.alloc_zeros::<f32>(total.max(1))?;
+            let stream = dev.cuda_stream();
+            let ap = acc.device_ptr(&stream).0;
+            let f = func(dev, "embedding_backward", g.dtype())?;
+            let (n64, h32, v32) = ((n * hd) as u64, hd as i32, self.vocab as u32);
+            let mut b = stream.launch_builder(&f);
+            b.arg(&ip).arg(&gp).arg(&ap).arg(&n64).arg(&h32).arg(&v32);
+            launch(&mut b, grid_for(n * hd, 256), "embedding_backward")?;
+            if g.dtype() == DType::F32 {
+                return Ok((CudaStorage::wrap_cuda_slice(acc, dev.clone()), Shape::from((self.vocab, hd))));
+            }
+            let (out, op) = alloc(dev, g.dtype(), total)?;
+            let f = func(dev, "from_f32", g.dtype())?;
+            let t64 = total as u64;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&ap).arg(&op).arg(&t64);
+            launch(&mut b, grid_for(total, 256), "from_f32")?;
+            drop(acc);
+            Ok((out, Shape::from((self.vocab, hd))))
+        }
+    }
+
+    /// Gradient of an embedding lookup `weight[ids]` (`weight` `[vocab, H]`) for the rows'
+    /// gradient `grad` `[N, H]`: accumulated in f32, returned in `grad`'s dtype.
+    pub fn embedding_backward(ids: &Tensor, grad: &Tensor, vocab: usize) -> Result<Tensor> {
+        ids.flatten_all()?.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &EmbeddingBackward { vocab })
     }
 
     // ---- RMSNorm -------------------------------------------------------------------------------

@@ -348,17 +348,34 @@ pub fn head_logprobs(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk_r
             };
             dh.push(dlogits.matmul(w)?);
             if weight_needs_grad {
-                let part = dlogits.t()?.matmul(&hc)?.to_dtype(acc)?;
+                let part = dlogits.t()?.matmul(&hc)?;
                 dw = Some(match dw {
-                    Some(acc_w) => (acc_w + part)?,
+                    // Several chunks: accumulate in f32 (a single chunk needs no accumulator).
+                    Some(acc_w) => (acc_w.to_dtype(acc)? + part.to_dtype(acc)?)?,
                     None => part,
                 });
             }
         }
         let dw = dw.map(|d| d.to_dtype(w.dtype())).transpose()?;
-        Ok((Some(Tensor::cat(&dh, 0)?), dw))
+        let dh = if dh.len() == 1 { dh.pop().expect("one chunk") } else { Tensor::cat(&dh, 0)? };
+        Ok((Some(dh), dw))
     });
     attach2("medrl-head-logprobs", hidden, weight, lp, backward)
+}
+
+/// Embedding lookup: rows `ids` (`[N]` u32) of `weight` (`[vocab, H]`).
+///
+/// On CUDA, when `weight` needs a gradient, the backward is one scatter-add kernel with f32
+/// atomics instead of candle's `index_add`, which runs on a single thread block (milliseconds
+/// for a 152k-row table).
+pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    if kernels::enabled(weight) && weight.track_op() {
+        let value = weight.detach().index_select(ids, 0)?;
+        let (ids, vocab) = (ids.detach(), weight.dim(0)?);
+        let backward: Arc<Backward> = Arc::new(move |_w: &Tensor, _y: &Tensor, g: &Tensor| kernels::embedding_backward(&ids, g, vocab));
+        return attach("medrl-embedding", weight, value, backward);
+    }
+    weight.index_select(ids, 0)
 }
 
 /// Repeat key/value heads `n_rep` times along the head axis (grouped-query attention).

@@ -322,6 +322,12 @@ fn ops_agreement(device: &str, dtype: &str) -> anyhow::Result<serde_json::Value>
             Box::new(|x: &[Tensor]| ops::attention(&x[0], &x[1], &x[2], Some(&x[3]))),
         ),
         (
+            "embedding",
+            vec![(randn(&[vocab, hidden])?, OpInput::Param), (Tensor::from_vec((0..b * t).map(|i| ((i * 31) % 97) as u32).collect::<Vec<_>>(), b * t, &cpu)?, OpInput::Aux)],
+            // Repeated ids: their gradients must add up.
+            Box::new(|x: &[Tensor]| ops::embedding(&x[0], &x[1])),
+        ),
+        (
             "head_logprobs",
             vec![(randn(&[b * t, hidden])?, OpInput::Param), ((randn(&[vocab, hidden])? * 0.2)?, OpInput::Param), (targets, OpInput::Aux)],
             // Chunks of 40 rows: several chunks, the last one partial.

@@ -24,6 +24,11 @@ pub struct Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        if x.rank() == 2 {
+            // The decoder keeps activations as [tokens, features]: no reshape nodes, whose
+            // gradients autograd would otherwise copy once more in backward.
+            return self.forward_2d(x);
+        }
         // Fold leading dims into one so the product is a single GEMM.
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("rank >= 1");
@@ -41,6 +46,20 @@ impl Module for Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
         y.reshape(out_dims)
+    }
+}
+
+impl Linear {
+    fn forward_2d(&self, x: &Tensor) -> CResult<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        let y = match &self.lora {
+            Some(l) => (y + l.delta(x)?)?,
+            None => y,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
 }
 
@@ -242,7 +261,13 @@ impl CausalLm {
     /// * `mask`: additive attention mask broadcastable to `[B, 1, T, S]`, where `S` is the cached
     ///   length plus `T`; `None` means no masking at all (a single new token with no padding).
     /// * `cache`: key/value cache, appended to in place.
-    pub fn forward_hidden(
+    pub fn forward_hidden(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> CResult<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        self.forward_hidden_rows(input_ids, positions, mask, cache)?.reshape((b, t, self.cfg.hidden_size))
+    }
+
+    /// [`Self::forward_hidden`] as `[B * T, H]` rows, the layout the decoder computes in.
+    fn forward_hidden_rows(
         &self,
         input_ids: &Tensor,
         positions: &Tensor,
@@ -252,7 +277,7 @@ impl CausalLm {
         let (b, t) = input_ids.dims2()?;
         let cfg = &self.cfg;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let mut x = self.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
+        let mut x = ops::embedding(&self.embed_tokens, &input_ids.flatten_all()?)?;
         let (cos, sin) = self.rope_tables(positions)?;
         let mask = match mask {
             Some(m) => Some(m.to_dtype(DType::F32)?),
@@ -278,7 +303,7 @@ impl CausalLm {
                 None => (k, v),
             };
             let o = ops::attention(&q, &k, &v, mask.as_ref())?;
-            let o = o.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            let o = o.transpose(1, 2)?.reshape((b * t, nh * hd))?;
             x = (residual + a.o_proj.forward(&o)?)?;
             let residual = x.clone();
             let hs = ops::rms_norm(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps)?;
@@ -303,14 +328,16 @@ impl CausalLm {
     /// materializing the `[B, T, V]` logits (see [`ops::head_logprobs`]): what training losses
     /// need, at a fraction of the memory of [`Self::forward`] for large vocabularies.
     pub fn target_logprobs(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, targets: &Tensor) -> CResult<Tensor> {
-        let h = self.forward_hidden(input_ids, positions, mask, None)?;
-        let (b, t, hidden) = h.dims3()?;
+        let (b, t) = input_ids.dims2()?;
+        let h = self.forward_hidden_rows(input_ids, positions, mask, None)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        // Chunks of ~2^27 logits (512 MB in f32) bound the transient memory of the head; the
-        // fused kernels keep no f32 copies, so their chunks can be 4x larger (fewer launches).
-        let budget = if crate::kernels::enabled(&h) { 1usize << 29 } else { 1usize << 27 };
+        // Chunks of ~2^27 logits (512 MB in f32) bound the transient memory of the head. The
+        // fused kernels keep no f32 copies: their chunks hold up to 2 GiB of logits (and as
+        // much of their gradient), which for 8k tokens of a 152k vocabulary is one chunk, so
+        // the head's weight gradient is one GEMM with no accumulation.
+        let budget = if crate::kernels::enabled(&h) { (2usize << 30) / h.dtype().size_in_bytes() } else { 1usize << 27 };
         let rows = (budget / self.cfg.vocab_size.max(1)).max(1);
-        ops::head_logprobs(&h.reshape((b * t, hidden))?, head, &targets.flatten_all()?, rows)?.reshape((b, t))
+        ops::head_logprobs(&h, head, &targets.flatten_all()?, rows)?.reshape((b, t))
     }
 
     pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
