@@ -984,6 +984,24 @@ fn data_adapter_converts_records() {
     assert_eq!((m.name.as_str(), api.as_str()), ("alpaca-adapter", "0.2.0"));
 }
 
+/// The host still runs data adapters built against API 0.1.0.
+#[test]
+fn data_adapter_on_api_0_1_converts_records() {
+    let a = host()
+        .load_adapter(&wasm("adapter-v01"), PluginOptions::default())
+        .unwrap();
+    let out = a
+        .convert(&json!({}), &["\"hello\"".to_string(), "42".to_string()])
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap()["messages"][0]["content"], "hello");
+    match &out[1] {
+        Err(PluginError::GuestError { message, .. }) => assert!(message.contains("42"), "{message}"),
+        o => panic!("expected a guest error, got {o:?}"),
+    }
+    let (m, api) = host().inspect(&wasm("adapter-v01")).unwrap();
+    assert_eq!((m.name.as_str(), api.as_str()), ("adapter-v01", "0.1.0"));
+}
+
 fn medrl() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_medrl"));
     c.env("MEDRL_CACHE_DIR", cache_dir());
