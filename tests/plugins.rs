@@ -172,7 +172,11 @@ const SLACK: Duration = Duration::from_secs(5);
 
 fn check_plugin_named(plugin: &str, e: &PluginError) {
     let id = format!("{plugin}@0.1.0");
-    assert_eq!(e.plugin().to_string(), id, "error must name the plugin: {e}");
+    assert_eq!(
+        e.plugin().to_string(),
+        id,
+        "error must name the plugin: {e}"
+    );
     assert!(e.to_string().contains(&id), "{e}");
 }
 
@@ -298,7 +302,9 @@ fn unreachable_is_a_trap() {
     for plugin in HOSTILES {
         let (r, _) = hostile(plugin, "unreachable", limits(5000));
         match r.unwrap_err() {
-            PluginError::Trap { message, .. } => assert!(message.contains("unreachable"), "{message}"),
+            PluginError::Trap { message, .. } => {
+                assert!(message.contains("unreachable"), "{message}")
+            }
             e => panic!("expected Trap, got {e}"),
         }
     }
@@ -398,12 +404,17 @@ fn broken_batch_shapes_are_bad_output() {
         ),
         ("absent-out-of-range", "absent position 1 is out of range"),
         ("duplicate-error", "sample 0 appears more than once"),
-        ("error-and-not-applicable", "sample 0 appears more than once"),
+        (
+            "error-and-not-applicable",
+            "sample 0 appears more than once",
+        ),
     ] {
         let p = host()
             .load_reward(&wasm("hostile-v2"), opts(limits(5000), FailurePolicy::Drop))
             .unwrap();
-        let samples: Vec<Sample> = (0..3).map(|i| s(&format!("p{i}"), "r", json!(1), "x")).collect();
+        let samples: Vec<Sample> = (0..3)
+            .map(|i| s(&format!("p{i}"), "r", json!(1), "x"))
+            .collect();
         let out = p.score(&json!({ "mode": mode }), &samples).unwrap();
         for o in &out {
             match o {
@@ -418,7 +429,10 @@ fn broken_batch_shapes_are_bad_output() {
         }
         let m = p.metrics();
         assert_eq!(m.failures.get("bad_output"), Some(&3), "{mode}: {m:?}");
-        assert_eq!(m.stores_discarded, 0, "{mode}: bad output does not poison the store");
+        assert_eq!(
+            m.stores_discarded, 0,
+            "{mode}: bad output does not poison the store"
+        );
     }
     assert_healthy();
 }
@@ -663,9 +677,7 @@ fn mixed(
         max_batch_per_call: 1,
         ..limits(5000)
     };
-    let p = host()
-        .load_reward(&wasm(plugin), opts(l, policy))
-        .unwrap();
+    let p = host().load_reward(&wasm(plugin), opts(l, policy)).unwrap();
     let samples = vec![
         s("a", "four", json!(1), "ok"),
         s("b", "x", json!(1), "panic"),
@@ -995,7 +1007,9 @@ fn data_adapter_on_api_0_1_converts_records() {
         .unwrap();
     assert_eq!(out[0].as_ref().unwrap()["messages"][0]["content"], "hello");
     match &out[1] {
-        Err(PluginError::GuestError { message, .. }) => assert!(message.contains("42"), "{message}"),
+        Err(PluginError::GuestError { message, .. }) => {
+            assert!(message.contains("42"), "{message}")
+        }
         o => panic!("expected a guest error, got {o:?}"),
     }
     let (m, api) = host().inspect(&wasm("adapter-v01")).unwrap();

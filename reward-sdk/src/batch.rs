@@ -112,7 +112,12 @@ impl BatchResults {
             }
         };
         // Fast path: the same names in the same order as the batch's.
-        if parts.len() == k && parts.iter().zip(&self.component_names).all(|((a, _), b)| a == b) {
+        if parts.len() == k
+            && parts
+                .iter()
+                .zip(&self.component_names)
+                .all(|((a, _), b)| a == b)
+        {
             self.components.extend(parts.iter().map(|(_, v)| *v));
             self.scores.push(score);
             self.scored.push(true);
@@ -120,8 +125,10 @@ impl BatchResults {
         }
         for (j, (name, _)) in parts.iter().enumerate() {
             if parts[..j].iter().any(|(other, _)| other == name) {
-                self.errors
-                    .push((i, format!("component `{name}` is reported twice for one sample")));
+                self.errors.push((
+                    i,
+                    format!("component `{name}` is reported twice for one sample"),
+                ));
                 return self.push_unscored();
             }
         }
@@ -146,11 +153,8 @@ impl BatchResults {
             self.components[row + j] = *v;
             present[j] = true;
         }
-        self.absent.extend(
-            (0..k)
-                .filter(|&j| !present[j])
-                .map(|j| (row + j) as u32),
-        );
+        self.absent
+            .extend((0..k).filter(|&j| !present[j]).map(|j| (row + j) as u32));
         self.scores.push(score);
         self.scored.push(true);
     }
@@ -195,7 +199,11 @@ impl BatchResults {
 pub fn score<R: Reward>(config: &str, text: &str, offsets: &[u32]) -> BatchResults {
     let n = sample_count(offsets);
     let mut out = BatchResults::with_capacity(n);
-    let config = if config.trim().is_empty() { "{}" } else { config };
+    let config = if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    };
     let failed = |out: &mut BatchResults, message: String| {
         for _ in 0..n {
             out.push(Err(message.clone()));
@@ -272,7 +280,13 @@ mod tests {
         assert_eq!(got.len(), 3);
         for (s, row) in got.iter().zip(rows) {
             assert_eq!(
-                [s.prompt, s.response, s.ground_truth, s.metadata, s.data_source],
+                [
+                    s.prompt,
+                    s.response,
+                    s.ground_truth,
+                    s.metadata,
+                    s.data_source
+                ],
                 row
             );
         }
@@ -285,10 +299,8 @@ mod tests {
     #[test]
     fn malformed_batches_are_refused() {
         let (text, offsets) = layout(&[["a", "bé", "c", "d", "e"]]);
-        let mut cases: Vec<(Vec<u32>, &str)> = vec![
-            (offsets[..5].to_vec(), "offsets"),
-            (vec![], "offsets"),
-        ];
+        let mut cases: Vec<(Vec<u32>, &str)> =
+            vec![(offsets[..5].to_vec(), "offsets"), (vec![], "offsets")];
         let mut past_end = offsets.clone();
         past_end[5] = 100;
         cases.push((past_end, "text is"));
@@ -302,7 +314,9 @@ mod tests {
         late_start[0] = 1;
         cases.push((late_start, "run from 1"));
         for (o, needle) in cases {
-            let e = samples(&text, &o).err().unwrap_or_else(|| panic!("{o:?} accepted"));
+            let e = samples(&text, &o)
+                .err()
+                .unwrap_or_else(|| panic!("{o:?} accepted"));
             assert!(e.contains(needle), "{o:?}: {e}");
         }
     }
@@ -312,12 +326,18 @@ mod tests {
         let outcomes = vec![
             Err("bad".to_string()),
             Ok(Outcome::NotApplicable),
-            Ok(Outcome::score(1.0).with("format", 1.0).with("accuracy", 0.0)),
-            Ok(Outcome::score(2.0).with("format", 0.5).with("accuracy", 1.0)),
+            Ok(Outcome::score(1.0)
+                .with("format", 1.0)
+                .with("accuracy", 0.0)),
+            Ok(Outcome::score(2.0)
+                .with("format", 0.5)
+                .with("accuracy", 1.0)),
             // Other order, a new name, one missing.
             Ok(Outcome::score(3.0).with("judge", 0.25).with("format", 0.0)),
             Ok(Outcome::score(4.0)),
-            Ok(Outcome::score(5.0).with("accuracy", 9.0).with("format", 8.0)),
+            Ok(Outcome::score(5.0)
+                .with("accuracy", 9.0)
+                .with("format", 8.0)),
             Err("late".to_string()),
         ];
         let mut r = BatchResults::with_capacity(outcomes.len());
@@ -342,7 +362,10 @@ mod tests {
         }
         // Error and not-applicable rows are never listed as absent (the host ignores them).
         let k = r.component_names.len();
-        assert!(r.absent.iter().all(|&a| ![0, 1, 7].contains(&(a as usize / k))));
+        assert!(r
+            .absent
+            .iter()
+            .all(|&a| ![0, 1, 7].contains(&(a as usize / k))));
     }
 
     #[test]
@@ -362,7 +385,10 @@ mod tests {
         r.push(Ok(Outcome::score(1.0).with("b", 1.0).with("b", 2.0)));
         r.push(Ok(Outcome::score(1.0).with("a", 3.0)));
         let back = read(&r);
-        assert!(back[1].as_ref().unwrap_err().contains("`b` is reported twice"));
+        assert!(back[1]
+            .as_ref()
+            .unwrap_err()
+            .contains("`b` is reported twice"));
         assert_eq!(back[2], Ok(Some((1.0, vec![("a".to_string(), 3.0)]))));
     }
 
@@ -375,7 +401,8 @@ mod tests {
             if s.data_source == "x" {
                 return Err(format!("no {}", config["k"]));
             }
-            Ok(Outcome::score(s.response.len() as f64).with("gt", s.ground_truth["t"].as_f64().unwrap_or(-1.0)))
+            Ok(Outcome::score(s.response.len() as f64)
+                .with("gt", s.ground_truth["t"].as_f64().unwrap_or(-1.0)))
         }
     }
 
@@ -397,7 +424,11 @@ mod tests {
         assert_eq!(r.errors.len(), 2);
         assert!(r.errors[0].1.starts_with("config is not valid JSON"));
         let r = score::<Len>("", &text, &offsets[..5]);
-        assert_eq!((r.len(), r.errors.len()), (0, 0), "no whole sample, nothing to fail");
+        assert_eq!(
+            (r.len(), r.errors.len()),
+            (0, 0),
+            "no whole sample, nothing to fail"
+        );
         let mut bad = offsets.clone();
         bad[1] = 99;
         let r = score::<Len>("", &text, &bad);

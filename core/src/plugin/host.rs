@@ -353,11 +353,12 @@ impl PluginHost {
         id: &PluginId,
     ) -> Result<(wasmtime::component::InstancePre<HostState>, String), PluginError> {
         let (component, version) = self.compile(bytes, id)?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::InvalidWasm { plugin: id.clone(), reason: format!("{e:#}") })?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            PluginError::InvalidWasm {
+                plugin: id.clone(),
+                reason: format!("{e:#}"),
+            }
+        })?;
         Ok((pre, version))
     }
 
@@ -1127,9 +1128,9 @@ impl RewardPlugin {
         // What each sample became: None = scored, Some(Ok) = not applicable, Some(Err) = failed.
         let mut fate: Vec<Option<Result<(), String>>> = vec![None; n];
         let mut mark = |i: u32, what: Result<(), String>, list: &str| {
-            let slot = fate.get_mut(i as usize).ok_or_else(|| {
-                bad(format!("{list} index {i} is out of range for {n} samples"))
-            })?;
+            let slot = fate
+                .get_mut(i as usize)
+                .ok_or_else(|| bad(format!("{list} index {i} is out of range for {n} samples")))?;
             if slot.is_some() {
                 return Err(bad(format!(
                     "sample {i} appears more than once in errors and not-applicable"

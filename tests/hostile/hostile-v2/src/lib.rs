@@ -41,7 +41,8 @@ impl Guest for Hostile {
         // Trusts the host's layout: field f of sample i ends where field f + 1 starts.
         let o = &batch.offsets;
         let n = o.len().saturating_sub(1) / 5;
-        let field = |i: usize, f: usize| &batch.text[o[5 * i + f] as usize..o[5 * i + f + 1] as usize];
+        let field =
+            |i: usize, f: usize| &batch.text[o[5 * i + f] as usize..o[5 * i + f + 1] as usize];
         let last = n as u32;
         let mut out = scored(n, 1.0);
         match mode.as_str() {
@@ -68,7 +69,9 @@ impl Guest for Hostile {
             }
             "huge-components" => {
                 // Huge names once per batch: the output-size cap must stop them.
-                out.component_names = (0..24).map(|i| format!("{i}{}", "c".repeat(1 << 20))).collect();
+                out.component_names = (0..24)
+                    .map(|i| format!("{i}{}", "c".repeat(1 << 20)))
+                    .collect();
                 out.components = vec![1.0; 24 * n];
             }
             // Valid: a second component that odd samples do not have.
@@ -76,11 +79,18 @@ impl Guest for Hostile {
                 out.component_names.push("even".into());
                 out.components = (0..n).flat_map(|i| [i as f64, 2.0 * i as f64]).collect();
                 out.scores = (0..n).map(|i| i as f64).collect();
-                out.absent = (0..n).filter(|i| i % 2 == 1).map(|i| (2 * i + 1) as u32).collect();
+                out.absent = (0..n)
+                    .filter(|i| i % 2 == 1)
+                    .map(|i| (2 * i + 1) as u32)
+                    .collect();
             }
             _ => {
                 for i in 0..n {
-                    let m = if mode == "by-source" { field(i, 4) } else { mode.as_str() };
+                    let m = if mode == "by-source" {
+                        field(i, 4)
+                    } else {
+                        mode.as_str()
+                    };
                     let input = Input {
                         prompt: field(i, 0),
                         response: field(i, 1),

@@ -115,4 +115,3 @@ pub fn one(mode: &str, config: &str, s: &Input) -> Probe {
         other => Err(format!("unknown mode `{other}`")),
     }
 }
-
