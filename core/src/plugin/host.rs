@@ -387,7 +387,9 @@ impl PluginHost {
         let pre = match version.as_str() {
             "0.1.0" => AnyRewardPre::V01(RewardPre::new(pre).map_err(not_reward)?),
             "0.2.0" => AnyRewardPre::V02(v02::reward::RewardPre::new(pre).map_err(not_reward)?),
-            _ => unreachable!("api_version() only returns supported versions"),
+            // api_version() only returns supported versions; this arm is a version added to
+            // SUPPORTED_API_VERSIONS without bindings.
+            other => return Err(incompatible(&id, other)),
         };
         let runner = Runner::new(self.clone(), id, opts)?;
         let mut first = runner.instantiate_reward(&pre)?;
@@ -422,7 +424,9 @@ impl PluginHost {
             "0.2.0" => {
                 AnyAdapterPre::V02(v02::adapter::DataAdapterPre::new(pre).map_err(not_adapter)?)
             }
-            _ => unreachable!("api_version() only returns supported versions"),
+            // api_version() only returns supported versions; this arm is a version added to
+            // SUPPORTED_API_VERSIONS without bindings.
+            other => return Err(incompatible(&id, other)),
         };
         let runner = Runner::new(self.clone(), id, opts)?;
         let mut store = runner.new_store();
@@ -493,6 +497,17 @@ fn api_version(
             found: found.join(" + "),
             supported,
         }),
+    }
+}
+
+fn incompatible(id: &PluginId, found: &str) -> PluginError {
+    PluginError::IncompatibleApi {
+        plugin: id.clone(),
+        found: found.into(),
+        supported: SUPPORTED_API_VERSIONS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     }
 }
 
