@@ -132,16 +132,21 @@ fn assert_healthy() {
     }
 }
 
-/// Runs the hostile plugin in `mode` on `n` samples under `fail` policy.
+/// The hostile plugins: `hostile` on API 0.1.0, `hostile-v2` on 0.2.0 (batch-shaped). Every
+/// sandbox test runs against both, so the host's two call paths stay equally guarded.
+const HOSTILES: [&str; 2] = ["hostile", "hostile-v2"];
+
+/// Runs a hostile plugin in `mode` on `n` samples under `fail` policy.
 fn hostile_with(
     h: &PluginHost,
+    plugin: &str,
     mode: &str,
     extra: Value,
     limits: Limits,
     n: usize,
 ) -> (Result<Vec<Outcome>, PluginError>, Duration) {
     let p = h
-        .load_reward(&wasm("hostile"), opts(limits, FailurePolicy::Fail))
+        .load_reward(&wasm(plugin), opts(limits, FailurePolicy::Fail))
         .unwrap();
     let mut cfg = json!({ "mode": mode });
     cfg.as_object_mut()
@@ -155,167 +160,192 @@ fn hostile_with(
     (r, t.elapsed())
 }
 
-fn hostile(mode: &str, limits: Limits) -> (Result<Vec<Outcome>, PluginError>, Duration) {
-    hostile_with(host(), mode, json!({}), limits, 3)
+fn hostile(
+    plugin: &str,
+    mode: &str,
+    limits: Limits,
+) -> (Result<Vec<Outcome>, PluginError>, Duration) {
+    hostile_with(host(), plugin, mode, json!({}), limits, 3)
 }
 
 const SLACK: Duration = Duration::from_secs(5);
 
-fn check_plugin_named(e: &PluginError) {
+fn check_plugin_named(plugin: &str, e: &PluginError) {
+    let id = format!("{plugin}@0.1.0");
     assert_eq!(
         e.plugin().to_string(),
-        "hostile@0.1.0",
+        id,
         "error must name the plugin: {e}"
     );
-    assert!(e.to_string().contains("hostile@0.1.0"), "{e}");
+    assert!(e.to_string().contains(&id), "{e}");
 }
 
 #[test]
 fn infinite_loop_times_out() {
-    let (r, dt) = hostile("loop", limits(300));
-    let e = r.unwrap_err();
-    assert!(matches!(e, PluginError::Timeout { .. }), "{e}");
-    check_plugin_named(&e);
-    assert!(dt < Duration::from_millis(300) + SLACK, "took {dt:?}");
-    assert!(
-        dt >= Duration::from_millis(300),
-        "deadline fired early: {dt:?}"
-    );
+    for plugin in HOSTILES {
+        let (r, dt) = hostile(plugin, "loop", limits(300));
+        let e = r.unwrap_err();
+        assert!(matches!(e, PluginError::Timeout { .. }), "{e}");
+        check_plugin_named(plugin, &e);
+        assert!(dt < Duration::from_millis(300) + SLACK, "took {dt:?}");
+        assert!(
+            dt >= Duration::from_millis(300),
+            "deadline fired early: {dt:?}"
+        );
+    }
     assert_healthy();
 }
 
 #[test]
 fn infinite_loop_runs_out_of_fuel() {
-    let l = Limits {
-        fuel: Some(50_000_000),
-        ..limits(60_000)
-    };
-    let (r, dt) = hostile_with(fuel_host(), "loop", json!({}), l, 1);
-    let e = r.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            PluginError::OutOfFuel {
-                fuel: 50_000_000,
-                ..
-            }
-        ),
-        "{e}"
-    );
-    assert!(dt < SLACK * 4, "took {dt:?}");
-    // Fuel metering on the engine does not break normal plugins.
-    let l = Limits {
-        fuel: Some(1_000_000_000),
-        ..limits(10_000)
-    };
-    let (r, _) = hostile_with(fuel_host(), "ok", json!({}), l, 3);
-    assert_eq!(r.unwrap().len(), 3);
+    for plugin in HOSTILES {
+        let l = Limits {
+            fuel: Some(50_000_000),
+            ..limits(60_000)
+        };
+        let (r, dt) = hostile_with(fuel_host(), plugin, "loop", json!({}), l, 1);
+        let e = r.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PluginError::OutOfFuel {
+                    fuel: 50_000_000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(dt < SLACK * 4, "took {dt:?}");
+        // Fuel metering on the engine does not break normal plugins.
+        let l = Limits {
+            fuel: Some(1_000_000_000),
+            ..limits(10_000)
+        };
+        let (r, _) = hostile_with(fuel_host(), plugin, "ok", json!({}), l, 3);
+        assert_eq!(r.unwrap().len(), 3);
+    }
     assert_healthy();
 }
 
 #[test]
 fn fuel_limit_requires_fuel_metering() {
-    let l = Limits {
-        fuel: Some(1000),
-        ..limits(1000)
-    };
-    let e = host()
-        .load_reward(&wasm("hostile"), opts(l, FailurePolicy::Fail))
-        .err()
-        .unwrap();
-    assert!(matches!(e, PluginError::Config { .. }), "{e}");
+    for plugin in HOSTILES {
+        let l = Limits {
+            fuel: Some(1000),
+            ..limits(1000)
+        };
+        let e = host()
+            .load_reward(&wasm(plugin), opts(l, FailurePolicy::Fail))
+            .err()
+            .unwrap();
+        assert!(matches!(e, PluginError::Config { .. }), "{e}");
+    }
 }
 
 #[test]
 fn allocation_bomb_hits_memory_limit() {
-    let (r, dt) = hostile(
-        "alloc-bomb",
-        Limits {
-            memory_bytes: 64 << 20,
-            ..limits(20_000)
-        },
-    );
-    let e = r.unwrap_err();
-    match &e {
-        PluginError::MemoryLimit {
-            limit_bytes,
-            requested_bytes,
-            ..
-        } => {
-            assert_eq!(*limit_bytes, 64 << 20);
-            assert!(*requested_bytes > 64 << 20);
+    for plugin in HOSTILES {
+        let (r, dt) = hostile(
+            plugin,
+            "alloc-bomb",
+            Limits {
+                memory_bytes: 64 << 20,
+                ..limits(20_000)
+            },
+        );
+        let e = r.unwrap_err();
+        match &e {
+            PluginError::MemoryLimit {
+                limit_bytes,
+                requested_bytes,
+                ..
+            } => {
+                assert_eq!(*limit_bytes, 64 << 20);
+                assert!(*requested_bytes > 64 << 20);
+            }
+            _ => panic!("expected MemoryLimit, got {e}"),
         }
-        _ => panic!("expected MemoryLimit, got {e}"),
+        check_plugin_named(plugin, &e);
+        assert!(dt < Duration::from_secs(20) + SLACK, "took {dt:?}");
     }
-    check_plugin_named(&e);
-    assert!(dt < Duration::from_secs(20) + SLACK, "took {dt:?}");
     assert_healthy();
 }
 
 #[test]
 fn panic_is_a_trap_with_message_and_backtrace() {
-    let (r, _) = hostile("panic", limits(5000));
-    match r.unwrap_err() {
-        PluginError::Trap {
-            message,
-            backtrace,
-            plugin,
-        } => {
-            assert!(
-                message.contains("panics on purpose"),
-                "panic message from guest stderr missing: {message}"
-            );
-            assert!(
-                !backtrace.trim().is_empty() && backtrace != "<none>",
-                "no backtrace"
-            );
-            assert_eq!(plugin.name, "hostile");
+    for plugin in HOSTILES {
+        let (r, _) = hostile(plugin, "panic", limits(5000));
+        match r.unwrap_err() {
+            PluginError::Trap {
+                message,
+                backtrace,
+                plugin: who,
+            } => {
+                assert!(
+                    message.contains("panics on purpose"),
+                    "panic message from guest stderr missing: {message}"
+                );
+                assert!(
+                    !backtrace.trim().is_empty() && backtrace != "<none>",
+                    "no backtrace"
+                );
+                assert_eq!(who.name, plugin);
+            }
+            e => panic!("expected Trap, got {e}"),
         }
-        e => panic!("expected Trap, got {e}"),
     }
     assert_healthy();
 }
 
 #[test]
 fn unreachable_is_a_trap() {
-    let (r, _) = hostile("unreachable", limits(5000));
-    match r.unwrap_err() {
-        PluginError::Trap { message, .. } => assert!(message.contains("unreachable"), "{message}"),
-        e => panic!("expected Trap, got {e}"),
+    for plugin in HOSTILES {
+        let (r, _) = hostile(plugin, "unreachable", limits(5000));
+        match r.unwrap_err() {
+            PluginError::Trap { message, .. } => {
+                assert!(message.contains("unreachable"), "{message}")
+            }
+            e => panic!("expected Trap, got {e}"),
+        }
     }
     assert_healthy();
 }
 
 #[test]
 fn stack_overflow_is_a_trap() {
-    let (r, dt) = hostile("stack-overflow", limits(10_000));
-    match r.unwrap_err() {
-        PluginError::Trap { message, .. } => assert!(message.contains("stack"), "{message}"),
-        e => panic!("expected Trap, got {e}"),
+    for plugin in HOSTILES {
+        let (r, dt) = hostile(plugin, "stack-overflow", limits(10_000));
+        match r.unwrap_err() {
+            PluginError::Trap { message, .. } => assert!(message.contains("stack"), "{message}"),
+            e => panic!("expected Trap, got {e}"),
+        }
+        assert!(dt < Duration::from_secs(10) + SLACK);
     }
-    assert!(dt < Duration::from_secs(10) + SLACK);
     assert_healthy();
 }
 
 #[test]
 fn huge_output_is_rejected() {
-    for mode in ["huge-output", "huge-components"] {
-        let (r, dt) = hostile(
-            mode,
-            Limits {
-                memory_bytes: 512 << 20,
-                max_output_bytes: 1 << 20,
-                ..limits(20_000)
-            },
-        );
-        let e = r.unwrap_err();
-        match &e {
-            PluginError::BadOutput { reason, .. } => {
-                assert!(reason.contains("exceeds the limit"), "{reason}")
+    for plugin in HOSTILES {
+        for mode in ["huge-output", "huge-components"] {
+            let (r, dt) = hostile(
+                plugin,
+                mode,
+                Limits {
+                    memory_bytes: 512 << 20,
+                    max_output_bytes: 1 << 20,
+                    ..limits(20_000)
+                },
+            );
+            let e = r.unwrap_err();
+            match &e {
+                PluginError::BadOutput { reason, .. } => {
+                    assert!(reason.contains("exceeds the limit"), "{reason}")
+                }
+                _ => panic!("{mode}: expected BadOutput, got {e}"),
             }
-            _ => panic!("{mode}: expected BadOutput, got {e}"),
+            assert!(dt < Duration::from_secs(20) + SLACK);
         }
-        assert!(dt < Duration::from_secs(20) + SLACK);
     }
     assert_healthy();
 }
@@ -323,7 +353,7 @@ fn huge_output_is_rejected() {
 #[test]
 fn wrong_number_of_results_is_bad_output() {
     for mode in ["wrong-count", "empty"] {
-        let (r, _) = hostile(mode, limits(5000));
+        let (r, _) = hostile("hostile", mode, limits(5000));
         match r.unwrap_err() {
             // After isolation each sample is retried alone: "returned 2 results for 1 samples".
             PluginError::BadOutput { reason, .. } => {
@@ -340,27 +370,116 @@ fn wrong_number_of_results_is_bad_output() {
 
 #[test]
 fn non_finite_scores_are_bad_output() {
-    for (mode, word) in [("nan", "NaN"), ("inf", "inf")] {
-        let (r, _) = hostile(mode, limits(5000));
-        match r.unwrap_err() {
-            PluginError::BadOutput { reason, .. } => assert!(reason.contains(word), "{reason}"),
-            e => panic!("{mode}: expected BadOutput, got {e}"),
+    for plugin in HOSTILES {
+        for (mode, word) in [("nan", "NaN"), ("inf", "inf")] {
+            let (r, _) = hostile(plugin, mode, limits(5000));
+            match r.unwrap_err() {
+                PluginError::BadOutput { reason, .. } => assert!(reason.contains(word), "{reason}"),
+                e => panic!("{mode}: expected BadOutput, got {e}"),
+            }
         }
     }
     assert_healthy();
 }
 
+/// API 0.2.0 returns flat lists; every way of getting their shape wrong is bad output, pinned
+/// on single samples by bisection, and leaves the store in use.
+#[test]
+fn broken_batch_shapes_are_bad_output() {
+    for (mode, needle) in [
+        ("wrong-count", "returned 2 scores for 1 samples"),
+        ("empty", "returned 0 scores for 1 samples"),
+        (
+            "components-not-multiple",
+            "returned 3 component values for 1 samples and 2 component names (expected 2)",
+        ),
+        ("duplicate-names", "component name `probe` appears twice"),
+        (
+            "error-index-out-of-range",
+            "error index 1 is out of range for 1 samples",
+        ),
+        (
+            "not-applicable-out-of-range",
+            "not-applicable index 1 is out of range for 1 samples",
+        ),
+        ("absent-out-of-range", "absent position 1 is out of range"),
+        ("duplicate-error", "sample 0 appears more than once"),
+        (
+            "error-and-not-applicable",
+            "sample 0 appears more than once",
+        ),
+    ] {
+        let p = host()
+            .load_reward(&wasm("hostile-v2"), opts(limits(5000), FailurePolicy::Drop))
+            .unwrap();
+        let samples: Vec<Sample> = (0..3)
+            .map(|i| s(&format!("p{i}"), "r", json!(1), "x"))
+            .collect();
+        let out = p.score(&json!({ "mode": mode }), &samples).unwrap();
+        for o in &out {
+            match o {
+                Outcome::Dropped { error } => match &**error {
+                    PluginError::BadOutput { reason, .. } => {
+                        assert!(reason.contains(needle), "{mode}: {reason}")
+                    }
+                    e => panic!("{mode}: expected BadOutput, got {e}"),
+                },
+                o => panic!("{mode}: expected a dropped sample, got {o:?}"),
+            }
+        }
+        let m = p.metrics();
+        assert_eq!(m.failures.get("bad_output"), Some(&3), "{mode}: {m:?}");
+        assert_eq!(
+            m.stores_discarded, 0,
+            "{mode}: bad output does not poison the store"
+        );
+    }
+    assert_healthy();
+}
+
+/// 0.2.0 results become the same per-sample outcomes as 0.1.0's: fields sliced at the right
+/// offsets (multi-byte text), components in name order with absent ones skipped.
+#[test]
+fn batch_results_convert_to_per_sample_outcomes() {
+    let p = host()
+        .load_reward(&wasm("hostile-v2"), opts(limits(5000), FailurePolicy::Fail))
+        .unwrap();
+    assert_eq!(p.manifest().api_version, "0.2.0");
+    let samples: Vec<Sample> = (0..5)
+        .map(|i| s(&"ü".repeat(3 * i), &"é".repeat(i), json!({"t": "ß"}), "ok"))
+        .collect();
+    let out = p.score(&json!({"mode": "by-source"}), &samples).unwrap();
+    let r: Vec<f64> = out.iter().map(|o| o.reward().unwrap()).collect();
+    assert_eq!(r, vec![0.0, 2.0, 4.0, 6.0, 8.0]);
+    let out = p.score(&json!({"mode": "absent"}), &samples).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        let f = i as f64;
+        let mut want = vec![("probe".to_string(), f)];
+        if i % 2 == 0 {
+            want.push(("even".to_string(), 2.0 * f));
+        }
+        match o {
+            Outcome::Scored { score, components } => {
+                assert_eq!((*score, components), (f, &want), "{i}")
+            }
+            o => panic!("{i}: {o:?}"),
+        }
+    }
+}
+
 /// The probes return `err(what happened)` when denied and a score when they got through.
 fn expect_denied_probe(mode: &str, extra: Value, needle: &str) {
-    let (r, dt) = hostile_with(host(), mode, extra, limits(10_000), 1);
-    match r {
-        Err(PluginError::GuestError { message, .. }) => {
-            assert!(message.contains(needle), "{mode}: {message}");
+    for plugin in HOSTILES {
+        let (r, dt) = hostile_with(host(), plugin, mode, extra.clone(), limits(10_000), 1);
+        match r {
+            Err(PluginError::GuestError { message, .. }) => {
+                assert!(message.contains(needle), "{plugin} {mode}: {message}");
+            }
+            Err(e) => panic!("{plugin} {mode}: expected GuestError (probe denied), got {e}"),
+            Ok(out) => panic!("{plugin} {mode}: SANDBOX LEAK, the probe succeeded: {out:?}"),
         }
-        Err(e) => panic!("{mode}: expected GuestError (probe denied), got {e}"),
-        Ok(out) => panic!("{mode}: SANDBOX LEAK, the probe succeeded: {out:?}"),
+        assert!(dt < Duration::from_secs(10) + SLACK);
     }
-    assert!(dt < Duration::from_secs(10) + SLACK);
 }
 
 #[test]
@@ -403,82 +522,86 @@ fn sockets_are_denied() {
 
 #[test]
 fn non_granted_capability_is_denied_and_counted() {
-    for mode in ["judge", "judge-unwrap", "search"] {
-        let p = host()
-            .load_reward(&wasm("hostile"), opts(limits(5000), FailurePolicy::Drop))
-            .unwrap();
-        let out = p
-            .score(
-                &json!({"mode": mode}),
-                &[s("p", "query text", json!(1), "x")],
-            )
-            .unwrap();
-        match &out[0] {
-            Outcome::Dropped { error } => {
-                assert!(
-                    matches!(**error, PluginError::CapabilityDenied { .. }),
-                    "{mode}: {error}"
-                );
-                let cap = if mode == "search" { "search" } else { "judge" };
-                assert!(error.to_string().contains(cap), "{error}");
+    for plugin in HOSTILES {
+        for mode in ["judge", "judge-unwrap", "search"] {
+            let p = host()
+                .load_reward(&wasm(plugin), opts(limits(5000), FailurePolicy::Drop))
+                .unwrap();
+            let out = p
+                .score(
+                    &json!({"mode": mode}),
+                    &[s("p", "query text", json!(1), "x")],
+                )
+                .unwrap();
+            match &out[0] {
+                Outcome::Dropped { error } => {
+                    assert!(
+                        matches!(**error, PluginError::CapabilityDenied { .. }),
+                        "{mode}: {error}"
+                    );
+                    let cap = if mode == "search" { "search" } else { "judge" };
+                    assert!(error.to_string().contains(cap), "{error}");
+                }
+                o => panic!("{mode}: expected a denied capability, got {o:?}"),
             }
-            o => panic!("{mode}: expected a denied capability, got {o:?}"),
+            let m = p.metrics();
+            assert_eq!(m.capability_denied, 1, "{mode}: {m:?}");
+            assert_eq!(
+                m.failures.get("capability_denied"),
+                Some(&1),
+                "{mode}: {m:?}"
+            );
+            assert_eq!(m.dropped, 1);
         }
-        let m = p.metrics();
-        assert_eq!(m.capability_denied, 1, "{mode}: {m:?}");
-        assert_eq!(
-            m.failures.get("capability_denied"),
-            Some(&1),
-            "{mode}: {m:?}"
-        );
-        assert_eq!(m.dropped, 1);
     }
     assert_healthy();
 }
 
 #[test]
 fn granted_capabilities_work() {
-    let judge = InMemoryJudge {
-        scores: [("good answer".to_string(), 0.9)].into(),
-        default_score: 0.2,
-        reply: String::new(),
-    };
-    let index = InMemoryIndex::new([
-        ("pmid1".to_string(), "metformin in diabetes".to_string()),
-        ("pmid2".to_string(), "metformin".to_string()),
-    ]);
-    let grants = Grants::none()
-        .with_judge(Box::new(judge))
-        .with_search(Box::new(index));
-    let p = host()
-        .load_reward(
-            &wasm("hostile"),
-            PluginOptions {
-                grants,
-                limits: limits(5000),
-                ..PluginOptions::default()
-            },
-        )
-        .unwrap();
-    let judged = p
-        .score(
-            &json!({"mode": "judge"}),
-            &[
-                s("p", "good answer", json!(1), "x"),
-                s("p", "other", json!(1), "x"),
-            ],
-        )
-        .unwrap();
-    let r: Vec<f64> = judged.iter().map(|o| o.reward().unwrap()).collect();
-    assert_eq!(r, vec![0.9, 0.2]);
-    let found = p
-        .score(
-            &json!({"mode": "search"}),
-            &[s("p", "metformin diabetes", json!(1), "x")],
-        )
-        .unwrap();
-    assert_eq!(found[0].reward(), Some(2.0)); // pmid1 matches both terms
-    assert_eq!(p.metrics().capability_denied, 0);
+    for plugin in HOSTILES {
+        let judge = InMemoryJudge {
+            scores: [("good answer".to_string(), 0.9)].into(),
+            default_score: 0.2,
+            reply: String::new(),
+        };
+        let index = InMemoryIndex::new([
+            ("pmid1".to_string(), "metformin in diabetes".to_string()),
+            ("pmid2".to_string(), "metformin".to_string()),
+        ]);
+        let grants = Grants::none()
+            .with_judge(Box::new(judge))
+            .with_search(Box::new(index));
+        let p = host()
+            .load_reward(
+                &wasm(plugin),
+                PluginOptions {
+                    grants,
+                    limits: limits(5000),
+                    ..PluginOptions::default()
+                },
+            )
+            .unwrap();
+        let judged = p
+            .score(
+                &json!({"mode": "judge"}),
+                &[
+                    s("p", "good answer", json!(1), "x"),
+                    s("p", "other", json!(1), "x"),
+                ],
+            )
+            .unwrap();
+        let r: Vec<f64> = judged.iter().map(|o| o.reward().unwrap()).collect();
+        assert_eq!(r, vec![0.9, 0.2]);
+        let found = p
+            .score(
+                &json!({"mode": "search"}),
+                &[s("p", "metformin diabetes", json!(1), "x")],
+            )
+            .unwrap();
+        assert_eq!(found[0].reward(), Some(2.0)); // pmid1 matches both terms
+        assert_eq!(p.metrics().capability_denied, 0);
+    }
 }
 
 #[test]
@@ -533,27 +656,28 @@ fn wrong_api_version_is_refused_before_instantiation() {
             found, supported, ..
         } => {
             assert_eq!(found, "9.0.0");
-            assert_eq!(supported, &vec!["0.1.0".to_string()]);
+            assert_eq!(supported, &vec!["0.1.0".to_string(), "0.2.0".to_string()]);
         }
         _ => panic!("expected IncompatibleApi, got {e}"),
     }
     let msg = e.to_string();
     assert!(
-        msg.contains("9.0.0") && msg.contains("0.1.0") && msg.contains("wrong_api.wasm"),
+        msg.contains("9.0.0") && msg.contains("0.1.0, 0.2.0") && msg.contains("wrong_api.wasm"),
         "{msg}"
     );
     assert_healthy();
 }
 
 /// A batch mixing good and failing samples, one sample per call so a trap costs one sample.
-fn mixed(policy: FailurePolicy) -> (Result<Vec<Outcome>, PluginError>, MetricsSnapshot) {
+fn mixed(
+    plugin: &str,
+    policy: FailurePolicy,
+) -> (Result<Vec<Outcome>, PluginError>, MetricsSnapshot) {
     let l = Limits {
         max_batch_per_call: 1,
         ..limits(5000)
     };
-    let p = host()
-        .load_reward(&wasm("hostile"), opts(l, policy))
-        .unwrap();
+    let p = host().load_reward(&wasm(plugin), opts(l, policy)).unwrap();
     let samples = vec![
         s("a", "four", json!(1), "ok"),
         s("b", "x", json!(1), "panic"),
@@ -568,110 +692,118 @@ fn mixed(policy: FailurePolicy) -> (Result<Vec<Outcome>, PluginError>, MetricsSn
 
 #[test]
 fn policy_drop_counts_and_keeps_good_samples() {
-    let (r, m) = mixed(FailurePolicy::Drop);
-    let out = r.unwrap();
-    assert_eq!(out[0].reward(), Some(4.0));
-    assert!(
-        matches!(&out[1], Outcome::Dropped { error } if matches!(**error, PluginError::Trap { .. }))
-    );
-    assert_eq!(out[2].reward(), Some(6.0));
-    assert!(
-        matches!(&out[3], Outcome::Dropped { error } if matches!(**error, PluginError::GuestError { .. }))
-    );
-    assert!(matches!(out[4], Outcome::NotApplicable));
-    assert!(
-        matches!(&out[5], Outcome::Dropped { error } if matches!(**error, PluginError::BadOutput { .. }))
-    );
-    assert_eq!(m.dropped, 3);
-    assert_eq!(m.substituted, 0);
-    assert_eq!(m.scored, 2);
-    assert_eq!(m.not_applicable, 1);
-    assert_eq!(
-        m.stores_discarded, 1,
-        "the trapped store must be discarded: {m:?}"
-    );
-    let expect: std::collections::BTreeMap<String, u64> = [
-        ("trap".to_string(), 1),
-        ("guest_error".to_string(), 1),
-        ("bad_output".to_string(), 1),
-    ]
-    .into();
-    assert_eq!(m.failures, expect);
+    for plugin in HOSTILES {
+        let (r, m) = mixed(plugin, FailurePolicy::Drop);
+        let out = r.unwrap();
+        assert_eq!(out[0].reward(), Some(4.0));
+        assert!(
+            matches!(&out[1], Outcome::Dropped { error } if matches!(**error, PluginError::Trap { .. }))
+        );
+        assert_eq!(out[2].reward(), Some(6.0));
+        assert!(
+            matches!(&out[3], Outcome::Dropped { error } if matches!(**error, PluginError::GuestError { .. }))
+        );
+        assert!(matches!(out[4], Outcome::NotApplicable));
+        assert!(
+            matches!(&out[5], Outcome::Dropped { error } if matches!(**error, PluginError::BadOutput { .. }))
+        );
+        assert_eq!(m.dropped, 3);
+        assert_eq!(m.substituted, 0);
+        assert_eq!(m.scored, 2);
+        assert_eq!(m.not_applicable, 1);
+        assert_eq!(
+            m.stores_discarded, 1,
+            "the trapped store must be discarded: {m:?}"
+        );
+        let expect: std::collections::BTreeMap<String, u64> = [
+            ("trap".to_string(), 1),
+            ("guest_error".to_string(), 1),
+            ("bad_output".to_string(), 1),
+        ]
+        .into();
+        assert_eq!(m.failures, expect);
+    }
 }
 
 #[test]
 fn policy_score_substitutes() {
-    let (r, m) = mixed(FailurePolicy::Score(-1.0));
-    let rewards: Vec<Option<f64>> = r.unwrap().iter().map(Outcome::reward).collect();
-    assert_eq!(
-        rewards,
-        vec![
-            Some(4.0),
-            Some(-1.0),
-            Some(6.0),
-            Some(-1.0),
-            None,
-            Some(-1.0)
-        ]
-    );
-    assert_eq!(m.substituted, 3);
-    assert_eq!(m.dropped, 0);
+    for plugin in HOSTILES {
+        let (r, m) = mixed(plugin, FailurePolicy::Score(-1.0));
+        let rewards: Vec<Option<f64>> = r.unwrap().iter().map(Outcome::reward).collect();
+        assert_eq!(
+            rewards,
+            vec![
+                Some(4.0),
+                Some(-1.0),
+                Some(6.0),
+                Some(-1.0),
+                None,
+                Some(-1.0)
+            ]
+        );
+        assert_eq!(m.substituted, 3);
+        assert_eq!(m.dropped, 0);
+    }
 }
 
 #[test]
 fn policy_fail_returns_first_error() {
-    let (r, m) = mixed(FailurePolicy::Fail);
-    assert!(matches!(r.unwrap_err(), PluginError::Trap { .. }));
-    assert_eq!(m.failures.values().sum::<u64>(), 3);
+    for plugin in HOSTILES {
+        let (r, m) = mixed(plugin, FailurePolicy::Fail);
+        assert!(matches!(r.unwrap_err(), PluginError::Trap { .. }));
+        assert_eq!(m.failures.values().sum::<u64>(), 3);
+    }
 }
 
 #[test]
 fn one_bad_sample_does_not_sink_its_batch() {
-    // Default chunking (up to 512 samples per call): the trap is isolated by bisection.
-    let p = host()
-        .load_reward(
-            &wasm("hostile"),
-            PluginOptions {
-                policy: FailurePolicy::Drop,
-                threads: 1,
-                ..PluginOptions::default()
-            },
-        )
-        .unwrap();
-    let mut samples: Vec<Sample> = (0..40)
-        .map(|i| s("p", &"y".repeat(i), json!(1), "ok"))
-        .collect();
-    samples[17] = s("p", "x", json!(1), "panic");
-    samples[30] = s("p", "x", json!(1), "unreachable");
-    let out = p.score(&json!({"mode": "by-source"}), &samples).unwrap();
-    for (i, o) in out.iter().enumerate() {
-        match i {
-            17 | 30 => assert!(
-                matches!(o, Outcome::Dropped { error } if matches!(**error, PluginError::Trap { .. })),
-                "{i}: {o:?}"
-            ),
-            _ => assert_eq!(o.reward(), Some(i as f64), "{i}"),
+    for plugin in HOSTILES {
+        // Default chunking (up to 512 samples per call): the trap is isolated by bisection.
+        let p = host()
+            .load_reward(
+                &wasm(plugin),
+                PluginOptions {
+                    policy: FailurePolicy::Drop,
+                    threads: 1,
+                    ..PluginOptions::default()
+                },
+            )
+            .unwrap();
+        let mut samples: Vec<Sample> = (0..40)
+            .map(|i| s("p", &"y".repeat(i), json!(1), "ok"))
+            .collect();
+        samples[17] = s("p", "x", json!(1), "panic");
+        samples[30] = s("p", "x", json!(1), "unreachable");
+        let out = p.score(&json!({"mode": "by-source"}), &samples).unwrap();
+        for (i, o) in out.iter().enumerate() {
+            match i {
+                17 | 30 => assert!(
+                    matches!(o, Outcome::Dropped { error } if matches!(**error, PluginError::Trap { .. })),
+                    "{i}: {o:?}"
+                ),
+                _ => assert_eq!(o.reward(), Some(i as f64), "{i}"),
+            }
         }
+        let m = p.metrics();
+        assert_eq!(m.failures.get("trap"), Some(&2), "{m:?}");
+        assert_eq!(m.dropped, 2);
+        assert_eq!(m.scored, 38);
+        // Without isolation the whole chunk is lost.
+        let p = host()
+            .load_reward(
+                &wasm(plugin),
+                PluginOptions {
+                    policy: FailurePolicy::Drop,
+                    threads: 1,
+                    isolate_failures: false,
+                    ..PluginOptions::default()
+                },
+            )
+            .unwrap();
+        let out = p.score(&json!({"mode": "by-source"}), &samples).unwrap();
+        assert!(out.iter().all(|o| matches!(o, Outcome::Dropped { .. })));
+        assert_eq!(p.metrics().failures.get("trap"), Some(&40));
     }
-    let m = p.metrics();
-    assert_eq!(m.failures.get("trap"), Some(&2), "{m:?}");
-    assert_eq!(m.dropped, 2);
-    assert_eq!(m.scored, 38);
-    // Without isolation the whole chunk is lost.
-    let p = host()
-        .load_reward(
-            &wasm("hostile"),
-            PluginOptions {
-                policy: FailurePolicy::Drop,
-                threads: 1,
-                isolate_failures: false,
-                ..PluginOptions::default()
-            },
-        )
-        .unwrap();
-    let out = p.score(&json!({"mode": "by-source"}), &samples).unwrap();
-    assert!(out.iter().all(|o| matches!(o, Outcome::Dropped { .. })));
-    assert_eq!(p.metrics().failures.get("trap"), Some(&40));
 }
 
 #[test]
@@ -740,44 +872,46 @@ impl std::io::Write for Captured {
 
 #[test]
 fn guest_output_goes_to_logs_not_the_terminal() {
-    let buf = Captured::default();
-    let w = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || w.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    // One thread, so the guest runs on this thread and the scoped subscriber sees its output.
-    let p = host()
-        .load_reward(
-            &wasm("hostile"),
-            PluginOptions {
-                threads: 1,
-                limits: limits(5000),
-                ..PluginOptions::default()
-            },
-        )
-        .unwrap();
-    let out = tracing::subscriber::with_default(subscriber, || {
-        p.score(
-            &json!({"mode": "log"}),
-            &[s("p0", "r", json!(1), "x"), s("p1", "r", json!(1), "x")],
-        )
-        .unwrap()
-    });
-    assert_eq!(out.len(), 2);
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    for needle in [
-        "stdout line from hostile plugin",
-        "stderr line from hostile plugin",
-        "scoring p0",
-        "scoring p1",
-        "hostile@0.1.0",
-    ] {
-        assert!(
-            text.contains(needle),
-            "missing {needle:?} in captured log:\n{text}"
-        );
+    for plugin in HOSTILES {
+        let buf = Captured::default();
+        let w = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish();
+        // One thread, so the guest runs on this thread and the scoped subscriber sees its output.
+        let p = host()
+            .load_reward(
+                &wasm(plugin),
+                PluginOptions {
+                    threads: 1,
+                    limits: limits(5000),
+                    ..PluginOptions::default()
+                },
+            )
+            .unwrap();
+        let out = tracing::subscriber::with_default(subscriber, || {
+            p.score(
+                &json!({"mode": "log"}),
+                &[s("p0", "r", json!(1), "x"), s("p1", "r", json!(1), "x")],
+            )
+            .unwrap()
+        });
+        assert_eq!(out.len(), 2);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        for needle in [
+            "stdout line from hostile plugin",
+            "stderr line from hostile plugin",
+            "scoring p0",
+            "scoring p1",
+            &format!("{plugin}@0.1.0"),
+        ] {
+            assert!(
+                text.contains(needle),
+                "missing {needle:?} in captured log:\n{text}"
+            );
+        }
     }
 }
 
@@ -859,7 +993,27 @@ fn data_adapter_converts_records() {
     assert!(matches!(out[3], Err(PluginError::GuestError { .. })));
     // inspect falls back to the adapter world.
     let (m, api) = host().inspect(&wasm("alpaca-adapter")).unwrap();
-    assert_eq!((m.name.as_str(), api.as_str()), ("alpaca-adapter", "0.1.0"));
+    assert_eq!((m.name.as_str(), api.as_str()), ("alpaca-adapter", "0.2.0"));
+}
+
+/// The host still runs data adapters built against API 0.1.0.
+#[test]
+fn data_adapter_on_api_0_1_converts_records() {
+    let a = host()
+        .load_adapter(&wasm("adapter-v01"), PluginOptions::default())
+        .unwrap();
+    let out = a
+        .convert(&json!({}), &["\"hello\"".to_string(), "42".to_string()])
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap()["messages"][0]["content"], "hello");
+    match &out[1] {
+        Err(PluginError::GuestError { message, .. }) => {
+            assert!(message.contains("42"), "{message}")
+        }
+        o => panic!("expected a guest error, got {o:?}"),
+    }
+    let (m, api) = host().inspect(&wasm("adapter-v01")).unwrap();
+    assert_eq!((m.name.as_str(), api.as_str()), ("adapter-v01", "0.1.0"));
 }
 
 fn medrl() -> Command {
@@ -903,7 +1057,7 @@ fn scaffold_builds_tests_inspects_and_scores() {
     let info = ok(medrl().args(["plugin", "inspect"]).arg(&wasm_path));
     assert!(
         info.contains("dose-check")
-            && info.contains("api version:  0.1.0")
+            && info.contains("api version:  0.2.0")
             && info.contains("capabilities: none"),
         "{info}"
     );

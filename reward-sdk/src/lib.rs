@@ -17,20 +17,24 @@
 //! traits, types and [`helpers`] also compile natively, so scoring logic is unit-tested with a
 //! plain `cargo test`; only the export glue and host calls are wasm-only.
 
+pub mod batch;
 pub mod config;
 pub mod helpers;
 
 pub use serde_json::{self, Value};
 
-/// The plugin API version this SDK implements (the WIT package version in `wit/v0.1`).
-pub const API_VERSION: &str = "0.1.0";
+/// The plugin API version this SDK implements (the WIT package version in `wit/v0.2`).
+///
+/// `wit/v0.1` stays in the repository for hosts and plugins built against it (the medrl host
+/// runs both); this SDK builds 0.2.0 plugins only.
+pub const API_VERSION: &str = "0.2.0";
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod __bindings {
     pub mod reward {
         wit_bindgen::generate!({
-            path: "wit/v0.1",
+            path: "wit/v0.2",
             world: "reward",
             pub_export_macro: true,
             export_macro_name: "__export_reward_world",
@@ -39,16 +43,16 @@ pub mod __bindings {
     }
     pub mod adapter {
         wit_bindgen::generate!({
-            path: "wit/v0.1",
+            path: "wit/v0.2",
             world: "data-adapter",
             pub_export_macro: true,
             export_macro_name: "__export_adapter_world",
             runtime_path: "wit_bindgen::rt",
             with: {
-                "medrl:plugin/types@0.1.0": super::reward::medrl::plugin::types,
-                "medrl:plugin/host@0.1.0": super::reward::medrl::plugin::host,
-                "medrl:plugin/judge@0.1.0": super::reward::medrl::plugin::judge,
-                "medrl:plugin/search@0.1.0": super::reward::medrl::plugin::search,
+                "medrl:plugin/types@0.2.0": super::reward::medrl::plugin::types,
+                "medrl:plugin/host@0.2.0": super::reward::medrl::plugin::host,
+                "medrl:plugin/judge@0.2.0": super::reward::medrl::plugin::judge,
+                "medrl:plugin/search@0.2.0": super::reward::medrl::plugin::search,
             },
         });
     }
@@ -104,27 +108,30 @@ pub struct Sample {
 
 /// One completion to score as the host sent it: `ground_truth` and `metadata` are still JSON
 /// text. See [`Reward::score_raw`].
-#[derive(Debug, Clone, Default)]
-pub struct RawSample {
-    pub prompt: String,
-    pub response: String,
+///
+/// The fields borrow from the batch the host passed in (API 0.2.0 sends a whole batch as one
+/// string), so handing a `RawSample` to `score_raw` copies nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawSample<'a> {
+    pub prompt: &'a str,
+    pub response: &'a str,
     /// JSON value as text.
-    pub ground_truth: String,
+    pub ground_truth: &'a str,
     /// JSON object as text ("{}" when absent).
-    pub metadata: String,
-    pub data_source: String,
+    pub metadata: &'a str,
+    pub data_source: &'a str,
 }
 
-impl RawSample {
+impl RawSample<'_> {
     /// Parses the JSON fields, as the SDK does before [`Reward::score`]: text that is not JSON
-    /// (e.g. a bare answer string) becomes a JSON string.
+    /// (e.g. a bare answer string) becomes a JSON string. Copies the text fields.
     pub fn parse(self) -> Sample {
         Sample {
-            ground_truth: json_or_string(&self.ground_truth),
-            metadata: json_or_string(&self.metadata),
-            prompt: self.prompt,
-            response: self.response,
-            data_source: self.data_source,
+            ground_truth: json_or_string(self.ground_truth),
+            metadata: json_or_string(self.metadata),
+            prompt: self.prompt.to_string(),
+            response: self.response.to_string(),
+            data_source: self.data_source.to_string(),
         }
     }
 }
@@ -179,7 +186,7 @@ pub trait Reward {
     /// in bulk, where building two `Value`s per sample is a visible part of the cost, and read
     /// only the fields you need (e.g. with a typed `serde_json::from_str`); keep `score`
     /// giving the same results.
-    fn score_raw(config: &Value, sample: RawSample) -> Result<Outcome, String> {
+    fn score_raw(config: &Value, sample: RawSample<'_>) -> Result<Outcome, String> {
         Self::score(config, &sample.parse())
     }
 }
@@ -323,39 +330,16 @@ pub mod __private {
         manifest(R::manifest())
     }
 
-    pub fn reward_score<R: Reward>(
-        config: String,
-        samples: Vec<t::Sample>,
-    ) -> Vec<Result<t::ScoreResult, String>> {
-        let config = match serde_json::from_str::<Value>(if config.trim().is_empty() {
-            "{}"
-        } else {
-            &config
-        }) {
-            Ok(c) => c,
-            Err(e) => {
-                let msg = format!("config is not valid JSON: {e}");
-                return samples.iter().map(|_| Err(msg.clone())).collect();
-            }
-        };
-        samples
-            .into_iter()
-            .map(|s| {
-                let sample = RawSample {
-                    prompt: s.prompt,
-                    response: s.response,
-                    ground_truth: s.ground_truth,
-                    metadata: s.metadata,
-                    data_source: s.data_source,
-                };
-                R::score_raw(&config, sample).map(|o| match o {
-                    Outcome::Scored { score, components } => {
-                        t::ScoreResult::Scored(t::Scored { score, components })
-                    }
-                    Outcome::NotApplicable => t::ScoreResult::NotApplicable,
-                })
-            })
-            .collect()
+    pub fn reward_score_batch<R: Reward>(config: String, batch: t::SampleBatch) -> t::BatchScores {
+        let r = crate::batch::score::<R>(&config, &batch.text, &batch.offsets);
+        t::BatchScores {
+            scores: r.scores,
+            component_names: r.component_names,
+            components: r.components,
+            absent: r.absent,
+            errors: r.errors,
+            not_applicable: r.not_applicable,
+        }
     }
 
     pub fn adapter_manifest<A: Adapter>() -> t::Manifest {
@@ -395,13 +379,11 @@ macro_rules! export_reward {
                 fn manifest() -> $crate::__bindings::reward::medrl::plugin::types::Manifest {
                     $crate::__private::reward_manifest::<$t>()
                 }
-                fn score(
+                fn score_batch(
                     config: ::std::string::String,
-                    samples: ::std::vec::Vec<$crate::__bindings::reward::medrl::plugin::types::Sample>,
-                ) -> ::std::vec::Vec<
-                    ::std::result::Result<$crate::__bindings::reward::medrl::plugin::types::ScoreResult, ::std::string::String>,
-                > {
-                    $crate::__private::reward_score::<$t>(config, samples)
+                    batch: $crate::__bindings::reward::medrl::plugin::types::SampleBatch,
+                ) -> $crate::__bindings::reward::medrl::plugin::types::BatchScores {
+                    $crate::__private::reward_score_batch::<$t>(config, batch)
                 }
             }
             $crate::__bindings::reward::__export_reward_world!(__MedrlReward with_types_in $crate::__bindings::reward);

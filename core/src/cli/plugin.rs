@@ -304,7 +304,7 @@ mod tests {
 
 const README: &str = r#"# {name}
 
-A medrl reward plugin (WebAssembly component, API medrl:plugin@0.1.0).
+A medrl reward plugin (WebAssembly component, API medrl:plugin@0.2.0).
 
     cargo test                                   # scoring logic, natively
     medrl plugin build .                         # -> target/wasm32-wasip2/release/{crate}.wasm

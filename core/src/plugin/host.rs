@@ -14,14 +14,15 @@ use wasmtime::{Config, Engine, Store, Trap, WasmBacktrace};
 
 use super::bindings::adapter::{DataAdapter, DataAdapterPre};
 use super::bindings::reward::{Reward, RewardPre};
-use super::bindings::{Capability, Manifest, Sample, ScoreResult};
+use super::bindings::v02;
+use super::bindings::{Capability, Manifest, Sample, ScoreResult, Scored};
 use super::capability::Grants;
 use super::error::{PluginError, PluginId};
 use super::policy::{FailurePolicy, Metrics, MetricsSnapshot};
 use super::sandbox::HostState;
 
 /// API versions (WIT package `medrl:plugin@X.Y.Z`) this host can run.
-pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0"];
+pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
 const API_PACKAGE: &str = "medrl:plugin/";
 
 /// Engine-wide settings. Changing `fuel_metering` changes the compiled code, so it is part of
@@ -213,8 +214,11 @@ impl PluginHost {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(cerr)?;
-        // Both worlds import the same interfaces, so one linker serves both.
+        // Both worlds of a version import the same interfaces, so one linker serves both; the
+        // versions' interfaces have different names (`...@0.1.0`, `...@0.2.0`), so they coexist.
         Reward::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(cerr)?;
+        v02::reward::Reward::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(cerr)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
@@ -349,11 +353,12 @@ impl PluginHost {
         id: &PluginId,
     ) -> Result<(wasmtime::component::InstancePre<HostState>, String), PluginError> {
         let (component, version) = self.compile(bytes, id)?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::InvalidWasm { plugin: id.clone(), reason: format!("{e:#}") })?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            PluginError::InvalidWasm {
+                plugin: id.clone(),
+                reason: format!("{e:#}"),
+            }
+        })?;
         Ok((pre, version))
     }
 
@@ -375,13 +380,23 @@ impl PluginHost {
         opts: PluginOptions,
     ) -> Result<RewardPlugin, PluginError> {
         let (pre, version) = self.link(bytes, &id)?;
-        let pre = RewardPre::new(pre).map_err(|e| PluginError::InvalidWasm {
+        let not_reward = |e: wasmtime::Error| PluginError::InvalidWasm {
             plugin: id.clone(),
-            reason: format!("does not export the `reward` world: {e:#}"),
-        })?;
+            reason: format!("does not export the `reward` world of API {version}: {e:#}"),
+        };
+        let pre = match version.as_str() {
+            "0.1.0" => AnyRewardPre::V01(RewardPre::new(pre).map_err(not_reward)?),
+            "0.2.0" => AnyRewardPre::V02(v02::reward::RewardPre::new(pre).map_err(not_reward)?),
+            // api_version() only returns supported versions; this arm is a version added to
+            // SUPPORTED_API_VERSIONS without bindings.
+            other => return Err(incompatible(&id, other)),
+        };
         let runner = Runner::new(self.clone(), id, opts)?;
         let mut first = runner.instantiate_reward(&pre)?;
-        let manifest = runner.guarded(&mut first.store, |s| first.inst.call_manifest(s))?;
+        let manifest = {
+            let PooledReward { store, inst, .. } = &mut first;
+            runner.guarded(store, |s| inst.manifest(s))?
+        };
         let id = runner.adopt_manifest(&manifest, &version, &mut first.store)?;
         let runner = Runner { id, ..runner };
         runner.pool.lock().unwrap().push(first);
@@ -400,14 +415,23 @@ impl PluginHost {
     ) -> Result<AdapterPlugin, PluginError> {
         let (bytes, id) = read_component(path)?;
         let (pre, version) = self.link(&bytes, &id)?;
-        let pre = DataAdapterPre::new(pre).map_err(|e| PluginError::InvalidWasm {
+        let not_adapter = |e: wasmtime::Error| PluginError::InvalidWasm {
             plugin: id.clone(),
-            reason: format!("does not export the `data-adapter` world: {e:#}"),
-        })?;
+            reason: format!("does not export the `data-adapter` world of API {version}: {e:#}"),
+        };
+        let pre = match version.as_str() {
+            "0.1.0" => AnyAdapterPre::V01(DataAdapterPre::new(pre).map_err(not_adapter)?),
+            "0.2.0" => {
+                AnyAdapterPre::V02(v02::adapter::DataAdapterPre::new(pre).map_err(not_adapter)?)
+            }
+            // api_version() only returns supported versions; this arm is a version added to
+            // SUPPORTED_API_VERSIONS without bindings.
+            other => return Err(incompatible(&id, other)),
+        };
         let runner = Runner::new(self.clone(), id, opts)?;
         let mut store = runner.new_store();
         let inst = runner.guarded(&mut store, |s| pre.instantiate(s))?;
-        let manifest = runner.guarded(&mut store, |s| inst.call_manifest(s))?;
+        let manifest = runner.guarded(&mut store, |s| inst.manifest(s))?;
         let id = runner.adopt_manifest(&manifest, &version, &mut store)?;
         let runner = Runner { id, ..runner };
         Ok(AdapterPlugin {
@@ -476,9 +500,82 @@ fn api_version(
     }
 }
 
+fn incompatible(id: &PluginId, found: &str) -> PluginError {
+    PluginError::IncompatibleApi {
+        plugin: id.clone(),
+        found: found.into(),
+        supported: SUPPORTED_API_VERSIONS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    }
+}
+
+/// A reward world's pre-instance, by API version.
+enum AnyRewardPre {
+    V01(RewardPre<HostState>),
+    V02(v02::reward::RewardPre<HostState>),
+}
+
+/// A reward world's instance, by API version.
+enum AnyReward {
+    V01(Reward),
+    V02(v02::reward::Reward),
+}
+
+impl AnyReward {
+    fn manifest(&self, store: &mut Store<HostState>) -> wasmtime::Result<Manifest> {
+        match self {
+            AnyReward::V01(i) => i.call_manifest(store),
+            AnyReward::V02(i) => i.call_manifest(store).map(v02::manifest),
+        }
+    }
+}
+
+enum AnyAdapterPre {
+    V01(DataAdapterPre<HostState>),
+    V02(v02::adapter::DataAdapterPre<HostState>),
+}
+
+impl AnyAdapterPre {
+    fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<AnyAdapter> {
+        Ok(match self {
+            AnyAdapterPre::V01(p) => AnyAdapter::V01(p.instantiate(store)?),
+            AnyAdapterPre::V02(p) => AnyAdapter::V02(p.instantiate(store)?),
+        })
+    }
+}
+
+enum AnyAdapter {
+    V01(DataAdapter),
+    V02(v02::adapter::DataAdapter),
+}
+
+impl AnyAdapter {
+    fn manifest(&self, store: &mut Store<HostState>) -> wasmtime::Result<Manifest> {
+        match self {
+            AnyAdapter::V01(i) => i.call_manifest(store),
+            AnyAdapter::V02(i) => i.call_manifest(store).map(v02::manifest),
+        }
+    }
+    fn convert(
+        &self,
+        store: &mut Store<HostState>,
+        config: &str,
+        records: &[String],
+    ) -> wasmtime::Result<Vec<Result<String, String>>> {
+        match self {
+            AnyAdapter::V01(i) => i.call_convert(store, config, records),
+            AnyAdapter::V02(i) => i.call_convert(store, config, records),
+        }
+    }
+}
+
 struct PooledReward {
     store: Store<HostState>,
-    inst: Reward,
+    inst: AnyReward,
+    /// The 0.2.0 batch buffers, reused from call to call on this store.
+    batch: v02::SampleBatch,
 }
 
 /// Store creation, guarded calls and error classification shared by both plugin kinds.
@@ -526,10 +623,20 @@ impl Runner {
         store
     }
 
-    fn instantiate_reward(&self, pre: &RewardPre<HostState>) -> Result<PooledReward, PluginError> {
+    fn instantiate_reward(&self, pre: &AnyRewardPre) -> Result<PooledReward, PluginError> {
         let mut store = self.new_store();
-        let inst = self.guarded(&mut store, |s| pre.instantiate(s))?;
-        Ok(PooledReward { store, inst })
+        let inst = self.guarded(&mut store, |s| match pre {
+            AnyRewardPre::V01(p) => p.instantiate(s).map(AnyReward::V01),
+            AnyRewardPre::V02(p) => p.instantiate(s).map(AnyReward::V02),
+        })?;
+        Ok(PooledReward {
+            store,
+            inst,
+            batch: v02::SampleBatch {
+                text: String::new(),
+                offsets: Vec::new(),
+            },
+        })
     }
 
     /// Checks the manifest against what the component declares and renames the plugin.
@@ -679,11 +786,58 @@ impl Runner {
 
 type ChunkResult = Result<Vec<Result<ScoreResult, PluginError>>, PluginError>;
 
+/// What a guest call returned, before the output contract of its API version is checked.
+enum RawOutput {
+    V01(Vec<Result<ScoreResult, String>>),
+    V02(v02::BatchScores),
+}
+
+/// Lays `samples` out as a 0.2.0 `sample-batch` (see the WIT), reusing the buffers. `Err` when
+/// the text does not fit the `u32` offsets (4 GiB: more than a wasm32 guest can hold anyway).
+fn fill_batch(batch: &mut v02::SampleBatch, samples: &[Sample]) -> Result<(), String> {
+    let len: usize = samples
+        .iter()
+        .map(|s| {
+            s.prompt.len()
+                + s.response.len()
+                + s.ground_truth.len()
+                + s.metadata.len()
+                + s.data_source.len()
+        })
+        .sum();
+    if u32::try_from(len).is_err() {
+        return Err(format!(
+            "a batch of {} samples holds {len} bytes of text, over the 4 GiB a plugin call can take; lower max_batch_per_call",
+            samples.len()
+        ));
+    }
+    let (text, offsets) = (&mut batch.text, &mut batch.offsets);
+    text.clear();
+    offsets.clear();
+    text.reserve(len);
+    offsets.reserve(5 * samples.len() + 1);
+    offsets.push(0);
+    for s in samples {
+        for field in [
+            &s.prompt,
+            &s.response,
+            &s.ground_truth,
+            &s.metadata,
+            &s.data_source,
+        ] {
+            text.push_str(field);
+            // Fits: the total was checked above.
+            offsets.push(text.len() as u32);
+        }
+    }
+    Ok(())
+}
+
 /// A loaded reward plugin. `Sync`: score from any thread; batches are split over worker
 /// threads, each using its own pooled `Store` (a trap discards that store only).
 pub struct RewardPlugin {
     runner: Runner,
-    pre: RewardPre<HostState>,
+    pre: AnyRewardPre,
     manifest: Manifest,
 }
 
@@ -862,12 +1016,24 @@ impl RewardPlugin {
                 None => r.instantiate_reward(&self.pre)?,
             });
         }
-        let p = slot.as_mut().expect("filled above");
-        let inst = &p.inst;
-        let res = r.guarded(&mut p.store, |s| inst.call_score(s, config, chunk));
-        let denied = p.store.data().denied;
+        let PooledReward { store, inst, batch } = slot.as_mut().expect("filled above");
+        let res = match inst {
+            AnyReward::V01(inst) => r
+                .guarded(store, |s| inst.call_score(s, config, chunk))
+                .map(RawOutput::V01),
+            AnyReward::V02(inst) => {
+                fill_batch(batch, chunk).map_err(|reason| PluginError::Config {
+                    plugin: r.id.clone(),
+                    reason,
+                })?;
+                r.guarded(store, |s| inst.call_score_batch(s, config, batch))
+                    .map(RawOutput::V02)
+            }
+        };
+        let denied = store.data().denied;
         match res {
-            Ok(out) => Ok(self.check_output(chunk.len(), out, denied)?),
+            Ok(RawOutput::V01(out)) => Ok(self.check_output(chunk.len(), out, denied)?),
+            Ok(RawOutput::V02(out)) => Ok(self.check_batch_output(chunk.len(), out, denied)?),
             // Any failed call (trap, deadline, a lift error) may leave the instance half-way
             // through; never reuse it.
             Err(e) => {
@@ -915,31 +1081,144 @@ impl RewardPlugin {
         Ok(out
             .into_iter()
             .map(|r| match r {
-                Ok(ScoreResult::Scored(s)) => {
-                    if !s.score.is_finite() {
-                        return Err(bad(format!("score is {} (scores must be finite)", s.score)));
-                    }
-                    if let Some((k, v)) = s.components.iter().find(|(_, v)| !v.is_finite()) {
-                        return Err(bad(format!(
-                            "component `{k}` is {v} (components must be finite)"
-                        )));
-                    }
-                    Ok(ScoreResult::Scored(s))
-                }
+                Ok(ScoreResult::Scored(s)) => self.check_finite(s),
                 Ok(other) => Ok(other),
-                // A guest error after a denied capability call is reported as the denial.
-                Err(message) => Err(match denied {
-                    Some(cap) => PluginError::CapabilityDenied {
-                        plugin: plugin.clone(),
-                        capability: cap.into(),
-                    },
-                    None => PluginError::GuestError {
-                        plugin: plugin.clone(),
-                        message,
-                    },
-                }),
+                Err(message) => Err(self.guest_error(message, denied)),
             })
             .collect())
+    }
+
+    /// Enforces the 0.2.0 output contract (see `batch-scores` in the WIT): list lengths that
+    /// match the batch, in-range indices, each sample at most once among errors and
+    /// not-applicable, distinct component names, bounded size; then converts to the same
+    /// per-sample results as 0.1.0. Shape violations reject the whole call (so bisection pins
+    /// them on samples); a non-finite number fails only its sample.
+    fn check_batch_output(
+        &self,
+        n: usize,
+        out: v02::BatchScores,
+        denied: Option<&'static str>,
+    ) -> Result<Vec<Result<ScoreResult, PluginError>>, PluginError> {
+        let bad = |reason: String| PluginError::BadOutput {
+            plugin: self.runner.id.clone(),
+            reason,
+        };
+        let v02::BatchScores {
+            scores,
+            component_names: names,
+            components,
+            absent,
+            errors,
+            not_applicable,
+        } = out;
+        let size = names.iter().map(|k| k.len()).sum::<usize>()
+            + errors.iter().map(|(_, m)| m.len() + 4).sum::<usize>()
+            + 8 * (scores.len() + components.len())
+            + 4 * (absent.len() + not_applicable.len());
+        let max = self.runner.opts.limits.max_output_bytes;
+        if size > max {
+            return Err(bad(format!(
+                "output of {size} bytes exceeds the limit of {max} bytes"
+            )));
+        }
+        if scores.len() != n {
+            return Err(bad(format!(
+                "returned {} scores for {n} samples",
+                scores.len()
+            )));
+        }
+        let k = names.len();
+        if components.len() != n * k {
+            return Err(bad(format!(
+                "returned {} component values for {n} samples and {k} component names (expected {})",
+                components.len(),
+                n * k
+            )));
+        }
+        for (j, name) in names.iter().enumerate() {
+            if names[..j].contains(name) {
+                return Err(bad(format!("component name `{name}` appears twice")));
+            }
+        }
+        // What each sample became: None = scored, Some(Ok) = not applicable, Some(Err) = failed.
+        let mut fate: Vec<Option<Result<(), String>>> = vec![None; n];
+        let mut mark = |i: u32, what: Result<(), String>, list: &str| {
+            let slot = fate
+                .get_mut(i as usize)
+                .ok_or_else(|| bad(format!("{list} index {i} is out of range for {n} samples")))?;
+            if slot.is_some() {
+                return Err(bad(format!(
+                    "sample {i} appears more than once in errors and not-applicable"
+                )));
+            }
+            *slot = Some(what);
+            Ok(())
+        };
+        for (i, message) in errors {
+            mark(i, Err(message), "error")?;
+        }
+        for i in not_applicable {
+            mark(i, Ok(()), "not-applicable")?;
+        }
+        let mut missing = vec![false; if absent.is_empty() { 0 } else { n * k }];
+        for a in absent {
+            *missing.get_mut(a as usize).ok_or_else(|| {
+                bad(format!(
+                    "absent position {a} is out of range for {n} samples and {k} component names"
+                ))
+            })? = true;
+        }
+        Ok(fate
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| match f {
+                None => {
+                    let values = &components[i * k..(i + 1) * k];
+                    let components = names
+                        .iter()
+                        .zip(values)
+                        .enumerate()
+                        .filter(|(j, _)| !missing.get(i * k + j).copied().unwrap_or(false))
+                        .map(|(_, (name, v))| (name.clone(), *v))
+                        .collect();
+                    self.check_finite(Scored {
+                        score: scores[i],
+                        components,
+                    })
+                }
+                Some(Ok(())) => Ok(ScoreResult::NotApplicable),
+                Some(Err(message)) => Err(self.guest_error(message, denied)),
+            })
+            .collect())
+    }
+
+    /// A scored sample with a non-finite score or component is bad output (for that sample).
+    fn check_finite(&self, s: Scored) -> Result<ScoreResult, PluginError> {
+        let bad = |reason: String| PluginError::BadOutput {
+            plugin: self.runner.id.clone(),
+            reason,
+        };
+        if !s.score.is_finite() {
+            return Err(bad(format!("score is {} (scores must be finite)", s.score)));
+        }
+        if let Some((k, v)) = s.components.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(bad(format!(
+                "component `{k}` is {v} (components must be finite)"
+            )));
+        }
+        Ok(ScoreResult::Scored(s))
+    }
+
+    /// A guest error after a denied capability call is reported as the denial.
+    fn guest_error(&self, message: String, denied: Option<&'static str>) -> PluginError {
+        let plugin = self.runner.id.clone();
+        match denied {
+            Some(cap) => PluginError::CapabilityDenied {
+                plugin,
+                capability: cap.into(),
+            },
+            None => PluginError::GuestError { plugin, message },
+        }
     }
 }
 
@@ -948,8 +1227,8 @@ impl RewardPlugin {
 pub struct AdapterPlugin {
     runner: Runner,
     manifest: Manifest,
-    pre: DataAdapterPre<HostState>,
-    inst: Mutex<Option<(Store<HostState>, DataAdapter)>>,
+    pre: AnyAdapterPre,
+    inst: Mutex<Option<(Store<HostState>, AnyAdapter)>>,
 }
 
 impl AdapterPlugin {
@@ -976,7 +1255,7 @@ impl AdapterPlugin {
         }
         let (store, inst) = guard.as_mut().expect("filled above");
         let cfg = config.to_string();
-        let res = r.guarded(store, |s| inst.call_convert(s, &cfg, records));
+        let res = r.guarded(store, |s| inst.convert(s, &cfg, records));
         let out = match res {
             Ok(out) => out,
             Err(e) => {

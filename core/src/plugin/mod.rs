@@ -1,7 +1,10 @@
 //! Sandboxed WebAssembly plugins: reward functions and data adapters.
 //!
-//! Plugins are WebAssembly components implementing the WIT worlds in `reward-sdk/wit/v0.1`
-//! (`medrl:plugin@0.1.0`). The host:
+//! Plugins are WebAssembly components implementing the WIT worlds in `reward-sdk/wit/v0.2`
+//! (`medrl:plugin@0.2.0`, batch-shaped: one string plus offsets per call, flat results) or
+//! `reward-sdk/wit/v0.1` (`medrl:plugin@0.1.0`, a record per sample). Both are bound
+//! (`bindings.rs`); 0.2.0 results are checked against their own contract and converted into the
+//! 0.1.0 record types the rest of medrl uses, so callers never see the difference. The host:
 //! - compiles each component once and caches the machine code on disk (content hash + engine
 //!   compatibility hash), so a restart does not pay Cranelift again;
 //! - checks the plugin API version from the component's type before instantiating it;

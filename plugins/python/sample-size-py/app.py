@@ -1,6 +1,10 @@
 """medrl reward plugin in Python (componentize-py), same scores as plugins/sample-size.
 
 Build: scripts/build-python-plugin.sh [OUT.wasm]
+
+Targets plugin API 0.1.0 (reward-sdk/wit/v0.1), which the host keeps supporting: 0.2.0 passes
+a batch as one string with UTF-8 byte offsets, which a Python str (indexed by code point)
+cannot slice without re-encoding; see docs/writing-plugins.md.
 """
 import json
 

@@ -252,9 +252,9 @@ impl Reward for SampleSize {
     }
 
     /// Same as `score`, reading only `target` from the ground truth's JSON text.
-    fn score_raw(config: &Value, s: RawSample) -> Result<Outcome, String> {
-        Ok(score_response(config, &s.response, || {
-            target_from_json(&s.ground_truth)
+    fn score_raw(config: &Value, s: RawSample<'_>) -> Result<Outcome, String> {
+        Ok(score_response(config, s.response, || {
+            target_from_json(s.ground_truth)
         }))
     }
 }
