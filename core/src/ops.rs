@@ -49,7 +49,9 @@ impl CustomOp2 for Attach {
 /// which must be exactly the tensor.
 fn attachable(value: Tensor) -> Result<Tensor> {
     let value = value.detach().contiguous()?;
-    Ok(if value.layout().start_offset() != 0 { value.copy()? } else { value })
+    // `Tensor::copy` keeps the layout (and so the offset): only an op that writes a new buffer
+    // moves a view (e.g. one row of a kernel's stacked outputs) to offset 0.
+    Ok(if value.layout().start_offset() != 0 { value.affine(1.0, 0.0)? } else { value })
 }
 
 /// `value` (computed without gradient tracking, e.g. by a fused kernel) as a function of
@@ -628,6 +630,20 @@ mod tests {
         let hv = candle_core::Var::from_tensor(&h).unwrap();
         let g = head_logprobs(hv.as_tensor(), &w, &targets, 2).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(g.get(hv.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn attached_values_may_be_views_at_an_offset() {
+        // A kernel returning stacked outputs hands out rows of one buffer; the attached value
+        // must be the row itself, not the buffer's start (a bug the GPU path once had).
+        let both = randn(&[2, 5], 40);
+        let second = both.get(1).unwrap();
+        assert!(second.layout().start_offset() != 0);
+        let x = candle_core::Var::from_tensor(&randn(&[5], 41)).unwrap();
+        let backward: Arc<Backward> = Arc::new(|_x: &Tensor, _y: &Tensor, g: &Tensor| Ok(g.clone()));
+        let y = attach("test-offset", x.as_tensor(), second.clone(), backward).unwrap();
+        let d = (y - second).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert_eq!(d, 0.0);
     }
 
     #[test]

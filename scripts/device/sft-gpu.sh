@@ -7,6 +7,8 @@
 # .dc-whl (the GPU machine has torch and transformers, not peft, and no network):
 #   call 1, carry [.dc-bin, .dc-gguf-a]:  bash scripts/device/sft-gpu.sh stage
 #   call 2, carry [.dc-gguf-b, .dc-whl]:  bash scripts/device/sft-gpu.sh sft
+# (When the working tree grows, split the GGUF in three and add a `stage` call for .dc-gguf-c;
+# the calls must follow each other within the machine's idle time.)
 #   call 3:                               bash scripts/device/sft-gpu.sh bench
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,7 +16,12 @@ cd "$(dirname "$0")/../.."
 W=${WORK:-/tmp/medrl-device}
 OUT=${OUT:-$W/out}
 mkdir -p "$W/parts" "$OUT"
-for d in .dc-gguf-a .dc-gguf-b; do [ -d $d ] && cp $d/part-* "$W/parts/"; done
+# The GGUF travels in parts (.dc-gguf-a, -b, ...: one or two per call); its sha256 with one of them.
+for d in .dc-gguf-*; do
+  [ -d "$d" ] || continue
+  cp "$d"/part-* "$W/parts/" 2>/dev/null || true
+  [ -f "$d/sha256" ] && cp "$d/sha256" "$W/parts/sha256"
+done
 if [ -d .dc-bin ]; then xz -dc .dc-bin/medrl.xz > "$W/medrl" && chmod +x "$W/medrl"; fi
 M="$W/medrl"
 case "${1:-sft}" in
@@ -25,7 +32,7 @@ stage)
   ;;
 sft)
   cat "$W"/parts/part-* > "$W/smollm2.gguf"
-  echo "$(cat .dc-gguf-b/sha256)  $W/smollm2.gguf" | sha256sum -c -
+  echo "$(cat "$W/parts/sha256")  $W/smollm2.gguf" | sha256sum -c -
   [ -d "$W/smollm2" ] || "$M" model import-gguf "$W/smollm2.gguf" "$W/smollm2" > /dev/null
   if ! python3 -c "import peft" 2>/dev/null; then pip install -q --no-deps --target "$W/py" .dc-whl/*.whl; fi
   export PYTHONPATH="$W/py:${PYTHONPATH:-}"
