@@ -5,24 +5,10 @@ use medrl::model::init::{init_model_dir, InitOptions, Preset};
 use medrl::model::Arch;
 use medrl::train::grpo::{self, GrpoConfig};
 use medrl::train::sft::RunOptions;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// Builds the plugins workspace once per test process; returns crate name -> .wasm path.
-fn wasm(name: &str) -> PathBuf {
-    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        // The plugins workspace includes the hostile test guests (tests/hostile/).
-        let files: Vec<PathBuf> = medrl::cli::plugin::build_plugin(&repo().join("plugins")).expect("building plugins/ (run scripts/setup-plugins.sh)");
-        files.into_iter().map(|p| (p.file_stem().unwrap().to_string_lossy().replace('_', "-"), p)).collect()
-    });
-    built.get(name).unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys())).clone()
-}
+mod common;
+use common::{repo, wasm};
 
 fn tiny_model(dir: &Path) -> PathBuf {
     let m = dir.join("base");

@@ -4,7 +4,6 @@
 //! --manifest-path plugins/Cargo.toml`), so a plain `cargo test` works on a machine that has
 //! the wasm32-wasip2 target (scripts/setup-plugins.sh installs it).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -13,34 +12,8 @@ use std::time::{Duration, Instant};
 use medrl::plugin::*;
 use serde_json::{json, Value};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Builds the plugins workspace once per test process; returns crate name -> .wasm path.
-fn wasm(name: &str) -> PathBuf {
-    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let files = medrl::cli::plugin::build_plugin(&repo().join("plugins"))
-            .expect("building plugins/ for wasm32-wasip2 failed (run scripts/setup-plugins.sh)");
-        files
-            .into_iter()
-            .map(|p| {
-                (
-                    p.file_stem().unwrap().to_string_lossy().replace('_', "-"),
-                    p,
-                )
-            })
-            .collect()
-    });
-    built
-        .get(name)
-        .unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys()))
-        .clone()
-}
+mod common;
+use common::{repo, wasm};
 
 fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")

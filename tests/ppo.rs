@@ -7,27 +7,10 @@ use medrl::model::Arch;
 use medrl::train::grpo::{self, GrpoConfig};
 use medrl::train::ppo::{self, PpoConfig};
 use medrl::train::sft::RunOptions;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// Builds the plugins workspace once per test process; returns crate name -> .wasm path.
-fn wasm(name: &str) -> PathBuf {
-    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let files: Vec<PathBuf> = medrl::cli::plugin::build_plugin(&repo().join("plugins")).expect("building plugins/ (run scripts/setup-plugins.sh)");
-        // Bundled plugin names in task.yaml resolve under MEDRL_PLUGIN_DIR: where this build put
-        // them (CI builds into its own CARGO_TARGET_DIR, not plugins/target). Set once, before
-        // any test of this process loads a task.
-        std::env::set_var(medrl::task::PLUGIN_DIR_ENV, files[0].parent().expect("wasm in a folder"));
-        files.into_iter().map(|p| (p.file_stem().unwrap().to_string_lossy().replace('_', "-"), p)).collect()
-    });
-    built.get(name).unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys())).clone()
-}
+mod common;
+use common::{repo, wasm};
 
 fn tiny_model(dir: &Path) -> PathBuf {
     let m = dir.join("base");

@@ -16,7 +16,7 @@
 //! wasm32-wasip2 --manifest-path plugins/Cargo.toml`; scripts/setup-plugins.sh installs the
 //! target).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -24,40 +24,14 @@ use std::sync::OnceLock;
 use medrl::plugin::*;
 use serde_json::{json, Value};
 
+mod common;
+use common::{repo, wasm};
+
 const TOL: f64 = 1e-9;
 const MIN_CASES: usize = 50;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
-
 fn fixtures() -> PathBuf {
     repo().join("tests/fixtures/rewards")
-}
-
-/// Builds the plugins workspace once per test process; returns crate name -> .wasm path.
-fn wasm(name: &str) -> PathBuf {
-    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let files = medrl::cli::plugin::build_plugin(&repo().join("plugins"))
-            .expect("building plugins/ for wasm32-wasip2 failed (run scripts/setup-plugins.sh)");
-        files
-            .into_iter()
-            .map(|p| {
-                (
-                    p.file_stem().unwrap().to_string_lossy().replace('_', "-"),
-                    p,
-                )
-            })
-            .collect()
-    });
-    built
-        .get(name)
-        .unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys()))
-        .clone()
 }
 
 fn cache_dir() -> PathBuf {

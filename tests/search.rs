@@ -16,9 +16,8 @@ use medrl::search::{self, BuildOptions, PubMed, PubMedConfig, SearchError, Study
 use medrl::task::{validate::example_sample, Split, Task};
 use serde_json::{json, Value};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
-}
+mod common;
+use common::{repo, wasm};
 
 fn write_jsonl(path: &Path, rows: &[Value]) {
     let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
@@ -468,15 +467,6 @@ fn task_search_grants() {
 }
 
 // ---- The study-search plugin end to end ----
-
-fn wasm(name: &str) -> PathBuf {
-    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let files = medrl::cli::plugin::build_plugin(&repo().join("plugins")).expect("building plugins/ for wasm32-wasip2 failed (run scripts/setup-plugins.sh)");
-        files.into_iter().map(|p| (p.file_stem().unwrap().to_string_lossy().replace('_', "-"), p)).collect()
-    });
-    built.get(name).unwrap_or_else(|| panic!("plugin {name} not built")).clone()
-}
 
 fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")

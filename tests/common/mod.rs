@@ -37,3 +37,26 @@ pub fn smollm2_gguf(test: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// The repository root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repository root")
+}
+
+/// The release `.wasm` of a plugin of the `plugins/` workspace (bundled plugins and the hostile
+/// test guests), by package name; the workspace is built once per test process.
+///
+/// Also points `MEDRL_PLUGIN_DIR` at that build, so that bundled plugin names in task.yaml files
+/// resolve to it (CI builds into its own `CARGO_TARGET_DIR`, not `plugins/target`). It is set
+/// once, before any test of the process can load a task.
+pub fn wasm(name: &str) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let files: Vec<PathBuf> = medrl::cli::plugin::build_plugin(&repo().join("plugins")).expect("building plugins/ for wasm32-wasip2 failed (run scripts/setup-plugins.sh)");
+        std::env::set_var(medrl::task::PLUGIN_DIR_ENV, files[0].parent().expect("wasm in a folder"));
+        files.into_iter().map(|p| (p.file_stem().unwrap().to_string_lossy().replace('_', "-"), p)).collect()
+    });
+    built.get(name).unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys())).clone()
+}

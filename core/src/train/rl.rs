@@ -330,7 +330,8 @@ fn load_sources(spec: &RlSpec, grants: &crate::plugin::Grants) -> Result<Sources
 
 /// The task's reward plugins under the `drop` policy (a failed sample leaves the loss; list
 /// `rewards` explicitly for another policy). A search grant is an in-memory index over the
-/// task's corpus; a judge grant is the run's judge, which must be given.
+/// task's corpus; a judge grant is the run's judge, which must be given (the CLI resolves the
+/// task's own judge grant when no judge flag is set).
 fn task_rewards(task: &Task, grants: &crate::plugin::Grants) -> Result<(Rewards, Vec<String>), SftError> {
     use crate::eval::run::RewardSpec as EvalRewardSpec;
     let specs = task.reward_specs();
@@ -342,7 +343,7 @@ fn task_rewards(task: &Task, grants: &crate::plugin::Grants) -> Result<(Rewards,
         let mut g = crate::plugin::Grants::none();
         if s.grants.judge.is_some() {
             g.judge = Some(grants.judge.clone().ok_or_else(|| {
-                SftError::Setup(format!("task `{}`: reward `{}` needs a judge model; pass one to the run (CLI: --judge-model DIR, or --test-judge SCORE for a constant stand-in)", task.name(), s.name))
+                SftError::Setup(format!("task `{}`: reward `{}` needs a judge model; set grants.judge.model in task.yaml or pass one to the run (CLI: --judge-model DIR, or --test-judge SCORE for a constant stand-in)", task.name(), s.name))
             })?);
         }
         if let Some(index) = s.search_index().map_err(|e| SftError::Setup(format!("reward `{}`: search corpus: {e}", s.name)))? {
