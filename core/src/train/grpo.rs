@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::rewards::RewardSpec;
-use super::rl::{default_rollout, hash_json, validate_common, write_charts, RlData, RlRun, RlSpec, RlTraining};
+use super::rl::{default_rollout, validate_common, write_charts, RlData, RlRun, RlTraining};
 use super::sft::{NonFinitePolicy, SftError};
 use super::trainable::LoraConfig;
 use super::TrainError;
@@ -222,36 +222,14 @@ pub struct GrpoOutcome {
 }
 
 fn hash_config(cfg: &GrpoConfig) -> String {
-    let mut c = cfg.clone();
-    c.training.eval_every = 0;
-    c.training.save_every = 0;
-    c.training.keep_last = 0;
-    c.training.max_steps = 0;
-    hash_json(&c)
+    super::rl::rl_config_hash!(cfg)
 }
 
 /// Run GRPO. `grants` are the capabilities (judge, search) the reward plugins may use.
 pub fn run(cfg: &GrpoConfig, grants: crate::plugin::Grants, opts: &super::sft::RunOptions) -> Result<GrpoOutcome, SftError> {
     let a = &cfg.algorithm;
     let t = &cfg.training;
-    let spec = RlSpec {
-        kind: "grpo",
-        model: &cfg.model,
-        output_dir: &cfg.output_dir,
-        device: &cfg.device,
-        dtype: &cfg.dtype,
-        data: &cfg.data,
-        rewards: &cfg.rewards,
-        accuracy_threshold: cfg.accuracy_threshold,
-        rollout: &cfg.rollout,
-        stop: &cfg.stop,
-        training: t,
-        lora: cfg.lora.as_ref(),
-        prompts_per_step: a.prompts_per_step,
-        reference: a.kl_coef > 0.0,
-        config_yaml: serde_yaml::to_string(cfg).expect("serializes"),
-        config_hash: hash_config(cfg),
-    };
+    let spec = super::rl::rl_spec!("grpo", cfg, hash_config(cfg));
     let mut rl = RlRun::setup(&spec, grants, opts)?;
     let device = rl.device.clone();
     while let Some(chosen) = rl.next_prompts() {

@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use super::grpo::KlEstimator;
 use super::rewards::RewardSpec;
-use super::rl::{add_prefix, default_rollout, hash_json, strip_prefix, validate_common, write_charts, RlData, RlRun, RlSpec, RlTraining, Validation};
+use super::rl::{add_prefix, default_rollout, strip_prefix, validate_common, write_charts, RlData, RlRun, RlTraining, Validation};
 use super::sft::{NonFinitePolicy, SftError};
 use super::trainable::{LoraConfig, Mode, Trainable};
 use super::{AdamW, LrSchedule, TrainError};
@@ -339,12 +339,7 @@ pub struct PpoOutcome {
 }
 
 fn hash_config(cfg: &PpoConfig) -> String {
-    let mut c = cfg.clone();
-    c.training.eval_every = 0;
-    c.training.save_every = 0;
-    c.training.keep_last = 0;
-    c.training.max_steps = 0;
-    hash_json(&c)
+    super::rl::rl_config_hash!(cfg)
 }
 
 /// Where the response of a rollout sequence sits in its batch row: the first position whose
@@ -384,24 +379,7 @@ fn scatter(seqs: &[TokenizedExample], idx: &[usize], tlen: usize, vals: &[Vec<f6
 pub fn run(cfg: &PpoConfig, grants: crate::plugin::Grants, opts: &super::sft::RunOptions) -> Result<PpoOutcome, SftError> {
     let a = &cfg.algorithm;
     let t = &cfg.training;
-    let spec = RlSpec {
-        kind: "ppo",
-        model: &cfg.model,
-        output_dir: &cfg.output_dir,
-        device: &cfg.device,
-        dtype: &cfg.dtype,
-        data: &cfg.data,
-        rewards: &cfg.rewards,
-        accuracy_threshold: cfg.accuracy_threshold,
-        rollout: &cfg.rollout,
-        stop: &cfg.stop,
-        training: t,
-        lora: cfg.lora.as_ref(),
-        prompts_per_step: a.prompts_per_step,
-        reference: a.kl_coef > 0.0,
-        config_yaml: serde_yaml::to_string(cfg).expect("serializes"),
-        config_hash: hash_config(cfg),
-    };
+    let spec = super::rl::rl_spec!("ppo", cfg, hash_config(cfg));
     let mut rl = RlRun::setup(&spec, grants, opts)?;
     let device = rl.device.clone();
 

@@ -264,6 +264,50 @@ pub struct RlSpec<'a> {
     pub config_hash: String,
 }
 
+/// The [`RlSpec`] of a GRPO or PPO config, whose shared fields have the same names in both.
+///
+/// A macro rather than a trait: the two config types stay plain serde structs (their YAML and
+/// JSON Schema are the user-facing format), and one expansion lists every field once.
+/// `$hash` is the config's resume hash (which zeroes the fields a resume may change).
+macro_rules! rl_spec {
+    ($kind:literal, $cfg:expr, $hash:expr) => {{
+        let cfg = $cfg;
+        $crate::train::rl::RlSpec {
+            kind: $kind,
+            model: &cfg.model,
+            output_dir: &cfg.output_dir,
+            device: &cfg.device,
+            dtype: &cfg.dtype,
+            data: &cfg.data,
+            rewards: &cfg.rewards,
+            accuracy_threshold: cfg.accuracy_threshold,
+            rollout: &cfg.rollout,
+            stop: &cfg.stop,
+            training: &cfg.training,
+            lora: cfg.lora.as_ref(),
+            prompts_per_step: cfg.algorithm.prompts_per_step,
+            reference: cfg.algorithm.kl_coef > 0.0,
+            config_yaml: serde_yaml::to_string(cfg).expect("serializes"),
+            config_hash: $hash,
+        }
+    }};
+}
+pub(crate) use rl_spec;
+
+/// The resume hash of a GRPO or PPO config: the config without the keys a resumed run may
+/// change (evaluation and checkpoint cadence, the step budget).
+macro_rules! rl_config_hash {
+    ($cfg:expr) => {{
+        let mut c = $cfg.clone();
+        c.training.eval_every = 0;
+        c.training.save_every = 0;
+        c.training.keep_last = 0;
+        c.training.max_steps = 0;
+        $crate::train::rl::hash_json(&c)
+    }};
+}
+pub(crate) use rl_config_hash;
+
 /// What a task bundle contributes to a run, after the config's overrides.
 struct Sources {
     train: Vec<Example>,
