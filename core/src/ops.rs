@@ -225,11 +225,22 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// head serves `H / KV` query heads), `mask` broadcasts to `[B, H, T, S]` with 0 for allowed and
 /// a large negative value for blocked positions. The softmax accumulates in f32.
 ///
-/// Memory: the `[B, H, T, S]` scores and probabilities are not kept for backward; the backward
-/// pass recomputes them from `q`, `k` and `v` (one extra `Q K^T` matmul and softmax per layer),
-/// the trade FlashAttention makes. Training at sequence 1024 then holds `O(T * D)` per head and
-/// layer instead of `O(T^2)`: on the Qwen2.5-0.5B shape at micro-batch 8 that is ~17 GB less.
+/// Memory: the f32 scores and their intermediates are never kept for backward. The
+/// probabilities are kept (in the compute dtype) only up to [`KEEP_PROBS_MAX_BYTES`] per call;
+/// above it the backward recomputes them from `q`, `k` and `v` (one extra `Q K^T` matmul and
+/// softmax per layer), the trade FlashAttention makes, so long sequences hold `O(T * D)` per
+/// head and layer instead of `O(T^2)`.
+/// Largest attention-probability tensor (`[B, H, T, S]`, one layer) that [`attention`] keeps
+/// for backward instead of recomputing it.
+pub const KEEP_PROBS_MAX_BYTES: usize = 256 << 20;
+
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    attention_keeping(q, k, v, mask, KEEP_PROBS_MAX_BYTES)
+}
+
+/// [`attention`] with the size up to which the probabilities are kept for backward (0: always
+/// recompute them, as for long sequences; tests and `bench ops-agreement` check both paths).
+pub fn attention_keeping(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, keep_max_bytes: usize) -> Result<Tensor> {
     let n_rep = q.dim(1)? / k.dim(1)?;
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let mask = mask.map(|m| m.detach());
@@ -249,17 +260,25 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
         candle_nn::ops::softmax_last_dim(&scores.contiguous()?)
     };
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-    let out = probs(&qd, &kd, mask.as_ref())?.matmul(&repeat_kv(&vd, n_rep)?.contiguous()?)?;
+    let p = probs(&qd, &kd, mask.as_ref())?;
+    let out = p.matmul(&repeat_kv(&vd, n_rep)?.contiguous()?)?;
     if !q.track_op() && !k.track_op() && !v.track_op() {
         return Ok(out);
     }
+    // Small probability tensors are kept for backward rather than recomputed (a matmul and a
+    // softmax saved per layer); large ones, whose size grows with the square of the sequence,
+    // are recomputed. At the Qwen2.5-0.5B shape (seq 1024, micro-batch 8) a layer's are 235 MB.
+    let kept = (p.elem_count() * p.dtype().size_in_bytes() <= keep_max_bytes).then_some(p);
     // Two graph inputs: q, and k|v concatenated on the feature axis (small: [B, KV, S, 2D]).
     let d = k.dim(D::Minus1)?;
     let kv = Tensor::cat(&[k, v], D::Minus1)?;
     let backward: Arc<Backward2> = Arc::new(move |q: &Tensor, kv: &Tensor, o: &Tensor, g: &Tensor| {
         let k = kv.narrow(D::Minus1, 0, d)?.contiguous()?;
         let v = kv.narrow(D::Minus1, d, d)?.contiguous()?;
-        let p = probs(q, &k, mask.as_ref())?;
+        let p = match &kept {
+            Some(p) => p.clone(),
+            None => probs(q, &k, mask.as_ref())?,
+        };
         let (kr, vr) = (repeat_kv(&k, n_rep)?.contiguous()?, repeat_kv(&v, n_rep)?.contiguous()?);
         let g = g.contiguous()?;
         // O = P V:  dV = P^T dO,  dP = dO V^T.
@@ -581,8 +600,11 @@ mod tests {
         let k = randn(&[2, 2, 3, 4], 11);
         let v = randn(&[2, 2, 3, 4], 12);
         let mask = causal_padded_mask();
-        let r = check(&[q.clone(), k.clone(), v.clone()], |t| attention(&t[0], &t[1], &t[2], Some(&mask)), 36, 1e-6).unwrap();
-        assert_grad_ok("attention", r);
+        // Both backward paths: probabilities kept, and recomputed (as for long sequences).
+        for keep in [usize::MAX, 0] {
+            let r = check(&[q.clone(), k.clone(), v.clone()], |t| attention_keeping(&t[0], &t[1], &t[2], Some(&mask), keep), 36, 1e-6).unwrap();
+            assert_grad_ok("attention", r);
+        }
         // Value and gradients equal the primitive definition's (which autograd differentiates).
         let (qv, kv, vv) = (candle_core::Var::from_tensor(&q).unwrap(), candle_core::Var::from_tensor(&k).unwrap(), candle_core::Var::from_tensor(&v).unwrap());
         let w = randn(&[2, 4, 3, 4], 13);

@@ -318,8 +318,14 @@ fn ops_agreement(device: &str, dtype: &str) -> anyhow::Result<serde_json::Value>
         ("swiglu", vec![((randn(&[b * t, inter])? * 2.0)?, OpInput::Param), (randn(&[b * t, inter])?, OpInput::Param)], Box::new(|x: &[Tensor]| ops::swiglu(&x[0], &x[1]))),
         (
             "attention",
-            vec![(randn(&[b, heads, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (mask, OpInput::Aux)],
+            vec![(randn(&[b, heads, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (mask.clone(), OpInput::Aux)],
             Box::new(|x: &[Tensor]| ops::attention(&x[0], &x[1], &x[2], Some(&x[3]))),
+        ),
+        (
+            // The backward that recomputes the probabilities (long sequences).
+            "attention_recompute",
+            vec![(randn(&[b, heads, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (mask.clone(), OpInput::Aux)],
+            Box::new(|x: &[Tensor]| ops::attention_keeping(&x[0], &x[1], &x[2], Some(&x[3]), 0)),
         ),
         (
             "embedding",
