@@ -91,6 +91,17 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bf16")]
         dtype: String,
     },
+    /// The model-backed judges (sequence classifiers and a causal LM's P(True)) on --device
+    /// against the transformers values committed with the test fixtures
+    /// (`tests/fixtures/judge/expected.json`): the largest |difference| per model and mode.
+    JudgeAgreement {
+        #[arg(long, default_value = "tests/fixtures/judge")]
+        fixtures: PathBuf,
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
     /// Logits of a device/dtype against CPU f32 on the same prompt (e.g. CUDA bf16 vs CPU f32).
     CompareDevices {
         #[arg(long)]
@@ -252,6 +263,55 @@ fn train_steps(shape: &str, seq: usize, mb: usize, steps: usize, device: &str, d
 }
 
 /// Relative L2 distance between two sets of named tensors.
+fn judge_agreement(fixtures: &std::path::Path, device: &str, dtype: &str) -> anyhow::Result<serde_json::Value> {
+    use crate::judge::{JudgeSettings, ModelJudge, Normalize};
+    use crate::plugin::Judge as _;
+    let file = fixtures.join("expected.json");
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?)?;
+    let prompts: Vec<String> = serde_json::from_value(e["prompts"].clone())?;
+    let load = |dir: &str, f: &dyn Fn(&mut JudgeSettings)| -> anyhow::Result<ModelJudge> {
+        let mut s = JudgeSettings::new(fixtures.join(dir).to_string_lossy());
+        s.device = device.into();
+        s.dtype = dtype.into();
+        f(&mut s);
+        ModelJudge::load(s).with_context(|| format!("loading the {dir} fixture"))
+    };
+    let worst = |pairs: Vec<(f64, f64)>| -> f64 { pairs.iter().map(|(g, w)| (g - w).abs()).fold(0.0, f64::max) };
+    let mut report = serde_json::Map::new();
+    for (dir, key) in [("llama-cls", "llama_cls"), ("qwen2-cls", "qwen2_cls")] {
+        let want: Vec<Vec<f64>> = serde_json::from_value(e[key]["probs_single"].clone())?;
+        let j = load(dir, &|_| {})?;
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let single = prompts.iter().map(|p| j.score(p).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<f64>>>()?;
+        let batched = j.score_many(&refs).map_err(anyhow::Error::msg)?;
+        report.insert(
+            format!("{dir} P(label 1)"),
+            serde_json::json!({
+                "max_abs_diff_single": worst(single.iter().zip(&want).map(|(g, w)| (*g, w[1])).collect()),
+                "max_abs_diff_batched": worst(batched.iter().zip(&want).map(|(g, w)| (*g, w[1])).collect()),
+                "prompts": prompts.len(),
+            }),
+        );
+    }
+    let cases = e["llama_lm"]["cases"].as_array().context("llama_lm.cases")?;
+    for norm in [Normalize::Pair, Normalize::Vocab] {
+        let key = if norm == Normalize::Pair { "p_true_pair" } else { "p_true_vocab" };
+        let mut pairs = Vec::new();
+        for chat in [false, true] {
+            let j = load("llama-lm", &|s: &mut JudgeSettings| {
+                s.normalize = norm;
+                s.chat_template = Some(chat);
+            })?;
+            for c in cases.iter().filter(|c| c["chat"] == chat) {
+                let got = j.score(c["prompt"].as_str().context("case prompt")?).map_err(anyhow::Error::msg)?;
+                pairs.push((got, c[key].as_f64().context("case value")?));
+            }
+        }
+        report.insert(format!("llama-lm {key}"), serde_json::json!({"max_abs_diff": worst(pairs.clone()), "cases": pairs.len()}));
+    }
+    Ok(serde_json::json!({"device": device, "dtype": dtype, "reference": format!("transformers {}", e["versions"]["transformers"]), "checks": report}))
+}
+
 /// How an input of an op under test is prepared.
 #[derive(Clone, Copy)]
 enum OpInput {
@@ -372,6 +432,10 @@ fn rel_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> anyhow::Result<f6
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::JudgeAgreement { fixtures, device, dtype } => {
+            println!("{}", serde_json::to_string_pretty(&judge_agreement(&fixtures, &device, &dtype)?)?);
+            Ok(())
+        }
         BenchCommand::OpsAgreement { device, dtype } => {
             println!("{}", serde_json::to_string_pretty(&ops_agreement(&device, &dtype)?)?);
             Ok(())
