@@ -37,49 +37,9 @@ impl std::str::FromStr for AnswerParser {
     }
 }
 
-/// Content of the last `<tag>…</tag>` pair, trimmed.
-pub fn last_tag<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let mut last = None;
-    let mut pos = 0;
-    while let Some(i) = text[pos..].find(&open) {
-        let start = pos + i + open.len();
-        match text[start..].find(&close) {
-            Some(j) => {
-                last = Some(text[start..start + j].trim());
-                pos = start + j + close.len();
-            }
-            None => break,
-        }
-    }
-    last
-}
-
-/// Content of the first `<tag>…</tag>` pair, trimmed.
-pub fn first_tag<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let start = text.find(&open)? + open.len();
-    let end = text[start..].find(&close)?;
-    Some(text[start..start + end].trim())
-}
-
-/// The first number in `text` (commas and spaces removed first, as the sample-size reward does).
-pub fn first_number(text: &str) -> Option<f64> {
-    let cleaned: String = text.chars().filter(|c| *c != ',' && *c != ' ').collect();
-    let b = cleaned.as_bytes();
-    let start = b.iter().position(|c| c.is_ascii_digit())?;
-    let mut end = start;
-    while end < b.len() && b[end].is_ascii_digit() {
-        end += 1;
-    }
-    if end + 1 < b.len() && b[end] == b'.' && b[end + 1].is_ascii_digit() {
-        end += 1;
-        while end < b.len() && b[end].is_ascii_digit() {
-            end += 1;
-        }
-    }
-    cleaned[start..end].parse().ok()
-}
+/// Tag and number extraction: the SDK's helpers, which the bundled reward plugins use (one
+/// implementation on both sides of the sandbox).
+pub use medrl_reward_sdk::helpers::{first_number, first_tag, last_tag};
 
 fn collapse_ws(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
