@@ -19,7 +19,8 @@ $MEDRL generate --model "$OUT/tiny-qwen2" --chat --temperature 0.7 --top-p 0.9 -
   --max-new-tokens 24 --prompt "What is the BCLC stage of a single 3 cm tumour?" --prompt "肝癌的一线治疗是什么？"
 
 # SFT -> GRPO -> evaluation on the medical-dialogue task (CPU, a few minutes in all).
-cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p dialogue-quality
+# Into plugins/target even when CARGO_TARGET_DIR is set: the GRPO config names the .wasm there.
+CARGO_TARGET_DIR="$PWD/plugins/target" cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p dialogue-quality
 rm -rf "$OUT/sft" "$OUT/grpo" "$OUT/eval-sft" "$OUT/eval-grpo"
 $MEDRL sft --config configs/sft-tiny-dialogue.yaml model="$OUT/tiny-qwen2" output_dir="$OUT/sft"
 $MEDRL grpo --config configs/grpo-tiny-dialogue.yaml model="$OUT/sft/final" output_dir="$OUT/grpo" | tee "$OUT/grpo-outcome.json"
