@@ -7,8 +7,8 @@
 //! in place. The kernel is compiled once per process with NVRTC (already linked by candle's
 //! CUDA backend), so no build-time CUDA toolchain step is added.
 //!
-//! The arithmetic is the same as the tensor path's, in f32; `tests` in `medrl bench
-//! sft-agreement` compare the two on the GPU.
+//! The arithmetic is the same as the tensor path's, in f32; `medrl bench train-agreement`
+//! compares the two on the GPU.
 
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use candle_core::{DType, Device, Storage, Tensor};
