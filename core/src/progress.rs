@@ -49,17 +49,10 @@ pub fn spinner(msg: &str) -> ProgressBar {
 pub fn pool_memory_mb(device: &candle_core::Device) -> Option<(f64, f64)> {
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(d) = device {
-        use candle_core::cuda_backend::cudarc::driver::sys;
-        let dev = d.cuda_stream().context().cu_device();
-        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-        let (mut high, mut cur) = (0u64, 0u64);
-        // SAFETY: driver queries on a valid device with out-pointers to locals.
-        let ok = unsafe {
-            sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS
-                && sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut high as *mut u64 as *mut std::ffi::c_void) == sys::CUresult::CUDA_SUCCESS
-                && sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &mut cur as *mut u64 as *mut std::ffi::c_void) == sys::CUresult::CUDA_SUCCESS
-        };
-        return ok.then(|| (high as f64 / 1048576.0, cur as f64 / 1048576.0));
+        use candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute as A;
+        let high = crate::model::mem_pool_attribute(d, A::CU_MEMPOOL_ATTR_USED_MEM_HIGH, None).ok()?;
+        let cur = crate::model::mem_pool_attribute(d, A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT, None).ok()?;
+        return Some((high as f64 / 1048576.0, cur as f64 / 1048576.0));
     }
     let _ = device;
     None
@@ -69,16 +62,9 @@ pub fn pool_memory_mb(device: &candle_core::Device) -> Option<(f64, f64)> {
 pub fn reset_peak_memory(device: &candle_core::Device) {
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(d) = device {
-        use candle_core::cuda_backend::cudarc::driver::sys;
-        let dev = d.cuda_stream().context().cu_device();
-        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-        let mut zero = 0u64;
-        // SAFETY: as above; resetting the high-water mark takes a zero value.
-        unsafe {
-            if sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS {
-                sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut zero as *mut u64 as *mut std::ffi::c_void);
-            }
-        }
+        use candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute as A;
+        // Resetting the high-water mark takes a zero value; a failure only leaves the old peak.
+        let _ = crate::model::mem_pool_attribute(d, A::CU_MEMPOOL_ATTR_USED_MEM_HIGH, Some(0));
     }
     let _ = device;
 }

@@ -372,19 +372,23 @@ fn ops_agreement(device: &str, dtype: &str) -> anyhow::Result<serde_json::Value>
     let angles = (randn(&[b, 1, t, hd / 2])? * 3.0)?;
     let (cos, sin) = (angles.cos()?, angles.sin()?);
     let targets = Tensor::from_vec((0..b * t).map(|i| ((i * 7919) % vocab) as u32).collect::<Vec<_>>(), b * t, &cpu)?;
+    // q, k, v (grouped-query: `kv` heads serve `heads`) and the causal + padding mask.
+    let attention_inputs = |randn: &mut dyn FnMut(&[usize]) -> anyhow::Result<Tensor>| -> anyhow::Result<Vec<(Tensor, OpInput)>> {
+        Ok(vec![(randn(&[b, heads, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (mask.clone(), OpInput::Aux)])
+    };
     let cases: Vec<(&str, Vec<(Tensor, OpInput)>, Box<OpFn>)> = vec![
         ("rms_norm", vec![(randn(&[b, t, hidden])?, OpInput::Param), (randn(&[hidden])?.affine(0.5, 1.0)?, OpInput::Param)], Box::new(|x: &[Tensor]| ops::rms_norm(&x[0], &x[1], 1e-6))),
         ("rope", vec![(randn(&[b, heads, t, hd])?, OpInput::Param), (cos, OpInput::Aux), (sin, OpInput::Aux)], Box::new(|x: &[Tensor]| ops::rope(&x[0], &x[1], &x[2]))),
         ("swiglu", vec![((randn(&[b * t, inter])? * 2.0)?, OpInput::Param), (randn(&[b * t, inter])?, OpInput::Param)], Box::new(|x: &[Tensor]| ops::swiglu(&x[0], &x[1]))),
         (
             "attention",
-            vec![(randn(&[b, heads, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (mask.clone(), OpInput::Aux)],
+            attention_inputs(&mut randn)?,
             Box::new(|x: &[Tensor]| ops::attention(&x[0], &x[1], &x[2], Some(&x[3]))),
         ),
         (
             // The backward that recomputes the probabilities (long sequences).
             "attention_recompute",
-            vec![(randn(&[b, heads, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (randn(&[b, kv, t, hd])?, OpInput::Param), (mask.clone(), OpInput::Aux)],
+            attention_inputs(&mut randn)?,
             Box::new(|x: &[Tensor]| ops::attention_keeping(&x[0], &x[1], &x[2], Some(&x[3]), 0)),
         ),
         (

@@ -60,25 +60,41 @@ impl ModelError {
 /// allocator keeps freed blocks the same way. `MEDRL_POOL_RELEASE=1` restores the driver default.
 #[cfg(feature = "cuda")]
 fn keep_freed_memory_pooled(d: &candle_core::CudaDevice) {
-    use candle_core::cuda_backend::cudarc::driver::sys;
+    use candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute;
     if std::env::var("MEDRL_POOL_RELEASE").is_ok_and(|v| v == "1") {
         return;
     }
-    let stream = d.cuda_stream();
-    let dev = stream.context().cu_device();
+    if let Err(r) = mem_pool_attribute(d, CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, Some(u64::MAX)) {
+        tracing::warn!("could not raise the CUDA memory pool's release threshold ({r:?}); allocations may be slower");
+    }
+}
+
+/// Read (`set: None`) or write a u64 attribute of the device's default memory pool, the one
+/// cudarc's `cuMemAllocAsync` allocates from. Returns the value read (or written).
+#[cfg(feature = "cuda")]
+pub(crate) fn mem_pool_attribute(
+    d: &candle_core::CudaDevice,
+    attr: candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute,
+    set: Option<u64>,
+) -> Result<u64, candle_core::cuda_backend::cudarc::driver::sys::CUresult> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let dev = d.cuda_stream().context().cu_device();
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    let mut threshold: u64 = u64::MAX;
-    // SAFETY: plain driver calls on a valid device handle with out-pointers to locals.
+    let mut value = set.unwrap_or(0);
+    let ptr = &mut value as *mut u64 as *mut std::ffi::c_void;
+    // SAFETY: driver calls on a valid device handle, with out-pointers to locals that outlive
+    // them; every pool attribute used here is a u64 (cuuint64_t).
     let r = unsafe {
-        let r = sys::cuDeviceGetDefaultMemPool(&mut pool, dev);
-        if r != sys::CUresult::CUDA_SUCCESS {
-            r
-        } else {
-            sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &mut threshold as *mut u64 as *mut std::ffi::c_void)
+        match sys::cuDeviceGetDefaultMemPool(&mut pool, dev) {
+            sys::CUresult::CUDA_SUCCESS if set.is_some() => sys::cuMemPoolSetAttribute(pool, attr, ptr),
+            sys::CUresult::CUDA_SUCCESS => sys::cuMemPoolGetAttribute(pool, attr, ptr),
+            err => err,
         }
     };
-    if r != sys::CUresult::CUDA_SUCCESS {
-        tracing::warn!("could not raise the CUDA memory pool's release threshold ({r:?}); allocations may be slower");
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(value)
+    } else {
+        Err(r)
     }
 }
 
