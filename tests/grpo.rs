@@ -1,22 +1,12 @@
 //! GRPO integration tests (CPU): a few steps on a tiny model with a real reward plugin, exact
 //! resume, and hostile plugins in the reward set that must not stop training.
 
-use medrl::model::init::{init_model_dir, InitOptions, Preset};
-use medrl::model::Arch;
 use medrl::train::grpo::{self, GrpoConfig};
 use medrl::train::sft::RunOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
-use common::{repo, wasm};
-
-fn tiny_model(dir: &Path) -> PathBuf {
-    let m = dir.join("base");
-    let mut opts = InitOptions::new(Arch::Qwen2, Preset::Tiny);
-    opts.seed = 5;
-    init_model_dir(&m, &opts).unwrap();
-    m
-}
+use common::{dialogue_reward, metrics, repo, tiny_model, wasm, with_overrides};
 
 fn config(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> GrpoConfig {
     let yaml = format!(
@@ -28,25 +18,13 @@ fn config(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> GrpoConfig
          training: {{max_steps: 4, lr: 1.0e-3, seed: 3, save_every: 2}}\n",
         data = repo().join("tasks/medical-dialogue/data"),
     );
-    let mut tree: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
-    for o in extra {
-        medrl::config::apply_override(&mut tree, o).unwrap();
-    }
-    medrl::config::from_tree(tree, Path::new("grpo.yaml")).unwrap()
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn dialogue_reward() -> String {
-    format!("[{{plugin: {:?}, weight: 1.0}}]", wasm("dialogue-quality"))
+    medrl::config::from_tree(with_overrides(&yaml, extra), Path::new("grpo.yaml")).unwrap()
 }
 
 #[test]
 fn grpo_trains_with_a_plugin_reward_and_resumes_identically() {
     let d = tempfile::tempdir().unwrap();
-    let base = tiny_model(d.path());
+    let base = tiny_model(d.path(), 5);
     let a = d.path().join("a");
     let o = grpo::run(&config(&base, &a, &dialogue_reward(), &[]), Default::default(), &RunOptions::default()).unwrap();
     assert_eq!(o.steps, 4);
@@ -78,7 +56,7 @@ fn grpo_trains_with_a_plugin_reward_and_resumes_identically() {
 #[test]
 fn hostile_plugins_in_the_reward_set_do_not_stop_training() {
     let d = tempfile::tempdir().unwrap();
-    let base = tiny_model(d.path());
+    let base = tiny_model(d.path(), 5);
     // A panicking plugin scored as 0, and an infinite loop (deadline 0.2 s) whose samples are dropped.
     let rewards = format!(
         "[{{plugin: {dq:?}}}, {{plugin: {h:?}, config: {{mode: panic}}, on_failure: \"score:0\"}}, \
@@ -102,7 +80,7 @@ fn hostile_plugins_in_the_reward_set_do_not_stop_training() {
 #[test]
 fn sft_validation_scores_generations_with_the_same_eval_code() {
     let d = tempfile::tempdir().unwrap();
-    let base = tiny_model(d.path());
+    let base = tiny_model(d.path(), 5);
     let out = d.path().join("sft");
     let yaml = format!(
         "model: {base:?}\noutput_dir: {out:?}\ndevice: cpu\n\

@@ -2,31 +2,13 @@
 //! resume (critic included), hostile plugins under the drop and score policies, GRPO fed by a
 //! task bundle, and every shipped config parsing and validating.
 
-use medrl::model::init::{init_model_dir, InitOptions, Preset};
-use medrl::model::Arch;
 use medrl::train::grpo::{self, GrpoConfig};
 use medrl::train::ppo::{self, PpoConfig};
 use medrl::train::sft::RunOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
-use common::{repo, wasm};
-
-fn tiny_model(dir: &Path) -> PathBuf {
-    let m = dir.join("base");
-    let mut opts = InitOptions::new(Arch::Qwen2, Preset::Tiny);
-    opts.seed = 5;
-    init_model_dir(&m, &opts).unwrap();
-    m
-}
-
-fn tree(yaml: &str, extra: &[&str]) -> serde_yaml::Value {
-    let mut tree: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
-    for o in extra {
-        medrl::config::apply_override(&mut tree, o).unwrap();
-    }
-    tree
-}
+use common::{dialogue_reward, metrics, repo, tiny_model, wasm, with_overrides};
 
 fn ppo_config(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> PpoConfig {
     let yaml = format!(
@@ -39,21 +21,13 @@ fn ppo_config(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> PpoCon
          training: {{max_steps: 4, lr: 1.0e-3, seed: 3, save_every: 2}}\n",
         data = repo().join("tasks/medical-dialogue/data"),
     );
-    medrl::config::from_tree(tree(&yaml, extra), Path::new("ppo.yaml")).unwrap()
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn dialogue_reward() -> String {
-    format!("[{{plugin: {:?}, weight: 1.0}}]", wasm("dialogue-quality"))
+    medrl::config::from_tree(with_overrides(&yaml, extra), Path::new("ppo.yaml")).unwrap()
 }
 
 #[test]
 fn ppo_trains_with_a_plugin_reward_and_resumes_identically() {
     let d = tempfile::tempdir().unwrap();
-    let base = tiny_model(d.path());
+    let base = tiny_model(d.path(), 5);
     let a = d.path().join("a");
     let o = ppo::run(&ppo_config(&base, &a, &dialogue_reward(), &[]), Default::default(), &RunOptions::default()).unwrap();
     assert_eq!(o.steps, 4);
@@ -101,7 +75,7 @@ fn ppo_trains_with_a_plugin_reward_and_resumes_identically() {
 #[test]
 fn hostile_plugins_do_not_stop_ppo_under_drop_and_score_policies() {
     let d = tempfile::tempdir().unwrap();
-    let base = tiny_model(d.path());
+    let base = tiny_model(d.path(), 5);
     let lora = ["lora={rank: 4, alpha: 8, dropout: 0.1}", "critic.lora={rank: 4, alpha: 8, dropout: 0.0}", "training.max_steps=2", "data.eval=[]"];
     // A panicking plugin scored as 0: every sample still trains (LoRA policy and critic).
     let rewards = format!("[{{plugin: {dq:?}}}, {{plugin: {h:?}, config: {{mode: panic}}, on_failure: \"score:0\"}}]", dq = wasm("dialogue-quality"), h = wasm("hostile"));
@@ -128,7 +102,7 @@ fn hostile_plugins_do_not_stop_ppo_under_drop_and_score_policies() {
 fn grpo_takes_prompts_rewards_and_accuracy_from_a_task() {
     wasm("sample-size"); // builds the workspace the task's bundled plugin names resolve into
     let d = tempfile::tempdir().unwrap();
-    let base = tiny_model(d.path());
+    let base = tiny_model(d.path(), 5);
     let out = d.path().join("grpo-task");
     let yaml = format!(
         "model: {base:?}\noutput_dir: {out:?}\ndevice: cpu\n\
@@ -137,7 +111,7 @@ fn grpo_takes_prompts_rewards_and_accuracy_from_a_task() {
          algorithm: {{n: 2, prompts_per_step: 2, micro_batch_size: 4}}\n\
          training: {{max_steps: 2, lr: 1.0e-3}}\n"
     );
-    let cfg: GrpoConfig = medrl::config::from_tree(tree(&yaml, &[]), Path::new("grpo.yaml")).unwrap();
+    let cfg: GrpoConfig = medrl::config::from_tree(with_overrides(&yaml, &[]), Path::new("grpo.yaml")).unwrap();
     let o = grpo::run(&cfg, Default::default(), &RunOptions::default()).unwrap();
     assert_eq!(o.steps, 2);
     let m = metrics(&out);
@@ -154,14 +128,14 @@ fn grpo_takes_prompts_rewards_and_accuracy_from_a_task() {
     // response length).
     let out2 = d.path().join("grpo-task-override");
     let yaml2 = yaml.replace(&format!("{out:?}"), &format!("{out2:?}")) + &format!("rewards: [{{plugin: {:?}, config: {{mode: ok}}}}]\naccuracy_threshold: 0.5\n", wasm("hostile"));
-    let cfg: GrpoConfig = medrl::config::from_tree(tree(&yaml2, &["training.max_steps=1"]), Path::new("grpo.yaml")).unwrap();
+    let cfg: GrpoConfig = medrl::config::from_tree(with_overrides(&yaml2, &["training.max_steps=1"]), Path::new("grpo.yaml")).unwrap();
     grpo::run(&cfg, Default::default(), &RunOptions::default()).unwrap();
     let last = metrics(&out2).last().unwrap().clone();
     assert!(last.get("reward/hostile").is_some() && last.get("reward/sample-size").is_none(), "{last}");
     assert_eq!(last["dropped"], 0, "{last}");
     // A task whose reward needs a judge is refused without one, naming the task.
     let yaml3 = format!("model: {base:?}\noutput_dir: {:?}\ndevice: cpu\ndata: {{task: medical-o1}}\n", d.path().join("o1"));
-    let cfg: PpoConfig = medrl::config::from_tree(tree(&yaml3, &[]), Path::new("ppo.yaml")).unwrap();
+    let cfg: PpoConfig = medrl::config::from_tree(with_overrides(&yaml3, &[]), Path::new("ppo.yaml")).unwrap();
     let e = ppo::run(&cfg, Default::default(), &RunOptions::default()).err().unwrap().to_string();
     assert!(e.contains("medical-o1") && e.contains("judge"), "{e}");
 }

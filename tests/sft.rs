@@ -4,23 +4,18 @@
 
 use candle_core::{DType, Device, Tensor};
 use medrl::data::tokenize::{tokenize_example, Tokenizing};
-use medrl::model::init::{init_model_dir, InitOptions, Preset};
-use medrl::model::{load_model_dir, peft, Arch};
+use medrl::model::{load_model_dir, peft};
 use medrl::tokenizer::ChatMessage;
 use medrl::train::sft::{self, RunOptions, SftConfig};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+mod common;
+use common::{metrics, repo, with_overrides};
 
+/// The tiny model these tests train (seed 3).
 fn tiny_model(dir: &Path) -> PathBuf {
-    let m = dir.join("base");
-    let mut opts = InitOptions::new(Arch::Qwen2, Preset::Tiny);
-    opts.seed = 3;
-    init_model_dir(&m, &opts).unwrap();
-    m
+    common::tiny_model(dir, 3)
 }
 
 /// A config for the bundled sample; `extra` is YAML merged as overrides (`key: value` lines).
@@ -31,20 +26,13 @@ fn config(model: &Path, out: &Path, extra: &[&str]) -> (SftConfig, serde_yaml::V
          training:\n  epochs: 1\n  micro_batch_size: 8\n  grad_accum: 2\n  lr: 3.0e-3\n  warmup_ratio: 0.1\n  seed: 11\n  eval_every: 5\n",
         data = repo().join("tasks/medical-dialogue/data"),
     );
-    let mut tree: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
-    for o in extra {
-        medrl::config::apply_override(&mut tree, o).unwrap();
-    }
+    let tree = with_overrides(&yaml, extra);
     let cfg: SftConfig = medrl::config::from_tree(tree.clone(), Path::new("test.yaml")).unwrap();
     (cfg, tree)
 }
 
 fn run(cfg: &(SftConfig, serde_yaml::Value), opts: RunOptions) -> Result<sft::SftOutcome, sft::SftError> {
     sft::run(&cfg.0, &cfg.1, &opts)
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn logits(model_dir: &Path, adapter: Option<&Path>, ids: &[u32]) -> Tensor {

@@ -60,3 +60,32 @@ pub fn wasm(name: &str) -> PathBuf {
     });
     built.get(name).unwrap_or_else(|| panic!("plugin {name} not built; have {:?}", built.keys())).clone()
 }
+
+/// A tiny random Qwen2-architecture model in `dir/base` (weights from `seed`).
+pub fn tiny_model(dir: &std::path::Path, seed: u64) -> PathBuf {
+    use medrl::model::init::{init_model_dir, InitOptions, Preset};
+    let m = dir.join("base");
+    let mut opts = InitOptions::new(medrl::model::Arch::Qwen2, Preset::Tiny);
+    opts.seed = seed;
+    init_model_dir(&m, &opts).unwrap();
+    m
+}
+
+/// A run config's YAML with `key.sub=value` overrides applied, as the CLI applies them.
+pub fn with_overrides(yaml: &str, extra: &[&str]) -> serde_yaml::Value {
+    let mut tree: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    for o in extra {
+        medrl::config::apply_override(&mut tree, o).unwrap();
+    }
+    tree
+}
+
+/// The rows of a run's `metrics.jsonl`.
+pub fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The `rewards:` YAML of the bundled dialogue-quality plugin alone.
+pub fn dialogue_reward() -> String {
+    format!("[{{plugin: {:?}, weight: 1.0}}]", wasm("dialogue-quality"))
+}
