@@ -166,7 +166,9 @@ impl AdamW {
                     continue;
                 }
             }
-            let g = (g.to_dtype(DType::F32)? * clip_scale)?;
+            // Detached: candle leaves a leaf's gradient tracked (it is computed from forward
+            // tensors), and moments built from it would chain every step's graph together.
+            let g = (g.detach().to_dtype(DType::F32)? * clip_scale)?;
             s.m = ((&s.m * b1)? + (&g * (1.0 - b1))?)?;
             s.v = ((&s.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let update = ((&s.m / bc1)? / ((&s.v / bc2)?.sqrt()? + self.cfg.eps)?)?;
@@ -229,6 +231,24 @@ mod tests {
             let want = w0 * (1.0 - 0.01 * 0.1) - 0.01 * w0.signum() * (w0.abs() / (w0.abs() + 1e-8));
             assert!((g - want).abs() < 1e-6, "{g} vs {want}");
         }
+    }
+
+    /// candle leaves a leaf's gradient tracked (here `grad * x`, with `x` a forward tensor):
+    /// moments built from it would hold each step's graph and chain the steps (issue 13.2).
+    #[test]
+    fn moments_hold_no_graph() {
+        let w = var(&[1.0, -2.0], &[2]);
+        let x = (w.as_tensor() * 3.0).unwrap();
+        let loss = (w.as_tensor() * &x).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        assert!(grads.get(w.as_tensor()).unwrap().track_op(), "candle changed: the leaf's gradient is no longer tracked");
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::default()).unwrap();
+        opt.step(&grads, 0.01).unwrap();
+        let (state, _) = opt.state();
+        for (k, t) in &state {
+            assert!(!t.track_op(), "optimizer state {k} keeps a graph");
+        }
+        assert!(!w.as_tensor().detach().track_op());
     }
 
     #[test]

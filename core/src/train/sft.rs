@@ -369,20 +369,24 @@ pub fn eval_loss(model: &crate::model::CausalLm, examples: &[TokenizedExample], 
 }
 
 /// Add `g` into the accumulated gradients of `params` (gradient accumulation over micro-batches).
-pub(crate) fn accumulate(acc: &mut Option<GradStore>, g: GradStore, params: &[(String, candle_core::Var)]) -> Result<(), SftError> {
-    match acc {
-        None => *acc = Some(g),
-        Some(a) => {
-            for (_, v) in params {
-                if let Some(new) = g.get(v.as_tensor()) {
-                    let sum = match a.get(v.as_tensor()) {
-                        Some(old) => (old + new)?,
-                        None => new.clone(),
-                    };
-                    a.insert(v.as_tensor(), sum);
-                }
-            }
+///
+/// Only the parameters' gradients are kept, detached: candle computes a leaf's gradient from
+/// forward tensors (`grad * rhs`) and leaves it tracked, so a kept gradient would hold the whole
+/// micro-batch's graph alive (and, through AdamW's moments, every step's graph after it).
+pub(crate) fn accumulate(acc: &mut Option<GradStore>, mut g: GradStore, params: &[(String, candle_core::Var)]) -> Result<(), SftError> {
+    let mut sums = Vec::with_capacity(params.len());
+    for (_, v) in params {
+        if let Some(new) = g.remove(v.as_tensor()) {
+            let sum = match acc.as_ref().and_then(|a| a.get(v.as_tensor())) {
+                Some(old) => (old + new)?,
+                None => new,
+            };
+            sums.push((v.as_tensor(), sum.detach()));
         }
+    }
+    let a = acc.get_or_insert(g);
+    for (v, t) in sums {
+        a.insert(v, t);
     }
     Ok(())
 }
@@ -721,4 +725,26 @@ pub fn export(trainable: &Trainable, base_model: &Path, merged_dir: &Path, adapt
         peft::copy_tokenizer_files(base_model, dir)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor, Var};
+
+    /// Accumulated gradients are the sum over micro-batches and hold no graph (issue 13.2).
+    #[test]
+    fn accumulate_sums_detached_gradients() {
+        let w = Var::from_tensor(&Tensor::new(&[1f32, -2.0], &Device::Cpu).unwrap()).unwrap();
+        let params = vec![("w".to_string(), w.clone())];
+        let mut acc = None;
+        for scale in [3.0, 5.0] {
+            let x = (w.as_tensor() * scale).unwrap();
+            let loss = (w.as_tensor() * &x).unwrap().sum_all().unwrap(); // d/dw = 2 * scale * w
+            accumulate(&mut acc, loss.backward().unwrap(), &params).unwrap();
+        }
+        let g = acc.unwrap().get(w.as_tensor()).unwrap().clone();
+        assert!(!g.track_op());
+        assert_eq!(g.to_vec1::<f32>().unwrap(), vec![16.0, -32.0]);
+    }
 }
