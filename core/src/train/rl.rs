@@ -56,6 +56,42 @@ pub struct RlData {
     /// Validation prompts used (0 = all).
     #[serde(default)]
     pub eval_limit: usize,
+    /// How validation responses are drawn (default: one greedy response per prompt).
+    #[serde(default)]
+    pub eval_sampling: EvalSampling,
+}
+
+/// How validation responses are drawn. `val_reward` is the mean over all `n` responses of every
+/// prompt; `val_accuracy` counts each prompt's first response.
+///
+/// Greedy (the default) is what a deployed model usually answers with. Sampled validation
+/// (`temperature` > 0, `n` > 1) estimates what GRPO and PPO optimize, the expected reward of the
+/// sampling policy; its seed is fixed, so every validation of a run draws with the same random
+/// streams and the before/after difference is not sampling noise of two different draws.
+/// Cost: `n` times the greedy validation's generation.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSampling {
+    /// Responses per validation prompt.
+    pub n: usize,
+    /// 0 = greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+impl Default for EvalSampling {
+    fn default() -> Self {
+        Self { n: 1, temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 }
+    }
+}
+
+impl EvalSampling {
+    /// The generation settings of one validation pass.
+    pub fn params(&self, max_new_tokens: usize) -> SamplingParams {
+        SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, repetition_penalty: 1.0, max_new_tokens, seed: self.seed }
+    }
 }
 
 fn default_prompt_len() -> usize {
@@ -67,6 +103,10 @@ impl RlData {
         if self.train.is_empty() && self.task.is_none() {
             return Err(("data.train".into(), "give training datasets or a `task`".into()));
         }
+        if self.eval_sampling.n == 0 {
+            return Err(("data.eval_sampling.n".into(), "must be at least 1".into()));
+        }
+        self.eval_sampling.params(1).validate().map_err(|(k, m)| (format!("data.eval_sampling.{k}"), m))?;
         Ok(())
     }
 }
@@ -186,7 +226,7 @@ pub struct Validation {
 }
 
 /// Greedy responses to the validation examples, scored through `eval::evaluate` (the code path
-/// of `medrl eval`). `threshold`: accuracy is the share of responses whose plugin score reaches it.
+/// of `medrl eval`); [`validate_with`] draws them as an [`EvalSampling`] says. `threshold`: accuracy is the share of responses whose plugin score reaches it.
 #[allow(clippy::too_many_arguments)]
 pub fn validate(
     model: &CausalLm,
@@ -200,7 +240,7 @@ pub fn validate(
     threshold: Option<f64>,
 ) -> Result<Validation, SftError> {
     let accuracy = threshold.map(|t| AccuracySpec { plugin: None, component: "score".into(), threshold: t });
-    validate_with(model, tok, examples, rewards, max_new_tokens, stop, eos, pad, accuracy)
+    validate_with(model, tok, examples, rewards, &EvalSampling::default(), max_new_tokens, stop, eos, pad, accuracy)
 }
 
 /// [`validate`] with any accuracy spec (a task's component and threshold).
@@ -210,6 +250,7 @@ pub fn validate_with(
     tok: &TextTokenizer,
     examples: &[(Origin, Example)],
     rewards: &Rewards,
+    sampling: &EvalSampling,
     max_new_tokens: usize,
     stop: &[String],
     eos: &[u32],
@@ -218,8 +259,8 @@ pub fn validate_with(
 ) -> Result<Validation, SftError> {
     let settings = MetricSettings { accuracy, ..Default::default() };
     let opts = EvalOptions {
-        sampling: SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() },
-        n: 1,
+        sampling: sampling.params(max_new_tokens),
+        n: sampling.n,
         batch_size: 64,
         eos_token_ids: eos.to_vec(),
         pad_token_id: pad,
@@ -228,7 +269,7 @@ pub fn validate_with(
     };
     let (m, preds) = evaluate(model, tok, examples, rewards, &settings, &opts).map_err(setup_err)?;
     let scored = preds.iter().filter(|p| p.reward.total.is_some()).count();
-    Ok(Validation { mean_reward: m.reward.as_ref().map(|s| s.mean).unwrap_or(0.0), accuracy: m.accuracy, scored, dropped: preds.len() - scored })
+    Ok(Validation { mean_reward: m.reward_all_samples.as_ref().map(|s| s.mean).unwrap_or(0.0), accuracy: m.accuracy, scored, dropped: preds.len() - scored })
 }
 
 pub(crate) fn setup_err<E: std::fmt::Display>(e: E) -> SftError {
@@ -427,6 +468,7 @@ pub struct RlRun {
     pub validation_after: Option<Validation>,
     pub training: RlTraining,
     rollout: SamplingParams,
+    eval_sampling: EvalSampling,
     stop: Vec<String>,
     batcher: Batcher,
     plan: Vec<MicroBatch>,
@@ -553,6 +595,7 @@ impl RlRun {
             validation_after: None,
             training: t.clone(),
             rollout: spec.rollout.clone(),
+            eval_sampling: spec.data.eval_sampling.clone(),
             stop: spec.stop.to_vec(),
             batcher,
             plan,
@@ -569,13 +612,13 @@ impl RlRun {
         Ok(run)
     }
 
-    /// Greedy validation of the current policy (None without validation prompts).
+    /// Validation of the current policy as `data.eval_sampling` says (None without validation prompts).
     pub fn validate_now(&self) -> Result<Option<Validation>, SftError> {
         if self.eval.is_empty() {
             return Ok(None);
         }
         let m = self.trainable.view(true, None)?;
-        Ok(Some(validate_with(&m, &self.tok, &self.eval, &self.rewards, self.rollout.max_new_tokens, &self.stop, &self.eos, self.pad, self.accuracy.clone())?))
+        Ok(Some(validate_with(&m, &self.tok, &self.eval, &self.rewards, &self.eval_sampling, self.rollout.max_new_tokens, &self.stop, &self.eos, self.pad, self.accuracy.clone())?))
     }
 
     /// The prompts of the next step, or `None` when the run is done (or told to stop).
