@@ -89,16 +89,19 @@ pub fn read_safetensors_header(path: &Path) -> Result<std::collections::BTreeMap
             .and_then(|a| Some((a.first()?.as_u64()? as usize, a.get(1)?.as_u64()? as usize)))
             .filter(|(a, b)| a <= b)
             .ok_or_else(|| bad("header entry has no valid data_offsets".into()))?;
-        let bits: usize = match dtype.as_str() {
-            "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 8,
-            "U16" | "I16" | "F16" | "BF16" => 16,
-            "U32" | "I32" | "F32" => 32,
-            "U64" | "I64" | "F64" => 64,
-            other => return Err(bad(format!("unsupported dtype {other}"))),
+        // Sizes of the dtypes medrl reads; others (sub-byte formats) are left to the loader.
+        let bits: Option<usize> = match dtype.as_str() {
+            "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => Some(8),
+            "U16" | "I16" | "F16" | "BF16" => Some(16),
+            "U32" | "I32" | "F32" => Some(32),
+            "U64" | "I64" | "F64" => Some(64),
+            _ => None,
         };
-        let elems = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
-        if elems.checked_mul(bits).map(|b| b / 8) != Some(offsets.1 - offsets.0) {
-            return Err(bad(format!("shape {shape:?} of {dtype} does not match its {} data bytes", offsets.1 - offsets.0)));
+        if let Some(bits) = bits {
+            let elems = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
+            if elems.checked_mul(bits).map(|b| b / 8) != Some(offsets.1 - offsets.0) {
+                return Err(bad(format!("shape {shape:?} of {dtype} does not match its {} data bytes", offsets.1 - offsets.0)));
+            }
         }
         data_end = data_end.max(offsets.1);
         out.insert(name.clone(), HeaderEntry { dtype, shape, offsets });

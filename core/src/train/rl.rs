@@ -111,7 +111,6 @@ pub fn default_rollout() -> SamplingParams {
 }
 
 /// Checks shared by the RL configs: rewards present (or from a task), steps, LoRA.
-#[allow(clippy::too_many_arguments)]
 pub fn validate_common(
     device: &str,
     dtype: &str,
