@@ -209,7 +209,7 @@ pub struct Resumed {
 /// checkpoint and keep the bad one). `None` when there is no checkpoint; an error, with
 /// nothing moved, when none loads.
 pub fn load_latest_intact(output_dir: &Path, device: &Device) -> Result<Option<Resumed>, CheckpointError> {
-    let mut bad = Vec::new();
+    let mut bad: Vec<(PathBuf, String)> = Vec::new();
     for (_, dir) in list(output_dir).into_iter().rev() {
         match load(&dir, device) {
             Ok(loaded) => {
