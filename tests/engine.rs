@@ -326,3 +326,53 @@ fn sharded_checkpoints_load_like_single_files() {
     let e = load_model_dir(&sharded, &Device::Cpu, DType::F32).err().unwrap().to_string();
     assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
 }
+
+#[test]
+fn model_info_checks_the_weights_and_bad_dimensions_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let good = d.path().join("good");
+    let _ = tiny(Arch::Qwen2, &good);
+    let info = |dir: &Path| run_medrl(&["model", "info", dir.to_str().unwrap()]);
+    let (ok, out, err) = info(&good);
+    assert!(ok && out.contains("\"weight_tensors\""), "{err}");
+
+    // Truncated weights: named as truncated, with the file, never an empty tensor name.
+    let trunc = d.path().join("trunc");
+    copy_dir(&good, &trunc);
+    let bytes = std::fs::read(trunc.join("model.safetensors")).unwrap();
+    std::fs::write(trunc.join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+    let (ok, _, err) = info(&trunc);
+    assert!(!ok && err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    let e = load_model_dir(&trunc, &Device::Cpu, DType::F32).err().expect("must fail").to_string();
+    assert!(e.contains("model.safetensors") && e.contains("truncated") && !e.contains("tensor ``"), "{e}");
+
+    // Weights that disagree with config.json.
+    let shape = d.path().join("shape");
+    copy_dir(&good, &shape);
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(shape.join("config.json")).unwrap()).unwrap();
+    cfg["intermediate_size"] = 96.into();
+    std::fs::write(shape.join("config.json"), cfg.to_string()).unwrap();
+    let (ok, _, err) = info(&shape);
+    assert!(!ok && err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("[96, 64]"), "{err}");
+
+    // A zero layer count is refused, naming the key, by info and by loading.
+    let zero = d.path().join("zero");
+    copy_dir(&good, &zero);
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(zero.join("config.json")).unwrap()).unwrap();
+    cfg["num_hidden_layers"] = 0.into();
+    std::fs::write(zero.join("config.json"), cfg.to_string()).unwrap();
+    let (ok, _, err) = info(&zero);
+    assert!(!ok && err.contains("config.json") && err.contains("num_hidden_layers"), "{err}");
+    let e = load_model_dir(&zero, &Device::Cpu, DType::F32).err().expect("must fail").to_string();
+    assert!(e.contains("num_hidden_layers"), "{e}");
+}
+
+#[test]
+fn expected_tensors_are_what_the_model_loads() {
+    for arch in ARCHS {
+        let d = tempfile::tempdir().unwrap();
+        let m = tiny(arch, d.path());
+        let loaded: Vec<(String, Vec<usize>)> = m.model.named_tensors().into_iter().map(|(n, t)| (n, t.dims().to_vec())).collect();
+        assert_eq!(m.model.cfg.expected_tensors(), loaded, "{arch:?}");
+    }
+}

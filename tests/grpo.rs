@@ -43,7 +43,21 @@ fn grpo_trains_with_a_plugin_reward_and_resumes_identically() {
     let b = d.path().join("b");
     let cfg_b = config(&base, &b, &dialogue_reward(), &[]);
     grpo::run(&cfg_b, Default::default(), &RunOptions { resume: false, stop_after: Some(3) }).unwrap();
-    grpo::run(&cfg_b, Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap();
+    let ob = grpo::run(&cfg_b, Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap();
+    // Validation before training ran in the first invocation; the resumed one reports it from
+    // the run's records, and so does one resumed after the last step (which validates nothing).
+    let again = grpo::run(&cfg_b, Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap();
+    assert_eq!(again.steps, 4);
+    for out in [&ob, &again] {
+        for (x, y) in [(&o.validation_before, &out.validation_before), (&o.validation_after, &out.validation_after)] {
+            let (x, y) = (x.as_ref().unwrap(), y.as_ref().expect("validation reported after resume"));
+            let same_acc = match (x.accuracy, y.accuracy) {
+                (Some(a), Some(b)) => (a - b).abs() < 1e-12,
+                (a, b) => a == b,
+            };
+            assert!((x.mean_reward - y.mean_reward).abs() < 1e-12 && same_acc && x.scored == y.scored, "{x:?} vs {y:?}");
+        }
+    }
     let (ma, mb) = (metrics(&a), metrics(&b));
     assert_eq!(ma.len(), mb.len());
     for (x, y) in ma.iter().zip(&mb) {
@@ -135,4 +149,16 @@ fn sft_validation_scores_generations_with_the_same_eval_code() {
     let vals: Vec<&serde_json::Value> = m.iter().filter(|r| r.get("val_reward").is_some()).collect();
     assert_eq!(vals.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 2, 4], "{m:?}");
     assert!(vals.iter().all(|r| r["val_reward"].as_f64().is_some_and(f64::is_finite) && r.get("val_accuracy").is_some()));
+}
+
+#[test]
+fn a_second_run_into_a_locked_folder_fails_naming_the_holder() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("run");
+    // Refused before the model or any plugin is loaded, so neither needs to exist.
+    let cfg = config(Path::new("no-model"), &out, "[{plugin: no-plugin.wasm}]", &[]);
+    let _held = medrl::train::run_dir::RunLock::acquire(&out).unwrap();
+    let e = grpo::run(&cfg, Default::default(), &RunOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("in use by another run") && e.contains(&format!("pid {}", std::process::id())), "{e}");
+    assert!(!out.join("config.yaml").exists());
 }

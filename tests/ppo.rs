@@ -59,7 +59,11 @@ fn ppo_trains_with_a_plugin_reward_and_resumes_identically() {
     let b = d.path().join("b");
     let cfg_b = ppo_config(&base, &b, &dialogue_reward(), &[]);
     ppo::run(&cfg_b, Default::default(), &RunOptions { resume: false, stop_after: Some(3) }).unwrap();
-    ppo::run(&cfg_b, Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap();
+    let ob = ppo::run(&cfg_b, Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap();
+    // Validation before training ran in the first invocation: reported from the run's records.
+    let (x, y) = (o.validation_before.as_ref().unwrap(), ob.validation_before.as_ref().expect("validation_before after resume"));
+    assert!((x.mean_reward - y.mean_reward).abs() < 1e-12 && x.scored == y.scored, "{x:?} vs {y:?}");
+    assert!(ob.validation_after.is_some());
     let (ma, mb) = (metrics(&a), metrics(&b));
     assert_eq!(ma.len(), mb.len());
     for (x, y) in ma.iter().zip(&mb) {

@@ -125,7 +125,7 @@ fn resume_retraces_the_uninterrupted_curve() {
     // LoRA with dropout: the RNG stream must be restored too, not only weights and data order.
     let extra = ["training.max_steps=9", "training.save_every=3", "training.eval_every=2", "lora={rank: 4, alpha: 8, dropout: 0.1}", "training.lr=5.0e-3"];
     let a = d.path().join("a");
-    run(&config(&base, &a, &extra), RunOptions::default()).unwrap();
+    let oa = run(&config(&base, &a, &extra), RunOptions::default()).unwrap();
     let b = d.path().join("b");
     let cfg_b = config(&base, &b, &extra);
     // Interrupted after step 5: the last checkpoint is step 3, and steps 4-5 are redone.
@@ -133,7 +133,11 @@ fn resume_retraces_the_uninterrupted_curve() {
     assert_eq!(medrl::train::checkpoint::list(&b).last().unwrap().0, 3);
     let e = run(&cfg_b, RunOptions::default()).unwrap_err().to_string();
     assert!(e.contains("--resume"), "starting over a run with checkpoints must be refused: {e}");
-    run(&cfg_b, RunOptions { resume: true, stop_after: None }).unwrap();
+    let ob = run(&cfg_b, RunOptions { resume: true, stop_after: None }).unwrap();
+    // The resumed run reports the run's first loss (step 1, from its records), not step 4's.
+    let (fa, fb) = (oa.first_loss.unwrap(), ob.first_loss.unwrap());
+    assert!((fa - fb).abs() <= 1e-12 * fa.abs(), "first_loss {fa} vs {fb}");
+    assert_eq!(oa.eval_loss_before.is_some(), ob.eval_loss_before.is_some());
     let (ma, mb) = (metrics(&a), metrics(&b));
     assert_eq!(ma.len(), mb.len());
     for (x, y) in ma.iter().zip(&mb) {
@@ -321,4 +325,173 @@ fn cpu_sft_memory_stays_flat_over_50_steps() {
     let at = |step: u64| mem.iter().find(|(s, _)| *s == step).unwrap().1;
     let growth = mem.iter().map(|(_, m)| *m).fold(f64::MIN, f64::max) - at(10);
     assert!(growth < BOUND_MB, "resident memory grew {growth:.0} MB from step 10 to the peak (bound {BOUND_MB} MB): {mem:?}");
+/// `config` without unwrapping: the validation error, if any.
+fn config_error(model: &Path, out: &Path, extra: &[&str]) -> String {
+    let yaml = format!("model: {model:?}\noutput_dir: {out:?}\ndata:\n  train: [x]\n");
+    match medrl::config::from_tree::<SftConfig>(with_overrides(&yaml, extra), Path::new("test.yaml")) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn out_of_range_optimizer_settings_are_refused_naming_the_key() {
+    let (m, o) = (Path::new("m"), Path::new("o"));
+    assert_eq!(config_error(m, o, &[]), "");
+    for (arg, key) in [
+        ("training.optimizer.beta1=1.5", "training.optimizer.beta1"),
+        ("training.optimizer.beta1=1.0", "training.optimizer.beta1"),
+        ("training.optimizer.beta2=1.0", "training.optimizer.beta2"),
+        ("training.optimizer.eps=-1", "training.optimizer.eps"),
+        ("training.optimizer.max_grad_norm=-5", "training.optimizer.max_grad_norm"),
+        ("training.optimizer.weight_decay=-3", "training.optimizer.weight_decay"),
+        ("training.min_lr_ratio=7", "training.min_lr_ratio"),
+        ("training.lr=.nan", "training.lr"),
+        ("device=tpu", "device"),
+        ("dtype=f64", "dtype"),
+    ] {
+        let e = config_error(m, o, &[arg]);
+        assert!(e.contains("test.yaml") && e.contains(&format!("key `{key}`")), "{arg}: {e}");
+    }
+    // 0 is the documented "no clipping".
+    assert_eq!(config_error(m, o, &["training.optimizer.max_grad_norm=0"]), "");
+}
+
+#[test]
+fn an_update_to_nonfinite_weights_stops_the_run_and_no_checkpoint_holds_them() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let out = d.path().join("run");
+    let mut cfg = config(&base, &out, &["training.max_steps=3", "training.save_every=1"]);
+    // What validation refuses (beta1 = 1 divides by a zero bias correction), set behind its back:
+    // the optimizer's own check must still stop the run before anything is saved.
+    cfg.0.training.optimizer.beta1 = 1.0;
+    let e = run(&cfg, RunOptions::default()).unwrap_err().to_string();
+    // The first parameter by name (all are NaN), so the message names a real tensor.
+    assert!(e.contains("step 1") && e.contains("made parameter `lm_head.weight`") && e.contains("last checkpoint is intact"), "{e}");
+    assert!(medrl::train::checkpoint::list(&out).is_empty(), "a checkpoint with NaN weights was written");
+    assert!(!out.join("final").exists());
+}
+
+/// Replace one tensor of a safetensors file with NaNs.
+fn poison(file: &Path, tensor: &str) {
+    let mut t = candle_core::safetensors::load(file, &Device::Cpu).unwrap();
+    let (shape, dtype) = (t[tensor].shape().clone(), t[tensor].dtype());
+    let nan = (Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap() * f64::NAN).unwrap().to_dtype(dtype).unwrap();
+    t.insert(tensor.into(), nan);
+    candle_core::safetensors::save(&t, file).unwrap();
+}
+
+#[test]
+fn export_and_generate_refuse_nonfinite_weights_naming_the_tensor() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let out = d.path().join("run");
+    run(&config(&base, &out, &["training.max_steps=1"]), RunOptions::default()).unwrap();
+    let medrl = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_medrl")).args(args).output().unwrap();
+    // A checkpoint written by an older medrl with NaN weights.
+    let tensor = "model.layers.1.mlp.up_proj.weight";
+    poison(&medrl::train::checkpoint::latest(&out).unwrap().join("trainable.safetensors"), tensor);
+    let exported = d.path().join("exported");
+    let r = medrl(&["export", "--run", out.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains(tensor) && err.contains("trainable.safetensors") && err.contains("NaN"), "{err}");
+    assert!(!exported.join("model.safetensors").exists());
+    // A model folder with NaN weights: no silent empty output.
+    poison(&out.join("final/model.safetensors"), tensor);
+    let r = medrl(&["generate", "--model", out.join("final").to_str().unwrap(), "--prompt", "I have a fever."]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains(tensor) && err.contains("NaN"), "{err}");
+}
+
+#[test]
+fn resume_removes_stale_temporaries_and_falls_back_past_an_unreadable_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let extra = ["training.max_steps=6", "training.save_every=2", "training.keep_last=0"];
+    let a = d.path().join("a");
+    run(&config(&base, &a, &extra), RunOptions::default()).unwrap();
+    let b = d.path().join("b");
+    let cfg = config(&base, &b, &extra);
+    run(&cfg, RunOptions { resume: false, stop_after: Some(4) }).unwrap();
+    // What `kill -9` during a checkpoint write and during the final export leaves (the PID may
+    // even be alive again by now: containers reuse them), and a newest checkpoint whose
+    // weights file was cut short.
+    let stale = [b.join("checkpoints/.step-00000006.tmp-4242"), b.join(format!("final/.model.safetensors.tmp-{}", std::process::id())), b.join(".metrics.jsonl.tmp-4242")];
+    std::fs::create_dir_all(&stale[0]).unwrap();
+    std::fs::write(stale[0].join("trainable.safetensors"), b"partial").unwrap();
+    std::fs::create_dir_all(b.join("final")).unwrap();
+    std::fs::write(&stale[1], b"partial").unwrap();
+    std::fs::write(&stale[2], b"partial").unwrap();
+    let newest = b.join("checkpoints/step-00000004");
+    let w = newest.join("trainable.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let o = run(&cfg, RunOptions { resume: true, stop_after: None }).unwrap();
+    assert_eq!(o.steps, 6);
+    for p in &stale {
+        assert!(!p.exists(), "{} was left behind", p.display());
+    }
+    // The bad checkpoint is kept aside, not lost; the run went on from step 2 exactly.
+    assert!(b.join("checkpoints/step-00000004.unreadable/trainable.safetensors").exists());
+    let steps: Vec<u64> = medrl::train::checkpoint::list(&b).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, vec![2, 4, 6]);
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert_eq!(ma.len(), mb.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        for k in ["step", "loss", "grad_norm", "eval_loss"] {
+            assert_eq!(x.get(k), y.get(k), "{k} differs: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn a_second_run_into_a_locked_folder_fails_naming_the_holder() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let out = d.path().join("run");
+    let cfg = config(&base, &out, &["training.max_steps=1"]);
+    let held = medrl::train::run_dir::RunLock::acquire(&out).unwrap();
+    let e = run(&cfg, RunOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("in use by another run") && e.contains(&format!("pid {}", std::process::id())) && e.contains("command: "), "{e}");
+    assert!(!out.join("metrics.jsonl").exists() && !out.join("config.yaml").exists(), "the refused run wrote into the folder");
+    drop(held);
+    run(&cfg, RunOptions::default()).unwrap();
+    assert_eq!(metrics(&out).iter().filter(|r| r.get("loss").is_some()).count(), 1, "one step, written once");
+}
+
+#[test]
+fn cli_override_and_device_errors_name_the_override_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("run.yaml");
+    std::fs::write(&cfg, "model: m\noutput_dir: o\ndata: {train: [x]}\ntraining: {lr: 1.0e-5}\n").unwrap();
+    let sft = |extra: &[&str]| {
+        let r = Command::new(env!("CARGO_BIN_EXE_medrl")).args(["sft", "--config", cfg.to_str().unwrap()]).args(extra).output().unwrap();
+        assert!(!r.status.success());
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    let e = sft(&["training.lr=-1"]);
+    assert!(e.contains("override `training.lr=-1`") && e.contains("key `training.lr`"), "{e}");
+    let e = sft(&["training.optimizer.beta1=1.5"]);
+    assert!(e.contains("override `training.optimizer.beta1=1.5`") && e.contains("[0, 1)"), "{e}");
+    let e = sft(&["device=tpu"]);
+    assert!(e.contains("key `device`") && e.contains("tpu"), "{e}");
+    // The file's own mistake is still the file's.
+    std::fs::write(&cfg, "model: m\noutput_dir: o\ndata: {train: [x]}\ndtype: f64\n").unwrap();
+    let e = sft(&[]);
+    assert!(e.contains("run.yaml") && e.contains("key `dtype`") && !e.contains("override"), "{e}");
+}
+
+#[test]
+fn a_run_resumed_after_its_last_step_reports_its_losses() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let out = d.path().join("run");
+    let cfg = config(&base, &out, &["training.max_steps=4", "training.save_every=2"]);
+    let full = run(&cfg, RunOptions::default()).unwrap();
+    let again = run(&cfg, RunOptions { resume: true, stop_after: None }).unwrap();
+    assert_eq!(again.steps, 4);
+    let close = |a: Option<f64>, b: Option<f64>| matches!((a, b), (Some(a), Some(b)) if (a - b).abs() <= 1e-12 * a.abs().max(1.0));
+    assert!(close(full.first_loss, again.first_loss) && close(full.last_loss, again.last_loss), "{full:?} vs {again:?}");
+    assert!(close(full.eval_loss_before, again.eval_loss_before) && close(full.eval_loss_after, again.eval_loss_after), "{full:?} vs {again:?}");
 }

@@ -241,6 +241,7 @@ fn run_eval(a: RunArgs) -> Result<()> {
     if let Some(ad) = &a.adapter {
         crate::model::peft::load_peft_adapter(&mut loaded.model, ad).with_context(|| format!("loading adapter {}", ad.display()))?;
     }
+    crate::model::check_finite(&loaded.model, &model_dir)?;
     tracing::info!("loaded {} in {:.2}s", model_dir.display(), t0.elapsed().as_secs_f64());
 
     let host = eval::run::host(a.cache_dir.clone())?;

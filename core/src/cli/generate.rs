@@ -140,6 +140,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if let Some(a) = &args.adapter {
         crate::model::peft::load_peft_adapter(&mut loaded.model, a).with_context(|| format!("loading adapter {}", a.display()))?;
     }
+    crate::model::check_finite(&loaded.model, &cfg.model)?;
     tracing::info!("loaded {} ({:?}, {:?}, {:?}) in {:.2}s", cfg.model.display(), loaded.model.cfg.arch, device, dtype, t0.elapsed().as_secs_f64());
     let tok = &loaded.tokenizer;
 

@@ -108,8 +108,13 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ModelCommand::Info { model } => {
-            let cfg = crate::model::ModelConfig::from_file(&model.join("config.json"))?;
+            let cfg = crate::model::read_model_config(&model)?;
             let tok = crate::tokenizer::TextTokenizer::from_dir(&model)?;
+            // The weights' headers (not their data): a truncated file, a missing tensor or a
+            // shape that disagrees with config.json fails here rather than at the first load.
+            let weights = crate::model::SafetensorsSource::open_dir(&model)?;
+            weights.check_shapes(&cfg.expected_tensors())?;
+            let (n_tensors, n_files) = weights.counts();
             let info = serde_json::json!({
                 "arch": cfg.arch,
                 "parameters": cfg.num_parameters(),
@@ -125,6 +130,8 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 "rope_scaling": cfg.rope_scaling,
                 "chat_template": tok.chat_template.is_some(),
                 "eos_token": tok.eos_token,
+                "weight_files": n_files,
+                "weight_tensors": n_tensors,
             });
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())

@@ -23,13 +23,7 @@ pub struct SftArgs {
 
 /// Load a config file with overrides, keeping the merged tree (for multi-stage runs).
 pub fn load_sft_config(path: &Path, overrides: &[String]) -> anyhow::Result<(SftConfig, serde_yaml::Value)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut tree: serde_yaml::Value = serde_yaml::from_str(&text).with_context(|| format!("{}: YAML syntax error", path.display()))?;
-    for o in overrides {
-        config::apply_override(&mut tree, o)?;
-    }
-    let cfg: SftConfig = config::from_tree(tree.clone(), path)?;
-    Ok((cfg, tree))
+    Ok(config::load_with_tree(Some(path), overrides)?)
 }
 
 pub fn run(args: SftArgs) -> anyhow::Result<()> {
@@ -172,12 +166,17 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         None => Mode::Full,
     };
     let trainable = Trainable::new(loaded.model, mode, candle_core::DType::F32, cfg.training.seed)?;
+    // Refuses a checkpoint with NaN or infinite weights, naming the tensor.
     let state = checkpoint::load(&ck, &device)?;
     trainable.load_state(&state.trainable)?;
+    // Temporaries of an earlier export into the same folder that was killed mid-write (no lock
+    // here: only those whose process is gone).
+    crate::fsutil::remove_stale_temps(&args.out, false).with_context(|| format!("cleaning {}", args.out.display()))?;
     match args.format {
         ExportFormat::Merged => sft::export(&trainable, &cfg.model, &args.out, None, dtype)?,
         ExportFormat::Peft => {
-            let tmp = args.out.join(".merged-tmp");
+            // Named as a temporary of this process, so a later export removes it after a crash.
+            let tmp = args.out.join(format!(".merged.tmp-{}", std::process::id()));
             sft::export(&trainable, &cfg.model, &tmp, Some(&args.out), dtype)?;
             std::fs::remove_dir_all(&tmp).ok();
         }

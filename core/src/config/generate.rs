@@ -48,14 +48,6 @@ impl Validate for GenerateConfig {
         if self.batch_size == 0 {
             return Err(("batch_size".into(), "must be at least 1".into()));
         }
-        for (key, v, ok) in [
-            ("device", &self.device, ["cpu", "cuda", "auto"].contains(&self.device.as_str()) || self.device.starts_with("cuda:")),
-            ("dtype", &self.dtype, ["f32", "bf16", "f16", "auto", "float32", "bfloat16", "float16"].contains(&self.dtype.as_str())),
-        ] {
-            if !ok {
-                return Err((key.into(), format!("invalid value {v:?}")));
-            }
-        }
-        Ok(())
+        super::check_device_dtype(&self.device, &self.dtype)
     }
 }

@@ -24,12 +24,28 @@ pub enum ConfigError {
     Invalid { file: PathBuf, key: String, msg: String },
     #[error("override `{arg}`: {msg}")]
     Override { arg: String, msg: String },
+    /// A value set by a command-line override is invalid (the file is named for context only).
+    #[error("override `{arg}` (applied over {file}): key `{key}`: {msg}")]
+    OverrideInvalid { arg: String, file: PathBuf, key: String, msg: String },
 }
 
 /// Range and consistency checks that serde's types cannot express.
 pub trait Validate {
     /// Return `(key path, message)` for the first problem found.
     fn validate(&self) -> Result<(), (String, String)>;
+}
+
+/// The `device` and `dtype` keys every run config has: checked with the config, so a typo is
+/// reported with its file and key rather than when the device is opened.
+pub fn check_device_dtype(device: &str, dtype: &str) -> Result<(), (String, String)> {
+    let device_ok = ["cpu", "cuda", "auto"].contains(&device) || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+    if !device_ok {
+        return Err(("device".into(), format!("invalid value {device:?}: expected cpu, cuda, cuda:N or auto")));
+    }
+    if !["f32", "bf16", "f16", "auto", "float32", "bfloat16", "float16"].contains(&dtype) {
+        return Err(("dtype".into(), format!("invalid value {dtype:?}: expected f32, bf16, f16 or auto")));
+    }
+    Ok(())
 }
 
 /// Where a configuration came from, for error messages.
@@ -39,7 +55,55 @@ fn origin(file: Option<&Path>) -> PathBuf {
 
 /// Load `file` (or start from `{}` when `None`), apply `overrides`, deserialize and validate.
 pub fn load<T: DeserializeOwned + Validate>(file: Option<&Path>, overrides: &[String]) -> Result<T, ConfigError> {
+    load_with_tree(file, overrides).map(|(v, _)| v)
+}
+
+/// [`load`], also returning the merged tree (multi-stage SFT merges stages over it).
+///
+/// An invalid key is blamed on the override that set it when there is one, and on the file
+/// otherwise: a bad `training.lr=-1` on the command line is not the file's fault.
+pub fn load_with_tree<T: DeserializeOwned + Validate>(file: Option<&Path>, overrides: &[String]) -> Result<(T, Value), ConfigError> {
     let name = origin(file);
+    let base = read_tree(file)?;
+    let mut tree = base.clone();
+    for arg in overrides {
+        apply_override(&mut tree, arg)?;
+    }
+    match from_tree(tree.clone(), &name) {
+        Ok(v) => Ok((v, tree)),
+        Err(ConfigError::Invalid { file, key, msg }) => Err(blame::<T>(&base, overrides, file, key, msg)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether override key `a` and error key `b` touch the same setting: equal, or one inside the
+/// other (`training` contains `training.lr`; `data.train` contains `data.train[0]`).
+fn related(a: &str, b: &str) -> bool {
+    let inside = |child: &str, parent: &str| child.strip_prefix(parent).is_some_and(|r| r.starts_with('.') || r.starts_with('['));
+    a == b || inside(a, b) || inside(b, a)
+}
+
+/// The error for an invalid `key`: the last override that touches it, if the config without
+/// that override does not fail the same way (then the file, or an earlier override, is at
+/// fault: a coarse key such as `algorithm` covers several settings).
+fn blame<T: DeserializeOwned + Validate>(base: &Value, overrides: &[String], file: PathBuf, key: String, msg: String) -> ConfigError {
+    for (i, arg) in overrides.iter().enumerate().rev() {
+        let Some((k, _)) = arg.split_once('=') else { continue };
+        if !related(k.trim(), &key) {
+            continue;
+        }
+        let mut without = base.clone();
+        let rebuilt = overrides.iter().enumerate().filter(|(j, _)| *j != i).try_for_each(|(_, o)| apply_override(&mut without, o));
+        let same = rebuilt.is_ok() && matches!(from_tree::<T>(without, &file), Err(ConfigError::Invalid { key: k2, msg: m2, .. }) if k2 == key && m2 == msg);
+        if !same {
+            return ConfigError::OverrideInvalid { arg: arg.clone(), file, key, msg };
+        }
+    }
+    ConfigError::Invalid { file, key, msg }
+}
+
+/// The YAML tree of `file` (`{}` for none or an empty file).
+fn read_tree(file: Option<&Path>) -> Result<Value, ConfigError> {
     let mut tree = match file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io { file: path.into(), source: e })?;
@@ -50,10 +114,7 @@ pub fn load<T: DeserializeOwned + Validate>(file: Option<&Path>, overrides: &[St
     if tree.is_null() {
         tree = Value::Mapping(Default::default());
     }
-    for arg in overrides {
-        apply_override(&mut tree, arg)?;
-    }
-    from_tree(tree, &name)
+    Ok(tree)
 }
 
 fn parse_yaml(text: &str, path: &Path) -> Result<Value, ConfigError> {
@@ -161,6 +222,29 @@ mod tests {
         assert!(e.contains("key.path=value"), "{e}");
         let e = load::<GenerateConfig>(Some(&p), &["model.x=1".into()]).unwrap_err().to_string();
         assert!(e.contains("not a mapping"), "{e}");
+    }
+
+    #[test]
+    fn invalid_override_values_are_blamed_on_the_override_not_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(&d, "model: m\nsampling:\n  top_p: 0.9\n");
+        let e = load::<GenerateConfig>(Some(&p), &["sampling.top_p=2".into()]).unwrap_err().to_string();
+        assert!(e.starts_with("override `sampling.top_p=2`") && e.contains("sampling.top_p"), "{e}");
+        // A mapping set whole, and an unknown key, by override.
+        let e = load::<GenerateConfig>(Some(&p), &["sampling={top_p: 3}".into()]).unwrap_err().to_string();
+        assert!(e.starts_with("override `sampling={top_p: 3}`"), "{e}");
+        let e = load::<GenerateConfig>(Some(&p), &["sampling.topp=0.5".into()]).unwrap_err().to_string();
+        assert!(e.starts_with("override `sampling.topp=0.5`") && e.contains("topp"), "{e}");
+        // The file's own error stays the file's, even beside a valid override of a related key.
+        let p = write(&d, "model: m\nsampling:\n  top_p: 1.5\n");
+        let e = load::<GenerateConfig>(Some(&p), &["sampling.temperature=0.5".into()]).unwrap_err().to_string();
+        assert!(e.starts_with(&p.display().to_string()) && e.contains("sampling.top_p") && !e.contains("override"), "{e}");
+        // A device or dtype typo names the key.
+        let p = write(&d, "model: m\n");
+        let e = load::<GenerateConfig>(Some(&p), &["device=tpu".into()]).unwrap_err().to_string();
+        assert!(e.contains("override `device=tpu`") && e.contains("key `device`") && e.contains("run.yaml"), "{e}");
+        let e = load::<GenerateConfig>(Some(&p), &["dtype=f64".into()]).unwrap_err().to_string();
+        assert!(e.contains("key `dtype`"), "{e}");
     }
 
     #[test]

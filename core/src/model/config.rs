@@ -79,6 +79,10 @@ pub struct ModelConfig {
     pub raw: serde_json::Value,
 }
 
+/// Largest accepted size of any one dimension (layers, heads, widths, vocabulary): 2^24, far
+/// above released models (vocabularies of ~256k, widths of ~30k, ~128 layers).
+const MAX_DIM: usize = 1 << 24;
+
 fn get<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
     v.get(key).filter(|x| !x.is_null())
 }
@@ -199,20 +203,49 @@ impl ModelConfig {
                 _ => vec![],
             }
         };
+        let vocab_size = usize_key("vocab_size")?;
+        let intermediate_size = usize_key("intermediate_size")?;
+        let num_hidden_layers = usize_key("num_hidden_layers")?;
+        // A zero dimension builds a model that computes nothing (or divides by zero later);
+        // a huge one is a typo that would only fail as an allocation far from its cause.
+        for (key, value) in [
+            ("vocab_size", vocab_size),
+            ("hidden_size", hidden_size),
+            ("intermediate_size", intermediate_size),
+            ("num_hidden_layers", num_hidden_layers),
+            ("head_dim", head_dim),
+        ] {
+            if value == 0 {
+                return Err(err(key, "must be at least 1".into()));
+            }
+            if value > MAX_DIM {
+                return Err(err(key, format!("{value} is beyond any real model (at most {MAX_DIM})")));
+            }
+        }
+        if num_attention_heads > MAX_DIM {
+            return Err(err("num_attention_heads", format!("{num_attention_heads} is beyond any real model (at most {MAX_DIM})")));
+        }
+        let rms_norm_eps = f64_key("rms_norm_eps", 1e-6)?;
+        if !(rms_norm_eps > 0.0 && rms_norm_eps.is_finite()) {
+            return Err(err("rms_norm_eps", format!("{rms_norm_eps} must be a positive number")));
+        }
+        if !(rope_theta > 0.0 && rope_theta.is_finite()) {
+            return Err(err("rope_theta", format!("{rope_theta} must be a positive number")));
+        }
         Ok(ModelConfig {
             arch,
-            vocab_size: usize_key("vocab_size")?,
+            vocab_size,
             hidden_size,
-            intermediate_size: usize_key("intermediate_size")?,
-            num_hidden_layers: usize_key("num_hidden_layers")?,
+            intermediate_size,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: f64_key("rms_norm_eps", 1e-6)?,
+            rms_norm_eps,
             rope_theta,
             rope_scaling,
             max_position_embeddings: match get(&v, "max_position_embeddings") {
-                Some(_) => usize_key("max_position_embeddings")?,
+                Some(_) => Some(usize_key("max_position_embeddings")?).filter(|&n| n > 0).ok_or_else(|| err("max_position_embeddings", "must be at least 1".into()))?,
                 None => 2048,
             },
             tie_word_embeddings: bool_key("tie_word_embeddings", false)?,
@@ -262,6 +295,44 @@ impl ModelConfig {
         v
     }
 
+    /// Every tensor a causal LM of this configuration loads, with its shape, in the order
+    /// [`super::CausalLm::named_tensors`] lists them (checked by a test). `model info` checks a
+    /// folder's safetensors headers against it without reading the weights.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        for i in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut lin = |name: &str, o: usize, inp: usize, bias: bool| {
+                out.push((format!("{p}.{name}.weight"), vec![o, inp]));
+                if bias {
+                    out.push((format!("{p}.{name}.bias"), vec![o]));
+                }
+            };
+            let ab = self.attention_bias;
+            lin("self_attn.q_proj", q, h, ab);
+            lin("self_attn.k_proj", kv, h, ab);
+            lin("self_attn.v_proj", kv, h, ab);
+            lin("self_attn.o_proj", h, q, false);
+            lin("mlp.gate_proj", self.intermediate_size, h, false);
+            lin("mlp.up_proj", self.intermediate_size, h, false);
+            lin("mlp.down_proj", h, self.intermediate_size, false);
+            if self.arch == Arch::Qwen3 {
+                out.push((format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim]));
+                out.push((format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim]));
+            }
+            out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        }
+        out.push(("model.norm.weight".into(), vec![h]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), vec![self.vocab_size, h]));
+        }
+        out
+    }
+
     pub fn num_parameters(&self) -> usize {
         let h = self.hidden_size;
         let q = self.num_attention_heads * self.head_dim;
@@ -288,6 +359,27 @@ mod tests {
     fn base() -> serde_json::Value {
         serde_json::json!({"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 16,
             "num_hidden_layers": 1, "num_attention_heads": 2})
+    }
+
+    #[test]
+    fn zero_and_absurd_dimensions_are_refused_naming_the_key() {
+        let p = Path::new("m/config.json");
+        assert!(ModelConfig::from_json(base(), p).is_ok());
+        for (key, value) in [
+            ("num_hidden_layers", serde_json::json!(0)),
+            ("vocab_size", serde_json::json!(0)),
+            ("intermediate_size", serde_json::json!(0)),
+            ("head_dim", serde_json::json!(0)),
+            ("max_position_embeddings", serde_json::json!(0)),
+            ("num_hidden_layers", serde_json::json!(1u64 << 40)),
+            ("rms_norm_eps", serde_json::json!(-1.0)),
+            ("rope_theta", serde_json::json!(0.0)),
+        ] {
+            let mut v = base();
+            v[key] = value.clone();
+            let e = ModelConfig::from_json(v, p).unwrap_err().to_string();
+            assert!(e.contains("m/config.json") && e.contains(&format!("`{key}`")), "{key}={value}: {e}");
+        }
     }
 
     #[test]

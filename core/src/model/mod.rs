@@ -40,6 +40,11 @@ pub enum ModelError {
     ShapeMismatch { path: PathBuf, tensor: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("{path}: tensor `{tensor}`: {msg}")]
     Weights { path: PathBuf, tensor: String, msg: String },
+    /// A weights file as a whole (its header, its size, a write), not one tensor of it.
+    #[error("{path}: {msg}")]
+    WeightsFile { path: PathBuf, msg: String },
+    #[error("{path}: tensor `{tensor}` holds NaN or infinite values; refusing to use this model (was it saved by a diverged run?)")]
+    NonFinite { path: PathBuf, tensor: String },
     #[error("{context}: {source}")]
     Candle { context: String, source: candle_core::Error },
     #[error(transparent)]
@@ -178,6 +183,17 @@ pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Loade
         });
     }
     Ok(LoadedModel { dir: dir.into(), model, tokenizer, generation })
+}
+
+/// Refuse a model with a NaN or infinite weight (naming the tensor): it would generate nothing
+/// useful, and silently (an empty output with exit status 0). `dir` is where it was loaded from.
+pub fn check_finite(model: &CausalLm, dir: &Path) -> Result<(), ModelError> {
+    let named = model.named_tensors();
+    let bad = weights::first_nonfinite(named.iter().map(|(n, t)| (n.as_str(), t))).map_err(ModelError::from_candle("checking weights"))?;
+    match bad {
+        Some(tensor) => Err(ModelError::NonFinite { path: dir.into(), tensor }),
+        None => Ok(()),
+    }
 }
 
 /// Save the model weights and `config.json` into `dir` (tokenizer files are the caller's).

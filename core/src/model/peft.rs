@@ -140,7 +140,10 @@ pub fn load_peft_adapter(model: &mut CausalLm, dir: &Path) -> Result<AdapterMeta
     let device = model.device().clone();
     let dtype = model.dtype();
     let tensors = candle_core::safetensors::load(&wpath, &Device::Cpu)
-        .map_err(|e| ModelError::Weights { path: wpath.clone(), tensor: String::new(), msg: e.to_string() })?;
+        .map_err(|e| ModelError::WeightsFile { path: wpath.clone(), msg: format!("cannot read safetensors: {e}") })?;
+    if let Some(tensor) = super::weights::first_nonfinite(tensors.iter().map(|(n, t)| (n.as_str(), t))).map_err(ModelError::from_candle("adapter"))? {
+        return Err(ModelError::NonFinite { path: wpath, tensor });
+    }
     let mut by_name: HashMap<String, Tensor> = HashMap::new();
     for (k, v) in tensors {
         let name = k.strip_prefix(PEFT_PREFIX).unwrap_or(&k).replace(".default.weight", ".weight");
@@ -185,7 +188,7 @@ pub fn load_peft_adapter(model: &mut CausalLm, dir: &Path) -> Result<AdapterMeta
         model.cfg.tie_word_embeddings = false;
     }
     if attached == 0 {
-        return Err(ModelError::Weights { path: wpath, tensor: String::new(), msg: "no LoRA tensor matches this model's layers".into() });
+        return Err(ModelError::WeightsFile { path: wpath, msg: "no LoRA tensor matches this model's layers".into() });
     }
     if let Some(k) = by_name.keys().next() {
         return Err(ModelError::Weights { path: wpath, tensor: k.clone(), msg: "adapter tensor does not match any module of this model".into() });

@@ -26,7 +26,91 @@ pub struct SafetensorsSource {
     files: MmapedSafetensors,
     /// tensor name -> file holding it, for error messages.
     owner: HashMap<String, PathBuf>,
+    /// tensor name -> shape, from the headers.
+    shapes: HashMap<String, Vec<usize>>,
     used: BTreeSet<String>,
+}
+
+/// One tensor's entry in a safetensors header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderEntry {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Byte range in the data section.
+    pub offsets: (usize, usize),
+}
+
+fn file_err(path: &Path, msg: String) -> ModelError {
+    ModelError::WeightsFile { path: path.into(), msg }
+}
+
+/// Read and check the header of a safetensors file without mapping its data: the header length,
+/// its JSON, every tensor's byte size against its dtype and shape, and that the file holds all
+/// the data the header describes. A truncated file (an interrupted download or copy) is reported
+/// as such, with the sizes, instead of as a generic parse error.
+pub fn read_safetensors_header(path: &Path) -> Result<std::collections::BTreeMap<String, HeaderEntry>, ModelError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::Io { path: path.into(), source: e })?;
+    let len = f.metadata().map_err(|e| ModelError::Io { path: path.into(), source: e })?.len();
+    if len < 8 {
+        return Err(file_err(path, format!("truncated safetensors file: {len} bytes, too short for the 8-byte header length")));
+    }
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|e| ModelError::Io { path: path.into(), source: e })?;
+    let n = u64::from_le_bytes(n);
+    // safetensors caps headers at 100 MB; a larger length is not a safetensors file at all.
+    if n > 100_000_000 {
+        return Err(file_err(path, format!("not a safetensors file (header length {n} bytes)")));
+    }
+    if 8 + n > len {
+        return Err(file_err(path, format!("truncated safetensors file: the header is {n} bytes but only {} follow the length prefix", len - 8)));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| ModelError::Io { path: path.into(), source: e })?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| file_err(path, format!("not a safetensors file: the header is not valid JSON ({e})")))?;
+    let obj = json.as_object().ok_or_else(|| file_err(path, "not a safetensors file: the header is not a JSON object".into()))?;
+    let mut out = std::collections::BTreeMap::new();
+    let mut data_end = 0usize;
+    for (name, v) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = |msg: String| ModelError::Weights { path: path.into(), tensor: name.clone(), msg };
+        let dtype = v.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("header entry has no dtype".into()))?.to_string();
+        let shape: Vec<usize> = v
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
+            .ok_or_else(|| bad("header entry has no valid shape".into()))?;
+        let offsets = v
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .and_then(|a| Some((a.first()?.as_u64()? as usize, a.get(1)?.as_u64()? as usize)))
+            .filter(|(a, b)| a <= b)
+            .ok_or_else(|| bad("header entry has no valid data_offsets".into()))?;
+        // Sizes of the dtypes medrl reads; others (sub-byte formats) are left to the loader.
+        let bits: Option<usize> = match dtype.as_str() {
+            "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => Some(8),
+            "U16" | "I16" | "F16" | "BF16" => Some(16),
+            "U32" | "I32" | "F32" => Some(32),
+            "U64" | "I64" | "F64" => Some(64),
+            _ => None,
+        };
+        if let Some(bits) = bits {
+            let elems = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
+            if elems.checked_mul(bits).map(|b| b / 8) != Some(offsets.1 - offsets.0) {
+                return Err(bad(format!("shape {shape:?} of {dtype} does not match its {} data bytes", offsets.1 - offsets.0)));
+            }
+        }
+        data_end = data_end.max(offsets.1);
+        out.insert(name.clone(), HeaderEntry { dtype, shape, offsets });
+    }
+    let have = len - 8 - n;
+    if (data_end as u64) > have {
+        return Err(file_err(path, format!("truncated safetensors file: the header describes {data_end} bytes of tensor data but the file holds {have}")));
+    }
+    Ok(out)
 }
 
 impl SafetensorsSource {
@@ -65,26 +149,41 @@ impl SafetensorsSource {
                 return Err(ModelError::MissingFile { path: p.clone(), hint: "weights shard listed but absent".into() });
             }
         }
-        // SAFETY: the files are mapped read-only; medrl never writes a checkpoint in place
-        // (writes go to a temporary file that is renamed), so the mapping cannot change under us.
-        let files = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| ModelError::Weights {
-            path: paths.first().cloned().unwrap_or_default(),
-            tensor: String::new(),
-            msg: format!("cannot read safetensors: {e}"),
-        })?;
+        // Check each header first (a truncated file is named as such), and build the
+        // name -> file and name -> shape tables from them.
         let mut owner = HashMap::new();
+        let mut shapes = HashMap::new();
         for p in paths {
-            // Read each header once for the name -> file table.
-            let st = unsafe { MmapedSafetensors::new(p) }.map_err(|e| ModelError::Weights {
-                path: p.clone(),
-                tensor: String::new(),
-                msg: format!("cannot read safetensors: {e}"),
-            })?;
-            for (name, _) in st.tensors() {
-                owner.insert(name, p.clone());
+            for (name, entry) in read_safetensors_header(p)? {
+                owner.insert(name.clone(), p.clone());
+                shapes.insert(name, entry.shape);
             }
         }
-        Ok(Self { files, owner, used: BTreeSet::new() })
+        // SAFETY: the files are mapped read-only; medrl never writes a checkpoint in place
+        // (writes go to a temporary file that is renamed), so the mapping cannot change under us.
+        let files = unsafe { MmapedSafetensors::multi(paths) }
+            .map_err(|e| file_err(paths.first().map(PathBuf::as_path).unwrap_or(Path::new("")), format!("cannot read safetensors: {e}")))?;
+        Ok(Self { files, owner, shapes, used: BTreeSet::new() })
+    }
+
+    /// Check, from the headers alone (no tensor data is read), that every tensor of `expected`
+    /// is present with its shape.
+    pub fn check_shapes(&self, expected: &[(String, Vec<usize>)]) -> Result<(), ModelError> {
+        for (name, shape) in expected {
+            let found = self.shapes.get(name).ok_or_else(|| ModelError::MissingTensor {
+                tensor: name.clone(),
+                path: self.owner.values().next().cloned().unwrap_or_default(),
+            })?;
+            if found != shape {
+                return Err(ModelError::ShapeMismatch { path: self.owner[name].clone(), tensor: name.clone(), expected: shape.clone(), found: found.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Tensors and files in the checkpoint.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.shapes.len(), self.owner.values().collect::<BTreeSet<_>>().len())
     }
 }
 
@@ -174,8 +273,70 @@ pub fn save_safetensors_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<candle_core::Result<_>>()
-        .map_err(|e| ModelError::Weights { path: path.into(), tensor: String::new(), msg: e.to_string() })?;
-    candle_core::safetensors::save(&cpu, &tmp)
-        .map_err(|e| ModelError::Weights { path: tmp.clone(), tensor: String::new(), msg: e.to_string() })?;
-    crate::fsutil::sync_and_rename(&tmp, path).map_err(|e| ModelError::Io { path: path.into(), source: e })
+        .map_err(|e| file_err(path, e.to_string()))?;
+    let written = candle_core::safetensors::save(&cpu, &tmp)
+        .map_err(|e| file_err(&tmp, e.to_string()))
+        .and_then(|_| crate::fsutil::sync_and_rename(&tmp, path).map_err(|e| ModelError::Io { path: path.into(), source: e }));
+    if written.is_err() {
+        // A failed write (a full disk) leaves no temporary behind for the next attempt to pile on.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The first tensor (by name) that holds a NaN or an infinity, with one device read for all of
+/// them. `t - t` is 0 for every finite value and NaN otherwise, so its sum flags exactly the
+/// non-finite tensors (a plain sum could overflow on large finite weights).
+pub fn first_nonfinite<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> candle_core::Result<Option<String>> {
+    let mut named: Vec<(&str, &Tensor)> = tensors.into_iter().filter(|(_, t)| t.dtype().is_float() && t.elem_count() > 0).collect();
+    named.sort_by_key(|(n, _)| *n);
+    let mut sums = Vec::with_capacity(named.len());
+    for (_, t) in &named {
+        let t = t.detach();
+        sums.push((&t - &t)?.sum_all()?.to_dtype(DType::F32)?);
+    }
+    let Some(first) = sums.first() else { return Ok(None) };
+    let vals: Vec<f32> = if sums.iter().all(|s| s.device().same_device(first.device())) {
+        Tensor::stack(&sums, 0)?.to_vec1()?
+    } else {
+        sums.iter().map(|s| s.to_scalar::<f32>()).collect::<candle_core::Result<_>>()?
+    };
+    Ok(named.iter().zip(vals).find(|(_, v)| !v.is_finite()).map(|((n, _), _)| n.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn save(path: &Path, tensors: &[(&str, Tensor)]) {
+        let map: HashMap<String, Tensor> = tensors.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+        candle_core::safetensors::save(&map, path).unwrap();
+    }
+
+    #[test]
+    fn truncated_files_are_named_with_their_sizes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("w.safetensors");
+        save(&p, &[("a.weight", Tensor::ones((4, 8), DType::F32, &Device::Cpu).unwrap())]);
+        let header = read_safetensors_header(&p).unwrap();
+        assert_eq!(header["a.weight"].shape, vec![4, 8]);
+        let bytes = std::fs::read(&p).unwrap();
+        for cut in [bytes.len() - 10, 20, 4] {
+            std::fs::write(&p, &bytes[..cut]).unwrap();
+            for e in [read_safetensors_header(&p).unwrap_err().to_string(), SafetensorsSource::open_files(&[p.clone()]).err().unwrap().to_string()] {
+                assert!(e.contains("w.safetensors") && e.contains("truncated") && !e.contains("tensor ``"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn nonfinite_tensors_are_found_by_name() {
+        let dev = Device::Cpu;
+        let ok = Tensor::new(&[1.0f32, 3.0e38, -3.0e38], &dev).unwrap();
+        let nan = Tensor::new(&[1.0f32, f32::NAN], &dev).unwrap();
+        let inf = Tensor::new(&[f32::NEG_INFINITY], &dev).unwrap().to_dtype(DType::BF16).unwrap();
+        assert_eq!(first_nonfinite([("a", &ok)]).unwrap(), None, "large finite values are finite");
+        assert_eq!(first_nonfinite([("a", &ok), ("z", &nan), ("m", &inf)]).unwrap().as_deref(), Some("m"));
+        assert_eq!(first_nonfinite([("a", &ok), ("z", &nan)]).unwrap().as_deref(), Some("z"));
+    }
 }

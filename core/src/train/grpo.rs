@@ -147,7 +147,7 @@ pub struct GrpoConfig {
 
 impl Validate for GrpoConfig {
     fn validate(&self) -> Result<(), (String, String)> {
-        validate_common(&self.data, &self.rewards, &self.training, self.lora.as_ref(), &self.rollout)?;
+        validate_common(&self.device, &self.dtype, &self.data, &self.rewards, &self.training, self.lora.as_ref(), &self.rollout)?;
         let a = &self.algorithm;
         if a.n < 2 {
             return Err(("algorithm.n".into(), "GRPO needs at least 2 responses per prompt".into()));

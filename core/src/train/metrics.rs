@@ -59,6 +59,28 @@ pub fn read_metrics(run_dir: &Path) -> Result<Vec<Value>, SftError> {
     Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }
 
+/// The losses a run reports at its end, read from its metrics rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LossSummary {
+    /// Train loss of the first and last step that applied an update.
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    /// Eval loss before training (the step-0 row) and at the last evaluation after it.
+    pub eval_loss_before: Option<f64>,
+    pub eval_loss_after: Option<f64>,
+}
+
+pub fn loss_summary(rows: &[Value]) -> LossSummary {
+    let step = |r: &Value| r.get("step").and_then(Value::as_u64);
+    let losses: Vec<f64> = rows.iter().filter_map(|r| r.get("loss")?.as_f64()).collect();
+    LossSummary {
+        first_loss: losses.first().copied(),
+        last_loss: losses.last().copied(),
+        eval_loss_before: rows.iter().find(|r| step(r) == Some(0)).and_then(|r| r.get("eval_loss")?.as_f64()),
+        eval_loss_after: rows.iter().rev().filter(|r| step(r).is_some_and(|s| s > 0)).find_map(|r| r.get("eval_loss")?.as_f64()),
+    }
+}
+
 fn series<'a>(rows: &[Value], name: &'a str, key: &str) -> Series<'a> {
     Series {
         name,

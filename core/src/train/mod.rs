@@ -12,6 +12,7 @@ pub mod optim;
 pub mod rewards;
 pub mod rl;
 pub mod ppo;
+pub mod run_dir;
 pub mod schedule;
 pub mod sft;
 pub mod trainable;
@@ -25,6 +26,10 @@ pub enum TrainError {
     /// A NaN or infinite loss or gradient: the step is not applied, parameters are untouched.
     #[error("non-finite {what} at step {step}: {detail}")]
     NonFinite { what: &'static str, step: u64, detail: String },
+    /// An update left a parameter NaN or infinite. It was applied in memory, so the run must
+    /// stop; nothing of it was written.
+    #[error("step {step}: the update made parameter `{tensor}` NaN or infinite (check training.lr and training.optimizer); the run stopped before writing anything, so the last checkpoint is intact")]
+    NonFiniteWeights { step: u64, tensor: String },
     #[error("parameter `{name}`: {msg}")]
     Param { name: String, msg: String },
     #[error(transparent)]

@@ -23,6 +23,29 @@ pub struct AdamWConfig {
     pub max_grad_norm: f64,
 }
 
+impl AdamWConfig {
+    /// Ranges under which an update stays finite: with beta1 = 1 the bias correction divides by
+    /// zero and every weight becomes NaN after the first step; a negative eps or decay flips
+    /// the update. Returns `(key, message)` with the key relative to this struct.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for (key, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err((key.into(), format!("{v} is out of range: must be in [0, 1)")));
+            }
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(("eps".into(), format!("{} is out of range: must be a positive number", self.eps)));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(("weight_decay".into(), format!("{} is out of range: must be >= 0", self.weight_decay)));
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return Err(("max_grad_norm".into(), format!("{} is out of range: must be > 0, or 0 to turn clipping off", self.max_grad_norm)));
+        }
+        Ok(())
+    }
+}
+
 impl Default for AdamWConfig {
     fn default() -> Self {
         Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 }
@@ -178,6 +201,12 @@ impl AdamW {
             }
             s.var.set(&(p - (update * lr)?)?)?;
         }
+        // Finite gradients can still give non-finite weights (an extreme lr, overflow). Such
+        // weights must stop the run here: saved, they would poison every later resume and export.
+        let updated = self.slots.iter().filter(|s| grads.get(s.var.as_tensor()).is_some()).map(|s| (s.name.as_str(), s.var.as_tensor()));
+        if let Some(tensor) = crate::model::weights::first_nonfinite(updated)? {
+            return Err(TrainError::NonFiniteWeights { step: self.step, tensor });
+        }
         Ok(StepStats { grad_norm, clip_scale, lr })
     }
 
@@ -289,6 +318,36 @@ mod tests {
         assert!(e.contains("non-finite gradient") && e.contains("w.weight"), "{e}");
         assert_eq!(w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
         assert_eq!(opt.steps(), 0);
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_by_key() {
+        assert!(AdamWConfig::default().validate().is_ok());
+        assert!(AdamWConfig { max_grad_norm: 0.0, beta1: 0.0, ..Default::default() }.validate().is_ok(), "0 turns clipping off; beta1 0 is plain RMSprop-like");
+        for (cfg, key) in [
+            (AdamWConfig { beta1: 1.5, ..Default::default() }, "beta1"),
+            (AdamWConfig { beta1: 1.0, ..Default::default() }, "beta1"),
+            (AdamWConfig { beta2: 1.0, ..Default::default() }, "beta2"),
+            (AdamWConfig { beta2: -0.1, ..Default::default() }, "beta2"),
+            (AdamWConfig { eps: -1.0, ..Default::default() }, "eps"),
+            (AdamWConfig { eps: 0.0, ..Default::default() }, "eps"),
+            (AdamWConfig { max_grad_norm: -5.0, ..Default::default() }, "max_grad_norm"),
+            (AdamWConfig { weight_decay: -3.0, ..Default::default() }, "weight_decay"),
+            (AdamWConfig { weight_decay: f64::NAN, ..Default::default() }, "weight_decay"),
+        ] {
+            assert_eq!(cfg.validate().unwrap_err().0, key);
+        }
+    }
+
+    #[test]
+    fn an_update_that_makes_weights_nonfinite_is_an_error_naming_the_tensor() {
+        // beta1 = 1 (refused by validation, here built directly): the bias correction is 0.
+        let w = var(&[1.0, 2.0], &[2, 1]);
+        let mut opt = AdamW::new(vec![("w.weight".into(), w.clone())], AdamWConfig { beta1: 1.0, ..Default::default() }).unwrap();
+        let grads = w.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let e = opt.step(&grads, 0.1).unwrap_err();
+        assert!(matches!(&e, TrainError::NonFiniteWeights { step: 1, tensor } if tensor == "w.weight"), "{e}");
+        assert!(e.to_string().contains("w.weight") && e.to_string().contains("training.optimizer"), "{e}");
     }
 
     #[test]

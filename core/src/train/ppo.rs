@@ -153,7 +153,7 @@ pub struct PpoConfig {
 
 impl Validate for PpoConfig {
     fn validate(&self) -> Result<(), (String, String)> {
-        validate_common(&self.data, &self.rewards, &self.training, self.lora.as_ref(), &self.rollout)?;
+        validate_common(&self.device, &self.dtype, &self.data, &self.rewards, &self.training, self.lora.as_ref(), &self.rollout)?;
         let a = &self.algorithm;
         if a.n == 0 || a.prompts_per_step == 0 || a.micro_batch_size == 0 || a.update_epochs == 0 || a.mini_batches == 0 {
             return Err(("algorithm".into(), "n, prompts_per_step, micro_batch_size, update_epochs and mini_batches must be at least 1".into()));
@@ -173,7 +173,7 @@ impl Validate for PpoConfig {
         if let Some(l) = &self.critic.lora {
             l.validate().map_err(|(k, m)| (format!("critic.lora.{k}"), m))?;
         }
-        if self.critic.head_init_std < 0.0 || self.critic.lr.is_some_and(|l| l <= 0.0) {
+        if !(self.critic.head_init_std >= 0.0 && self.critic.head_init_std.is_finite()) || self.critic.lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
             return Err(("critic".into(), "head_init_std must be >= 0 and lr > 0".into()));
         }
         Ok(())

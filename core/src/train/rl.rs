@@ -151,7 +151,16 @@ pub fn default_rollout() -> SamplingParams {
 }
 
 /// Checks shared by the RL configs: rewards present (or from a task), steps, LoRA.
-pub fn validate_common(data: &RlData, rewards: &[RewardSpec], training: &RlTraining, lora: Option<&LoraConfig>, rollout: &SamplingParams) -> Result<(), (String, String)> {
+pub fn validate_common(
+    device: &str,
+    dtype: &str,
+    data: &RlData,
+    rewards: &[RewardSpec],
+    training: &RlTraining,
+    lora: Option<&LoraConfig>,
+    rollout: &SamplingParams,
+) -> Result<(), (String, String)> {
+    crate::config::check_device_dtype(device, dtype)?;
     rollout.validate().map_err(|(k, m)| (format!("rollout.{k}"), m))?;
     data.validate()?;
     if rewards.is_empty() && data.task.is_none() {
@@ -160,6 +169,10 @@ pub fn validate_common(data: &RlData, rewards: &[RewardSpec], training: &RlTrain
     if training.max_steps == 0 {
         return Err(("training.max_steps".into(), "must be at least 1".into()));
     }
+    if !(training.lr > 0.0 && training.lr.is_finite()) {
+        return Err(("training.lr".into(), "must be a positive number".into()));
+    }
+    training.optimizer.validate().map_err(|(k, m)| (format!("training.optimizer.{k}"), m))?;
     if !["f32", "bf16", "f16"].contains(&training.export_dtype.as_str()) {
         return Err(("training.export_dtype".into(), "expected f32, bf16 or f16".into()));
     }
@@ -223,6 +236,28 @@ pub struct Validation {
     pub accuracy: Option<f64>,
     pub scored: usize,
     pub dropped: usize,
+}
+
+impl Validation {
+    /// Add to a metrics line (`val_reward`, `val_accuracy`, `val_scored`, `val_dropped`).
+    pub fn record(&self, line: &mut serde_json::Value) {
+        line["val_reward"] = self.mean_reward.into();
+        line["val_accuracy"] = self.accuracy.into();
+        line["val_scored"] = self.scored.into();
+        line["val_dropped"] = self.dropped.into();
+    }
+
+    /// Read back what [`Validation::record`] wrote (`None` for a line without validation;
+    /// counts missing from lines of older runs read as 0).
+    pub fn from_record(line: &serde_json::Value) -> Option<Self> {
+        let count = |k: &str| line.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        Some(Self {
+            mean_reward: line.get("val_reward")?.as_f64()?,
+            accuracy: line.get("val_accuracy").and_then(|v| v.as_f64()),
+            scored: count("val_scored"),
+            dropped: count("val_dropped"),
+        })
+    }
 }
 
 /// Greedy responses to the validation examples, scored through `eval::evaluate` (the code path
@@ -475,6 +510,8 @@ pub struct RlRun {
     pb: indicatif::ProgressBar,
     steps_this_run: u64,
     stop_after: Option<u64>,
+    /// The run folder's lock, held for the run's life.
+    _lock: super::run_dir::RunLock,
 }
 
 /// One step's rollouts: sequences, rewards, and the log-probs computed beside the scoring.
@@ -513,9 +550,12 @@ impl RlRun {
     /// Prepare (or resume) a run: output folder, model, prompts, rewards, trainable policy,
     /// optimizer, metrics, and validation before training when starting fresh.
     pub fn setup(spec: &RlSpec, grants: crate::plugin::Grants, opts: &RunOptions) -> Result<RlRun, SftError> {
-        let device = crate::model::parse_device(spec.device).map_err(SftError::Setup)?;
-        let compute = crate::model::parse_dtype(spec.dtype, &device).map_err(SftError::Setup)?;
+        let device = crate::model::parse_device(spec.device).map_err(|e| SftError::Setup(format!("config key `device`: {e}")))?;
+        let compute = crate::model::parse_dtype(spec.dtype, &device).map_err(|e| SftError::Setup(format!("config key `dtype`: {e}")))?;
         let out = spec.output_dir.to_path_buf();
+        // Locked before anything in the folder is read or written, for the whole run.
+        let lock = super::run_dir::RunLock::acquire(&out)?;
+        lock.remove_stale_temps()?;
         let existing = checkpoint::latest(&out);
         if existing.is_some() && !opts.resume {
             return Err(SftError::Setup(format!("{} already has checkpoints; pass --resume or choose another output_dir", out.display())));
@@ -553,8 +593,8 @@ impl RlRun {
         let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
         let mut dropout_rng = rand_chacha::ChaCha8Rng::seed_from_u64(t.seed.wrapping_add(1));
         let mut resumed = None;
-        if let (true, Some(dir)) = (opts.resume, &existing) {
-            let ck = checkpoint::load(dir, &device)?;
+        let resumable = if opts.resume { checkpoint::load_latest_intact(&out, &device)? } else { None };
+        if let Some(checkpoint::Resumed { dir, loaded: ck, .. }) = resumable {
             if ck.state.config_hash != spec.config_hash || ck.state.kind != spec.kind {
                 return Err(SftError::Setup(format!("{}: written by a different run config; resume with the same config", dir.display())));
             }
@@ -602,11 +642,14 @@ impl RlRun {
             pb,
             steps_this_run: 0,
             stop_after: opts.stop_after,
+            _lock: lock,
         };
         if run.state.step == 0 {
             run.validation_before = run.validate_now()?;
             if let Some(v) = &run.validation_before {
-                run.metrics.write(&serde_json::json!({"step": 0, "val_reward": v.mean_reward, "val_accuracy": v.accuracy}))?;
+                let mut line = serde_json::json!({"step": 0});
+                v.record(&mut line);
+                run.metrics.write(&line)?;
             }
         }
         Ok(run)
@@ -759,8 +802,7 @@ impl RlRun {
         let step = self.state.step;
         if step == t.max_steps || (t.eval_every > 0 && step % t.eval_every == 0) {
             if let Some(v) = self.validate_now()? {
-                line["val_reward"] = v.mean_reward.into();
-                line["val_accuracy"] = v.accuracy.into();
+                v.record(&mut line);
                 self.validation_after = Some(v);
             }
         }
@@ -791,6 +833,18 @@ impl RlRun {
         if self.state.step >= self.training.max_steps {
             let dtype = crate::model::parse_dtype(&self.training.export_dtype, &Device::Cpu).map_err(SftError::Setup)?;
             super::sft::export(&self.trainable, &self.model_dir, &final_dir, Some(&adapter_dir), dtype)?;
+        }
+        // A resumed run validated only part of the time (never, when resumed after its last
+        // step); the run's records hold the rest.
+        if self.validation_before.is_none() || self.validation_after.is_none() {
+            let rows = super::metrics::read_metrics(&self.out)?;
+            let step = |r: &serde_json::Value| r.get("step").and_then(|s| s.as_u64());
+            if self.validation_before.is_none() {
+                self.validation_before = rows.iter().find(|r| step(r) == Some(0)).and_then(Validation::from_record);
+            }
+            if self.validation_after.is_none() {
+                self.validation_after = rows.iter().rev().filter(|r| step(r).is_some_and(|s| s > 0)).find_map(Validation::from_record);
+            }
         }
         Ok(final_dir)
     }

@@ -172,7 +172,12 @@ impl Default for SftTraining {
 
 impl Validate for SftConfig {
     fn validate(&self) -> Result<(), (String, String)> {
+        crate::config::check_device_dtype(&self.device, &self.dtype)?;
         let t = &self.training;
+        t.optimizer.validate().map_err(|(k, m)| (format!("training.optimizer.{k}"), m))?;
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return Err(("training.min_lr_ratio".into(), format!("{} is out of range: must be in [0, 1]", t.min_lr_ratio)));
+        }
         if t.micro_batch_size == 0 {
             return Err(("training.micro_batch_size".into(), "must be at least 1".into()));
         }
@@ -222,6 +227,8 @@ pub enum SftError {
     Train(#[from] TrainError),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    RunDir(#[from] super::run_dir::RunDirError),
     #[error("{0}")]
     Setup(String),
     #[error("{path}: {source}")]
@@ -419,7 +426,17 @@ pub fn run(cfg: &SftConfig, cfg_tree: &serde_yaml::Value, opts: &RunOptions) -> 
         let done = out.join("final").join("config.json");
         let outcome = if opts.resume && done.exists() && checkpoint::latest(&out).is_some() {
             tracing::info!(stage = %name, "already finished; skipping");
-            SftOutcome { output_dir: out.clone(), final_model: out.join("final"), adapter: None, steps: 0, first_loss: None, last_loss: None, eval_loss_before: None, eval_loss_after: None }
+            let rec = super::metrics::loss_summary(&super::metrics::read_metrics(&out)?);
+            SftOutcome {
+                output_dir: out.clone(),
+                final_model: out.join("final"),
+                adapter: None,
+                steps: 0,
+                first_loss: rec.first_loss,
+                last_loss: rec.last_loss,
+                eval_loss_before: rec.eval_loss_before,
+                eval_loss_after: rec.eval_loss_after,
+            }
         } else {
             run_stage(&stage_cfg, opts)?
         };
@@ -446,9 +463,12 @@ fn merge_yaml(base: &mut serde_yaml::Value, overlay: serde_yaml::Value) {
 }
 
 fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError> {
-    let device = crate::model::parse_device(&cfg.device).map_err(SftError::Setup)?;
-    let compute = crate::model::parse_dtype(&cfg.dtype, &device).map_err(SftError::Setup)?;
+    let device = crate::model::parse_device(&cfg.device).map_err(|e| SftError::Setup(format!("config key `device`: {e}")))?;
+    let compute = crate::model::parse_dtype(&cfg.dtype, &device).map_err(|e| SftError::Setup(format!("config key `dtype`: {e}")))?;
     let out = &cfg.output_dir;
+    // Locked before anything in the folder is read or written, for the whole run.
+    let lock = super::run_dir::RunLock::acquire(out)?;
+    lock.remove_stale_temps()?;
     let existing = checkpoint::latest(out);
     if existing.is_some() && !opts.resume {
         return Err(SftError::Setup(format!(
@@ -496,8 +516,8 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     let config_hash = hash_config(cfg);
     let mut state = TrainerState::start("sft", config_hash.clone());
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
-    if let (true, Some(dir)) = (opts.resume, &existing) {
-        let ck = checkpoint::load(dir, &device)?;
+    let resumed = if opts.resume { checkpoint::load_latest_intact(out, &device)? } else { None };
+    if let Some(checkpoint::Resumed { dir, loaded: ck, .. }) = resumed {
         if ck.state.config_hash != config_hash {
             return Err(SftError::Setup(format!(
                 "{}: this checkpoint was written with a different training config (hash {} vs {}); resume with the same config",
@@ -515,6 +535,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     } else {
         metrics.truncate(0)?;
     }
+    let start_step = state.step;
 
     let micro = t.micro_batch_size;
     let eval_now = |tr: &Trainable| -> Result<Option<f64>, SftError> { eval_loss(&tr.view(true, None)?, &prep.eval, micro, pad) };
@@ -680,15 +701,19 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
         }
         super::metrics::write_plots(out)?;
     }
+    // A resumed run computed only part of these (none when resumed after its last step); the
+    // run's records hold them all.
+    let rec = super::metrics::loss_summary(&super::metrics::read_metrics(out)?);
+    drop(lock);
     Ok(SftOutcome {
         output_dir: out.clone(),
         final_model: final_dir,
         adapter,
         steps: state.step,
-        first_loss,
-        last_loss,
-        eval_loss_before: eval_before,
-        eval_loss_after: eval_after,
+        first_loss: if start_step == 0 { first_loss } else { rec.first_loss },
+        last_loss: last_loss.or(rec.last_loss),
+        eval_loss_before: eval_before.or(rec.eval_loss_before),
+        eval_loss_after: eval_after.or(rec.eval_loss_after),
     })
 }
 
