@@ -166,7 +166,10 @@ impl<'de> serde::de::Visitor<'de> for TruthVisitor {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Truth, A::Error> {
         if !self.top {
-            while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
             return Ok(Truth::Target(None));
         }
         let mut found = None;
@@ -286,9 +289,11 @@ fn score_response(config: &Value, response: &str, truth: Truth) -> Result<Outcom
     let tol = num("tolerance", 0.2);
     let pred = first_number(response[answer].trim());
     let hit = matches!(pred, Some(p) if (1.0 - tol) * t <= p && p <= (1.0 + tol) * t);
-    Ok(Outcome::score(if hit { num("correct_score", 1.1) } else { 0.0 })
-        .with("format", 1.0)
-        .with("accuracy", hit as u8 as f64))
+    Ok(
+        Outcome::score(if hit { num("correct_score", 1.1) } else { 0.0 })
+            .with("format", 1.0)
+            .with("accuracy", hit as u8 as f64),
+    )
 }
 
 impl Reward for SampleSize {
@@ -336,7 +341,9 @@ mod tests {
     }
     fn same(a: Truth, b: Truth) -> bool {
         match (a, b) {
-            (Truth::Target(Some(x)), Truth::Target(Some(y))) => x == y || (x.is_nan() && y.is_nan()),
+            (Truth::Target(Some(x)), Truth::Target(Some(y))) => {
+                x == y || (x.is_nan() && y.is_nan())
+            }
             (a, b) => a == b,
         }
     }

@@ -131,7 +131,10 @@ pub fn relevant(list: Option<&Value>) -> Result<Vec<String>, String> {
         Some(Value::Number(n)) if n.as_f64() == Some(0.0) => return Ok(vec![]),
         Some(Value::Array(l)) => l.iter().map(pmid).collect::<Result<_, _>>()?,
         Some(Value::Object(m)) => m.keys().map(|k| k.trim().to_string()).collect(),
-        Some(Value::String(s)) => s.chars().map(|c| c.to_string().trim().to_string()).collect(),
+        Some(Value::String(s)) => s
+            .chars()
+            .map(|c| c.to_string().trim().to_string())
+            .collect(),
         Some(other) => {
             return Err(format!(
                 "ground_truth.relevant_pmids must be a list of ids, got {other}"
@@ -252,8 +255,18 @@ mod tests {
         // Python's set() of what the reference holds, after its `if not relevant_pmids`.
         assert_eq!(relevant(Some(&json!("101"))).unwrap(), vec!["1", "0"]);
         assert_eq!(relevant(Some(&json!({"7": 1}))).unwrap(), vec!["7"]);
-        assert_eq!(relevant(Some(&json!(["7", null]))).unwrap(), vec!["7", "None"]);
-        for falsy in [json!(null), json!(0), json!(false), json!(""), json!([]), json!({})] {
+        assert_eq!(
+            relevant(Some(&json!(["7", null]))).unwrap(),
+            vec!["7", "None"]
+        );
+        for falsy in [
+            json!(null),
+            json!(0),
+            json!(false),
+            json!(""),
+            json!([]),
+            json!({}),
+        ] {
             assert!(relevant(Some(&falsy)).unwrap().is_empty(), "{falsy}");
         }
         assert!(relevant(None).unwrap().is_empty());
