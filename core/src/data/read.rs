@@ -123,11 +123,11 @@ fn read_parquet(path: &Path) -> Result<Vec<Record>, DataError> {
             return Err(fail(format!("the footer gives a negative row count {}", meta.num_rows())));
         }
         check_pages(&data, meta).map_err(fail)?;
-        let group = reader.get_row_group(g).map_err(|e| fail(e.to_string()))?;
-        let iter = parquet::record::reader::RowIter::from_row_group(None, group.as_ref()).map_err(|e| fail(format!("cannot decode: {e}")))?;
+        let group = reader.get_row_group(g).map_err(|e| fail(short(e)))?;
+        let iter = parquet::record::reader::RowIter::from_row_group(None, group.as_ref()).map_err(|e| fail(format!("cannot decode: {}", short(e))))?;
         let mut n = 0;
         for row in iter {
-            let row = row.map_err(|e| fail(format!("cannot decode row {}: {e}", first_row + n)))?;
+            let row = row.map_err(|e| fail(format!("cannot decode row {}: {}", first_row + n, short(e))))?;
             out.push(Ok((origin(path, first_row + n), row.to_json_value())));
             n += 1;
         }
@@ -137,6 +137,16 @@ fn read_parquet(path: &Path) -> Result<Vec<Record>, DataError> {
         first_row += rows;
     }
     Ok(out)
+}
+
+/// A decoder error for a message: the Parquet crate's can quote a whole value, twice, as bytes.
+fn short(e: impl std::fmt::Display) -> String {
+    const MAX: usize = 300;
+    let s = e.to_string();
+    match s.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}... ({} more characters)", &s[..at], s[at..].chars().count()),
+        None => s,
+    }
 }
 
 /// Checks the page headers of a row group's column chunks against the footer, reading only the
@@ -556,6 +566,14 @@ mod tests {
         std::fs::write(&j, [b"[\n{\"a\": 1},\n{\"a\": \"".as_slice(), &[0xFF], b"\"}\n]"].concat()).unwrap();
         let e = read_records(&j).unwrap_err().to_string();
         assert!(e.contains("y.json") && e.contains("invalid UTF-8 at line 3, byte 8"), "{e}");
+    }
+
+    #[test]
+    fn decoder_errors_are_shortened() {
+        assert_eq!(short("abc"), "abc");
+        let long = "é".repeat(1000);
+        let s = short(&long);
+        assert!(s.starts_with(&"é".repeat(300)) && s.ends_with("... (700 more characters)"), "{s}");
     }
 
     /// An empty dataset file (or one with only blank lines, or `[]`) is an error naming it.
