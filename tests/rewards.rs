@@ -1,5 +1,5 @@
-//! Exactness tests of the bundled task reward plugins (plugins/study-search, medical-verifier,
-//! dialogue-quality, hcc-composite) in the real plugin host.
+//! Exactness tests of the bundled task reward plugins (plugins/sample-size, study-search,
+//! medical-verifier, dialogue-quality, hcc-composite) in the real plugin host.
 //!
 //! Expected values come from an independent Python reimplementation of each reference formula,
 //! `tests/reference/rewards.py`, which writes `tests/fixtures/rewards/<plugin>.jsonl`. Every
@@ -200,6 +200,14 @@ fn check(plugin: &str, dir: &Path) {
     );
 }
 
+/// Includes invalid and odd ground truths (missing, null, non-numeric, list and object
+/// targets; numeric strings as Python's `float()` reads them; non-object ground truths, for
+/// which the reference raises) and empty responses.
+#[test]
+fn sample_size_matches_reference() {
+    check("sample-size", &fixtures());
+}
+
 #[test]
 fn study_search_matches_reference() {
     check("study-search", &fixtures());
@@ -220,7 +228,8 @@ fn hcc_composite_matches_reference() {
     check("hcc-composite", &fixtures());
 }
 
-const PLUGINS: [&str; 4] = [
+const PLUGINS: [&str; 5] = [
+    "sample-size",
     "study-search",
     "medical-verifier",
     "dialogue-quality",

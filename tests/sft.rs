@@ -206,6 +206,51 @@ fn malformed_rows_are_reported_with_file_and_row_or_skipped_and_counted() {
     assert_eq!(m.last().unwrap()["skipped_rows"], 2, "{m:?}");
 }
 
+/// Data faults name the config key, the file and the row, and follow `on_bad_row`: invalid
+/// UTF-8 in one JSONL line, impossible role orders, a conversation without an assistant turn
+/// (or ending with a user turn), and an empty file.
+#[test]
+fn data_faults_name_key_file_and_row() {
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("no-model-needed");
+    let load = |file: &Path, formatting: &str, extra: &[&str]| {
+        let inline = format!("data.train=[{{path: {file:?}, formatting: {formatting}}}]");
+        let mut o = vec![inline.as_str(), "data.eval=[]", "data.val_fraction=0"];
+        o.extend(extra.iter().copied());
+        sft::load_split(&config(&model, &d.path().join("out"), &o).0)
+    };
+    // Invalid UTF-8 in row 2.
+    let utf8 = d.path().join("utf8.jsonl");
+    let good = br#"{"instruction": "I have a fever.", "output": "Rest and drink fluids."}"#;
+    std::fs::write(&utf8, [&good[..], &b"\n{\"instruction\": \"\xff\xfe\", \"output\": \"x\"}\n"[..], &good[..], &b"\n"[..]].concat()).unwrap();
+    let e = load(&utf8, "alpaca", &[]).unwrap_err().to_string();
+    assert!(e.contains("data.train[0]") && e.contains("utf8.jsonl row 2") && e.contains("invalid UTF-8"), "{e}");
+    let (train, _, report) = load(&utf8, "alpaca", &["data.on_bad_row=skip"]).unwrap();
+    assert_eq!((train.len(), report.skipped_rows), (2, 1));
+
+    // Role orders: rows 2 to 5 cannot be trained on.
+    let sg = d.path().join("sharegpt.jsonl");
+    let conv = |roles: &[&str]| serde_json::json!({"conversations": roles.iter().map(|r| serde_json::json!({"from": r, "value": format!("{r} text")})).collect::<Vec<_>>()}).to_string();
+    let rows = [conv(&["human", "gpt"]), conv(&["gpt", "human", "gpt"]), conv(&["human", "human", "gpt"]), conv(&["human"]), conv(&["human", "gpt", "human"])];
+    std::fs::write(&sg, rows.join("\n") + "\n").unwrap();
+    let e = load(&sg, "sharegpt", &[]).unwrap_err().to_string();
+    assert!(e.contains("data.train[0]") && e.contains("sharegpt.jsonl row 2") && e.contains("conversations[0]: an assistant turn at the start"), "{e}");
+    let (train, _, report) = load(&sg, "sharegpt", &["data.on_bad_row=skip"]).unwrap();
+    assert_eq!((train.len(), report.skipped_rows), (1, 4), "{:?}", report.skipped_examples);
+    let why = report.skipped_examples.join("\n");
+    for (row, msg) in [(2, "an assistant turn at the start"), (3, "conversations[1]: a user turn after a user turn"), (4, "no assistant turn"), (5, "ends with a user turn")] {
+        assert!(why.contains(&format!("sharegpt.jsonl row {row}: ")) && why.contains(msg), "row {row}: {why}");
+    }
+
+    // An empty file is named, with its key, even under `skip`.
+    let empty = d.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    for policy in ["data.on_bad_row=fail", "data.on_bad_row=skip"] {
+        let e = load(&empty, "alpaca", &[policy]).unwrap_err().to_string();
+        assert!(e.contains("data.train[0]") && e.contains(&empty.display().to_string()) && e.contains("no records"), "{e}");
+    }
+}
+
 #[test]
 fn verl_parquet_and_dataset_info_registries_load() {
     use arrow_array::{ArrayRef, RecordBatch, StringArray, StructArray, ListArray};

@@ -331,3 +331,49 @@ fn bundle_data_is_what_the_generators_write() {
         }
     }
 }
+
+/// A VERL Parquet file whose pages are scrambled behind an intact footer: `data convert` fails
+/// within a minute (it used to hang while its memory grew), naming the file and the row group.
+#[test]
+fn convert_fails_promptly_on_scrambled_parquet_pages() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("scrambled.parquet");
+    let rows: Vec<Value> = (0..200)
+        .map(|i| serde_json::json!({"data_source": "sample_size", "prompt": [{"role": "user", "content": format!("Trial {i}: how many participants?")}], "reward_model": {"ground_truth": {"target": format!("{}", 100 + i)}}}))
+        .collect();
+    medrl::data::write::write_parquet(&p, &rows).unwrap();
+    let mut bytes = std::fs::read(&p).unwrap();
+    let r = SerializedFileReader::new(std::fs::File::open(&p).unwrap()).unwrap();
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    for c in r.metadata().row_group(0).columns() {
+        let (start, len) = c.byte_range();
+        for b in &mut bytes[start as usize..(start + len) as usize] {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+    }
+    std::fs::write(&p, &bytes).unwrap();
+    let out = d.path().join("out.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medrl"))
+        .args(["data", "convert", "--input", p.to_str().unwrap(), "--output", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("medrl data convert still running after 60 s on a scrambled Parquet file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    let s = text(&o);
+    assert!(!o.status.success(), "{s}");
+    assert!(s.contains(&format!("{} row group 1 of 1", p.display())), "{s}");
+    assert!(!out.exists(), "nothing is written from a damaged file");
+}

@@ -323,7 +323,12 @@ fn once_in_order_slow(text: &str, markers: &[&str], first: &mut [usize]) -> bool
 
 /// First number (`\d+(\.\d+)?`) in `text` after removing commas and spaces, as reference
 /// reward code does ("1,234 patients" -> 1234). Signs are ignored, like the reference regex.
+/// `\d` is Python's: any Unicode decimal digit ([`decimal_digit`]), so "１２０" (full-width)
+/// and "١٢٠" (Arabic-Indic) read as 120, as `float(re.search(r"\d+...", s).group())` does.
 pub fn first_number(text: &str) -> Option<f64> {
+    if !text.is_ascii() {
+        return first_number_unicode(text);
+    }
     // Work on the bytes with ',' and ' ' skipped (both ASCII, so this is the same as removing
     // those chars first), without allocating the cleaned string.
     let mut it = text
@@ -379,6 +384,124 @@ pub fn first_number(text: &str) -> Option<f64> {
         return std::str::from_utf8(&buf[..len]).ok()?.parse().ok();
     }
     first_number_slow(text)
+}
+
+/// [`first_number`] for text with non-ASCII characters: digits of any script.
+fn first_number_unicode(text: &str) -> Option<f64> {
+    let chars: Vec<char> = text.chars().filter(|c| *c != ',' && *c != ' ').collect();
+    let digit = |i: usize| chars.get(i).copied().and_then(decimal_digit);
+    let mut i = (0..chars.len()).find(|&i| digit(i).is_some())?;
+    let mut number = String::new();
+    while let Some(d) = digit(i) {
+        number.push(char::from(b'0' + d as u8));
+        i += 1;
+    }
+    if chars.get(i) == Some(&'.') && digit(i + 1).is_some() {
+        number.push('.');
+        i += 1;
+        while let Some(d) = digit(i) {
+            number.push(char::from(b'0' + d as u8));
+            i += 1;
+        }
+    }
+    number.parse().ok()
+}
+
+/// The first code point of each run of ten Unicode decimal digits (category Nd, values 0-9 in
+/// order), as Python 3.11 knows them (Unicode 14.0; generated with `unicodedata.decimal`).
+const DECIMAL_ZEROS: [u32; 66] = [
+    0x30, 0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66,
+    0xDE6, 0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90,
+    0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10,
+    0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650,
+    0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50,
+    0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
+];
+
+/// The value of a Unicode decimal digit (category Nd: '7', '７', '٧', '७', ...), as Python's
+/// `float()`, `int()` and the regex `\d` read it; `None` for anything else (including
+/// superscripts and Roman numerals, which Python does not take as digits either).
+pub fn decimal_digit(c: char) -> Option<u32> {
+    let c = c as u32;
+    let i = DECIMAL_ZEROS.partition_point(|&z| z <= c);
+    let d = c - DECIMAL_ZEROS[i.checked_sub(1)?];
+    (d < 10).then_some(d)
+}
+
+/// Python's `float(s)` for a `str`, `None` where Python raises `ValueError`: surrounding
+/// whitespace (any Unicode space; of the ASCII controls only `\t\n\v\f\r`), an optional
+/// sign, decimal digits of any script, `_` only between two digits, an optional fraction and
+/// exponent, or `inf` / `infinity` / `nan` in any case. "  12 ", "1_000", "１２０", "1e3", "NaN"
+/// and "-Infinity" are numbers; "1,000", "12 patients", "0x10", "" and "1\x1f" are not.
+pub fn py_float(s: &str) -> Option<f64> {
+    // As CPython: non-ASCII spaces become ' ', non-ASCII digits their ASCII digit, any other
+    // non-ASCII character makes the text invalid.
+    let mut t = String::with_capacity(s.len());
+    for c in s.chars() {
+        t.push(if (c as u32) < 127 {
+            c
+        } else if c.is_whitespace() {
+            ' '
+        } else {
+            char::from(b'0' + decimal_digit(c)? as u8)
+        });
+    }
+    // Underscores only between digits, then dropped.
+    let b = t.as_bytes();
+    if b.contains(&b'_') {
+        for (i, &c) in b.iter().enumerate() {
+            if c == b'_'
+                && !(i > 0
+                    && b[i - 1].is_ascii_digit()
+                    && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+            {
+                return None;
+            }
+        }
+        t.retain(|c| c != '_');
+    }
+    let t = t.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r'));
+    let (sign, body) = match t.as_bytes().first() {
+        Some(b'-') => (-1.0, &t[1..]),
+        Some(b'+') => (1.0, &t[1..]),
+        _ => (1.0, t),
+    };
+    let lower = body.to_ascii_lowercase();
+    if lower == "inf" || lower == "infinity" {
+        return Some(sign * f64::INFINITY);
+    }
+    if lower == "nan" {
+        return Some(f64::NAN);
+    }
+    // digits [. digits] | . digits, then an optional exponent: checked here, so that Rust's
+    // parser (which is correctly rounded, like Python's) only sees Python's grammar.
+    let b = body.as_bytes();
+    let int = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = int;
+    let mut frac = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        frac = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        i += frac;
+    }
+    if int + frac == 0 {
+        return None;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let exp = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if exp == 0 {
+            return None;
+        }
+        i += exp;
+    }
+    if i != b.len() {
+        return None;
+    }
+    body.parse::<f64>().ok().map(|x| sign * x)
 }
 
 fn first_number_slow(text: &str) -> Option<f64> {
@@ -509,6 +632,58 @@ mod tests {
         assert_eq!(first_number("7."), Some(7.0));
         assert_eq!(first_number("-40"), Some(40.0));
         assert_eq!(first_number("none"), None);
+        // Python's \d: digits of any script (values from Python 3.11's re and float()).
+        assert_eq!(first_number("about ١٢٠ participants"), Some(120.0));
+        assert_eq!(first_number("n = １,２０.５"), Some(120.5));
+        assert_eq!(first_number("总计 1٢3 例"), Some(123.0));
+        assert_eq!(first_number("²3"), Some(3.0));
+        assert_eq!(first_number("约 ۸۰ 人"), Some(80.0));
+        assert_eq!(first_number("无"), None);
+    }
+
+    #[test]
+    fn python_float() {
+        // (text, Python 3.11's float(text) or None where it raises ValueError)
+        for (t, want) in [
+            ("12", Some(12.0)),
+            ("  12.5\n", Some(12.5)),
+            ("1_000", Some(1000.0)),
+            ("1__0", None),
+            ("_1", None),
+            ("1_", None),
+            ("1e3", Some(1000.0)),
+            ("1.e3", Some(1000.0)),
+            (".5", Some(0.5)),
+            ("-.e5", None),
+            ("+7", Some(7.0)),
+            ("１２０", Some(120.0)),
+            ("١٢٣", Some(123.0)),
+            ("1_٢", Some(12.0)),
+            ("\u{3000}12\u{a0}", Some(12.0)),
+            ("1\x1f", None),
+            ("1\x0b", Some(1.0)),
+            ("inf", Some(f64::INFINITY)),
+            ("-Infinity", Some(f64::NEG_INFINITY)),
+            ("infinit", None),
+            ("1e400", Some(f64::INFINITY)),
+            ("1,000", None),
+            ("12 patients", None),
+            ("0x10", None),
+            ("", None),
+            ("   ", None),
+            ("²", None),
+            ("Ⅳ", None),
+            ("1\x00", None),
+        ] {
+            assert_eq!(py_float(t), want, "{t:?}");
+        }
+        assert!(py_float(" NaN ").unwrap().is_nan() && py_float("-nan").unwrap().is_nan());
+        assert_eq!(py_float("-0").map(f64::to_bits), Some((-0.0f64).to_bits()));
+        assert_eq!(decimal_digit('7'), Some(7));
+        assert_eq!(decimal_digit('\u{1D7CE}'), Some(0));
+        assert_eq!(decimal_digit('\u{1FBF9}'), Some(9));
+        assert_eq!(decimal_digit('/'), None);
+        assert_eq!(decimal_digit(':'), None);
     }
 
     #[test]

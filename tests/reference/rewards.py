@@ -53,6 +53,8 @@ def study_search_reward(response, ground_truth, corpus, config):
     top_k = config.get("top_k", 100)
     penalty = config.get("format_penalty", -2.0)
     bonus = config.get("bonus", 0.1)
+    # The reference's first step: ground_truth.get raises (AttributeError) for a non-dict.
+    raw_relevant = ground_truth.get("relevant_pmids", [])
     # As the reference: prefix first, then the header split (fixed priority, not earliest).
     text = prefix + response
     for header in ("Assistant:", "<|im_start|>assistant", "<|start_header_id|>assistant<|end_header_id|>"):
@@ -74,12 +76,21 @@ def study_search_reward(response, ground_truth, corpus, config):
     if not query:
         return 0.0, {"format": 1.0, "recall": 0.0, "retrieved": 0.0}
 
-    relevant = []
-    for p in ground_truth.get("relevant_pmids") or []:
-        p = p.strip() if isinstance(p, str) else str(p)
-        if p not in relevant:
-            relevant.append(p)
     retrieved = search_index(corpus, query, top_k)[:top_k]
+    if not retrieved:
+        # The reference computes recall (and reads relevant_pmids) only when something came back.
+        return 0.0, {"format": 1.0, "recall": 0.0, "retrieved": 0.0}
+    # calculate_recall_at_k: `if not relevant_ids: return 0.0`, then set(relevant_ids): a
+    # string's characters, a dict's keys, a list's elements (lists and dicts inside are
+    # unhashable), TypeError for other numbers and True.
+    relevant = []
+    if raw_relevant:
+        for p in list(raw_relevant):
+            if isinstance(p, (list, dict)):
+                raise TypeError("unhashable type: " + type(p).__name__)
+            p = p.strip() if isinstance(p, str) else str(p)
+            if p not in relevant:
+                relevant.append(p)
     if relevant:
         recall = len(set(relevant) & set(retrieved)) / len(relevant)
     else:
@@ -101,19 +112,28 @@ VERIFIER_TEMPLATE = (
 
 
 def verifier_answer(ground_truth):
+    """The reference answer text; raises for a missing one (HuatuoGPT-o1 drops rows without a
+    "Ground-True Answer", so there is nothing to score) and for one that is not text or a
+    number."""
     if isinstance(ground_truth, dict):
         v = ground_truth.get("answer", ground_truth.get("Ground-True Answer"))
     else:
         v = ground_truth
+    if v is None:
+        raise KeyError("no reference answer")
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise TypeError("reference answer must be text")
     return v if isinstance(v, str) else json.dumps(v)
 
 
 def verifier_input(response, ground_truth, config):
-    """None when the format is wrong, else the verifier's input text."""
+    """None when the format is wrong, else the verifier's input text (raises for a ground
+    truth without a usable answer, whatever the response)."""
+    answer = verifier_answer(ground_truth)
     if response.count("## Final Response\n\n") != 1 or response.count("## Thinking") != 1:
         return None
     final = response.split("## Final Response\n\n")[1].strip()
-    return VERIFIER_TEMPLATE.format(final, verifier_answer(ground_truth), config.get("eos", "<|endoftext|>"))
+    return VERIFIER_TEMPLATE.format(final, answer, config.get("eos", "<|endoftext|>"))
 
 
 def medical_verifier_reward(response, ground_truth, p, config):
@@ -172,9 +192,14 @@ def dialogue_reward(response, ground_truth, config):
     n_rep = config.get("repetition_n", 2)
     strip_punct = config.get("strip_punctuation", True)
     if isinstance(ground_truth, dict):
-        reference = next(ground_truth[k] for k in ("reference", "answer", "output", "response") if k in ground_truth)
+        keys = [k for k in ("reference", "answer", "output", "response") if k in ground_truth]
+        if not keys:
+            raise KeyError("no reference answer")
+        reference = ground_truth[keys[0]]
     else:
         reference = ground_truth
+    if not isinstance(reference, str):
+        raise TypeError("the reference answer must be a string")
 
     text = response
     if config.get("strip_think", True) and "</think>" in text:
@@ -666,12 +691,37 @@ def study_search_cases():
         ("vitamin_d", "vitamin d fracture</answer>", {"relevant_pmids": ["1012", "1099"]}, {}),
         ("missing_relevant_list", "metformin</answer>", {"review_pmid": "9001"}, {}),
         ("answer_in_prefix_only", "", gt_diab, {"prefix": "<answer>metformin</answer>"}),
+        # Invalid or odd ground truths, read as the reference reads them.
+        ("gt_string_raises", "metformin</answer>", "1001", {}),
+        ("gt_null_raises", "metformin</answer>", None, {}),
+        ("gt_null_bad_format_raises", "no tags", None, {}),
+        ("gt_list_raises", "metformin</answer>", ["1001"], {}),
+        ("relevant_null", "metformin</answer>", {"relevant_pmids": None}, {}),
+        ("relevant_empty_string", "metformin</answer>", {"relevant_pmids": ""}, {}),
+        ("relevant_string_is_characters", "metformin</answer>", {"relevant_pmids": "1001"}, {}),
+        ("relevant_object_keys", "metformin</answer>", {"relevant_pmids": {"1001": 1, "1099": 0}}, {}),
+        ("relevant_zero", "metformin</answer>", {"relevant_pmids": 0}, {}),
+        ("relevant_false", "metformin</answer>", {"relevant_pmids": False}, {}),
+        ("relevant_number_raises", "metformin</answer>", {"relevant_pmids": 1001}, {}),
+        ("relevant_true_raises", "metformin</answer>", {"relevant_pmids": True}, {}),
+        ("relevant_number_bad_format", "no tags", {"relevant_pmids": 1001}, {}),
+        ("relevant_number_empty_query", "</answer>", {"relevant_pmids": 1001}, {}),
+        ("relevant_number_no_hits", "zzzz qqqq</answer>", {"relevant_pmids": 1001}, {}),
+        ("relevant_null_element", "metformin</answer>", {"relevant_pmids": ["1001", None]}, {}),
+        ("relevant_bool_element", "metformin</answer>", {"relevant_pmids": ["1002", True]}, {}),
+        ("relevant_nested_list_raises", "metformin</answer>", {"relevant_pmids": [["1001"]]}, {}),
+        ("relevant_nested_list_bad_format", "<think>x</think>metformin</answer>", {"relevant_pmids": [["1001"]]}, {}),
+        ("relevant_float_ids", "metformin</answer>", {"relevant_pmids": [1001.0, "1002"]}, {}),
     ]
     out = []
     for name, response, gt, config in cases:
-        score, comps = study_search_reward(response, gt, CORPUS, config)
-        out.append({"name": name, "config": config, "sample": sample(response, gt, "Design a search query. <answer>", "study_search_test"),
-                    "expected": {"score": score, "components": comps}})
+        entry = {"name": name, "config": config, "sample": sample(response, gt, "Design a search query. <answer>", "study_search_test")}
+        try:
+            score, comps = study_search_reward(response, gt, CORPUS, config)
+            entry["expected"] = {"score": score, "components": comps}
+        except (AttributeError, TypeError) as e:
+            entry["expected"] = {"error": type(e).__name__}
+        out.append(entry)
     return out
 
 
@@ -743,11 +793,30 @@ def medical_verifier_cases():
     for name, r, gt in bad:
         cfg = {"format_score": -1.0} if name == "format_score_config" else {}
         cases.append((name, r, gt, cfg, None))
+    # Invalid or odd ground truths: an error for the sample whatever the response (the
+    # reference never scores a row without an answer); a number is its JSON text.
+    cases += [
+        ("gt_null", resp("Metformin"), None, {}, None),
+        ("gt_null_bad_format", "Metformin", None, {}, None),
+        ("gt_object_without_answer", resp("Metformin"), {"question": "q"}, {}, None),
+        ("gt_object_answer_null", resp("Metformin"), {"answer": None, "Ground-True Answer": "Metformin"}, {}, None),
+        ("gt_bool", resp("True"), True, {}, None),
+        ("gt_list", resp("A"), ["A", "B"], {}, None),
+        ("gt_object_answer_list", resp("A"), {"answer": ["A"]}, {}, None),
+        ("gt_number", resp("42"), 42, {}, 0.81),
+        ("gt_object_answer_float", resp("2.5 mg"), {"answer": 2.5}, {}, 0.35),
+        ("gt_empty_string", resp("Metformin"), "", {}, 0.12),
+    ]
 
     out, pinned = [], {}
     for name, response, gt, config, p in cases:
-        prompt = verifier_input(response, gt, config)
         entry = {"name": name, "config": config, "sample": sample(response, gt, "Answer the medical question.", "medical_o1")}
+        try:
+            prompt = verifier_input(response, gt, config)
+        except (KeyError, TypeError) as e:
+            entry["expected"] = {"error": type(e).__name__}
+            out.append(entry)
+            continue
         if prompt is not None:
             if p is None:
                 p = stable_p(prompt)
@@ -820,12 +889,24 @@ def dialogue_cases():
         ("greek_lowercase", "ΠΥΡΕΤΟΣ σημαίνει fever.", "πυρετος means fever.", {}),
         ("digits_only", "12345", "12345", {}),
         ("single_cjk", "好", "好", {}),
+        # Invalid ground truths: an error for the sample (no reference text to compare with).
+        ("gt_null", good_en, None, {}),
+        ("gt_null_empty_response", "", None, {}),
+        ("gt_number", "42.", 42, {}),
+        ("gt_object_without_reference", good_en, {"question": "fever?"}, {}),
+        ("gt_object_reference_null", good_en, {"reference": None, "answer": ref_en}, {}),
+        ("gt_object_reference_list", good_en, {"reference": [ref_en]}, {}),
+        ("gt_list", good_en, [ref_en], {}),
     ]
     out = []
     for name, response, gt, config in cases:
-        score, comps = dialogue_reward(response, gt, config)
-        out.append({"name": name, "config": config, "sample": sample(response, gt, "Patient: I have a fever.", "medical_meadow"),
-                    "expected": {"score": score, "components": comps}})
+        entry = {"name": name, "config": config, "sample": sample(response, gt, "Patient: I have a fever.", "medical_meadow")}
+        try:
+            score, comps = dialogue_reward(response, gt, config)
+            entry["expected"] = {"score": score, "components": comps}
+        except (KeyError, TypeError) as e:
+            entry["expected"] = {"error": type(e).__name__}
+        out.append(entry)
     return out
 
 
@@ -987,6 +1068,13 @@ def hcc_cases():
         ("survival_died_no_months", surv({"survival_months": 30}), {"if_death": 1, "survival_1yr": 1}, {}),
         ("survival_threshold_12_died", surv({"survival_months": 12, "survival_1yr": 1, "survival_3yr": 0, "survival_5yr": 0}), dict(gt, survival_months=12), {}),
         ("survival_gt_months_float_truncated", surv({"survival_months": 35, "survival_1yr": 1, "survival_3yr": 0, "survival_5yr": 0}), dict(gt, survival_months=35.9), {}),
+        # float() of strings as Python reads them: any script's digits, only ASCII whitespace
+        # controls stripped (0x1f is not), underscores between digits.
+        ("survival_gt_months_fullwidth", surv({"survival_months": 40, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}), dict(gt, survival_months="４０"), {}),
+        ("survival_gt_months_arabic_indic", surv({"survival_months": 36, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}), dict(gt, survival_months="٣٦"), {}),
+        ("survival_gt_months_unit_separator", surv({"survival_months": 40, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}), dict(gt, survival_months="40\x1f"), {}),
+        ("survival_gt_months_underscore", surv({"survival_months": 40, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}), dict(gt, survival_months="4_0"), {}),
+        ("survival_gt_months_ideographic_space", surv({"survival_months": 40, "survival_1yr": 1, "survival_3yr": 1, "survival_5yr": 0}), dict(gt, survival_months="\u300040\u3000"), {}),
         ("survival_invalid_everything", surv("{survival_months: 40}"), gt, {}),
         ("survival_not_object", surv("[40, 1, 1, 0]"), gt, {}),
         ("survival_endstage", R({"ps": 3, "child_pugh": "C"}, {"scores": {"Palliative_care": 1}}, {"survival_months": 3, "survival_1yr": 0, "survival_3yr": 0, "survival_5yr": 0}), gt_endstage, {}),
@@ -1036,7 +1124,152 @@ def hcc_cases():
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# sample size (TrialPanorama)
+
+def sample_size_reward(response, ground_truth, config):
+    """TrialPanorama's sample_size_estimation.compute_score (format_reward 0.1 + correct_reward
+    1.0 = 1.1), with medrl's configurable scores and its components (format: the structure
+    check; accuracy: the answer is within tolerance). Raises where the reference raises."""
+    tol = config.get("tolerance", 0.2)
+    correct = config.get("correct_score", 1.1)
+    penalty = config.get("format_penalty", -2.0)
+    invalid = config.get("invalid_target_score", -2.0)
+    # compute_score: the target comes first (AttributeError for a ground truth that is not a dict).
+    target = ground_truth.get("target")
+    true = None
+    if target is not None:
+        try:
+            true = float(target)
+        except (ValueError, TypeError):
+            true = None
+    # extract_solution: fixed header priority.
+    if "Assistant:" in response:
+        processed = response.split("Assistant:", 1)[1].strip()
+    elif "<|im_start|>assistant" in response:
+        processed = response.split("<|im_start|>assistant", 1)[1].strip()
+    elif "<|start_header_id|>assistant<|end_header_id|>" in response:
+        processed = response.split("<|start_header_id|>assistant<|end_header_id|>", 1)[1].strip()
+    else:
+        processed = response
+    matches = re.findall(r"<answer>(.*?)</answer>", processed, re.DOTALL)
+    answer_text = matches[-1].strip() if matches else None
+    # validate_response_structure
+    ok = True
+    pos = {}
+    for tag in ("<think>", "</think>", "<answer>", "</answer>"):
+        pos[tag] = processed.find(tag)
+        if processed.count(tag) != 1:
+            ok = False
+    if pos["<think>"] > pos["</think>"] or pos["</think>"] > pos["<answer>"] or pos["<answer>"] > pos["</answer>"]:
+        ok = False
+    if true is None:
+        # The reference returns -2 before it looks at the response.
+        return invalid, {"format": 1.0 if ok else 0.0, "accuracy": 0.0}
+    if not ok:
+        return penalty, {"format": 0.0, "accuracy": 0.0}
+    hit = False
+    if answer_text:
+        m = re.search(r"(\d+(?:\.\d+)?)", answer_text.strip().replace(",", "").replace(" ", ""))
+        if m is not None:
+            pred = float(m.group(1))
+            hit = true * (1 - tol) <= pred <= true * (1 + tol)
+    return (correct if hit else 0.0), {"format": 1.0, "accuracy": 1.0 if hit else 0.0}
+
+
+def sample_size_cases():
+    def R(answer, think="Two means, alpha 0.05, power 0.8."):
+        return "<think>%s</think>\n<answer>%s</answer>" % (think, answer)
+
+    t100 = {"target": 100, "answer_type": "integer", "trial_id": "NCT0001", "pmid": ""}
+    cases = [
+        ("exact", R("100"), t100, {}),
+        ("within", R("95"), t100, {}),
+        ("lower_bound", R("80"), t100, {}),
+        ("upper_bound", R("120"), t100, {}),
+        ("below", R("79.99"), t100, {}),
+        ("above", R("120.01"), t100, {}),
+        ("commas_spaces", R("1,0 0 participants"), t100, {}),
+        ("text_before_number", R("about 110 per arm"), t100, {}),
+        ("sign_ignored", R("-100"), t100, {}),
+        ("no_number", R("not enough information"), t100, {}),
+        ("empty_answer", R(""), t100, {}),
+        ("fullwidth_digits", R("１００"), t100, {}),
+        ("arabic_indic_digits", R("١٠٥"), t100, {}),
+        ("devanagari_digits", R("९०"), t100, {}),
+        ("chinese_text", R("约 115 人"), t100, {}),
+        ("decimal_answer", R("99.5"), t100, {}),
+        ("superscript_not_digit", R("²100"), t100, {}),
+        ("empty_response", "", t100, {}),
+        ("whitespace_response", "  \n ", t100, {}),
+        ("answer_only", "<answer>100</answer>", t100, {}),
+        ("two_answers", R("100") + "<answer>100</answer>", t100, {}),
+        ("wrong_order", "<answer>100</answer><think>x</think>", t100, {}),
+        ("assistant_header", "User: how many?\nAssistant: " + R("100"), t100, {}),
+        ("chatml_header", "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n" + R("100"), t100, {}),
+        ("llama3_header", "<|start_header_id|>assistant<|end_header_id|>\n\n" + R("100"), t100, {}),
+        ("header_priority_assistant_wins", "<|im_start|>assistant\n" + R("100") + "\nAssistant: done", t100, {}),
+        ("tags_before_header_dropped", R("5") + "Assistant: " + R("100"), t100, {}),
+        # targets of every kind
+        ("target_string", R("100"), {"target": "100"}, {}),
+        ("target_string_spaces", R("100"), {"target": "  100\n"}, {}),
+        ("target_float", R("100"), {"target": 99.5}, {}),
+        ("target_string_exponent", R("100"), {"target": "1e2"}, {}),
+        ("target_string_underscore", R("1000"), {"target": "1_000"}, {}),
+        ("target_string_double_underscore", R("1000"), {"target": "1__000"}, {}),
+        ("target_string_fullwidth", R("120"), {"target": "１２０"}, {}),
+        ("target_string_arabic_indic", R("120"), {"target": "١٢٠"}, {}),
+        ("target_string_ideographic_space", R("120"), {"target": "\u3000120\u3000"}, {}),
+        ("target_string_unit_separator", R("120"), {"target": "120\x1f"}, {}),
+        ("target_string_commas", R("1000"), {"target": "1,000"}, {}),
+        ("target_string_with_unit", R("120"), {"target": "120 patients"}, {}),
+        ("target_string_hex", R("16"), {"target": "0x10"}, {}),
+        ("target_string_empty", R("0"), {"target": ""}, {}),
+        ("target_string_nan", R("100"), {"target": "nan"}, {}),
+        ("target_string_inf", R("100"), {"target": "inf"}, {}),
+        ("target_string_neg_infinity", R("100"), {"target": "-Infinity"}, {}),
+        ("target_negative", R("100"), {"target": -100}, {}),
+        ("target_zero_pred_zero", R("0"), {"target": 0}, {}),
+        ("target_zero_pred_one", R("1"), {"target": "0"}, {}),
+        ("target_true", R("1"), {"target": True}, {}),
+        ("target_false_pred_zero", R("0"), {"target": False}, {}),
+        ("target_huge", R("100"), {"target": 1e300}, {}),
+        ("target_tiny", R("0"), {"target": 1e-3}, {}),
+        # invalid targets: -2 whatever the response
+        ("target_missing", R("100"), {"answer_type": "integer"}, {}),
+        ("target_missing_bad_format", "100", {"answer_type": "integer"}, {}),
+        ("target_missing_empty_response", "", {}, {}),
+        ("target_null", R("100"), {"target": None}, {}),
+        ("target_list", R("100"), {"target": [100]}, {}),
+        ("target_object", R("100"), {"target": {"value": 100}}, {}),
+        ("target_nested_null", R("100"), {"target": {"target": None}}, {}),
+        ("target_word", R("100"), {"target": "one hundred"}, {}),
+        ("target_missing_custom_score", R("100"), {}, {"invalid_target_score": -5.0}),
+        # ground truths that are not objects: the reference raises
+        ("gt_number_raises", R("100"), 100, {}),
+        ("gt_string_raises", R("100"), "100", {}),
+        ("gt_null_raises", R("100"), None, {}),
+        ("gt_list_raises", R("100"), [{"target": 100}], {}),
+        # config
+        ("tolerance_config", R("109"), t100, {"tolerance": 0.1}),
+        ("tolerance_config_out", R("111"), t100, {"tolerance": 0.1}),
+        ("scores_config", R("100"), t100, {"correct_score": 2.0, "format_penalty": -1.0}),
+        ("scores_config_bad_format", "100", t100, {"correct_score": 2.0, "format_penalty": -1.0}),
+    ]
+    out = []
+    for name, response, gt, config in cases:
+        entry = {"name": name, "config": config, "sample": sample(response, gt, "How many participants?", "sample_size_estimation_test")}
+        try:
+            score, comps = sample_size_reward(response, gt, config)
+            entry["expected"] = {"score": score, "components": comps}
+        except AttributeError as e:
+            entry["expected"] = {"error": type(e).__name__}
+        out.append(entry)
+    return out
+
+
 PLUGINS = {
+    "sample-size": sample_size_cases,
     "study-search": study_search_cases,
     "medical-verifier": medical_verifier_cases,
     "dialogue-quality": dialogue_cases,

@@ -204,7 +204,12 @@ fn sharegpt(record: &Value, col: &str, system_col: &Option<String>, tags: &Tags)
         };
         messages.push(ChatMessage::new(role, content));
     }
-    check_roles(&messages)?;
+    // Report the turn as the user's file has it (a system column is not one of the turns).
+    let offset = messages.len() - turns.len();
+    role_order(&messages).map_err(|(i, msg)| match i.checked_sub(offset) {
+        Some(t) => format!("{col}[{t}]: {msg}"),
+        None => format!("message {i}: {msg}"),
+    })?;
     Ok(Example { messages, ground_truth: Value::Null, metadata: Value::Null, data_source: String::new() })
 }
 
@@ -241,16 +246,67 @@ fn verl(record: &Value, cols: &Columns) -> Result<Example, String> {
     })
 }
 
+/// Checks the roles and their order (see [`role_order`]); the error names the message.
 fn check_roles(messages: &[ChatMessage]) -> Result<(), String> {
+    role_order(messages).map_err(|(i, msg)| format!("message {i}: {msg}"))
+}
+
+/// The role order of a conversation: an optional `system` message first, then turns starting
+/// with `user`; a `user` turn is answered by `assistant`; an `assistant` turn is followed by
+/// `user`, or by `tool` results (sharegpt's observations, after a function call), which are
+/// followed by more results or by the `assistant`. This is LLaMA-Factory's sharegpt rule (user
+/// and observation turns on one side, assistant and function-call turns on the other) with
+/// consecutive tool results allowed. `Err((index of the offending message, why))`.
+pub fn role_order(messages: &[ChatMessage]) -> Result<(), (usize, String)> {
+    let mut prev: Option<&str> = None;
     for (i, m) in messages.iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
-            return Err(format!("message {i}: unknown role {:?}", m.role));
+        let role = m.role.as_str();
+        if !matches!(role, "system" | "user" | "assistant" | "tool") {
+            return Err((i, format!("unknown role {role:?}")));
         }
-        if m.role == "system" && i != 0 {
-            return Err(format!("message {i}: a system message must come first"));
+        if role == "system" {
+            if i != 0 {
+                return Err((i, "a system message must come first".into()));
+            }
+            prev = Some(role);
+            continue;
         }
+        let expected: &[&str] = match prev {
+            None | Some("system") => &["user"],
+            Some("user") => &["assistant"],
+            Some("assistant") => &["user", "tool"],
+            _ => &["tool", "assistant"],
+        };
+        if !expected.contains(&role) {
+            let after = match prev {
+                None | Some("system") => "at the start of the conversation".to_string(),
+                Some(p) => format!("after {} {p} turn", article(p)),
+            };
+            return Err((i, format!("{} {role} turn {after} (expected {}): turns must alternate user/assistant, starting with user", article(role), expected.join(" or "))));
+        }
+        prev = Some(role);
     }
     Ok(())
+}
+
+fn article(role: &str) -> &'static str {
+    if role.starts_with('a') {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// What a training (SFT) conversation needs besides a valid role order: an assistant turn to
+/// learn from, and an assistant turn at the end (a trailing user or tool turn is never
+/// trained on and usually means a truncated or misordered record).
+pub fn check_trainable(messages: &[ChatMessage]) -> Result<(), String> {
+    match messages.last().map(|m| m.role.as_str()) {
+        _ if !messages.iter().any(|m| m.role == "assistant") => Err("no assistant turn: nothing to train on".into()),
+        Some("assistant") => Ok(()),
+        Some(other) => Err(format!("the conversation ends with a {other} turn; training data must end with an assistant turn")),
+        None => Err("record has no messages".into()),
+    }
 }
 
 #[cfg(test)]
@@ -293,5 +349,55 @@ mod tests {
         assert_eq!(ex.ground_truth, json!("120"));
         assert_eq!(ex.data_source, "trialpanorama");
         assert_eq!(ex.messages.last().unwrap().content, "<answer>120</answer>");
+    }
+    fn turns(roles: &[&str]) -> Value {
+        json!({"conversations": roles.iter().map(|r| json!({"from": r, "value": "x"})).collect::<Vec<_>>()})
+    }
+
+    /// Impossible role orders are row errors naming the turn; valid ones (system first, user
+    /// and assistant alternating, function calls and observations in the assistant's and the
+    /// user's place) still load.
+    #[test]
+    fn role_order_is_checked() {
+        let sg = |roles: &[&str]| to_example(&turns(roles), &Formatting::Sharegpt, &Columns::default(), &Tags::default());
+        for (roles, turn, what) in [
+            (&["gpt", "human", "gpt"][..], 0, "an assistant turn at the start"),
+            (&["human", "human", "gpt"][..], 1, "a user turn after a user turn"),
+            (&["human", "gpt", "gpt"][..], 2, "an assistant turn after an assistant turn"),
+            (&["human", "observation", "gpt"][..], 1, "a tool turn after a user turn"),
+            (&["observation", "gpt"][..], 0, "a tool turn at the start"),
+            (&["human", "gpt", "system", "human"][..], 2, "a system message must come first"),
+        ] {
+            let e = sg(roles).unwrap_err();
+            assert!(e.starts_with(&format!("conversations[{turn}]: ")) && e.contains(what), "{roles:?}: {e}");
+        }
+        for roles in [&["human", "gpt"][..], &["system", "human", "gpt", "human", "gpt"], &["human", "function_call", "observation", "gpt"], &["human"], &["human", "gpt", "human"]] {
+            sg(roles).unwrap_or_else(|e| panic!("{roles:?}: {e}"));
+        }
+        // A system column comes before the turns; the turn index stays the file's.
+        let mut r = turns(&["gpt", "human"]);
+        r["system"] = json!("Be brief.");
+        let e = to_example(&r, &Formatting::Sharegpt, &Columns::default(), &Tags::default()).unwrap_err();
+        assert!(e.starts_with("conversations[0]: an assistant turn at the start"), "{e}");
+        // medrl messages and VERL prompts follow the same rule.
+        let m = json!({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]});
+        let e = to_example(&m, &Formatting::Messages, &Columns::default(), &Tags::default()).unwrap_err();
+        assert!(e.contains("message 1: a user turn after a user turn"), "{e}");
+        let v = json!({"prompt": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]});
+        let e = to_example(&v, &Formatting::Verl, &Columns::default(), &Tags::default()).unwrap_err();
+        assert!(e.contains("message 0: an assistant turn at the start"), "{e}");
+        // OpenAI-style tool results may follow each other.
+        let m = json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "call"}, {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}, {"role": "assistant", "content": "a"}]});
+        to_example(&m, &Formatting::Messages, &Columns::default(), &Tags::default()).unwrap();
+    }
+
+    #[test]
+    fn training_conversations_end_with_an_assistant_turn() {
+        let msgs = |roles: &[&str]| roles.iter().map(|r| ChatMessage::new(*r, "x")).collect::<Vec<_>>();
+        assert!(check_trainable(&msgs(&["system", "user", "assistant"])).is_ok());
+        assert!(check_trainable(&msgs(&["user", "assistant", "tool", "assistant"])).is_ok());
+        assert!(check_trainable(&msgs(&["system", "user"])).unwrap_err().contains("no assistant turn"));
+        assert!(check_trainable(&msgs(&["user", "assistant", "user"])).unwrap_err().contains("ends with a user turn"));
+        assert!(check_trainable(&msgs(&["user", "assistant", "tool"])).unwrap_err().contains("ends with a tool turn"));
     }
 }

@@ -65,6 +65,16 @@ pub enum DataError {
     Tokenize(String),
     #[error("{msg}")]
     Empty { msg: String },
+    /// A Parquet row group that cannot be decoded (damaged pages). Not skippable: the rows of a
+    /// damaged row group cannot be told apart, so the file fails.
+    #[error("{path} row group {row_group} of {row_groups} ({rows} rows from row {first_row}): {msg}")]
+    RowGroup { path: PathBuf, row_group: usize, row_groups: usize, first_row: usize, rows: usize, msg: String },
+    /// A dataset file without a single record.
+    #[error("{path}: the dataset file has no records (it is empty)")]
+    EmptyFile { path: PathBuf },
+    /// An error in the dataset a config key names (`data.train[0]`).
+    #[error("{key}: {source}")]
+    Dataset { key: String, source: Box<DataError> },
 }
 
 /// What to do with a record that cannot be parsed, converted or tokenized.
@@ -110,6 +120,9 @@ impl LoadReport {
 /// Load examples from one dataset spec, applying `policy` to bad rows.
 pub fn load_examples(spec: &DatasetSpec, policy: BadRowPolicy) -> Result<(Vec<(Origin, Example)>, LoadReport), DataError> {
     let records = read::read_records(&spec.path)?;
+    if records.is_empty() {
+        return Err(DataError::EmptyFile { path: spec.path.clone() });
+    }
     let mut report = LoadReport::default();
     let mut out = Vec::new();
     let limit = spec.num_samples.unwrap_or(usize::MAX);

@@ -564,6 +564,9 @@ impl Task {
         let spec = self.dataset(split)?;
         let err = |source: DataError| TaskError::Data { task: self.name().to_string(), split, source };
         let records = read_records(&spec.path).map_err(err)?;
+        if records.is_empty() {
+            return Err(err(DataError::EmptyFile { path: spec.path.clone() }));
+        }
         let mut out = Vec::new();
         for rec in records.into_iter().take(spec.num_samples.unwrap_or(usize::MAX)) {
             let (origin, mut value) = rec.map_err(err)?;

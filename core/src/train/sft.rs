@@ -22,6 +22,7 @@ use crate::config::Validate;
 use crate::data::batch::{build_batch, trained_targets, Batcher, BatchingConfig, MicroBatch};
 use crate::data::registry::{resolve, DatasetRef};
 use crate::data::tokenize::{tokenize_example, Dropped, Overlong, Tokenizing, TrainOn};
+use crate::data::formats::check_trainable;
 use crate::data::{load_examples, BadRowPolicy, DataError, Example, LoadReport, Origin, TokenizedExample};
 use crate::model::{load_model_dir, peft, ModelError};
 
@@ -256,18 +257,33 @@ pub struct PreparedData {
 pub fn load_split(cfg: &SftConfig) -> Result<(Vec<(Origin, Example)>, Vec<(Origin, Example)>, LoadReport), SftError> {
     let dir = cfg.data.dataset_dir.as_deref();
     let mut report = LoadReport::default();
-    let mut load = |refs: &[DatasetRef]| -> Result<Vec<(Origin, Example)>, SftError> {
+    // Errors name the config key of the dataset (`data.train[0]`) besides its file and row.
+    let mut load = |key: &str, refs: &[DatasetRef]| -> Result<Vec<(Origin, Example)>, SftError> {
         let mut out = Vec::new();
-        for r in refs {
-            let spec = resolve(r, dir)?;
-            let (exs, rep) = load_examples(&spec, cfg.data.on_bad_row)?;
+        for (i, r) in refs.iter().enumerate() {
+            let in_key = |e: DataError| DataError::Dataset { key: format!("{key}[{i}]"), source: Box::new(e) };
+            let spec = resolve(r, dir).map_err(in_key)?;
+            let (exs, mut rep) = load_examples(&spec, cfg.data.on_bad_row).map_err(in_key)?;
+            // A conversation that cannot be trained on is a bad row (it used to be dropped
+            // silently at tokenization).
+            for (origin, ex) in exs {
+                match check_trainable(&ex.messages) {
+                    Ok(()) => out.push((origin, ex)),
+                    Err(msg) => {
+                        let e = DataError::Row { origin, msg };
+                        match cfg.data.on_bad_row {
+                            BadRowPolicy::Skip => rep.skip(&e),
+                            BadRowPolicy::Fail => return Err(in_key(e).into()),
+                        }
+                    }
+                }
+            }
             report.merge(rep);
-            out.extend(exs);
         }
         Ok(out)
     };
-    let mut train = load(&cfg.data.train)?;
-    let mut eval = load(&cfg.data.eval)?;
+    let mut train = load("data.train", &cfg.data.train)?;
+    let mut eval = load("data.eval", &cfg.data.eval)?;
     if eval.is_empty() && cfg.data.val_fraction > 0.0 {
         use rand::seq::SliceRandom;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.training.seed.wrapping_add(0x5eed));
@@ -278,7 +294,7 @@ pub fn load_split(cfg: &SftConfig) -> Result<(Vec<(Origin, Example)>, Vec<(Origi
         train.sort_by(|a, b| (a.0.file.clone(), a.0.row).cmp(&(b.0.file.clone(), b.0.row)));
     }
     if train.is_empty() {
-        return Err(SftError::Data(DataError::Empty { msg: "no training examples were loaded".into() }));
+        return Err(SftError::Data(DataError::Empty { msg: format!("no training examples were loaded from data.train ({} rows read, {} skipped)", report.rows, report.skipped_rows) }));
     }
     Ok((train, eval, report))
 }

@@ -191,27 +191,10 @@ pub fn py_str(v: &Py) -> String {
 // ---------------------------------------------------------------------------------------------
 // float(), int(float()), and the reference's 0/1 flag parser
 
-/// Python's `float(s)` for a string.
+/// Python's `float(s)` for a string (digits of any script, `_` between digits, only ASCII
+/// `\t\n\v\f\r` among the control characters stripped: see `helpers::py_float`).
 pub fn float_of_str(s: &str) -> Option<f64> {
-    let t = py_strip(s);
-    let b = t.as_bytes();
-    let mut cleaned = String::with_capacity(t.len());
-    for (i, c) in t.char_indices() {
-        if c == '_' {
-            let ok = i > 0
-                && b[i - 1].is_ascii_digit()
-                && b.get(i + 1).is_some_and(|n| n.is_ascii_digit());
-            if !ok {
-                return None;
-            }
-        } else {
-            cleaned.push(c);
-        }
-    }
-    if cleaned.is_empty() || !cleaned.is_ascii() {
-        return None;
-    }
-    cleaned.parse().ok()
+    medrl_reward_sdk::helpers::py_float(s)
 }
 
 /// Python's `float(v)`; `None` where Python raises.

@@ -23,6 +23,7 @@ class WitWorld(wit_world.WitWorld):
                 "tolerance": {"type": "number", "default": 0.2},
                 "correct_score": {"type": "number", "default": 1.1},
                 "format_penalty": {"type": "number", "default": -2.0},
+                "invalid_target_score": {"type": "number", "default": -2.0},
             },
         }
         return types.Manifest(
@@ -42,10 +43,11 @@ class WitWorld(wit_world.WitWorld):
         tol = float(cfg.get("tolerance", 0.2))
         correct = float(cfg.get("correct_score", 1.1))
         penalty = float(cfg.get("format_penalty", -2.0))
+        invalid = float(cfg.get("invalid_target_score", -2.0))
         out = []
         for s in samples:
             try:
-                value, parts = sample_size.score(s.response, sample_size.parse_json(s.ground_truth), tol, correct, penalty)
+                value, parts = sample_size.score(s.response, sample_size.parse_json(s.ground_truth), tol, correct, penalty, invalid)
                 out.append(Ok(types.ScoreResult_Scored(types.Scored(score=value, components=list(parts.items())))))
             except Exception as e:  # a bug in one sample must not fail the batch
                 host.log(host.LogLevel.ERROR, f"sample failed: {e!r}")

@@ -8,17 +8,16 @@ import re
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_HEADERS = ("<|start_header_id|>assistant<|end_header_id|>", "<|im_start|>assistant", "Assistant:")
 _MARKERS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
 def strip_to_assistant(text):
-    best = None
-    for h in _HEADERS:
-        i = text.find(h)
-        if i >= 0 and (best is None or i < best[0]):
-            best = (i, len(h))
-    return text if best is None else text[best[0] + best[1]:]
+    """The reference's split: after `Assistant:` if present, else the ChatML header, else the
+    Llama-3 header (a fixed priority, not the earliest header)."""
+    for h in ("Assistant:", "<|im_start|>assistant", "<|start_header_id|>assistant<|end_header_id|>"):
+        if h in text:
+            return text.split(h, 1)[1]
+    return text
 
 
 def format_ok(text):
@@ -34,26 +33,31 @@ def format_ok(text):
 
 
 def target_of(ground_truth):
-    t = ground_truth.get("target", ground_truth) if isinstance(ground_truth, dict) else ground_truth
-    if isinstance(t, bool):
-        return -2.0
+    """float(ground_truth["target"]), None where the reference returns -2; raises (as the
+    reference does) when the ground truth is not a dict."""
+    t = ground_truth.get("target")
+    if t is None:
+        return None
     try:
         return float(t)
     except (TypeError, ValueError):
-        return -2.0
+        return None
 
 
-def score(response, ground_truth, tolerance=0.2, correct=1.1, penalty=-2.0):
+def score(response, ground_truth, tolerance=0.2, correct=1.1, penalty=-2.0, invalid_target=-2.0):
     """Returns (score, {"format": f, "accuracy": a})."""
+    t = target_of(ground_truth)
     text = strip_to_assistant(response)
-    if not format_ok(text):
+    ok = format_ok(text)
+    if t is None:
+        return invalid_target, {"format": 1.0 if ok else 0.0, "accuracy": 0.0}
+    if not ok:
         return penalty, {"format": 0.0, "accuracy": 0.0}
     answers = _ANSWER.findall(text)
     pred = None
     if answers:
         m = _NUMBER.search(answers[-1].strip().replace(",", "").replace(" ", ""))
         pred = float(m.group(0)) if m else None
-    t = target_of(ground_truth)
     hit = pred is not None and (1 - tolerance) * t <= pred <= (1 + tolerance) * t
     return (correct if hit else 0.0), {"format": 1.0, "accuracy": 1.0 if hit else 0.0}
 

@@ -1,33 +1,89 @@
-//! Sample-size estimation reward, reproducing the TrialPanorama reference scoring:
-//! -2 for a bad format, 1.1 when the answer is within ±20% of the target (bounds included),
-//! 0 otherwise. Components: `format` (1/0) and `accuracy` (1/0).
+//! Sample-size estimation reward, reproducing TrialPanorama's reference scoring
+//! (`train/rlvr/reward_func/sample_size_estimation.py`, `compute_score`), in this order:
+//! - The ground truth must be an object: the reference calls `ground_truth.get("target")`, which
+//!   raises for anything else; here that is an error for the sample.
+//! - `target` missing, null, or not something Python's `float()` accepts (a list, an object,
+//!   "120 patients", "1,000"): -2 (`invalid_target_score`) WHATEVER the response, as the
+//!   reference returns before looking at it. Otherwise the target is `float(target)`: booleans
+//!   are 1 and 0, numeric strings are read as Python reads them (surrounding whitespace, `_`
+//!   between digits, digits of any script, `inf` and `nan`; see `helpers::py_float`).
+//! - Format: after the assistant header (`Assistant:` if present, else `<|im_start|>assistant`,
+//!   else the Llama-3 header: the reference's fixed priority, not the earliest header), each of
+//!   `<think>`, `</think>`, `<answer>`, `</answer>` exactly once and in this order; -2
+//!   (`format_penalty`) otherwise.
+//! - 1.1 (`correct_score`) when the first number of the answer (`\d+(\.\d+)?` after removing
+//!   commas and spaces, `\d` being any script's digit) lies in [0.8·target, 1.2·target]
+//!   (`tolerance` 0.2, bounds included), else 0. A NaN, infinite, zero or negative target
+//!   scores what that comparison gives (0 except a prediction of exactly 0 for target 0).
+//!
+//! Components: `format` (1/0, the format check; also reported when the target is invalid) and
+//! `accuracy` (1/0).
 
-use medrl_reward_sdk::helpers::first_number;
+use medrl_reward_sdk::helpers::{first_number, py_float};
 use medrl_reward_sdk::serde_json::{self, json};
 use medrl_reward_sdk::{export_reward, Manifest, Outcome, RawSample, Reward, Sample, Value};
 
 pub struct SampleSize;
 
-/// Parses `ground_truth.target` (number or numeric string); -2 when missing, as the reference.
-fn target(gt: &Value) -> f64 {
-    let t = gt.get("target").unwrap_or(gt);
-    match t {
-        Value::Number(n) => n.as_f64().unwrap_or(-2.0),
-        Value::String(s) => s.trim().parse().unwrap_or(-2.0),
-        _ => -2.0,
+/// What the reference reads from a ground truth.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Truth {
+    /// Not an object (the reference raises): the JSON kind, for the error message.
+    NotObject(&'static str),
+    /// `float(target)`, or `None` when the reference returns -2 for the target.
+    Target(Option<f64>),
+}
+
+impl Truth {
+    fn target(self) -> Result<Option<f64>, String> {
+        match self {
+            Truth::Target(t) => Ok(t),
+            Truth::NotObject(kind) => Err(format!(
+                "ground_truth must be an object with `target`, got {kind} (the reference raises on `ground_truth.get`)"
+            )),
+        }
     }
 }
 
-/// [`target`] read straight from the ground truth's JSON text, without building a `Value`
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Python's `float(v)` of a JSON value; `None` where it raises (or for null).
+fn py_float_of(v: &Value) -> Option<f64> {
+    match v {
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+        Value::Bool(b) => Some(*b as u8 as f64),
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => py_float(s),
+    }
+}
+
+/// The ground truth as the reference reads it (`ground_truth.get("target")`, then `float()`).
+fn truth(gt: &Value) -> Truth {
+    match gt {
+        Value::Object(m) => Truth::Target(m.get("target").and_then(py_float_of)),
+        other => Truth::NotObject(kind(other)),
+    }
+}
+
+/// [`truth`] read straight from the ground truth's JSON text, without building a `Value`
 /// (no map, no key strings): the same result for every input, including text that is not
 /// JSON (which the SDK treats as a JSON string).
-fn target_from_json(text: &str) -> f64 {
+fn truth_from_json(text: &str) -> Truth {
     if let Some(t) = plain_target(text) {
-        return t;
+        return Truth::Target(Some(t));
     }
-    match serde_json::from_str::<Target>(text) {
-        Ok(Target(t)) => t,
-        Err(_) => text.trim().parse().unwrap_or(-2.0),
+    match serde_json::from_str::<TruthDe>(text) {
+        Ok(TruthDe(t)) => t,
+        Err(_) => Truth::NotObject("a string"),
     }
 }
 
@@ -58,69 +114,88 @@ fn plain_target(text: &str) -> Option<f64> {
     Some(num.iter().fold(0u64, |n, d| n * 10 + (d - b'0') as u64) as f64)
 }
 
-/// Deserializes a ground truth to its target, like [`target`]: an object's `target` field (the
-/// last one if repeated, as a JSON object keeps it), otherwise the value itself.
-struct Target(f64);
+/// Deserializes a ground truth to its [`Truth`], like [`truth`]: an object's `target` field
+/// (the last one if repeated, as a JSON object keeps it).
+struct TruthDe(Truth);
 
-/// The value of an object's `target` field: taken as is, never looked into further.
-struct Leaf(f64);
+/// The value of an object's `target` field, `float()`ed: taken as is, never looked into.
+struct Leaf(Option<f64>);
 
-/// Visits any JSON value: a number is the target, a string is parsed as one, anything else
-/// is -2; an object is looked into for `target` when `top` (the ground truth itself).
-struct TargetVisitor {
+/// Visits any JSON value: at the top (the ground truth itself) an object is looked into for
+/// `target` and anything else is [`Truth::NotObject`]; as the target, a value is `float()`ed.
+struct TruthVisitor {
     top: bool,
 }
 
-impl<'de> serde::de::Visitor<'de> for TargetVisitor {
-    type Value = f64;
+impl TruthVisitor {
+    fn leaf(&self, v: Option<f64>, kind: &'static str) -> Truth {
+        if self.top {
+            Truth::NotObject(kind)
+        } else {
+            Truth::Target(v)
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TruthVisitor {
+    type Value = Truth;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_u64<E>(self, v: u64) -> Result<f64, E> {
-        Ok(v as f64)
+    fn visit_u64<E>(self, v: u64) -> Result<Truth, E> {
+        Ok(self.leaf(Some(v as f64), "a number"))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<f64, E> {
-        Ok(v as f64)
+    fn visit_i64<E>(self, v: i64) -> Result<Truth, E> {
+        Ok(self.leaf(Some(v as f64), "a number"))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<f64, E> {
-        Ok(v)
+    fn visit_f64<E>(self, v: f64) -> Result<Truth, E> {
+        Ok(self.leaf(Some(v), "a number"))
     }
-    fn visit_str<E>(self, v: &str) -> Result<f64, E> {
-        Ok(v.trim().parse().unwrap_or(-2.0))
+    fn visit_str<E>(self, v: &str) -> Result<Truth, E> {
+        Ok(self.leaf(py_float(v), "a string"))
     }
-    fn visit_bool<E>(self, _: bool) -> Result<f64, E> {
-        Ok(-2.0)
+    fn visit_bool<E>(self, v: bool) -> Result<Truth, E> {
+        Ok(self.leaf(Some(v as u8 as f64), "a boolean"))
     }
-    fn visit_unit<E>(self) -> Result<f64, E> {
-        Ok(-2.0)
+    fn visit_unit<E>(self) -> Result<Truth, E> {
+        Ok(self.leaf(None, "null"))
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<f64, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Truth, A::Error> {
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(-2.0)
+        Ok(self.leaf(None, "an array"))
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<f64, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Truth, A::Error> {
+        if !self.top {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            return Ok(Truth::Target(None));
+        }
         let mut found = None;
         while let Some(IsTarget(is_target)) = map.next_key::<IsTarget>()? {
-            if is_target && self.top {
-                found = Some(map.next_value::<Leaf>()?.0);
+            if is_target {
+                found = map.next_value::<Leaf>()?.0;
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
         }
-        // An object without `target` is itself the target: not a number, so -2.
-        Ok(found.unwrap_or(-2.0))
+        Ok(Truth::Target(found))
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Target {
+impl<'de> serde::Deserialize<'de> for TruthDe {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(TargetVisitor { top: true }).map(Target)
+        d.deserialize_any(TruthVisitor { top: true }).map(TruthDe)
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Leaf {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(TargetVisitor { top: false }).map(Leaf)
+        match d.deserialize_any(TruthVisitor { top: false })? {
+            Truth::Target(t) => Ok(Leaf(t)),
+            Truth::NotObject(_) => unreachable!("only the top level is an object check"),
+        }
     }
 }
 
@@ -143,119 +218,106 @@ impl<'de> serde::Deserialize<'de> for IsTarget {
     }
 }
 
+/// The reference's header priority: `Assistant:`, else `<|im_start|>assistant`, else Llama 3.
 const HEADERS: [&str; 3] = [
-    "<|start_header_id|>assistant<|end_header_id|>",
-    "<|im_start|>assistant",
     "Assistant:",
+    "<|im_start|>assistant",
+    "<|start_header_id|>assistant<|end_header_id|>",
 ];
 const MARKERS: [&str; 4] = ["<think>", "</think>", "<answer>", "</answer>"];
 
-/// The format check of the reference in ONE pass over the response: in the text after the
-/// first assistant header (`helpers::strip_to_assistant`), each of `<think>`, `</think>`,
-/// `<answer>`, `</answer>` must appear exactly once and in this order
-/// (`helpers::exactly_once_in_order`). Returns the byte range of the answer, which is then the
-/// reference's "last `<answer>...</answer>`" (`helpers::last_tag`); `None` for a bad format.
-fn answer_span(response: &str) -> Option<std::ops::Range<usize>> {
-    let h = response.as_bytes();
-    // Start of the assistant text: after the first header, if any.
-    let mut cut: Option<usize> = None;
-    let mut first = [usize::MAX; 4];
-    let mut repeated = false;
-    // Every header starts with `<|` or `A`, every marker with `<t`, `<a`, `</t` or `</a`: one
-    // vectorized scan for `<` and `A`, then the next byte or two say which needle can match.
-    for at in memchr::memchr2_iter(b'<', b'A', h) {
-        let rest = &h[at..];
-        let k = match (rest.first(), rest.get(1), rest.get(2)) {
-            (Some(b'A'), ..) => 2,
-            (_, Some(b'|'), Some(b's')) => 0,
-            (_, Some(b'|'), _) => 1,
-            (_, Some(b't'), _) => 3,
-            (_, Some(b'/'), Some(b't')) => 4,
-            (_, Some(b'a'), _) => 5,
-            (_, Some(b'/'), Some(b'a')) => 6,
-            _ => continue,
-        };
-        let needle = if k < 3 { HEADERS[k] } else { MARKERS[k - 3] };
-        if !rest.starts_with(needle.as_bytes()) {
-            continue;
-        }
-        if k < 3 {
-            if cut.is_none() {
-                // Everything seen so far lies before the assistant text.
-                cut = Some(at + needle.len());
-                first = [usize::MAX; 4];
-                repeated = false;
-            }
-            continue;
-        }
-        if cut.is_some_and(|c| at < c) || repeated {
-            continue;
-        }
-        let m = k - 3;
-        if first[m] == usize::MAX {
-            first[m] = at;
-        } else if at >= first[m] + MARKERS[m].len() {
-            repeated = true; // a second, non-overlapping occurrence
-        }
-    }
-    if repeated || first.contains(&usize::MAX) || !first.is_sorted() {
-        return None;
-    }
-    Some(first[2] + MARKERS[2].len()..first[3])
+/// Where the reference's `processed_str` starts: after the first occurrence of the first
+/// header (in [`HEADERS`] order) that occurs at all; 0 without a header.
+fn assistant_start(response: &str) -> usize {
+    HEADERS
+        .iter()
+        .find_map(|h| memchr::memmem::find(response.as_bytes(), h.as_bytes()).map(|i| i + h.len()))
+        .unwrap_or(0)
 }
 
-/// The reward for one response, given its target (computed only for well-formed responses).
-fn score_response(config: &Value, response: &str, target: impl FnOnce() -> f64) -> Outcome {
-    let tol = config
-        .get("tolerance")
-        .and_then(Value::as_f64)
-        .unwrap_or(0.2);
-    let correct = config
-        .get("correct_score")
-        .and_then(Value::as_f64)
-        .unwrap_or(1.1);
-    let penalty = config
-        .get("format_penalty")
-        .and_then(Value::as_f64)
-        .unwrap_or(-2.0);
-    let Some(answer) = answer_span(response) else {
-        return Outcome::score(penalty)
-            .with("format", 0.0)
-            .with("accuracy", 0.0);
+/// The format check of the reference in one pass over the assistant text: each of `<think>`,
+/// `</think>`, `<answer>`, `</answer>` exactly once and in this order. Returns the byte range
+/// of the answer (the reference's last `<answer>...</answer>`, the only one here); `None` for
+/// a bad format.
+fn answer_span(response: &str) -> Option<std::ops::Range<usize>> {
+    let cut = assistant_start(response);
+    let h = &response.as_bytes()[cut..];
+    let mut first = [usize::MAX; 4];
+    // Every marker starts with `<t`, `<a`, `</t` or `</a`: a vectorized scan for `<`, then the
+    // next byte or two say which marker can match. (No marker overlaps itself, so a second
+    // match is a second occurrence for `str.count` too.)
+    for at in memchr::memchr_iter(b'<', h) {
+        let rest = &h[at..];
+        let m = match (rest.get(1), rest.get(2)) {
+            (Some(b't'), _) => 0,
+            (Some(b'/'), Some(b't')) => 1,
+            (Some(b'a'), _) => 2,
+            (Some(b'/'), Some(b'a')) => 3,
+            _ => continue,
+        };
+        if !rest.starts_with(MARKERS[m].as_bytes()) {
+            continue;
+        }
+        if first[m] != usize::MAX {
+            return None; // a second occurrence
+        }
+        first[m] = at;
+    }
+    if first.contains(&usize::MAX) || !first.is_sorted() {
+        return None;
+    }
+    Some(cut + first[2] + MARKERS[2].len()..cut + first[3])
+}
+
+/// The reward for one response, given what the ground truth holds.
+fn score_response(config: &Value, response: &str, truth: Truth) -> Result<Outcome, String> {
+    let num = |k: &str, d: f64| config.get(k).and_then(Value::as_f64).unwrap_or(d);
+    let target = truth.target()?;
+    let answer = answer_span(response);
+    let format = answer.is_some() as u8 as f64;
+    let Some(t) = target else {
+        // The reference returns -2 before it looks at the response.
+        return Ok(Outcome::score(num("invalid_target_score", -2.0))
+            .with("format", format)
+            .with("accuracy", 0.0));
     };
-    let t = target();
+    let Some(answer) = answer else {
+        return Ok(Outcome::score(num("format_penalty", -2.0))
+            .with("format", 0.0)
+            .with("accuracy", 0.0));
+    };
+    let tol = num("tolerance", 0.2);
     let pred = first_number(response[answer].trim());
     let hit = matches!(pred, Some(p) if (1.0 - tol) * t <= p && p <= (1.0 + tol) * t);
-    Outcome::score(if hit { correct } else { 0.0 })
-        .with("format", 1.0)
-        .with("accuracy", hit as u8 as f64)
+    Ok(
+        Outcome::score(if hit { num("correct_score", 1.1) } else { 0.0 })
+            .with("format", 1.0)
+            .with("accuracy", hit as u8 as f64),
+    )
 }
 
 impl Reward for SampleSize {
     fn manifest() -> Manifest {
-        Manifest::new("sample-size", env!("CARGO_PKG_VERSION"), "TrialPanorama sample-size reward: 1.1 if within ±tolerance of ground_truth.target, -2 on bad format")
+        Manifest::new("sample-size", env!("CARGO_PKG_VERSION"), "TrialPanorama sample-size reward: 1.1 if within ±tolerance of ground_truth.target, -2 on bad format or an invalid target")
             .config_schema(json!({
                 "type": "object",
                 "properties": {
                     "tolerance": {"type": "number", "default": 0.2, "description": "relative tolerance (reference: 0.2)"},
                     "correct_score": {"type": "number", "default": 1.1},
-                    "format_penalty": {"type": "number", "default": -2.0}
+                    "format_penalty": {"type": "number", "default": -2.0},
+                    "invalid_target_score": {"type": "number", "default": -2.0, "description": "score when ground_truth.target is missing, null or not a number, whatever the response (reference: -2)"}
                 },
                 "additionalProperties": false
             }))
     }
 
     fn score(config: &Value, s: &Sample) -> Result<Outcome, String> {
-        Ok(score_response(config, &s.response, || {
-            target(&s.ground_truth)
-        }))
+        score_response(config, &s.response, truth(&s.ground_truth))
     }
 
     /// Same as `score`, reading only `target` from the ground truth's JSON text.
     fn score_raw(config: &Value, s: RawSample<'_>) -> Result<Outcome, String> {
-        Ok(score_response(config, s.response, || {
-            target_from_json(s.ground_truth)
-        }))
+        score_response(config, s.response, truth_from_json(s.ground_truth))
     }
 }
 
@@ -276,6 +338,14 @@ mod tests {
             .unwrap()
             .value()
             .unwrap()
+    }
+    fn same(a: Truth, b: Truth) -> bool {
+        match (a, b) {
+            (Truth::Target(Some(x)), Truth::Target(Some(y))) => {
+                x == y || (x.is_nan() && y.is_nan())
+            }
+            (a, b) => a == b,
+        }
     }
     /// `score_raw` (target read from JSON text) agrees with `score` (SDK-parsed `Value`s).
     #[test]
@@ -314,6 +384,13 @@ mod tests {
             r#"{"target": 12,}"#,
             r#"{"target": 7}}"#,
             "{\"target\":\t9\n}",
+            r#"{"target": true}"#,
+            r#"{"target": "1_000"}"#,
+            r#"{"target": "１２０"}"#,
+            r#"{"target": "nan"}"#,
+            r#"{"target": 100, "target": null}"#,
+            r#"{"target": null, "target": "90"}"#,
+            r#"{"target": {"x": [1, {"target": 2}]}}"#,
         ];
         let responses = [
             "<think>x</think><answer>100</answer>",
@@ -338,15 +415,24 @@ mod tests {
                 ..Default::default()
             }
             .parse();
-            let (a, b) = (target_from_json(gt), target(&parsed.ground_truth));
-            assert!(a == b || (a.is_nan() && b.is_nan()), "{gt}: {a} vs {b}");
+            let (a, b) = (truth_from_json(gt), truth(&parsed.ground_truth));
+            assert!(same(a, b), "{gt}: {a:?} vs {b:?}");
         }
     }
 
-    /// The one-pass format check agrees with the SDK helpers it replaces.
+    /// The one-pass format check agrees with the SDK helpers it replaces, after the
+    /// reference's header split (fixed priority).
     #[test]
     fn answer_span_matches_helpers() {
-        use medrl_reward_sdk::helpers::{exactly_once_in_order, last_tag, strip_to_assistant};
+        use medrl_reward_sdk::helpers::{exactly_once_in_order, last_tag};
+        fn strip_to_assistant(t: &str) -> &str {
+            for h in HEADERS {
+                if let Some(i) = t.find(h) {
+                    return &t[i + h.len()..];
+                }
+            }
+            t
+        }
         const FRAGS: [&str; 16] = [
             "<think>",
             "</think>",
@@ -419,9 +505,33 @@ mod tests {
             score("<think>x</think><answer>n/a</answer>", json!(100)),
             0.0
         );
+        // A missing or non-numeric target is -2 whatever the response, as in the reference.
         assert_eq!(
             score("<think>x</think><answer>5</answer>", Value::Null),
-            0.0
+            -2.0
         );
+        assert_eq!(
+            score("<think>x</think><answer>5</answer>", json!("five")),
+            -2.0
+        );
+        assert_eq!(
+            score("<think>x</think><answer>1</answer>", json!(true)),
+            1.1
+        );
+        // The reference splits at `Assistant:` even when a ChatML header comes first.
+        assert_eq!(
+            score(
+                "<|im_start|>assistant\n<think>x</think><answer>100</answer> Assistant: done",
+                json!(100)
+            ),
+            -2.0
+        );
+        // A ground truth that is not an object is an error (the reference raises).
+        let bare = Sample {
+            response: "<think>x</think><answer>100</answer>".into(),
+            ground_truth: json!(100),
+            ..Default::default()
+        };
+        assert!(SampleSize::score(&json!({}), &bare).is_err());
     }
 }

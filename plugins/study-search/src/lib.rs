@@ -106,29 +106,43 @@ pub fn parse(cfg: &Config, response: &str) -> Result<String, Outcome> {
     }
 }
 
-fn pmid(v: &Value) -> Option<String> {
+/// One relevant id as the reference's set holds it: strings trimmed, numbers as their JSON
+/// text (the reference would never match them; see the module docs), null and booleans as
+/// Python's `str()` spells them (they never match a real id, but they count as relevant, as in
+/// the reference's set); lists and objects are an error (unhashable: the reference raises).
+fn pmid(v: &Value) -> Result<String, String> {
     match v {
-        Value::String(s) => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+        Value::String(s) => Ok(s.trim().to_string()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Null => Ok("None".into()),
+        Value::Bool(b) => Ok(if *b { "True" } else { "False" }.into()),
+        other => Err(format!("relevant_pmids holds a non-id value {other}")),
     }
 }
 
-/// `ground_truth.relevant_pmids` as distinct strings.
-pub fn relevant(gt: &Value) -> Result<Vec<String>, String> {
-    // ground_truth.get("relevant_pmids", []) in the reference: missing means nothing relevant.
-    let list = match gt.get("relevant_pmids") {
-        None | Some(Value::Null) => return Ok(vec![]),
-        Some(Value::Array(l)) => l,
+/// `ground_truth.relevant_pmids` as distinct strings, read as the reference reads it
+/// (`set(relevant_pmids)` after `if not relevant_pmids: return 0.0`): missing, null, false,
+/// 0, "" and empty collections mean nothing is relevant; a list's elements (see [`pmid`]), an
+/// object's keys and a string's characters are the ids; another number or `true` is an error
+/// (the reference raises).
+pub fn relevant(list: Option<&Value>) -> Result<Vec<String>, String> {
+    let ids: Vec<String> = match list {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(vec![]),
+        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => return Ok(vec![]),
+        Some(Value::Array(l)) => l.iter().map(pmid).collect::<Result<_, _>>()?,
+        Some(Value::Object(m)) => m.keys().map(|k| k.trim().to_string()).collect(),
+        Some(Value::String(s)) => s
+            .chars()
+            .map(|c| c.to_string().trim().to_string())
+            .collect(),
         Some(other) => {
             return Err(format!(
-                "ground_truth.relevant_pmids must be a list, got {other}"
+                "ground_truth.relevant_pmids must be a list of ids, got {other}"
             ))
         }
     };
-    let mut out: Vec<String> = Vec::with_capacity(list.len());
-    for v in list {
-        let id = pmid(v).ok_or_else(|| format!("relevant_pmids holds a non-id value {v}"))?;
+    let mut out: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
         if !out.contains(&id) {
             out.push(id);
         }
@@ -178,7 +192,13 @@ impl Reward for StudySearch {
 
     fn score(config: &Value, s: &Sample) -> Result<Outcome, String> {
         let cfg = Config::parse(config)?;
-        let relevant = relevant(&s.ground_truth)?;
+        // The reference's first step is `ground_truth.get(...)`: anything but an object raises.
+        let Value::Object(gt) = &s.ground_truth else {
+            return Err(format!(
+                "ground_truth must be an object with `relevant_pmids`, got {}",
+                s.ground_truth
+            ));
+        };
         let query = match parse(&cfg, &s.response) {
             Ok(q) => q,
             Err(outcome) => return Ok(outcome),
@@ -189,6 +209,13 @@ impl Reward for StudySearch {
             .take(cfg.top_k as usize)
             .map(|h| h.id)
             .collect();
+        // As the reference: recall is only computed (relevant_pmids only read) when the search
+        // returned something.
+        let relevant = if ids.is_empty() {
+            vec![]
+        } else {
+            relevant(gt.get("relevant_pmids"))?
+        };
         Ok(score_hits(&cfg, &relevant, &ids))
     }
 }
@@ -223,8 +250,29 @@ mod tests {
     #[test]
     fn recall() {
         let c = cfg();
-        let rel = relevant(&json!({"relevant_pmids": [1, "2", "3", 3]})).unwrap();
+        let rel = relevant(Some(&json!([1, "2", "3", 3]))).unwrap();
         assert_eq!(rel, vec!["1", "2", "3"]);
+        // Python's set() of what the reference holds, after its `if not relevant_pmids`.
+        assert_eq!(relevant(Some(&json!("101"))).unwrap(), vec!["1", "0"]);
+        assert_eq!(relevant(Some(&json!({"7": 1}))).unwrap(), vec!["7"]);
+        assert_eq!(
+            relevant(Some(&json!(["7", null]))).unwrap(),
+            vec!["7", "None"]
+        );
+        for falsy in [
+            json!(null),
+            json!(0),
+            json!(false),
+            json!(""),
+            json!([]),
+            json!({}),
+        ] {
+            assert!(relevant(Some(&falsy)).unwrap().is_empty(), "{falsy}");
+        }
+        assert!(relevant(None).unwrap().is_empty());
+        for bad in [json!(5), json!(true), json!([["1"]]), json!([{"a": 1}])] {
+            assert!(relevant(Some(&bad)).is_err(), "{bad}");
+        }
         let o = score_hits(&c, &rel, &["9".into(), "2".into(), "1".into()]);
         assert!((o.value().unwrap() - (0.1 + 2.0 / 3.0)).abs() < 1e-12);
         assert_eq!(score_hits(&c, &rel, &["9".into()]).value(), Some(0.0));
