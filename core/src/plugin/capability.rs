@@ -2,8 +2,11 @@
 //!
 //! The traits are object-safe and `Send + Sync` so the engine can hand in a model-backed judge
 //! or a full-text index (e.g. tantivy) without the plugin host knowing about either. They run
-//! on the host, outside the sandbox's fuel and epoch accounting: an implementation must bound
-//! its own time (a judge call is not interrupted by the plugin's deadline).
+//! on the host, where the plugin's epoch deadline cannot interrupt them. The host caps their
+//! input (`Limits::max_capability_input_bytes`, `top_k`, `max_tokens`) and does not start one
+//! once the call's deadline has passed, but a call that has started runs to completion: an
+//! implementation must bound its own time for inputs within those caps (the model judge has
+//! its own timeout and length bounds; the study index bounds the words of a query).
 
 use std::collections::HashMap;
 use std::sync::Arc;
