@@ -1502,7 +1502,7 @@ fn slow_traps_do_not_multiply_the_deadline() {
         assert!(dt < Duration::from_millis(500 * 10), "{plugin}: took {dt:?}");
         assert_eq!(p.metrics().dropped, 64);
     }
-    // Fast traps on every sample: given up after log2(n) + 2 failed calls, not 2n - 1.
+    // Fast traps on every sample: given up after max(8, log2(n) + 2) failed calls, not 2n - 1.
     for plugin in HOSTILES {
         let p = host()
             .load_reward(

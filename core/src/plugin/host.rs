@@ -1025,7 +1025,8 @@ struct IsolationBudget {
     max_calls: usize,
     ends: Instant,
     /// Failed calls in a row, from the first, after which a chunk is given up: by then the
-    /// depth-first bisection has tried a single sample and its neighbour.
+    /// depth-first bisection has tried a single sample and its neighbour (log2(n) + 2 calls,
+    /// at least 8).
     give_up_after: usize,
     gave_up: bool,
 }
@@ -1238,7 +1239,8 @@ impl RewardPlugin {
             succeeded: false,
             max_calls: l.max_isolation_calls.saturating_add(1),
             ends: Instant::now() + l.timeout.saturating_mul(l.max_chunk_deadlines.max(1)),
-            give_up_after: n.max(1).next_power_of_two().trailing_zeros() as usize + 2,
+            // Small chunks (up to 4 samples: 7 calls) are always isolated completely.
+            give_up_after: (n.max(1).next_power_of_two().trailing_zeros() as usize + 2).max(8),
             gave_up: false,
         }
     }
