@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A model the plugin can ask to judge or generate text.
 pub trait Judge: Send + Sync {
@@ -17,6 +18,17 @@ pub trait Judge: Send + Sync {
     fn score(&self, prompt: &str) -> Result<f64, String>;
     /// Text generated for `prompt`, at most `max_tokens` tokens.
     fn generate(&self, prompt: &str, max_tokens: u32) -> Result<String, String>;
+    /// `score` for a plugin call that ends at `deadline`: a judge that waits (for a model, a
+    /// queue) should stop waiting by then. The default ignores the deadline.
+    fn score_by(&self, prompt: &str, deadline: Instant) -> Result<f64, String> {
+        let _ = deadline;
+        self.score(prompt)
+    }
+    /// `generate` for a plugin call that ends at `deadline` (see `score_by`).
+    fn generate_by(&self, prompt: &str, max_tokens: u32, deadline: Instant) -> Result<String, String> {
+        let _ = deadline;
+        self.generate(prompt, max_tokens)
+    }
 }
 
 /// One search result.

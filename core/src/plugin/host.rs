@@ -1779,3 +1779,52 @@ pub fn sample(
         data_source: data_source.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "dose-check".into(),
+            version: "1.2.0+build.7".into(),
+            description: "checks doses".into(),
+            config_schema: "{}".into(),
+            capabilities: vec![],
+            api_version: "0.2.0".into(),
+        }
+    }
+
+    #[test]
+    fn manifests_are_capped_and_capabilities_folded() {
+        let mut m = manifest();
+        m.capabilities = vec![Capability::Search, Capability::Judge, Capability::Search];
+        validate_manifest(&mut m).unwrap();
+        assert_eq!(m.capabilities, vec![Capability::Search, Capability::Judge]);
+        let bad: [(&str, fn(&mut Manifest)); 7] = [
+            ("name is 0 bytes", |m| m.name.clear()),
+            ("name is 65 bytes", |m| m.name = "n".repeat(65)),
+            ("name contains ' '", |m| m.name = "dose check".into()),
+            ("version contains '\\n'", |m| m.version = "1\nforged".into()),
+            ("description is 4097 bytes", |m| m.description = "d".repeat(4097)),
+            ("config_schema is 65537 bytes", |m| m.config_schema = " ".repeat(65537)),
+            ("lists 65 capabilities", |m| m.capabilities = vec![Capability::Judge; 65]),
+        ];
+        for (needle, f) in bad {
+            let mut m = manifest();
+            f(&mut m);
+            let e = validate_manifest(&mut m).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+            assert!(e.len() < 200, "the reason never quotes the field: {e}");
+        }
+    }
+
+    #[test]
+    fn long_error_text_is_clipped_at_a_char_boundary() {
+        assert_eq!(clip("short".into()), "short");
+        let long = "é".repeat(MAX_ERROR_TEXT_BYTES);
+        let c = clip(long.clone());
+        assert!(c.len() < MAX_ERROR_TEXT_BYTES + 64, "{}", c.len());
+        assert!(c.ends_with(&format!("[... cut, {} bytes in all]", long.len())));
+    }
+}

@@ -320,19 +320,24 @@ pub(crate) const MAX_JUDGE_TOKENS: u32 = 4096;
 impl wit_judge::Host for HostState {
     fn judge_score(&mut self, prompt: String) -> Result<f64, String> {
         match self.grants.judge.clone() {
-            Some(j) => match self.refuse("judge", prompt.len()) {
-                Some(why) => Err(why),
-                None => j.score(&prompt),
+            Some(j) => match (self.refuse("judge", prompt.len()), self.deadline) {
+                (Some(why), _) => Err(why),
+                (None, Some(by)) => j.score_by(&prompt, by),
+                (None, None) => j.score(&prompt),
             },
             None => Err(self.deny("judge")),
         }
     }
     fn judge_generate(&mut self, prompt: String, max_tokens: u32) -> Result<String, String> {
         match self.grants.judge.clone() {
-            Some(j) => match self.refuse("judge", prompt.len()) {
-                Some(why) => Err(why),
-                None => j.generate(&prompt, max_tokens.min(MAX_JUDGE_TOKENS)),
-            },
+            Some(j) => {
+                let n = max_tokens.min(MAX_JUDGE_TOKENS);
+                match (self.refuse("judge", prompt.len()), self.deadline) {
+                    (Some(why), _) => Err(why),
+                    (None, Some(by)) => j.generate_by(&prompt, n, by),
+                    (None, None) => j.generate(&prompt, n),
+                }
+            }
             None => Err(self.deny("judge")),
         }
     }
