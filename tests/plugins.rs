@@ -1543,3 +1543,42 @@ fn long_guest_errors_are_clipped() {
     }
     assert_healthy();
 }
+
+/// The issue's two CLI reports: `reward score` with a 2 s deadline on a plugin that sleeps for
+/// an hour (still running at 30 s), and a 4 MiB plugin name copied into every stderr line and
+/// row. Now: a timeout row per sample within a few deadlines, and a short refusal.
+#[test]
+fn cli_survives_sleeping_and_flooding_plugins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, (0..4).map(|i| format!("{}\n", json!({"prompt": format!("p{i}"), "response": "r"}))).collect::<String>()).unwrap();
+    let cfg = tmp.path().join("cfg.json");
+    std::fs::write(&cfg, r#"{"mode": "sleep"}"#).unwrap();
+    let t = Instant::now();
+    let out = ok(medrl()
+        .args(["reward", "score", "--timeout-ms", "2000", "--policy", "drop", "--plugin"])
+        .arg(wasm("hostile-v2"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--config")
+        .arg(&cfg));
+    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r["error_kind"] == "timeout"), "{rows:?}");
+
+    let flood = tmp.path().join("flood.wasm");
+    std::fs::write(&flood, with_manifest_mode("hostile-v2", "huge-name")).unwrap();
+    let o = medrl()
+        .args(["reward", "score", "--plugin"])
+        .arg(&flood)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(o.stdout.is_empty());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad manifest") && err.contains("flood.wasm"), "{err}");
+    assert!(o.stderr.len() < 4096, "{} bytes of stderr", o.stderr.len());
+}
