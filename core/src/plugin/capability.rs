@@ -25,7 +25,12 @@ pub trait Judge: Send + Sync {
         self.score(prompt)
     }
     /// `generate` for a plugin call that ends at `deadline` (see `score_by`).
-    fn generate_by(&self, prompt: &str, max_tokens: u32, deadline: Instant) -> Result<String, String> {
+    fn generate_by(
+        &self,
+        prompt: &str,
+        max_tokens: u32,
+        deadline: Instant,
+    ) -> Result<String, String> {
         let _ = deadline;
         self.generate(prompt, max_tokens)
     }

@@ -396,7 +396,9 @@ impl PluginHost {
                 tracing::warn!(target: "medrl::plugin", plugin = %id, "compilation abandoned after {limit:?}");
                 Err(PluginError::CompileLimit {
                     plugin: id.clone(),
-                    reason: format!("compilation did not finish within {limit:?} (compile timeout); abandoned"),
+                    reason: format!(
+                        "compilation did not finish within {limit:?} (compile timeout); abandoned"
+                    ),
                 })
             }
         }
@@ -736,10 +738,7 @@ pub const MAX_MANIFEST_CAPABILITIES: usize = 64;
 fn validate_manifest(m: &mut Manifest) -> Result<(), String> {
     fn token(field: &str, v: &str, max: usize, extra: &[char]) -> Result<(), String> {
         if v.is_empty() || v.len() > max {
-            return Err(format!(
-                "{field} is {} bytes (must be 1 to {max})",
-                v.len()
-            ));
+            return Err(format!("{field} is {} bytes (must be 1 to {max})", v.len()));
         }
         if let Some(c) = v
             .chars()
@@ -753,10 +752,19 @@ fn validate_manifest(m: &mut Manifest) -> Result<(), String> {
         Ok(())
     }
     token("name", &m.name, MAX_MANIFEST_NAME_BYTES, &['-', '_', '.'])?;
-    token("version", &m.version, MAX_MANIFEST_VERSION_BYTES, &['-', '_', '.', '+'])?;
+    token(
+        "version",
+        &m.version,
+        MAX_MANIFEST_VERSION_BYTES,
+        &['-', '_', '.', '+'],
+    )?;
     token("api_version", &m.api_version, 16, &['.'])?;
     for (field, v, max) in [
-        ("description", &m.description, MAX_MANIFEST_DESCRIPTION_BYTES),
+        (
+            "description",
+            &m.description,
+            MAX_MANIFEST_DESCRIPTION_BYTES,
+        ),
         ("config_schema", &m.config_schema, MAX_MANIFEST_SCHEMA_BYTES),
     ] {
         if v.len() > max {
@@ -934,7 +942,9 @@ impl Runner {
         let plugin = self.id.clone();
         let l = &self.opts.limits;
         let stderr = store.data().io.take_stderr_tail();
-        if e.downcast_ref::<super::sandbox::WaitPastDeadline>().is_some() {
+        if e.downcast_ref::<super::sandbox::WaitPastDeadline>()
+            .is_some()
+        {
             return PluginError::Timeout {
                 plugin,
                 limit: l.timeout,
@@ -1275,8 +1285,7 @@ impl RewardPlugin {
                 | PluginError::BadOutput { .. }
                 | PluginError::CapabilityDenied { .. }
         );
-        if !(retry && self.runner.opts.isolate_failures && chunk.len() > 1) || budget.over(self)
-        {
+        if !(retry && self.runner.opts.isolate_failures && chunk.len() > 1) || budget.over(self) {
             return Err(err);
         }
         let (a, b) = chunk.split_at(chunk.len() / 2);
@@ -1466,7 +1475,8 @@ impl RewardPlugin {
             )));
         }
         let k = names.len();
-        self.check_names(names.iter().map(String::as_str)).map_err(bad)?;
+        self.check_names(names.iter().map(String::as_str))
+            .map_err(bad)?;
         if Some(components.len()) != n.checked_mul(k) {
             return Err(bad(format!(
                 "returned {} component values for {n} samples and {k} component names (expected {})",
@@ -1806,9 +1816,15 @@ mod tests {
             ("name is 65 bytes", |m| m.name = "n".repeat(65)),
             ("name contains ' '", |m| m.name = "dose check".into()),
             ("version contains '\\n'", |m| m.version = "1\nforged".into()),
-            ("description is 4097 bytes", |m| m.description = "d".repeat(4097)),
-            ("config_schema is 65537 bytes", |m| m.config_schema = " ".repeat(65537)),
-            ("lists 65 capabilities", |m| m.capabilities = vec![Capability::Judge; 65]),
+            ("description is 4097 bytes", |m| {
+                m.description = "d".repeat(4097)
+            }),
+            ("config_schema is 65537 bytes", |m| {
+                m.config_schema = " ".repeat(65537)
+            }),
+            ("lists 65 capabilities", |m| {
+                m.capabilities = vec![Capability::Judge; 65]
+            }),
         ];
         for (needle, f) in bad {
             let mut m = manifest();

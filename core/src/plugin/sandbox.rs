@@ -268,7 +268,9 @@ impl HostState {
             ));
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Some(format!("{capability} refused: the call's deadline has passed"));
+            return Some(format!(
+                "{capability} refused: the call's deadline has passed"
+            ));
         }
         None
     }
@@ -412,7 +414,9 @@ pub(crate) mod clock {
             }
             // No deadline (cannot happen in a guarded call): never wait, rather than forever.
             let wake = wake.filter(|_| self.deadline.is_some()).unwrap_or(now);
-            let res = self.table.push(Wake(tokio::time::Instant::from_std(wake)))?;
+            let res = self
+                .table
+                .push(Wake(tokio::time::Instant::from_std(wake)))?;
             subscribe(self.table, res)
         }
     }
