@@ -308,7 +308,7 @@ fn medical_verifier_scores_through_the_model_judge() {
     let out = plugin.score(&json!({"mode": "reference", "threshold": 0.4}), &samples).unwrap();
     for (i, (o, w)) in out.iter().zip(&want).enumerate() {
         let Outcome::Scored { score, components } = o else { panic!("sample {i}: {o:?}") };
-        let p = components.iter().find(|(k, _)| k == "verifier_p").unwrap().1;
+        let p = components.iter().find(|(k, _)| &**k == "verifier_p").unwrap().1;
         close(p, *w, &format!("sample {i} verifier_p"));
         assert_eq!(*score, if *w > 0.4 { 1.0 } else { 0.1 }, "sample {i}");
     }

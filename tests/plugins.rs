@@ -98,7 +98,7 @@ fn assert_healthy() {
         Outcome::Scored { components, .. } => {
             assert_eq!(
                 components,
-                &vec![("format".to_string(), 1.0), ("accuracy".to_string(), 1.0)]
+                &vec![("format".into(), 1.0), ("accuracy".into(), 1.0)]
             )
         }
         o => panic!("unexpected {o:?}"),
@@ -427,9 +427,9 @@ fn batch_results_convert_to_per_sample_outcomes() {
     let out = p.score(&json!({"mode": "absent"}), &samples).unwrap();
     for (i, o) in out.iter().enumerate() {
         let f = i as f64;
-        let mut want = vec![("probe".to_string(), f)];
+        let mut want: Vec<(std::sync::Arc<str>, f64)> = vec![("probe".into(), f)];
         if i % 2 == 0 {
-            want.push(("even".to_string(), 2.0 * f));
+            want.push(("even".into(), 2.0 * f));
         }
         match o {
             Outcome::Scored { score, components } => {
@@ -1160,4 +1160,425 @@ fn python_plugin_scores_like_the_rust_one() {
         .collect();
     assert_eq!(py, rust);
     assert_eq!(py[..4], [Some(1.1), Some(0.0), Some(-2.0), Some(1.1)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 14: time the deadline did not bound, output the limits did not bound, what reaches the
+// trainer. Each test below failed on the host before the fix.
+
+/// Log lines captured while `f` runs on this thread.
+fn captured_log<R>(f: impl FnOnce() -> R) -> (R, String) {
+    let buf = Captured::default();
+    let w = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let r = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    (r, text)
+}
+
+/// A WASI sleep blocks inside `poll`, where epoch interruption cannot reach: it used to run
+/// for as long as the guest asked (an hour). Now a wait past the deadline is a timeout at once,
+/// and a loop of short sleeps ends at the deadline; a short sleep within it is fine.
+#[test]
+fn wasi_sleep_respects_the_deadline() {
+    for plugin in HOSTILES {
+        for mode in ["sleep", "sleep-loop"] {
+            let (r, dt) = hostile_with(host(), plugin, mode, json!({}), limits(300), 2);
+            let e = r.unwrap_err();
+            assert!(matches!(e, PluginError::Timeout { .. }), "{plugin} {mode}: {e}");
+            check_plugin_named(plugin, &e);
+            assert!(dt < Duration::from_millis(3000), "{plugin} {mode}: took {dt:?}");
+        }
+        let (r, _) = hostile_with(host(), plugin, "sleep-short", json!({"ms": 10}), limits(5000), 2);
+        let rewards: Vec<_> = r.unwrap().iter().map(Outcome::reward).collect();
+        assert_eq!(rewards, vec![Some(2.0), Some(2.0)]);
+    }
+    assert_healthy();
+}
+
+/// One `search` with a quoted phrase of 300,000 words took 86 s: the query term limit counted
+/// the phrase once. Now the host refuses capability input over its cap (the guest gets an
+/// error back) and the parser bounds the words of each phrase.
+#[test]
+fn capability_input_is_bounded() {
+    use medrl::search::{Study, StudyIndex};
+    let studies: Vec<Study> = (0..50)
+        .map(|i| Study {
+            pmid: format!("{i}"),
+            title: format!("w{i} trial"),
+            abstract_text: (0..200).map(|j| format!("w{} ", i + j)).collect(),
+        })
+        .collect();
+    for plugin in HOSTILES {
+        let grants = Grants::none().with_search(Box::new(StudyIndex::in_memory(&studies).unwrap()));
+        let p = host()
+            .load_reward(
+                &wasm(plugin),
+                PluginOptions { grants, threads: 1, ..opts(limits(2000), FailurePolicy::Drop) },
+            )
+            .unwrap();
+        let one = [s("p", "r", json!(1), "x")];
+        let t = Instant::now();
+        let out = p.score(&json!({"mode": "search-phrase", "words": 300_000}), &one).unwrap();
+        let dt = t.elapsed();
+        match &out[0] {
+            Outcome::Dropped { error } => match &**error {
+                PluginError::GuestError { message, .. } => {
+                    assert!(message.contains("exceeds the limit of 65536 bytes"), "{message}")
+                }
+                e => panic!("{plugin}: expected the guest to get the refusal, got {e}"),
+            },
+            o => panic!("{plugin}: {o:?}"),
+        }
+        assert!(dt < Duration::from_secs(20), "{plugin}: took {dt:?}");
+        // Under the byte cap, a long phrase still searches, its words bounded by the parser.
+        let t = Instant::now();
+        let out = p.score(&json!({"mode": "search-phrase", "words": 6000}), &one).unwrap();
+        assert!(out[0].reward().is_some(), "{plugin}: {:?}", out[0]);
+        assert!(t.elapsed() < Duration::from_secs(20), "{plugin}: took {:?}", t.elapsed());
+    }
+    assert_healthy();
+}
+
+/// A core module wrapped in a component: one function of `ops` × 4 instructions.
+fn component_with_function(ops: usize) -> Vec<u8> {
+    fn leb(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len(), out);
+        out.extend_from_slice(body);
+    }
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 1, 0x7f, 0], &mut m); // type 0: (i32) -> ()
+    section(3, &[1, 0], &mut m); // one function of type 0
+    let mut body = vec![0]; // no locals beyond the parameter
+    for _ in 0..ops {
+        // local.get 0; i32.const 1; i32.add; local.set 0
+        body.extend_from_slice(&[0x20, 0, 0x41, 1, 0x6a, 0x21, 0]);
+    }
+    body.push(0x0b);
+    let mut code = vec![1];
+    leb(body.len(), &mut code);
+    code.extend_from_slice(&body);
+    section(10, &code, &mut m);
+    let mut c = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &m, &mut c); // a core module section of the component
+    c
+}
+
+/// A component with one huge function (never called) took 185 s to load with a fresh cache.
+/// Now size and shape are checked before Cranelift runs, and compilation has a deadline past
+/// which it is abandoned (and the same bytes are refused at once afterwards).
+#[test]
+fn compilation_is_bounded() {
+    let id = PluginId { name: "compile-bomb".into(), version: "?".into() };
+    let limited = |f: fn(&mut HostConfig)| {
+        let mut cfg = HostConfig { cache_dir: None, ..HostConfig::default() };
+        f(&mut cfg);
+        PluginHost::new(cfg).unwrap()
+    };
+    let expect_refused = |h: &PluginHost, bytes: &[u8], needle: &str, within: Duration| {
+        let t = Instant::now();
+        let e = h.load_reward_bytes(bytes, id.clone(), PluginOptions::default()).err().unwrap();
+        let dt = t.elapsed();
+        match &e {
+            PluginError::CompileLimit { plugin, reason } => {
+                assert_eq!(plugin, &id);
+                assert!(reason.contains(needle), "{reason}");
+            }
+            _ => panic!("expected CompileLimit, got {e}"),
+        }
+        assert!(e.to_string().contains("compile-bomb@?"), "{e}");
+        assert!(dt < within, "took {dt:?}");
+    };
+    let bomb = component_with_function(200_000); // a 1.4 MB function body
+    // Size checks, before any compilation.
+    let h = limited(|c| c.max_function_bytes = 64 << 10);
+    expect_refused(&h, &bomb, "function body of 1400002 bytes exceeds the limit of 65536", SLACK);
+    let h = limited(|c| c.max_component_bytes = 64 << 10);
+    let plugin = std::fs::read(wasm("sample-size")).unwrap();
+    expect_refused(&h, &plugin, "exceeds the limit of 65536 bytes", SLACK);
+    let h = limited(|c| c.max_functions = 10);
+    expect_refused(&h, &plugin, "over the limit of 10", SLACK);
+    // The default function cap stops this one too.
+    expect_refused(host(), &bomb, "exceeds the limit of 1048576", SLACK);
+    // The compile deadline: a function under the size cap that takes longer than 50 ms.
+    let slow = component_with_function(100_000);
+    let h = limited(|c| c.compile_timeout = Duration::from_millis(50));
+    expect_refused(&h, &slow, "did not finish within 50ms", Duration::from_millis(500) + SLACK);
+    expect_refused(&h, &slow, "earlier compile of these bytes", Duration::from_millis(500));
+    assert_healthy();
+}
+
+/// Replaces the hostile plugins' manifest-mode marker (see probes.rs) in their built bytes.
+fn with_manifest_mode(plugin: &str, mode: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(wasm(plugin)).unwrap();
+    let marker = b"manifest-mode:normal..........";
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("manifest-mode marker in the hostile plugin");
+    let patched = format!("manifest-mode:{mode:.<16}");
+    assert_eq!(patched.len(), marker.len());
+    bytes[at..at + marker.len()].copy_from_slice(patched.as_bytes());
+    bytes
+}
+
+/// A 4 MiB plugin name was copied into every error, log line and row; 16 million listed
+/// capabilities made one warning each. Every manifest field is now checked before use.
+#[test]
+fn manifest_floods_are_refused() {
+    for plugin in HOSTILES {
+        let id = PluginId { name: format!("{plugin}-patched"), version: "?".into() };
+        for (mode, needle) in [
+            ("huge-name", "name is 4194304 bytes (must be 1 to 64)"),
+            ("bad-name", "name contains '\\n'"),
+            ("huge-version", "version is 1048576 bytes"),
+            ("huge-desc", "description is 4194304 bytes (limit 4096)"),
+            ("huge-schema", "config_schema is 4194304 bytes (limit 65536)"),
+            ("many-caps", "lists 100000 capabilities (limit 64)"),
+        ] {
+            let bytes = with_manifest_mode(plugin, mode);
+            let (r, log) = captured_log(|| {
+                host().load_reward_bytes(&bytes, id.clone(), opts(limits(5000), FailurePolicy::Fail))
+            });
+            let e = r.err().unwrap_or_else(|| panic!("{plugin} {mode}: loaded"));
+            match &e {
+                PluginError::BadManifest { plugin: who, reason } => {
+                    assert_eq!(who, &id);
+                    assert!(reason.contains(needle), "{plugin} {mode}: {reason}");
+                }
+                _ => panic!("{plugin} {mode}: expected BadManifest, got {e}"),
+            }
+            assert!(e.to_string().len() < 1024, "{plugin} {mode}: {} bytes of error", e.to_string().len());
+            assert!(log.len() < 16 << 10, "{plugin} {mode}: {} bytes of log", log.len());
+        }
+        // Repeated capabilities fold into one of each, with one warning each at most.
+        let bytes = with_manifest_mode(plugin, "dup-caps");
+        let (p, log) = captured_log(|| host().load_reward_bytes(&bytes, id.clone(), PluginOptions::default()));
+        let p = p.unwrap();
+        assert_eq!(p.manifest().capabilities, vec![Capability::Judge, Capability::Search]);
+        assert_eq!(log.matches("which is not granted").count(), 2, "{log}");
+        // `plugin inspect` reads the manifest through the same checks.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("many-caps.wasm");
+        std::fs::write(&f, with_manifest_mode(plugin, "many-caps")).unwrap();
+        let (r, log) = captured_log(|| host().inspect(&f));
+        assert!(matches!(r, Err(PluginError::BadManifest { .. })), "{r:?}");
+        assert!(log.len() < 16 << 10, "{} bytes of log", log.len());
+    }
+    assert_healthy();
+}
+
+/// 50,000 distinct 100-byte component names per result passed the output cap and were cloned
+/// into every sample. Names are now capped in number and length (a sample, or a 0.2.0 batch,
+/// over the cap is bad output), and shared by the samples of a plugin.
+#[test]
+fn component_name_floods_are_refused() {
+    for (plugin, n) in [("hostile", 1), ("hostile-v2", 3)] {
+        let p = host()
+            .load_reward(&wasm(plugin), opts(limits(10_000), FailurePolicy::Drop))
+            .unwrap();
+        let samples: Vec<Sample> = (0..n).map(|i| s(&format!("p{i}"), "r", json!(1), "x")).collect();
+        let t = Instant::now();
+        let out = p.score(&json!({"mode": "many-names"}), &samples).unwrap();
+        for o in &out {
+            match o {
+                Outcome::Dropped { error } => match &**error {
+                    PluginError::BadOutput { reason, .. } => assert!(
+                        reason.contains("50000 component names exceed the limit of 256"),
+                        "{plugin}: {reason}"
+                    ),
+                    e => panic!("{plugin}: expected BadOutput, got {e}"),
+                },
+                o => panic!("{plugin}: expected a dropped sample, got {o:?}"),
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{plugin}: took {:?}", t.elapsed());
+        // A name longer than the cap.
+        let l = Limits { max_component_name_bytes: 50, ..limits(10_000) };
+        let p = host().load_reward(&wasm(plugin), opts(l, FailurePolicy::Drop)).unwrap();
+        let out = p.score(&json!({"mode": "many-names", "names": 3}), &samples).unwrap();
+        assert!(
+            matches!(&out[0], Outcome::Dropped { error } if error.to_string().contains("name of 100 bytes exceeds the limit of 50 bytes")),
+            "{plugin}: {:?}",
+            out[0]
+        );
+    }
+    // Names are interned per plugin: every sample, of every call, shares one copy.
+    let p = host().load_reward(&wasm("hostile-v2"), opts(limits(5000), FailurePolicy::Fail)).unwrap();
+    let samples: Vec<Sample> = (0..4).map(|i| s("p", "r", json!(1), &format!("{i}"))).collect();
+    let names = |out: Vec<Outcome>| -> Vec<std::sync::Arc<str>> {
+        out.into_iter()
+            .map(|o| match o {
+                Outcome::Scored { components, .. } => components[0].0.clone(),
+                o => panic!("{o:?}"),
+            })
+            .collect()
+    };
+    let first = names(p.score(&json!({"mode": "ok"}), &samples).unwrap());
+    let again = names(p.score(&json!({"mode": "ok"}), &samples).unwrap());
+    for n in first.iter().chain(&again) {
+        assert!(std::sync::Arc::ptr_eq(n, &first[0]), "component names are not shared");
+    }
+    assert_healthy();
+}
+
+/// The duplicate-name check was quadratic (9 s per call at 50,000 names, on the host, outside
+/// the deadline). With the name cap raised to let 50,000 through, a duplicate in last place is
+/// still found in linear time.
+#[test]
+fn duplicate_component_names_are_found_in_linear_time() {
+    let l = Limits { max_components: 100_000, ..limits(10_000) };
+    let p = host().load_reward(&wasm("hostile-v2"), opts(l, FailurePolicy::Fail)).unwrap();
+    let t = Instant::now();
+    let e = p
+        .score(&json!({"mode": "many-names", "dup_last": 1}), &[s("p", "r", json!(1), "x")])
+        .unwrap_err();
+    let dt = t.elapsed();
+    match &e {
+        PluginError::BadOutput { reason, .. } => assert!(reason.contains("appears twice"), "{reason}"),
+        _ => panic!("expected BadOutput, got {e}"),
+    }
+    assert!(dt < Duration::from_secs(3), "took {dt:?}");
+    assert_healthy();
+}
+
+/// Finite but absurd scores (±1e308) passed through, and a GRPO group mean of two of them is
+/// infinite. A score beyond `max_abs_score` (default 1e6) now fails its sample.
+#[test]
+fn absurd_scores_are_bad_output() {
+    assert_eq!(Limits::default().max_abs_score, 1e6);
+    for plugin in HOSTILES {
+        for mode in ["huge-score", "neg-huge-score"] {
+            let (r, _) = hostile(plugin, mode, limits(5000));
+            match r.unwrap_err() {
+                PluginError::BadOutput { reason, .. } => {
+                    assert!(reason.contains("beyond the bound of ±1e6"), "{plugin} {mode}: {reason}")
+                }
+                e => panic!("{plugin} {mode}: expected BadOutput, got {e}"),
+            }
+        }
+        // The bound is a limit like the others: raised, the same score passes.
+        let l = Limits { max_abs_score: f64::MAX, ..limits(5000) };
+        let (r, _) = hostile(plugin, "huge-score", l);
+        assert_eq!(r.unwrap()[0].reward(), Some(1e308));
+    }
+    assert_healthy();
+}
+
+/// When every call spun most of its deadline and then trapped, bisection re-ran the batch in
+/// halves: 127 calls for 64 samples, 51 s for a 0.5 s deadline. A chunk's isolation now has a
+/// time and call budget and stops when every call failed.
+#[test]
+fn slow_traps_do_not_multiply_the_deadline() {
+    for plugin in HOSTILES {
+        let p = host()
+            .load_reward(
+                &wasm(plugin),
+                PluginOptions { threads: 1, ..opts(limits(500), FailurePolicy::Drop) },
+            )
+            .unwrap();
+        let samples: Vec<Sample> = (0..64).map(|i| s(&format!("p{i}"), "r", json!(1), "x")).collect();
+        let t = Instant::now();
+        let out = p.score(&json!({"mode": "spin-then-panic", "spin_ms": 400}), &samples).unwrap();
+        let dt = t.elapsed();
+        assert!(out.iter().all(|o| matches!(o, Outcome::Dropped { error } if matches!(**error, PluginError::Trap { .. }))));
+        // The chunk's budget is 3 deadlines; the call running when it ends finishes.
+        assert!(dt < Duration::from_millis(500 * 10), "{plugin}: took {dt:?}");
+        assert_eq!(p.metrics().dropped, 64);
+    }
+    // Fast traps on every sample: given up after max(8, log2(n) + 2) failed calls, not 2n - 1.
+    for plugin in HOSTILES {
+        let p = host()
+            .load_reward(
+                &wasm(plugin),
+                PluginOptions { threads: 1, ..opts(limits(5000), FailurePolicy::Drop) },
+            )
+            .unwrap();
+        let before = p.metrics().calls;
+        let samples: Vec<Sample> = (0..512).map(|i| s(&format!("p{i}"), "r", json!(1), "x")).collect();
+        let out = p.score(&json!({"mode": "panic"}), &samples).unwrap();
+        assert!(out.iter().all(|o| matches!(o, Outcome::Dropped { .. })));
+        // Each failed call also instantiates a fresh store (a guarded call too).
+        let calls = p.metrics().calls - before;
+        assert!(calls <= 2 * 11 + 2, "{plugin}: {calls} guarded calls");
+    }
+    assert_healthy();
+}
+
+/// A neighbour of the manifest floods: per-sample error messages (1 MiB each, under the output
+/// cap) and trap backtraces are guest-controlled text copied into every log line and row of
+/// the samples they fail; errors keep at most 4 KiB of it.
+#[test]
+fn long_guest_errors_are_clipped() {
+    for plugin in HOSTILES {
+        let (r, _) = hostile(plugin, "long-error", limits(5000));
+        match r.unwrap_err() {
+            PluginError::GuestError { message, .. } => {
+                assert!(message.len() < 4200, "{plugin}: {} bytes", message.len());
+                assert!(message.ends_with("[... cut, 1048576 bytes in all]"), "{plugin}");
+            }
+            e => panic!("{plugin}: expected GuestError, got {e}"),
+        }
+        let (r, _) = hostile(plugin, "stack-overflow", limits(10_000));
+        match r.unwrap_err() {
+            PluginError::Trap { backtrace, .. } => assert!(backtrace.len() < 4200, "{plugin}: {}", backtrace.len()),
+            e => panic!("{plugin}: expected Trap, got {e}"),
+        }
+    }
+    assert_healthy();
+}
+
+/// The issue's two CLI reports: `reward score` with a 2 s deadline on a plugin that sleeps for
+/// an hour (still running at 30 s), and a 4 MiB plugin name copied into every stderr line and
+/// row. Now: a timeout row per sample within a few deadlines, and a short refusal.
+#[test]
+fn cli_survives_sleeping_and_flooding_plugins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, (0..4).map(|i| format!("{}\n", json!({"prompt": format!("p{i}"), "response": "r"}))).collect::<String>()).unwrap();
+    let cfg = tmp.path().join("cfg.json");
+    std::fs::write(&cfg, r#"{"mode": "sleep"}"#).unwrap();
+    let t = Instant::now();
+    let out = ok(medrl()
+        .args(["reward", "score", "--timeout-ms", "2000", "--policy", "drop", "--plugin"])
+        .arg(wasm("hostile-v2"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--config")
+        .arg(&cfg));
+    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r["error_kind"] == "timeout"), "{rows:?}");
+
+    let flood = tmp.path().join("flood.wasm");
+    std::fs::write(&flood, with_manifest_mode("hostile-v2", "huge-name")).unwrap();
+    let o = medrl()
+        .args(["reward", "score", "--plugin"])
+        .arg(&flood)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(o.stdout.is_empty());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad manifest") && err.contains("flood.wasm"), "{err}");
+    assert!(o.stderr.len() < 4096, "{} bytes of stderr", o.stderr.len());
 }

@@ -167,7 +167,8 @@ fn mismatches(plugin: &str, dir: &Path) -> (usize, Vec<String>) {
                 .collect();
             match o {
                 Outcome::Scored { score, components } => {
-                    let got_c: BTreeMap<String, f64> = components.into_iter().collect();
+                    let got_c: BTreeMap<String, f64> =
+                        components.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
                     let same_names = got_c.keys().eq(want_c.keys());
                     let close = (score - want).abs() <= TOL
                         && same_names

@@ -483,7 +483,7 @@ fn score_with(grants: Grants, config: &Value, samples: &[Sample]) -> Vec<(f64, H
         .unwrap()
         .into_iter()
         .map(|o| match o {
-            Outcome::Scored { score, components } => (score, components.into_iter().collect()),
+            Outcome::Scored { score, components } => (score, components.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
             o => panic!("{o:?}"),
         })
         .collect()

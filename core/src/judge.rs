@@ -21,9 +21,10 @@
 //! (`truncation: left` keeps the end: the verifier's instruction and final token, where a
 //! classifier reads its score, sit at the end; a leading BOS is kept). `generate` is capped at
 //! `max_new_tokens`. Judge calls run on the host, outside the plugin's epoch deadline, so each
-//! call has its own `timeout`: a call that has not started computing by then fails with a
-//! timeout error; a forward that has started runs to completion (candle cannot interrupt one),
-//! its cost bounded by `max_length` x `max_batch`.
+//! call has its own `timeout`, shortened to the calling plugin's deadline (`Judge::score_by`):
+//! a call that has not started computing by then fails with a timeout error; a forward that has
+//! started runs to completion (candle cannot interrupt one), its cost bounded by `max_length` x
+//! `max_batch`.
 //!
 //! Concurrency: plugin worker threads call the judge at the same time. Requests go into a
 //! queue; whichever caller finds the model free computes up to `max_batch` queued requests in
@@ -512,8 +513,11 @@ impl ModelJudge {
     }
 
     /// Queue one request and wait for its result, computing queued work while the model is free.
-    fn submit(&self, work: Work) -> Result<Reply, String> {
-        let deadline = Instant::now() + self.settings.timeout;
+    /// It stops waiting for the model at the judge timeout, or at `by` (the calling plugin's
+    /// deadline) if that comes first.
+    fn submit(&self, work: Work, by: Option<Instant>) -> Result<Reply, String> {
+        let own = Instant::now() + self.settings.timeout;
+        let deadline = by.map_or(own, |b| b.min(own));
         let slot = Arc::new(Slot::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.queue).push_back(Request { id, work, slot: slot.clone() });
@@ -560,6 +564,9 @@ impl ModelJudge {
                         s.wake();
                     }
                     lock(&self.stats).timeouts += 1;
+                    if deadline < own {
+                        return Err("judge call timed out: the model did not become free before the plugin call's deadline".into());
+                    }
                     return Err(format!(
                         "judge call timed out: the model did not become free within {:.1} s (judge timeout)",
                         self.settings.timeout.as_secs_f64()
@@ -631,16 +638,16 @@ fn next_token_logits(model: &CausalLm, batch: &[Vec<u32>], pad: u32) -> candle_c
     model.lm_logits(&picked)
 }
 
-impl Judge for ModelJudge {
-    fn score(&self, prompt: &str) -> Result<f64, String> {
+impl ModelJudge {
+    fn score_within(&self, prompt: &str, by: Option<Instant>) -> Result<f64, String> {
         let ids = self.prompt_ids(prompt)?;
-        match self.submit(Work::Score(ids))? {
+        match self.submit(Work::Score(ids), by)? {
             Reply::Score(p) => Ok(p),
             Reply::Text(_) => unreachable!("a score request gets a score"),
         }
     }
 
-    fn generate(&self, prompt: &str, max_tokens: u32) -> Result<String, String> {
+    fn generate_within(&self, prompt: &str, max_tokens: u32, by: Option<Instant>) -> Result<String, String> {
         if self.kind == JudgeKind::Classifier {
             return Err(format!(
                 "judge model {} is a sequence classifier: it scores prompts but cannot generate text",
@@ -652,10 +659,27 @@ impl Judge for ModelJudge {
             return Ok(String::new());
         }
         let ids = self.prompt_ids(prompt)?;
-        match self.submit(Work::Generate(ids, n))? {
+        match self.submit(Work::Generate(ids, n), by)? {
             Reply::Text(t) => Ok(t),
             Reply::Score(_) => unreachable!("a generate request gets text"),
         }
+    }
+}
+
+/// Plugin calls pass their deadline (`*_by`): a judge call then waits for the model at most
+/// until the plugin's call would time out anyway, so judge time counts against it.
+impl Judge for ModelJudge {
+    fn score(&self, prompt: &str) -> Result<f64, String> {
+        self.score_within(prompt, None)
+    }
+    fn generate(&self, prompt: &str, max_tokens: u32) -> Result<String, String> {
+        self.generate_within(prompt, max_tokens, None)
+    }
+    fn score_by(&self, prompt: &str, deadline: Instant) -> Result<f64, String> {
+        self.score_within(prompt, Some(deadline))
+    }
+    fn generate_by(&self, prompt: &str, max_tokens: u32, deadline: Instant) -> Result<String, String> {
+        self.generate_within(prompt, max_tokens, Some(deadline))
     }
 }
 
@@ -738,6 +762,23 @@ mod tests {
         assert_eq!(j.stats().timeouts, 1);
         assert!(lock(&j.queue).is_empty(), "a timed-out request leaves the queue");
         // The judge still works afterwards.
+        assert!(j.score("What is the dose?").unwrap() > 0.0);
+    }
+
+    /// A plugin's judge call waits for the model only until the plugin call's deadline, not
+    /// the judge's own (much longer) timeout: judge time counts against the plugin.
+    #[test]
+    fn a_call_gives_up_at_the_plugin_deadline() {
+        let j = Arc::new(fixture_judge(|s| s.timeout = Duration::from_secs(600)));
+        let busy = lock(&j.busy);
+        let j2 = j.clone();
+        let t = Instant::now();
+        let h = std::thread::spawn(move || j2.score_by("What is the dose?", Instant::now() + Duration::from_millis(50)));
+        let e = h.join().unwrap().unwrap_err();
+        drop(busy);
+        assert!(e.contains("before the plugin call's deadline"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert!(lock(&j.queue).is_empty(), "a timed-out request leaves the queue");
         assert!(j.score("What is the dose?").unwrap() > 0.0);
     }
 

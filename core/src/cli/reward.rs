@@ -36,6 +36,15 @@ pub struct RunArgs {
     /// Samples per guest call.
     #[arg(long, default_value_t = 512)]
     pub batch: usize,
+    /// Largest |score| (and |component|) accepted; a sample beyond it fails (bad output).
+    #[arg(long, default_value_t = 1e6)]
+    pub max_abs_score: f64,
+    /// Most component names per result.
+    #[arg(long, default_value_t = 256)]
+    pub max_components: usize,
+    /// Wall-clock bound on compiling a plugin that is not in the cache, in seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub compile_timeout_s: f64,
     /// Grant the `search` capability backed by a tantivy index built in memory from this
     /// corpus file (.jsonl/.json/.parquet rows {pmid|id, title, abstract|text}).
     #[arg(long, conflicts_with = "search_index")]
@@ -124,12 +133,15 @@ pub fn run(cmd: RewardCommand) -> Result<()> {
     }
 }
 
-fn host(cache_dir: Option<PathBuf>, fuel: bool) -> Result<PluginHost> {
+fn host(cache_dir: Option<PathBuf>, fuel: bool, compile_timeout_s: Option<f64>) -> Result<PluginHost> {
     let mut cfg = HostConfig::default();
     if cache_dir.is_some() {
         cfg.cache_dir = cache_dir;
     }
     cfg.fuel_metering = fuel;
+    if let Some(s) = compile_timeout_s {
+        cfg.compile_timeout = Duration::try_from_secs_f64(s).context("--compile-timeout-s")?;
+    }
     Ok(PluginHost::new(cfg)?)
 }
 
@@ -151,6 +163,8 @@ fn options(run: &RunArgs) -> Result<PluginOptions> {
             fuel: run.fuel,
             memory_bytes: run.memory_mib << 20,
             max_batch_per_call: run.batch.max(1),
+            max_abs_score: run.max_abs_score,
+            max_components: run.max_components,
             ..Limits::default()
         },
         grants,
@@ -219,7 +233,7 @@ fn score(
     for (i, line) in read_lines(input)?.iter().enumerate() {
         samples.push(parse_sample(line).with_context(|| format!("{}:{}", input.display(), i + 1))?);
     }
-    let host = host(run.cache_dir.clone(), run.fuel.is_some())?;
+    let host = host(run.cache_dir.clone(), run.fuel.is_some(), Some(run.compile_timeout_s))?;
     let p = host.load_reward(plugin, options(run)?)?;
     let outcomes = p.score(&config, &samples)?;
     let mut w: Box<dyn Write> = match output {
@@ -232,7 +246,7 @@ fn score(
         let line = match o {
             Outcome::Scored { score, components } => json!({
                 "index": i, "status": "scored", "score": score,
-                "components": components.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "components": components.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             }),
             Outcome::NotApplicable => {
                 json!({"index": i, "status": "not_applicable", "score": null})
@@ -327,7 +341,7 @@ fn bench(
         }
         w.flush()?;
     }
-    let host = host(None, false)?;
+    let host = host(None, false, None)?;
     let t0 = Instant::now();
     let mk = |threads| PluginOptions {
         limits: Limits {

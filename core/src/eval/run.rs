@@ -199,7 +199,7 @@ impl Rewards {
                 let score = match o {
                     Outcome::Scored { score, components } => {
                         for (k, v) in components {
-                            let key = if single { k } else { format!("{}/{k}", spec.name) };
+                            let key = if single { k.to_string() } else { format!("{}/{k}", spec.name) };
                             r.components.insert(key, v);
                         }
                         Some(score)

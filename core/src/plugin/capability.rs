@@ -2,11 +2,15 @@
 //!
 //! The traits are object-safe and `Send + Sync` so the engine can hand in a model-backed judge
 //! or a full-text index (e.g. tantivy) without the plugin host knowing about either. They run
-//! on the host, outside the sandbox's fuel and epoch accounting: an implementation must bound
-//! its own time (a judge call is not interrupted by the plugin's deadline).
+//! on the host, where the plugin's epoch deadline cannot interrupt them. The host caps their
+//! input (`Limits::max_capability_input_bytes`, `top_k`, `max_tokens`) and does not start one
+//! once the call's deadline has passed, but a call that has started runs to completion: an
+//! implementation must bound its own time for inputs within those caps (the model judge has
+//! its own timeout and length bounds; the study index bounds the words of a query).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A model the plugin can ask to judge or generate text.
 pub trait Judge: Send + Sync {
@@ -14,6 +18,22 @@ pub trait Judge: Send + Sync {
     fn score(&self, prompt: &str) -> Result<f64, String>;
     /// Text generated for `prompt`, at most `max_tokens` tokens.
     fn generate(&self, prompt: &str, max_tokens: u32) -> Result<String, String>;
+    /// `score` for a plugin call that ends at `deadline`: a judge that waits (for a model, a
+    /// queue) should stop waiting by then. The default ignores the deadline.
+    fn score_by(&self, prompt: &str, deadline: Instant) -> Result<f64, String> {
+        let _ = deadline;
+        self.score(prompt)
+    }
+    /// `generate` for a plugin call that ends at `deadline` (see `score_by`).
+    fn generate_by(
+        &self,
+        prompt: &str,
+        max_tokens: u32,
+        deadline: Instant,
+    ) -> Result<String, String> {
+        let _ = deadline;
+        self.generate(prompt, max_tokens)
+    }
 }
 
 /// One search result.

@@ -36,7 +36,8 @@ pub enum PluginError {
         backtrace: String,
     },
 
-    /// The call ran past its wall-clock deadline (epoch interruption).
+    /// The call ran past its wall-clock deadline (epoch interruption), or asked a blocking
+    /// host call (a WASI sleep) to wait past it.
     #[error("plugin {plugin} timed out after {limit:?} (elapsed {elapsed:?})")]
     Timeout {
         plugin: PluginId,
@@ -80,6 +81,16 @@ pub enum PluginError {
         capability: String,
     },
 
+    /// The component was refused before it ran because loading it would exceed a host limit:
+    /// its size, a function's size, the number of functions, or the compile deadline.
+    #[error("plugin {plugin} was refused at load: {reason}")]
+    CompileLimit { plugin: PluginId, reason: String },
+
+    /// The plugin's manifest breaks the host's rules (a field too long or with forbidden
+    /// characters, too many capabilities). Checked before any field is used.
+    #[error("plugin {plugin} has a bad manifest: {reason}")]
+    BadManifest { plugin: PluginId, reason: String },
+
     /// The bytes are not a valid component, or not one exporting the expected world.
     #[error("plugin {plugin} is not a valid medrl plugin component: {reason}")]
     InvalidWasm { plugin: PluginId, reason: String },
@@ -109,6 +120,8 @@ impl PluginError {
             PluginError::IncompatibleApi { .. } => "incompatible_api",
             PluginError::BadOutput { .. } => "bad_output",
             PluginError::CapabilityDenied { .. } => "capability_denied",
+            PluginError::CompileLimit { .. } => "compile_limit",
+            PluginError::BadManifest { .. } => "bad_manifest",
             PluginError::InvalidWasm { .. } => "invalid_wasm",
             PluginError::Io { .. } => "io",
             PluginError::Config { .. } => "config",
@@ -126,6 +139,8 @@ impl PluginError {
             | PluginError::IncompatibleApi { plugin, .. }
             | PluginError::BadOutput { plugin, .. }
             | PluginError::CapabilityDenied { plugin, .. }
+            | PluginError::CompileLimit { plugin, .. }
+            | PluginError::BadManifest { plugin, .. }
             | PluginError::InvalidWasm { plugin, .. }
             | PluginError::Io { plugin, .. }
             | PluginError::Config { plugin, .. } => plugin,

@@ -15,7 +15,7 @@ use wasmtime::{Config, Engine, Store, Trap, WasmBacktrace};
 use super::bindings::adapter::{DataAdapter, DataAdapterPre};
 use super::bindings::reward::{Reward, RewardPre};
 use super::bindings::v02;
-use super::bindings::{Capability, Manifest, Sample, ScoreResult, Scored};
+use super::bindings::{Capability, Manifest, Sample, ScoreResult};
 use super::capability::Grants;
 use super::error::{PluginError, PluginId};
 use super::policy::{FailurePolicy, Metrics, MetricsSnapshot};
@@ -36,6 +36,18 @@ pub struct HostConfig {
     pub fuel_metering: bool,
     /// Resolution of wall-clock deadlines: a ticker thread bumps the engine epoch this often.
     pub epoch_tick: Duration,
+    /// Largest component file the host compiles, in bytes.
+    pub max_component_bytes: usize,
+    /// Largest function body in any core module of a component, in bytes. Cranelift's time
+    /// grows faster than linearly in a function's size; CPython's interpreter loop (the largest
+    /// legitimate function we know, in componentize-py plugins) is about 420 KB.
+    pub max_function_bytes: usize,
+    /// Most functions over all core modules of a component.
+    pub max_functions: usize,
+    /// Wall-clock bound on compiling one component (cache misses only). Cranelift cannot be
+    /// interrupted, so a compile past it is abandoned: it finishes on its worker thread in the
+    /// background and is thrown away, and this host refuses the same bytes at once afterwards.
+    pub compile_timeout: Duration,
 }
 
 impl Default for HostConfig {
@@ -44,6 +56,10 @@ impl Default for HostConfig {
             cache_dir: default_cache_dir(),
             fuel_metering: false,
             epoch_tick: Duration::from_millis(5),
+            max_component_bytes: 128 << 20,
+            max_function_bytes: 1 << 20,
+            max_functions: 200_000,
+            compile_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -63,8 +79,10 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Wall-clock deadline of one call (one chunk of at most `max_batch_per_call` samples).
-    /// Time spent inside host capabilities (judge, search) counts toward the wall clock but a
-    /// host call is never interrupted midway: the deadline fires when it returns.
+    /// Time spent inside host capabilities (judge, search) counts toward it: a capability
+    /// call is refused once the deadline has passed, and one that runs past it makes the call
+    /// time out when it returns (a host call is never interrupted midway). A WASI sleep that
+    /// would end past the deadline is a timeout at once.
     pub timeout: Duration,
     /// Fuel per call; requires `HostConfig::fuel_metering`.
     pub fuel: Option<u64>,
@@ -77,6 +95,21 @@ pub struct Limits {
     /// Samples per guest call. Smaller chunks make deadlines tighter and a trap costs fewer
     /// samples; larger ones amortize the per-call cost (~µs).
     pub max_batch_per_call: usize,
+    /// Largest |score| (and |component|) accepted; a sample beyond it fails with `BadOutput`.
+    /// Finite but absurd rewards (1e308) would overflow a GRPO group's mean to infinity.
+    pub max_abs_score: f64,
+    /// Most component names in one result (0.2.0: per batch; 0.1.0: per sample).
+    pub max_components: usize,
+    /// Longest component name, in bytes.
+    pub max_component_name_bytes: usize,
+    /// Largest input of one capability call (a search query, a judge prompt), in bytes;
+    /// larger ones get an error back without reaching the capability.
+    pub max_capability_input_bytes: usize,
+    /// Most extra guest calls the bisection of one failed chunk may make.
+    pub max_isolation_calls: usize,
+    /// Wall time one chunk may take, first call and bisection together, in deadlines
+    /// (`timeout`): no retry starts past it, so a chunk costs at most one deadline more.
+    pub max_chunk_deadlines: u32,
 }
 
 impl Default for Limits {
@@ -88,6 +121,12 @@ impl Default for Limits {
             max_output_bytes: 16 << 20,
             max_log_bytes: 1 << 20,
             max_batch_per_call: 512,
+            max_abs_score: 1e6,
+            max_components: 256,
+            max_component_name_bytes: 256,
+            max_capability_input_bytes: 64 << 10,
+            max_isolation_calls: 256,
+            max_chunk_deadlines: 3,
         }
     }
 }
@@ -102,7 +141,8 @@ pub struct PluginOptions {
     pub threads: usize,
     /// When a call fails fast, re-run its chunk in halves so that only the samples that cause
     /// the failure are lost (default true). Costs about 2·log2(chunk) extra calls per bad
-    /// sample; timeouts are never retried.
+    /// sample, bounded by `Limits::max_isolation_calls` and `max_chunk_deadlines`; timeouts
+    /// are never retried, and a chunk whose every probe fails is given up early.
     pub isolate_failures: bool,
 }
 
@@ -121,9 +161,11 @@ impl Default for PluginOptions {
 /// The result for one sample after the failure policy was applied.
 #[derive(Debug, Clone)]
 pub enum Outcome {
+    /// Component names are shared (`Arc<str>`, interned per plugin): a batch holds one copy
+    /// of each name, not one per sample.
     Scored {
         score: f64,
-        components: Vec<(String, f64)>,
+        components: Vec<(Arc<str>, f64)>,
     },
     /// The plugin declined the sample (not its task).
     NotApplicable,
@@ -163,6 +205,9 @@ struct HostInner {
     cfg: HostConfig,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    /// Cache keys of components whose compilation ran past `compile_timeout`: loading the same
+    /// bytes again fails at once instead of starting another abandoned compile.
+    compile_refused: Mutex<std::collections::HashSet<String>>,
     _ticker: Ticker,
 }
 
@@ -214,6 +259,7 @@ impl PluginHost {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(cerr)?;
+        super::sandbox::clock::shadow(&mut linker).map_err(cerr)?;
         // Both worlds of a version import the same interfaces, so one linker serves both; the
         // versions' interfaces have different names (`...@0.1.0`, `...@0.2.0`), so they coexist.
         Reward::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(cerr)?;
@@ -243,6 +289,7 @@ impl PluginHost {
                 cfg,
                 cache_hits: AtomicU64::new(0),
                 cache_misses: AtomicU64::new(0),
+                compile_refused: Mutex::new(Default::default()),
                 _ticker: Ticker {
                     stop,
                     handle: Some(handle),
@@ -272,6 +319,91 @@ impl PluginHost {
         h.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Refuses components whose size or shape would make compiling them too costly. Linear in
+    /// the bytes; malformed bytes pass through, for wasmtime to report as `InvalidWasm`.
+    fn precheck(&self, bytes: &[u8], id: &PluginId) -> Result<(), PluginError> {
+        let cfg = &self.inner.cfg;
+        let refuse = |reason: String| PluginError::CompileLimit {
+            plugin: id.clone(),
+            reason,
+        };
+        if bytes.len() > cfg.max_component_bytes {
+            return Err(refuse(format!(
+                "component of {} bytes exceeds the limit of {} bytes",
+                bytes.len(),
+                cfg.max_component_bytes
+            )));
+        }
+        let mut functions = 0usize;
+        // `parse_all` walks nested core modules and components too.
+        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+            let Ok(payload) = payload else { break };
+            match payload {
+                wasmparser::Payload::CodeSectionStart { count, .. } => {
+                    functions = functions.saturating_add(count as usize);
+                    if functions > cfg.max_functions {
+                        return Err(refuse(format!(
+                            "component has at least {functions} functions, over the limit of {}",
+                            cfg.max_functions
+                        )));
+                    }
+                }
+                wasmparser::Payload::CodeSectionEntry(body) => {
+                    let size = body.range().len();
+                    if size > cfg.max_function_bytes {
+                        return Err(refuse(format!(
+                            "a function body of {size} bytes exceeds the limit of {} bytes",
+                            cfg.max_function_bytes
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a Cranelift compile on a worker thread and waits at most `compile_timeout`; a
+    /// compile past it is abandoned (it cannot be interrupted) and its key remembered.
+    fn compile_bounded<R: Send + 'static>(
+        &self,
+        key: &str,
+        id: &PluginId,
+        work: impl FnOnce() -> wasmtime::Result<R> + Send + 'static,
+    ) -> Result<R, PluginError> {
+        let limit = self.inner.cfg.compile_timeout;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("medrl-compile".into())
+            .spawn(move || {
+                let _ = tx.send(work());
+            })
+            .map_err(|e| PluginError::Config {
+                plugin: id.clone(),
+                reason: format!("spawning a compile thread: {e}"),
+            })?;
+        match rx.recv_timeout(limit) {
+            Ok(r) => r.map_err(|e| PluginError::InvalidWasm {
+                plugin: id.clone(),
+                reason: format!("{e:#}"),
+            }),
+            Err(_) => {
+                self.inner
+                    .compile_refused
+                    .lock()
+                    .unwrap()
+                    .insert(key.to_string());
+                tracing::warn!(target: "medrl::plugin", plugin = %id, "compilation abandoned after {limit:?}");
+                Err(PluginError::CompileLimit {
+                    plugin: id.clone(),
+                    reason: format!(
+                        "compilation did not finish within {limit:?} (compile timeout); abandoned"
+                    ),
+                })
+            }
+        }
+    }
+
     /// Compiles `bytes` (or loads them from the cache) and checks the API version.
     fn compile(&self, bytes: &[u8], id: &PluginId) -> Result<(Component, String), PluginError> {
         let engine = &self.inner.engine;
@@ -279,13 +411,26 @@ impl PluginHost {
             plugin: id.clone(),
             reason: format!("{e:#}"),
         };
+        self.precheck(bytes, id)?;
+        let key = self.cache_key(bytes);
+        if self.inner.compile_refused.lock().unwrap().contains(&key) {
+            return Err(PluginError::CompileLimit {
+                plugin: id.clone(),
+                reason: format!(
+                    "an earlier compile of these bytes ran past the compile timeout ({:?})",
+                    self.inner.cfg.compile_timeout
+                ),
+            });
+        }
+        let owned = || (engine.clone(), bytes.to_vec());
         let component = match &self.inner.cfg.cache_dir {
             None => {
                 self.inner.cache_misses.fetch_add(1, Ordering::Relaxed);
-                Component::new(engine, bytes).map_err(invalid)?
+                let (e, b) = owned();
+                self.compile_bounded(&key, id, move || Component::new(&e, &b))?
             }
             Some(dir) => {
-                let path = dir.join(format!("{}.cwasm", self.cache_key(bytes)));
+                let path = dir.join(format!("{key}.cwasm"));
                 // Read into memory rather than `deserialize_file`: that one mmaps the file, and
                 // anyone truncating a cache entry later would crash the host with SIGBUS.
                 // SAFETY: the cache directory is written only by this host, and the key
@@ -304,7 +449,9 @@ impl PluginHost {
                             tracing::warn!(target: "medrl::plugin", plugin = %id, "discarding unreadable cache entry {}: {e:#}", path.display());
                         }
                         self.inner.cache_misses.fetch_add(1, Ordering::Relaxed);
-                        let compiled = engine.precompile_component(bytes).map_err(invalid)?;
+                        let (e, b) = owned();
+                        let compiled =
+                            self.compile_bounded(&key, id, move || e.precompile_component(&b))?;
                         // Write-then-rename so concurrent loaders never see a partial file. A
                         // failing cache is not fatal: we still have the compiled bytes.
                         static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -393,11 +540,11 @@ impl PluginHost {
         };
         let runner = Runner::new(self.clone(), id, opts)?;
         let mut first = runner.instantiate_reward(&pre)?;
-        let manifest = {
+        let mut manifest = {
             let PooledReward { store, inst, .. } = &mut first;
             runner.guarded(store, |s| inst.manifest(s))?
         };
-        let id = runner.adopt_manifest(&manifest, &version, &mut first.store)?;
+        let id = runner.adopt_manifest(&mut manifest, &version, &mut first.store)?;
         let runner = Runner { id, ..runner };
         runner.pool.lock().unwrap().push(first);
         Ok(RewardPlugin {
@@ -431,8 +578,8 @@ impl PluginHost {
         let runner = Runner::new(self.clone(), id, opts)?;
         let mut store = runner.new_store();
         let inst = runner.guarded(&mut store, |s| pre.instantiate(s))?;
-        let manifest = runner.guarded(&mut store, |s| inst.manifest(s))?;
-        let id = runner.adopt_manifest(&manifest, &version, &mut store)?;
+        let mut manifest = runner.guarded(&mut store, |s| inst.manifest(s))?;
+        let id = runner.adopt_manifest(&mut manifest, &version, &mut store)?;
         let runner = Runner { id, ..runner };
         Ok(AdapterPlugin {
             runner,
@@ -578,6 +725,68 @@ struct PooledReward {
     batch: v02::SampleBatch,
 }
 
+/// Caps on manifest fields. A manifest is guest output: its name is copied into every error,
+/// log line and metric, so it is checked before anything uses it.
+pub const MAX_MANIFEST_NAME_BYTES: usize = 64;
+pub const MAX_MANIFEST_VERSION_BYTES: usize = 64;
+pub const MAX_MANIFEST_DESCRIPTION_BYTES: usize = 4 << 10;
+pub const MAX_MANIFEST_SCHEMA_BYTES: usize = 64 << 10;
+pub const MAX_MANIFEST_CAPABILITIES: usize = 64;
+
+/// Checks every manifest field against its cap (linear in the manifest's size) and folds
+/// repeated capabilities. The reason names a field and a length, never the field's content.
+fn validate_manifest(m: &mut Manifest) -> Result<(), String> {
+    fn token(field: &str, v: &str, max: usize, extra: &[char]) -> Result<(), String> {
+        if v.is_empty() || v.len() > max {
+            return Err(format!("{field} is {} bytes (must be 1 to {max})", v.len()));
+        }
+        if let Some(c) = v
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c)))
+        {
+            return Err(format!(
+                "{field} contains {c:?} (allowed: ASCII letters, digits and {})",
+                extra.iter().collect::<String>()
+            ));
+        }
+        Ok(())
+    }
+    token("name", &m.name, MAX_MANIFEST_NAME_BYTES, &['-', '_', '.'])?;
+    token(
+        "version",
+        &m.version,
+        MAX_MANIFEST_VERSION_BYTES,
+        &['-', '_', '.', '+'],
+    )?;
+    token("api_version", &m.api_version, 16, &['.'])?;
+    for (field, v, max) in [
+        (
+            "description",
+            &m.description,
+            MAX_MANIFEST_DESCRIPTION_BYTES,
+        ),
+        ("config_schema", &m.config_schema, MAX_MANIFEST_SCHEMA_BYTES),
+    ] {
+        if v.len() > max {
+            return Err(format!("{field} is {} bytes (limit {max})", v.len()));
+        }
+    }
+    if m.capabilities.len() > MAX_MANIFEST_CAPABILITIES {
+        return Err(format!(
+            "lists {} capabilities (limit {MAX_MANIFEST_CAPABILITIES})",
+            m.capabilities.len()
+        ));
+    }
+    let mut folded: Vec<Capability> = Vec::with_capacity(2);
+    for c in m.capabilities.drain(..) {
+        if !folded.contains(&c) {
+            folded.push(c);
+        }
+    }
+    m.capabilities = folded;
+    Ok(())
+}
+
 /// Store creation, guarded calls and error classification shared by both plugin kinds.
 struct Runner {
     host: PluginHost,
@@ -585,7 +794,13 @@ struct Runner {
     opts: PluginOptions,
     metrics: Arc<Metrics>,
     pool: Mutex<Vec<PooledReward>>,
+    /// Component names seen from this plugin, one shared copy each (see `intern`).
+    names: Mutex<std::collections::HashSet<Arc<str>>>,
 }
+
+/// Distinct component names kept per plugin; names past it are allocated per call (still
+/// shared by the samples of that call), so a plugin inventing names cannot grow the set.
+const MAX_INTERNED_NAMES: usize = 4096;
 
 impl Runner {
     fn new(host: PluginHost, id: PluginId, opts: PluginOptions) -> Result<Self, PluginError> {
@@ -601,7 +816,19 @@ impl Runner {
             opts,
             metrics: Arc::new(Metrics::default()),
             pool: Mutex::new(Vec::new()),
+            names: Mutex::new(Default::default()),
         })
+    }
+
+    fn intern(&self, set: &mut std::collections::HashSet<Arc<str>>, name: &str) -> Arc<str> {
+        if let Some(a) = set.get(name) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(name);
+        if set.len() < MAX_INTERNED_NAMES {
+            set.insert(a.clone());
+        }
+        a
     }
 
     fn new_store(&self) -> Store<HostState> {
@@ -610,6 +837,7 @@ impl Runner {
             self.id.to_string(),
             l.memory_bytes,
             l.max_log_bytes,
+            l.max_capability_input_bytes,
             self.opts.grants.clone(),
             self.metrics.clone(),
         );
@@ -639,19 +867,18 @@ impl Runner {
         })
     }
 
-    /// Checks the manifest against what the component declares and renames the plugin.
+    /// Validates the manifest (every field capped, capabilities folded) before any field is
+    /// used, checks it against what the component declares, and renames the plugin.
     fn adopt_manifest(
         &self,
-        m: &Manifest,
+        m: &mut Manifest,
         version: &str,
         store: &mut Store<HostState>,
     ) -> Result<PluginId, PluginError> {
-        if m.name.trim().is_empty() {
-            return Err(PluginError::InvalidWasm {
-                plugin: self.id.clone(),
-                reason: "manifest has an empty name".into(),
-            });
-        }
+        validate_manifest(m).map_err(|reason| PluginError::BadManifest {
+            plugin: self.id.clone(),
+            reason,
+        })?;
         let id = PluginId {
             name: m.name.clone(),
             version: m.version.clone(),
@@ -670,6 +897,7 @@ impl Runner {
             });
         }
         store.data().io.set_label(id.to_string());
+        // Folded by `validate_manifest`: one warning per capability at most.
         for cap in &m.capabilities {
             let granted = match cap {
                 Capability::Judge => self.opts.grants.judge.is_some(),
@@ -700,6 +928,7 @@ impl Runner {
         store.data_mut().denied = None;
         store.data_mut().limiter.hit = None;
         let start = Instant::now();
+        store.data_mut().deadline = Some(start + l.timeout);
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
         f(store).map_err(|e| self.classify(store, e, start.elapsed()))
     }
@@ -713,6 +942,15 @@ impl Runner {
         let plugin = self.id.clone();
         let l = &self.opts.limits;
         let stderr = store.data().io.take_stderr_tail();
+        if e.downcast_ref::<super::sandbox::WaitPastDeadline>()
+            .is_some()
+        {
+            return PluginError::Timeout {
+                plugin,
+                limit: l.timeout,
+                elapsed,
+            };
+        }
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
                 return PluginError::Timeout {
@@ -763,8 +1001,9 @@ impl Runner {
         }
         PluginError::Trap {
             plugin,
-            message,
-            backtrace,
+            message: clip(message),
+            // A deep recursion's backtrace has a frame per call.
+            backtrace: clip(backtrace),
         }
     }
 
@@ -784,7 +1023,44 @@ impl Runner {
     }
 }
 
-type ChunkResult = Result<Vec<Result<ScoreResult, PluginError>>, PluginError>;
+/// Per-sample results of a chunk (`Outcome::Scored` or `NotApplicable`), or the chunk's error.
+type ChunkResult = Result<Vec<Result<Outcome, PluginError>>, PluginError>;
+
+/// What the isolation of one chunk may still spend (see `Limits::max_isolation_calls` and
+/// `max_chunk_deadlines`).
+struct IsolationBudget {
+    calls: usize,
+    failed: usize,
+    succeeded: bool,
+    max_calls: usize,
+    ends: Instant,
+    /// Failed calls in a row, from the first, after which a chunk is given up: by then the
+    /// depth-first bisection has tried a single sample and its neighbour (log2(n) + 2 calls,
+    /// at least 8).
+    give_up_after: usize,
+    gave_up: bool,
+}
+
+impl IsolationBudget {
+    /// Whether bisection must stop; says why once, in the log.
+    fn over(&mut self, p: &RewardPlugin) -> bool {
+        if self.gave_up {
+            return true;
+        }
+        let why = if self.calls >= self.max_calls {
+            "its retry budget (max_isolation_calls) is spent"
+        } else if Instant::now() >= self.ends {
+            "it used its time budget (max_chunk_deadlines)"
+        } else if !self.succeeded && self.failed >= self.give_up_after {
+            "every call failed"
+        } else {
+            return false;
+        };
+        self.gave_up = true;
+        tracing::warn!(target: "medrl::plugin", plugin = %p.runner.id, calls = self.calls, "stopped isolating failures in a chunk: {why}; its remaining samples fail with the error at hand");
+        true
+    }
+}
 
 /// What a guest call returned, before the output contract of its API version is checked.
 enum RawOutput {
@@ -868,16 +1144,13 @@ impl RewardPlugin {
         let mut first_err = None;
         for item in raw {
             let o = match item {
-                Ok(ScoreResult::Scored(s)) => {
+                Ok(o @ Outcome::Scored { .. }) => {
                     r.metrics.scored.fetch_add(1, Ordering::Relaxed);
-                    Outcome::Scored {
-                        score: s.score,
-                        components: s.components,
-                    }
+                    o
                 }
-                Ok(ScoreResult::NotApplicable) => {
+                Ok(o) => {
                     r.metrics.not_applicable.fetch_add(1, Ordering::Relaxed);
-                    Outcome::NotApplicable
+                    o
                 }
                 Err(e) => match r.opts.policy {
                     FailurePolicy::Fail => {
@@ -904,13 +1177,13 @@ impl RewardPlugin {
         }
     }
 
-    /// Scores a batch without applying the policy: one result per sample. Failures are already
-    /// counted in the metrics by kind.
+    /// Scores a batch without applying the policy: one result per sample, `Outcome::Scored`
+    /// or `Outcome::NotApplicable`. Failures are already counted in the metrics by kind.
     pub fn score_raw(
         &self,
         config: &str,
         samples: &[Sample],
-    ) -> Vec<Result<ScoreResult, Arc<PluginError>>> {
+    ) -> Vec<Result<Outcome, Arc<PluginError>>> {
         let r = &self.runner;
         let chunks: Vec<&[Sample]> = samples
             .chunks(r.opts.limits.max_batch_per_call.max(1))
@@ -923,7 +1196,8 @@ impl RewardPlugin {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(chunk) = chunks.get(i) else { break };
-                let res = self.run_isolating(&mut slot, config, chunk);
+                let mut budget = self.budget(chunk.len());
+                let res = self.run_isolating(&mut slot, config, chunk, &mut budget);
                 out.push((i, res));
             }
             if let Some(p) = slot {
@@ -967,30 +1241,63 @@ impl RewardPlugin {
         flat
     }
 
+    fn budget(&self, n: usize) -> IsolationBudget {
+        let l = &self.runner.opts.limits;
+        IsolationBudget {
+            calls: 0,
+            failed: 0,
+            succeeded: false,
+            max_calls: l.max_isolation_calls.saturating_add(1),
+            ends: Instant::now() + l.timeout.saturating_mul(l.max_chunk_deadlines.max(1)),
+            // Small chunks (up to 4 samples: 7 calls) are always isolated completely.
+            give_up_after: (n.max(1).next_power_of_two().trailing_zeros() as usize + 2).max(8),
+            gave_up: false,
+        }
+    }
+
     /// Runs a chunk; if the call fails fast (trap, memory cap, bad output, denied capability),
     /// bisects it so the failure is pinned on the samples that cause it and the rest are still
     /// scored. Deadline and fuel failures are not retried: each retry could cost a full deadline.
+    /// Bisection stops once the chunk's budget is spent (calls or wall time) or when every call
+    /// so far failed, and what is left fails with the error at hand: slow traps cannot multiply
+    /// the deadline, and a plugin that fails on every sample costs a few calls, not 2n.
     fn run_isolating(
         &self,
         slot: &mut Option<PooledReward>,
         config: &str,
         chunk: &[Sample],
+        budget: &mut IsolationBudget,
     ) -> ChunkResult {
         let res = self.run_chunk(slot, config, chunk);
+        budget.calls += 1;
+        let err = match res {
+            Ok(v) => {
+                budget.succeeded = true;
+                return Ok(v);
+            }
+            Err(e) => e,
+        };
+        budget.failed += 1;
         let retry = matches!(
-            res,
-            Err(PluginError::Trap { .. }
+            err,
+            PluginError::Trap { .. }
                 | PluginError::MemoryLimit { .. }
                 | PluginError::BadOutput { .. }
-                | PluginError::CapabilityDenied { .. })
+                | PluginError::CapabilityDenied { .. }
         );
-        if !(retry && self.runner.opts.isolate_failures && chunk.len() > 1) {
-            return res;
+        if !(retry && self.runner.opts.isolate_failures && chunk.len() > 1) || budget.over(self) {
+            return Err(err);
         }
         let (a, b) = chunk.split_at(chunk.len() / 2);
         let mut out = Vec::with_capacity(chunk.len());
         for half in [a, b] {
-            match self.run_isolating(slot, config, half) {
+            // Checked again before the second half: no call starts once the budget is spent.
+            let res = if budget.over(self) {
+                Err(clone_error(&err))
+            } else {
+                self.run_isolating(slot, config, half, budget)
+            };
+            match res {
                 Ok(v) => out.extend(v),
                 Err(e) => {
                     out.extend((1..half.len()).map(|_| Err(clone_error(&e))));
@@ -1050,7 +1357,7 @@ impl RewardPlugin {
         n: usize,
         out: Vec<Result<ScoreResult, String>>,
         denied: Option<&'static str>,
-    ) -> Result<Vec<Result<ScoreResult, PluginError>>, PluginError> {
+    ) -> Result<Vec<Result<Outcome, PluginError>>, PluginError> {
         let plugin = &self.runner.id;
         let bad = |reason: String| PluginError::BadOutput {
             plugin: plugin.clone(),
@@ -1078,27 +1385,67 @@ impl RewardPlugin {
                 "output of {size} bytes exceeds the limit of {max} bytes"
             )));
         }
+        let mut interned = self.runner.names.lock().unwrap();
         Ok(out
             .into_iter()
             .map(|r| match r {
-                Ok(ScoreResult::Scored(s)) => self.check_finite(s),
-                Ok(other) => Ok(other),
+                Ok(ScoreResult::Scored(s)) => {
+                    // 0.1.0 names components per sample: a bad name fails that sample only.
+                    self.check_names(s.components.iter().map(|(k, _)| k.as_str()))
+                        .map_err(bad)?;
+                    let components = s
+                        .components
+                        .into_iter()
+                        .map(|(k, v)| (self.runner.intern(&mut interned, &k), v))
+                        .collect();
+                    self.check_scored(s.score, components)
+                }
+                Ok(ScoreResult::NotApplicable) => Ok(Outcome::NotApplicable),
                 Err(message) => Err(self.guest_error(message, denied)),
             })
             .collect())
     }
 
+    /// Component names of one result: at most `max_components`, each at most
+    /// `max_component_name_bytes`, all distinct. Linear in the names' total size.
+    fn check_names<'a>(&self, names: impl ExactSizeIterator<Item = &'a str>) -> Result<(), String> {
+        let l = &self.runner.opts.limits;
+        if names.len() > l.max_components {
+            return Err(format!(
+                "{} component names exceed the limit of {}",
+                names.len(),
+                l.max_components
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        for name in names {
+            if name.len() > l.max_component_name_bytes {
+                return Err(format!(
+                    "a component name of {} bytes exceeds the limit of {} bytes",
+                    name.len(),
+                    l.max_component_name_bytes
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(format!("component name `{name}` appears twice"));
+            }
+        }
+        Ok(())
+    }
+
     /// Enforces the 0.2.0 output contract (see `batch-scores` in the WIT): list lengths that
     /// match the batch, in-range indices, each sample at most once among errors and
-    /// not-applicable, distinct component names, bounded size; then converts to the same
-    /// per-sample results as 0.1.0. Shape violations reject the whole call (so bisection pins
-    /// them on samples); a non-finite number fails only its sample.
+    /// not-applicable, distinct component names within the caps, bounded size; then converts
+    /// to the same per-sample results as 0.1.0, the names shared by every sample (interned).
+    /// Shape violations reject the whole call (so bisection pins them on samples); a number
+    /// that is not finite or beyond `max_abs_score` fails only its sample. Every check is
+    /// linear in the output's size.
     fn check_batch_output(
         &self,
         n: usize,
         out: v02::BatchScores,
         denied: Option<&'static str>,
-    ) -> Result<Vec<Result<ScoreResult, PluginError>>, PluginError> {
+    ) -> Result<Vec<Result<Outcome, PluginError>>, PluginError> {
         let bad = |reason: String| PluginError::BadOutput {
             plugin: self.runner.id.clone(),
             reason,
@@ -1128,18 +1475,22 @@ impl RewardPlugin {
             )));
         }
         let k = names.len();
-        if components.len() != n * k {
+        self.check_names(names.iter().map(String::as_str))
+            .map_err(bad)?;
+        if Some(components.len()) != n.checked_mul(k) {
             return Err(bad(format!(
                 "returned {} component values for {n} samples and {k} component names (expected {})",
                 components.len(),
                 n * k
             )));
         }
-        for (j, name) in names.iter().enumerate() {
-            if names[..j].contains(name) {
-                return Err(bad(format!("component name `{name}` appears twice")));
-            }
-        }
+        let names: Vec<Arc<str>> = {
+            let mut interned = self.runner.names.lock().unwrap();
+            names
+                .iter()
+                .map(|name| self.runner.intern(&mut interned, name))
+                .collect()
+        };
         // What each sample became: None = scored, Some(Ok) = not applicable, Some(Err) = failed.
         let mut fate: Vec<Option<Result<(), String>>> = vec![None; n];
         let mut mark = |i: u32, what: Result<(), String>, list: &str| {
@@ -1181,32 +1532,45 @@ impl RewardPlugin {
                         .filter(|(j, _)| !missing.get(i * k + j).copied().unwrap_or(false))
                         .map(|(_, (name, v))| (name.clone(), *v))
                         .collect();
-                    self.check_finite(Scored {
-                        score: scores[i],
-                        components,
-                    })
+                    self.check_scored(scores[i], components)
                 }
-                Some(Ok(())) => Ok(ScoreResult::NotApplicable),
+                Some(Ok(())) => Ok(Outcome::NotApplicable),
                 Some(Err(message)) => Err(self.guest_error(message, denied)),
             })
             .collect())
     }
 
-    /// A scored sample with a non-finite score or component is bad output (for that sample).
-    fn check_finite(&self, s: Scored) -> Result<ScoreResult, PluginError> {
+    /// A scored sample whose score or a component is not finite, or beyond `max_abs_score`,
+    /// is bad output (for that sample).
+    fn check_scored(
+        &self,
+        score: f64,
+        components: Vec<(Arc<str>, f64)>,
+    ) -> Result<Outcome, PluginError> {
         let bad = |reason: String| PluginError::BadOutput {
             plugin: self.runner.id.clone(),
             reason,
         };
-        if !s.score.is_finite() {
-            return Err(bad(format!("score is {} (scores must be finite)", s.score)));
+        let bound = self.runner.opts.limits.max_abs_score;
+        if !score.is_finite() {
+            return Err(bad(format!("score is {score} (scores must be finite)")));
         }
-        if let Some((k, v)) = s.components.iter().find(|(_, v)| !v.is_finite()) {
+        if score.abs() > bound {
+            return Err(bad(format!(
+                "score {score:e} is beyond the bound of ±{bound:e} (max_abs_score)"
+            )));
+        }
+        if let Some((k, v)) = components.iter().find(|(_, v)| !v.is_finite()) {
             return Err(bad(format!(
                 "component `{k}` is {v} (components must be finite)"
             )));
         }
-        Ok(ScoreResult::Scored(s))
+        if let Some((k, v)) = components.iter().find(|(_, v)| v.abs() > bound) {
+            return Err(bad(format!(
+                "component `{k}` = {v:e} is beyond the bound of ±{bound:e} (max_abs_score)"
+            )));
+        }
+        Ok(Outcome::Scored { score, components })
     }
 
     /// A guest error after a denied capability call is reported as the denial.
@@ -1217,9 +1581,31 @@ impl RewardPlugin {
                 plugin,
                 capability: cap.into(),
             },
-            None => PluginError::GuestError { plugin, message },
+            None => PluginError::GuestError {
+                plugin,
+                message: clip(message),
+            },
         }
     }
+}
+
+/// Bytes of guest-controlled text (error messages, backtraces) an error keeps: an error is
+/// copied into the log line and output row of every sample it fails.
+pub const MAX_ERROR_TEXT_BYTES: usize = 4 << 10;
+
+/// `text` cut to `MAX_ERROR_TEXT_BYTES` (at a character boundary), saying how long it was.
+fn clip(mut text: String) -> String {
+    if text.len() <= MAX_ERROR_TEXT_BYTES {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = MAX_ERROR_TEXT_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!(" [... cut, {total} bytes in all]"));
+    text
 }
 
 /// A loaded data-adapter plugin. Conversion is a one-off preprocessing step, so calls are
@@ -1286,7 +1672,7 @@ impl AdapterPlugin {
                 }),
                 Err(message) => Err(PluginError::GuestError {
                     plugin: plugin.clone(),
-                    message,
+                    message: clip(message),
                 }),
             })
             .inspect(|x| {
@@ -1359,6 +1745,14 @@ fn clone_error(e: &PluginError) -> PluginError {
             plugin: plugin.clone(),
             reason: reason.clone(),
         },
+        CompileLimit { plugin, reason } => CompileLimit {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+        BadManifest { plugin, reason } => BadManifest {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
         Io {
             plugin,
             path,
@@ -1393,5 +1787,60 @@ pub fn sample(
             metadata.to_string()
         },
         data_source: data_source.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "dose-check".into(),
+            version: "1.2.0+build.7".into(),
+            description: "checks doses".into(),
+            config_schema: "{}".into(),
+            capabilities: vec![],
+            api_version: "0.2.0".into(),
+        }
+    }
+
+    #[test]
+    fn manifests_are_capped_and_capabilities_folded() {
+        let mut m = manifest();
+        m.capabilities = vec![Capability::Search, Capability::Judge, Capability::Search];
+        validate_manifest(&mut m).unwrap();
+        assert_eq!(m.capabilities, vec![Capability::Search, Capability::Judge]);
+        let bad: [(&str, fn(&mut Manifest)); 7] = [
+            ("name is 0 bytes", |m| m.name.clear()),
+            ("name is 65 bytes", |m| m.name = "n".repeat(65)),
+            ("name contains ' '", |m| m.name = "dose check".into()),
+            ("version contains '\\n'", |m| m.version = "1\nforged".into()),
+            ("description is 4097 bytes", |m| {
+                m.description = "d".repeat(4097)
+            }),
+            ("config_schema is 65537 bytes", |m| {
+                m.config_schema = " ".repeat(65537)
+            }),
+            ("lists 65 capabilities", |m| {
+                m.capabilities = vec![Capability::Judge; 65]
+            }),
+        ];
+        for (needle, f) in bad {
+            let mut m = manifest();
+            f(&mut m);
+            let e = validate_manifest(&mut m).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+            assert!(e.len() < 200, "the reason never quotes the field: {e}");
+        }
+    }
+
+    #[test]
+    fn long_error_text_is_clipped_at_a_char_boundary() {
+        assert_eq!(clip("short".into()), "short");
+        let long = "é".repeat(MAX_ERROR_TEXT_BYTES);
+        let c = clip(long.clone());
+        assert!(c.len() < MAX_ERROR_TEXT_BYTES + 64, "{}", c.len());
+        assert!(c.ends_with(&format!("[... cut, {} bytes in all]", long.len())));
     }
 }

@@ -8,8 +8,14 @@
 //! - compiles each component once and caches the machine code on disk (content hash + engine
 //!   compatibility hash), so a restart does not pay Cranelift again;
 //! - checks the plugin API version from the component's type before instantiating it;
-//! - runs every call under a wall-clock deadline (epoch interruption), optional fuel, a memory
-//!   cap and an output cap, with WASI denied (no files, env, network; stdio into `tracing`);
+//! - checks a component's size and function sizes before compiling it, and compiles under a
+//!   deadline on a worker thread it can abandon;
+//! - validates and caps every manifest field before using it;
+//! - runs every call under a wall-clock deadline (epoch interruption, and a WASI clock whose
+//!   sleeps cannot outlast it), optional fuel, a memory cap and an output cap, with WASI denied
+//!   (no files, env, network; stdio into `tracing`);
+//! - checks every result in linear time: shape, component names (capped, interned), scores
+//!   (finite, within `Limits::max_abs_score`);
 //! - scores batches in parallel on a pool of stores, discarding a store after any trap;
 //! - grants capabilities (a judge model, a search index) only when the run configures them;
 //! - applies a per-plugin [`FailurePolicy`] and counts failures by kind ([`MetricsSnapshot`]).

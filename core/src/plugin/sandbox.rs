@@ -1,8 +1,10 @@
-//! Per-store state of a sandboxed plugin: deny-all WASI, captured stdio, memory cap, and the
-//! host functions of the plugin API (log, judge, search).
+//! Per-store state of a sandboxed plugin: deny-all WASI, captured stdio, memory cap, the
+//! call's deadline as seen by blocking host calls (WASI clocks, judge, search), and the host
+//! functions of the plugin API (log, judge, search).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
@@ -182,13 +184,42 @@ pub(crate) struct HostState {
     metrics: Arc<Metrics>,
     /// Set when the guest called a capability it was not granted during the current call.
     pub(crate) denied: Option<&'static str>,
+    /// Wall-clock deadline of the current guest call (set by the host before every call).
+    /// Epoch interruption cannot stop a guest blocked inside a host call, so blocking host
+    /// calls read it themselves.
+    pub(crate) deadline: Option<Instant>,
+    /// Largest input (bytes) one capability call (search query, judge prompt) may pass.
+    max_capability_input: usize,
+    /// Origin of the guest's monotonic clock.
+    clock_origin: Instant,
 }
+
+/// The error a blocking host call returns when the guest asks to wait past its call's
+/// deadline; the host reports it as `PluginError::Timeout`.
+#[derive(Debug)]
+pub(crate) struct WaitPastDeadline {
+    pub(crate) what: &'static str,
+    pub(crate) wait: Duration,
+}
+
+impl std::fmt::Display for WaitPastDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the guest asked to {} for {:?}, past its call's deadline",
+            self.what, self.wait
+        )
+    }
+}
+
+impl std::error::Error for WaitPastDeadline {}
 
 impl HostState {
     pub(crate) fn new(
         label: String,
         max_memory: usize,
         max_log_bytes: usize,
+        max_capability_input: usize,
         grants: Grants,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -220,7 +251,28 @@ impl HostState {
             grants,
             metrics,
             denied: None,
+            deadline: None,
+            max_capability_input,
+            clock_origin: Instant::now(),
         }
+    }
+
+    /// Why a capability call must not run: its input is over the cap, or the call's deadline
+    /// has passed (the guest then traps with a timeout at its next epoch check, right after
+    /// this host call returns).
+    fn refuse(&self, capability: &str, input: usize) -> Option<String> {
+        if input > self.max_capability_input {
+            return Some(format!(
+                "{capability} input of {input} bytes exceeds the limit of {} bytes",
+                self.max_capability_input
+            ));
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some(format!(
+                "{capability} refused: the call's deadline has passed"
+            ));
+        }
+        None
     }
 
     fn deny(&mut self, capability: &'static str) -> String {
@@ -262,16 +314,32 @@ impl wit_host::Host for HostState {
     }
 }
 
+/// Most hits one `search` call returns: the host copies each into the guest.
+pub(crate) const MAX_SEARCH_TOP_K: u32 = 1000;
+/// Most tokens one `judge-generate` call may ask for (the judge's own cap may be lower).
+pub(crate) const MAX_JUDGE_TOKENS: u32 = 4096;
+
 impl wit_judge::Host for HostState {
     fn judge_score(&mut self, prompt: String) -> Result<f64, String> {
         match self.grants.judge.clone() {
-            Some(j) => j.score(&prompt),
+            Some(j) => match (self.refuse("judge", prompt.len()), self.deadline) {
+                (Some(why), _) => Err(why),
+                (None, Some(by)) => j.score_by(&prompt, by),
+                (None, None) => j.score(&prompt),
+            },
             None => Err(self.deny("judge")),
         }
     }
     fn judge_generate(&mut self, prompt: String, max_tokens: u32) -> Result<String, String> {
         match self.grants.judge.clone() {
-            Some(j) => j.generate(&prompt, max_tokens),
+            Some(j) => {
+                let n = max_tokens.min(MAX_JUDGE_TOKENS);
+                match (self.refuse("judge", prompt.len()), self.deadline) {
+                    (Some(why), _) => Err(why),
+                    (None, Some(by)) => j.generate_by(&prompt, n, by),
+                    (None, None) => j.generate(&prompt, n),
+                }
+            }
             None => Err(self.deny("judge")),
         }
     }
@@ -280,7 +348,11 @@ impl wit_judge::Host for HostState {
 impl wit_search::Host for HostState {
     fn search(&mut self, query: String, top_k: u32) -> Result<Vec<wit_search::Hit>, String> {
         match self.grants.search.clone() {
-            Some(s) => s.search(&query, top_k).map(|hits| {
+            Some(s) => match self.refuse("search", query.len()) {
+                Some(why) => Err(why),
+                None => s.search(&query, top_k.min(MAX_SEARCH_TOP_K)),
+            }
+            .map(|hits| {
                 hits.into_iter()
                     .map(|h| wit_search::Hit {
                         id: h.id,
@@ -290,6 +362,91 @@ impl wit_search::Host for HostState {
             }),
             None => Err(self.deny("search")),
         }
+    }
+}
+
+/// `wasi:clocks/monotonic-clock` with waits bounded by the call's deadline. wasmtime-wasi's
+/// own clock sleeps as long as the guest asks (`std::thread::sleep` for an hour blocks inside
+/// `poll`, where epoch interruption cannot reach); this one shadows it in the linker and
+/// refuses, with a trap reported as a timeout, any wait that would end past the deadline.
+/// Every other WASI pollable the sandbox hands out is ready at once (captured stdio, empty
+/// stdin; sockets cannot be created), so no `poll` can block longer than the deadline.
+pub(crate) mod clock {
+    use super::{HostState, WaitPastDeadline};
+    use std::time::{Duration, Instant};
+    use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+    use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
+    use wasmtime_wasi::p2::{subscribe, DynPollable, Pollable};
+
+    pub(crate) struct DeadlineClock;
+
+    impl HasData for DeadlineClock {
+        type Data<'a> = View<'a>;
+    }
+
+    pub(crate) struct View<'a> {
+        table: &'a mut ResourceTable,
+        origin: Instant,
+        deadline: Option<Instant>,
+    }
+
+    /// A sleep that ends at an instant the host already checked against the deadline.
+    struct Wake(tokio::time::Instant);
+
+    #[wasmtime_wasi::async_trait]
+    impl Pollable for Wake {
+        async fn ready(&mut self) {
+            tokio::time::sleep_until(self.0).await
+        }
+    }
+
+    impl View<'_> {
+        fn sleep(&mut self, wait: Duration) -> wasmtime::Result<Resource<DynPollable>> {
+            let now = Instant::now();
+            let wake = now.checked_add(wait);
+            if let Some(deadline) = self.deadline {
+                if wake.is_none_or(|w| w > deadline) {
+                    return Err(wasmtime::Error::new(WaitPastDeadline {
+                        what: "sleep",
+                        wait,
+                    }));
+                }
+            }
+            // No deadline (cannot happen in a guarded call): never wait, rather than forever.
+            let wake = wake.filter(|_| self.deadline.is_some()).unwrap_or(now);
+            let res = self
+                .table
+                .push(Wake(tokio::time::Instant::from_std(wake)))?;
+            subscribe(self.table, res)
+        }
+    }
+
+    impl monotonic_clock::Host for View<'_> {
+        fn now(&mut self) -> wasmtime::Result<u64> {
+            Ok(self.origin.elapsed().as_nanos().min(u64::MAX as u128) as u64)
+        }
+        fn resolution(&mut self) -> wasmtime::Result<u64> {
+            Ok(1)
+        }
+        fn subscribe_instant(&mut self, when: u64) -> wasmtime::Result<Resource<DynPollable>> {
+            let now = self.now()?;
+            self.sleep(Duration::from_nanos(when.saturating_sub(now)))
+        }
+        fn subscribe_duration(&mut self, d: u64) -> wasmtime::Result<Resource<DynPollable>> {
+            self.sleep(Duration::from_nanos(d))
+        }
+    }
+
+    /// Replaces the monotonic clock that `wasmtime_wasi::p2::add_to_linker_sync` linked.
+    pub(crate) fn shadow(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        linker.allow_shadowing(true);
+        let r = monotonic_clock::add_to_linker::<HostState, DeadlineClock>(linker, |s| View {
+            table: &mut s.table,
+            origin: s.clock_origin,
+            deadline: s.deadline,
+        });
+        linker.allow_shadowing(false);
+        r
     }
 }
 

@@ -19,8 +19,10 @@
 //!
 //! Dangling operators (`AND OR`, a leading `NOT`) are ignored. A negation alone matches
 //! nothing (PubMed refuses it). To bound the work a hostile query can cause, a query keeps at
-//! most [`MAX_TERMS`] terms and [`MAX_DEPTH`] levels of nesting; operators beyond that depth
-//! join the enclosing group.
+//! most [`MAX_TERMS`] terms and [`MAX_DEPTH`] levels of nesting (operators beyond that depth
+//! join the enclosing group), its first [`MAX_QUERY_BYTES`] bytes, at most
+//! [`MAX_PHRASE_TOKENS`] words of each phrase and [`MAX_TOKENS`] words in all: a term counts
+//! once however many words its phrase holds, so the words are bounded on their own.
 
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, PhraseQuery, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption};
@@ -33,6 +35,12 @@ use super::analyzer;
 pub const MAX_TERMS: usize = 256;
 /// Nesting levels (parentheses and changes of operator) kept from one query.
 pub const MAX_DEPTH: usize = 16;
+/// Bytes of query text read; the rest is ignored (cut at a character boundary).
+pub const MAX_QUERY_BYTES: usize = 64 << 10;
+/// Words kept from one phrase (its first ones).
+pub const MAX_PHRASE_TOKENS: usize = 32;
+/// Words kept over all terms of one query; terms past it are dropped.
+pub const MAX_TOKENS: usize = 1024;
 
 /// Which fields a term searches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +164,7 @@ struct Parser<'a> {
     toks: Vec<Lex>,
     pos: usize,
     terms: usize,
+    tokens: usize,
     analyzer: &'a mut TextAnalyzer,
 }
 
@@ -225,11 +234,13 @@ impl Parser<'_> {
         if self.terms >= MAX_TERMS {
             return None;
         }
-        let tokens = analyzer::tokens(self.analyzer, text);
+        let mut tokens = analyzer::tokens(self.analyzer, text);
+        tokens.truncate(MAX_PHRASE_TOKENS.min(MAX_TOKENS - self.tokens));
         if tokens.is_empty() {
             return None;
         }
         self.terms += 1;
+        self.tokens += tokens.len();
         let first = tokens[0].0;
         let tokens = tokens.into_iter().map(|(p, t)| (p - first, t)).collect();
         Some(Node::Leaf { tokens, scope: Scope::Both })
@@ -280,7 +291,11 @@ fn combine(acc: Option<Node>, op: Op, operand: Option<Node>) -> Option<Node> {
 
 /// Parse `query` (see the module docs). `None` when it holds no searchable term.
 pub fn parse(query: &str, analyzer: &mut TextAnalyzer) -> Option<Node> {
-    let mut p = Parser { toks: lex(query), pos: 0, terms: 0, analyzer };
+    let mut end = query.len().min(MAX_QUERY_BYTES);
+    while !query.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut p = Parser { toks: lex(&query[..end]), pos: 0, terms: 0, tokens: 0, analyzer };
     p.sequence(0)
 }
 
@@ -385,5 +400,27 @@ mod tests {
         }
         count(&n, &mut leaves);
         assert_eq!(leaves, MAX_TERMS);
+    }
+
+    /// A term counts once however many words its phrase holds: a 300,000-word phrase (issue
+    /// 14: 86 s and 1.2 GiB in one `search` call) keeps its first MAX_PHRASE_TOKENS words, and
+    /// many long phrases stop at MAX_TOKENS words in all.
+    #[test]
+    fn phrase_words_are_bounded() {
+        fn words(n: &Node) -> usize {
+            match n {
+                Node::Leaf { tokens, .. } => tokens.len(),
+                Node::And(v) | Node::Or(v) => v.iter().map(words).sum(),
+                Node::AndNot(a, b) => words(a) + words(b),
+            }
+        }
+        let phrase = |n: usize, tag: &str| format!("\"{}\"", (0..n).map(|i| format!("{tag}{i}x")).collect::<Vec<_>>().join(" "));
+        let t = std::time::Instant::now();
+        let n = p(&phrase(300_000, "w")).unwrap();
+        assert_eq!(words(&n), MAX_PHRASE_TOKENS);
+        let many = (0..200).map(|i| phrase(40, &format!("p{i}w"))).collect::<Vec<_>>().join(" OR ");
+        let n = p(&many).unwrap();
+        assert_eq!(words(&n), MAX_TOKENS);
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "{:?}", t.elapsed());
     }
 }

@@ -224,8 +224,8 @@ pub fn validate(task: &Task, host: &PluginHost) -> ValidationReport {
                 Result::Ok(out) => match out.first() {
                     Some(Outcome::Scored { score, components: c }) => {
                         for (k, _) in c {
-                            if !seen.contains(k) {
-                                seen.push(k.clone());
+                            if !seen.iter().any(|s: &String| s.as_str() == &**k) {
+                                seen.push(k.to_string());
                             }
                         }
                         let parts = c.iter().map(|(k, v)| format!("{k}={v:.3}")).collect::<Vec<_>>().join(" ");

@@ -381,6 +381,24 @@ mod tests {
         assert!((none[0] - 0.5).abs() < 1e-12 && (none[7] + 2.0).abs() < 1e-12);
     }
 
+    /// The reward contract (issue 14): the plugin host fails any sample whose |score| exceeds
+    /// `Limits::max_abs_score` (1e6 by default), because finite but absurd rewards overflow the
+    /// group statistics. At the bound, advantages stay finite under every normalization; past
+    /// it (1e308, which the host refuses) the group mean is infinite and the advantages NaN.
+    #[test]
+    fn advantages_stay_finite_at_the_reward_bound() {
+        let b = crate::plugin::Limits::default().max_abs_score;
+        let r = [Some(b), Some(b), Some(-b), Some(b), Some(-b), Some(-b), None, Some(0.0)];
+        for norm in [AdvantageNorm::Group, AdvantageNorm::None, AdvantageNorm::Batch] {
+            let a = advantages(&r, 4, norm);
+            assert!(a.iter().all(|x| x.is_finite()), "{norm:?}: {a:?}");
+        }
+        let a = advantages(&[Some(b), Some(-b)], 2, AdvantageNorm::Group);
+        assert!((a[0] - 1.0 / 2f64.sqrt()).abs() < 1e-6, "{a:?}");
+        let absurd = advantages(&[Some(1e308), Some(1e308)], 2, AdvantageNorm::Group);
+        assert!(absurd.iter().any(|x| !x.is_finite()), "{absurd:?}");
+    }
+
     #[test]
     fn kl_estimators_match_their_definitions() {
         let dev = candle_core::Device::Cpu;

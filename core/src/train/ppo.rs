@@ -635,6 +635,34 @@ mod tests {
         assert!((a0[1] - (-0.1 + 0.25 + 0.5)).abs() < 1e-12);
     }
 
+    /// The reward contract (issue 14): scores reach PPO bounded by the plugin host's
+    /// `max_abs_score` (1e6 by default). At the bound, with KL penalties on every token,
+    /// whitened rewards, GAE and whitened advantages stay finite; an absurd score (1e308, which
+    /// the host refuses) makes whitening overflow.
+    #[test]
+    fn advantages_stay_finite_at_the_reward_bound() {
+        let b = crate::plugin::Limits::default().max_abs_score;
+        let run = |scores: [f64; 3]| {
+            let mut rewards: Vec<Vec<f64>> = scores
+                .iter()
+                .map(|s| {
+                    let mut r = vec![-0.05 * 0.3; 4];
+                    *r.last_mut().unwrap() += s;
+                    r
+                })
+                .collect();
+            whiten(&mut rewards, false);
+            let values = [0.5, -2.0, 3.0, 1e3];
+            let mut adv: Vec<Vec<f64>> = rewards.iter().map(|r| gae(r, &values, 1.0, 0.95).0).collect();
+            whiten(&mut adv, true);
+            adv.into_iter().flatten().collect::<Vec<f64>>()
+        };
+        let a = run([b, -b, b]);
+        assert!(a.iter().all(|x| x.is_finite()), "{a:?}");
+        let absurd = run([1e308, 1e308, -1e308]);
+        assert!(absurd.iter().any(|x| !x.is_finite()), "{absurd:?}");
+    }
+
     #[test]
     fn whitening_gives_zero_mean_unit_variance_across_sequences() {
         let mut x = vec![vec![1.0, 2.0, 3.0], vec![10.0], vec![-4.0, 0.5]];

@@ -8,7 +8,7 @@ wit_bindgen::generate!({ path: "../../../reward-sdk/wit/v0.2", world: "reward" }
 #[path = "../../hostile/src/probes.rs"]
 mod probes;
 
-use probes::{mode_of, one, Input};
+use probes::{manifest_parts, mode_of, number, one, Input};
 
 struct Hostile;
 
@@ -26,12 +26,16 @@ fn scored(n: usize, score: f64) -> BatchScores {
 
 impl Guest for Hostile {
     fn manifest() -> Manifest {
+        let m = manifest_parts("hostile-v2");
+        use medrl::plugin::types::Capability;
+        let mut capabilities = vec![Capability::Judge; m.judge];
+        capabilities.extend(vec![Capability::Search; m.search]);
         Manifest {
-            name: "hostile-v2".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "misbehaves on purpose (sandbox tests, API 0.2.0)".into(),
-            config_schema: r#"{"type":"object","properties":{"mode":{"type":"string"}}}"#.into(),
-            capabilities: vec![],
+            name: m.name,
+            version: m.version,
+            description: m.description,
+            config_schema: m.config_schema,
+            capabilities,
             api_version: "0.2.0".into(),
         }
     }
@@ -66,6 +70,17 @@ impl Guest for Hostile {
             "error-and-not-applicable" => {
                 out.errors.push((0, "failed".into()));
                 out.not_applicable.push(0);
+            }
+            // Many distinct names once per batch, under the output cap (issue 14: 50,000 names
+            // of 100 bytes passed the 16 MiB cap and were cloned into every sample's row).
+            // `dup_last`: the last name repeats the first, so only a full check finds it.
+            "many-names" => {
+                let k = number(&config, "names", 50_000) as usize;
+                out.component_names = (0..k).map(|j| format!("{j:0>100}")).collect();
+                if number(&config, "dup_last", 0) == 1 {
+                    out.component_names[k - 1] = out.component_names[0].clone();
+                }
+                out.components = vec![1.0; k * n];
             }
             "huge-components" => {
                 // Huge names once per batch: the output-size cap must stop them.

@@ -11,7 +11,7 @@ wit_bindgen::generate!({ path: "../../../reward-sdk/wit/v0.1", world: "reward" }
 mod probes;
 
 use medrl::plugin::types::Scored;
-use probes::{mode_of, one, Input, Probe};
+use probes::{manifest_parts, mode_of, number, one, Input, Probe};
 
 /// A probe's result as a 0.1.0 `score-result`.
 fn wit(p: Probe) -> Result<ScoreResult, String> {
@@ -28,12 +28,16 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn manifest() -> Manifest {
+        let m = manifest_parts("hostile");
+        use medrl::plugin::types::Capability;
+        let mut capabilities = vec![Capability::Judge; m.judge];
+        capabilities.extend(vec![Capability::Search; m.search]);
         Manifest {
-            name: "hostile".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "misbehaves on purpose (sandbox tests)".into(),
-            config_schema: r#"{"type":"object","properties":{"mode":{"type":"string"}}}"#.into(),
-            capabilities: vec![],
+            name: m.name,
+            version: m.version,
+            description: m.description,
+            config_schema: m.config_schema,
+            capabilities,
             api_version: "0.1.0".into(),
         }
     }
@@ -49,6 +53,22 @@ impl Guest for Hostile {
                     .collect()
             }
             "empty" => return vec![],
+            // Many distinct names per sample, under the output cap (issue 14: 50,000 names of
+            // 100 bytes, cloned into every row).
+            "many-names" => {
+                let k = number(&config, "names", 50_000) as usize;
+                let names: Vec<(String, f64)> =
+                    (0..k).map(|j| (format!("{j:0>100}"), 1.0)).collect();
+                return samples
+                    .iter()
+                    .map(|_| {
+                        Ok(ScoreResult::Scored(Scored {
+                            score: 1.0,
+                            components: names.clone(),
+                        }))
+                    })
+                    .collect();
+            }
             "huge-components" => {
                 // Many large component names: the output-size cap, not memory, must stop this.
                 let name = "c".repeat(1 << 20);

@@ -33,6 +33,66 @@ fn ok(score: f64) -> Probe {
     Ok(Some(score))
 }
 
+/// A numeric config field, or `default`.
+pub fn number(config: &str, key: &str, default: u64) -> u64 {
+    field(config, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Which manifest attack to make. The tests patch these bytes in the built `.wasm` (same
+/// length, `.` as padding), since `manifest` takes no config.
+#[used]
+static MANIFEST_MODE: [u8; 30] = *b"manifest-mode:normal..........";
+
+pub fn manifest_mode() -> String {
+    // Volatile: the compiler must not fold the bytes the tests patch.
+    let bytes = unsafe { core::ptr::read_volatile(&MANIFEST_MODE) };
+    String::from_utf8_lossy(&bytes[14..])
+        .trim_end_matches('.')
+        .to_string()
+}
+
+/// The manifest's fields for the current manifest mode; `judge` and `search` are how many
+/// times each capability is listed.
+pub struct ManifestParts {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub config_schema: String,
+    pub judge: usize,
+    pub search: usize,
+}
+
+pub fn manifest_parts(name: &str) -> ManifestParts {
+    let mut m = ManifestParts {
+        name: name.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        description: "misbehaves on purpose (sandbox tests)".into(),
+        config_schema: r#"{"type":"object","properties":{"mode":{"type":"string"}}}"#.into(),
+        judge: 0,
+        search: 0,
+    };
+    match manifest_mode().as_str() {
+        // Copied into every error, log line and output row if the host used it as is.
+        "huge-name" => m.name = "n".repeat(4 << 20),
+        // Forges log lines if the host logged it as is.
+        "bad-name" => m.name = format!("{name}\n2026-01-01 INFO forged"),
+        "huge-version" => m.version = "9".repeat(1 << 20),
+        "huge-desc" => m.description = "d".repeat(4 << 20),
+        "huge-schema" => m.config_schema = " ".repeat(4 << 20),
+        // One warning per entry if the host logged each (issue 14: 16 million of them).
+        "many-caps" => m.judge = 100_000,
+        // Repeats fold into one of each.
+        "dup-caps" => {
+            m.judge = 3;
+            m.search = 2;
+        }
+        _ => {}
+    }
+    m
+}
+
 /// Deep recursion using only wasm locals (no address-taken locals, which would live on the
 /// shadow stack in linear memory): exhausts the engine's wasm stack. The non-associative
 /// combination after the call stops LLVM from turning it into a loop.
@@ -67,8 +127,47 @@ pub fn one(mode: &str, config: &str, s: &Input) -> Probe {
         "stack-overflow" => ok(deep(std::hint::black_box(1u64 << 40), 1, 2) as f64),
         "huge-output" => Err("x".repeat(64 << 20)),
         "nan" => ok(f64::NAN),
+        // Finite but absurd: a GRPO group mean of two of them is infinite.
+        "huge-score" => ok(1e308),
+        "neg-huge-score" => ok(-1e308),
+        // Blocks inside a WASI poll, where epoch interruption cannot reach.
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            ok(1.0)
+        }
+        // Short sleeps within the deadline are fine...
+        "sleep-short" => {
+            std::thread::sleep(std::time::Duration::from_millis(number(config, "ms", 10)));
+            ok(2.0)
+        }
+        // ...but not a loop of them past it.
+        "sleep-loop" => loop {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        },
+        // Spins most of the deadline, then traps: bisection must not multiply the deadline.
+        "spin-then-panic" => {
+            let t = std::time::Instant::now();
+            let spin = std::time::Duration::from_millis(number(config, "spin_ms", 400));
+            while t.elapsed() < spin {
+                std::hint::black_box(&t);
+            }
+            panic!("hostile plugin panics after spinning")
+        }
+        // One quoted phrase of many words (issue 14: 300,000 words, 86 s in one search call).
+        "search-phrase" => {
+            let n = number(config, "words", 300_000);
+            let mut q = String::from("\"");
+            for i in 0..n {
+                q.push_str(&format!("w{i} "));
+            }
+            q.push('"');
+            let hits = crate::medrl::plugin::search::search(&q, 10)?;
+            ok(hits.len() as f64)
+        }
         "inf" => ok(f64::INFINITY),
         "guest-error" => Err(format!("cannot score sample `{}`", s.prompt)),
+        // Under the output cap, but copied into every log line and row if kept whole.
+        "long-error" => Err("e".repeat(1 << 20)),
         "not-applicable" => Ok(None),
         "read-file" => {
             let path = field(config, "path").unwrap_or_else(|| "/etc/passwd".into());
