@@ -370,6 +370,8 @@ fn cpu_sft_memory_stays_flat_over_50_steps() {
     let at = |step: u64| mem.iter().find(|(s, _)| *s == step).unwrap().1;
     let growth = mem.iter().map(|(_, m)| *m).fold(f64::MIN, f64::max) - at(10);
     assert!(growth < BOUND_MB, "resident memory grew {growth:.0} MB from step 10 to the peak (bound {BOUND_MB} MB): {mem:?}");
+}
+
 /// `config` without unwrapping: the validation error, if any.
 fn config_error(model: &Path, out: &Path, extra: &[&str]) -> String {
     let yaml = format!("model: {model:?}\noutput_dir: {out:?}\ndata:\n  train: [x]\n");
