@@ -95,9 +95,43 @@ pub fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` prints the whole context chain on one line: "loading model: file: reason".
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line ("loading model: file: reason"), each cause once: many
+/// library errors already quote their source in their own message (`{path}: {source}`), and
+/// anyhow's `{:#}` would repeat it.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        // A message that ends with its cause's text already says it.
+        if !line.ends_with(&c) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&c);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("plugin x.wasm: I/O error on /p/x.wasm: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[test]
+    fn one_line_names_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(Quoting(io())).context("reward `dq`");
+        assert_eq!(super::one_line(&e), "reward `dq`: plugin x.wasm: I/O error on /p/x.wasm: No such file or directory");
+        // Causes that the message does not quote are kept.
+        let e = anyhow::Error::new(io()).context("loading model").context("eval");
+        assert_eq!(super::one_line(&e), "eval: loading model: No such file or directory");
     }
 }

@@ -905,4 +905,16 @@ mod tests {
         let d: RlData = serde_yaml::from_str("task: hcc\neval: []").unwrap();
         assert_eq!(d.eval.map(|e| e.len()), Some(0));
     }
+
+    #[test]
+    fn eval_sampling_defaults_to_greedy_and_bad_values_name_their_key() {
+        let d: RlData = serde_yaml::from_str("train: [x]").unwrap();
+        assert_eq!(d.eval_sampling, EvalSampling::default());
+        assert_eq!(d.eval_sampling.params(7).temperature, 0.0);
+        let bad = |yaml: &str| serde_yaml::from_str::<RlData>(yaml).unwrap().validate().unwrap_err().0;
+        assert_eq!(bad("train: [x]\neval_sampling: {n: 0}"), "data.eval_sampling.n");
+        assert_eq!(bad("train: [x]\neval_sampling: {temperature: -1}"), "data.eval_sampling.temperature");
+        assert_eq!(bad("train: [x]\neval_sampling: {top_p: 0}"), "data.eval_sampling.top_p");
+        assert!(serde_yaml::from_str::<RlData>("train: [x]\neval_sampling: {m: 1}").is_err());
+    }
 }
