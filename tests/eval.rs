@@ -202,6 +202,7 @@ fn fixture_task() -> EvalTask {
             config: json!({}),
             grants: Grants::none(),
             policy: FailurePolicy::Fail,
+            timeout: None,
         }],
         metrics: MetricSettings {
             answer: AnswerParser::Number,

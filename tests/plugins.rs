@@ -1582,3 +1582,26 @@ fn cli_survives_sleeping_and_flooding_plugins() {
     assert!(err.contains("bad manifest") && err.contains("flood.wasm"), "{err}");
     assert!(o.stderr.len() < 4096, "{} bytes of stderr", o.stderr.len());
 }
+
+/// Each plugin of a reward set keeps its own `timeout_s`: a set used to run every plugin under
+/// the smallest deadline of the set, so a short deadline for a looping plugin timed out a
+/// healthy slow one beside it.
+#[test]
+fn each_reward_in_a_set_keeps_its_own_deadline() {
+    use medrl::train::rewards::{load_rewards, RewardSpec};
+    let spec = |mode: Value, timeout_s: f64| RewardSpec { plugin: wasm("hostile"), weight: 1.0, config: mode, on_failure: "drop".into(), timeout_s };
+    let specs = [spec(json!({"mode": "sleep-short", "ms": 150}), 30.0), spec(json!({"mode": "loop"}), 0.1)];
+    let rewards = load_rewards(&specs, &Grants::none()).unwrap();
+    let samples = [s("p", "a", json!(null), "t"), s("p", "b", json!(null), "t")];
+    let out = rewards.score(&samples).unwrap();
+    for r in &out {
+        assert_eq!(r.by_plugin.get("hostile"), Some(&Some(2.0)), "the sleeping plugin scores within its own 30 s: {r:?}");
+        assert!(r.failures.get("hostile#2").is_some_and(|f| f.contains("timeout")), "the looping one times out: {r:?}");
+    }
+    // A deadline that no Duration holds is a typed error naming the plugin, not a panic.
+    let e = match load_rewards(&[spec(json!({"mode": "ok"}), f64::INFINITY)], &Grants::none()) {
+        Ok(_) => panic!("an infinite timeout_s was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("hostile") && e.contains("timeout_s"), "{e}");
+}

@@ -154,7 +154,7 @@ pub fn eval_task(task: &Task, split: Split, limit: Option<usize>, policy: Failur
         if let Some(index) = s.search_index().with_context(|| format!("reward `{}`: search backend", s.name))? {
             grants = grants.with_search(index);
         }
-        rewards.push(RewardSpec { name: s.name.clone(), plugin: s.path.clone(), weight: s.weight, config: s.config.clone(), grants, policy });
+        rewards.push(RewardSpec { name: s.name.clone(), plugin: s.path.clone(), weight: s.weight, config: s.config.clone(), grants, policy, timeout: None });
     }
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let spec = task.metrics();

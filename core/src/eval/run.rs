@@ -64,6 +64,8 @@ pub struct RewardSpec {
     pub config: Value,
     pub grants: Grants,
     pub policy: FailurePolicy,
+    /// This plugin's call deadline (`None`: the one of the `Limits` the set is loaded with).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Accuracy: a response is correct when reward component `component` of plugin `plugin` (or,
@@ -178,7 +180,8 @@ impl Rewards {
     pub fn load(host: &PluginHost, specs: Vec<RewardSpec>, limits: &Limits) -> Result<Self, EvalError> {
         let mut items = Vec::with_capacity(specs.len());
         for spec in specs {
-            let opts = PluginOptions { limits: limits.clone(), grants: spec.grants.clone(), policy: spec.policy, ..Default::default() };
+            let limits = Limits { timeout: spec.timeout.unwrap_or(limits.timeout), ..limits.clone() };
+            let opts = PluginOptions { limits, grants: spec.grants.clone(), policy: spec.policy, ..Default::default() };
             let plugin = host.load_reward(&spec.plugin, opts).map_err(|source| EvalError::Plugin { name: spec.name.clone(), source: Box::new(source) })?;
             items.push((spec, plugin));
         }

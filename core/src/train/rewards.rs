@@ -45,8 +45,8 @@ pub struct RewardError {
     pub msg: String,
 }
 
-/// Load the plugins of `specs` (names: file stems, numbered when repeated). The call deadline
-/// is the smallest `timeout_s` of the set (one `Limits` serves all plugins).
+/// Load the plugins of `specs` (names: file stems, numbered when repeated), each with its own
+/// `timeout_s` as its call deadline.
 pub fn load_rewards(specs: &[RewardSpec], grants: &Grants) -> Result<Rewards, RewardError> {
     let host = PluginHost::new(Default::default()).map_err(|e| RewardError { plugin: "<host>".into(), msg: e.to_string() })?;
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -57,12 +57,14 @@ pub fn load_rewards(specs: &[RewardSpec], grants: &Grants) -> Result<Rewards, Re
         *k += 1;
         let name = if *k == 1 { stem } else { format!("{stem}#{k}") };
         let policy: FailurePolicy = spec.on_failure.parse().map_err(|m| RewardError { plugin: name.clone(), msg: m })?;
-        out.push(EvalRewardSpec { name, plugin: spec.plugin.clone(), weight: spec.weight, config: spec.config.clone(), grants: grants.clone(), policy });
+        let timeout = Some(spec.timeout_s)
+            .filter(|t| *t > 0.0 && *t <= 86_400.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| RewardError { plugin: name.clone(), msg: format!("timeout_s {} must be in (0, 86400] seconds", spec.timeout_s) })?;
+        out.push(EvalRewardSpec { name, plugin: spec.plugin.clone(), weight: spec.weight, config: spec.config.clone(), grants: grants.clone(), policy, timeout: Some(timeout) });
     }
     if out.is_empty() {
         return Err(RewardError { plugin: "<none>".into(), msg: "at least one reward plugin is needed".into() });
     }
-    let timeout = specs.iter().map(|s| s.timeout_s).fold(f64::INFINITY, f64::min).max(0.001);
-    let limits = Limits { timeout: Duration::from_secs_f64(timeout), ..Default::default() };
-    Rewards::load(&host, out, &limits).map_err(|e| RewardError { plugin: "<load>".into(), msg: e.to_string() })
+    Rewards::load(&host, out, &Limits::default()).map_err(|e| RewardError { plugin: "<load>".into(), msg: e.to_string() })
 }

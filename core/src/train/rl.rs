@@ -166,6 +166,14 @@ pub fn validate_common(
     if rewards.is_empty() && data.task.is_none() {
         return Err(("rewards".into(), "at least one reward plugin is needed (or a data.task that has rewards)".into()));
     }
+    for (i, r) in rewards.iter().enumerate() {
+        if !(r.timeout_s > 0.0 && r.timeout_s <= 86_400.0) {
+            return Err((format!("rewards[{i}].timeout_s"), format!("{} must be in (0, 86400] seconds", r.timeout_s)));
+        }
+        if !r.weight.is_finite() {
+            return Err((format!("rewards[{i}].weight"), format!("{} must be finite", r.weight)));
+        }
+    }
     if training.max_steps == 0 {
         return Err(("training.max_steps".into(), "must be at least 1".into()));
     }
@@ -469,7 +477,7 @@ fn task_rewards(task: &Task, grants: &crate::plugin::Grants) -> Result<(Rewards,
         if let Some(index) = s.search_index().map_err(|e| SftError::Setup(format!("reward `{}`: search corpus: {e}", s.name)))? {
             g = g.with_search(index);
         }
-        out.push(EvalRewardSpec { name: s.name.clone(), plugin: s.path.clone(), weight: s.weight, config: s.config.clone(), grants: g, policy: crate::plugin::FailurePolicy::Drop });
+        out.push(EvalRewardSpec { name: s.name.clone(), plugin: s.path.clone(), weight: s.weight, config: s.config.clone(), grants: g, policy: crate::plugin::FailurePolicy::Drop, timeout: None });
     }
     let names = out.iter().map(|s| s.name.clone()).collect();
     let host = crate::plugin::PluginHost::new(Default::default()).map_err(setup_err)?;
@@ -916,5 +924,18 @@ mod tests {
         assert_eq!(bad("train: [x]\neval_sampling: {temperature: -1}"), "data.eval_sampling.temperature");
         assert_eq!(bad("train: [x]\neval_sampling: {top_p: 0}"), "data.eval_sampling.top_p");
         assert!(serde_yaml::from_str::<RlData>("train: [x]\neval_sampling: {m: 1}").is_err());
+    }
+
+    #[test]
+    fn reward_deadlines_and_weights_are_checked() {
+        let data: RlData = serde_yaml::from_str("train: [x]").unwrap();
+        let check = |yaml: &str| {
+            let r: Vec<RewardSpec> = serde_yaml::from_str(yaml).unwrap();
+            validate_common("cpu", "f32", &data, &r, &RlTraining::default(), None, &default_rollout()).err().map(|e| e.0)
+        };
+        assert_eq!(check("[{plugin: a.wasm}]"), None);
+        assert_eq!(check("[{plugin: a.wasm}, {plugin: b.wasm, timeout_s: 0}]").as_deref(), Some("rewards[1].timeout_s"));
+        assert_eq!(check("[{plugin: a.wasm, timeout_s: .inf}]").as_deref(), Some("rewards[0].timeout_s"));
+        assert_eq!(check("[{plugin: a.wasm, weight: .nan}]").as_deref(), Some("rewards[0].weight"));
     }
 }
