@@ -2,6 +2,19 @@
 //! inside a plugin, so reward logic can be unit-tested without a WebAssembly runtime.
 
 use memchr::{memchr2_iter, memchr3_iter, memchr_iter, memmem};
+use serde_json::Value;
+
+/// What a JSON value is, for error messages ("expected an object, found an array").
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
 
 /// Every occurrence of any of `needles` in `text`, in text order, in ONE pass: yields
 /// `(byte offset, needle index)`. Overlapping occurrences are all reported; when several

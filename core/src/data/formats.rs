@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use medrl_reward_sdk::helpers::json_kind as kind;
 
 use super::Example;
 use crate::tokenizer::ChatMessage;
@@ -87,16 +88,6 @@ fn text_field(record: &Value, col: &str, required: bool) -> Result<String, Strin
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
 
 /// Convert one record. Errors are plain messages; the caller adds the file and row.
 pub fn to_example(record: &Value, formatting: &Formatting, cols: &Columns, tags: &Tags) -> Result<Example, String> {

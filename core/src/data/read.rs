@@ -548,15 +548,7 @@ mod tests {
         let e = recs[1].as_ref().unwrap_err().to_string();
         assert!(e.contains("x.jsonl row 3") && e.contains("invalid UTF-8 at byte 21"), "{e}");
         assert_eq!(recs[2].as_ref().unwrap().0.row, 4);
-        let spec = crate::data::DatasetSpec {
-            name: "x".into(),
-            path: p.clone(),
-            formatting: crate::data::Formatting::Alpaca,
-            columns: Default::default(),
-            tags: Default::default(),
-            system: None,
-            num_samples: None,
-        };
+        let spec = alpaca_spec(&p);
         let (ex, report) = crate::data::load_examples(&spec, crate::data::BadRowPolicy::Skip).unwrap();
         assert_eq!((ex.len(), report.skipped_rows), (2, 1));
         let e = crate::data::load_examples(&spec, crate::data::BadRowPolicy::Fail).unwrap_err().to_string();
@@ -566,6 +558,19 @@ mod tests {
         std::fs::write(&j, [b"[\n{\"a\": 1},\n{\"a\": \"".as_slice(), &[0xFF], b"\"}\n]"].concat()).unwrap();
         let e = read_records(&j).unwrap_err().to_string();
         assert!(e.contains("y.json") && e.contains("invalid UTF-8 at line 3, byte 8"), "{e}");
+    }
+
+    /// An alpaca-format dataset of one file.
+    fn alpaca_spec(p: &std::path::Path) -> crate::data::DatasetSpec {
+        crate::data::DatasetSpec {
+            name: "x".into(),
+            path: p.to_path_buf(),
+            formatting: crate::data::Formatting::Alpaca,
+            columns: Default::default(),
+            tags: Default::default(),
+            system: None,
+            num_samples: None,
+        }
     }
 
     #[test]
@@ -583,15 +588,7 @@ mod tests {
         for (name, text) in [("e.jsonl", ""), ("b.jsonl", "\n  \n"), ("a.json", "[]")] {
             let p = d.path().join(name);
             std::fs::write(&p, text).unwrap();
-            let spec = crate::data::DatasetSpec {
-                name: "e".into(),
-                path: p.clone(),
-                formatting: crate::data::Formatting::Alpaca,
-                columns: Default::default(),
-                tags: Default::default(),
-                system: None,
-                num_samples: None,
-            };
+            let spec = alpaca_spec(&p);
             let e = crate::data::load_examples(&spec, crate::data::BadRowPolicy::Skip).unwrap_err();
             assert!(matches!(e, DataError::EmptyFile { .. }), "{e}");
             assert!(e.to_string().contains(&p.display().to_string()) && e.to_string().contains("no records"), "{e}");

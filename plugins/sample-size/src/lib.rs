@@ -19,7 +19,7 @@
 //! Components: `format` (1/0, the format check; also reported when the target is invalid) and
 //! `accuracy` (1/0).
 
-use medrl_reward_sdk::helpers::{first_number, py_float};
+use medrl_reward_sdk::helpers::{first_number, json_kind as kind, py_float};
 use medrl_reward_sdk::serde_json::{self, json};
 use medrl_reward_sdk::{export_reward, Manifest, Outcome, RawSample, Reward, Sample, Value};
 
@@ -42,17 +42,6 @@ impl Truth {
                 "ground_truth must be an object with `target`, got {kind} (the reference raises on `ground_truth.get`)"
             )),
         }
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
