@@ -160,6 +160,16 @@ fn cli_config_errors_name_key_and_file() {
     assert!(!ok && err.contains("top_p"), "{err}");
 }
 
+/// A copy of the model folder `src` at `dst` whose config.json has `key` set to `value`.
+fn with_config_key(src: &Path, dst: &Path, key: &str, value: serde_json::Value) -> PathBuf {
+    copy_dir(src, dst);
+    let path = dst.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg[key] = value;
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    dst.to_path_buf()
+}
+
 fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for e in std::fs::read_dir(src).unwrap() {
@@ -183,20 +193,12 @@ fn bad_model_folders_give_clear_errors() {
     assert!(e.contains("model.safetensors") && e.contains("missing"), "{e}");
 
     // Unsupported architecture.
-    let arch = d.path().join("arch");
-    copy_dir(&good, &arch);
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(arch.join("config.json")).unwrap()).unwrap();
-    cfg["model_type"] = "gpt_neox".into();
-    std::fs::write(arch.join("config.json"), cfg.to_string()).unwrap();
+    let arch = with_config_key(&good, &d.path().join("arch"), "model_type", "gpt_neox".into());
     let e = load(&arch);
     assert!(e.contains("config.json") && e.contains("model_type") && e.contains("gpt_neox"), "{e}");
 
     // A tensor of the wrong shape: the config promises a wider MLP than the weights have.
-    let shape = d.path().join("shape");
-    copy_dir(&good, &shape);
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(shape.join("config.json")).unwrap()).unwrap();
-    cfg["intermediate_size"] = 96.into();
-    std::fs::write(shape.join("config.json"), cfg.to_string()).unwrap();
+    let shape = with_config_key(&good, &d.path().join("shape"), "intermediate_size", 96.into());
     let e = load(&shape);
     assert!(e.contains("model.safetensors") && e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[96, 64]"), "{e}");
 
@@ -347,20 +349,12 @@ fn model_info_checks_the_weights_and_bad_dimensions_are_refused() {
     assert!(e.contains("model.safetensors") && e.contains("truncated") && !e.contains("tensor ``"), "{e}");
 
     // Weights that disagree with config.json.
-    let shape = d.path().join("shape");
-    copy_dir(&good, &shape);
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(shape.join("config.json")).unwrap()).unwrap();
-    cfg["intermediate_size"] = 96.into();
-    std::fs::write(shape.join("config.json"), cfg.to_string()).unwrap();
+    let shape = with_config_key(&good, &d.path().join("shape"), "intermediate_size", 96.into());
     let (ok, _, err) = info(&shape);
     assert!(!ok && err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("[96, 64]"), "{err}");
 
     // A zero layer count is refused, naming the key, by info and by loading.
-    let zero = d.path().join("zero");
-    copy_dir(&good, &zero);
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(zero.join("config.json")).unwrap()).unwrap();
-    cfg["num_hidden_layers"] = 0.into();
-    std::fs::write(zero.join("config.json"), cfg.to_string()).unwrap();
+    let zero = with_config_key(&good, &d.path().join("zero"), "num_hidden_layers", 0.into());
     let (ok, _, err) = info(&zero);
     assert!(!ok && err.contains("config.json") && err.contains("num_hidden_layers"), "{err}");
     let e = load_model_dir(&zero, &Device::Cpu, DType::F32).err().expect("must fail").to_string();

@@ -71,14 +71,18 @@ pub struct LossSummary {
 }
 
 pub fn loss_summary(rows: &[Value]) -> LossSummary {
-    let step = |r: &Value| r.get("step").and_then(Value::as_u64);
     let losses: Vec<f64> = rows.iter().filter_map(|r| r.get("loss")?.as_f64()).collect();
-    LossSummary {
-        first_loss: losses.first().copied(),
-        last_loss: losses.last().copied(),
-        eval_loss_before: rows.iter().find(|r| step(r) == Some(0)).and_then(|r| r.get("eval_loss")?.as_f64()),
-        eval_loss_after: rows.iter().rev().filter(|r| step(r).is_some_and(|s| s > 0)).find_map(|r| r.get("eval_loss")?.as_f64()),
-    }
+    let (eval_loss_before, eval_loss_after) = before_and_after(rows, |r| r.get("eval_loss")?.as_f64());
+    LossSummary { first_loss: losses.first().copied(), last_loss: losses.last().copied(), eval_loss_before, eval_loss_after }
+}
+
+/// What `read` finds in the step-0 row (before training) and in the last row after it that has
+/// it (the last evaluation).
+pub fn before_and_after<T>(rows: &[Value], read: impl Fn(&Value) -> Option<T>) -> (Option<T>, Option<T>) {
+    let step = |r: &Value| r.get("step").and_then(Value::as_u64);
+    let before = rows.iter().find(|r| step(r) == Some(0)).and_then(&read);
+    let after = rows.iter().rev().filter(|r| step(r).is_some_and(|s| s > 0)).find_map(&read);
+    (before, after)
 }
 
 fn series<'a>(rows: &[Value], name: &'a str, key: &str) -> Series<'a> {

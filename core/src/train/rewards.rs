@@ -28,6 +28,17 @@ pub struct RewardSpec {
     pub timeout_s: f64,
 }
 
+impl RewardSpec {
+    /// `timeout_s` as a call deadline: in (0, 86400] seconds (a Duration cannot hold an
+    /// infinite or NaN one).
+    pub fn deadline(&self) -> Result<Duration, String> {
+        Some(self.timeout_s)
+            .filter(|t| *t > 0.0 && *t <= 86_400.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("timeout_s {} must be in (0, 86400] seconds", self.timeout_s))
+    }
+}
+
 fn one() -> f64 {
     1.0
 }
@@ -57,10 +68,7 @@ pub fn load_rewards(specs: &[RewardSpec], grants: &Grants) -> Result<Rewards, Re
         *k += 1;
         let name = if *k == 1 { stem } else { format!("{stem}#{k}") };
         let policy: FailurePolicy = spec.on_failure.parse().map_err(|m| RewardError { plugin: name.clone(), msg: m })?;
-        let timeout = Some(spec.timeout_s)
-            .filter(|t| *t > 0.0 && *t <= 86_400.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| RewardError { plugin: name.clone(), msg: format!("timeout_s {} must be in (0, 86400] seconds", spec.timeout_s) })?;
+        let timeout = spec.deadline().map_err(|msg| RewardError { plugin: name.clone(), msg })?;
         out.push(EvalRewardSpec { name, plugin: spec.plugin.clone(), weight: spec.weight, config: spec.config.clone(), grants: grants.clone(), policy, timeout: Some(timeout) });
     }
     if out.is_empty() {

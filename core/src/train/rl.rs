@@ -167,9 +167,7 @@ pub fn validate_common(
         return Err(("rewards".into(), "at least one reward plugin is needed (or a data.task that has rewards)".into()));
     }
     for (i, r) in rewards.iter().enumerate() {
-        if !(r.timeout_s > 0.0 && r.timeout_s <= 86_400.0) {
-            return Err((format!("rewards[{i}].timeout_s"), format!("{} must be in (0, 86400] seconds", r.timeout_s)));
-        }
+        r.deadline().map_err(|m| (format!("rewards[{i}].timeout_s"), m))?;
         if !r.weight.is_finite() {
             return Err((format!("rewards[{i}].weight"), format!("{} must be finite", r.weight)));
         }
@@ -846,13 +844,9 @@ impl RlRun {
         // step); the run's records hold the rest.
         if self.validation_before.is_none() || self.validation_after.is_none() {
             let rows = super::metrics::read_metrics(&self.out)?;
-            let step = |r: &serde_json::Value| r.get("step").and_then(|s| s.as_u64());
-            if self.validation_before.is_none() {
-                self.validation_before = rows.iter().find(|r| step(r) == Some(0)).and_then(Validation::from_record);
-            }
-            if self.validation_after.is_none() {
-                self.validation_after = rows.iter().rev().filter(|r| step(r).is_some_and(|s| s > 0)).find_map(Validation::from_record);
-            }
+            let (before, after) = super::metrics::before_and_after(&rows, Validation::from_record);
+            self.validation_before = self.validation_before.take().or(before);
+            self.validation_after = self.validation_after.take().or(after);
         }
         Ok(final_dir)
     }
