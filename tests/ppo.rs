@@ -164,7 +164,7 @@ fn every_shipped_config_parses_and_validates() {
             "grpo" => medrl::config::load::<GrpoConfig>(Some(&p), &files).unwrap_or_else(|e| panic!("{name}: {e}")).data.task,
             "ppo" => medrl::config::load::<PpoConfig>(Some(&p), &files).unwrap_or_else(|e| panic!("{name}: {e}")).data.task,
             "generate" => {
-                medrl::config::load::<medrl::config::GenerateConfig>(Some(&p), &files).unwrap_or_else(|e| panic!("{name}: {e}"));
+                medrl::config::load::<medrl::generate::GenerateConfig>(Some(&p), &files).unwrap_or_else(|e| panic!("{name}: {e}"));
                 None
             }
             other => panic!("{name}: unknown config kind {other:?} (name configs <command>-<what>.yaml)"),

@@ -1,37 +1,30 @@
 //! medrl: post-training clinical language models in one Rust program.
 //!
-//! Layers, bottom up (see ARCHITECTURE.md):
-//! - [`ops`]: differentiable tensor ops (each with a finite-difference gradient check);
-//! - [`model`]: Llama / Qwen2 / Qwen3 decoders, HF model folders, KV cache, random init;
-//! - [`tokenizer`]: `tokenizer.json`, chat templates, generation defaults;
-//! - [`generate`]: batched sampling with a KV cache;
-//! - [`gguf`]: GGUF import (llama architecture) into Hugging Face folders;
-//! - [`data`]: datasets (JSON/JSONL/Parquet; alpaca, sharegpt, VERL), loss masks, batching;
-//! - [`config`]: typed YAML run configurations with command-line overrides;
-//! - [`eval`]: evaluation metrics (BLEU, ROUGE, survival, accuracy), each matching a reference package;
-//! - [`train`]: optimizer (AdamW, f32 master weights, clipping), LR schedules, losses;
-//! - [`judge`]: the plugins' `judge` capability backed by a loaded model (classifier or causal LM);
-//! - [`plugin`]: the WebAssembly plugin host (wasmtime, component model, sandbox, policies);
-//! - [`search`]: study search backends of the `search` capability (tantivy index, PubMed);
-//! - [`task`]: task bundles (`tasks/<name>/task.yaml`): datasets, prompts, rewards, metrics;
-//! - [`cli`]: the `medrl` command line (the only place that uses `anyhow`);
-//! - [`progress`]: logging and progress bars shared by every long-running command.
+//! This crate is the `medrl` command line ([`cli`]); everything else lives in the layer crates
+//! under `core/crates/`, re-exported here under their module names so that tools and tests
+//! reach the whole library through one path. Layers, bottom up (see ARCHITECTURE.md):
+//! - medrl-base: [`config`], [`fsutil`], [`plot`], [`progress`];
+//! - medrl-nn: [`ops`], [`kernels`], [`device`];
+//! - medrl-lm: [`tokenizer`], [`model`], [`generate`], [`gguf`];
+//! - medrl-data: [`data`];
+//! - medrl-plugin: [`plugin`] (the WebAssembly host);
+//! - medrl-search: [`search`] (study search backends);
+//! - medrl-reward: [`reward`], [`judge`];
+//! - medrl-task: [`task`];
+//! - medrl-eval: [`eval`];
+//! - medrl-train: [`train`];
+//! - this crate: [`cli`] (the only place that uses `anyhow`).
 
 pub mod cli;
-pub mod config;
-pub mod data;
-pub mod eval;
-pub mod fsutil;
-pub mod generate;
-pub mod gguf;
-pub mod judge;
-pub mod kernels;
-pub mod model;
-pub mod ops;
-pub mod plot;
-pub mod plugin;
-pub mod progress;
-pub mod search;
-pub mod task;
-pub mod tokenizer;
-pub mod train;
+
+pub use medrl_base::{config, fsutil, plot, progress};
+pub use medrl_data as data;
+pub use medrl_eval as eval;
+pub use medrl_lm::{generate, gguf, model, tokenizer};
+pub use medrl_nn::{device, kernels, ops};
+pub use medrl_plugin as plugin;
+pub use medrl_reward as reward;
+pub use medrl_reward::judge;
+pub use medrl_search as search;
+pub use medrl_task as task;
+pub use medrl_train as train;

@@ -194,9 +194,9 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
         let grads = loss.backward()?;
         mark(2)?;
         // Activations and gradients are all alive here: the step's high-water mark.
-        peak = peak.max(crate::progress::device_memory_used_mb(&dev));
+        peak = peak.max(crate::device::device_memory_used_mb(&dev));
         if i + 1 == warmup {
-            crate::progress::reset_peak_memory(&dev);
+            crate::device::reset_peak_memory(&dev);
         }
         opt.step(&grads, 1e-4)?;
         mark(3)?;
@@ -219,7 +219,7 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
         // What the process holds on the device (the memory pool keeps freed blocks, like
         // PyTorch's reserved memory) and, on CUDA, the peak actually allocated by tensors.
         "peak_memory_mb": peak,
-        "peak_allocated_mb": crate::progress::pool_memory_mb(&dev).map(|(high, _)| high),
+        "peak_allocated_mb": crate::device::pool_memory_mb(&dev).map(|(high, _)| high),
         "losses": losses,
         "phases": phase_report,
     });

@@ -3,7 +3,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::config::{self, GenerateConfig};
+use crate::config;
+use crate::generate::GenerateConfig;
 use crate::generate::{generate, StopConditions};
 use crate::model::{load_model_dir, parse_device, parse_dtype};
 use crate::tokenizer::ChatMessage;

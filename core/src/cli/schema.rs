@@ -28,7 +28,7 @@ pub struct SchemaArgs {
 
 pub fn run(args: SchemaArgs) -> anyhow::Result<()> {
     let schema = match args.kind {
-        Kind::Generate => crate::config::schema_of::<crate::config::GenerateConfig>(),
+        Kind::Generate => crate::config::schema_of::<crate::generate::GenerateConfig>(),
         Kind::Sft => crate::config::schema_of::<crate::train::sft::SftConfig>(),
         Kind::Grpo => crate::config::schema_of::<crate::train::grpo::GrpoConfig>(),
         Kind::Ppo => crate::config::schema_of::<crate::train::ppo::PpoConfig>(),

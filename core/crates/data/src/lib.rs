@@ -1,0 +1,153 @@
+//! Datasets: reading records from JSON, JSONL and Parquet files, mapping them from the formats
+//! users already have (alpaca, sharegpt, VERL parquet, LLaMA-Factory's `dataset_info.json`)
+//! into medrl's [`Example`], and turning examples into token ids with a loss mask.
+//!
+//! Every record keeps its origin (file and 1-based row), so a malformed row is reported where
+//! the user can find it; the caller decides whether to stop or skip ([`BadRowPolicy`]).
+
+pub mod batch;
+pub mod formats;
+pub mod read;
+pub mod registry;
+pub mod synth;
+pub mod tokenize;
+pub mod write;
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use medrl_lm::tokenizer::ChatMessage;
+
+pub use batch::{Batch, Batcher, BatchingConfig};
+pub use formats::Formatting;
+pub use registry::{DatasetInfo, DatasetSpec};
+pub use tokenize::{TokenizedExample, Tokenizing};
+
+/// medrl's example schema, shared with data adapter plugins (see the WIT `data-adapter` world):
+/// a conversation plus what a reward needs to score a response to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub ground_truth: serde_json::Value,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub metadata: serde_json::Value,
+    #[serde(default)]
+    pub data_source: String,
+}
+
+/// Where a record came from: file and 1-based row (line for JSONL, element for JSON arrays,
+/// row for Parquet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub row: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} row {}", self.file.display(), self.row)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    /// One record that cannot be used. Skippable under [`BadRowPolicy::Skip`].
+    #[error("{origin}: {msg}")]
+    Row { origin: Origin, msg: String },
+    #[error("dataset `{name}`: {msg}")]
+    Registry { name: String, msg: String },
+    #[error("{0}")]
+    Tokenize(String),
+    #[error("{msg}")]
+    Empty { msg: String },
+    /// A Parquet row group that cannot be decoded (damaged pages). Not skippable: the rows of a
+    /// damaged row group cannot be told apart, so the file fails.
+    #[error("{path} row group {row_group} of {row_groups} ({rows} rows from row {first_row}): {msg}")]
+    RowGroup { path: PathBuf, row_group: usize, row_groups: usize, first_row: usize, rows: usize, msg: String },
+    /// A dataset file without a single record.
+    #[error("{path}: the dataset file has no records (it is empty)")]
+    EmptyFile { path: PathBuf },
+    /// An error in the dataset a config key names (`data.train[0]`).
+    #[error("{key}: {source}")]
+    Dataset { key: String, source: Box<DataError> },
+}
+
+/// What to do with a record that cannot be parsed, converted or tokenized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRowPolicy {
+    /// Stop with an error naming the file and row.
+    #[default]
+    Fail,
+    /// Log a warning with the file and row, count it in the metrics, and go on.
+    Skip,
+}
+
+/// Rows seen and rows dropped while loading, for the run's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LoadReport {
+    pub rows: usize,
+    pub skipped_rows: usize,
+    /// Up to 20 skipped rows with the reason, to show the user.
+    pub skipped_examples: Vec<String>,
+}
+
+impl LoadReport {
+    pub fn skip(&mut self, err: &DataError) {
+        self.skipped_rows += 1;
+        if self.skipped_examples.len() < 20 {
+            self.skipped_examples.push(err.to_string());
+        }
+        tracing::warn!("skipping {err}");
+    }
+
+    pub fn merge(&mut self, other: LoadReport) {
+        self.rows += other.rows;
+        self.skipped_rows += other.skipped_rows;
+        for e in other.skipped_examples {
+            if self.skipped_examples.len() < 20 {
+                self.skipped_examples.push(e);
+            }
+        }
+    }
+}
+
+/// Load examples from one dataset spec, applying `policy` to bad rows.
+pub fn load_examples(spec: &DatasetSpec, policy: BadRowPolicy) -> Result<(Vec<(Origin, Example)>, LoadReport), DataError> {
+    let records = read::read_records(&spec.path)?;
+    if records.is_empty() {
+        return Err(DataError::EmptyFile { path: spec.path.clone() });
+    }
+    let mut report = LoadReport::default();
+    let mut out = Vec::new();
+    let limit = spec.num_samples.unwrap_or(usize::MAX);
+    for rec in records.into_iter().take(limit) {
+        report.rows += 1;
+        let converted = rec.and_then(|(origin, value)| {
+            formats::to_example(&value, &spec.formatting, &spec.columns, &spec.tags)
+                .map(|ex| (origin.clone(), ex))
+                .map_err(|msg| DataError::Row { origin, msg })
+        });
+        match converted {
+            Ok((origin, mut ex)) => {
+                if let Some(system) = &spec.system {
+                    if ex.messages.first().map(|m| m.role.as_str()) != Some("system") {
+                        ex.messages.insert(0, ChatMessage::system(system.clone()));
+                    }
+                }
+                if ex.data_source.is_empty() {
+                    ex.data_source = spec.name.clone();
+                }
+                out.push((origin, ex))
+            }
+            Err(e @ DataError::Row { .. }) if policy == BadRowPolicy::Skip => report.skip(&e),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((out, report))
+}

@@ -1,0 +1,371 @@
+//! One decoder implementation for Llama, Qwen2/2.5 and Qwen3.
+//!
+//! The forward pass is written only with differentiable ops (see [`medrl_nn::ops`]), so training
+//! and inference share it. Tensor names follow Hugging Face checkpoints exactly, which makes
+//! loading, saving and PEFT export a matter of walking the same names.
+
+use candle_core::{DType, Device, Module, Result as CResult, Tensor, D};
+
+use super::config::{Arch, ModelConfig, RopeScaling};
+use super::kv_cache::KvCache;
+use super::lora::LoraAdapter;
+use super::weights::TensorSource;
+use super::ModelError;
+use medrl_nn::ops;
+
+/// A dense projection `y = x W^T + b` with HF's `[out, in]` weight layout, optionally with a
+/// LoRA adapter added on top of the (then frozen) weight.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        if x.rank() == 2 {
+            // The decoder keeps activations as [tokens, features]: no reshape nodes, whose
+            // gradients autograd would otherwise copy once more in backward.
+            return self.forward_2d(x);
+        }
+        // Fold leading dims into one so the product is a single GEMM.
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("rank >= 1");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = self.forward_2d(&x.reshape((rows, in_dim))?)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+impl Linear {
+    fn forward_2d(&self, x: &Tensor) -> CResult<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        let y = match &self.lora {
+            Some(l) => (y + l.delta(x)?)?,
+            None => y,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    /// Qwen3 normalizes each head's queries and keys before RoPE.
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub input_layernorm: Tensor,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Tensor,
+    pub mlp: Mlp,
+}
+
+/// Inverse frequencies of the rotary embedding, with the configured scaling applied.
+pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let base: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64))
+        .collect();
+    let scaled: Vec<f64> = match &cfg.rope_scaling {
+        None => base,
+        Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            let old = *original_max_position_embeddings as f64;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    };
+    scaled.into_iter().map(|x| x as f32).collect()
+}
+
+/// A causal language model: embeddings, decoder blocks, final norm, LM head.
+#[derive(Debug, Clone)]
+pub struct CausalLm {
+    pub cfg: ModelConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: Tensor,
+    /// `None` when the head is tied to the input embeddings.
+    pub lm_head: Option<Tensor>,
+    inv_freq: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+impl CausalLm {
+    /// Build the model, pulling every tensor from `src` with its expected shape.
+    pub fn from_source(cfg: ModelConfig, src: &mut dyn TensorSource, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        let model = Self::load(cfg, src, dtype, device, true)?;
+        let unused = src.unused();
+        if !unused.is_empty() {
+            // A tied checkpoint may still carry lm_head.weight; anything else is suspicious.
+            let notable: Vec<_> = unused.iter().filter(|n| n.as_str() != "lm_head.weight").collect();
+            if !notable.is_empty() {
+                tracing::warn!("{} tensors in the checkpoint were not used, e.g. {:?}", notable.len(), &notable[..notable.len().min(3)]);
+            }
+        }
+        Ok(model)
+    }
+
+    /// The decoder body only (embeddings, blocks, final norm), for models with another head on
+    /// top (sequence classifiers: `score.weight`). Such a model has no LM head: use
+    /// [`CausalLm::forward_hidden`], never [`CausalLm::lm_logits`]. Tensors `src` holds beyond
+    /// the body are left for the caller (no unused-tensor warning here).
+    pub fn body_from_source(cfg: ModelConfig, src: &mut dyn TensorSource, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        Self::load(cfg, src, dtype, device, false)
+    }
+
+    fn load(cfg: ModelConfig, src: &mut dyn TensorSource, dtype: DType, device: &Device, with_lm_head: bool) -> Result<Self, ModelError> {
+        let h = cfg.hidden_size;
+        let q_dim = cfg.num_attention_heads * cfg.head_dim;
+        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+        let mut get = |name: &str, shape: &[usize]| src.get(name, shape, dtype, device);
+        let embed_tokens = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, ModelError> {
+                let weight = get(&format!("{p}.{name}.weight"), &[out, inp])?;
+                let bias = if bias { Some(get(&format!("{p}.{name}.bias"), &[out])?) } else { None };
+                Ok(Linear { weight, bias, lora: None })
+            };
+            let ab = cfg.attention_bias;
+            let q_proj = lin("self_attn.q_proj", q_dim, h, ab)?;
+            let k_proj = lin("self_attn.k_proj", kv_dim, h, ab)?;
+            let v_proj = lin("self_attn.v_proj", kv_dim, h, ab)?;
+            // o_proj has no bias in any supported family.
+            let o_proj = lin("self_attn.o_proj", h, q_dim, false)?;
+            let gate_proj = lin("mlp.gate_proj", cfg.intermediate_size, h, false)?;
+            let up_proj = lin("mlp.up_proj", cfg.intermediate_size, h, false)?;
+            let down_proj = lin("mlp.down_proj", h, cfg.intermediate_size, false)?;
+            let (q_norm, k_norm) = if cfg.arch == Arch::Qwen3 {
+                (
+                    Some(get(&format!("{p}.self_attn.q_norm.weight"), &[cfg.head_dim])?),
+                    Some(get(&format!("{p}.self_attn.k_norm.weight"), &[cfg.head_dim])?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(Block {
+                input_layernorm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                self_attn: Attention { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm },
+                post_attention_layernorm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                mlp: Mlp { gate_proj, up_proj, down_proj },
+            });
+        }
+        let norm = get("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings || !with_lm_head {
+            None
+        } else {
+            Some(get("lm_head.weight", &[cfg.vocab_size, h])?)
+        };
+        let inv_freq = Tensor::new(rope_inv_freq(&cfg), device).map_err(ModelError::from_candle("rope"))?;
+        Ok(Self { cfg, embed_tokens, layers, norm, lm_head, inv_freq, dtype, device: device.clone() })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Every parameter under its Hugging Face name, in a stable order.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let mut lin = |name: &str, lin: &Linear| {
+                out.push((format!("{p}.{name}.weight"), lin.weight.clone()));
+                if let Some(b) = &lin.bias {
+                    out.push((format!("{p}.{name}.bias"), b.clone()));
+                }
+            };
+            lin("self_attn.q_proj", &l.self_attn.q_proj);
+            lin("self_attn.k_proj", &l.self_attn.k_proj);
+            lin("self_attn.v_proj", &l.self_attn.v_proj);
+            lin("self_attn.o_proj", &l.self_attn.o_proj);
+            lin("mlp.gate_proj", &l.mlp.gate_proj);
+            lin("mlp.up_proj", &l.mlp.up_proj);
+            lin("mlp.down_proj", &l.mlp.down_proj);
+            if let Some(n) = &l.self_attn.q_norm {
+                out.push((format!("{p}.self_attn.q_norm.weight"), n.clone()));
+            }
+            if let Some(n) = &l.self_attn.k_norm {
+                out.push((format!("{p}.self_attn.k_norm.weight"), n.clone()));
+            }
+            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.clone()));
+        }
+        out.push(("model.norm.weight".into(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".into(), h.clone()));
+        }
+        out
+    }
+
+    /// cos/sin tables `[B, 1, T, D/2]` for the given positions `[B, T]`.
+    fn rope_tables(&self, positions: &Tensor) -> CResult<(Tensor, Tensor)> {
+        let pos = positions.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?; // [B,T,1]
+        let freqs = pos.broadcast_mul(&self.inv_freq.reshape((1, 1, ()))?)?; // [B,T,D/2]
+        let freqs = freqs.unsqueeze(1)?;
+        Ok((freqs.cos()?, freqs.sin()?))
+    }
+
+    /// Final hidden states `[B, T, H]` (after the last norm).
+    ///
+    /// * `input_ids`: `[B, T]` u32.
+    /// * `positions`: `[B, T]` u32 absolute positions (left padding shifts them per sequence).
+    /// * `mask`: additive attention mask broadcastable to `[B, 1, T, S]`, where `S` is the cached
+    ///   length plus `T`; `None` means no masking at all (a single new token with no padding).
+    /// * `cache`: key/value cache, appended to in place.
+    pub fn forward_hidden(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> CResult<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        self.forward_hidden_rows(input_ids, positions, mask, cache)?.reshape((b, t, self.cfg.hidden_size))
+    }
+
+    /// [`Self::forward_hidden`] as `[B * T, H]` rows, the layout the decoder computes in.
+    fn forward_hidden_rows(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> CResult<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let mut x = ops::embedding(&self.embed_tokens, &input_ids.flatten_all()?)?;
+        let (cos, sin) = self.rope_tables(positions)?;
+        let mask = match mask {
+            Some(m) => Some(m.to_dtype(DType::F32)?),
+            None => None,
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let residual = x.clone();
+            let hs = ops::rms_norm(&x, &layer.input_layernorm, cfg.rms_norm_eps)?;
+            let a = &layer.self_attn;
+            let heads = |lin: &Linear, n: usize, norm: &Option<Tensor>| -> CResult<Tensor> {
+                let y = lin.forward(&hs)?.reshape((b, t, n, hd))?;
+                let y = match norm {
+                    Some(w) => ops::rms_norm(&y, w, cfg.rms_norm_eps)?,
+                    None => y,
+                };
+                y.transpose(1, 2)?.contiguous()
+            };
+            let q = ops::rope(&heads(&a.q_proj, nh, &a.q_norm)?, &cos, &sin)?;
+            let k = ops::rope(&heads(&a.k_proj, nkv, &a.k_norm)?, &cos, &sin)?;
+            let v = heads(&a.v_proj, nkv, &None)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.append(i, &k, &v)?,
+                None => (k, v),
+            };
+            let o = ops::attention(&q, &k, &v, mask.as_ref())?;
+            let o = o.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+            x = (residual + a.o_proj.forward(&o)?)?;
+            let residual = x.clone();
+            let hs = ops::rms_norm(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps)?;
+            let m = &layer.mlp;
+            let act = ops::swiglu(&m.gate_proj.forward(&hs)?, &m.up_proj.forward(&hs)?)?;
+            x = (residual + m.down_proj.forward(&act)?)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+    }
+
+    /// Project hidden states to vocabulary logits, in f32.
+    pub fn lm_logits(&self, hidden: &Tensor) -> CResult<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        Linear { weight: head.clone(), bias: None, lora: None }.forward(hidden)?.to_dtype(DType::F32)
+    }
+
+    /// Logits `[B, T, V]` (f32) for a full forward without cache.
+    /// Log-probabilities `[B, T]` (f32) of `targets` `[B, T]` at each position, without
+    /// materializing the `[B, T, V]` logits (see [`ops::head_logprobs`]): what training losses
+    /// need, at a fraction of the memory of [`Self::forward`] for large vocabularies.
+    pub fn target_logprobs(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, targets: &Tensor) -> CResult<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let h = self.forward_hidden_rows(input_ids, positions, mask, None)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        // Chunks of ~2^27 logits (512 MB in f32) bound the transient memory of the head. The
+        // fused kernels keep no f32 copies: their chunks hold up to 2 GiB of logits (and as
+        // much of their gradient), which for 8k tokens of a 152k vocabulary is one chunk, so
+        // the head's weight gradient is one GEMM with no accumulation.
+        let budget = if medrl_nn::kernels::enabled(&h) { (2usize << 30) / h.dtype().size_in_bytes() } else { 1usize << 27 };
+        let rows = (budget / self.cfg.vocab_size.max(1)).max(1);
+        ops::head_logprobs(&h, head, &targets.flatten_all()?, rows)?.reshape((b, t))
+    }
+
+    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
+        let h = self.forward_hidden(input_ids, positions, mask, None)?;
+        self.lm_logits(&h)
+    }
+
+    /// Convenience: logits of unpadded sequences of equal length, with a causal mask.
+    pub fn forward_causal(&self, input_ids: &Tensor) -> CResult<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?.repeat((b, 1))?;
+        let mask = build_attention_mask(&vec![vec![true; t]; b], 0, t, &self.device)?;
+        self.forward(input_ids, &positions, Some(&mask))
+    }
+}
+
+pub use medrl_nn::MASK_VALUE;
+
+/// Additive mask `[B, 1, T, past + T]` for `T` new tokens after `past` cached ones.
+///
+/// `valid[b][s]` says whether key position `s` of sequence `b` is a real token (false for
+/// padding); it must cover `past + T` positions. Query `t` sits at absolute slot `past + t` and
+/// may attend to valid slots `<= past + t`.
+pub fn build_attention_mask(valid: &[Vec<bool>], past: usize, t: usize, device: &Device) -> CResult<Tensor> {
+    let b = valid.len();
+    let s = past + t;
+    let mut m = vec![0f32; b * t * s];
+    for (bi, v) in valid.iter().enumerate() {
+        for ti in 0..t {
+            let row = &mut m[(bi * t + ti) * s..(bi * t + ti + 1) * s];
+            for (si, slot) in row.iter_mut().enumerate() {
+                let allowed = si <= past + ti && v.get(si).copied().unwrap_or(false);
+                if !allowed {
+                    *slot = MASK_VALUE;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(m, (b, 1, t, s), device)
+}

@@ -1,0 +1,19 @@
+//! medrl-nn: the differentiable tensor layer under the models.
+//!
+//! - [`ops`]: ops with hand-written backward passes (RMSNorm, softmax, log-sum-exp, token
+//!   log-probabilities, fused linear cross-entropy, ...), each with a finite-difference check
+//!   ([`ops::gradcheck`]);
+//! - [`kernels`]: the CUDA kernels behind them (`cuda` feature), values only;
+//! - [`device`]: `cpu` / `cuda:N` / `auto` and dtype parsing, CUDA memory-pool readings.
+//!
+//! Layer 1: imports no other medrl crate. Knows tensors, not models or tokens.
+
+pub mod device;
+pub mod kernels;
+pub mod ops;
+
+/// Value used for blocked attention positions (additive mask). Finite, so a row with every key
+/// blocked (a pad query) yields a uniform softmax instead of NaN; such rows are never read.
+/// Lives here so that batching (medrl-data) and the models (medrl-lm) agree without one
+/// importing the other.
+pub const MASK_VALUE: f32 = -1e30;

@@ -1,0 +1,349 @@
+//! What a training run updates: f32 master weights as `Var`s, and the model built from them.
+//!
+//! Full fine-tuning makes every model tensor a master `Var`; LoRA keeps the base frozen in the
+//! compute dtype and makes only the adapters (and optionally the embeddings / LM head, PEFT's
+//! `modules_to_save`) trainable. Each step builds a *view*: a [`CausalLm`] whose tensors are the
+//! masters cast to the compute dtype. The cast is differentiable, so gradients land on the f32
+//! masters, and the optimizer never touches bf16 copies.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+use super::TrainError;
+use medrl_lm::model::lora::LoraAdapter;
+use medrl_lm::model::{CausalLm, Linear, MapSource};
+
+/// The projections LoRA can target, by their HF module names.
+pub const LORA_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module names (`q_proj`, ..., `down_proj`) or `all-linear`.
+    pub target_modules: Vec<String>,
+    /// Extra fully trained modules: `embed_tokens` and/or `lm_head` (PEFT's modules_to_save).
+    pub modules_to_save: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { rank: 8, alpha: 16.0, dropout: 0.05, target_modules: vec!["all-linear".into()], modules_to_save: vec![] }
+    }
+}
+
+impl LoraConfig {
+    /// Resolved module names, validated.
+    pub fn targets(&self) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for m in &self.target_modules {
+            if m == "all-linear" {
+                out.extend(LORA_MODULES.iter().map(|s| s.to_string()));
+            } else if LORA_MODULES.contains(&m.as_str()) {
+                out.push(m.clone());
+            } else {
+                return Err(format!("unknown LoRA target {m:?}; expected one of {LORA_MODULES:?} or \"all-linear\""));
+            }
+        }
+        out.sort();
+        out.dedup();
+        if out.is_empty() {
+            return Err("no LoRA target modules".into());
+        }
+        Ok(out)
+    }
+
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.rank == 0 {
+            return Err(("rank".into(), "must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(("dropout".into(), "must be in [0, 1)".into()));
+        }
+        self.targets().map_err(|m| ("target_modules".into(), m))?;
+        for m in &self.modules_to_save {
+            if m != "embed_tokens" && m != "lm_head" {
+                return Err(("modules_to_save".into(), format!("{m:?}: only embed_tokens and lm_head are supported")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The internal name of an adapter tensor: `model.layers.3.self_attn.q_proj.lora_A.weight`
+/// (PEFT's file prefixes this with `base_model.model.`).
+pub fn lora_name(layer: usize, module: &str, ab: char) -> String {
+    let group = if module.ends_with("_proj") && ["gate_proj", "up_proj", "down_proj"].contains(&module) { "mlp" } else { "self_attn" };
+    format!("model.layers.{layer}.{group}.{module}.lora_{ab}.weight")
+}
+
+fn linear_ref<'a>(m: &'a CausalLm, layer: usize, module: &str) -> &'a Linear {
+    let l = &m.layers[layer];
+    match module {
+        "q_proj" => &l.self_attn.q_proj,
+        "k_proj" => &l.self_attn.k_proj,
+        "v_proj" => &l.self_attn.v_proj,
+        "o_proj" => &l.self_attn.o_proj,
+        "gate_proj" => &l.mlp.gate_proj,
+        "up_proj" => &l.mlp.up_proj,
+        "down_proj" => &l.mlp.down_proj,
+        other => unreachable!("validated LoRA module {other}"),
+    }
+}
+
+fn linear_mut<'a>(m: &'a mut CausalLm, layer: usize, module: &str) -> &'a mut Linear {
+    let l = &mut m.layers[layer];
+    match module {
+        "q_proj" => &mut l.self_attn.q_proj,
+        "k_proj" => &mut l.self_attn.k_proj,
+        "v_proj" => &mut l.self_attn.v_proj,
+        "o_proj" => &mut l.self_attn.o_proj,
+        "gate_proj" => &mut l.mlp.gate_proj,
+        "up_proj" => &mut l.mlp.up_proj,
+        "down_proj" => &mut l.mlp.down_proj,
+        other => unreachable!("validated LoRA module {other}"),
+    }
+}
+
+pub enum Mode {
+    Full,
+    Lora { cfg: LoraConfig, targets: Vec<String> },
+}
+
+pub struct Trainable {
+    /// Full: a template for the view's structure. LoRA: the frozen base in the compute dtype.
+    base: CausalLm,
+    /// Trainable f32 masters by name (model names for full / modules_to_save, adapter names for LoRA).
+    params: Vec<(String, Var)>,
+    pub mode: Mode,
+    pub compute_dtype: DType,
+}
+
+impl Trainable {
+    /// `model` must be loaded in f32 (it provides the masters); the view computes in `compute_dtype`.
+    pub fn new(model: CausalLm, mode: Mode, compute_dtype: DType, seed: u64) -> Result<Self, TrainError> {
+        let device = model.device().clone();
+        let mut params = Vec::new();
+        match &mode {
+            Mode::Full => {
+                for (name, t) in model.named_tensors() {
+                    params.push((name, Var::from_tensor(&t.to_dtype(DType::F32)?)?));
+                }
+            }
+            Mode::Lora { cfg, targets } => {
+                let mut k = 0u64;
+                for layer in 0..model.layers.len() {
+                    for module in targets {
+                        let (out_dim, in_dim) = linear_ref(&model, layer, module).weight.dims2()?;
+                        // A distinct, reproducible stream per adapter.
+                        k += 1;
+                        let init = LoraAdapter::init(in_dim, out_dim, cfg.rank, cfg.alpha, seed.wrapping_add(k), &device)?;
+                        params.push((lora_name(layer, module, 'A'), Var::from_tensor(&init.a)?));
+                        params.push((lora_name(layer, module, 'B'), Var::from_tensor(&init.b)?));
+                    }
+                }
+                for m in &cfg.modules_to_save {
+                    let name = if m == "embed_tokens" { "model.embed_tokens.weight" } else { "lm_head.weight" };
+                    let t = if m == "lm_head" { model.lm_head.clone().unwrap_or_else(|| model.embed_tokens.clone()) } else { model.embed_tokens.clone() };
+                    params.push((name.to_string(), Var::from_tensor(&t.to_dtype(DType::F32)?)?));
+                }
+            }
+        }
+        let base = match &mode {
+            Mode::Full => model,
+            Mode::Lora { .. } => cast_model(&model, compute_dtype)?,
+        };
+        Ok(Self { base, params, mode, compute_dtype })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.base.device()
+    }
+
+    /// The model's architecture (as loaded; LoRA views may untie the head).
+    pub fn config(&self) -> &medrl_lm::model::ModelConfig {
+        &self.base.cfg
+    }
+
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    pub fn num_trainable(&self) -> usize {
+        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// The model to run forward. `detach` builds it without gradient tracking (evaluation).
+    /// `dropout_rows`: for LoRA with dropout, the number of rows of the coming forward
+    /// (batch * seq) and an RNG to draw the masks from.
+    pub fn view(&self, detach: bool, dropout: Option<(usize, &mut rand_chacha::ChaCha8Rng)>) -> Result<CausalLm, TrainError> {
+        let cast = |v: &Var| -> candle_core::Result<Tensor> {
+            let t = if detach { v.as_tensor().detach() } else { v.as_tensor().clone() };
+            t.to_dtype(self.compute_dtype)
+        };
+        match &self.mode {
+            Mode::Full => {
+                let map: HashMap<String, Tensor> = self.params.iter().map(|(n, v)| Ok((n.clone(), cast(v)?))).collect::<candle_core::Result<_>>()?;
+                let mut src = MapSource::new(map, "<trainer>");
+                CausalLm::from_source(self.base.cfg.clone(), &mut src, self.compute_dtype, self.device())
+                    .map_err(|e| TrainError::Param { name: "<view>".into(), msg: e.to_string() })
+            }
+            Mode::Lora { cfg, targets } => {
+                let mut m = self.base.clone();
+                let by_name: HashMap<&str, &Var> = self.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
+                let mut dropout = dropout.filter(|_| cfg.dropout > 0.0 && !detach);
+                for layer in 0..m.layers.len() {
+                    for module in targets {
+                        let a = by_name[lora_name(layer, module, 'A').as_str()];
+                        let b = by_name[lora_name(layer, module, 'B').as_str()];
+                        let lin = linear_mut(&mut m, layer, module);
+                        let in_dim = lin.weight.dim(1)?;
+                        let dropout_mask = match dropout.as_mut() {
+                            Some((rows, rng)) => Some(dropout_mask(*rows, in_dim, cfg.dropout, rng, self.device())?),
+                            None => None,
+                        };
+                        lin.lora = Some(LoraAdapter {
+                            a: if detach { a.as_tensor().detach() } else { a.as_tensor().clone() },
+                            b: if detach { b.as_tensor().detach() } else { b.as_tensor().clone() },
+                            scale: cfg.alpha / cfg.rank as f64,
+                            dropout_mask,
+                        });
+                    }
+                }
+                if let Some(v) = by_name.get("model.embed_tokens.weight") {
+                    m.embed_tokens = cast(v)?;
+                }
+                if let Some(v) = by_name.get("lm_head.weight") {
+                    if m.lm_head.is_some() {
+                        m.lm_head = Some(cast(v)?);
+                    } else {
+                        // Tied head trained as its own module, as PEFT does for modules_to_save.
+                        m.lm_head = Some(cast(v)?);
+                        m.cfg.tie_word_embeddings = false;
+                    }
+                }
+                Ok(m)
+            }
+        }
+    }
+
+    /// The model with adapters merged into the weights, in `dtype` (for export and evaluation).
+    ///
+    /// Under LoRA the frozen base is held in the compute dtype; merging onto it would bake bf16
+    /// rounding of every base weight into the export. Pass the f32 base (`base_f32`, loaded from
+    /// the model folder) so the export equals `base + adapter` as PEFT computes it.
+    pub fn merged(&self, dtype: DType, base_f32: Option<CausalLm>) -> Result<CausalLm, TrainError> {
+        let view = self.view(true, None)?;
+        let mut m = cast_model(&view, DType::F32)?;
+        if let (Mode::Lora { .. }, Some(mut base)) = (&self.mode, base_f32) {
+            // Same adapters (and trained modules) on the full-precision base.
+            for (l_dst, l_src) in base.layers.iter_mut().zip(&m.layers) {
+                l_dst.self_attn.q_proj.lora = l_src.self_attn.q_proj.lora.clone();
+                l_dst.self_attn.k_proj.lora = l_src.self_attn.k_proj.lora.clone();
+                l_dst.self_attn.v_proj.lora = l_src.self_attn.v_proj.lora.clone();
+                l_dst.self_attn.o_proj.lora = l_src.self_attn.o_proj.lora.clone();
+                l_dst.mlp.gate_proj.lora = l_src.mlp.gate_proj.lora.clone();
+                l_dst.mlp.up_proj.lora = l_src.mlp.up_proj.lora.clone();
+                l_dst.mlp.down_proj.lora = l_src.mlp.down_proj.lora.clone();
+            }
+            let by_name: HashMap<&str, &Var> = self.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
+            let dev = base.device().clone();
+            if let Some(v) = by_name.get("model.embed_tokens.weight") {
+                base.embed_tokens = v.as_tensor().detach().to_device(&dev)?;
+            }
+            if let Some(v) = by_name.get("lm_head.weight") {
+                base.lm_head = Some(v.as_tensor().detach().to_device(&dev)?);
+                base.cfg.tie_word_embeddings = false;
+            }
+            for l in base.layers.iter_mut() {
+                for lin in [&mut l.self_attn.q_proj, &mut l.self_attn.k_proj, &mut l.self_attn.v_proj, &mut l.self_attn.o_proj, &mut l.mlp.gate_proj, &mut l.mlp.up_proj, &mut l.mlp.down_proj] {
+                    if let Some(a) = lin.lora.as_mut() {
+                        a.a = a.a.to_device(&dev)?;
+                        a.b = a.b.to_device(&dev)?;
+                    }
+                }
+            }
+            m = base;
+        }
+        for l in m.layers.iter_mut() {
+            for lin in [
+                &mut l.self_attn.q_proj,
+                &mut l.self_attn.k_proj,
+                &mut l.self_attn.v_proj,
+                &mut l.self_attn.o_proj,
+                &mut l.mlp.gate_proj,
+                &mut l.mlp.up_proj,
+                &mut l.mlp.down_proj,
+            ] {
+                if let Some(lora) = lin.lora.take() {
+                    let lora = LoraAdapter { a: lora.a.to_dtype(DType::F32)?, b: lora.b.to_dtype(DType::F32)?, ..lora };
+                    lin.weight = (&lin.weight + lora.merged_delta()?)?;
+                }
+            }
+        }
+        cast_model(&m, dtype)
+    }
+
+    /// Trainable tensors by name (f32 masters), for checkpoints.
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+    }
+
+    /// Restore masters from a checkpoint; every trainable tensor must be present with its shape.
+    pub fn load_state(&self, state: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        for (name, var) in &self.params {
+            let t = state.get(name).ok_or_else(|| TrainError::Param { name: name.clone(), msg: "missing from the checkpoint".into() })?;
+            if t.dims() != var.dims() {
+                return Err(TrainError::Param { name: name.clone(), msg: format!("checkpoint shape {:?} != {:?}", t.dims(), var.dims()) });
+            }
+            var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A copy of `m` with every tensor in `dtype`.
+pub fn cast_model(m: &CausalLm, dtype: DType) -> Result<CausalLm, TrainError> {
+    let mut lora: HashMap<String, LoraAdapter> = HashMap::new();
+    for (i, l) in m.layers.iter().enumerate() {
+        for (name, lin) in [
+            ("q_proj", &l.self_attn.q_proj),
+            ("k_proj", &l.self_attn.k_proj),
+            ("v_proj", &l.self_attn.v_proj),
+            ("o_proj", &l.self_attn.o_proj),
+            ("gate_proj", &l.mlp.gate_proj),
+            ("up_proj", &l.mlp.up_proj),
+            ("down_proj", &l.mlp.down_proj),
+        ] {
+            if let Some(a) = &lin.lora {
+                lora.insert(format!("{i}.{name}"), a.clone());
+            }
+        }
+    }
+    let map: HashMap<String, Tensor> = m.named_tensors().into_iter().collect();
+    let mut src = MapSource::new(map, "<cast>");
+    let mut out = CausalLm::from_source(m.cfg.clone(), &mut src, dtype, m.device())
+        .map_err(|e| TrainError::Param { name: "<cast>".into(), msg: e.to_string() })?;
+    for (key, a) in lora {
+        let (i, name) = key.split_once('.').expect("layer.module");
+        linear_mut(&mut out, i.parse().expect("layer index"), name).lora = Some(a);
+    }
+    Ok(out)
+}
+
+/// Inverted dropout mask `[rows, cols]`: 0 with probability `p`, else `1/(1-p)`. On CPU it is
+/// drawn from the run's RNG so runs are reproducible and resumable; on CUDA it is drawn on the
+/// device (the host would be the bottleneck), which is not bit-reproducible across resumes.
+fn dropout_mask(rows: usize, cols: usize, p: f64, rng: &mut rand_chacha::ChaCha8Rng, device: &Device) -> Result<Tensor, TrainError> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    if device.is_cuda() {
+        let u = Tensor::rand(0f32, 1f32, (rows, cols), device)?;
+        return Ok((u.ge(p as f32)?.to_dtype(DType::F32)? * keep as f64)?);
+    }
+    let v: Vec<f32> = (0..rows * cols).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep }).collect();
+    Ok(Tensor::from_vec(v, (rows, cols), device)?)
+}
