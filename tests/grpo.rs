@@ -162,3 +162,59 @@ fn a_second_run_into_a_locked_folder_fails_naming_the_holder() {
     assert!(e.contains("in use by another run") && e.contains(&format!("pid {}", std::process::id())), "{e}");
     assert!(!out.join("config.yaml").exists());
 }
+
+/// RLOO on the RL algorithm trait (issue 15): the shared driver trains it with a plugin reward,
+/// writes its metric keys, resumes it identically, and refuses to resume a run folder another
+/// algorithm wrote. Its advantages are checked against a hand computation in rl/algos/rloo.rs.
+#[test]
+fn rloo_trains_on_the_shared_driver_resumes_identically_and_refuses_a_grpo_folder() {
+    use medrl::train::rl::RlAlgorithm;
+    use medrl::train::rloo::{self, Rloo, RlooConfig};
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path(), 5);
+    let cfg = |out: &Path| -> RlooConfig {
+        let yaml = format!(
+            "model: {base:?}\noutput_dir: {out:?}\ndevice: cpu\n\
+             data:\n  dataset_dir: {data:?}\n  train: [medical_dialogue]\n  eval: [medical_dialogue_eval]\n  eval_limit: 4\n\
+             rewards: {rewards}\n\
+             rollout: {{temperature: 1.0, max_new_tokens: 12}}\n\
+             algorithm: {{n: 4, prompts_per_step: 2, micro_batch_size: 4, kl_coef: 0.05}}\n\
+             training: {{max_steps: 4, lr: 1.0e-3, seed: 3, save_every: 2}}\n",
+            data = repo().join("tasks/medical-dialogue/data"),
+            rewards = dialogue_reward(),
+        );
+        medrl::config::from_tree(with_overrides(&yaml, &[]), Path::new("rloo.yaml")).unwrap()
+    };
+    let a = d.path().join("a");
+    let o = rloo::run(&cfg(&a), Default::default(), &RunOptions::default()).unwrap();
+    assert_eq!(o.steps, 4);
+    assert!(o.validation_before.is_some() && o.validation_after.is_some());
+    let m = metrics(&a);
+    let steps: Vec<&serde_json::Value> = m.iter().filter(|r| r.get("reward").is_some()).collect();
+    assert_eq!(steps.len(), 4);
+    for r in &steps {
+        for k in Rloo::METRIC_KEYS.iter().copied().chain(["response_len", "time_update_s", "reward/dialogue-quality"]) {
+            assert!(r.get(k).is_some_and(|v| !v.is_null()), "{k} missing in {r}");
+        }
+    }
+    assert!(a.join("final/model.safetensors").exists() && a.join("plots/reward.svg").exists());
+    let ck: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(medrl::train::checkpoint::latest(&a).unwrap().join("trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(ck["kind"], "rloo");
+
+    // Interrupted after step 3 (last checkpoint: step 2), then resumed: the same curve.
+    let b = d.path().join("b");
+    rloo::run(&cfg(&b), Default::default(), &RunOptions { resume: false, stop_after: Some(3) }).unwrap();
+    rloo::run(&cfg(&b), Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap();
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert_eq!(ma.len(), mb.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        for k in ["step", "reward", "loss", "kl", "grad_norm", "response_len", "val_reward"] {
+            assert_eq!(x.get(k), y.get(k), "{k}: {x} vs {y}");
+        }
+    }
+
+    // A GRPO run cannot resume from RLOO's checkpoints, even with otherwise the same keys.
+    let grpo_cfg = config(&base, &b, &dialogue_reward(), &[]);
+    let e = grpo::run(&grpo_cfg, Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap_err().to_string();
+    assert!(e.contains("`rloo` run") && e.contains("`grpo` run"), "{e}");
+}

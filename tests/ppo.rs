@@ -163,6 +163,7 @@ fn every_shipped_config_parses_and_validates() {
             }
             "grpo" => medrl::config::load::<GrpoConfig>(Some(&p), &files).unwrap_or_else(|e| panic!("{name}: {e}")).data.task,
             "ppo" => medrl::config::load::<PpoConfig>(Some(&p), &files).unwrap_or_else(|e| panic!("{name}: {e}")).data.task,
+            "rloo" => medrl::config::load::<medrl::train::rloo::RlooConfig>(Some(&p), &files).unwrap_or_else(|e| panic!("{name}: {e}")).data.task,
             "generate" => {
                 medrl::config::load::<medrl::generate::GenerateConfig>(Some(&p), &files).unwrap_or_else(|e| panic!("{name}: {e}"));
                 None

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Expected values for medrl's evaluation metrics (core/src/eval/metrics), from the reference packages.
+"""Expected values for medrl's evaluation metrics (core/crates/eval/src/metrics), from the reference packages.
 
 This is the independent implementation medrl is checked against: it never imports medrl code.
 

@@ -3,19 +3,21 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod index;
 pub mod judge;
 pub mod model;
 pub mod plugin;
 pub mod reward;
+pub mod rl;
 pub mod schema;
 pub mod sft;
 pub mod task;
 
 use clap::{Parser, Subcommand};
 
-/// medrl: post-train clinical language models (SFT, GRPO, PPO) with sandboxed reward plugins.
+/// medrl: post-train clinical language models (SFT, GRPO, PPO, RLOO) with sandboxed reward plugins.
 #[derive(Parser)]
 #[command(name = "medrl", version, about, long_about = None, propagate_version = true)]
 struct Cli {
@@ -48,11 +50,20 @@ enum Command {
     /// Supervised fine-tuning (full or LoRA) from a YAML config.
     Sft(sft::SftArgs),
     /// GRPO with reward plugins from a YAML config.
-    Grpo(sft::RlArgs),
+    Grpo(rl::RlArgs),
     /// PPO with a learned value model (critic) and reward plugins from a YAML config.
-    Ppo(sft::RlArgs),
+    Ppo(rl::RlArgs),
+    /// RLOO (leave-one-out baseline) with reward plugins from a YAML config.
+    Rloo(rl::RlArgs),
+    /// Any registered RL algorithm by name: `medrl rl NAME --config FILE.yaml`.
+    Rl {
+        /// The algorithm (grpo, ppo, rloo).
+        name: String,
+        #[command(flatten)]
+        args: rl::RlArgs,
+    },
     /// Export a training checkpoint as a Hugging Face folder or a PEFT adapter.
-    Export(sft::ExportArgs),
+    Export(export::ExportArgs),
     /// Inspect datasets as training will see them.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -84,9 +95,11 @@ pub fn main() -> std::process::ExitCode {
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Reward(cmd) => reward::run(cmd),
         Command::Sft(args) => sft::run(args),
-        Command::Export(args) => sft::export(args),
-        Command::Grpo(args) => sft::grpo(args),
-        Command::Ppo(args) => sft::ppo(args),
+        Command::Export(args) => export::export(args),
+        Command::Grpo(args) => rl::run("grpo", args),
+        Command::Ppo(args) => rl::run("ppo", args),
+        Command::Rloo(args) => rl::run("rloo", args),
+        Command::Rl { name, args } => rl::run(&name, args),
         Command::Data(cmd) => data::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Task(cmd) => task::run(cmd),

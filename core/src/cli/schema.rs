@@ -1,38 +1,33 @@
 use anyhow::Context;
 use std::path::PathBuf;
 
-/// Configuration file types with a schema.
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum Kind {
-    /// `medrl generate --config`.
-    Generate,
-    /// `medrl sft --config`.
-    Sft,
-    /// `medrl grpo --config`.
-    Grpo,
-    /// `medrl ppo --config`.
-    Ppo,
-    /// `tasks/<name>/task.yaml`.
-    Task,
-}
+use crate::train::rl::algos::{dispatch, AlgorithmVisitor, NAMES};
+use crate::train::rl::{RlAlgorithm, RlConfig};
 
 #[derive(clap::Args)]
 pub struct SchemaArgs {
-    /// Which configuration type.
-    #[arg(value_enum, default_value = "generate")]
-    kind: Kind,
+    /// Which configuration type: `generate`, `sft`, `task` (tasks/<name>/task.yaml), or an RL
+    /// algorithm (`grpo`, `ppo`, `rloo`: `medrl <algorithm> --config`).
+    #[arg(default_value = "generate")]
+    kind: String,
     /// Write to this file instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
 }
 
 pub fn run(args: SchemaArgs) -> anyhow::Result<()> {
-    let schema = match args.kind {
-        Kind::Generate => crate::config::schema_of::<crate::generate::GenerateConfig>(),
-        Kind::Sft => crate::config::schema_of::<crate::train::sft::SftConfig>(),
-        Kind::Grpo => crate::config::schema_of::<crate::train::grpo::GrpoConfig>(),
-        Kind::Ppo => crate::config::schema_of::<crate::train::ppo::PpoConfig>(),
-        Kind::Task => crate::config::schema_of::<crate::task::TaskConfig>(),
+    struct RlSchema;
+    impl AlgorithmVisitor for RlSchema {
+        type Output = serde_json::Value;
+        fn visit<A: RlAlgorithm>(self) -> serde_json::Value {
+            crate::config::schema_of::<RlConfig<A::Config>>()
+        }
+    }
+    let schema = match args.kind.as_str() {
+        "generate" => crate::config::schema_of::<crate::generate::GenerateConfig>(),
+        "sft" => crate::config::schema_of::<crate::train::sft::SftConfig>(),
+        "task" => crate::config::schema_of::<crate::task::TaskConfig>(),
+        other => dispatch(other, RlSchema).with_context(|| format!("no configuration type `{other}` (have: generate, sft, task, {})", NAMES.join(", ")))?,
     };
     let text = serde_json::to_string_pretty(&schema)? + "\n";
     match args.output {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::sft::SftError;
+use crate::error::RunError as SftError;
 use medrl_base::plot::{line_chart_svg, Series};
 
 pub struct MetricsLog {

@@ -7,24 +7,26 @@
 //! is derived from the seed and saved in checkpoints, so a resumed CPU run retraces the same
 //! loss curve.
 
-use candle_core::{backprop::GradStore, DType, Device, Tensor};
+use candle_core::DType;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::checkpoint::{self, TrainerState};
-use super::metrics::MetricsLog;
-use super::trainable::{LoraConfig, Mode, Trainable};
-use super::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, TrainError};
+use crate::session::{SessionSpec, TrainSession};
+use crate::trainable::{LoraConfig, Mode, Trainable};
+use crate::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, TrainError};
 use medrl_base::config::Validate;
 use medrl_data::batch::{build_batch, trained_targets, Batcher, BatchingConfig, MicroBatch};
 use medrl_data::registry::{resolve, DatasetRef};
 use medrl_data::tokenize::{tokenize_example, Dropped, Overlong, Tokenizing, TrainOn};
 use medrl_data::formats::check_trainable;
 use medrl_data::{load_examples, BadRowPolicy, DataError, Example, LoadReport, Origin, TokenizedExample};
-use medrl_lm::model::{load_model_dir, peft, ModelError};
+use medrl_lm::model::load_model_dir;
+
+// Shared with RL (crate::session); re-exported where SFT callers have always found them.
+pub use crate::error::RunError as SftError;
+pub use crate::session::{accumulate, export, NonFinitePolicy, RunOptions};
 
 fn default_auto() -> String {
     "auto".into()
@@ -63,7 +65,7 @@ pub struct SftConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SftValidation {
-    pub rewards: Vec<super::rewards::RewardSpec>,
+    pub rewards: Vec<crate::rewards::RewardSpec>,
     #[serde(default = "default_val_tokens")]
     pub max_new_tokens: usize,
     /// Eval examples used (0 = all).
@@ -102,17 +104,6 @@ pub struct SftData {
 
 fn default_cutoff() -> usize {
     1024
-}
-
-/// What to do when a loss or gradient is NaN or infinite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum NonFinitePolicy {
-    /// Stop with an error; the last checkpoint is left as it was.
-    #[default]
-    Stop,
-    /// Skip the step (no update), count it, and go on.
-    Skip,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -215,30 +206,6 @@ impl Validate for SftConfig {
             }
         }
         Ok(())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SftError {
-    #[error(transparent)]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error(transparent)]
-    Train(#[from] TrainError),
-    #[error(transparent)]
-    Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error(transparent)]
-    RunDir(#[from] super::run_dir::RunDirError),
-    #[error("{0}")]
-    Setup(String),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-}
-
-impl From<candle_core::Error> for SftError {
-    fn from(e: candle_core::Error) -> Self {
-        SftError::Train(TrainError::Candle(e))
     }
 }
 
@@ -353,14 +320,6 @@ pub struct SftOutcome {
     pub eval_loss_after: Option<f64>,
 }
 
-/// Options of a run that are not part of its config.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub resume: bool,
-    /// Stop after this many steps of this invocation (tests use it to simulate an interruption).
-    pub stop_after: Option<u64>,
-}
-
 fn hash_config(cfg: &SftConfig) -> String {
     use sha2::Digest;
     // What determines the curve; bookkeeping keys (eval/save cadence) may change on resume.
@@ -391,29 +350,6 @@ pub fn eval_loss(model: &medrl_lm::model::CausalLm, examples: &[TokenizedExample
     Ok(Some(total / count.max(1) as f64))
 }
 
-/// Add `g` into the accumulated gradients of `params` (gradient accumulation over micro-batches).
-///
-/// Only the parameters' gradients are kept, detached: candle computes a leaf's gradient from
-/// forward tensors (`grad * rhs`) and leaves it tracked, so a kept gradient would hold the whole
-/// micro-batch's graph alive (and, through AdamW's moments, every step's graph after it).
-pub(crate) fn accumulate(acc: &mut Option<GradStore>, mut g: GradStore, params: &[(String, candle_core::Var)]) -> Result<(), SftError> {
-    let mut sums = Vec::with_capacity(params.len());
-    for (_, v) in params {
-        if let Some(new) = g.remove(v.as_tensor()) {
-            let sum = match acc.as_ref().and_then(|a| a.get(v.as_tensor())) {
-                Some(old) => (old + new)?,
-                None => new,
-            };
-            sums.push((v.as_tensor(), sum.detach()));
-        }
-    }
-    let a = acc.get_or_insert(g);
-    for (v, t) in sums {
-        a.insert(v, t);
-    }
-    Ok(())
-}
-
 /// Run SFT as configured, one stage or several.
 pub fn run(cfg: &SftConfig, cfg_tree: &serde_yaml::Value, opts: &RunOptions) -> Result<SftOutcome, SftError> {
     if cfg.stages.is_empty() {
@@ -427,7 +363,7 @@ pub fn run(cfg: &SftConfig, cfg_tree: &serde_yaml::Value, opts: &RunOptions) -> 
         if let serde_yaml::Value::Mapping(m) = &mut tree {
             m.remove("stages");
         }
-        let mut overlay: serde_yaml::Value = serde_json::from_value(stage.clone()).map_err(|e| SftError::Setup(format!("stages[{i}]: {e}")))?;
+        let mut overlay: serde_yaml::Value = serde_json::from_value(stage.clone()).map_err(|e| SftError::Config { key: format!("stages[{i}]"), msg: e.to_string() })?;
         if let serde_yaml::Value::Mapping(m) = &mut overlay {
             m.remove("name");
         }
@@ -436,13 +372,13 @@ pub fn run(cfg: &SftConfig, cfg_tree: &serde_yaml::Value, opts: &RunOptions) -> 
         tree["model"] = serde_yaml::Value::String(model.to_string_lossy().into_owned());
         tree["output_dir"] = serde_yaml::Value::String(out.to_string_lossy().into_owned());
         let stage_cfg: SftConfig = medrl_base::config::from_tree(tree, Path::new(&format!("stages[{i}] ({name})")))
-            .map_err(|e| SftError::Setup(e.to_string()))?;
+?;
         tracing::info!(stage = %name, model = %model.display(), "starting stage {}/{}", i + 1, cfg.stages.len());
         // A finished stage is not retrained when the whole run is resumed.
         let done = out.join("final").join("config.json");
-        let outcome = if opts.resume && done.exists() && checkpoint::latest(&out).is_some() {
+        let outcome = if opts.resume && done.exists() && crate::checkpoint::latest(&out).is_some() {
             tracing::info!(stage = %name, "already finished; skipping");
-            let rec = super::metrics::loss_summary(&super::metrics::read_metrics(&out)?);
+            let rec = crate::metrics::loss_summary(&crate::metrics::read_metrics(&out)?);
             SftOutcome {
                 output_dir: out.clone(),
                 final_model: out.join("final"),
@@ -479,32 +415,25 @@ fn merge_yaml(base: &mut serde_yaml::Value, overlay: serde_yaml::Value) {
 }
 
 fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError> {
-    let device = medrl_lm::model::parse_device(&cfg.device).map_err(|e| SftError::Setup(format!("config key `device`: {e}")))?;
-    let compute = medrl_lm::model::parse_dtype(&cfg.dtype, &device).map_err(|e| SftError::Setup(format!("config key `dtype`: {e}")))?;
+    let t = &cfg.training;
+    let mut session = TrainSession::open(
+        SessionSpec {
+            kind: "sft",
+            output_dir: &cfg.output_dir,
+            device: &cfg.device,
+            dtype: &cfg.dtype,
+            config_yaml: serde_yaml::to_string(cfg).expect("config serializes"),
+            config_hash: hash_config(cfg),
+            seed: t.seed,
+        },
+        opts,
+    )?;
+    let (device, compute) = (session.device.clone(), session.compute);
     let out = &cfg.output_dir;
-    // Locked before anything in the folder is read or written, for the whole run.
-    let lock = super::run_dir::RunLock::acquire(out)?;
-    lock.remove_stale_temps()?;
-    let existing = checkpoint::latest(out);
-    if existing.is_some() && !opts.resume {
-        return Err(SftError::Setup(format!(
-            "{} already has checkpoints; pass --resume to continue that run, or choose another output_dir",
-            out.display()
-        )));
-    }
-    if existing.is_none() && opts.resume {
-        tracing::warn!("--resume: no checkpoint in {}; starting from the beginning", out.display());
-    }
-    std::fs::create_dir_all(out).map_err(|e| SftError::Io { path: out.clone(), source: e })?;
-    let cfg_path = out.join("config.yaml");
-    medrl_base::fsutil::write_atomic(&cfg_path, serde_yaml::to_string(cfg).expect("config serializes").as_bytes())
-        .map_err(|e| SftError::Io { path: cfg_path, source: e })?;
-
     let loaded = load_model_dir(&cfg.model, &device, DType::F32)?;
     let tok = loaded.tokenizer;
     let prep = prepare(cfg, &tok)?;
     let pad = tok.pad_token.as_deref().and_then(|p| tok.token_to_id(p)).or_else(|| tok.eos_token.as_deref().and_then(|p| tok.token_to_id(p))).unwrap_or(0);
-    let t = &cfg.training;
     let batching = BatchingConfig { micro_batch_size: t.micro_batch_size, packing: t.packing, group_by_length: t.group_by_length, shuffle: t.shuffle };
     let batcher = Batcher::new(prep.train.iter().map(|e| e.ids.len()).collect(), batching, cfg.data.cutoff_len, t.seed);
     let mbs_per_epoch = batcher.plan_epoch(0).len();
@@ -522,60 +451,37 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     );
 
     let mode = match &cfg.lora {
-        Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(SftError::Setup)? },
+        Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|msg| SftError::Config { key: "lora.targets".into(), msg })? },
         None => Mode::Full,
     };
     let trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
     let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?;
     tracing::info!(params = trainable.num_trainable(), lora = cfg.lora.is_some(), "trainable parameters");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(t.seed.wrapping_add(1));
-    let config_hash = hash_config(cfg);
-    let mut state = TrainerState::start("sft", config_hash.clone());
-    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
-    let resumed = if opts.resume { checkpoint::load_latest_intact(out, &device)? } else { None };
-    if let Some(checkpoint::Resumed { dir, loaded: ck, .. }) = resumed {
-        if ck.state.config_hash != config_hash {
-            return Err(SftError::Setup(format!(
-                "{}: this checkpoint was written with a different training config (hash {} vs {}); resume with the same config",
-                dir.display(),
-                ck.state.config_hash,
-                config_hash
-            )));
-        }
-        trainable.load_state(&ck.trainable)?;
-        opt.load_state(&ck.optimizer, ck.state.optimizer_steps)?;
-        rng.set_word_pos(ck.state.rng_word_pos.parse().unwrap_or(0));
-        metrics.truncate(ck.state.metrics_lines)?;
-        state = ck.state;
-        tracing::info!(step = state.step, "resumed from {}", dir.display());
-    } else {
-        metrics.truncate(0)?;
-    }
-    let start_step = state.step;
+    session.resume(&trainable, &mut opt)?;
 
     let micro = t.micro_batch_size;
     let eval_now = |tr: &Trainable| -> Result<Option<f64>, SftError> { eval_loss(&tr.view(true, None)?, &prep.eval, micro, pad) };
     // Generation-based validation with reward plugins (optional), as GRPO and `medrl eval` do it.
     let reward_validation = match &cfg.validation {
         Some(v) => {
-            let rewards = super::rewards::load_rewards(&v.rewards, &medrl_plugin::Grants::none()).map_err(|e| SftError::Setup(e.to_string()))?;
+            let rewards = crate::rewards::load_rewards(&v.rewards, &medrl_plugin::Grants::none()).map_err(|e| SftError::Reward(e.to_string()))?;
             let (_, eval_examples, _) = load_split(cfg)?;
-            let mut examples: Vec<(Origin, Example)> = eval_examples.into_iter().map(|(o, e)| (o, super::grpo::prompt_example(e, None))).collect();
+            let mut examples: Vec<(Origin, Example)> = eval_examples.into_iter().map(|(o, e)| (o, crate::rl::validation::prompt_example(e, None))).collect();
             if v.limit > 0 {
                 examples.truncate(v.limit);
             }
-            let gen = { let mc = &trainable.view(true, None)?.cfg; medrl_lm::tokenizer::GenerationDefaults::from_dir(&cfg.model, &mc.eos_token_ids, mc.bos_token_id, &tok) }.map_err(|e| SftError::Setup(e.to_string()))?;
+            let gen = { let mc = &trainable.view(true, None)?.cfg; medrl_lm::tokenizer::GenerationDefaults::from_dir(&cfg.model, &mc.eos_token_ids, mc.bos_token_id, &tok) }.map_err(|e| SftError::Model(e.into()))?;
             Some((rewards, examples, gen.eos_token_ids, v.clone()))
         }
         None => None,
     };
-    let validate_rewards = |tr: &Trainable| -> Result<Option<super::grpo::Validation>, SftError> {
+    let validate_rewards = |tr: &Trainable| -> Result<Option<crate::rl::validation::Validation>, SftError> {
         let Some((rewards, examples, eos, v)) = &reward_validation else { return Ok(None) };
         let m = tr.view(true, None)?;
-        Ok(Some(super::grpo::validate(&m, &tok, examples, rewards, v.max_new_tokens, &[], eos, pad, v.accuracy_threshold)?))
+        Ok(Some(crate::rl::validation::validate(&m, &tok, examples, rewards, v.max_new_tokens, &[], eos, pad, v.accuracy_threshold)?))
     };
     let mut eval_before = None;
-    if state.step == 0 {
+    if session.state.step == 0 {
         eval_before = eval_now(&trainable)?;
         let mut line = serde_json::json!({"step": 0});
         if let Some(l) = eval_before {
@@ -586,33 +492,30 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
             line["val_accuracy"] = v.accuracy.into();
         }
         if line.as_object().is_some_and(|o| o.len() > 1) {
-            metrics.write(&line)?;
+            session.metrics.write(&line)?;
         }
     }
     let pb = medrl_base::progress::bar(total_steps, "sft", "steps");
-    pb.set_position(state.step);
-    let mut plan = batcher.plan_epoch(state.epoch);
+    pb.set_position(session.state.step);
+    let mut plan = batcher.plan_epoch(session.state.epoch);
     let started = Instant::now();
     let mut first_loss = None;
     let mut last_loss = None;
     let mut eval_after = None;
-    let mut steps_this_run = 0u64;
     let mut peak_mem = 0f64;
-    while state.step < total_steps {
-        if opts.stop_after.is_some_and(|n| steps_this_run >= n) {
-            break;
-        }
+    while !session.done(total_steps) {
         let step_start = Instant::now();
         // The step's micro-batches, continuing across epoch boundaries.
         let mut mbs = Vec::with_capacity(t.grad_accum);
         while mbs.len() < t.grad_accum {
-            if state.next_micro_batch >= plan.len() {
-                state.epoch += 1;
-                state.next_micro_batch = 0;
-                plan = batcher.plan_epoch(state.epoch);
+            let st = &mut session.state;
+            if st.next_micro_batch >= plan.len() {
+                st.epoch += 1;
+                st.next_micro_batch = 0;
+                plan = batcher.plan_epoch(st.epoch);
             }
-            mbs.push(plan[state.next_micro_batch].clone());
-            state.next_micro_batch += 1;
+            mbs.push(plan[st.next_micro_batch].clone());
+            st.next_micro_batch += 1;
         }
         let step_tokens: usize = mbs.iter().map(|mb| trained_targets(&prep.train, mb)).sum();
         let mut grads = None;
@@ -623,7 +526,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
             let b = build_batch(&prep.train, mb, pad, &device)?;
             tokens += b.tokens;
             let (bsz, seq) = b.input_ids.dims2()?;
-            let model = trainable.view(false, Some((bsz * seq, &mut rng)))?;
+            let model = trainable.view(false, Some((bsz * seq, &mut session.rng)))?;
             let lp = model.target_logprobs(&b.input_ids, &b.positions, Some(&b.attention_mask), &b.targets)?;
             let loss = ((lp * &b.loss_mask)?.sum_all()?.neg()? / step_tokens.max(1) as f64)?;
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -635,29 +538,27 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
             loss_sum += lv;
             accumulate(&mut grads, loss.backward()?, trainable.params())?;
         }
-        let lr = schedule.lr_at(state.step);
+        let lr = schedule.lr_at(session.state.step);
         let stats = match (nonfinite, grads) {
             (None, Some(g)) => match opt.step(&g, lr) {
                 Ok(s) => Some(s),
                 Err(TrainError::NonFinite { detail, .. }) => {
-                    nonfinite_action(t.on_nonfinite, "gradient", state.step + 1, &detail)?;
+                    t.on_nonfinite.apply("gradient", session.state.step + 1, &detail)?;
                     None
                 }
                 Err(e) => return Err(e.into()),
             },
             (Some(detail), _) => {
-                nonfinite_action(t.on_nonfinite, "loss", state.step + 1, &detail)?;
+                t.on_nonfinite.apply("loss", session.state.step + 1, &detail)?;
                 None
             }
             (None, None) => None,
         };
         if stats.is_none() {
-            state.skipped_steps += 1;
+            session.state.skipped_steps += 1;
         }
-        state.step += 1;
-        steps_this_run += 1;
-        state.tokens_seen += tokens as u64;
-        state.optimizer_steps = opt.steps();
+        session.end_step(tokens, &opt);
+        let state = &session.state;
         let dt = step_start.elapsed().as_secs_f64();
         let mem = medrl_nn::device::memory_mb(&device);
         peak_mem = peak_mem.max(mem);
@@ -680,8 +581,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
             "skipped_rows": prep.report.skipped_rows,
             "skipped_steps": state.skipped_steps,
         });
-        let do_eval = state.step == total_steps || (t.eval_every > 0 && state.step % t.eval_every == 0);
-        if do_eval {
+        if session.due(t.eval_every, total_steps) {
             let l = eval_now(&trainable)?;
             if let Some(l) = l {
                 line["eval_loss"] = l.into();
@@ -692,80 +592,38 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
                 line["val_accuracy"] = v.accuracy.into();
             }
         }
-        metrics.write(&line)?;
+        session.metrics.write(&line)?;
         pb.set_message(format!("sft loss {loss_sum:.4}"));
         pb.inc(1);
-        let do_save = state.step == total_steps || (t.save_every > 0 && state.step % t.save_every == 0);
-        if do_save {
-            state.rng_word_pos = rng.get_word_pos().to_string();
-            state.metrics_lines = metrics.lines();
-            let (ostate, _) = opt.state();
-            checkpoint::save(out, &state, &trainable.state(), &ostate, t.keep_last)?;
-            super::metrics::write_plots(out)?;
+        if session.due(t.save_every, total_steps) {
+            session.save(&trainable, &opt, Default::default(), t.keep_last)?;
+            crate::metrics::write_plots(out)?;
         }
     }
     pb.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
-    tracing::info!(steps = steps_this_run, elapsed_s = elapsed, peak_memory_mb = peak_mem, "training stopped at step {}", state.step);
-    let (final_dir, adapter_dir) = peft::run_outputs(out);
+    tracing::info!(steps = session.steps_this_run, elapsed_s = elapsed, peak_memory_mb = peak_mem, "training stopped at step {}", session.state.step);
+    let (final_dir, adapter_dir) = session.outputs();
     let mut adapter = None;
-    if state.step >= total_steps {
-        let export_dtype = medrl_lm::model::parse_dtype(&t.export_dtype, &Device::Cpu).map_err(SftError::Setup)?;
-        export(&trainable, &cfg.model, &final_dir, Some(&adapter_dir), export_dtype)?;
+    if session.export_final(&trainable, &cfg.model, &t.export_dtype, total_steps)? {
         if cfg.lora.is_some() {
             adapter = Some(adapter_dir);
         }
-        super::metrics::write_plots(out)?;
+        crate::metrics::write_plots(out)?;
     }
     // A resumed run computed only part of these (none when resumed after its last step); the
     // run's records hold them all.
-    let rec = super::metrics::loss_summary(&super::metrics::read_metrics(out)?);
-    drop(lock);
+    let rec = crate::metrics::loss_summary(&crate::metrics::read_metrics(out)?);
     Ok(SftOutcome {
         output_dir: out.clone(),
         final_model: final_dir,
         adapter,
-        steps: state.step,
-        first_loss: if start_step == 0 { first_loss } else { rec.first_loss },
+        steps: session.state.step,
+        first_loss: if session.start_step == 0 { first_loss } else { rec.first_loss },
         last_loss: last_loss.or(rec.last_loss),
         eval_loss_before: eval_before.or(rec.eval_loss_before),
         eval_loss_after: eval_after.or(rec.eval_loss_after),
     })
-}
-
-fn nonfinite_action(policy: NonFinitePolicy, what: &'static str, step: u64, detail: &str) -> Result<(), SftError> {
-    match policy {
-        NonFinitePolicy::Stop => Err(TrainError::NonFinite { what, step, detail: format!("{detail}; no update was applied and the last checkpoint is intact (set training.on_nonfinite: skip to skip such steps)") }.into()),
-        NonFinitePolicy::Skip => {
-            tracing::warn!("skipping step {step}: non-finite {what}: {detail}");
-            Ok(())
-        }
-    }
-}
-
-/// Write the merged model (HF folder) and, for LoRA, the PEFT adapter. `base_model` is the
-/// folder the run started from (f32 base for merging, tokenizer files). SFT and GRPO share it.
-pub fn export(trainable: &Trainable, base_model: &Path, merged_dir: &Path, adapter_dir: Option<&Path>, dtype: DType) -> Result<(), SftError> {
-    let base_f32 = match trainable.mode {
-        Mode::Lora { .. } => Some(load_model_dir(base_model, &Device::Cpu, DType::F32)?.model),
-        Mode::Full => None,
-    };
-    let merged = trainable.merged(dtype, base_f32)?;
-    peft::save_model_dir(&merged, base_model, merged_dir)?;
-    if let (Some(dir), Mode::Lora { cfg: l, targets }) = (adapter_dir, &trainable.mode) {
-        let meta = peft::AdapterMeta {
-            rank: l.rank,
-            alpha: l.alpha,
-            dropout: l.dropout,
-            target_modules: targets.clone(),
-            modules_to_save: l.modules_to_save.clone(),
-            base_model: std::fs::canonicalize(base_model).unwrap_or(base_model.to_path_buf()).to_string_lossy().into_owned(),
-        };
-        let tensors: HashMap<String, Tensor> = trainable.state();
-        peft::save_peft_adapter(&tensors, &meta, dtype, dir)?;
-        peft::copy_tokenizer_files(base_model, dir)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

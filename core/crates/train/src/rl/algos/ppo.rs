@@ -1,7 +1,7 @@
 //! PPO with a learned value model (TRL's PPOTrainer, as the medical verifier reasoner trains).
 //!
-//! A step: sample `n` responses for each of `prompts_per_step` prompts (shared rollout code with
-//! GRPO, [`super::rl`]); while the reward plugins score them on CPU threads, the device computes
+//! A step: sample `n` responses for each of `prompts_per_step` prompts (the shared RL driver,
+//! [`crate::rl`]); while the reward plugins score them on CPU threads, the device computes
 //! the old-policy and reference log-probs and the critic's values. Per-token rewards are
 //! `-kl_coef * KL_t` on every response token (k1 by default) plus the sequence's score on its
 //! last token; GAE(gamma, lambda) over the response gives advantages and returns; advantages are
@@ -20,24 +20,24 @@ use candle_core::{DType, Tensor, Var, D};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use super::grpo::KlEstimator;
-use super::rewards::RewardSpec;
-use super::rl::{add_prefix, default_rollout, strip_prefix, validate_common, write_charts, RlData, RlRun, RlTraining, Validation};
-use super::sft::{NonFinitePolicy, SftError};
-use super::trainable::{LoraConfig, Mode, Trainable};
-use super::{AdamW, LrSchedule, TrainError};
-use medrl_base::config::Validate;
+use crate::error::RunError;
+use crate::rl::algorithm::{drive, CheckpointExtra, RlAlgorithm, StepUpdate};
+use crate::rl::config::{AlgorithmConfig, RlConfig};
+use crate::rl::pg::{token_entropy, KlEstimator};
+use crate::rl::run::{add_prefix, strip_prefix, write_charts, Rollout, RlRun};
+use crate::session::{accumulate, export, RunOptions};
+use crate::trainable::{Mode, Trainable};
+use crate::{AdamW, LrSchedule, TrainError};
+use medrl_data::batch::Batch;
 use medrl_data::TokenizedExample;
-use medrl_lm::generate::SamplingParams;
 use medrl_lm::model::{load_model_dir, CausalLm};
 
-fn auto() -> String {
-    "auto".into()
-}
+// The value model's settings are the shared config's `critic:` key.
+pub use crate::rl::algorithm::RlOutcome as PpoOutcome;
+pub use crate::rl::config::CriticConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -95,66 +95,25 @@ impl Default for PpoAlgo {
     }
 }
 
-/// The value model.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct CriticConfig {
-    /// Decoder of the value model (TRL's value model path). Default: a copy of `model`. It must
-    /// use the policy's tokenizer (it reads the policy's token ids).
-    pub model: Option<PathBuf>,
-    /// LoRA on the critic's decoder (None: full fine-tuning of the critic).
-    pub lora: Option<LoraConfig>,
-    /// Critic learning rate (default: training.lr), on the same schedule.
-    pub lr: Option<f64>,
-    /// Standard deviation of the value head's initial weights (0: zero, so the first values
-    /// are all 0 and the first advantages are the plain returns).
-    pub head_init_std: f64,
-}
-
-impl Default for CriticConfig {
-    fn default() -> Self {
-        Self { model: None, lora: None, lr: None, head_init_std: 0.0 }
-    }
-}
-
 /// `medrl ppo --config FILE.yaml`.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PpoConfig {
-    pub model: PathBuf,
-    pub output_dir: PathBuf,
-    #[serde(default = "auto")]
-    pub device: String,
-    #[serde(default = "auto")]
-    pub dtype: String,
-    pub data: RlData,
-    /// Reward plugins (default with `data.task`: the task's rewards, under the `drop` policy).
-    #[serde(default)]
-    pub rewards: Vec<RewardSpec>,
-    /// Validation accuracy: share of responses whose total reward reaches this (default with
-    /// `data.task`: the task's accuracy component and threshold).
-    #[serde(default)]
-    pub accuracy_threshold: Option<f64>,
-    /// Sampling for rollouts (`seed` is ignored: rollout seeds derive from training.seed and the step).
-    #[serde(default = "default_rollout")]
-    pub rollout: SamplingParams,
-    #[serde(default)]
-    pub stop: Vec<String>,
-    #[serde(default)]
-    pub algorithm: PpoAlgo,
-    #[serde(default)]
-    pub critic: CriticConfig,
-    #[serde(default)]
-    pub training: RlTraining,
-    /// LoRA for the policy (None: full fine-tuning).
-    #[serde(default)]
-    pub lora: Option<LoraConfig>,
-}
+pub type PpoConfig = RlConfig<PpoAlgo>;
 
-impl Validate for PpoConfig {
+impl AlgorithmConfig for PpoAlgo {
+    const HAS_CRITIC: bool = true;
+    fn samples_per_prompt(&self) -> usize {
+        self.n
+    }
+    fn prompts_per_step(&self) -> usize {
+        self.prompts_per_step
+    }
+    fn micro_batch_size(&self) -> usize {
+        self.micro_batch_size
+    }
+    fn needs_reference(&self) -> bool {
+        self.kl_coef > 0.0
+    }
     fn validate(&self) -> Result<(), (String, String)> {
-        validate_common(&self.device, &self.dtype, &self.data, &self.rewards, &self.training, self.lora.as_ref(), &self.rollout)?;
-        let a = &self.algorithm;
+        let a = self;
         if a.n == 0 || a.prompts_per_step == 0 || a.micro_batch_size == 0 || a.update_epochs == 0 || a.mini_batches == 0 {
             return Err(("algorithm".into(), "n, prompts_per_step, micro_batch_size, update_epochs and mini_batches must be at least 1".into()));
         }
@@ -169,12 +128,6 @@ impl Validate for PpoConfig {
         }
         if a.vf_coef < 0.0 || a.kl_coef < 0.0 || a.entropy_coef < 0.0 {
             return Err(("algorithm.vf_coef".into(), "vf_coef, kl_coef and entropy_coef must be >= 0".into()));
-        }
-        if let Some(l) = &self.critic.lora {
-            l.validate().map_err(|(k, m)| (format!("critic.lora.{k}"), m))?;
-        }
-        if !(self.critic.head_init_std >= 0.0 && self.critic.head_init_std.is_finite()) || self.critic.lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
-            return Err(("critic".into(), "head_init_std must be >= 0 and lr > 0".into()));
         }
         Ok(())
     }
@@ -324,23 +277,7 @@ impl ValueModel {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The loop.
-
-/// What a finished run produced.
-#[derive(Debug, Clone, Serialize)]
-pub struct PpoOutcome {
-    pub output_dir: PathBuf,
-    pub final_model: PathBuf,
-    /// The trained critic: an HF decoder folder plus `value_head.safetensors`.
-    pub final_critic: PathBuf,
-    pub steps: u64,
-    pub validation_before: Option<Validation>,
-    pub validation_after: Option<Validation>,
-}
-
-fn hash_config(cfg: &PpoConfig) -> String {
-    super::rl::rl_config_hash!(cfg)
-}
+// The update.
 
 /// Where the response of a rollout sequence sits in its batch row: the first position whose
 /// prediction is a response token, and the number of response tokens.
@@ -351,7 +288,7 @@ fn response_span(s: &TokenizedExample) -> (usize, usize) {
 }
 
 /// Per-sequence values at response positions from per-chunk `[B, T]` tensors.
-fn gather(seqs: &[TokenizedExample], chunks: &[Vec<usize>], per_chunk: &[Tensor]) -> Result<Vec<Vec<f64>>, SftError> {
+fn gather(seqs: &[TokenizedExample], chunks: &[Vec<usize>], per_chunk: &[Tensor]) -> Result<Vec<Vec<f64>>, RunError> {
     let mut out = vec![Vec::new(); seqs.len()];
     for (chunk, t) in chunks.iter().zip(per_chunk) {
         let rows: Vec<Vec<f32>> = t.to_dtype(DType::F32)?.to_vec2()?;
@@ -364,7 +301,7 @@ fn gather(seqs: &[TokenizedExample], chunks: &[Vec<usize>], per_chunk: &[Tensor]
 }
 
 /// `[B, T]` tensor with each sequence's per-token values at its response positions (0 elsewhere).
-fn scatter(seqs: &[TokenizedExample], idx: &[usize], tlen: usize, vals: &[Vec<f64>], device: &candle_core::Device) -> Result<Tensor, SftError> {
+fn scatter(seqs: &[TokenizedExample], idx: &[usize], tlen: usize, vals: &[Vec<f64>], device: &candle_core::Device) -> Result<Tensor, RunError> {
     let mut m = vec![0f32; idx.len() * tlen];
     for (r, &i) in idx.iter().enumerate() {
         let (start, _) = response_span(&seqs[i]);
@@ -375,41 +312,84 @@ fn scatter(seqs: &[TokenizedExample], idx: &[usize], tlen: usize, vals: &[Vec<f6
     Ok(Tensor::from_vec(m, (idx.len(), tlen), device)?)
 }
 
-/// Run PPO. `grants` are the capabilities (judge, search) the reward plugins may use.
-pub fn run(cfg: &PpoConfig, grants: medrl_plugin::Grants, opts: &super::sft::RunOptions) -> Result<PpoOutcome, SftError> {
-    let a = &cfg.algorithm;
-    let t = &cfg.training;
-    let spec = super::rl::rl_spec!("ppo", cfg, hash_config(cfg));
-    let mut rl = RlRun::setup(&spec, grants, opts)?;
-    let device = rl.device.clone();
+/// PPO on the RL driver: the policy's trainable and optimizer are the run's; the critic, its
+/// optimizer and schedule are PPO's own.
+pub struct Ppo {
+    critic: ValueModel,
+    critic_dir: PathBuf,
+    copt: AdamW,
+    critic_schedule: LrSchedule,
+    /// A detached view of the critic for the rollout's value pass, built at the step's first
+    /// micro-batch and dropped at its update.
+    rollout_view: Option<CausalLm>,
+}
 
-    // The critic: its own decoder (a copy of the policy's start unless critic.model) + head.
-    let critic_dir = cfg.critic.model.clone().unwrap_or_else(|| cfg.model.clone());
-    let critic_model = load_model_dir(&critic_dir, &device, DType::F32)?.model;
-    let policy_vocab = rl.trainable.config().vocab_size;
-    if critic_model.cfg.vocab_size != policy_vocab {
-        return Err(SftError::Setup(format!("critic {}: vocabulary size {} differs from the policy's {policy_vocab}; the critic must share the policy's tokenizer", critic_dir.display(), critic_model.cfg.vocab_size)));
-    }
-    let critic_mode = match &cfg.critic.lora {
-        Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(SftError::Setup)? },
-        None => Mode::Full,
-    };
-    let critic = ValueModel::new(critic_model, critic_mode, rl.compute, t.seed, cfg.critic.head_init_std)?;
-    let mut copt = AdamW::new(critic.params().to_vec(), t.optimizer.clone())?;
-    let critic_schedule = LrSchedule { peak_lr: cfg.critic.lr.unwrap_or(t.lr), ..rl.schedule.clone() };
-    if let Some(ck) = &rl.resumed {
-        critic.load_state(&strip_prefix(&ck.trainable, "critic/"))?;
-        let steps = ck.optimizer.get("critic/__steps").and_then(|t| t.to_dtype(DType::F64).ok()?.to_vec1::<f64>().ok()?.first().copied()).unwrap_or(0.0) as u64;
-        copt.load_state(&strip_prefix(&ck.optimizer, "critic/"), steps)?;
-    }
-    let all_params: Vec<(String, Var)> = rl.trainable.params().iter().cloned().chain(critic.params().iter().cloned()).collect();
+impl RlAlgorithm for Ppo {
+    type Config = PpoAlgo;
+    const NAME: &'static str = "ppo";
+    const METRIC_KEYS: &'static [&'static str] = &[
+        "non_score_reward",
+        "rlhf_reward",
+        "kl",
+        "kl_seq",
+        "loss",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "clip_frac",
+        "value_clip_frac",
+        "approx_kl",
+        "explained_variance",
+        "returns_mean",
+        "values_mean",
+        "advantages_std",
+        "response_tokens_trained",
+        "grad_norm",
+        "critic_grad_norm",
+        "critic_lr",
+    ];
 
-    while let Some(chosen) = rl.next_prompts() {
-        let step_start = Instant::now();
-        // 1-2. Rollouts; values computed beside the log-probs while plugins score.
-        let critic_view = critic.backbone.view(true, None)?;
-        let r = rl.rollout(&chosen, a.n, a.micro_batch_size, |b| Ok(Some(critic.values(&critic_view, b, true)?.detach())))?;
-        drop(critic_view);
+    /// The critic: its own decoder (a copy of the policy's start unless critic.model) + head.
+    fn new(cfg: &PpoConfig, rl: &RlRun) -> Result<Self, RunError> {
+        let t = &cfg.training;
+        let cc = cfg.critic();
+        let critic_dir = cc.model.clone().unwrap_or_else(|| cfg.model.clone());
+        let critic_model = load_model_dir(&critic_dir, rl.device(), DType::F32)?.model;
+        let policy_vocab = rl.trainable.config().vocab_size;
+        if critic_model.cfg.vocab_size != policy_vocab {
+            return Err(RunError::Setup(format!("critic {}: vocabulary size {} differs from the policy's {policy_vocab}; the critic must share the policy's tokenizer", critic_dir.display(), critic_model.cfg.vocab_size)));
+        }
+        let critic_mode = match &cc.lora {
+            Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|msg| RunError::Config { key: "critic.lora.targets".into(), msg })? },
+            None => Mode::Full,
+        };
+        let critic = ValueModel::new(critic_model, critic_mode, rl.compute(), t.seed, cc.head_init_std)?;
+        let mut copt = AdamW::new(critic.params().to_vec(), t.optimizer.clone())?;
+        let critic_schedule = LrSchedule { peak_lr: cc.lr.unwrap_or(t.lr), ..rl.schedule.clone() };
+        if let Some(ck) = &rl.session.resumed {
+            critic.load_state(&strip_prefix(&ck.trainable, "critic/"))?;
+            let steps = ck.optimizer.get("critic/__steps").and_then(|t| t.to_dtype(DType::F64).ok()?.to_vec1::<f64>().ok()?.first().copied()).unwrap_or(0.0) as u64;
+            copt.load_state(&strip_prefix(&ck.optimizer, "critic/"), steps)?;
+        }
+        Ok(Ppo { critic, critic_dir, copt, critic_schedule, rollout_view: None })
+    }
+
+    /// Values computed beside the log-probs while plugins score.
+    fn extra_pass(&mut self, b: &Batch) -> Result<Option<Tensor>, RunError> {
+        if self.rollout_view.is_none() {
+            self.rollout_view = Some(self.critic.backbone.view(true, None)?);
+        }
+        let view = self.rollout_view.as_ref().expect("set above");
+        Ok(Some(self.critic.values(view, b, true)?.detach()))
+    }
+
+    fn update(&mut self, cfg: &PpoConfig, rl: &mut RlRun, r: &Rollout) -> Result<StepUpdate, RunError> {
+        self.rollout_view = None;
+        let a = &cfg.algorithm;
+        let t = &cfg.training;
+        let device = rl.device().clone();
+        let (critic, copt, critic_schedule) = (&self.critic, &mut self.copt, &self.critic_schedule);
+        let all_params: Vec<(String, Var)> = rl.trainable.params().iter().cloned().chain(critic.params().iter().cloned()).collect();
         let seqs = &r.seqs;
         let totals = r.totals();
         let old_lp = gather(seqs, &r.chunks, &r.old_lps)?;
@@ -420,7 +400,7 @@ pub fn run(cfg: &PpoConfig, grants: medrl_plugin::Grants, opts: &super::sft::Run
         let old_v = gather(seqs, &r.chunks, &r.extra.iter().map(|t| t.clone().expect("values")).collect::<Vec<_>>())?;
         let kept: Vec<usize> = (0..seqs.len()).filter(|&i| totals[i].is_some() && !old_lp[i].is_empty()).collect();
 
-        // 3. Per-token rewards: KL penalty on every token, the score on the last.
+        // Per-token rewards: KL penalty on every token, the score on the last.
         let mut kl_tok = vec![Vec::new(); seqs.len()];
         let mut rewards_tok = vec![Vec::new(); seqs.len()];
         for &i in &kept {
@@ -463,15 +443,14 @@ pub fn run(cfg: &PpoConfig, grants: medrl_plugin::Grants, opts: &super::sft::Run
         let kept_tokens = flat_v.len();
         let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
 
-        // 4. Update: update_epochs shuffled passes, mini_batches optimizer steps each.
-        let t_upd = Instant::now();
+        // Update: update_epochs shuffled passes, mini_batches optimizer steps each.
         let (mut pg_sum, mut vf_sum, mut ent_sum, mut clip_sum, mut vclip_sum, mut akl_sum, mut tok_sum) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         let (mut gn, mut cgn) = (Vec::new(), Vec::new());
         let mut nonfinite = None;
         'epochs: for epoch in 0..a.update_epochs {
             let mut order = kept.clone();
             // Derived from (seed, step, epoch), so a resumed run shuffles the same way.
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(t.seed ^ rl.state.step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(t.seed ^ rl.step().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
             order.shuffle(&mut rng);
             let per_mb = order.len().div_ceil(a.mini_batches).max(1);
             for mb in order.chunks(per_mb) {
@@ -485,15 +464,15 @@ pub fn run(cfg: &PpoConfig, grants: medrl_plugin::Grants, opts: &super::sft::Run
                     let advt = scatter(seqs, micro, tlen, &adv, &device)?;
                     let old_vt = scatter(seqs, micro, tlen, &old_v, &device)?;
                     let rett = scatter(seqs, micro, tlen, &ret, &device)?;
-                    let policy = rl.trainable.view(false, Some((bsz * tlen, &mut rl.dropout_rng)))?;
+                    let policy = rl.trainable.view(false, Some((bsz * tlen, &mut rl.session.rng)))?;
                     let logits = policy.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?;
-                    let lp = medrl_lm::generate::token_logprobs(&logits, &b.targets)?;
-                    let cview = critic.backbone.view(false, Some((bsz * tlen, &mut rl.dropout_rng)))?;
+                    let lp = medrl_nn::ops::token_logprobs(&logits, &b.targets)?;
+                    let cview = critic.backbone.view(false, Some((bsz * tlen, &mut rl.session.rng)))?;
                     let v = critic.values(&cview, &b, false)?;
                     let (pg, clipped) = policy_loss(&lp, &old_lpt, &advt, a.clip_range)?;
                     let (vf, vclipped) = value_loss(&v, &old_vt, &rett, a.clip_range_value)?;
-                    let ent = super::grpo::token_entropy(&logits, a.entropy_coef > 0.0)?;
-                    let msum = |x: &Tensor| -> Result<f64, SftError> { Ok((x.detach() * mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+                    let ent = token_entropy(&logits, a.entropy_coef > 0.0)?;
+                    let msum = |x: &Tensor| -> Result<f64, RunError> { Ok((x.detach() * mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
                     pg_sum += msum(&pg)?;
                     vf_sum += msum(&vf)?;
                     ent_sum += msum(&ent)?;
@@ -509,10 +488,10 @@ pub fn run(cfg: &PpoConfig, grants: medrl_plugin::Grants, opts: &super::sft::Run
                     let loss = ((per_token * mask)?.sum_all()? / mb_tokens.max(1) as f64)?;
                     let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     if !lv.is_finite() {
-                        nonfinite = Some(format!("loss {lv} at step {}", rl.state.step + 1));
+                        nonfinite = Some(format!("loss {lv} at step {}", rl.step() + 1));
                         break 'epochs;
                     }
-                    super::sft::accumulate(&mut grads, loss.backward()?, &all_params)?;
+                    accumulate(&mut grads, loss.backward()?, &all_params)?;
                 }
                 let Some(g) = grads else { continue };
                 // Both models step or neither: check both norms before touching either.
@@ -521,73 +500,78 @@ pub fn run(cfg: &PpoConfig, grants: medrl_plugin::Grants, opts: &super::sft::Run
                     nonfinite = Some(format!("gradient norm policy {pn}, critic {cn}"));
                     break 'epochs;
                 }
-                gn.push(rl.opt.step(&g, rl.schedule.lr_at(rl.state.step))?.grad_norm);
-                cgn.push(copt.step(&g, critic_schedule.lr_at(rl.state.step))?.grad_norm);
+                gn.push(rl.opt.step(&g, rl.schedule.lr_at(rl.step()))?.grad_norm);
+                cgn.push(copt.step(&g, critic_schedule.lr_at(rl.step()))?.grad_norm);
             }
         }
-        if let Some(detail) = nonfinite {
-            match t.on_nonfinite {
-                NonFinitePolicy::Stop => return Err(TrainError::NonFinite { what: "loss or gradient", step: rl.state.step + 1, detail: format!("{detail}; the last checkpoint is intact") }.into()),
-                NonFinitePolicy::Skip => rl.state.skipped_steps += 1,
-            }
-        }
-        let upd_s = t_upd.elapsed().as_secs_f64();
-        rl.end_update(r.rollout_tokens);
-        let mut line = rl.rollout_line(&r, upd_s, step_start);
         let per_tok = |s: f64| if tok_sum > 0.0 { Some(s / tok_sum) } else { None };
         let kl_all: Vec<f64> = kept.iter().flat_map(|&i| kl_tok[i].iter().copied()).collect();
         let score_mean = mean(&kept.iter().map(|&i| totals[i].expect("kept")).collect::<Vec<_>>());
-        line["non_score_reward"] = mean(&non_score).into();
-        line["rlhf_reward"] = (score_mean + mean(&non_score)).into();
-        line["kl"] = mean(&kl_all).into();
-        line["kl_seq"] = mean(&kept.iter().map(|&i| kl_tok[i].iter().sum::<f64>()).collect::<Vec<_>>()).into();
-        line["loss"] = per_tok(pg_sum + a.vf_coef * vf_sum).into();
-        line["policy_loss"] = per_tok(pg_sum).into();
-        line["value_loss"] = per_tok(vf_sum).into();
-        line["entropy"] = per_tok(ent_sum).into();
-        line["clip_frac"] = per_tok(clip_sum).into();
-        line["value_clip_frac"] = per_tok(vclip_sum).into();
-        line["approx_kl"] = per_tok(akl_sum).into();
-        line["explained_variance"] = explained_variance(&flat_v, &flat_r).into();
-        line["returns_mean"] = mean(&flat_r).into();
-        line["values_mean"] = mean(&flat_v).into();
-        line["advantages_std"] = {
-            let f = flat(&adv);
-            let m = mean(&f);
-            (f.iter().map(|x| (x - m).powi(2)).sum::<f64>() / f.len().max(1) as f64).sqrt()
+        let f = flat(&adv);
+        let fm = mean(&f);
+        let metrics = serde_json::json!({
+            "non_score_reward": mean(&non_score),
+            "rlhf_reward": score_mean + mean(&non_score),
+            "kl": mean(&kl_all),
+            "kl_seq": mean(&kept.iter().map(|&i| kl_tok[i].iter().sum::<f64>()).collect::<Vec<_>>()),
+            "loss": per_tok(pg_sum + a.vf_coef * vf_sum),
+            "policy_loss": per_tok(pg_sum),
+            "value_loss": per_tok(vf_sum),
+            "entropy": per_tok(ent_sum),
+            "clip_frac": per_tok(clip_sum),
+            "value_clip_frac": per_tok(vclip_sum),
+            "approx_kl": per_tok(akl_sum),
+            "explained_variance": explained_variance(&flat_v, &flat_r),
+            "returns_mean": mean(&flat_r),
+            "values_mean": mean(&flat_v),
+            "advantages_std": (f.iter().map(|x| (x - fm).powi(2)).sum::<f64>() / f.len().max(1) as f64).sqrt(),
+            "response_tokens_trained": kept_tokens,
+            "grad_norm": gn.last().copied(),
+            "critic_grad_norm": cgn.last().copied(),
+            // The lr of the step this update belongs to (the driver counts it after the update).
+            "critic_lr": critic_schedule.lr_at(rl.step()),
+        });
+        let serde_json::Value::Object(metrics) = metrics else { unreachable!("a JSON object") };
+        Ok(StepUpdate { metrics, nonfinite })
+    }
+
+    fn checkpoint_extra(&self) -> CheckpointExtra {
+        let (state, steps) = self.copt.state();
+        let mut opt = add_prefix(state, "critic/");
+        opt.insert("critic/__steps".into(), Tensor::new(&[steps as f64], &candle_core::Device::Cpu).expect("scalar"));
+        (add_prefix(self.critic.state(), "critic/"), opt)
+    }
+
+    /// The trained critic: an HF decoder folder plus `value_head.safetensors`.
+    fn export(&self, cfg: &PpoConfig, rl: &RlRun) -> Result<BTreeMap<String, PathBuf>, RunError> {
+        let t = &cfg.training;
+        let final_critic = rl.out().join("final_critic");
+        if rl.step() >= t.max_steps {
+            let dtype = medrl_nn::device::parse_dtype(&t.export_dtype, &candle_core::Device::Cpu).map_err(|msg| RunError::Config { key: "training.export_dtype".into(), msg })?;
+            export(&self.critic.backbone, &self.critic_dir, &final_critic, None, dtype)?;
+            let critic = &self.critic;
+            let head: HashMap<String, Tensor> =
+                [("v_head.weight".to_string(), critic.head_w.as_tensor().to_dtype(dtype)?.to_device(&candle_core::Device::Cpu)?), ("v_head.bias".to_string(), critic.head_b.as_tensor().to_dtype(dtype)?.to_device(&candle_core::Device::Cpu)?)].into();
+            let p = final_critic.join("value_head.safetensors");
+            candle_core::safetensors::save(&head, &p).map_err(|e| RunError::Setup(format!("{}: {e}", p.display())))?;
         }
-        .into();
-        line["response_tokens_trained"] = kept_tokens.into();
-        line["grad_norm"] = gn.last().copied().into();
-        line["critic_grad_norm"] = cgn.last().copied().into();
-        line["critic_lr"] = critic_schedule.lr_at(rl.state.step - 1).into();
-        rl.finish_step(
-            line,
-            || {
-                let (state, steps) = copt.state();
-                let mut opt = add_prefix(state, "critic/");
-                opt.insert("critic/__steps".into(), Tensor::new(&[steps as f64], &candle_core::Device::Cpu).expect("scalar"));
-                (add_prefix(critic.state(), "critic/"), opt)
-            },
-            write_plots,
-        )?;
+        Ok(BTreeMap::from([("final_critic".to_string(), final_critic)]))
     }
-    let final_model = rl.finish()?;
-    let final_critic = rl.out.join("final_critic");
-    if rl.state.step >= t.max_steps {
-        let dtype = medrl_lm::model::parse_dtype(&t.export_dtype, &candle_core::Device::Cpu).map_err(SftError::Setup)?;
-        super::sft::export(&critic.backbone, &critic_dir, &final_critic, None, dtype)?;
-        let head: HashMap<String, Tensor> =
-            [("v_head.weight".to_string(), critic.head_w.as_tensor().to_dtype(dtype)?.to_device(&candle_core::Device::Cpu)?), ("v_head.bias".to_string(), critic.head_b.as_tensor().to_dtype(dtype)?.to_device(&candle_core::Device::Cpu)?)].into();
-        let p = final_critic.join("value_head.safetensors");
-        candle_core::safetensors::save(&head, &p).map_err(|e| SftError::Setup(format!("{}: {e}", p.display())))?;
+
+    /// GRPO's charts plus `value.svg` (value loss, explained variance) and `clip.svg`.
+    fn write_plots(run_dir: &Path) -> Result<(), RunError> {
+        write_plots(run_dir)
     }
-    Ok(PpoOutcome { output_dir: rl.out.clone(), final_model, final_critic, steps: rl.state.step, validation_before: rl.validation_before.take(), validation_after: rl.validation_after.take() })
+}
+
+/// Run PPO. `grants` are the capabilities (judge, search) the reward plugins may use.
+pub fn run(cfg: &PpoConfig, grants: medrl_plugin::Grants, opts: &RunOptions) -> Result<PpoOutcome, RunError> {
+    drive::<Ppo>(cfg, grants, opts)
 }
 
 /// GRPO's charts plus `value.svg` (value loss, explained variance) and `clip.svg`.
-pub fn write_plots(run_dir: &Path) -> Result<(), SftError> {
-    super::grpo::write_plots(run_dir)?;
+pub fn write_plots(run_dir: &Path) -> Result<(), RunError> {
+    crate::rl::pg::write_plots(run_dir)?;
     write_charts(
         run_dir,
         &[

@@ -1,0 +1,56 @@
+//! The error of a training run (SFT, GRPO, PPO, RLOO): what failed and where.
+
+use std::path::PathBuf;
+
+use crate::TrainError;
+use medrl_data::DataError;
+use medrl_lm::model::ModelError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error(transparent)]
+    RunDir(#[from] crate::run_dir::RunDirError),
+    #[error(transparent)]
+    ConfigFile(#[from] medrl_base::config::ConfigError),
+    /// A config value that cannot be used as given (`key` is its path in the config).
+    #[error("config key `{key}`: {msg}")]
+    Config { key: String, msg: String },
+    /// `output_dir` holds a run and `--resume` was not given.
+    #[error("{dir} already has checkpoints; pass --resume to continue that run, or choose another output_dir")]
+    NotEmpty { dir: PathBuf },
+    /// The checkpoint to resume was written by another config or algorithm.
+    #[error("{dir}: this checkpoint was written by a different run config (a `{found_kind}` run, config hash {found_hash}; this is a `{kind}` run, hash {hash}): a different training config cannot resume it; resume with the same config, or choose another output_dir")]
+    ConfigMismatch { dir: PathBuf, found_kind: String, found_hash: String, kind: String, hash: String },
+    /// Rewards or tasks could not be loaded.
+    #[error("{0}")]
+    Reward(String),
+    #[error("{0}")]
+    Setup(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl From<candle_core::Error> for RunError {
+    fn from(e: candle_core::Error) -> Self {
+        RunError::Train(TrainError::Candle(e))
+    }
+}
+
+impl RunError {
+    pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+        move |source| RunError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Any displayable setup failure (a task, a reward plugin, a tokenizer) as a [`RunError`].
+pub(crate) fn setup_err<E: std::fmt::Display>(e: E) -> RunError {
+    RunError::Setup(e.to_string())
+}

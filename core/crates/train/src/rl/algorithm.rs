@@ -1,0 +1,125 @@
+//! The seam between the RL driver and an algorithm.
+//!
+//! [`drive`] owns the loop every algorithm shares (set-up and resume, prompt plan, rollouts and
+//! rewards, the non-finite policy, metrics lines, validation, checkpoints, export); an
+//! [`RlAlgorithm`] owns what differs: its extra pass over the rollouts (PPO's values), the
+//! advantages and losses of its update, the extra state it checkpoints (PPO's critic), the
+//! metric keys and charts it adds, and what it exports besides the policy.
+//!
+//! Adding an algorithm: a file in `rl/algos/` with its `algorithm:` config
+//! ([`AlgorithmConfig`]) and an `RlAlgorithm` impl, and one line in [`super::algos::dispatch`]
+//! (ARCHITECTURE.md walks through RLOO).
+
+use candle_core::Tensor;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::config::{AlgorithmConfig, RlConfig};
+use super::run::{Rollout, RlRun};
+use super::validation::Validation;
+use crate::error::RunError;
+use crate::session::{NonFinitePolicy, RunOptions};
+use crate::TrainError;
+use medrl_data::batch::Batch;
+
+/// What one update produced.
+#[derive(Debug, Default)]
+pub struct StepUpdate {
+    /// The algorithm's own keys of this step's metrics line (see [`RlAlgorithm::METRIC_KEYS`]).
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Set when a loss or gradient was NaN or infinite: the update stopped there with no
+    /// optimizer step applied after it, and the run's `on_nonfinite` policy decides.
+    pub nonfinite: Option<String>,
+}
+
+/// Tensors an algorithm adds to each checkpoint: (trainable, optimizer), names prefixed so they
+/// cannot collide with the policy's (PPO: `critic/`).
+pub type CheckpointExtra = (HashMap<String, Tensor>, HashMap<String, Tensor>);
+
+/// One RL algorithm on the shared driver. See the module doc.
+pub trait RlAlgorithm: Sized {
+    /// Its `algorithm:` section of the run config.
+    type Config: AlgorithmConfig;
+    /// Its name: the CLI command, the checkpoint kind (a resume refuses another) and the
+    /// progress bar's label.
+    const NAME: &'static str;
+    /// Keys it adds to each step's metrics line, beside the rollout keys every run writes
+    /// (reward, reward/<plugin>, response_len, timings, memory; docs/grpo.md).
+    const METRIC_KEYS: &'static [&'static str];
+
+    /// Set up after the run is ready (and resumed: restore own state from `run.session.resumed`).
+    fn new(cfg: &RlConfig<Self::Config>, run: &RlRun) -> Result<Self, RunError>;
+
+    /// An extra pass over each rollout micro-batch, beside the old-policy log-probs (PPO: the
+    /// critic's values). Its results arrive as [`Rollout::extra`]; [`RlAlgorithm::update`]
+    /// follows the last call of a step.
+    fn extra_pass(&mut self, _batch: &Batch) -> Result<Option<Tensor>, RunError> {
+        Ok(None)
+    }
+
+    /// The update of one step from its rollouts: advantages, losses, optimizer steps.
+    fn update(&mut self, cfg: &RlConfig<Self::Config>, run: &mut RlRun, rollout: &Rollout) -> Result<StepUpdate, RunError>;
+
+    /// Extra tensors for each checkpoint.
+    fn checkpoint_extra(&self) -> CheckpointExtra {
+        Default::default()
+    }
+
+    /// After the last step: what the algorithm writes besides the policy, by outcome key
+    /// (PPO: `final_critic`).
+    fn export(&self, _cfg: &RlConfig<Self::Config>, _run: &RlRun) -> Result<BTreeMap<String, PathBuf>, RunError> {
+        Ok(BTreeMap::new())
+    }
+
+    /// Redraw the run's charts into `run_dir/plots/`.
+    fn write_plots(run_dir: &Path) -> Result<(), RunError> {
+        super::pg::write_plots(run_dir)
+    }
+}
+
+/// What a finished RL run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RlOutcome {
+    pub output_dir: PathBuf,
+    pub final_model: PathBuf,
+    /// What the algorithm exported besides the policy (PPO: `final_critic`).
+    #[serde(flatten)]
+    pub outputs: BTreeMap<String, PathBuf>,
+    pub steps: u64,
+    pub validation_before: Option<Validation>,
+    pub validation_after: Option<Validation>,
+}
+
+/// Run algorithm `A` as `cfg` says. `grants` are the capabilities (judge, search) the reward
+/// plugins may use.
+pub fn drive<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Grants, opts: &RunOptions) -> Result<RlOutcome, RunError> {
+    let a = &cfg.algorithm;
+    let mut rl = RlRun::setup(cfg, A::NAME, grants, opts)?;
+    let mut algo = A::new(cfg, &rl)?;
+    while let Some(chosen) = rl.next_prompts() {
+        let step_start = Instant::now();
+        let r = rl.rollout(&chosen, a.samples_per_prompt(), a.micro_batch_size(), |b| algo.extra_pass(b))?;
+        let t_upd = Instant::now();
+        let upd = algo.update(cfg, &mut rl, &r)?;
+        if let Some(detail) = upd.nonfinite {
+            match cfg.training.on_nonfinite {
+                NonFinitePolicy::Stop => {
+                    return Err(TrainError::NonFinite { what: "loss or gradient", step: rl.step() + 1, detail: format!("{detail}; the last checkpoint is intact") }.into())
+                }
+                NonFinitePolicy::Skip => rl.session.state.skipped_steps += 1,
+            }
+        }
+        let upd_s = t_upd.elapsed().as_secs_f64();
+        rl.end_update(r.rollout_tokens);
+        let mut line = rl.rollout_line(&r, upd_s, step_start);
+        for (k, v) in upd.metrics {
+            line[k] = v;
+        }
+        rl.finish_step(line, || algo.checkpoint_extra(), A::write_plots)?;
+    }
+    let final_model = rl.finish()?;
+    let outputs = algo.export(cfg, &rl)?;
+    Ok(RlOutcome { output_dir: rl.out().to_path_buf(), final_model, outputs, steps: rl.step(), validation_before: rl.validation_before.take(), validation_after: rl.validation_after.take() })
+}

@@ -1,0 +1,184 @@
+//! Policy-gradient pieces the algorithms share: KL estimators, token entropy, loss aggregation,
+//! the clipped surrogate update of sequence-level advantages (GRPO, RLOO), and the charts every
+//! RL run draws.
+
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use super::algorithm::StepUpdate;
+use super::run::{write_charts, Rollout, RlRun};
+use crate::error::RunError;
+use crate::session::accumulate;
+use crate::TrainError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KlEstimator {
+    /// log(pi/ref).
+    K1,
+    /// 0.5 * log(pi/ref)^2.
+    K2,
+    /// ref/pi - log(ref/pi) - 1 (VERL's `low_var_kl`).
+    #[default]
+    K3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LossAgg {
+    /// Mean over every response token of the step.
+    #[default]
+    TokenMean,
+    /// Mean over sequences of each sequence's token mean.
+    SeqMeanTokenMean,
+}
+
+/// Per-token KL estimate between the policy and the reference, from their log-probs.
+pub fn kl_term(lp: &Tensor, ref_lp: &Tensor, est: KlEstimator) -> candle_core::Result<Tensor> {
+    let log_ratio = (lp - ref_lp)?;
+    match est {
+        KlEstimator::K1 => Ok(log_ratio),
+        KlEstimator::K2 => log_ratio.sqr()? * 0.5,
+        KlEstimator::K3 => {
+            let d = log_ratio.neg()?;
+            (d.exp()? - d)? - 1.0
+        }
+    }
+}
+
+/// Entropy of the policy at each position, H = logsumexp(x) - sum(softmax(x) * x), `[B, T]`.
+/// `grad`: keep it differentiable (an entropy bonus), else computed on detached logits.
+pub fn token_entropy(logits: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+    let x = if grad { logits.clone() } else { logits.detach() };
+    let p = medrl_nn::ops::softmax_last(&x)?;
+    medrl_nn::ops::logsumexp_last(&x)?.squeeze(D::Minus1)? - (p * &x)?.sum(D::Minus1)?
+}
+
+/// `reward.svg`, `kl_entropy.svg` and `timing.svg` for an RL run folder.
+pub fn write_plots(run_dir: &Path) -> Result<(), RunError> {
+    write_charts(
+        run_dir,
+        &[
+            ("reward.svg", "Reward", "mean reward", &[("train (rollouts)", "reward"), ("validation (greedy)", "val_reward")]),
+            ("kl_entropy.svg", "KL to reference and entropy", "nats per token", &[("kl", "kl"), ("entropy", "entropy")]),
+            ("timing.svg", "Time per step", "seconds", &[("generate", "time_generate_s"), ("log-probs", "time_logprob_s"), ("reward", "time_reward_s"), ("update", "time_update_s")]),
+        ],
+    )
+}
+
+/// Subtract `coef` times each sequence's summed per-token KL (rollout log-probs against the
+/// reference's) from its total reward. Returns the mean summed KL over the step's sequences.
+pub fn kl_into_rewards(run: &RlRun, r: &Rollout, coef: f64, est: KlEstimator, totals: &mut [Option<f64>]) -> Result<f64, RunError> {
+    let mut mean_kl_seq = 0.0;
+    for (c, chunk) in r.chunks.iter().enumerate() {
+        let b = run.batch(&r.seqs, chunk)?;
+        let k = (kl_term(&r.old_lps[c], r.ref_lps[c].as_ref().expect("reference"), est)? * &b.loss_mask)?.sum(D::Minus1)?;
+        for (j, v) in k.to_dtype(DType::F64)?.to_vec1::<f64>()?.into_iter().enumerate() {
+            mean_kl_seq += v / r.seqs.len() as f64;
+            if let Some(tot) = totals[chunk[j]].as_mut() {
+                *tot -= coef * v;
+            }
+        }
+    }
+    Ok(mean_kl_seq)
+}
+
+/// The clipped surrogate settings of a sequence-advantage algorithm.
+#[derive(Debug, Clone, Copy)]
+pub struct ClippedPg {
+    pub update_epochs: usize,
+    pub clip_low: f64,
+    pub clip_high: f64,
+    /// KL penalty in the loss (0, or when the KL went into the reward: none).
+    pub kl_coef: f64,
+    pub kl_estimator: KlEstimator,
+    pub kl_in_reward: bool,
+    pub entropy_coef: f64,
+    pub loss_agg: LossAgg,
+}
+
+/// `update_epochs` passes over the rollouts, one optimizer step each, of the clipped surrogate
+/// `max(-ratio * A, -clip(ratio, 1 - clip_low, 1 + clip_high) * A)` per response token, with
+/// the optional KL penalty and entropy bonus. `totals[i]` is `None` for a sequence dropped by a
+/// reward's policy (masked out of the loss); `adv[i]` is sequence i's advantage. Writes `loss`,
+/// `kl` (per token; when the KL went into the reward, `kl_seq_mean`, its mean sum per sequence),
+/// `entropy`, `clip_frac` and `grad_norm`.
+pub fn clipped_update(run: &mut RlRun, r: &Rollout, s: &ClippedPg, totals: &[Option<f64>], adv: &[f64], kl_seq_mean: f64) -> Result<StepUpdate, RunError> {
+    let device = run.device().clone();
+    let seqs = &r.seqs;
+    let total_tokens: usize = seqs.iter().zip(totals).filter(|(_, r)| r.is_some()).map(|(s, _)| s.trained_tokens()).sum();
+    let kept = totals.iter().filter(|r| r.is_some()).count();
+    let (mut loss_v, mut kl_v, mut ent_v, mut clipfrac_v, mut stats_last) = (0.0, 0.0, 0.0, 0.0, None);
+    let mut nonfinite = None;
+    for _epoch in 0..s.update_epochs {
+        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        let (mut l_sum, mut kl_sum, mut ent_sum, mut clip_sum) = (0.0, 0.0, 0.0, 0.0);
+        for (c, chunk) in r.chunks.iter().enumerate() {
+            let b = run.batch(seqs, chunk)?;
+            let (bsz, tlen) = b.input_ids.dims2()?;
+            // Dropped samples are masked out of the loss entirely.
+            let keep: Vec<f32> = chunk.iter().map(|&i| if totals[i].is_some() { 1.0 } else { 0.0 }).collect();
+            let mask = b.loss_mask.broadcast_mul(&Tensor::from_vec(keep, (bsz, 1), &device)?)?;
+            let advt = Tensor::from_vec(chunk.iter().map(|&i| adv[i] as f32).collect::<Vec<_>>(), (bsz, 1), &device)?;
+            let model = run.trainable.view(false, Some((bsz * tlen, &mut run.session.rng)))?;
+            let logits = model.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?;
+            let lp = medrl_nn::ops::token_logprobs(&logits, &b.targets)?;
+            let ratio = (&lp - &r.old_lps[c])?.exp()?;
+            let pg1 = ratio.broadcast_mul(&advt)?.neg()?;
+            let pg2 = ratio.clamp(1.0 - s.clip_low, 1.0 + s.clip_high)?.broadcast_mul(&advt)?.neg()?;
+            let pg = pg1.maximum(&pg2)?;
+            let clipped = pg2.gt(&pg1)?.to_dtype(DType::F32)?;
+            let mut per_token = pg;
+            if let (Some(rf), false) = (&r.ref_lps[c], s.kl_in_reward) {
+                let kl = kl_term(&lp, rf, s.kl_estimator)?;
+                kl_sum += (kl.detach() * &mask)?.sum_all()?.to_scalar::<f32>()? as f64;
+                per_token = (per_token + (kl * s.kl_coef)?)?;
+            }
+            let ent = token_entropy(&logits, s.entropy_coef > 0.0)?;
+            ent_sum += (ent.detach() * &mask)?.sum_all()?.to_scalar::<f32>()? as f64;
+            if s.entropy_coef > 0.0 {
+                per_token = (per_token - (ent * s.entropy_coef)?)?;
+            }
+            clip_sum += (clipped * &mask)?.sum_all()?.to_scalar::<f32>()? as f64;
+            let loss = match s.loss_agg {
+                LossAgg::TokenMean => ((per_token * &mask)?.sum_all()? / total_tokens.max(1) as f64)?,
+                LossAgg::SeqMeanTokenMean => {
+                    let per_seq = (per_token * &mask)?.sum(D::Minus1)?;
+                    let lens = mask.sum(D::Minus1)?.maximum(1.0)?;
+                    ((per_seq / lens)?.sum_all()? / kept.max(1) as f64)?
+                }
+            };
+            let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !lv.is_finite() {
+                nonfinite = Some(format!("loss {lv} at step {}", run.step() + 1));
+                break;
+            }
+            l_sum += lv;
+            accumulate(&mut grads, loss.backward()?, run.trainable.params())?;
+        }
+        if nonfinite.is_some() {
+            break;
+        }
+        let lr = run.schedule.lr_at(run.step());
+        match grads {
+            Some(g) if kept > 0 => match run.opt.step(&g, lr) {
+                Ok(st) => stats_last = Some(st),
+                Err(TrainError::NonFinite { detail, .. }) => {
+                    nonfinite = Some(detail);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            },
+            _ => {}
+        }
+        (loss_v, kl_v, ent_v, clipfrac_v) = (l_sum, kl_sum / total_tokens.max(1) as f64, ent_sum / total_tokens.max(1) as f64, clip_sum / total_tokens.max(1) as f64);
+    }
+    let mut m = serde_json::Map::new();
+    m.insert("loss".into(), loss_v.into());
+    m.insert("kl".into(), (if s.kl_in_reward { kl_seq_mean } else { kl_v }).into());
+    m.insert("entropy".into(), ent_v.into());
+    m.insert("clip_frac".into(), clipfrac_v.into());
+    m.insert("grad_norm".into(), stats_last.map(|st| st.grad_norm).into());
+    Ok(StepUpdate { metrics: m, nonfinite })
+}

@@ -1,0 +1,394 @@
+//! The RL run every algorithm drives: prompts, rewards, the trainable policy, its optimizer and
+//! the [`TrainSession`] (run folder, resume, metrics, checkpoints); rollouts with rewards scored
+//! on a CPU thread while the device computes log-probs; the common part of each metrics line;
+//! validation; the final export.
+//!
+//! The order of everything that draws randomness (prompt plan, rollout seeds, dropout masks) is
+//! fixed here, so a resumed CPU run retraces an uninterrupted one for every algorithm.
+
+use candle_core::{DType, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::config::{AlgorithmConfig, EvalSampling, RlConfig, RlTraining};
+use super::sources::load_sources;
+use super::validation::{prompt_example, prompts_from_examples, validate_with, RlPrompt, Validation};
+use crate::error::{setup_err, RunError};
+use crate::session::{RunOptions, SessionSpec, TrainSession};
+use crate::trainable::{Mode, Trainable};
+use crate::{AdamW, LrSchedule};
+use medrl_data::batch::{build_batch, Batch, Batcher, BatchingConfig, MicroBatch};
+use medrl_data::{Example, Origin, TokenizedExample};
+use medrl_eval::run::{AccuracySpec, RewardResult, Rewards};
+use medrl_lm::generate::{generate, SamplingParams, StopConditions};
+use medrl_lm::model::{load_model_dir, CausalLm};
+use medrl_lm::tokenizer::TextTokenizer;
+
+/// A running RL job: model, data, rewards, optimizer and bookkeeping.
+pub struct RlRun {
+    /// Run folder, resume, step count, metrics log, dropout stream, checkpoints.
+    pub session: TrainSession,
+    pub model_dir: PathBuf,
+    pub tok: TextTokenizer,
+    pub eos: Vec<u32>,
+    pub pad: u32,
+    pub train: Vec<RlPrompt>,
+    pub eval: Vec<(Origin, Example)>,
+    pub rewards: Rewards,
+    pub accuracy: Option<AccuracySpec>,
+    pub trainable: Trainable,
+    pub reference: Option<CausalLm>,
+    pub opt: AdamW,
+    pub schedule: LrSchedule,
+    pub validation_before: Option<Validation>,
+    pub validation_after: Option<Validation>,
+    pub training: RlTraining,
+    rollout: SamplingParams,
+    eval_sampling: EvalSampling,
+    stop: Vec<String>,
+    batcher: Batcher,
+    plan: Vec<MicroBatch>,
+    pb: indicatif::ProgressBar,
+}
+
+/// One step's rollouts: sequences, rewards, and the log-probs computed beside the scoring.
+pub struct Rollout {
+    /// Index into `RlRun::train` of each sequence's prompt.
+    pub owners: Vec<usize>,
+    /// Prompt + response tokens; `trained` marks the response.
+    pub seqs: Vec<TokenizedExample>,
+    pub responses: Vec<String>,
+    pub scored: Vec<RewardResult>,
+    /// Per rollout micro-batch (`chunks`): old-policy log-probs `[B, T]`, reference log-probs,
+    /// and what the algorithm's extra pass returned (PPO: values).
+    pub chunks: Vec<Vec<usize>>,
+    pub old_lps: Vec<Tensor>,
+    pub ref_lps: Vec<Option<Tensor>>,
+    pub extra: Vec<Option<Tensor>>,
+    pub rollout_tokens: usize,
+    pub gen_s: f64,
+    pub logprob_s: f64,
+    pub reward_s: f64,
+}
+
+impl Rollout {
+    /// Total reward per sequence (`None`: dropped by a plugin's policy).
+    pub fn totals(&self) -> Vec<Option<f64>> {
+        self.scored.iter().map(|s| s.total).collect()
+    }
+}
+
+/// Consecutive index chunks of `0..n`.
+pub fn chunks(n: usize, size: usize) -> Vec<Vec<usize>> {
+    (0..n).collect::<Vec<_>>().chunks(size.max(1)).map(|c| c.to_vec()).collect()
+}
+
+impl RlRun {
+    /// Prepare (or resume) a run: output folder, model, prompts, rewards, trainable policy,
+    /// optimizer, metrics, and validation before training when starting fresh. `kind` names the
+    /// algorithm in checkpoints (a resume refuses another).
+    pub fn setup<A: AlgorithmConfig>(cfg: &RlConfig<A>, kind: &'static str, grants: medrl_plugin::Grants, opts: &RunOptions) -> Result<RlRun, RunError> {
+        let t = &cfg.training;
+        let mut session = TrainSession::open(
+            SessionSpec {
+                kind,
+                output_dir: &cfg.output_dir,
+                device: &cfg.device,
+                dtype: &cfg.dtype,
+                config_yaml: serde_yaml::to_string(cfg).expect("serializes"),
+                config_hash: cfg.resume_hash(),
+                seed: t.seed,
+            },
+            opts,
+        )?;
+        let (device, compute) = (session.device.clone(), session.compute);
+
+        let loaded = load_model_dir(&cfg.model, &device, DType::F32)?;
+        let tok = loaded.tokenizer;
+        let eos = loaded.generation.eos_token_ids.clone();
+        let pad = loaded.generation.pad_token_id.or(eos.first().copied()).unwrap_or(0);
+        let src = load_sources(cfg, &grants)?;
+        let (train, too_long) = prompts_from_examples(&tok, src.train, src.system.as_deref(), cfg.data.max_prompt_len)?;
+        let mut eval: Vec<(Origin, Example)> = src.eval.into_iter().map(|(o, e)| (o, prompt_example(e, src.system.as_deref()))).collect();
+        if cfg.data.eval_limit > 0 {
+            eval.truncate(cfg.data.eval_limit);
+        }
+        if train.is_empty() {
+            return Err(RunError::Setup("no training prompts".into()));
+        }
+        tracing::info!(train = train.len(), eval = eval.len(), too_long, "prompts ready");
+
+        let mode = match &cfg.lora {
+            Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|msg| RunError::Config { key: "lora.targets".into(), msg })? },
+            None => Mode::Full,
+        };
+        let reference = if cfg.algorithm.needs_reference() { Some(load_model_dir(&cfg.model, &device, compute)?.model) } else { None };
+        let trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
+        let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?;
+        let schedule = LrSchedule { peak_lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.max_steps, kind: t.schedule, min_lr_ratio: 0.0 };
+        // Prompt order: epochs over the training prompts, `prompts_per_step` at a time.
+        let batcher = Batcher::new(vec![1; train.len()], BatchingConfig { micro_batch_size: cfg.algorithm.prompts_per_step(), packing: false, group_by_length: false, shuffle: true }, 1, t.seed);
+        session.resume(&trainable, &mut opt)?;
+        let plan = batcher.plan_epoch(session.state.epoch);
+        let pb = medrl_base::progress::bar(t.max_steps, kind, "steps");
+        pb.set_position(session.state.step);
+        let mut run = RlRun {
+            session,
+            model_dir: cfg.model.clone(),
+            tok,
+            eos,
+            pad,
+            train,
+            eval,
+            rewards: src.rewards,
+            accuracy: src.accuracy,
+            trainable,
+            reference,
+            opt,
+            schedule,
+            validation_before: None,
+            validation_after: None,
+            training: t.clone(),
+            rollout: cfg.rollout.clone(),
+            eval_sampling: cfg.data.eval_sampling.clone(),
+            stop: cfg.stop.clone(),
+            batcher,
+            plan,
+            pb,
+        };
+        if run.session.state.step == 0 {
+            run.validation_before = run.validate_now()?;
+            if let Some(v) = &run.validation_before {
+                let mut line = serde_json::json!({"step": 0});
+                v.record(&mut line);
+                run.session.metrics.write(&line)?;
+            }
+        }
+        Ok(run)
+    }
+
+    pub fn device(&self) -> &candle_core::Device {
+        &self.session.device
+    }
+
+    /// The compute dtype (bf16 on CUDA under `auto`).
+    pub fn compute(&self) -> DType {
+        self.session.compute
+    }
+
+    /// The run folder.
+    pub fn out(&self) -> &Path {
+        &self.session.out
+    }
+
+    /// Steps done so far (including those of the runs this one resumed).
+    pub fn step(&self) -> u64 {
+        self.session.state.step
+    }
+
+    /// Validation of the current policy as `data.eval_sampling` says (None without validation prompts).
+    pub fn validate_now(&self) -> Result<Option<Validation>, RunError> {
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        let m = self.trainable.view(true, None)?;
+        Ok(Some(validate_with(&m, &self.tok, &self.eval, &self.rewards, &self.eval_sampling, self.rollout.max_new_tokens, &self.stop, &self.eos, self.pad, self.accuracy.clone())?))
+    }
+
+    /// The prompts of the next step, or `None` when the run is done (or told to stop).
+    pub fn next_prompts(&mut self) -> Option<Vec<usize>> {
+        if self.session.done(self.training.max_steps) {
+            return None;
+        }
+        let st = &mut self.session.state;
+        if st.next_micro_batch >= self.plan.len() {
+            st.epoch += 1;
+            st.next_micro_batch = 0;
+            self.plan = self.batcher.plan_epoch(st.epoch);
+        }
+        let chosen: Vec<usize> = self.plan[st.next_micro_batch].iter().flatten().copied().collect();
+        st.next_micro_batch += 1;
+        Some(chosen)
+    }
+
+    /// A padded batch of sequences `idx`.
+    pub fn batch(&self, seqs: &[TokenizedExample], idx: &[usize]) -> Result<Batch, RunError> {
+        let mb: MicroBatch = idx.iter().map(|&i| vec![i]).collect();
+        Ok(build_batch(seqs, &mb, self.pad, &self.session.device)?)
+    }
+
+    /// Sample `n` responses per chosen prompt with the current policy (seeded by the step), then
+    /// score them on a CPU thread while the device computes old-policy and reference log-probs
+    /// and `extra` (the algorithm's own pass over each micro-batch, e.g. PPO's values).
+    pub fn rollout(&self, chosen: &[usize], n: usize, micro_batch_size: usize, mut extra: impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>) -> Result<Rollout, RunError> {
+        let t_gen = Instant::now();
+        let policy = self.trainable.view(true, None)?;
+        let mut ids: Vec<Vec<u32>> = Vec::new();
+        let mut owners = Vec::new();
+        for &i in chosen {
+            for _ in 0..n {
+                ids.push(self.train[i].ids.clone());
+                owners.push(i);
+            }
+        }
+        let stopc = StopConditions { eos_token_ids: self.eos.clone(), stop_strings: self.stop.clone(), tokenizer: Some(&self.tok) };
+        let params = SamplingParams { seed: self.training.seed.wrapping_mul(1_000_003).wrapping_add(self.session.state.step), ..self.rollout.clone() };
+        let gens = generate(&policy, &ids, &params, &stopc, self.pad, None)?;
+        let gen_s = t_gen.elapsed().as_secs_f64();
+        let rollout_tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
+        let responses: Vec<String> = gens.iter().map(|g| self.tok.decode(&g.tokens, true).unwrap_or_default()).collect();
+        let seqs: Vec<TokenizedExample> = ids
+            .iter()
+            .zip(&gens)
+            .map(|(p, g)| {
+                let mut all = p.clone();
+                all.extend(&g.tokens);
+                let mut trained = vec![false; p.len()];
+                trained.extend(std::iter::repeat_n(true, g.tokens.len()));
+                TokenizedExample { ids: all, trained, truncated: false }
+            })
+            .collect();
+        let chunks = chunks(seqs.len(), micro_batch_size);
+        let train = &self.train;
+        let (scored, old_lps, ref_lps, extras, logprob_s, reward_s) = std::thread::scope(|s| -> Result<_, RunError> {
+            let handle = s.spawn(|| {
+                let t0 = Instant::now();
+                let batch: Vec<medrl_plugin::Sample> =
+                    owners.iter().zip(&responses).map(|(&i, r)| medrl_plugin::sample(&train[i].text, r, &train[i].ground_truth, &train[i].metadata, &train[i].data_source)).collect();
+                (self.rewards.score(&batch), t0.elapsed().as_secs_f64())
+            });
+            let t0 = Instant::now();
+            let (mut old, mut refs, mut extras) = (Vec::new(), Vec::new(), Vec::new());
+            for chunk in &chunks {
+                let b = self.batch(&seqs, chunk)?;
+                let lp = medrl_lm::generate::token_logprobs(&policy.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?, &b.targets)?;
+                old.push(lp.detach());
+                refs.push(match &self.reference {
+                    Some(r) => Some(medrl_lm::generate::token_logprobs(&r.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?, &b.targets)?.detach()),
+                    None => None,
+                });
+                extras.push(extra(&b)?);
+            }
+            let lp_s = t0.elapsed().as_secs_f64();
+            let (scored, reward_s) = handle.join().expect("reward thread");
+            Ok((scored.map_err(setup_err)?, old, refs, extras, lp_s, reward_s))
+        })?;
+        Ok(Rollout { owners, seqs, responses, scored, chunks, old_lps, ref_lps, extra: extras, rollout_tokens, gen_s, logprob_s, reward_s })
+    }
+
+    /// Count a finished update: step, optimizer steps, tokens.
+    pub fn end_update(&mut self, rollout_tokens: usize) {
+        self.session.end_step(rollout_tokens, &self.opt);
+    }
+
+    /// The part of a step's metrics line every RL algorithm writes: rewards (total, per plugin
+    /// and component), failures, response length, timings and throughput.
+    pub fn rollout_line(&self, r: &Rollout, update_s: f64, step_start: Instant) -> serde_json::Value {
+        let vals: Vec<f64> = r.scored.iter().filter_map(|s| s.total).collect();
+        let mean_r = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
+        let mut comps: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+        for s in &r.scored {
+            let plugin_scores = s.by_plugin.iter().filter_map(|(k, v)| v.map(|v| (k, v)));
+            for (k, v) in s.components.iter().map(|(k, v)| (k, *v)).chain(plugin_scores) {
+                let e = comps.entry(k.clone()).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+        let mut line = serde_json::json!({
+            "step": self.session.state.step,
+            "reward": mean_r,
+            "reward_std": (vals.iter().map(|v| (v - mean_r).powi(2)).sum::<f64>() / vals.len().max(1) as f64).sqrt(),
+            "lr": self.schedule.lr_at(self.session.state.step.saturating_sub(1)),
+            "response_len": r.rollout_tokens as f64 / r.seqs.len().max(1) as f64,
+            "dropped": r.scored.iter().filter(|s| s.total.is_none()).count(),
+            "reward_failures": r.scored.iter().map(|s| s.failures.values().filter(|f| f.as_str() != "not_applicable").count()).sum::<usize>(),
+            "time_generate_s": r.gen_s,
+            "time_logprob_s": r.logprob_s,
+            "time_reward_s": r.reward_s,
+            "time_update_s": update_s,
+            "time_step_s": step_start.elapsed().as_secs_f64(),
+            "rollout_tokens_per_s": r.rollout_tokens as f64 / r.gen_s.max(1e-9),
+            "memory_mb": medrl_nn::device::memory_mb(&self.session.device),
+            "skipped_steps": self.session.state.skipped_steps,
+        });
+        for (k, (sum, n)) in comps {
+            line[format!("reward/{k}")] = (sum / n.max(1) as f64).into();
+        }
+        line
+    }
+
+    /// Finish a step: validation when due (added to `line`), the metrics line, and a checkpoint
+    /// when due. `extra` adds the algorithm's own tensors to the checkpoint's trainable and
+    /// optimizer files (PPO: the critic, under `critic/`); `plots` redraws the run's charts.
+    pub fn finish_step(
+        &mut self,
+        mut line: serde_json::Value,
+        extra: impl FnOnce() -> (HashMap<String, Tensor>, HashMap<String, Tensor>),
+        plots: fn(&Path) -> Result<(), RunError>,
+    ) -> Result<(), RunError> {
+        let t = &self.training;
+        if self.session.due(t.eval_every, t.max_steps) {
+            if let Some(v) = self.validate_now()? {
+                v.record(&mut line);
+                self.validation_after = Some(v);
+            }
+        }
+        self.session.metrics.write(&line)?;
+        if let Some(r) = line.get("reward").and_then(|v| v.as_f64()) {
+            self.pb.set_message(format!("{} reward {r:.3}", self.session.state.kind));
+        }
+        self.pb.inc(1);
+        let t = &self.training;
+        if self.session.due(t.save_every, t.max_steps) {
+            self.session.save(&self.trainable, &self.opt, extra(), t.keep_last)?;
+            plots(&self.session.out)?;
+        }
+        Ok(())
+    }
+
+    /// After the loop: the final model (and LoRA adapter) when the run reached `max_steps`.
+    /// Returns the final model folder.
+    pub fn finish(&mut self) -> Result<PathBuf, RunError> {
+        self.pb.finish_and_clear();
+        self.session.export_final(&self.trainable, &self.model_dir, &self.training.export_dtype, self.training.max_steps)?;
+        // A resumed run validated only part of the time (never, when resumed after its last
+        // step); the run's records hold the rest.
+        if self.validation_before.is_none() || self.validation_after.is_none() {
+            let rows = crate::metrics::read_metrics(&self.session.out)?;
+            let (before, after) = crate::metrics::before_and_after(&rows, Validation::from_record);
+            self.validation_before = self.validation_before.take().or(before);
+            self.validation_after = self.validation_after.take().or(after);
+        }
+        Ok(self.session.outputs().0)
+    }
+}
+
+/// Tensors of `map` whose names start with `prefix`, with the prefix removed (the algorithm's
+/// own part of a checkpoint).
+pub fn strip_prefix(map: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    map.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.clone()))).collect()
+}
+
+/// `map` with every name prefixed.
+pub fn add_prefix(map: HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    map.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)).collect()
+}
+
+/// Draw `charts` (file, title, y label, [(series name, metrics key)]) from `metrics.jsonl`
+/// into `run_dir/plots/`.
+pub fn write_charts(run_dir: &Path, charts: &[(&str, &str, &str, &[(&'static str, &str)])]) -> Result<(), RunError> {
+    use medrl_base::plot::{line_chart_svg, Series};
+    let rows = crate::metrics::read_metrics(run_dir)?;
+    for (file, title, ylabel, keys) in charts {
+        let series: Vec<Series> = keys
+            .iter()
+            .map(|(name, key)| Series { name, points: rows.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(*key)?.as_f64()?))).collect() })
+            .collect();
+        let svg = line_chart_svg(title, "step", ylabel, &series);
+        let p = run_dir.join("plots").join(file);
+        medrl_base::fsutil::write_atomic(&p, svg.as_bytes()).map_err(|e| RunError::Io { path: p.clone(), source: e })?;
+    }
+    Ok(())
+}
