@@ -37,6 +37,20 @@ impl std::str::FromStr for AnswerParser {
     }
 }
 
+impl From<medrl_reward::AnswerKind> for AnswerParser {
+    /// The parser of the answer kind a task declares (`metrics.answer` in task.yaml).
+    fn from(k: medrl_reward::AnswerKind) -> Self {
+        use medrl_reward::AnswerKind as K;
+        match k {
+            K::Text => AnswerParser::Text,
+            K::FinalResponse => AnswerParser::FinalResponse,
+            K::AnswerTag => AnswerParser::AnswerTag,
+            K::Number => AnswerParser::Number,
+            K::Hcc => AnswerParser::Hcc,
+        }
+    }
+}
+
 /// Tag and number extraction: the SDK's helpers, which the bundled reward plugins use (one
 /// implementation on both sides of the sandbox).
 pub use medrl_reward_sdk::helpers::{first_number, first_tag, last_tag};
@@ -259,6 +273,15 @@ pub fn survival_truth(gt: &Value, time_field: &str, event_field: &str) -> Option
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn each_task_answer_kind_is_the_parser_of_the_same_name() {
+        for k in medrl_reward::AnswerKind::ALL {
+            let p = AnswerParser::from(k);
+            assert_eq!(serde_json::to_value(p).unwrap(), json!(k.as_str()), "{k}");
+            assert_eq!(k.as_str().parse::<AnswerParser>().unwrap(), p);
+        }
+    }
 
     #[test]
     fn parsers() {
