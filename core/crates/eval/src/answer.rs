@@ -2,7 +2,8 @@
 //! vote and the extract-failure rate are computed on. `None` means "no parsable answer".
 //!
 //! Parsers mirror the reward plugins' own extraction, so the evaluation sees the answer the
-//! reward saw:
+//! reward saw. A task picks one by name (`metrics.answer` in task.yaml, a
+//! [`medrl_reward::AnswerKind`], mapped by `From`); nothing here knows plugin names:
 //! - `final_response`: the text after the last `## Final Response` heading (medical-verifier);
 //! - `answer_tag`: the last `<answer>…</answer>` (study-search);
 //! - `number`: the first number inside the last `<answer>…</answer>` (sample-size), written in
@@ -16,7 +17,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// How to read a response's answer (`answer:` in a task's evaluation settings).
+/// How to read a response's answer (`answer` of [`crate::MetricSettings`], from a task's
+/// `metrics.answer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AnswerParser {
