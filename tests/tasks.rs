@@ -141,6 +141,35 @@ fn task_api_examples_and_reward_specs() {
     assert!(Task::load("no-such-task").unwrap_err().to_string().contains("known tasks"));
 }
 
+/// Each bundled task declares where its reward reads the answer (`metrics.answer`), as the
+/// engine used to guess it from plugin names; the engine no longer looks at those names.
+#[test]
+fn bundled_tasks_declare_their_answer_parser() {
+    use medrl::task::AnswerKind;
+    let expected = [
+        ("hcc", AnswerKind::Hcc, ""),
+        ("medical-dialogue", AnswerKind::Text, ""),
+        ("medical-o1", AnswerKind::FinalResponse, ""),
+        ("trialpanorama-sample-size", AnswerKind::Number, ""),
+        ("trialpanorama-study-search", AnswerKind::AnswerTag, "<answer>"),
+    ];
+    for (name, kind, prefix) in expected {
+        let t = Task::load(repo().join("tasks").join(name)).unwrap();
+        assert_eq!((t.metrics().answer, t.metrics().answer_prefix.as_str()), (kind, prefix), "{name}");
+    }
+    // study-search's prefix is the one its reward prepends.
+    let t = Task::load(repo().join("tasks/trialpanorama-study-search")).unwrap();
+    assert_eq!(t.reward_specs()[0].config["prefix"], t.metrics().answer_prefix.as_str());
+    // The task's rewards as a reward set loads them: search opened, the task's policy.
+    let specs = t.reward_set_specs(medrl::plugin::FailurePolicy::Drop, |_, who| Err(format!("{who}: no judge here"))).unwrap();
+    assert_eq!((specs[0].name.as_str(), specs[0].policy, specs[0].timeout), ("study-search", medrl::plugin::FailurePolicy::Drop, None));
+    assert!(specs[0].grants.search.is_some() && specs[0].grants.judge.is_none());
+    // A judge grant goes through the caller's resolver, whose message is kept.
+    let t = Task::load(repo().join("tasks/medical-o1")).unwrap();
+    let e = t.reward_set_specs(medrl::plugin::FailurePolicy::Fail, |_, who| Err(format!("{who} needs a judge"))).unwrap_err().to_string();
+    assert_eq!(e, "task `medical-o1`: reward `medical-verifier` needs a judge");
+}
+
 /// (adapter, fixture, converted rows, rejected rows)
 const ADAPTERS: &[(&str, &str, usize, &[usize])] = &[
     ("sharegpt-adapter", "sharegpt.jsonl", 4, &[3, 5, 6]),

@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::eval::{self, AccuracySpec, AnswerParser, EvalOptions, EvalTask, MetricSettings, RewardSpec, RunConfig, RunControl, SurvivalSettings};
+use crate::eval::{self, EvalOptions, EvalTask, MetricSettings, RunConfig, RunControl, SurvivalSettings};
 use crate::generate::SamplingParams;
 use crate::model::{load_model_dir, parse_device, parse_dtype};
 use super::judge::JudgeProvider;
-use crate::plugin::{FailurePolicy, Grants, Limits};
+use crate::plugin::{FailurePolicy, Limits};
+use crate::reward::RewardSet;
 use crate::task::{Split, Task, TextMetric};
 
 #[derive(clap::Args)]
@@ -117,21 +118,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
 }
 
-/// The answer parser that matches a task's reward plugins (each plugin reads its answer in its
-/// own place).
-pub fn answer_parser_for(plugins: &[String]) -> AnswerParser {
-    for p in plugins {
-        match p.as_str() {
-            "medical-verifier" => return AnswerParser::FinalResponse,
-            "sample-size" => return AnswerParser::Number,
-            "study-search" => return AnswerParser::AnswerTag,
-            "hcc-composite" => return AnswerParser::Hcc,
-            _ => {}
-        }
-    }
-    AnswerParser::Text
-}
-
 /// Build what evaluation needs from a task bundle.
 pub fn eval_task(task: &Task, split: Split, limit: Option<usize>, policy: FailurePolicy, judges: &mut JudgeProvider) -> Result<EvalTask> {
     let mut examples = task.examples(split)?;
@@ -141,30 +127,16 @@ pub fn eval_task(task: &Task, split: Split, limit: Option<usize>, policy: Failur
     if examples.is_empty() {
         bail!("task `{}`: split `{split}` has no examples", task.name());
     }
-    let specs = task.reward_specs();
-    if specs.is_empty() {
+    let rewards = task.reward_set_specs(policy, |grant, who| judges.for_grant(grant, Some(&task.dir), who))?;
+    if rewards.is_empty() {
         bail!("task `{}` declares no reward plugin", task.name());
     }
-    let mut rewards = Vec::new();
-    for s in &specs {
-        let mut grants = Grants::none();
-        if let Some(j) = &s.grants.judge {
-            grants.judge = Some(judges.for_grant(j, Some(&task.dir), &format!("task `{}`: reward `{}`", task.name(), s.name))?);
-        }
-        if let Some(index) = s.search_index().with_context(|| format!("reward `{}`: search backend", s.name))? {
-            grants = grants.with_search(index);
-        }
-        rewards.push(RewardSpec { name: s.name.clone(), plugin: s.path.clone(), weight: s.weight, config: s.config.clone(), grants, policy, timeout: None });
-    }
-    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let names: Vec<String> = rewards.iter().map(|s| s.name.clone()).collect();
     let spec = task.metrics();
     let metrics = MetricSettings {
-        answer: answer_parser_for(&names),
-        accuracy: spec.accuracy.as_ref().map(|a| AccuracySpec {
-            plugin: a.plugin.clone().or_else(|| (names.len() > 1 || a.component == "score").then(|| names[0].clone())),
-            component: a.component.clone(),
-            threshold: a.threshold,
-        }),
+        // Where the task says its reward reads the answer (task.yaml `metrics.answer`).
+        answer: spec.answer.into(),
+        accuracy: spec.accuracy_for(&names),
         bleu: spec.text.contains(&TextMetric::Bleu),
         rouge: spec.text.contains(&TextMetric::Rouge),
         rouge_cjk: None,
@@ -175,12 +147,7 @@ pub fn eval_task(task: &Task, split: Split, limit: Option<usize>, policy: Failur
             response_tag: s.response_tag.clone(),
         }),
         bootstrap: 1000,
-        // study-search scores `prefix + response` (its prompts end with `<answer>`).
-        answer_prefix: specs
-            .iter()
-            .find(|s| s.name == "study-search")
-            .map(|s| s.config.get("prefix").and_then(|v| v.as_str()).unwrap_or("<answer>").to_string())
-            .unwrap_or_default(),
+        answer_prefix: spec.answer_prefix.clone(),
     };
     Ok(EvalTask { name: task.name().to_string(), examples, rewards, metrics })
 }
@@ -244,9 +211,9 @@ fn run_eval(a: RunArgs) -> Result<()> {
     crate::model::check_finite(&loaded.model, &model_dir)?;
     tracing::info!("loaded {} in {:.2}s", model_dir.display(), t0.elapsed().as_secs_f64());
 
-    let host = eval::run::host(a.cache_dir.clone())?;
+    let host = crate::reward::host(a.cache_dir.clone())?;
     let limits = Limits { timeout: Duration::from_millis(a.reward_timeout_ms), ..Limits::default() };
-    let rewards = eval::Rewards::load(&host, etask.rewards.clone(), &limits)?;
+    let rewards = RewardSet::load(&host, etask.rewards.clone(), &limits)?;
     let mut opts = EvalOptions::for_model(&loaded.generation, sampling);
     opts.n = a.n;
     opts.batch_size = a.batch_size;

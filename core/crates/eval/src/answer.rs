@@ -2,7 +2,8 @@
 //! vote and the extract-failure rate are computed on. `None` means "no parsable answer".
 //!
 //! Parsers mirror the reward plugins' own extraction, so the evaluation sees the answer the
-//! reward saw:
+//! reward saw. A task picks one by name (`metrics.answer` in task.yaml, a
+//! [`medrl_reward::AnswerKind`], mapped by `From`); nothing here knows plugin names:
 //! - `final_response`: the text after the last `## Final Response` heading (medical-verifier);
 //! - `answer_tag`: the last `<answer>…</answer>` (study-search);
 //! - `number`: the first number inside the last `<answer>…</answer>` (sample-size), written in
@@ -16,7 +17,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// How to read a response's answer (`answer:` in a task's evaluation settings).
+/// How to read a response's answer (`answer` of [`crate::MetricSettings`], from a task's
+/// `metrics.answer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AnswerParser {
@@ -34,6 +36,20 @@ impl std::str::FromStr for AnswerParser {
     fn from_str(s: &str) -> Result<Self, String> {
         serde_json::from_value(Value::String(s.to_string()))
             .map_err(|_| format!("unknown answer parser `{s}`: expected text, final_response, answer_tag, number or hcc"))
+    }
+}
+
+impl From<medrl_reward::AnswerKind> for AnswerParser {
+    /// The parser of the answer kind a task declares (`metrics.answer` in task.yaml).
+    fn from(k: medrl_reward::AnswerKind) -> Self {
+        use medrl_reward::AnswerKind as K;
+        match k {
+            K::Text => AnswerParser::Text,
+            K::FinalResponse => AnswerParser::FinalResponse,
+            K::AnswerTag => AnswerParser::AnswerTag,
+            K::Number => AnswerParser::Number,
+            K::Hcc => AnswerParser::Hcc,
+        }
     }
 }
 
@@ -259,6 +275,15 @@ pub fn survival_truth(gt: &Value, time_field: &str, event_field: &str) -> Option
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn each_task_answer_kind_is_the_parser_of_the_same_name() {
+        for k in medrl_reward::AnswerKind::ALL {
+            let p = AnswerParser::from(k);
+            assert_eq!(serde_json::to_value(p).unwrap(), json!(k.as_str()), "{k}");
+            assert_eq!(k.as_str().parse::<AnswerParser>().unwrap(), p);
+        }
+    }
 
     #[test]
     fn parsers() {

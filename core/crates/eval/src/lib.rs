@@ -5,6 +5,8 @@
 //! - [`answer`]: reading the answer out of a response (the extract-failure rate, majority vote);
 //! - [`run`]: generating for a task's split, scoring with its reward plugins, metrics from the
 //!   predictions ([`evaluate`] in memory for trainers, [`run_eval`] for resumable run folders);
+//!   the rewards themselves (loading, scoring, accuracy rules) are medrl-reward's, re-exported
+//!   here under their former names ([`Rewards`] = [`medrl_reward::RewardSet`]);
 //! - [`report`]: the comparison report (`medrl eval compare`): one self-contained HTML file and
 //!   `report.json`.
 //!
@@ -18,5 +20,5 @@ pub mod run;
 pub use answer::AnswerParser;
 pub use run::{
     compute_metrics, evaluate, read_predictions, run_eval, AccuracySpec, EvalError, SurvivalSettings, EvalMetrics, EvalOptions, EvalTask,
-    MetricSettings, Prediction, RewardSpec, Rewards, RunConfig, RunControl, RunOutcome,
+    MetricSettings, Prediction, RewardResult, RewardSet, RewardSpec, Rewards, RunConfig, RunControl, RunOutcome,
 };

@@ -18,7 +18,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,8 +27,12 @@ use super::metrics::{self as m, RougeTokenizer};
 use medrl_data::{Example, Origin};
 use medrl_lm::generate::{generate_streams, SamplingParams, StopConditions};
 use medrl_lm::model::CausalLm;
-use medrl_plugin::{FailurePolicy, Grants, Limits, Outcome, PluginHost, PluginOptions, RewardPlugin};
 use medrl_lm::tokenizer::{ChatMessage, TextTokenizer};
+use medrl_reward::{is_correct, RewardError};
+
+/// The reward types evaluation scores with, from medrl-reward (here under their former paths:
+/// `Rewards` is [`medrl_reward::RewardSet`]).
+pub use medrl_reward::{host, AccuracySpec, RewardResult, RewardSet, RewardSet as Rewards, RewardSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -41,8 +44,8 @@ pub enum EvalError {
     Generate(#[from] candle_core::Error),
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] medrl_lm::tokenizer::TokenizerError),
-    #[error("reward `{name}`: {source}")]
-    Plugin { name: String, source: Box<medrl_plugin::PluginError> },
+    #[error(transparent)]
+    Reward(#[from] RewardError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -53,31 +56,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
 
 // ---------------------------------------------------------------------------------------------
 // What a task tells evaluation
-
-/// One reward plugin of a task, as the task bundle declares it.
-#[derive(Clone, Debug)]
-pub struct RewardSpec {
-    /// Name used for this reward's score and as the prefix of its components.
-    pub name: String,
-    pub plugin: PathBuf,
-    pub weight: f64,
-    pub config: Value,
-    pub grants: Grants,
-    pub policy: FailurePolicy,
-    /// This plugin's call deadline (`None`: the one of the `Limits` the set is loaded with).
-    pub timeout: Option<std::time::Duration>,
-}
-
-/// Accuracy: a response is correct when reward component `component` of plugin `plugin` (or,
-/// with `component: score`, that plugin's score) is at least `threshold`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AccuracySpec {
-    /// Reward name; `None`: any plugin's component of that name.
-    #[serde(default)]
-    pub plugin: Option<String>,
-    pub component: String,
-    pub threshold: f64,
-}
 
 /// HCC prognosis metrics: where the truth and the prediction are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,85 +129,6 @@ pub struct EvalTask {
     pub examples: Vec<(Origin, Example)>,
     pub rewards: Vec<RewardSpec>,
     pub metrics: MetricSettings,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Rewards
-
-/// Loaded reward plugins of a task, with their weights.
-pub struct Rewards {
-    items: Vec<(RewardSpec, RewardPlugin)>,
-}
-
-/// One response's scores after the failure policies were applied.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RewardResult {
-    /// Σ weight·score over plugins that scored (a not-applicable plugin adds nothing);
-    /// `None` when a plugin dropped the sample.
-    pub total: Option<f64>,
-    /// Each plugin's score (`None`: not applicable or dropped).
-    pub by_plugin: BTreeMap<String, Option<f64>>,
-    /// Components, named `component` with one plugin, `plugin/component` with several.
-    pub components: BTreeMap<String, f64>,
-    /// Plugin -> what went wrong: `not_applicable`, `substituted:<kind>`, `dropped:<kind>`.
-    pub failures: BTreeMap<String, String>,
-}
-
-impl Rewards {
-    /// Compile and instantiate every plugin (the host caches compiled code on disk).
-    pub fn load(host: &PluginHost, specs: Vec<RewardSpec>, limits: &Limits) -> Result<Self, EvalError> {
-        let mut items = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let limits = Limits { timeout: spec.timeout.unwrap_or(limits.timeout), ..limits.clone() };
-            let opts = PluginOptions { limits, grants: spec.grants.clone(), policy: spec.policy, ..Default::default() };
-            let plugin = host.load_reward(&spec.plugin, opts).map_err(|source| EvalError::Plugin { name: spec.name.clone(), source: Box::new(source) })?;
-            items.push((spec, plugin));
-        }
-        Ok(Self { items })
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.items.iter().map(|(s, _)| s.name.clone()).collect()
-    }
-
-    /// Score `samples` with every plugin. `Err` when a plugin with the `fail` policy fails.
-    pub fn score(&self, samples: &[medrl_plugin::Sample]) -> Result<Vec<RewardResult>, EvalError> {
-        let mut out = vec![RewardResult { total: Some(0.0), ..Default::default() }; samples.len()];
-        let single = self.items.len() == 1;
-        for (spec, plugin) in &self.items {
-            let outcomes = plugin.score(&spec.config, samples).map_err(|source| EvalError::Plugin { name: spec.name.clone(), source: Box::new(source) })?;
-            for (r, o) in out.iter_mut().zip(outcomes) {
-                let score = match o {
-                    Outcome::Scored { score, components } => {
-                        for (k, v) in components {
-                            let key = if single { k.to_string() } else { format!("{}/{k}", spec.name) };
-                            r.components.insert(key, v);
-                        }
-                        Some(score)
-                    }
-                    Outcome::NotApplicable => {
-                        r.failures.insert(spec.name.clone(), "not_applicable".into());
-                        None
-                    }
-                    Outcome::Substituted { score, error } => {
-                        r.failures.insert(spec.name.clone(), format!("substituted:{}", error.kind()));
-                        Some(score)
-                    }
-                    Outcome::Dropped { error } => {
-                        r.failures.insert(spec.name.clone(), format!("dropped:{}", error.kind()));
-                        r.total = None;
-                        r.by_plugin.insert(spec.name.clone(), None);
-                        continue;
-                    }
-                };
-                if let (Some(t), Some(s)) = (r.total.as_mut(), score) {
-                    *t += spec.weight * s;
-                }
-                r.by_plugin.insert(spec.name.clone(), score);
-            }
-        }
-        Ok(out)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,7 +231,7 @@ fn run_batch(
     tok: &TextTokenizer,
     prepared: &[Prepared<'_>],
     units: &[(usize, usize)],
-    rewards: &Rewards,
+    rewards: &RewardSet,
     settings: &MetricSettings,
     opts: &EvalOptions,
 ) -> Result<Vec<Prediction>, EvalError> {
@@ -379,30 +278,6 @@ fn run_batch(
         .collect())
 }
 
-/// The value the accuracy rule reads. With a plugin: `score` is its score, else its component
-/// (`component` or `plugin/component`). Without: a component by exact name, else one whose name
-/// ends in `/<name>`, else a plugin's score of that name.
-fn accuracy_value(r: &RewardResult, a: &AccuracySpec) -> Option<f64> {
-    let name = a.component.as_str();
-    if let Some(plugin) = &a.plugin {
-        if name == "score" {
-            return r.by_plugin.get(plugin).copied().flatten();
-        }
-        return r.components.get(&format!("{plugin}/{name}")).or_else(|| r.components.get(name).filter(|_| !r.components.keys().any(|k| k.contains('/')))).copied();
-    }
-    r.components
-        .get(name)
-        .copied()
-        .or_else(|| r.components.iter().find(|(k, _)| k.rsplit('/').next() == Some(name)).map(|(_, v)| *v))
-        .or_else(|| r.by_plugin.get(name).copied().flatten())
-        // `score` with no plugin named: the weighted total (GRPO's `accuracy_threshold`).
-        .or_else(|| (name == "score").then_some(r.total).flatten())
-}
-
-fn is_correct(r: &RewardResult, a: &AccuracySpec) -> bool {
-    accuracy_value(r, a).is_some_and(|v| v >= a.threshold)
-}
-
 fn all_units(n_examples: usize, k: usize) -> Vec<(usize, usize)> {
     (0..n_examples).flat_map(|i| (0..k).map(move |s| (i, s))).collect()
 }
@@ -412,7 +287,7 @@ pub fn evaluate(
     model: &CausalLm,
     tokenizer: &TextTokenizer,
     examples: &[(Origin, Example)],
-    rewards: &Rewards,
+    rewards: &RewardSet,
     settings: &MetricSettings,
     opts: &EvalOptions,
 ) -> Result<(EvalMetrics, Vec<Prediction>), EvalError> {
@@ -519,7 +394,7 @@ pub fn run_eval(
     model: &CausalLm,
     tokenizer: &TextTokenizer,
     task: &EvalTask,
-    rewards: &Rewards,
+    rewards: &RewardSet,
     config: &RunConfig,
     opts: &EvalOptions,
     control: &RunControl,
@@ -1002,15 +877,6 @@ fn scaling(by_prompt: &BTreeMap<usize, Vec<&Prediction>>, settings: &MetricSetti
         .collect()
 }
 
-/// Share one loaded host across plugins (a convenience for callers).
-pub fn host(cache_dir: Option<PathBuf>) -> Result<Arc<PluginHost>, EvalError> {
-    let mut cfg = medrl_plugin::HostConfig::default();
-    if cache_dir.is_some() {
-        cfg.cache_dir = cache_dir;
-    }
-    PluginHost::new(cfg).map(Arc::new).map_err(|source| EvalError::Plugin { name: "host".into(), source: Box::new(source) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1102,26 +968,5 @@ mod tests {
         assert_eq!(s.true_stage["D"], 1);
         assert_eq!(s.stage_agreement, Some(1.0));
         assert!((m.extract_failure_rate - 1.0 / 6.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn accuracy_value_lookup() {
-        let r = RewardResult {
-            total: Some(1.0),
-            by_plugin: BTreeMap::from([("verifier".into(), Some(1.0))]),
-            components: BTreeMap::from([("sample-size/accuracy".into(), 1.0)]),
-            failures: BTreeMap::new(),
-        };
-        let spec = |plugin: Option<&str>, c: &str| AccuracySpec { plugin: plugin.map(str::to_string), component: c.into(), threshold: 1.0 };
-        assert_eq!(accuracy_value(&r, &spec(None, "accuracy")), Some(1.0));
-        assert_eq!(accuracy_value(&r, &spec(None, "verifier")), Some(1.0));
-        assert_eq!(accuracy_value(&r, &spec(None, "nope")), None);
-        assert_eq!(accuracy_value(&r, &spec(Some("verifier"), "score")), Some(1.0));
-        assert_eq!(accuracy_value(&r, &spec(Some("sample-size"), "accuracy")), Some(1.0));
-        assert_eq!(accuracy_value(&r, &spec(Some("verifier"), "accuracy")), None);
-        // No plugin and no component called `score`: the total (this read None before, so
-        // GRPO's `accuracy_threshold` reported 0 accuracy whatever the answers).
-        let total = RewardResult { total: Some(1.1), ..r.clone() };
-        assert_eq!(accuracy_value(&total, &spec(None, "score")), Some(1.1));
     }
 }

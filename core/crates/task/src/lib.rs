@@ -7,7 +7,8 @@
 //! (`deny_unknown_fields`; errors name the file and the key path, as in [`medrl_base::config`]).
 //!
 //! Used by `medrl task list|show|validate`, and by training and evaluation:
-//! [`Task::load`], [`Task::examples`], [`Task::reward_specs`], [`Task::metrics`].
+//! [`Task::load`], [`Task::examples`], [`Task::reward_specs`], [`Task::reward_set_specs`] (the
+//! rewards as medrl-reward loads them, for a trainer or `medrl eval`), [`Task::metrics`].
 //!
 //! ```yaml
 //! name: trialpanorama-sample-size
@@ -23,12 +24,15 @@
 //!     config: {tolerance: 0.2}
 //!     grants: {}                     # judge / search, see GrantsSpec
 //! metrics:
+//!   answer: number                   # how evaluation reads the answer (AnswerKind; default text)
+//!   answer_prefix: ""                # text the reward puts before the response (default "")
 //!   accuracy: {component: accuracy, threshold: 1.0}
 //!   text: [bleu, rouge]
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -45,6 +49,9 @@ pub use validate::{validate, CheckStatus, ValidationReport};
 
 /// The search backend of a reward: `corpus`, `index` or `pubmed`.
 pub use medrl_search::SearchGrant;
+
+/// Where the task's reward reads the answer (`metrics.answer`).
+pub use medrl_reward::AnswerKind;
 
 /// Environment variable naming the tasks folder (the one holding `<name>/task.yaml`).
 pub const TASKS_DIR_ENV: &str = "MEDRL_TASKS_DIR";
@@ -66,6 +73,13 @@ pub enum TaskError {
     Data { task: String, split: Split, source: DataError },
     #[error("task `{task}`: {msg}")]
     Other { task: String, msg: String },
+    /// The judge a reward's grant asks for could not be had; the message is the judge
+    /// provider's own (it names the task and the reward).
+    #[error("{source}")]
+    Judge { task: String, reward: String, source: Box<dyn std::error::Error + Send + Sync> },
+    /// A reward's search backend (corpus, index, PubMed) could not be opened.
+    #[error("task `{task}`: reward `{reward}`: search backend: {source}")]
+    Search { task: String, reward: String, source: medrl_search::SearchError },
 }
 
 /// Dataset splits of a task.
@@ -314,6 +328,18 @@ fn half() -> f64 {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSpec {
+    /// How evaluation reads a response's answer (extract-failure rate, majority vote, the text
+    /// BLEU/ROUGE compare): where the task's reward reads it. `text` (default: the response
+    /// after the last `</think>`), `final_response` (after the last `## Final Response`),
+    /// `answer_tag` (the last `<answer>…</answer>`), `number` (the first number in the last
+    /// `<answer>…</answer>`) or `hcc` (the `<hard_check_survival>` JSON).
+    #[serde(default)]
+    pub answer: AnswerKind,
+    /// Text the reward puts before the response when it reads it (a prompt that ends with
+    /// `<answer>` leaves the opening tag out of the response): prepended before parsing.
+    /// Default: none.
+    #[serde(default)]
+    pub answer_prefix: String,
     /// Which reward component counts as "accuracy", and from which value on a sample is correct.
     pub accuracy: Option<AccuracySpec>,
     /// Text-overlap metrics of the response against the reference answer.
@@ -322,6 +348,20 @@ pub struct MetricsSpec {
     /// Survival metrics (HCC): predicted months as the risk score vs the ground truth's time
     /// and event.
     pub survival: Option<SurvivalSpec>,
+}
+
+impl MetricsSpec {
+    /// The accuracy rule against the task's loaded rewards `reward_names` (in task order): the
+    /// plugin is the one named, else the first reward when the component is the total (`score`)
+    /// or when several rewards could report the component. `medrl eval` and RL validation both
+    /// read accuracy through this.
+    pub fn accuracy_for(&self, reward_names: &[String]) -> Option<medrl_reward::AccuracySpec> {
+        self.accuracy.as_ref().map(|a| medrl_reward::AccuracySpec {
+            plugin: a.plugin.clone().or_else(|| (reward_names.len() > 1 || a.component == "score").then(|| reward_names.first().cloned()).flatten()),
+            component: a.component.clone(),
+            threshold: a.threshold,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -621,6 +661,36 @@ impl Task {
             .collect()
     }
 
+    /// The task's rewards as a [`medrl_reward::RewardSet`] loads them: each under `policy`
+    /// (and the set's own call deadline), its search grant opened from the task's corpus /
+    /// index / PubMed settings, its judge grant resolved by `judge(grant, who)`, where `who`
+    /// is ``task `NAME`: reward `REWARD` `` for the caller's messages (the CLI backs it with a
+    /// model or a constant stand-in, a trainer with the run's judge). Empty when the task
+    /// declares no reward; callers that need one say so in their own terms.
+    pub fn reward_set_specs<E>(
+        &self,
+        policy: medrl_plugin::FailurePolicy,
+        mut judge: impl FnMut(&JudgeGrant, &str) -> Result<Arc<dyn medrl_plugin::Judge>, E>,
+    ) -> Result<Vec<medrl_reward::RewardSpec>, TaskError>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut out = Vec::new();
+        for s in self.reward_specs() {
+            let mut grants = medrl_plugin::Grants::none();
+            if let Some(j) = &s.grants.judge {
+                let who = format!("task `{}`: reward `{}`", self.name(), s.name);
+                grants.judge = Some(judge(j, &who).map_err(|e| TaskError::Judge { task: self.name().into(), reward: s.name.clone(), source: e.into() })?);
+            }
+            let index = s.search_index().map_err(|source| TaskError::Search { task: self.name().into(), reward: s.name.clone(), source })?;
+            if let Some(index) = index {
+                grants = grants.with_search(index);
+            }
+            out.push(medrl_reward::RewardSpec { name: s.name, plugin: s.path, weight: s.weight, config: s.config, grants, policy, timeout: None });
+        }
+        Ok(out)
+    }
+
     pub fn metrics(&self) -> &MetricsSpec {
         &self.config.metrics
     }
@@ -856,6 +926,19 @@ mod tests {
         assert!(e.contains("key `data`"), "{e}");
         let e = parse("name: t\ndata: {train: x}\nprompt_template: \"{q\"\n", f).unwrap_err().to_string();
         assert!(e.contains("prompt_template"), "{e}");
+    }
+
+    #[test]
+    fn metrics_answer_defaults_to_text_and_names_bad_values() {
+        let f = Path::new("t/task.yaml");
+        let c = parse("name: t\ndata: {train: x}\n", f).unwrap();
+        assert_eq!((c.metrics.answer, c.metrics.answer_prefix.as_str()), (AnswerKind::Text, ""));
+        let c = parse("name: t\ndata: {train: x}\nmetrics: {answer: answer_tag, answer_prefix: \"<answer>\"}\n", f).unwrap();
+        assert_eq!((c.metrics.answer, c.metrics.answer_prefix.as_str()), (AnswerKind::AnswerTag, "<answer>"));
+        let e = parse("name: t\ndata: {train: x}\nmetrics: {answer: numbr}\n", f).unwrap_err().to_string();
+        assert!(e.contains("metrics.answer") && e.contains("numbr"), "{e}");
+        let e = parse("name: t\ndata: {train: x}\nmetrics: {answer_prefx: x}\n", f).unwrap_err().to_string();
+        assert!(e.contains("answer_prefx"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   capabilities it requests are exactly the ones granted, the granted corpus loads, and
 //!   scoring one example of each split (its reference answer as the response) with the task's
 //!   config gives a score and no per-sample error;
-//! - the accuracy metric names a component the plugin reports.
+//! - the accuracy metric names a component the plugin reports;
+//! - which answer parser (`metrics.answer`, `metrics.answer_prefix`) evaluation will use.
 //!
 //! A judge grant is backed by a constant stand-in judge (`validate_score`) since validation
 //! runs no model (loading a multi-GB verifier would make validation slow and GPU-bound). The
@@ -241,6 +242,8 @@ pub fn validate(task: &Task, host: &PluginHost) -> ValidationReport {
 
     // Metrics.
     let metrics = task.metrics();
+    let prefix = if metrics.answer_prefix.is_empty() { String::new() } else { format!(" after the prefix {:?}", metrics.answer_prefix) };
+    rep.push("metric answer", Ok, format!("answers parsed as `{}`{prefix}", metrics.answer));
     if let Some(acc) = &metrics.accuracy {
         let plugin = acc.plugin.clone().or_else(|| task.config.rewards.first().map(|r| r.plugin.clone())).unwrap_or_default();
         let comps = components.iter().find(|(n, _)| *n == plugin).map(|(_, c)| c.clone());

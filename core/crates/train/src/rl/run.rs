@@ -20,7 +20,7 @@ use crate::trainable::{Mode, Trainable};
 use crate::{AdamW, LrSchedule};
 use medrl_data::batch::{build_batch, Batch, Batcher, BatchingConfig, MicroBatch};
 use medrl_data::{Example, Origin, TokenizedExample};
-use medrl_eval::run::{AccuracySpec, RewardResult, Rewards};
+use medrl_reward::{AccuracySpec, RewardResult, RewardSet as Rewards};
 use medrl_lm::generate::{generate, SamplingParams, StopConditions};
 use medrl_lm::model::{load_model_dir, CausalLm};
 use medrl_lm::tokenizer::TextTokenizer;

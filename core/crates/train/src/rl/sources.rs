@@ -6,7 +6,7 @@ use crate::error::{setup_err, RunError};
 use crate::rewards::load_rewards;
 use medrl_data::registry::{resolve, DatasetRef};
 use medrl_data::{load_examples, Example, Origin};
-use medrl_eval::run::{AccuracySpec, Rewards};
+use medrl_reward::{AccuracySpec, RewardSet as Rewards};
 use medrl_task::{Split, Task};
 
 /// What a task bundle contributes to a run, after the config's overrides.
@@ -60,14 +60,10 @@ pub(crate) fn load_sources<A: AlgorithmConfig>(cfg: &RlConfig<A>, grants: &medrl
     } else {
         task_rewards(task.as_ref().expect("task"), grants)?
     };
-    let accuracy = match (cfg.accuracy_threshold, task.as_ref().and_then(|t| t.metrics().accuracy.clone())) {
+    let accuracy = match (cfg.accuracy_threshold, &task) {
         (Some(t), _) => Some(AccuracySpec { plugin: None, component: "score".into(), threshold: t }),
-        // As `medrl eval` reads a task's accuracy: `score` or several rewards name the plugin.
-        (None, Some(a)) => Some(AccuracySpec {
-            plugin: a.plugin.clone().or_else(|| (names.len() > 1 || a.component == "score").then(|| names[0].clone())),
-            component: a.component,
-            threshold: a.threshold,
-        }),
+        // As `medrl eval` reads a task's accuracy.
+        (None, Some(task)) => task.metrics().accuracy_for(&names),
         (None, None) => None,
     };
     Ok(Sources { train: train.into_iter().map(|(_, e)| e).collect(), eval, system, rewards, accuracy })
@@ -78,23 +74,13 @@ pub(crate) fn load_sources<A: AlgorithmConfig>(cfg: &RlConfig<A>, grants: &medrl
 /// task's corpus; a judge grant is the run's judge, which must be given (the CLI resolves the
 /// task's own judge grant when no judge flag is set).
 fn task_rewards(task: &Task, grants: &medrl_plugin::Grants) -> Result<(Rewards, Vec<String>), RunError> {
-    use medrl_eval::run::RewardSpec as EvalRewardSpec;
-    let specs = task.reward_specs();
-    if specs.is_empty() {
+    let out = task
+        .reward_set_specs(medrl_plugin::FailurePolicy::Drop, |_, who| {
+            grants.judge.clone().ok_or_else(|| format!("{who} needs a judge model; set grants.judge.model in task.yaml or pass one to the run (CLI: --judge-model DIR, or --test-judge SCORE for a constant stand-in)"))
+        })
+        .map_err(|e| RunError::Reward(e.to_string()))?;
+    if out.is_empty() {
         return Err(RunError::Reward(format!("task `{}` declares no reward plugin; list `rewards` in the config", task.name())));
-    }
-    let mut out = Vec::new();
-    for s in &specs {
-        let mut g = medrl_plugin::Grants::none();
-        if s.grants.judge.is_some() {
-            g.judge = Some(grants.judge.clone().ok_or_else(|| {
-                RunError::Reward(format!("task `{}`: reward `{}` needs a judge model; set grants.judge.model in task.yaml or pass one to the run (CLI: --judge-model DIR, or --test-judge SCORE for a constant stand-in)", task.name(), s.name))
-            })?);
-        }
-        if let Some(index) = s.search_index().map_err(|e| RunError::Reward(format!("reward `{}`: search corpus: {e}", s.name)))? {
-            g = g.with_search(index);
-        }
-        out.push(EvalRewardSpec { name: s.name.clone(), plugin: s.path.clone(), weight: s.weight, config: s.config.clone(), grants: g, policy: medrl_plugin::FailurePolicy::Drop, timeout: None });
     }
     let names = out.iter().map(|s| s.name.clone()).collect();
     let host = medrl_plugin::PluginHost::new(Default::default()).map_err(setup_err)?;

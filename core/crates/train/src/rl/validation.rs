@@ -7,7 +7,8 @@ use serde::Serialize;
 use super::config::EvalSampling;
 use crate::error::{setup_err, RunError};
 use medrl_data::{Example, Origin};
-use medrl_eval::run::{evaluate, AccuracySpec, EvalOptions, MetricSettings, Rewards};
+use medrl_eval::run::{evaluate, EvalOptions, MetricSettings};
+use medrl_reward::{AccuracySpec, RewardSet as Rewards};
 use medrl_lm::model::CausalLm;
 use medrl_lm::tokenizer::TextTokenizer;
 

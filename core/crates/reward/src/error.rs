@@ -1,0 +1,21 @@
+//! What can go wrong loading or scoring rewards.
+
+/// Errors of [`crate::RewardSet`], [`crate::load_rewards`] and [`crate::host`].
+#[derive(Debug, thiserror::Error)]
+pub enum RewardError {
+    /// The plugin host could not start (engine, compile cache).
+    #[error("plugin host: {0}")]
+    Host(#[source] Box<medrl_plugin::PluginError>),
+    /// Loading or calling a plugin failed (with the `fail` policy, a failed call).
+    #[error("reward `{name}`: {source}")]
+    Plugin { name: String, source: Box<medrl_plugin::PluginError> },
+    /// `on_failure` is not `fail`, `drop` or `score:<value>`.
+    #[error("reward `{name}`: on_failure: {msg}")]
+    Policy { name: String, msg: String },
+    /// `timeout_s` is not a usable call deadline.
+    #[error("reward `{name}`: {msg}")]
+    Deadline { name: String, msg: String },
+    /// A reward set needs at least one plugin.
+    #[error("at least one reward plugin is needed")]
+    Empty,
+}
