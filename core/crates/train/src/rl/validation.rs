@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::config::EvalSampling;
-use crate::error::{setup_err, RunError};
+use crate::error::RunError;
 use medrl_data::{Example, Origin};
 use medrl_eval::run::{evaluate, EvalOptions, MetricSettings};
 use medrl_reward::{AccuracySpec, RewardSet as Rewards};
@@ -132,7 +132,7 @@ pub fn validate_with(
         stop_strings: stop.to_vec(),
         progress: false,
     };
-    let (m, preds) = evaluate(model, tok, examples, rewards, &settings, &opts).map_err(setup_err)?;
+    let (m, preds) = evaluate(model, tok, examples, rewards, &settings, &opts)?;
     let scored = preds.iter().filter(|p| p.reward.total.is_some()).count();
     Ok(Validation { mean_reward: m.reward_all_samples.as_ref().map(|s| s.mean).unwrap_or(0.0), accuracy: m.accuracy, scored, dropped: preds.len() - scored })
 }
