@@ -36,6 +36,24 @@ pub struct Example {
     pub data_source: String,
 }
 
+impl Example {
+    /// The prompt: every message before the trailing assistant turn(s). SFT, RL rollouts,
+    /// evaluation and task validation all split an example here: a conversation that ends with
+    /// the assistant's answer is a prompt plus its reference.
+    pub fn prompt_messages(&self) -> &[ChatMessage] {
+        let mut end = self.messages.len();
+        while end > 0 && self.messages[end - 1].role == "assistant" {
+            end -= 1;
+        }
+        &self.messages[..end]
+    }
+
+    /// The reference turn: the last message, when it is the assistant's.
+    pub fn reference_turn(&self) -> Option<&str> {
+        self.messages.last().filter(|m| m.role == "assistant").map(|m| m.content.as_str())
+    }
+}
+
 /// Where a record came from: file and 1-based row (line for JSONL, element for JSON arrays,
 /// row for Parquet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,4 +168,21 @@ pub fn load_examples(spec: &DatasetSpec, policy: BadRowPolicy) -> Result<(Vec<(O
         }
     }
     Ok((out, report))
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn an_example_splits_into_the_prompt_and_its_last_assistant_turn() {
+        let ex = |m: Vec<ChatMessage>| Example { messages: m, ground_truth: serde_json::Value::Null, metadata: serde_json::Value::Null, data_source: String::new() };
+        let e = ex(vec![ChatMessage::system("s"), ChatMessage::user("q"), ChatMessage::assistant("a1"), ChatMessage::assistant("a2")]);
+        assert_eq!(e.prompt_messages().len(), 2);
+        assert_eq!(e.reference_turn(), Some("a2"));
+        let e = ex(vec![ChatMessage::user("q")]);
+        assert_eq!((e.prompt_messages().len(), e.reference_turn()), (1, None));
+        let e = ex(vec![ChatMessage::assistant("only")]);
+        assert_eq!((e.prompt_messages().len(), e.reference_turn()), (0, Some("only")));
+    }
 }

@@ -11,6 +11,10 @@
 //!   `report.json`.
 //!
 //! docs/eval.md describes the command, every metric and the report.
+//!
+//! Layer 8: imports medrl-base, medrl-lm (generation), medrl-data (examples), medrl-plugin and
+//! medrl-reward (scoring); never tasks or training (the CLI maps a task onto an [`EvalTask`];
+//! the trainers call [`evaluate`]). Module order: metrics, answer < run < report.
 
 pub mod answer;
 pub mod metrics;

@@ -205,12 +205,9 @@ fn prepare<'a>(tok: &TextTokenizer, examples: &'a [(Origin, Example)]) -> Result
     examples
         .iter()
         .map(|(origin, ex)| {
-            let mut msgs: Vec<ChatMessage> = ex.messages.clone();
-            let mut reference = answer::reference_text(&ex.ground_truth);
-            if msgs.last().map(|m| m.role.as_str()) == Some("assistant") {
-                let last = msgs.pop().unwrap();
-                reference = reference.or(Some(last.content).filter(|c| !c.trim().is_empty()));
-            }
+            // The prompt and its reference, split as every other user of an example splits it.
+            let msgs: Vec<ChatMessage> = ex.prompt_messages().to_vec();
+            let reference = answer::reference_text(&ex.ground_truth).or_else(|| ex.reference_turn().filter(|c| !c.trim().is_empty()).map(str::to_owned));
             if msgs.is_empty() {
                 return Err(EvalError::Invalid(format!("{origin}: no prompt message")));
             }

@@ -49,19 +49,33 @@ pub fn mem_pool_attribute(
     }
 }
 
-pub fn parse_device(spec: &str) -> Result<Device, String> {
+/// A device or dtype name that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("invalid device {0:?}: expected cuda:N")]
+    BadOrdinal(String),
+    #[error("invalid device {0:?}: expected cpu, cuda, cuda:N or auto")]
+    UnknownDevice(String),
+    #[error("cannot open {spec}: this medrl was built without the `cuda` feature (see docs/cuda.md)")]
+    NoCudaBuild { spec: String },
+    /// The driver refused the device (`detail`: its error).
+    #[error("cannot open {spec}: {detail}")]
+    Open { spec: String, detail: String },
+    #[error("invalid dtype {0:?}: expected f32, bf16, f16 or auto")]
+    UnknownDtype(String),
+}
+
+pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
         s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().map_err(|_| {
-                format!("invalid device {s:?}: expected cuda:N")
-            })?;
+            let ordinal = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().map_err(|_| DeviceError::BadOrdinal(s.to_string()))?;
             let dev = Device::new_cuda(ordinal.unwrap_or(0)).map_err(|e| {
                 if cfg!(feature = "cuda") {
-                    format!("cannot open {s}: {e}")
+                    DeviceError::Open { spec: s.to_string(), detail: e.to_string() }
                 } else {
-                    format!("cannot open {s}: this medrl was built without the `cuda` feature (see docs/cuda.md)")
+                    DeviceError::NoCudaBuild { spec: s.to_string() }
                 }
             })?;
             #[cfg(feature = "cuda")]
@@ -75,18 +89,18 @@ pub fn parse_device(spec: &str) -> Result<Device, String> {
             }
             Ok(dev)
         }
-        other => Err(format!("invalid device {other:?}: expected cpu, cuda, cuda:N or auto")),
+        other => Err(DeviceError::UnknownDevice(other.to_string())),
     }
 }
 
 /// Parse a dtype name; `auto` is bf16 on CUDA and f32 on CPU.
-pub fn parse_dtype(spec: &str, device: &Device) -> Result<DType, String> {
+pub fn parse_dtype(spec: &str, device: &Device) -> Result<DType, DeviceError> {
     match spec {
         "auto" => Ok(if device.is_cuda() { DType::BF16 } else { DType::F32 }),
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" => Ok(DType::F16),
-        other => Err(format!("invalid dtype {other:?}: expected f32, bf16, f16 or auto")),
+        other => Err(DeviceError::UnknownDtype(other.to_string())),
     }
 }
 
@@ -143,4 +157,20 @@ pub fn device_memory_used_mb(device: &candle_core::Device) -> f64 {
         .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok()))
         .map(|pages| pages * 4096.0 / (1024.0 * 1024.0))
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_device_and_dtype_names_say_what_is_expected() {
+        assert_eq!(parse_device("tpu").unwrap_err().to_string(), "invalid device \"tpu\": expected cpu, cuda, cuda:N or auto");
+        assert_eq!(parse_device("cuda:x").unwrap_err(), DeviceError::BadOrdinal("cuda:x".into()));
+        assert_eq!(parse_dtype("f64", &Device::Cpu).unwrap_err().to_string(), "invalid dtype \"f64\": expected f32, bf16, f16 or auto");
+        assert_eq!(parse_dtype("auto", &Device::Cpu).unwrap(), DType::F32);
+        if !cfg!(feature = "cuda") {
+            assert!(matches!(parse_device("cuda:0"), Err(DeviceError::NoCudaBuild { .. })));
+        }
+    }
 }

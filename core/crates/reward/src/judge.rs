@@ -297,8 +297,8 @@ impl ModelJudge {
         if settings.max_length == 0 || settings.max_batch == 0 {
             return Err(setup("max_length and max_batch must be at least 1".into()));
         }
-        let device = medrl_lm::model::parse_device(&settings.device).map_err(setup)?;
-        let dtype = medrl_lm::model::parse_dtype(&settings.dtype, &device).map_err(setup)?;
+        let device = medrl_lm::model::parse_device(&settings.device).map_err(|e| setup(e.to_string()))?;
+        let dtype = medrl_lm::model::parse_dtype(&settings.dtype, &device).map_err(|e| setup(e.to_string()))?;
         let cfg_path = dir.join("config.json");
         let raw: serde_json::Value = std::fs::read_to_string(&cfg_path)
             .ok()

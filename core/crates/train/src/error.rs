@@ -20,6 +20,11 @@ pub enum RunError {
     RunDir(#[from] crate::run_dir::RunDirError),
     #[error(transparent)]
     ConfigFile(#[from] medrl_base::config::ConfigError),
+    /// The config's device or dtype (`key`) cannot be used.
+    #[error("config key `{key}`: {source}")]
+    Device { key: &'static str, source: medrl_nn::device::DeviceError },
+    #[error("config key `{key}`: {source}")]
+    LoraTargets { key: &'static str, source: crate::trainable::LoraTargetError },
     /// A config value that cannot be used as given (`key` is its path in the config).
     #[error("config key `{key}`: {msg}")]
     Config { key: String, msg: String },
@@ -29,11 +34,21 @@ pub enum RunError {
     /// The checkpoint to resume was written by another config or algorithm.
     #[error("{dir}: this checkpoint was written by a different run config (a `{found_kind}` run, config hash {found_hash}; this is a `{kind}` run, hash {hash}): a different training config cannot resume it; resume with the same config, or choose another output_dir")]
     ConfigMismatch { dir: PathBuf, found_kind: String, found_hash: String, kind: String, hash: String },
-    /// Rewards or tasks could not be loaded.
-    #[error("{0}")]
-    Reward(String),
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    Task(#[from] medrl_task::TaskError),
+    #[error(transparent)]
+    Rewards(#[from] medrl_reward::RewardError),
+    #[error(transparent)]
+    Plugin(#[from] medrl_plugin::PluginError),
+    #[error(transparent)]
+    Eval(#[from] medrl_eval::EvalError),
+    #[error("task `{task}` declares no reward plugin; list `rewards` in the config")]
+    NoRewards { task: String },
+    /// Every training prompt was left out (none given, or all longer than `data.max_prompt_len`).
+    #[error("no training prompts")]
+    NoPrompts,
+    #[error("critic {dir}: vocabulary size {critic} differs from the policy's {policy}; the critic must share the policy's tokenizer")]
+    CriticVocab { dir: PathBuf, critic: usize, policy: usize },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -48,9 +63,4 @@ impl RunError {
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
         move |source| RunError::Io { path: path.to_path_buf(), source }
     }
-}
-
-/// Any displayable setup failure (a task, a reward plugin, a tokenizer) as a [`RunError`].
-pub(crate) fn setup_err<E: std::fmt::Display>(e: E) -> RunError {
-    RunError::Setup(e.to_string())
 }

@@ -148,8 +148,8 @@ impl TrainSession {
     /// Parse the device, lock `output_dir`, refuse a folder that holds a run unless resuming,
     /// and write `config.yaml`. The trainable state is restored by [`TrainSession::resume`].
     pub fn open(spec: SessionSpec, opts: &RunOptions) -> Result<Self, RunError> {
-        let device = medrl_nn::device::parse_device(spec.device).map_err(|msg| RunError::Config { key: "device".into(), msg })?;
-        let compute = medrl_nn::device::parse_dtype(spec.dtype, &device).map_err(|msg| RunError::Config { key: "dtype".into(), msg })?;
+        let device = medrl_nn::device::parse_device(spec.device).map_err(|source| RunError::Device { key: "device", source })?;
+        let compute = medrl_nn::device::parse_dtype(spec.dtype, &device).map_err(|source| RunError::Device { key: "dtype", source })?;
         let out = spec.output_dir.to_path_buf();
         // Locked before anything in the folder is read or written, for the whole run.
         let lock = RunLock::acquire(&out)?;
@@ -252,7 +252,7 @@ impl TrainSession {
         if self.state.step < total_steps {
             return Ok(false);
         }
-        let dtype = medrl_nn::device::parse_dtype(export_dtype, &Device::Cpu).map_err(|msg| RunError::Config { key: "training.export_dtype".into(), msg })?;
+        let dtype = medrl_nn::device::parse_dtype(export_dtype, &Device::Cpu).map_err(|source| RunError::Device { key: "training.export_dtype", source })?;
         let (final_dir, adapter_dir) = self.outputs();
         export(trainable, base_model, &final_dir, Some(&adapter_dir), dtype)?;
         Ok(true)

@@ -451,7 +451,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     );
 
     let mode = match &cfg.lora {
-        Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|msg| SftError::Config { key: "lora.targets".into(), msg })? },
+        Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|source| SftError::LoraTargets { key: "lora.targets", source })? },
         None => Mode::Full,
     };
     let trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
@@ -464,7 +464,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     // Generation-based validation with reward plugins (optional), as GRPO and `medrl eval` do it.
     let reward_validation = match &cfg.validation {
         Some(v) => {
-            let rewards = crate::rewards::load_rewards(&v.rewards, &medrl_plugin::Grants::none()).map_err(|e| SftError::Reward(e.to_string()))?;
+            let rewards = crate::rewards::load_rewards(&v.rewards, &medrl_plugin::Grants::none())?;
             let (_, eval_examples, _) = load_split(cfg)?;
             let mut examples: Vec<(Origin, Example)> = eval_examples.into_iter().map(|(o, e)| (o, crate::rl::validation::prompt_example(e, None))).collect();
             if v.limit > 0 {

@@ -36,9 +36,18 @@ impl Default for LoraConfig {
     }
 }
 
+/// A `target_modules` list that names no module medrl can adapt.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoraTargetError {
+    #[error("unknown LoRA target {0:?}; expected one of {LORA_MODULES:?} or \"all-linear\"")]
+    Unknown(String),
+    #[error("no LoRA target modules")]
+    Empty,
+}
+
 impl LoraConfig {
     /// Resolved module names, validated.
-    pub fn targets(&self) -> Result<Vec<String>, String> {
+    pub fn targets(&self) -> Result<Vec<String>, LoraTargetError> {
         let mut out = Vec::new();
         for m in &self.target_modules {
             if m == "all-linear" {
@@ -46,13 +55,13 @@ impl LoraConfig {
             } else if LORA_MODULES.contains(&m.as_str()) {
                 out.push(m.clone());
             } else {
-                return Err(format!("unknown LoRA target {m:?}; expected one of {LORA_MODULES:?} or \"all-linear\""));
+                return Err(LoraTargetError::Unknown(m.clone()));
             }
         }
         out.sort();
         out.dedup();
         if out.is_empty() {
-            return Err("no LoRA target modules".into());
+            return Err(LoraTargetError::Empty);
         }
         Ok(out)
     }
@@ -64,7 +73,7 @@ impl LoraConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(("dropout".into(), "must be in [0, 1)".into()));
         }
-        self.targets().map_err(|m| ("target_modules".into(), m))?;
+        self.targets().map_err(|e| ("target_modules".into(), e.to_string()))?;
         for m in &self.modules_to_save {
             if m != "embed_tokens" && m != "lm_head" {
                 return Err(("modules_to_save".into(), format!("{m:?}: only embed_tokens and lm_head are supported")));

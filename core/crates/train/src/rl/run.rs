@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::config::{AlgorithmConfig, EvalSampling, RlConfig, RlTraining};
 use super::sources::load_sources;
 use super::validation::{prompt_example, prompts_from_examples, validate_with, RlPrompt, Validation};
-use crate::error::{setup_err, RunError};
+use crate::error::RunError;
 use crate::session::{RunOptions, SessionSpec, TrainSession};
 use crate::trainable::{Mode, Trainable};
 use crate::{AdamW, LrSchedule};
@@ -115,12 +115,12 @@ impl RlRun {
             eval.truncate(cfg.data.eval_limit);
         }
         if train.is_empty() {
-            return Err(RunError::Setup("no training prompts".into()));
+            return Err(RunError::NoPrompts);
         }
         tracing::info!(train = train.len(), eval = eval.len(), too_long, "prompts ready");
 
         let mode = match &cfg.lora {
-            Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|msg| RunError::Config { key: "lora.targets".into(), msg })? },
+            Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|source| RunError::LoraTargets { key: "lora.targets", source })? },
             None => Mode::Full,
         };
         let reference = if cfg.algorithm.needs_reference() { Some(load_model_dir(&cfg.model, &device, compute)?.model) } else { None };
@@ -272,7 +272,7 @@ impl RlRun {
             }
             let lp_s = t0.elapsed().as_secs_f64();
             let (scored, reward_s) = handle.join().expect("reward thread");
-            Ok((scored.map_err(setup_err)?, old, refs, extras, lp_s, reward_s))
+            Ok((scored?, old, refs, extras, lp_s, reward_s))
         })?;
         Ok(Rollout { owners, seqs, responses, scored, chunks, old_lps, ref_lps, extra: extras, rollout_tokens, gen_s, logprob_s, reward_s })
     }

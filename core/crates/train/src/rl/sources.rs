@@ -2,7 +2,7 @@
 //! rewards and accuracy, from the config's datasets and rewards or else from its task bundle.
 
 use super::config::{AlgorithmConfig, RlConfig};
-use crate::error::{setup_err, RunError};
+use crate::error::RunError;
 use crate::rewards::load_rewards;
 use medrl_data::registry::{resolve, DatasetRef};
 use medrl_data::{load_examples, Example, Origin};
@@ -25,7 +25,7 @@ pub(crate) fn load_sources<A: AlgorithmConfig>(cfg: &RlConfig<A>, grants: &medrl
     let data = &cfg.data;
     let task = match &data.task {
         Some(t) => {
-            let mut task = Task::load(t).map_err(setup_err)?;
+            let mut task = Task::load(t)?;
             if let Some(s) = &data.system {
                 task.config.system_prompt = Some(s.clone());
             }
@@ -43,7 +43,7 @@ pub(crate) fn load_sources<A: AlgorithmConfig>(cfg: &RlConfig<A>, grants: &medrl
     };
     let task_split = |split: Split| -> Result<Vec<(Origin, Example)>, RunError> {
         match &task {
-            Some(t) if t.splits().contains(&split) => t.examples(split).map_err(setup_err),
+            Some(t) if t.splits().contains(&split) => Ok(t.examples(split)?),
             _ => Ok(Vec::new()),
         }
     };
@@ -54,7 +54,7 @@ pub(crate) fn load_sources<A: AlgorithmConfig>(cfg: &RlConfig<A>, grants: &medrl
     };
     let system = data.system.clone().or_else(|| task.as_ref().and_then(|t| t.config.system_prompt.clone()));
     let (rewards, names) = if !cfg.rewards.is_empty() || task.is_none() {
-        let r = load_rewards(&cfg.rewards, grants).map_err(|e| RunError::Reward(e.to_string()))?;
+        let r = load_rewards(&cfg.rewards, grants)?;
         let names = r.names();
         (r, names)
     } else {
@@ -78,13 +78,13 @@ fn task_rewards(task: &Task, grants: &medrl_plugin::Grants) -> Result<(Rewards, 
         .reward_set_specs(medrl_plugin::FailurePolicy::Drop, |_, who| {
             grants.judge.clone().ok_or_else(|| format!("{who} needs a judge model; set grants.judge.model in task.yaml or pass one to the run (CLI: --judge-model DIR, or --test-judge SCORE for a constant stand-in)"))
         })
-        .map_err(|e| RunError::Reward(e.to_string()))?;
+?;
     if out.is_empty() {
-        return Err(RunError::Reward(format!("task `{}` declares no reward plugin; list `rewards` in the config", task.name())));
+        return Err(RunError::NoRewards { task: task.name().to_string() });
     }
     let names = out.iter().map(|s| s.name.clone()).collect();
-    let host = medrl_plugin::PluginHost::new(Default::default()).map_err(setup_err)?;
-    let rewards = Rewards::load(&host, out, &medrl_plugin::Limits::default()).map_err(setup_err)?;
+    let host = medrl_plugin::PluginHost::new(Default::default())?;
+    let rewards = Rewards::load(&host, out, &medrl_plugin::Limits::default())?;
     Ok((rewards, names))
 }
 

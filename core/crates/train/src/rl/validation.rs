@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::config::EvalSampling;
-use crate::error::{setup_err, RunError};
+use crate::error::RunError;
 use medrl_data::{Example, Origin};
 use medrl_eval::run::{evaluate, EvalOptions, MetricSettings};
 use medrl_reward::{AccuracySpec, RewardSet as Rewards};
@@ -22,15 +22,15 @@ pub struct RlPrompt {
     pub data_source: String,
 }
 
-/// An example as RL sees it: a trailing assistant turn is removed and becomes the ground truth
+/// An example as RL sees it: the trailing assistant turn(s) are removed ([`Example::prompt_messages`])
+/// and the last becomes the ground truth
 /// when the example has none (a reference answer, as dialogue rewards use); `system` is added to
 /// examples without a system message.
 pub fn prompt_example(mut ex: Example, system: Option<&str>) -> Example {
-    if ex.messages.last().is_some_and(|m| m.role == "assistant") {
-        let last = ex.messages.pop().expect("non-empty");
-        if ex.ground_truth.is_null() {
-            ex.ground_truth = serde_json::Value::String(last.content);
-        }
+    let reference = ex.reference_turn().map(str::to_owned);
+    ex.messages.truncate(ex.prompt_messages().len());
+    if let (Some(r), true) = (reference, ex.ground_truth.is_null()) {
+        ex.ground_truth = serde_json::Value::String(r);
     }
     if let Some(s) = system {
         if ex.messages.first().is_none_or(|m| m.role != "system") {
@@ -132,7 +132,7 @@ pub fn validate_with(
         stop_strings: stop.to_vec(),
         progress: false,
     };
-    let (m, preds) = evaluate(model, tok, examples, rewards, &settings, &opts).map_err(setup_err)?;
+    let (m, preds) = evaluate(model, tok, examples, rewards, &settings, &opts)?;
     let scored = preds.iter().filter(|p| p.reward.total.is_some()).count();
     Ok(Validation { mean_reward: m.reward_all_samples.as_ref().map(|s| s.mean).unwrap_or(0.0), accuracy: m.accuracy, scored, dropped: preds.len() - scored })
 }

@@ -357,10 +357,10 @@ impl RlAlgorithm for Ppo {
         let critic_model = load_model_dir(&critic_dir, rl.device(), DType::F32)?.model;
         let policy_vocab = rl.trainable.config().vocab_size;
         if critic_model.cfg.vocab_size != policy_vocab {
-            return Err(RunError::Setup(format!("critic {}: vocabulary size {} differs from the policy's {policy_vocab}; the critic must share the policy's tokenizer", critic_dir.display(), critic_model.cfg.vocab_size)));
+            return Err(RunError::CriticVocab { dir: critic_dir, critic: critic_model.cfg.vocab_size, policy: policy_vocab });
         }
         let critic_mode = match &cc.lora {
-            Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|msg| RunError::Config { key: "critic.lora.targets".into(), msg })? },
+            Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|source| RunError::LoraTargets { key: "critic.lora.targets", source })? },
             None => Mode::Full,
         };
         let critic = ValueModel::new(critic_model, critic_mode, rl.compute(), t.seed, cc.head_init_std)?;
@@ -547,13 +547,13 @@ impl RlAlgorithm for Ppo {
         let t = &cfg.training;
         let final_critic = rl.out().join("final_critic");
         if rl.step() >= t.max_steps {
-            let dtype = medrl_nn::device::parse_dtype(&t.export_dtype, &candle_core::Device::Cpu).map_err(|msg| RunError::Config { key: "training.export_dtype".into(), msg })?;
+            let dtype = medrl_nn::device::parse_dtype(&t.export_dtype, &candle_core::Device::Cpu).map_err(|source| RunError::Device { key: "training.export_dtype", source })?;
             export(&self.critic.backbone, &self.critic_dir, &final_critic, None, dtype)?;
             let critic = &self.critic;
             let head: HashMap<String, Tensor> =
                 [("v_head.weight".to_string(), critic.head_w.as_tensor().to_dtype(dtype)?.to_device(&candle_core::Device::Cpu)?), ("v_head.bias".to_string(), critic.head_b.as_tensor().to_dtype(dtype)?.to_device(&candle_core::Device::Cpu)?)].into();
             let p = final_critic.join("value_head.safetensors");
-            candle_core::safetensors::save(&head, &p).map_err(|e| RunError::Setup(format!("{}: {e}", p.display())))?;
+            candle_core::safetensors::save(&head, &p).map_err(|e| medrl_lm::model::ModelError::WeightsFile { path: p.clone(), msg: e.to_string() })?;
         }
         Ok(BTreeMap::from([("final_critic".to_string(), final_critic)]))
     }
