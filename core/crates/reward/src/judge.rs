@@ -160,6 +160,23 @@ pub enum JudgeError {
     Model(#[from] ModelError),
     #[error("judge tokenizer: {0}")]
     Tokenizer(#[from] TokenizerError),
+    /// A judge prompt could not be rendered or encoded (the tokenizer's own message).
+    #[error("{0}")]
+    Encode(TokenizerError),
+    #[error("the judge prompt encodes to no tokens")]
+    EmptyPrompt,
+    /// A forward pass (scoring or generation) failed or panicked.
+    #[error("judge model {dir}: {msg}")]
+    Forward { dir: PathBuf, msg: String },
+    /// `generate` on a classifier judge.
+    #[error("judge model {dir} is a sequence classifier: it scores prompts but cannot generate text")]
+    CannotGenerate { dir: PathBuf },
+    /// The call waited for the model past the calling plugin's deadline.
+    #[error("judge call timed out: the model did not become free before the plugin call's deadline")]
+    PluginDeadline,
+    /// The call waited for the model past the judge's own `timeout`.
+    #[error("judge call timed out: the model did not become free within {secs:.1} s (judge timeout)")]
+    Timeout { secs: f64 },
 }
 
 /// `owner/name` or `name` made of the characters hub ids allow.
@@ -218,7 +235,7 @@ enum Reply {
 
 #[derive(Default)]
 struct SlotState {
-    result: Option<Result<Reply, String>>,
+    result: Option<Result<Reply, JudgeError>>,
     /// Set by a caller leaving the model free: "try to compute the queue".
     wake: bool,
 }
@@ -230,7 +247,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn finish(&self, r: Result<Reply, String>) {
+    fn finish(&self, r: Result<Reply, JudgeError>) {
         lock(&self.state).result = Some(r);
         self.cv.notify_all();
     }
@@ -385,22 +402,22 @@ impl ModelJudge {
     }
 
     /// The token ids the model sees for a prompt: rendered, encoded and truncated.
-    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, String> {
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, JudgeError> {
         let ids = if self.chat {
             self.tokenizer.encode_chat(&[ChatMessage::user(prompt)], true)
         } else {
             self.tokenizer.encode(prompt, self.settings.add_special_tokens)
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(JudgeError::Encode)?;
         if ids.is_empty() {
-            return Err("the judge prompt encodes to no tokens".into());
+            return Err(JudgeError::EmptyPrompt);
         }
         Ok(truncate(ids, self.settings.max_length, self.settings.truncation, self.bos))
     }
 
     /// Scores of several prompts in one call (batched by `max_batch`), in order. Runs on the
     /// caller's thread once the model is free, without the per-call timeout.
-    pub fn score_many(&self, prompts: &[&str]) -> Result<Vec<f64>, String> {
+    pub fn score_many(&self, prompts: &[&str]) -> Result<Vec<f64>, JudgeError> {
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| self.prompt_ids(p)).collect::<Result<_, _>>()?;
         let guard = lock(&self.busy);
         let mut out = Vec::with_capacity(prompts.len());
@@ -409,7 +426,7 @@ impl ModelJudge {
             match self.score_ids(chunk) {
                 Ok(p) => out.extend(p),
                 Err(e) => {
-                    result = Err(format!("judge model {}: {e}", self.dir.display()));
+                    result = Err(JudgeError::Forward { dir: self.dir.clone(), msg: e.to_string() });
                     break;
                 }
             }
@@ -488,10 +505,10 @@ impl ModelJudge {
         let n = (scores.len() + gens.len()) as u64;
         let mut forwards = 0;
         // A panic inside candle must not leave callers waiting for results that never come.
-        let caught = |f: &mut dyn FnMut() -> candle_core::Result<Vec<Reply>>| -> Result<Vec<Reply>, String> {
+        let caught = |f: &mut dyn FnMut() -> candle_core::Result<Vec<Reply>>| -> Result<Vec<Reply>, BatchFailure> {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                Ok(r) => r.map_err(|e| format!("judge model {}: {e}", self.dir.display())),
-                Err(_) => Err(format!("judge model {}: the forward pass panicked", self.dir.display())),
+                Ok(r) => r.map_err(|e| BatchFailure { dir: self.dir.clone(), msg: e.to_string() }),
+                Err(_) => Err(BatchFailure { dir: self.dir.clone(), msg: "the forward pass panicked".into() }),
             }
         };
         if !scores.is_empty() {
@@ -515,7 +532,7 @@ impl ModelJudge {
     /// Queue one request and wait for its result, computing queued work while the model is free.
     /// It stops waiting for the model at the judge timeout, or at `by` (the calling plugin's
     /// deadline) if that comes first.
-    fn submit(&self, work: Work, by: Option<Instant>) -> Result<Reply, String> {
+    fn submit(&self, work: Work, by: Option<Instant>) -> Result<Reply, JudgeError> {
         let own = Instant::now() + self.settings.timeout;
         let deadline = by.map_or(own, |b| b.min(own));
         let slot = Arc::new(Slot::default());
@@ -565,12 +582,9 @@ impl ModelJudge {
                     }
                     lock(&self.stats).timeouts += 1;
                     if deadline < own {
-                        return Err("judge call timed out: the model did not become free before the plugin call's deadline".into());
+                        return Err(JudgeError::PluginDeadline);
                     }
-                    return Err(format!(
-                        "judge call timed out: the model did not become free within {:.1} s (judge timeout)",
-                        self.settings.timeout.as_secs_f64()
-                    ));
+                    return Err(JudgeError::Timeout { secs: self.settings.timeout.as_secs_f64() });
                 }
                 drop(q);
                 // Already taken into a batch: the forward is bounded, wait for its result.
@@ -583,16 +597,23 @@ impl ModelJudge {
     }
 }
 
-fn deliver(r: Result<Vec<Reply>, String>, slots: impl Iterator<Item = Arc<Slot>>) {
+/// A failed forward, handed to every request of its batch as [`JudgeError::Forward`].
+#[derive(Debug, Clone)]
+struct BatchFailure {
+    dir: PathBuf,
+    msg: String,
+}
+
+fn deliver(r: Result<Vec<Reply>, BatchFailure>, slots: impl Iterator<Item = Arc<Slot>>) {
     match r {
         Ok(replies) => {
             for (reply, s) in replies.into_iter().zip(slots) {
                 s.finish(Ok(reply));
             }
         }
-        Err(e) => {
+        Err(BatchFailure { dir, msg }) => {
             for s in slots {
-                s.finish(Err(e.clone()));
+                s.finish(Err(JudgeError::Forward { dir: dir.clone(), msg: msg.clone() }));
             }
         }
     }
@@ -639,7 +660,7 @@ fn next_token_logits(model: &CausalLm, batch: &[Vec<u32>], pad: u32) -> candle_c
 }
 
 impl ModelJudge {
-    fn score_within(&self, prompt: &str, by: Option<Instant>) -> Result<f64, String> {
+    fn score_within(&self, prompt: &str, by: Option<Instant>) -> Result<f64, JudgeError> {
         let ids = self.prompt_ids(prompt)?;
         match self.submit(Work::Score(ids), by)? {
             Reply::Score(p) => Ok(p),
@@ -647,12 +668,9 @@ impl ModelJudge {
         }
     }
 
-    fn generate_within(&self, prompt: &str, max_tokens: u32, by: Option<Instant>) -> Result<String, String> {
+    fn generate_within(&self, prompt: &str, max_tokens: u32, by: Option<Instant>) -> Result<String, JudgeError> {
         if self.kind == JudgeKind::Classifier {
-            return Err(format!(
-                "judge model {} is a sequence classifier: it scores prompts but cannot generate text",
-                self.dir.display()
-            ));
+            return Err(JudgeError::CannotGenerate { dir: self.dir.clone() });
         }
         let n = (max_tokens as usize).min(self.settings.max_new_tokens);
         if n == 0 {
@@ -668,18 +686,21 @@ impl ModelJudge {
 
 /// Plugin calls pass their deadline (`*_by`): a judge call then waits for the model at most
 /// until the plugin's call would time out anyway, so judge time counts against it.
+///
+/// The trait is medrl-plugin's: its errors are the text handed to the WebAssembly guest, so
+/// [`JudgeError`] becomes a `String` here, and only here.
 impl Judge for ModelJudge {
     fn score(&self, prompt: &str) -> Result<f64, String> {
-        self.score_within(prompt, None)
+        self.score_within(prompt, None).map_err(|e| e.to_string())
     }
     fn generate(&self, prompt: &str, max_tokens: u32) -> Result<String, String> {
-        self.generate_within(prompt, max_tokens, None)
+        self.generate_within(prompt, max_tokens, None).map_err(|e| e.to_string())
     }
     fn score_by(&self, prompt: &str, deadline: Instant) -> Result<f64, String> {
-        self.score_within(prompt, Some(deadline))
+        self.score_within(prompt, Some(deadline)).map_err(|e| e.to_string())
     }
     fn generate_by(&self, prompt: &str, max_tokens: u32, deadline: Instant) -> Result<String, String> {
-        self.generate_within(prompt, max_tokens, Some(deadline))
+        self.generate_within(prompt, max_tokens, Some(deadline)).map_err(|e| e.to_string())
     }
 }
 
@@ -780,6 +801,20 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         assert!(lock(&j.queue).is_empty(), "a timed-out request leaves the queue");
         assert!(j.score("What is the dose?").unwrap() > 0.0);
+    }
+
+    /// The typed errors render the text plugins and users have always seen.
+    #[test]
+    fn judge_error_wording() {
+        let dir = PathBuf::from("/m/verifier");
+        assert_eq!(JudgeError::EmptyPrompt.to_string(), "the judge prompt encodes to no tokens");
+        assert_eq!(JudgeError::Forward { dir: dir.clone(), msg: "the forward pass panicked".into() }.to_string(), "judge model /m/verifier: the forward pass panicked");
+        assert_eq!(
+            JudgeError::CannotGenerate { dir }.to_string(),
+            "judge model /m/verifier is a sequence classifier: it scores prompts but cannot generate text"
+        );
+        assert_eq!(JudgeError::PluginDeadline.to_string(), "judge call timed out: the model did not become free before the plugin call's deadline");
+        assert_eq!(JudgeError::Timeout { secs: 120.0 }.to_string(), "judge call timed out: the model did not become free within 120.0 s (judge timeout)");
     }
 
     #[test]

@@ -21,7 +21,12 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{prompt_messages, reference_answer, RewardSpec, Split, Task};
+use crate::bundle::{RewardSpec, Task};
+use crate::example::{prompt_messages, reference_answer};
+use crate::grants::JudgeGrant;
+use crate::schema::Split;
+
+pub use crate::example::{ground_truth_object, reference_text};
 use medrl_plugin::{sample, Capability, FailurePolicy, Grants, InMemoryJudge, Outcome, PluginHost, PluginOptions, Sample};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,19 +94,19 @@ pub fn example_sample(ex: &medrl_data::Example, response: &str) -> Sample {
 
 /// The capability grants of a reward spec, for validation (judge: constant stand-in; search:
 /// the task's real backend).
-pub fn validation_grants(spec: &RewardSpec) -> Result<Grants, String> {
+pub fn validation_grants(spec: &RewardSpec) -> Result<Grants, medrl_search::SearchError> {
     let mut g = Grants::none();
     if let Some(j) = &spec.grants.judge {
         g = g.with_judge(Box::new(InMemoryJudge { default_score: j.validate_score, reply: "True".into(), ..Default::default() }));
     }
-    if let Some(idx) = spec.search_index().map_err(|e| e.to_string())? {
+    if let Some(idx) = spec.search_index()? {
         g = g.with_search(idx);
     }
     Ok(g)
 }
 
 /// Where the judge model of a grant is, checked without loading it.
-fn judge_model_check(j: &super::JudgeGrant, task_dir: &std::path::Path) -> (CheckStatus, String) {
+fn judge_model_check(j: &JudgeGrant, task_dir: &std::path::Path) -> (CheckStatus, String) {
     let stand_in = format!("validation uses the stand-in score {}", j.validate_score);
     let Some(m) = &j.model else {
         return (CheckStatus::Warn, format!("no model named; medrl eval and grpo need --judge-model DIR ({stand_in})"));
@@ -179,7 +184,7 @@ pub fn validate(task: &Task, host: &PluginHost) -> ValidationReport {
         }
         let grants = match validation_grants(&spec) {
             Err(e) => {
-                rep.push(format!("{what} grants"), Fail, e);
+                rep.push(format!("{what} grants"), Fail, e.to_string());
                 continue;
             }
             Result::Ok(g) => g,
@@ -276,22 +281,4 @@ pub fn validate(task: &Task, host: &PluginHost) -> ValidationReport {
         }
     }
     rep
-}
-
-/// A ground truth that may be a JSON object or a string holding one (VERL passes strings).
-pub fn ground_truth_object(v: &Value) -> Value {
-    match v {
-        Value::String(s) => serde_json::from_str(s).ok().filter(Value::is_object).unwrap_or(Value::Null),
-        Value::Object(_) => v.clone(),
-        _ => Value::Null,
-    }
-}
-
-/// Reference text in a ground truth: a string, or one of `reference` / `answer` / `output` / `response`.
-pub fn reference_text(v: &Value) -> Option<&str> {
-    match v {
-        Value::String(s) => Some(s),
-        Value::Object(o) => ["reference", "answer", "output", "response"].iter().find_map(|k| o.get(*k).and_then(Value::as_str)),
-        _ => None,
-    }
 }
