@@ -52,6 +52,23 @@ impl Example {
     pub fn reference_turn(&self) -> Option<&str> {
         self.messages.last().filter(|m| m.role == "assistant").map(|m| m.content.as_str())
     }
+
+    /// The reference answer: the ground truth's reference text ([`reference_text`]), else a
+    /// non-blank reference turn.
+    pub fn reference(&self) -> Option<&str> {
+        reference_text(&self.ground_truth).or_else(|| self.reference_turn().filter(|c| !c.trim().is_empty()))
+    }
+}
+
+/// The reference text of a ground truth: a non-blank string, or an object's non-blank
+/// `reference`, `answer`, `output`, `response` or `Ground-True Answer` (medical-o1's key).
+pub fn reference_text(gt: &serde_json::Value) -> Option<&str> {
+    use serde_json::Value;
+    match gt {
+        Value::String(s) if !s.trim().is_empty() => Some(s),
+        Value::Object(m) => ["reference", "answer", "output", "response", "Ground-True Answer"].iter().find_map(|k| m.get(*k).and_then(Value::as_str)).filter(|s| !s.trim().is_empty()),
+        _ => None,
+    }
 }
 
 /// Where a record came from: file and 1-based row (line for JSONL, element for JSON arrays,

@@ -240,18 +240,9 @@ pub fn true_stage(gt: &Value) -> Option<&'static str> {
 /// Stage labels in table order (`unknown`: a field was missing).
 pub const STAGES: [&str; 6] = ["0", "A", "B", "C", "D", "unknown"];
 
-/// The reference text of a ground truth: a string, or an object's `reference`, `answer`,
-/// `output`, `response` or `Ground-True Answer`.
+/// The reference text of a ground truth ([`medrl_data::reference_text`], owned).
 pub fn reference_text(gt: &Value) -> Option<String> {
-    match gt {
-        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
-        Value::Object(m) => ["reference", "answer", "output", "response", "Ground-True Answer"]
-            .iter()
-            .find_map(|k| m.get(*k).and_then(Value::as_str))
-            .filter(|s| !s.trim().is_empty())
-            .map(str::to_string),
-        _ => None,
-    }
+    medrl_data::reference_text(gt).map(str::to_string)
 }
 
 /// Survival ground truth: (months, event) from `time_field` and `event_field` (1 died, 0

@@ -207,7 +207,7 @@ fn prepare<'a>(tok: &TextTokenizer, examples: &'a [(Origin, Example)]) -> Result
         .map(|(origin, ex)| {
             // The prompt and its reference, split as every other user of an example splits it.
             let msgs: Vec<ChatMessage> = ex.prompt_messages().to_vec();
-            let reference = answer::reference_text(&ex.ground_truth).or_else(|| ex.reference_turn().filter(|c| !c.trim().is_empty()).map(str::to_owned));
+            let reference = ex.reference().map(str::to_owned);
             if msgs.is_empty() {
                 return Err(EvalError::Invalid(format!("{origin}: no prompt message")));
             }

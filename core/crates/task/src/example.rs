@@ -6,18 +6,16 @@ use serde_json::Value;
 use medrl_data::Example;
 use medrl_lm::tokenizer::ChatMessage;
 
-/// The messages that make up the prompt: everything before the final assistant turn(s).
+/// The messages that make up the prompt: everything before the final assistant turn(s)
+/// ([`Example::prompt_messages`], the split every user of an example makes).
 pub fn prompt_messages(ex: &Example) -> &[ChatMessage] {
-    let mut end = ex.messages.len();
-    while end > 0 && ex.messages[end - 1].role == "assistant" {
-        end -= 1;
-    }
-    &ex.messages[..end]
+    ex.prompt_messages()
 }
 
-/// The reference answer of an example: its last assistant message, if any.
+/// The reference answer of an example: its last assistant message, if any
+/// ([`Example::reference_turn`]).
 pub fn reference_answer(ex: &Example) -> Option<&str> {
-    ex.messages.last().filter(|m| m.role == "assistant").map(|m| m.content.as_str())
+    ex.reference_turn()
 }
 
 /// A ground truth that may be a JSON object or a string holding one (VERL passes strings).
@@ -29,11 +27,5 @@ pub fn ground_truth_object(v: &Value) -> Value {
     }
 }
 
-/// Reference text in a ground truth: a string, or one of `reference` / `answer` / `output` / `response`.
-pub fn reference_text(v: &Value) -> Option<&str> {
-    match v {
-        Value::String(s) => Some(s),
-        Value::Object(o) => ["reference", "answer", "output", "response"].iter().find_map(|k| o.get(*k).and_then(Value::as_str)),
-        _ => None,
-    }
-}
+/// Reference text in a ground truth, as evaluation reads it.
+pub use medrl_data::reference_text;
