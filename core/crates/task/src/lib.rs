@@ -614,7 +614,8 @@ impl Task {
             if let Some(t) = &self.config.prompt_template {
                 inject_prompt(&mut value, t, &spec).map_err(row_err)?;
             }
-            let mut ex = formats::to_example(&value, &spec.formatting, &spec.columns, &spec.tags).map_err(row_err)?;
+            let mut ex = formats::to_example(&value, &spec.formatting, &spec.columns, &spec.tags)
+                .map_err(|source| err(DataError::Record { origin: origin.clone(), source }))?;
             let system = spec.system.as_ref().or(self.config.system_prompt.as_ref());
             if let Some(system) = system {
                 if ex.messages.first().map(|m| m.role.as_str()) != Some("system") {
@@ -737,7 +738,7 @@ fn parse(text: &str, file: &Path) -> Result<TaskConfig, TaskError> {
             return Err(invalid(format!("rewards[{i}].config"), "must be a mapping".into()));
         }
         if let Some(s) = &r.grants.search {
-            s.check().map_err(|m| invalid(format!("rewards[{i}].grants.search"), m))?;
+            s.check().map_err(|e| invalid(format!("rewards[{i}].grants.search"), e.to_string()))?;
         }
         if let Some(j) = &r.grants.judge {
             if !(0.0..=1.0).contains(&j.validate_score) {
