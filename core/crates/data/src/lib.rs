@@ -4,6 +4,15 @@
 //!
 //! Every record keeps its origin (file and 1-based row), so a malformed row is reported where
 //! the user can find it; the caller decides whether to stop or skip ([`BadRowPolicy`]).
+//!
+//! Errors are typed ([`DataError`]; a record's own fault is a [`formats::RecordError`], a damaged
+//! Parquet row group a [`read::RowGroupFault`], a column that cannot be written a
+//! [`write::ColumnError`]); their messages name the file, row, column or key.
+//!
+//! Layer 3: imports medrl-base, medrl-nn (`MASK_VALUE`), medrl-lm (tokenizer, chat messages) and
+//! medrl-reward-sdk (JSON helpers shared with reward plugins); never plugin, search, reward,
+//! task, eval or train. Module order inside: read < write; tokenize < formats < registry
+//! (a record's errors include tokenizing's); tokenize < batch.
 
 pub mod batch;
 pub mod formats;
@@ -94,6 +103,10 @@ pub enum DataError {
     /// One record that cannot be used. Skippable under [`BadRowPolicy::Skip`].
     #[error("{origin}: {msg}")]
     Row { origin: Origin, msg: String },
+    /// A record that cannot be converted, trained on or tokenized (the same message as
+    /// [`DataError::Row`], typed). Skippable under [`BadRowPolicy::Skip`].
+    #[error("{origin}: {source}")]
+    Record { origin: Origin, source: formats::RecordError },
     #[error("dataset `{name}`: {msg}")]
     Registry { name: String, msg: String },
     #[error("{0}")]
@@ -102,14 +115,25 @@ pub enum DataError {
     Empty { msg: String },
     /// A Parquet row group that cannot be decoded (damaged pages). Not skippable: the rows of a
     /// damaged row group cannot be told apart, so the file fails.
-    #[error("{path} row group {row_group} of {row_groups} ({rows} rows from row {first_row}): {msg}")]
-    RowGroup { path: PathBuf, row_group: usize, row_groups: usize, first_row: usize, rows: usize, msg: String },
+    #[error("{path} row group {row_group} of {row_groups} ({rows} rows from row {first_row}): {fault}")]
+    RowGroup { path: PathBuf, row_group: usize, row_groups: usize, first_row: usize, rows: usize, fault: read::RowGroupFault },
+    /// A column that cannot be written to Parquet (mixed types, ...).
+    #[error("{path}: column `{column}`: {source}")]
+    Column { path: PathBuf, column: String, source: write::ColumnError },
     /// A dataset file without a single record.
     #[error("{path}: the dataset file has no records (it is empty)")]
     EmptyFile { path: PathBuf },
     /// An error in the dataset a config key names (`data.train[0]`).
     #[error("{key}: {source}")]
     Dataset { key: String, source: Box<DataError> },
+}
+
+impl DataError {
+    /// One record's error ([`DataError::Row`], [`DataError::Record`]): skippable under
+    /// [`BadRowPolicy::Skip`].
+    pub fn is_row(&self) -> bool {
+        matches!(self, DataError::Row { .. } | DataError::Record { .. })
+    }
 }
 
 /// What to do with a record that cannot be parsed, converted or tokenized.
@@ -166,7 +190,7 @@ pub fn load_examples(spec: &DatasetSpec, policy: BadRowPolicy) -> Result<(Vec<(O
         let converted = rec.and_then(|(origin, value)| {
             formats::to_example(&value, &spec.formatting, &spec.columns, &spec.tags)
                 .map(|ex| (origin.clone(), ex))
-                .map_err(|msg| DataError::Row { origin, msg })
+                .map_err(|source| DataError::Record { origin, source })
         });
         match converted {
             Ok((origin, mut ex)) => {
@@ -180,7 +204,7 @@ pub fn load_examples(spec: &DatasetSpec, policy: BadRowPolicy) -> Result<(Vec<(O
                 }
                 out.push((origin, ex))
             }
-            Err(e @ DataError::Row { .. }) if policy == BadRowPolicy::Skip => report.skip(&e),
+            Err(e) if e.is_row() && policy == BadRowPolicy::Skip => report.skip(&e),
             Err(e) => return Err(e),
         }
     }

@@ -118,25 +118,95 @@ fn read_parquet(path: &Path) -> Result<Vec<Record>, DataError> {
     for g in 0..groups {
         let meta = reader.metadata().row_group(g);
         let rows = usize::try_from(meta.num_rows()).unwrap_or(0);
-        let fail = |msg: String| DataError::RowGroup { path: path.into(), row_group: g + 1, row_groups: groups, first_row, rows, msg };
+        let fail = |fault: RowGroupFault| DataError::RowGroup { path: path.into(), row_group: g + 1, row_groups: groups, first_row, rows, fault };
         if meta.num_rows() < 0 {
-            return Err(fail(format!("the footer gives a negative row count {}", meta.num_rows())));
+            return Err(fail(RowGroupFault::NegativeRowCount { rows: meta.num_rows() }));
         }
-        check_pages(&data, meta).map_err(fail)?;
-        let group = reader.get_row_group(g).map_err(|e| fail(short(e)))?;
-        let iter = parquet::record::reader::RowIter::from_row_group(None, group.as_ref()).map_err(|e| fail(format!("cannot decode: {}", short(e))))?;
+        check_pages(&data, meta).map_err(|e| fail(e.into()))?;
+        let group = reader.get_row_group(g).map_err(|e| fail(RowGroupFault::Open { detail: short(e) }))?;
+        let iter = parquet::record::reader::RowIter::from_row_group(None, group.as_ref())
+            .map_err(|e| fail(RowGroupFault::Decode { detail: short(e) }))?;
         let mut n = 0;
         for row in iter {
-            let row = row.map_err(|e| fail(format!("cannot decode row {}: {}", first_row + n, short(e))))?;
+            let row = row.map_err(|e| fail(RowGroupFault::DecodeRow { row: first_row + n, detail: short(e) }))?;
             out.push(Ok((origin(path, first_row + n), row.to_json_value())));
             n += 1;
         }
         if n != rows {
-            return Err(fail(format!("decoded {n} rows, the footer says {rows}")));
+            return Err(fail(RowGroupFault::RowCount { decoded: n, footer: rows }));
         }
         first_row += rows;
     }
     Ok(out)
+}
+
+/// Why a Parquet row group cannot be read ([`DataError::RowGroup`] adds the file and the row
+/// group). `detail` is the Parquet crate's message, shortened ([`short`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RowGroupFault {
+    #[error("the footer gives a negative row count {rows}")]
+    NegativeRowCount { rows: i64 },
+    #[error(transparent)]
+    Page(#[from] PageError),
+    #[error("{detail}")]
+    Open { detail: String },
+    #[error("cannot decode: {detail}")]
+    Decode { detail: String },
+    #[error("cannot decode row {row}: {detail}")]
+    DecodeRow { row: usize, detail: String },
+    #[error("decoded {decoded} rows, the footer says {footer}")]
+    RowCount { decoded: usize, footer: usize },
+}
+
+/// A page of a column chunk that disagrees with the footer ([`check_pages`]).
+#[derive(Debug, thiserror::Error)]
+#[error("column `{column}`: {fault}")]
+pub struct PageError {
+    pub column: String,
+    pub fault: PageFault,
+}
+
+/// What is wrong with a page; `at` is the page header's byte offset in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum PageFault {
+    #[error("the footer places its {len} bytes at offset {start}, outside the file ({file_len} bytes)")]
+    OutsideFile { len: i64, start: i64, file_len: usize },
+    #[error("unreadable page header at byte {at}: {source}")]
+    Header { at: usize, source: ThriftError },
+    #[error("the page at byte {at} claims {size} bytes, the column chunk has {left} left")]
+    PastChunk { at: usize, size: i32, left: usize },
+    #[error("the page at byte {at} claims a negative size {size}")]
+    NegativeSize { at: usize, size: i32 },
+    /// `page`: "data" or "dictionary".
+    #[error("the {page} page at byte {at} has no valid value count ({num_values:?})")]
+    NoValueCount { at: usize, page: &'static str, num_values: Option<i32> },
+    #[error("the pages up to byte {at} claim {values} values, the footer gives the column chunk {total}")]
+    TooManyValues { at: usize, values: i64, total: i64 },
+    #[error("the page at byte {at} claims {num_rows:?} rows, the row group has {rows}")]
+    TooManyRows { at: usize, num_rows: Option<i32>, rows: i64 },
+    #[error("the dictionary page at byte {at} claims {entries} entries in {bytes} bytes")]
+    DictionaryTooLarge { at: usize, entries: u64, bytes: i32 },
+    #[error("the page at byte {at} has an unknown page type {page_type}")]
+    UnknownPageType { at: usize, page_type: i32 },
+}
+
+/// Why a page header (Thrift compact protocol) cannot be parsed ([`page_header`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ThriftError {
+    #[error("truncated")]
+    Truncated,
+    #[error("varint too long")]
+    VarintTooLong,
+    #[error("i32 out of range")]
+    I32OutOfRange,
+    #[error("field id out of range")]
+    FieldIdOutOfRange,
+    #[error("nested too deep")]
+    TooDeep,
+    #[error("unknown Thrift type {0}")]
+    UnknownType(u8),
+    #[error("a required field (type, sizes) is missing")]
+    MissingField,
 }
 
 /// A decoder error for a message: the Parquet crate's can quote a whole value, twice, as bytes.
@@ -155,18 +225,19 @@ fn short(e: impl std::fmt::Display) -> String {
 /// bounds every list and every value the decoder reads); a dictionary holds no more entries
 /// than its page's bytes can encode (which bounds the decoder's dictionary allocation); a v2
 /// page holds no more rows than the row group.
-fn check_pages(data: &[u8], meta: &parquet::file::metadata::RowGroupMetaData) -> Result<(), String> {
+fn check_pages(data: &[u8], meta: &parquet::file::metadata::RowGroupMetaData) -> Result<(), PageError> {
     use parquet::basic::Type;
     let rows = meta.num_rows();
     for c in meta.columns() {
         let name = c.column_path().string();
+        let err = |fault: PageFault| PageError { column: name.clone(), fault };
         let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
         let len = c.compressed_size();
         let chunk = usize::try_from(start)
             .ok()
             .zip(usize::try_from(len).ok())
             .and_then(|(s, l)| data.get(s..s.checked_add(l)?))
-            .ok_or_else(|| format!("column `{name}`: the footer places its {len} bytes at offset {start}, outside the file ({} bytes)", data.len()))?;
+            .ok_or_else(|| err(PageFault::OutsideFile { len, start, file_len: data.len() }))?;
         let total = c.num_values();
         // Fewest bytes one dictionary entry takes in PLAIN encoding (booleans: one bit).
         let (entry_bytes, entries_per_byte) = match c.column_type() {
@@ -180,38 +251,40 @@ fn check_pages(data: &[u8], meta: &parquet::file::metadata::RowGroupMetaData) ->
         let mut values: i64 = 0;
         while pos < chunk.len() {
             let at = start as usize + pos;
-            let (h, header_len) = page_header(&chunk[pos..]).map_err(|m| format!("column `{name}`: unreadable page header at byte {at}: {m}"))?;
+            let (h, header_len) = page_header(&chunk[pos..]).map_err(|source| err(PageFault::Header { at, source }))?;
             pos += header_len;
             let left = chunk.len() - pos;
             if h.compressed_size < 0 || h.compressed_size as usize > left {
-                return Err(format!("column `{name}`: the page at byte {at} claims {} bytes, the column chunk has {left} left", h.compressed_size));
+                return Err(err(PageFault::PastChunk { at, size: h.compressed_size, left }));
             }
             if h.uncompressed_size < 0 {
-                return Err(format!("column `{name}`: the page at byte {at} claims a negative size {}", h.uncompressed_size));
+                return Err(err(PageFault::NegativeSize { at, size: h.uncompressed_size }));
             }
             pos += h.compressed_size as usize;
-            let count = |n: Option<i32>, what: &str| n.filter(|n| *n >= 0).map(i64::from).ok_or_else(|| format!("column `{name}`: the {what} page at byte {at} has no valid value count ({n:?})"));
+            let count = |n: Option<i32>, page: &'static str| {
+                n.filter(|n| *n >= 0).map(i64::from).ok_or_else(|| err(PageFault::NoValueCount { at, page, num_values: n }))
+            };
             match h.page_type {
                 // DATA_PAGE, DATA_PAGE_V2
                 0 | 3 => {
                     values += count(h.num_values, "data")?;
                     if values > total {
-                        return Err(format!("column `{name}`: the pages up to byte {at} claim {values} values, the footer gives the column chunk {total}"));
+                        return Err(err(PageFault::TooManyValues { at, values, total }));
                     }
                     if h.page_type == 3 && h.num_rows.is_none_or(|r| r < 0 || i64::from(r) > rows) {
-                        return Err(format!("column `{name}`: the page at byte {at} claims {:?} rows, the row group has {rows}", h.num_rows));
+                        return Err(err(PageFault::TooManyRows { at, num_rows: h.num_rows, rows }));
                     }
                 }
                 // DICTIONARY_PAGE
                 2 => {
                     let n = count(h.num_values, "dictionary")? as u64;
                     if n.div_ceil(entries_per_byte) * entry_bytes > h.uncompressed_size as u64 {
-                        return Err(format!("column `{name}`: the dictionary page at byte {at} claims {n} entries in {} bytes", h.uncompressed_size));
+                        return Err(err(PageFault::DictionaryTooLarge { at, entries: n, bytes: h.uncompressed_size }));
                     }
                 }
                 // INDEX_PAGE: skipped by the reader too
                 1 => {}
-                t => return Err(format!("column `{name}`: the page at byte {at} has an unknown page type {t}")),
+                t => return Err(err(PageFault::UnknownPageType { at, page_type: t })),
             }
         }
     }
@@ -233,7 +306,7 @@ struct PageHeader {
 /// Parses a Parquet `PageHeader` (Thrift compact protocol) at the start of `b`; returns it and
 /// its length in bytes. Every other field is skipped; nesting is limited, and every element
 /// takes at least one byte, so garbage ends in an error, never in a long loop.
-fn page_header(b: &[u8]) -> Result<(PageHeader, usize), String> {
+fn page_header(b: &[u8]) -> Result<(PageHeader, usize), ThriftError> {
     let mut t = Thrift { b, pos: 0 };
     let mut h = PageHeader::default();
     let (mut has_type, mut has_sizes) = (false, 0);
@@ -276,7 +349,7 @@ fn page_header(b: &[u8]) -> Result<(PageHeader, usize), String> {
         Ok(())
     })?;
     if !has_type || has_sizes != 3 {
-        return Err("a required field (type, sizes) is missing".into());
+        return Err(ThriftError::MissingField);
     }
     Ok((h, t.pos))
 }
@@ -290,13 +363,13 @@ struct Thrift<'a> {
 impl Thrift<'_> {
     const MAX_DEPTH: usize = 16;
 
-    fn byte(&mut self) -> Result<u8, String> {
-        let v = *self.b.get(self.pos).ok_or("truncated")?;
+    fn byte(&mut self) -> Result<u8, ThriftError> {
+        let v = *self.b.get(self.pos).ok_or(ThriftError::Truncated)?;
         self.pos += 1;
         Ok(v)
     }
 
-    fn varint(&mut self) -> Result<u64, String> {
+    fn varint(&mut self) -> Result<u64, ThriftError> {
         let mut v = 0u64;
         for shift in (0..70).step_by(7) {
             let b = self.byte()?;
@@ -305,28 +378,28 @@ impl Thrift<'_> {
                 return Ok(v);
             }
         }
-        Err("varint too long".into())
+        Err(ThriftError::VarintTooLong)
     }
 
-    fn zigzag(&mut self) -> Result<i64, String> {
+    fn zigzag(&mut self) -> Result<i64, ThriftError> {
         let v = self.varint()?;
         Ok((v >> 1) as i64 ^ -((v & 1) as i64))
     }
 
-    fn i32(&mut self) -> Result<i32, String> {
-        i32::try_from(self.zigzag()?).map_err(|_| "i32 out of range".to_string())
+    fn i32(&mut self) -> Result<i32, ThriftError> {
+        i32::try_from(self.zigzag()?).map_err(|_| ThriftError::I32OutOfRange)
     }
 
-    fn take(&mut self, n: u64) -> Result<(), String> {
-        let end = usize::try_from(n).ok().and_then(|n| self.pos.checked_add(n)).filter(|&e| e <= self.b.len()).ok_or("truncated")?;
+    fn take(&mut self, n: u64) -> Result<(), ThriftError> {
+        let end = usize::try_from(n).ok().and_then(|n| self.pos.checked_add(n)).filter(|&e| e <= self.b.len()).ok_or(ThriftError::Truncated)?;
         self.pos = end;
         Ok(())
     }
 
     /// Reads a struct's fields up to its stop byte, calling `f(self, field id, type)` for each.
-    fn fields(&mut self, depth: usize, mut f: impl FnMut(&mut Self, i16, u8) -> Result<(), String>) -> Result<(), String> {
+    fn fields(&mut self, depth: usize, mut f: impl FnMut(&mut Self, i16, u8) -> Result<(), ThriftError>) -> Result<(), ThriftError> {
         if depth > Self::MAX_DEPTH {
-            return Err("nested too deep".into());
+            return Err(ThriftError::TooDeep);
         }
         let mut last: i16 = 0;
         loop {
@@ -336,8 +409,8 @@ impl Thrift<'_> {
                 return Ok(());
             }
             let id = match b >> 4 {
-                0 => i16::try_from(self.zigzag()?).map_err(|_| "field id out of range")?,
-                d => last.checked_add(i16::from(d)).ok_or("field id out of range")?,
+                0 => i16::try_from(self.zigzag()?).map_err(|_| ThriftError::FieldIdOutOfRange)?,
+                d => last.checked_add(i16::from(d)).ok_or(ThriftError::FieldIdOutOfRange)?,
             };
             last = id;
             f(self, id, ty)?;
@@ -345,13 +418,13 @@ impl Thrift<'_> {
     }
 
     /// Skips one value of compact type `ty` (booleans as fields carry their value in the type).
-    fn skip(&mut self, ty: u8, depth: usize) -> Result<(), String> {
+    fn skip(&mut self, ty: u8, depth: usize) -> Result<(), ThriftError> {
         self.skip_value(ty, depth, false)
     }
 
-    fn skip_value(&mut self, ty: u8, depth: usize, in_list: bool) -> Result<(), String> {
+    fn skip_value(&mut self, ty: u8, depth: usize, in_list: bool) -> Result<(), ThriftError> {
         if depth > Self::MAX_DEPTH {
-            return Err("nested too deep".into());
+            return Err(ThriftError::TooDeep);
         }
         match ty {
             1 | 2 if !in_list => Ok(()),
@@ -386,7 +459,7 @@ impl Thrift<'_> {
             }
             12 => self.fields(depth + 1, |t, _, ty| t.skip(ty, depth + 1)),
             13 => self.take(16),
-            t => Err(format!("unknown Thrift type {t}")),
+            t => Err(ThriftError::UnknownType(t)),
         }
     }
 }
@@ -571,6 +644,17 @@ mod tests {
             system: None,
             num_samples: None,
         }
+    }
+
+    /// Page header errors render as they always have.
+    #[test]
+    fn page_errors_keep_their_messages() {
+        assert_eq!(page_header(&[]).unwrap_err(), ThriftError::Truncated);
+        assert_eq!(page_header(&[0x00]).unwrap_err().to_string(), "a required field (type, sizes) is missing");
+        let e = PageError { column: "prompt.list.element.role".into(), fault: PageFault::Header { at: 4, source: ThriftError::UnknownType(14) } };
+        assert_eq!(e.to_string(), "column `prompt.list.element.role`: unreadable page header at byte 4: unknown Thrift type 14");
+        let f: RowGroupFault = PageError { column: "a".into(), fault: PageFault::NoValueCount { at: 9, page: "data", num_values: None } }.into();
+        assert_eq!(f.to_string(), "column `a`: the data page at byte 9 has no valid value count (None)");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Example;
-use medrl_lm::tokenizer::{ChatMessage, TextTokenizer};
+use medrl_lm::tokenizer::{ChatMessage, TextTokenizer, TokenizerError};
 
 /// Which tokens the loss is computed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -71,9 +71,26 @@ pub enum Dropped {
     NothingToTrain,
 }
 
+/// Why an example cannot be tokenized (a row error: the caller adds the file and row).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizeError {
+    /// The chat template failed to render the conversation.
+    #[error(transparent)]
+    Template(#[from] TokenizerError),
+    /// `message`: index of the assistant message whose span cannot be located.
+    #[error(
+        "the chat template is not prefix-stable at message {message} (rendering later turns rewrites earlier text), so \
+         assistant spans cannot be located; use single-turn examples or `train_on: all`"
+    )]
+    NotPrefixStable { message: usize },
+    /// The tokenizer failed to encode the rendered text.
+    #[error("tokenizer: {source}")]
+    Encode { source: Box<dyn std::error::Error + Send + Sync> },
+}
+
 /// Character spans (byte offsets into `full`) of the trained turns, and the full rendering.
-pub fn trained_spans(tok: &TextTokenizer, messages: &[ChatMessage], train_on: TrainOn) -> Result<(String, Vec<(usize, usize)>), String> {
-    let full = tok.apply_chat_template(messages, false).map_err(|e| e.to_string())?;
+pub fn trained_spans(tok: &TextTokenizer, messages: &[ChatMessage], train_on: TrainOn) -> Result<(String, Vec<(usize, usize)>), TokenizeError> {
+    let full = tok.apply_chat_template(messages, false)?;
     if train_on == TrainOn::All {
         return Ok((full.clone(), vec![(0, full.len())]));
     }
@@ -82,13 +99,10 @@ pub fn trained_spans(tok: &TextTokenizer, messages: &[ChatMessage], train_on: Tr
         if m.role != "assistant" {
             continue;
         }
-        let before = tok.apply_chat_template(&messages[..i], true).map_err(|e| e.to_string())?;
-        let after = tok.apply_chat_template(&messages[..=i], false).map_err(|e| e.to_string())?;
+        let before = tok.apply_chat_template(&messages[..i], true)?;
+        let after = tok.apply_chat_template(&messages[..=i], false)?;
         if !after.starts_with(&before) || !full.starts_with(&after) {
-            return Err(format!(
-                "the chat template is not prefix-stable at message {i} (rendering later turns rewrites earlier text), so \
-                 assistant spans cannot be located; use single-turn examples or `train_on: all`"
-            ));
+            return Err(TokenizeError::NotPrefixStable { message: i });
         }
         spans.push((before.len(), after.len()));
     }
@@ -99,9 +113,9 @@ pub fn trained_spans(tok: &TextTokenizer, messages: &[ChatMessage], train_on: Tr
 }
 
 /// Tokenize one example. `Ok(Err(Dropped))` is an example that yields nothing to train on.
-pub fn tokenize_example(tok: &TextTokenizer, ex: &Example, cfg: &Tokenizing) -> Result<Result<TokenizedExample, Dropped>, String> {
+pub fn tokenize_example(tok: &TextTokenizer, ex: &Example, cfg: &Tokenizing) -> Result<Result<TokenizedExample, Dropped>, TokenizeError> {
     let (full, spans) = trained_spans(tok, &ex.messages, cfg.train_on)?;
-    let enc = tok.inner().encode(full.as_str(), false).map_err(|e| format!("tokenizer: {e}"))?;
+    let enc = tok.inner().encode(full.as_str(), false).map_err(|source| TokenizeError::Encode { source })?;
     let ids = enc.get_ids().to_vec();
     let trained: Vec<bool> = enc
         .get_offsets()

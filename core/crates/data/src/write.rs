@@ -74,7 +74,7 @@ pub fn write_parquet(path: &Path, rows: &[Value]) -> Result<(), DataError> {
     let mut schema = Vec::new();
     for c in cols {
         let vals: Vec<&Value> = rows.iter().map(|r| r.get(&c).unwrap_or(&Value::Null)).collect();
-        let t = infer(&vals).map_err(|m| err(format!("column `{c}`: {m}")))?;
+        let t = infer(&vals).map_err(|source| DataError::Column { path: path.into(), column: c.clone(), source })?;
         schema.push((c, t.to_arrow()));
     }
     write_parquet_with(path, rows, schema)
@@ -85,7 +85,7 @@ fn write_parquet_with(path: &Path, rows: &[Value], schema: Vec<(String, DataType
     let mut arrays = Vec::new();
     for (c, t) in &schema {
         let vals: Vec<&Value> = rows.iter().map(|r| r.get(c).unwrap_or(&Value::Null)).collect();
-        let a = build(&vals, t).map_err(|m| err(format!("column `{c}`: {m}")))?;
+        let a = build(&vals, t).map_err(|source| DataError::Column { path: path.into(), column: c.clone(), source })?;
         arrays.push((c.clone(), a));
     }
     let batch = RecordBatch::try_from_iter(arrays).map_err(|e| err(e.to_string()))?;
@@ -96,6 +96,27 @@ fn write_parquet_with(path: &Path, rows: &[Value], schema: Vec<(String, DataType
         w.close().map_err(|e| err(e.to_string()))?;
     }
     medrl_base::fsutil::write_atomic(path, &buf).map_err(|e| DataError::Io { path: path.into(), source: e })
+}
+
+/// Why a column cannot be written ([`DataError::Column`] adds the file and the column).
+#[derive(Debug, thiserror::Error)]
+pub enum ColumnError {
+    /// In a struct field (`key`), nested as deep as the values are.
+    #[error("{key}: {source}")]
+    Field { key: String, source: Box<ColumnError> },
+    /// Values that disagree (named as in [`Ty`]: null, boolean, integer, ...).
+    #[error("mixed types {first} and {second}")]
+    MixedTypes { first: &'static str, second: &'static str },
+    #[error("{source}")]
+    Arrow { source: arrow_schema::ArrowError },
+    #[error("unsupported type {data_type}")]
+    Unsupported { data_type: DataType },
+}
+
+impl ColumnError {
+    fn in_field(key: &str) -> impl FnOnce(ColumnError) -> ColumnError + '_ {
+        move |e| ColumnError::Field { key: key.to_string(), source: Box::new(e) }
+    }
 }
 
 /// Inferred JSON column type.
@@ -125,7 +146,7 @@ impl Ty {
     }
 }
 
-fn ty_of(v: &Value) -> Result<Ty, String> {
+fn ty_of(v: &Value) -> Result<Ty, ColumnError> {
     Ok(match v {
         Value::Null => Ty::Null,
         Value::Bool(_) => Ty::Bool,
@@ -136,14 +157,14 @@ fn ty_of(v: &Value) -> Result<Ty, String> {
         Value::Object(o) => {
             let mut f = BTreeMap::new();
             for (k, v) in o {
-                f.insert(k.clone(), ty_of(v).map_err(|m| format!("{k}: {m}"))?);
+                f.insert(k.clone(), ty_of(v).map_err(ColumnError::in_field(k))?);
             }
             Ty::Struct(f)
         }
     })
 }
 
-fn merge(a: Ty, b: Ty) -> Result<Ty, String> {
+fn merge(a: Ty, b: Ty) -> Result<Ty, ColumnError> {
     Ok(match (a, b) {
         (Ty::Null, t) | (t, Ty::Null) => t,
         (Ty::Int, Ty::Float) | (Ty::Float, Ty::Int) => Ty::Float,
@@ -151,12 +172,12 @@ fn merge(a: Ty, b: Ty) -> Result<Ty, String> {
         (Ty::Struct(mut x), Ty::Struct(y)) => {
             for (k, t) in y {
                 let cur = x.remove(&k).unwrap_or(Ty::Null);
-                x.insert(k.clone(), merge(cur, t).map_err(|m| format!("{k}: {m}"))?);
+                x.insert(k.clone(), merge(cur, t).map_err(ColumnError::in_field(&k))?);
             }
             Ty::Struct(x)
         }
         (x, y) if x == y => x,
-        (x, y) => return Err(format!("mixed types {} and {}", name(&x), name(&y))),
+        (x, y) => return Err(ColumnError::MixedTypes { first: name(&x), second: name(&y) }),
     })
 }
 
@@ -172,7 +193,7 @@ fn name(t: &Ty) -> &'static str {
     }
 }
 
-fn infer(vals: &[&Value]) -> Result<Ty, String> {
+fn infer(vals: &[&Value]) -> Result<Ty, ColumnError> {
     let mut t = Ty::Null;
     for v in vals {
         t = merge(t, ty_of(v)?)?;
@@ -185,7 +206,8 @@ fn nulls(vals: &[&Value]) -> Option<NullBuffer> {
     valid.iter().any(|v| !v).then(|| NullBuffer::from(valid))
 }
 
-fn build(vals: &[&Value], t: &DataType) -> Result<ArrayRef, String> {
+fn build(vals: &[&Value], t: &DataType) -> Result<ArrayRef, ColumnError> {
+    let arrow = |source| ColumnError::Arrow { source };
     Ok(match t {
         DataType::Null => Arc::new(NullArray::new(vals.len())),
         DataType::Boolean => Arc::new(vals.iter().map(|v| v.as_bool()).collect::<BooleanArray>()),
@@ -213,17 +235,17 @@ fn build(vals: &[&Value], t: &DataType) -> Result<ArrayRef, String> {
                 }
             }
             let child = build(&items, field.data_type())?;
-            Arc::new(ListArray::try_new(field.clone(), OffsetBuffer::from_lengths(lens), child, nulls(vals)).map_err(|e| e.to_string())?)
+            Arc::new(ListArray::try_new(field.clone(), OffsetBuffer::from_lengths(lens), child, nulls(vals)).map_err(arrow)?)
         }
         DataType::Struct(fields) => {
             let mut children = Vec::new();
             for f in fields.iter() {
                 let sub: Vec<&Value> = vals.iter().map(|v| v.get(f.name()).unwrap_or(&Value::Null)).collect();
-                children.push(build(&sub, f.data_type()).map_err(|m| format!("{}: {m}", f.name()))?);
+                children.push(build(&sub, f.data_type()).map_err(ColumnError::in_field(f.name()))?);
             }
-            Arc::new(StructArray::try_new(fields.clone(), children, nulls(vals)).map_err(|e| e.to_string())?)
+            Arc::new(StructArray::try_new(fields.clone(), children, nulls(vals)).map_err(arrow)?)
         }
-        other => return Err(format!("unsupported type {other}")),
+        other => return Err(ColumnError::Unsupported { data_type: other.clone() }),
     })
 }
 

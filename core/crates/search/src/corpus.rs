@@ -52,37 +52,60 @@ pub fn file_sha256(path: &Path) -> Result<String, SearchError> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-fn text_field(row: &serde_json::Map<String, Value>, keys: &[&str]) -> Result<String, String> {
-    for k in keys {
-        match row.get(*k) {
+/// Why a corpus row is unusable ([`SearchError::BadRow`] adds the file and row).
+#[derive(Debug, thiserror::Error)]
+pub enum StudyError {
+    #[error("expected an object with pmid, title, abstract; got {got}")]
+    NotAnObject { got: Value },
+    #[error("missing `pmid` (or `id`)")]
+    MissingId,
+    /// `key`: `pmid` or `id`, whichever the row has.
+    #[error("`{key}` must be a string or an integer, got {got}")]
+    BadId { key: &'static str, got: Value },
+    #[error("`{key}` is empty")]
+    EmptyId { key: &'static str },
+    #[error("`{key}` must be a string, got {got}")]
+    NotAString { key: &'static str, got: Value },
+    #[error("no text: `title` and `abstract` (or `text`) are both missing or empty")]
+    NoText,
+    #[error("duplicate pmid {pmid:?} (first at row {first_row})")]
+    Duplicate { pmid: String, first_row: usize },
+    /// A row the reader could not parse (invalid JSON or UTF-8): medrl-data's message.
+    #[error("{msg}")]
+    Unreadable { msg: String },
+}
+
+fn text_field(row: &serde_json::Map<String, Value>, keys: &[&'static str]) -> Result<String, StudyError> {
+    for &key in keys {
+        match row.get(key) {
             None | Some(Value::Null) => continue,
             Some(Value::String(s)) => return Ok(s.trim().to_string()),
-            Some(other) => return Err(format!("`{k}` must be a string, got {other}")),
+            Some(other) => return Err(StudyError::NotAString { key, got: other.clone() }),
         }
     }
     Ok(String::new())
 }
 
 /// The study of one row, or why the row is unusable.
-pub fn study(row: &Value) -> Result<Study, String> {
-    let Value::Object(o) = row else { return Err(format!("expected an object with pmid, title, abstract; got {row}")) };
+pub fn study(row: &Value) -> Result<Study, StudyError> {
+    let Value::Object(o) = row else { return Err(StudyError::NotAnObject { got: row.clone() }) };
     let (key, id) = match (o.get("pmid"), o.get("id")) {
         (Some(v), _) if !v.is_null() => ("pmid", v),
         (_, Some(v)) if !v.is_null() => ("id", v),
-        _ => return Err("missing `pmid` (or `id`)".into()),
+        _ => return Err(StudyError::MissingId),
     };
     let pmid = match id {
         Value::String(s) => s.trim().to_string(),
         Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
-        other => return Err(format!("`{key}` must be a string or an integer, got {other}")),
+        other => return Err(StudyError::BadId { key, got: other.clone() }),
     };
     if pmid.is_empty() {
-        return Err(format!("`{key}` is empty"));
+        return Err(StudyError::EmptyId { key });
     }
     let title = text_field(o, &["title"])?;
     let abstract_text = text_field(o, &["abstract", "text"])?;
     if title.is_empty() && abstract_text.is_empty() {
-        return Err("no text: `title` and `abstract` (or `text`) are both missing or empty".into());
+        return Err(StudyError::NoText);
     }
     Ok(Study { pmid, title, abstract_text })
 }
@@ -92,7 +115,7 @@ pub fn study(row: &Value) -> Result<Study, String> {
 /// corpus without any usable row is an error either way.
 pub fn read_corpus(path: &Path, skip_bad_rows: bool) -> Result<Corpus, SearchError> {
     let data = |e: DataError| match e {
-        DataError::Row { origin, msg } => SearchError::BadRow { origin, msg },
+        DataError::Row { origin, msg } => SearchError::BadRow { origin, source: StudyError::Unreadable { msg } },
         other => SearchError::Corpus { file: path.into(), msg: other.to_string() },
     };
     let sha256 = file_sha256(path)?;
@@ -103,12 +126,12 @@ pub fn read_corpus(path: &Path, skip_bad_rows: bool) -> Result<Corpus, SearchErr
         let (origin, result) = match rec {
             Ok((origin, v)) => {
                 let r = study(&v).and_then(|s| match seen.get(&s.pmid) {
-                    Some(first) => Err(format!("duplicate pmid {:?} (first at row {first})", s.pmid)),
+                    Some(&first_row) => Err(StudyError::Duplicate { pmid: s.pmid, first_row }),
                     None => Ok(s),
                 });
                 (origin, r)
             }
-            Err(DataError::Row { origin, msg }) => (origin, Err(msg)),
+            Err(DataError::Row { origin, msg }) => (origin, Err(StudyError::Unreadable { msg })),
             Err(e) => return Err(data(e)),
         };
         match result {
@@ -116,8 +139,8 @@ pub fn read_corpus(path: &Path, skip_bad_rows: bool) -> Result<Corpus, SearchErr
                 seen.insert(s.pmid.clone(), origin.row);
                 studies.push(s);
             }
-            Err(msg) if skip_bad_rows => skipped.push((origin, msg)),
-            Err(msg) => return Err(SearchError::BadRow { origin, msg }),
+            Err(e) if skip_bad_rows => skipped.push((origin, e.to_string())),
+            Err(source) => return Err(SearchError::BadRow { origin, source }),
         }
     }
     if studies.is_empty() {
@@ -136,10 +159,10 @@ mod tests {
         let s = study(&json!({"pmid": 123, "title": "T", "abstract": "A", "year": 2020})).unwrap();
         assert_eq!(s, Study { pmid: "123".into(), title: "T".into(), abstract_text: "A".into() });
         assert_eq!(study(&json!({"id": "9", "text": "x"})).unwrap().abstract_text, "x");
-        assert!(study(&json!({"title": "T"})).unwrap_err().contains("pmid"));
-        assert!(study(&json!({"pmid": 1.5, "title": "T"})).unwrap_err().contains("integer"));
-        assert!(study(&json!({"pmid": "1", "title": ""})).unwrap_err().contains("no text"));
-        assert!(study(&json!({"pmid": "1", "title": 3})).unwrap_err().contains("`title` must be a string"));
+        assert!(study(&json!({"title": "T"})).unwrap_err().to_string().contains("pmid"));
+        assert!(study(&json!({"pmid": 1.5, "title": "T"})).unwrap_err().to_string().contains("integer"));
+        assert!(study(&json!({"pmid": "1", "title": ""})).unwrap_err().to_string().contains("no text"));
+        assert!(study(&json!({"pmid": "1", "title": 3})).unwrap_err().to_string().contains("`title` must be a string"));
         assert!(study(&json!([1])).is_err());
     }
 }

@@ -11,6 +11,15 @@
 //!
 //! A task grants one backend per reward ([`SearchGrant`]: `corpus`, `index` or `pubmed`).
 //! docs/search.md is the user guide.
+//!
+//! Errors are typed: [`SearchError`] (a bad corpus row carries a [`corpus::StudyError`], a grant
+//! that is not exactly one sane backend a [`GrantError`]) and [`PubMedError`]. The one
+//! exception is the [`SearchIndex`] implementations, whose `String` error the plugin trait
+//! fixes (it goes to the WebAssembly guest as text).
+//!
+//! Layer 5: imports medrl-base, medrl-data (corpus files through its record reader) and
+//! medrl-plugin (the `SearchIndex` trait the backends implement); never reward, task, eval or
+//! train. Module order inside: analyzer < query < index; corpus < index; pubmed stands alone.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,7 +35,7 @@ pub mod index;
 pub mod pubmed;
 pub mod query;
 
-pub use corpus::{read_corpus, Corpus, Study};
+pub use corpus::{read_corpus, Corpus, Study, StudyError};
 pub use index::{build, BuildOptions, BuildReport, Manifest, StudyHit, StudyIndex};
 pub use pubmed::{PubMed, PubMedConfig, PubMedError};
 
@@ -37,8 +46,8 @@ pub const NCBI_API_KEY_ENV: &str = "NCBI_API_KEY";
 pub enum SearchError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{origin}: {msg}")]
-    BadRow { origin: Origin, msg: String },
+    #[error("{origin}: {source}")]
+    BadRow { origin: Origin, source: corpus::StudyError },
     #[error("{file}: {msg}")]
     Corpus { file: PathBuf, msg: String },
     #[error("{dir} is not a medrl study index: {reason}")]
@@ -52,7 +61,18 @@ pub enum SearchError {
     #[error("empty query")]
     EmptyQuery,
     #[error("search grant: {0}")]
-    Grant(String),
+    Grant(#[from] GrantError),
+}
+
+/// A `grants.search` that is not exactly one backend with sane settings ([`SearchGrant::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("give exactly one of `corpus`, `index`, `pubmed` (got {got})")]
+    NotOneBackend { got: usize },
+    #[error("pubmed.email must not be empty (NCBI asks every client for a contact address)")]
+    EmptyEmail,
+    #[error("pubmed.timeout_s must be a positive number")]
+    BadTimeout,
 }
 
 /// `grants.search` of a task reward: exactly one backend.
@@ -103,17 +123,17 @@ fn default_timeout_s() -> f64 {
 
 impl SearchGrant {
     /// Exactly one backend, with sane settings.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), GrantError> {
         let n = [self.corpus.is_some(), self.index.is_some(), self.pubmed.is_some()].iter().filter(|b| **b).count();
         if n != 1 {
-            return Err(format!("give exactly one of `corpus`, `index`, `pubmed` (got {n})"));
+            return Err(GrantError::NotOneBackend { got: n });
         }
         if let Some(p) = &self.pubmed {
             if p.email.trim().is_empty() {
-                return Err("pubmed.email must not be empty (NCBI asks every client for a contact address)".into());
+                return Err(GrantError::EmptyEmail);
             }
             if !(p.timeout_s.is_finite() && p.timeout_s > 0.0) {
-                return Err("pubmed.timeout_s must be a positive number".into());
+                return Err(GrantError::BadTimeout);
             }
         }
         Ok(())

@@ -99,7 +99,8 @@ impl Task {
             if let Some(t) = &self.config.prompt_template {
                 inject_prompt(&mut value, t, &spec).map_err(|e| row_err(e.to_string()))?;
             }
-            let mut ex = formats::to_example(&value, &spec.formatting, &spec.columns, &spec.tags).map_err(row_err)?;
+            let mut ex = formats::to_example(&value, &spec.formatting, &spec.columns, &spec.tags)
+                .map_err(|source| err(DataError::Record { origin: origin.clone(), source }))?;
             let system = spec.system.as_ref().or(self.config.system_prompt.as_ref());
             if let Some(system) = system {
                 if ex.messages.first().map(|m| m.role.as_str()) != Some("system") {

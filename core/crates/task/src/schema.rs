@@ -290,7 +290,7 @@ impl Validate for TaskConfig {
                 return Err((format!("rewards[{i}].config"), "must be a mapping".into()));
             }
             if let Some(s) = &r.grants.search {
-                s.check().map_err(|m| (format!("rewards[{i}].grants.search"), m))?;
+                s.check().map_err(|e| (format!("rewards[{i}].grants.search"), e.to_string()))?;
             }
             if let Some(j) = &r.grants.judge {
                 if !(0.0..=1.0).contains(&j.validate_score) {

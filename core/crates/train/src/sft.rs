@@ -236,8 +236,8 @@ pub fn load_split(cfg: &SftConfig) -> Result<(Vec<(Origin, Example)>, Vec<(Origi
             for (origin, ex) in exs {
                 match check_trainable(&ex.messages) {
                     Ok(()) => out.push((origin, ex)),
-                    Err(msg) => {
-                        let e = DataError::Row { origin, msg };
+                    Err(source) => {
+                        let e = DataError::Record { origin, source };
                         match cfg.data.on_bad_row {
                             BadRowPolicy::Skip => rep.skip(&e),
                             BadRowPolicy::Fail => return Err(in_key(e).into()),
@@ -285,8 +285,8 @@ pub fn prepare(cfg: &SftConfig, tok: &medrl_lm::tokenizer::TextTokenizer) -> Res
                 }
                 Ok(Err(Dropped::TooLong)) => prep.dropped_too_long += 1,
                 Ok(Err(Dropped::NothingToTrain)) => prep.dropped_no_target += 1,
-                Err(msg) => {
-                    let e = DataError::Row { origin, msg };
+                Err(e) => {
+                    let e = DataError::Record { origin, source: e.into() };
                     match cfg.data.on_bad_row {
                         BadRowPolicy::Skip => report.skip(&e),
                         BadRowPolicy::Fail => return Err(e.into()),

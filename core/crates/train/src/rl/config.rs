@@ -281,7 +281,7 @@ impl<A: AlgorithmConfig> Validate for RlConfig<A> {
             None => {}
         }
         if let Some(g) = &self.search {
-            g.check().map_err(|m| ("search".to_string(), m))?;
+            g.check().map_err(|e| ("search".to_string(), e.to_string()))?;
         }
         Ok(())
     }
