@@ -1,8 +1,11 @@
-//! What to do when a plugin fails, and the counters that make failures visible.
+//! What to do when a plugin fails, the per-sample outcome once that was decided, and the
+//! counters that make failures visible.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use super::error::PluginError;
 
 /// Per-plugin reaction to a failed sample (trap, timeout, bad output, guest error...).
 ///
@@ -31,6 +34,33 @@ impl std::str::FromStr for FailurePolicy {
                     "invalid failure policy `{s}`: expected fail, drop or score:<number>"
                 )),
             },
+        }
+    }
+}
+
+/// The result for one sample after the failure policy was applied.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Component names are shared (`Arc<str>`, interned per plugin): a batch holds one copy
+    /// of each name, not one per sample.
+    Scored {
+        score: f64,
+        components: Vec<(Arc<str>, f64)>,
+    },
+    /// The plugin declined the sample (not its task).
+    NotApplicable,
+    /// The plugin failed on this sample; the policy's score stands in.
+    Substituted { score: f64, error: Arc<PluginError> },
+    /// The plugin failed on this sample; the policy drops it.
+    Dropped { error: Arc<PluginError> },
+}
+
+impl Outcome {
+    /// The reward to train on, if any.
+    pub fn reward(&self) -> Option<f64> {
+        match self {
+            Outcome::Scored { score, .. } | Outcome::Substituted { score, .. } => Some(*score),
+            _ => None,
         }
     }
 }
