@@ -20,21 +20,59 @@ pub const MAX_MANIFEST_DESCRIPTION_BYTES: usize = 4 << 10;
 pub const MAX_MANIFEST_SCHEMA_BYTES: usize = 64 << 10;
 pub const MAX_MANIFEST_CAPABILITIES: usize = 64;
 
+/// Why a manifest was refused. Names a field and a length, never the field's content.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum ManifestError {
+    /// A name-like field (name, version, api_version) is empty or too long.
+    #[error("{field} is {len} bytes (must be 1 to {max})")]
+    TokenLength {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// A name-like field holds a character outside its alphabet.
+    #[error("{field} contains {c:?} (allowed: ASCII letters, digits and {allowed})")]
+    TokenChar {
+        field: &'static str,
+        c: char,
+        allowed: String,
+    },
+    /// A free-text field (description, config_schema) is over its cap.
+    #[error("{field} is {len} bytes (limit {max})")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("lists {n} capabilities (limit {max})")]
+    TooManyCapabilities { n: usize, max: usize },
+}
+
 /// Checks every manifest field against its cap (linear in the manifest's size) and folds
-/// repeated capabilities. The reason names a field and a length, never the field's content.
-pub(crate) fn validate_manifest(m: &mut Manifest) -> Result<(), String> {
-    fn token(field: &str, v: &str, max: usize, extra: &[char]) -> Result<(), String> {
+/// repeated capabilities.
+pub(crate) fn validate_manifest(m: &mut Manifest) -> Result<(), ManifestError> {
+    fn token(
+        field: &'static str,
+        v: &str,
+        max: usize,
+        extra: &[char],
+    ) -> Result<(), ManifestError> {
         if v.is_empty() || v.len() > max {
-            return Err(format!("{field} is {} bytes (must be 1 to {max})", v.len()));
+            return Err(ManifestError::TokenLength {
+                field,
+                len: v.len(),
+                max,
+            });
         }
         if let Some(c) = v
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c)))
         {
-            return Err(format!(
-                "{field} contains {c:?} (allowed: ASCII letters, digits and {})",
-                extra.iter().collect::<String>()
-            ));
+            return Err(ManifestError::TokenChar {
+                field,
+                c,
+                allowed: extra.iter().collect::<String>(),
+            });
         }
         Ok(())
     }
@@ -55,14 +93,18 @@ pub(crate) fn validate_manifest(m: &mut Manifest) -> Result<(), String> {
         ("config_schema", &m.config_schema, MAX_MANIFEST_SCHEMA_BYTES),
     ] {
         if v.len() > max {
-            return Err(format!("{field} is {} bytes (limit {max})", v.len()));
+            return Err(ManifestError::TooLong {
+                field,
+                len: v.len(),
+                max,
+            });
         }
     }
     if m.capabilities.len() > MAX_MANIFEST_CAPABILITIES {
-        return Err(format!(
-            "lists {} capabilities (limit {MAX_MANIFEST_CAPABILITIES})",
-            m.capabilities.len()
-        ));
+        return Err(ManifestError::TooManyCapabilities {
+            n: m.capabilities.len(),
+            max: MAX_MANIFEST_CAPABILITIES,
+        });
     }
     let mut folded: Vec<Capability> = Vec::with_capacity(2);
     for c in m.capabilities.drain(..) {
@@ -99,8 +141,16 @@ fn intern(set: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
     a
 }
 
+/// A 0.2.0 sample the guest listed among errors (with its message) or not-applicable.
+#[derive(Clone)]
+enum Fate {
+    NotApplicable,
+    Failed(String),
+}
+
 impl OutputCheck<'_> {
     /// Enforces the output contract: one result per sample, finite numbers, bounded size.
+    /// `out` is the 0.1.0 guest's return value as the WIT types it (`result<_, string>`).
     pub(crate) fn check_output(
         &self,
         n: usize,
@@ -140,8 +190,7 @@ impl OutputCheck<'_> {
             .map(|r| match r {
                 Ok(ScoreResult::Scored(s)) => {
                     // 0.1.0 names components per sample: a bad name fails that sample only.
-                    self.check_names(s.components.iter().map(|(k, _)| k.as_str()))
-                        .map_err(bad)?;
+                    self.check_names(s.components.iter().map(|(k, _)| k.as_str()))?;
                     let components = s
                         .components
                         .into_iter()
@@ -157,26 +206,33 @@ impl OutputCheck<'_> {
 
     /// Component names of one result: at most `max_components`, each at most
     /// `max_component_name_bytes`, all distinct. Linear in the names' total size.
-    fn check_names<'a>(&self, names: impl ExactSizeIterator<Item = &'a str>) -> Result<(), String> {
+    fn check_names<'a>(
+        &self,
+        names: impl ExactSizeIterator<Item = &'a str>,
+    ) -> Result<(), PluginError> {
+        let bad = |reason: String| PluginError::BadOutput {
+            plugin: self.plugin.clone(),
+            reason,
+        };
         let l = self.limits;
         if names.len() > l.max_components {
-            return Err(format!(
+            return Err(bad(format!(
                 "{} component names exceed the limit of {}",
                 names.len(),
                 l.max_components
-            ));
+            )));
         }
         let mut seen = std::collections::HashSet::with_capacity(names.len());
         for name in names {
             if name.len() > l.max_component_name_bytes {
-                return Err(format!(
+                return Err(bad(format!(
                     "a component name of {} bytes exceeds the limit of {} bytes",
                     name.len(),
                     l.max_component_name_bytes
-                ));
+                )));
             }
             if !seen.insert(name) {
-                return Err(format!("component name `{name}` appears twice"));
+                return Err(bad(format!("component name `{name}` appears twice")));
             }
         }
         Ok(())
@@ -224,8 +280,7 @@ impl OutputCheck<'_> {
             )));
         }
         let k = names.len();
-        self.check_names(names.iter().map(String::as_str))
-            .map_err(bad)?;
+        self.check_names(names.iter().map(String::as_str))?;
         if Some(components.len()) != n.checked_mul(k) {
             return Err(bad(format!(
                 "returned {} component values for {n} samples and {k} component names (expected {})",
@@ -240,9 +295,9 @@ impl OutputCheck<'_> {
                 .map(|name| intern(&mut interned, name))
                 .collect()
         };
-        // What each sample became: None = scored, Some(Ok) = not applicable, Some(Err) = failed.
-        let mut fate: Vec<Option<Result<(), String>>> = vec![None; n];
-        let mut mark = |i: u32, what: Result<(), String>, list: &str| {
+        // What each sample became: None = scored, else not applicable or failed.
+        let mut fate: Vec<Option<Fate>> = vec![None; n];
+        let mut mark = |i: u32, what: Fate, list: &str| {
             let slot = fate
                 .get_mut(i as usize)
                 .ok_or_else(|| bad(format!("{list} index {i} is out of range for {n} samples")))?;
@@ -255,10 +310,10 @@ impl OutputCheck<'_> {
             Ok(())
         };
         for (i, message) in errors {
-            mark(i, Err(message), "error")?;
+            mark(i, Fate::Failed(message), "error")?;
         }
         for i in not_applicable {
-            mark(i, Ok(()), "not-applicable")?;
+            mark(i, Fate::NotApplicable, "not-applicable")?;
         }
         let mut missing = vec![false; if absent.is_empty() { 0 } else { n * k }];
         for a in absent {
@@ -283,8 +338,8 @@ impl OutputCheck<'_> {
                         .collect();
                     self.check_scored(scores[i], components)
                 }
-                Some(Ok(())) => Ok(Outcome::NotApplicable),
-                Some(Err(message)) => Err(self.guest_error(message, denied)),
+                Some(Fate::NotApplicable) => Ok(Outcome::NotApplicable),
+                Some(Fate::Failed(message)) => Err(self.guest_error(message, denied)),
             })
             .collect())
     }
@@ -377,7 +432,7 @@ mod tests {
         for (needle, f) in bad {
             let mut m = manifest();
             f(&mut m);
-            let e = validate_manifest(&mut m).unwrap_err();
+            let e = validate_manifest(&mut m).unwrap_err().to_string();
             assert!(e.contains(needle), "{needle}: {e}");
             assert!(e.len() < 200, "the reason never quotes the field: {e}");
         }

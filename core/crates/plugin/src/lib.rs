@@ -34,7 +34,8 @@
 //! - `error`: [`PluginError`], [`PluginId`], clipping of guest text in errors;
 //! - `bindings`: host bindings generated from the WIT, one module per API version;
 //! - `capability`: the capability traits and [`Grants`];
-//! - `policy`: [`FailurePolicy`], [`Outcome`], the failure counters ([`MetricsSnapshot`]);
+//! - `policy`: [`FailurePolicy`] (parse errors: [`ParsePolicyError`]), [`Outcome`], the failure
+//!   counters ([`MetricsSnapshot`]);
 //! - `limits`: [`Limits`] of every call and [`PluginOptions`] of one plugin;
 //! - `sandbox`: per-store state: deny-all WASI, captured stdio, memory cap, deadline-bound
 //!   clock, the host functions (log, judge, search);
@@ -67,6 +68,6 @@ pub use capability::{Grants, InMemoryIndex, InMemoryJudge, Judge, SearchHit, Sea
 pub use engine::{default_cache_dir, HostConfig, PluginHost};
 pub use error::{PluginError, PluginId};
 pub use limits::{Limits, PluginOptions};
-pub use policy::{FailurePolicy, MetricsSnapshot, Outcome};
+pub use policy::{FailurePolicy, MetricsSnapshot, Outcome, ParsePolicyError};
 pub use pool::{sample, RewardPlugin};
 pub use version::SUPPORTED_API_VERSIONS;

@@ -21,18 +21,21 @@ pub enum FailurePolicy {
     Drop,
 }
 
+/// A failure policy that does not parse; holds the text given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid failure policy `{0}`: expected fail, drop or score:<number>")]
+pub struct ParsePolicyError(pub String);
+
 impl std::str::FromStr for FailurePolicy {
-    type Err = String;
+    type Err = ParsePolicyError;
     /// `fail`, `drop`, or `score:<value>` (e.g. `score:-1`).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ParsePolicyError> {
         match s {
             "fail" => Ok(Self::Fail),
             "drop" => Ok(Self::Drop),
             _ => match s.strip_prefix("score:").map(str::parse::<f64>) {
                 Some(Ok(v)) if v.is_finite() => Ok(Self::Score(v)),
-                _ => Err(format!(
-                    "invalid failure policy `{s}`: expected fail, drop or score:<number>"
-                )),
+                _ => Err(ParsePolicyError(s.to_string())),
             },
         }
     }
@@ -118,4 +121,18 @@ pub struct MetricsSnapshot {
     pub capability_denied: u64,
     /// Failed samples by error kind (see [`super::PluginError::kind`]).
     pub failures: BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_policy_names_itself_and_the_choices() {
+        let e = "score:nan".parse::<FailurePolicy>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid failure policy `score:nan`: expected fail, drop or score:<number>"
+        );
+    }
 }

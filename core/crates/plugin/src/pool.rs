@@ -104,15 +104,24 @@ impl IsolationBudget {
     }
 }
 
-/// What a guest call returned, before the output contract of its API version is checked.
+/// What a guest call returned, before the output contract of its API version is checked (the
+/// WIT types: a 0.1.0 sample's error is the guest's own text).
 enum RawOutput {
     V01(Vec<Result<ScoreResult, String>>),
     V02(v02::BatchScores),
 }
 
+/// A batch whose text does not fit the `u32` offsets of a 0.2.0 `sample-batch`.
+#[derive(Debug, thiserror::Error)]
+#[error("a batch of {samples} samples holds {bytes} bytes of text, over the 4 GiB a plugin call can take; lower max_batch_per_call")]
+struct BatchTooLarge {
+    samples: usize,
+    bytes: usize,
+}
+
 /// Lays `samples` out as a 0.2.0 `sample-batch` (see the WIT), reusing the buffers. `Err` when
 /// the text does not fit the `u32` offsets (4 GiB: more than a wasm32 guest can hold anyway).
-fn fill_batch(batch: &mut v02::SampleBatch, samples: &[Sample]) -> Result<(), String> {
+fn fill_batch(batch: &mut v02::SampleBatch, samples: &[Sample]) -> Result<(), BatchTooLarge> {
     let len: usize = samples
         .iter()
         .map(|s| {
@@ -124,10 +133,10 @@ fn fill_batch(batch: &mut v02::SampleBatch, samples: &[Sample]) -> Result<(), St
         })
         .sum();
     if u32::try_from(len).is_err() {
-        return Err(format!(
-            "a batch of {} samples holds {len} bytes of text, over the 4 GiB a plugin call can take; lower max_batch_per_call",
-            samples.len()
-        ));
+        return Err(BatchTooLarge {
+            samples: samples.len(),
+            bytes: len,
+        });
     }
     let (text, offsets) = (&mut batch.text, &mut batch.offsets);
     text.clear();
@@ -371,9 +380,9 @@ impl RewardPlugin {
                 .guarded(store, |s| inst.call_score(s, config, chunk))
                 .map(RawOutput::V01),
             AnyReward::V02(inst) => {
-                fill_batch(batch, chunk).map_err(|reason| PluginError::Config {
+                fill_batch(batch, chunk).map_err(|e| PluginError::Config {
                     plugin: r.id.clone(),
-                    reason,
+                    reason: e.to_string(),
                 })?;
                 r.guarded(store, |s| inst.call_score_batch(s, config, batch))
                     .map(RawOutput::V02)

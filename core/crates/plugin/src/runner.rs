@@ -106,9 +106,9 @@ impl Runner {
         version: &str,
         store: &mut Store<HostState>,
     ) -> Result<PluginId, PluginError> {
-        validate_manifest(m).map_err(|reason| PluginError::BadManifest {
+        validate_manifest(m).map_err(|e| PluginError::BadManifest {
             plugin: self.id.clone(),
-            reason,
+            reason: e.to_string(),
         })?;
         let id = PluginId {
             name: m.name.clone(),

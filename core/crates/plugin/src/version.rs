@@ -120,6 +120,7 @@ impl AnyAdapter {
             AnyAdapter::V02(i) => i.call_manifest(store).map(v02::manifest),
         }
     }
+    /// One result per record, as the WIT types it: an error is the guest's own text.
     pub(crate) fn convert(
         &self,
         store: &mut Store<HostState>,
