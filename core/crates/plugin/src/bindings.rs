@@ -1,6 +1,6 @@
 //! Host-side bindings generated from the WIT in `reward-sdk/wit/` (the source of truth), one
 //! module per supported API version. The rest of medrl sees only the 0.1.0 record types
-//! re-exported at the bottom: results of 0.2.0 plugins are converted into them (host.rs).
+//! re-exported at the bottom: results of 0.2.0 plugins are converted into them (checks.rs).
 
 pub mod reward {
     wasmtime::component::bindgen!({

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// A model the plugin can ask to judge or generate text.
+// String errors on purpose: they are handed to the guest as its error text (WIT `result<_, string>`), the guest ABI's shape.
 pub trait Judge: Send + Sync {
     /// Probability-like score in [0, 1] for a prompt the plugin built.
     fn score(&self, prompt: &str) -> Result<f64, String>;
@@ -44,6 +45,7 @@ pub struct SearchHit {
 }
 
 /// A document index the plugin can query.
+// String errors on purpose: they are handed to the guest as its error text (WIT `result<_, string>`), the guest ABI's shape.
 pub trait SearchIndex: Send + Sync {
     fn search(&self, query: &str, top_k: u32) -> Result<Vec<SearchHit>, String>;
 }

@@ -159,3 +159,121 @@ impl PluginError {
         )
     }
 }
+
+/// Bytes of guest-controlled text (error messages, backtraces) an error keeps: an error is
+/// copied into the log line and output row of every sample it fails.
+pub const MAX_ERROR_TEXT_BYTES: usize = 4 << 10;
+
+/// `text` cut to `MAX_ERROR_TEXT_BYTES` (at a character boundary), saying how long it was.
+pub(crate) fn clip(mut text: String) -> String {
+    if text.len() <= MAX_ERROR_TEXT_BYTES {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = MAX_ERROR_TEXT_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!(" [... cut, {total} bytes in all]"));
+    text
+}
+
+/// `PluginError` holds an `io::Error`, so it is not `Clone`; a failed chunk shares one error
+/// among its samples and `score` hands back an owned copy.
+pub(crate) fn clone_error(e: &PluginError) -> PluginError {
+    use PluginError::*;
+    match e {
+        Trap {
+            plugin,
+            message,
+            backtrace,
+        } => Trap {
+            plugin: plugin.clone(),
+            message: message.clone(),
+            backtrace: backtrace.clone(),
+        },
+        Timeout {
+            plugin,
+            limit,
+            elapsed,
+        } => Timeout {
+            plugin: plugin.clone(),
+            limit: *limit,
+            elapsed: *elapsed,
+        },
+        OutOfFuel { plugin, fuel } => OutOfFuel {
+            plugin: plugin.clone(),
+            fuel: *fuel,
+        },
+        MemoryLimit {
+            plugin,
+            limit_bytes,
+            requested_bytes,
+        } => MemoryLimit {
+            plugin: plugin.clone(),
+            limit_bytes: *limit_bytes,
+            requested_bytes: *requested_bytes,
+        },
+        GuestError { plugin, message } => GuestError {
+            plugin: plugin.clone(),
+            message: message.clone(),
+        },
+        IncompatibleApi {
+            plugin,
+            found,
+            supported,
+        } => IncompatibleApi {
+            plugin: plugin.clone(),
+            found: found.clone(),
+            supported: supported.clone(),
+        },
+        BadOutput { plugin, reason } => BadOutput {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+        CapabilityDenied { plugin, capability } => CapabilityDenied {
+            plugin: plugin.clone(),
+            capability: capability.clone(),
+        },
+        InvalidWasm { plugin, reason } => InvalidWasm {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+        CompileLimit { plugin, reason } => CompileLimit {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+        BadManifest { plugin, reason } => BadManifest {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+        Io {
+            plugin,
+            path,
+            source,
+        } => Io {
+            plugin: plugin.clone(),
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Config { plugin, reason } => Config {
+            plugin: plugin.clone(),
+            reason: reason.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_error_text_is_clipped_at_a_char_boundary() {
+        assert_eq!(clip("short".into()), "short");
+        let long = "é".repeat(MAX_ERROR_TEXT_BYTES);
+        let c = clip(long.clone());
+        assert!(c.len() < MAX_ERROR_TEXT_BYTES + 64, "{}", c.len());
+        assert!(c.ends_with(&format!("[... cut, {} bytes in all]", long.len())));
+    }
+}

@@ -19,19 +19,55 @@
 //! - scores batches in parallel on a pool of stores, discarding a store after any trap;
 //! - grants capabilities (a judge model, a search index) only when the run configures them;
 //! - applies a per-plugin [`FailurePolicy`] and counts failures by kind ([`MetricsSnapshot`]).
+//!
+//! # What this crate owns, and what it must not import
+//!
+//! medrl-plugin owns running untrusted WebAssembly: the engine, the sandbox, the limits, the
+//! checks on everything a guest returns and the failure policies. It imports no other medrl
+//! crate; it knows nothing of models, data or tasks. Capabilities are traits ([`Judge`],
+//! [`SearchIndex`]) implemented above it (a model judge in medrl-reward, indexes in
+//! medrl-search), and samples arrive as plain strings ([`Sample`], [`sample`]).
+//!
+//! # Modules, bottom up
+//!
+//! Each module uses only modules before it in this list (tests/layering.rs refuses a cycle):
+//! - `error`: [`PluginError`], [`PluginId`], clipping of guest text in errors;
+//! - `bindings`: host bindings generated from the WIT, one module per API version;
+//! - `capability`: the capability traits and [`Grants`];
+//! - `policy`: [`FailurePolicy`] (parse errors: [`ParsePolicyError`]), [`Outcome`], the failure
+//!   counters ([`MetricsSnapshot`]);
+//! - `limits`: [`Limits`] of every call and [`PluginOptions`] of one plugin;
+//! - `sandbox`: per-store state: deny-all WASI, captured stdio, memory cap, deadline-bound
+//!   clock, the host functions (log, judge, search);
+//! - `version`: API version detection ([`SUPPORTED_API_VERSIONS`]) and per-version world handles;
+//! - `engine`: [`PluginHost`]'s wasmtime engine, linker and epoch ticker ([`HostConfig`]),
+//!   pre-compile checks, the compile deadline and the on-disk compile cache;
+//! - `checks`: manifest caps and the output contract of scoring calls;
+//! - `runner`: stores, guarded calls and error classification shared by both plugin kinds;
+//! - `pool`: [`RewardPlugin`]: the store pool, parallel scoring, bisection of failed chunks;
+//! - `adapter`: [`AdapterPlugin`];
+//! - `host`: `PluginHost::inspect`, which tries both kinds.
 
+mod adapter;
 mod bindings;
 mod capability;
+mod checks;
+mod engine;
 mod error;
 mod host;
+mod limits;
 mod policy;
+mod pool;
+mod runner;
 mod sandbox;
+mod version;
 
+pub use adapter::AdapterPlugin;
 pub use bindings::{Capability, Manifest, Sample, ScoreResult, Scored};
 pub use capability::{Grants, InMemoryIndex, InMemoryJudge, Judge, SearchHit, SearchIndex};
+pub use engine::{default_cache_dir, HostConfig, PluginHost};
 pub use error::{PluginError, PluginId};
-pub use host::{
-    default_cache_dir, sample, AdapterPlugin, HostConfig, Limits, Outcome, PluginHost,
-    PluginOptions, RewardPlugin, SUPPORTED_API_VERSIONS,
-};
-pub use policy::{FailurePolicy, MetricsSnapshot};
+pub use limits::{Limits, PluginOptions};
+pub use policy::{FailurePolicy, MetricsSnapshot, Outcome, ParsePolicyError};
+pub use pool::{sample, RewardPlugin};
+pub use version::SUPPORTED_API_VERSIONS;

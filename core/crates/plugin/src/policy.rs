@@ -1,8 +1,11 @@
-//! What to do when a plugin fails, and the counters that make failures visible.
+//! What to do when a plugin fails, the per-sample outcome once that was decided, and the
+//! counters that make failures visible.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use super::error::PluginError;
 
 /// Per-plugin reaction to a failed sample (trap, timeout, bad output, guest error...).
 ///
@@ -18,19 +21,49 @@ pub enum FailurePolicy {
     Drop,
 }
 
+/// A failure policy that does not parse; holds the text given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid failure policy `{0}`: expected fail, drop or score:<number>")]
+pub struct ParsePolicyError(pub String);
+
 impl std::str::FromStr for FailurePolicy {
-    type Err = String;
+    type Err = ParsePolicyError;
     /// `fail`, `drop`, or `score:<value>` (e.g. `score:-1`).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ParsePolicyError> {
         match s {
             "fail" => Ok(Self::Fail),
             "drop" => Ok(Self::Drop),
             _ => match s.strip_prefix("score:").map(str::parse::<f64>) {
                 Some(Ok(v)) if v.is_finite() => Ok(Self::Score(v)),
-                _ => Err(format!(
-                    "invalid failure policy `{s}`: expected fail, drop or score:<number>"
-                )),
+                _ => Err(ParsePolicyError(s.to_string())),
             },
+        }
+    }
+}
+
+/// The result for one sample after the failure policy was applied.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Component names are shared (`Arc<str>`, interned per plugin): a batch holds one copy
+    /// of each name, not one per sample.
+    Scored {
+        score: f64,
+        components: Vec<(Arc<str>, f64)>,
+    },
+    /// The plugin declined the sample (not its task).
+    NotApplicable,
+    /// The plugin failed on this sample; the policy's score stands in.
+    Substituted { score: f64, error: Arc<PluginError> },
+    /// The plugin failed on this sample; the policy drops it.
+    Dropped { error: Arc<PluginError> },
+}
+
+impl Outcome {
+    /// The reward to train on, if any.
+    pub fn reward(&self) -> Option<f64> {
+        match self {
+            Outcome::Scored { score, .. } | Outcome::Substituted { score, .. } => Some(*score),
+            _ => None,
         }
     }
 }
@@ -88,4 +121,18 @@ pub struct MetricsSnapshot {
     pub capability_denied: u64,
     /// Failed samples by error kind (see [`super::PluginError::kind`]).
     pub failures: BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_policy_names_itself_and_the_choices() {
+        let e = "score:nan".parse::<FailurePolicy>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid failure policy `score:nan`: expected fail, drop or score:<number>"
+        );
+    }
 }

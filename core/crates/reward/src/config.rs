@@ -47,7 +47,7 @@ impl RewardConfig {
 
     /// The loaded-reward spec of this entry, named `name`, with `grants`.
     pub fn to_spec(&self, name: String, grants: Grants) -> Result<RewardSpec, RewardError> {
-        let policy: FailurePolicy = self.on_failure.parse().map_err(|msg| RewardError::Policy { name: name.clone(), msg })?;
+        let policy: FailurePolicy = self.on_failure.parse().map_err(|e: medrl_plugin::ParsePolicyError| RewardError::Policy { name: name.clone(), msg: e.to_string() })?;
         let timeout = self.deadline().map_err(|msg| RewardError::Deadline { name: name.clone(), msg })?;
         Ok(RewardSpec { name, plugin: self.plugin.clone(), weight: self.weight, config: self.config.clone(), grants, policy, timeout: Some(timeout) })
     }
