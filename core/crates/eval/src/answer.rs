@@ -31,11 +31,15 @@ pub enum AnswerParser {
     Hcc,
 }
 
+/// A name that is no [`AnswerParser`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown answer parser `{0}`: expected text, final_response, answer_tag, number or hcc")]
+pub struct UnknownAnswerParser(pub String);
+
 impl std::str::FromStr for AnswerParser {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        serde_json::from_value(Value::String(s.to_string()))
-            .map_err(|_| format!("unknown answer parser `{s}`: expected text, final_response, answer_tag, number or hcc"))
+    type Err = UnknownAnswerParser;
+    fn from_str(s: &str) -> Result<Self, UnknownAnswerParser> {
+        serde_json::from_value(Value::String(s.to_string())).map_err(|_| UnknownAnswerParser(s.to_string()))
     }
 }
 

@@ -35,20 +35,22 @@ pub struct RewardConfig {
     pub timeout_s: f64,
 }
 
+/// A `timeout_s` outside (0, 86400] seconds.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("timeout_s {0} must be in (0, 86400] seconds")]
+pub struct BadTimeout(pub f64);
+
 impl RewardConfig {
     /// `timeout_s` as a call deadline: in (0, 86400] seconds (a Duration cannot hold an
     /// infinite or NaN one).
-    pub fn deadline(&self) -> Result<Duration, String> {
-        Some(self.timeout_s)
-            .filter(|t| *t > 0.0 && *t <= 86_400.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| format!("timeout_s {} must be in (0, 86400] seconds", self.timeout_s))
+    pub fn deadline(&self) -> Result<Duration, BadTimeout> {
+        Some(self.timeout_s).filter(|t| *t > 0.0 && *t <= 86_400.0).map(Duration::from_secs_f64).ok_or(BadTimeout(self.timeout_s))
     }
 
     /// The loaded-reward spec of this entry, named `name`, with `grants`.
     pub fn to_spec(&self, name: String, grants: Grants) -> Result<RewardSpec, RewardError> {
-        let policy: FailurePolicy = self.on_failure.parse().map_err(|e: medrl_plugin::ParsePolicyError| RewardError::Policy { name: name.clone(), msg: e.to_string() })?;
-        let timeout = self.deadline().map_err(|msg| RewardError::Deadline { name: name.clone(), msg })?;
+        let policy: FailurePolicy = self.on_failure.parse().map_err(|source| RewardError::Policy { name: name.clone(), source })?;
+        let timeout = self.deadline().map_err(|source| RewardError::Deadline { name: name.clone(), source })?;
         Ok(RewardSpec { name, plugin: self.plugin.clone(), weight: self.weight, config: self.config.clone(), grants, policy, timeout: Some(timeout) })
     }
 }

@@ -10,11 +10,11 @@ pub enum RewardError {
     #[error("reward `{name}`: {source}")]
     Plugin { name: String, source: Box<medrl_plugin::PluginError> },
     /// `on_failure` is not `fail`, `drop` or `score:<value>`.
-    #[error("reward `{name}`: on_failure: {msg}")]
-    Policy { name: String, msg: String },
+    #[error("reward `{name}`: on_failure: {source}")]
+    Policy { name: String, source: medrl_plugin::ParsePolicyError },
     /// `timeout_s` is not a usable call deadline.
-    #[error("reward `{name}`: {msg}")]
-    Deadline { name: String, msg: String },
+    #[error("reward `{name}`: {source}")]
+    Deadline { name: String, source: crate::config::BadTimeout },
     /// A reward set needs at least one plugin.
     #[error("at least one reward plugin is needed")]
     Empty,

@@ -249,7 +249,7 @@ impl<A: AlgorithmConfig> Validate for RlConfig<A> {
             return Err(("rewards".into(), "at least one reward plugin is needed (or a data.task that has rewards)".into()));
         }
         for (i, r) in rewards.iter().enumerate() {
-            r.deadline().map_err(|m| (format!("rewards[{i}].timeout_s"), m))?;
+            r.deadline().map_err(|e| (format!("rewards[{i}].timeout_s"), e.to_string()))?;
             if !r.weight.is_finite() {
                 return Err((format!("rewards[{i}].weight"), format!("{} must be finite", r.weight)));
             }
