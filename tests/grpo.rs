@@ -8,7 +8,9 @@ use std::path::Path;
 mod common;
 use common::{dialogue_reward, metrics, repo, tiny_model, wasm, with_overrides};
 
-fn config(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> GrpoConfig {
+/// The test run's config tree: the keys every RL algorithm shares, and an `algorithm:` section
+/// GRPO and RLOO both read.
+fn tree(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> serde_yaml::Value {
     let yaml = format!(
         "model: {model:?}\noutput_dir: {out:?}\ndevice: cpu\n\
          data:\n  dataset_dir: {data:?}\n  train: [medical_dialogue]\n  eval: [medical_dialogue_eval]\n  eval_limit: 4\n\
@@ -18,7 +20,11 @@ fn config(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> GrpoConfig
          training: {{max_steps: 4, lr: 1.0e-3, seed: 3, save_every: 2}}\n",
         data = repo().join("tasks/medical-dialogue/data"),
     );
-    medrl::config::from_tree(with_overrides(&yaml, extra), Path::new("grpo.yaml")).unwrap()
+    with_overrides(&yaml, extra)
+}
+
+fn config(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> GrpoConfig {
+    medrl::config::from_tree(tree(model, out, rewards, extra), Path::new("grpo.yaml")).unwrap()
 }
 
 #[test]
@@ -172,19 +178,7 @@ fn rloo_trains_on_the_shared_driver_resumes_identically_and_refuses_a_grpo_folde
     use medrl::train::rloo::{self, Rloo, RlooConfig};
     let d = tempfile::tempdir().unwrap();
     let base = tiny_model(d.path(), 5);
-    let cfg = |out: &Path| -> RlooConfig {
-        let yaml = format!(
-            "model: {base:?}\noutput_dir: {out:?}\ndevice: cpu\n\
-             data:\n  dataset_dir: {data:?}\n  train: [medical_dialogue]\n  eval: [medical_dialogue_eval]\n  eval_limit: 4\n\
-             rewards: {rewards}\n\
-             rollout: {{temperature: 1.0, max_new_tokens: 12}}\n\
-             algorithm: {{n: 4, prompts_per_step: 2, micro_batch_size: 4, kl_coef: 0.05}}\n\
-             training: {{max_steps: 4, lr: 1.0e-3, seed: 3, save_every: 2}}\n",
-            data = repo().join("tasks/medical-dialogue/data"),
-            rewards = dialogue_reward(),
-        );
-        medrl::config::from_tree(with_overrides(&yaml, &[]), Path::new("rloo.yaml")).unwrap()
-    };
+    let cfg = |out: &Path| -> RlooConfig { medrl::config::from_tree(tree(&base, out, &dialogue_reward(), &[]), Path::new("rloo.yaml")).unwrap() };
     let a = d.path().join("a");
     let o = rloo::run(&cfg(&a), Default::default(), &RunOptions::default()).unwrap();
     assert_eq!(o.steps, 4);

@@ -84,6 +84,20 @@ pub fn kl_into_rewards(run: &RlRun, r: &Rollout, coef: f64, est: KlEstimator, to
     Ok(mean_kl_seq)
 }
 
+/// The metric keys [`clipped_update`] writes.
+pub const CLIPPED_PG_METRICS: &[&str] = &["loss", "kl", "entropy", "clip_frac", "grad_norm"];
+
+/// The update of a sequence-advantage algorithm (GRPO, RLOO): the step's total rewards, minus
+/// the KL penalty when it goes into the reward, turned into one advantage per sequence by
+/// `advantages`, then [`clipped_update`].
+pub fn sequence_advantage_update(run: &mut RlRun, r: &Rollout, s: &ClippedPg, advantages: impl FnOnce(&[Option<f64>]) -> Vec<f64>) -> Result<StepUpdate, RunError> {
+    let mut totals = r.totals();
+    // KL in the reward: subtract kl_coef * sum of per-token KL from each sequence's reward.
+    let kl_seq = if s.kl_in_reward && s.kl_coef > 0.0 { kl_into_rewards(run, r, s.kl_coef, s.kl_estimator, &mut totals)? } else { 0.0 };
+    let adv = advantages(&totals);
+    clipped_update(run, r, s, &totals, &adv, kl_seq)
+}
+
 /// The clipped surrogate settings of a sequence-advantage algorithm.
 #[derive(Debug, Clone, Copy)]
 pub struct ClippedPg {

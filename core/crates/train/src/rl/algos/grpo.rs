@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::RunError;
 use crate::rl::algorithm::{drive, RlAlgorithm, StepUpdate};
 use crate::rl::config::{AlgorithmConfig, RlConfig, RlData, RlTraining};
-use crate::rl::pg::{clipped_update, kl_into_rewards, ClippedPg};
+use crate::rl::pg::{sequence_advantage_update, ClippedPg, CLIPPED_PG_METRICS};
 use crate::rl::run::{Rollout, RlRun};
 use crate::session::RunOptions;
 
@@ -166,7 +166,7 @@ pub struct Grpo;
 impl RlAlgorithm for Grpo {
     type Config = GrpoAlgo;
     const NAME: &'static str = "grpo";
-    const METRIC_KEYS: &'static [&'static str] = &["loss", "kl", "entropy", "clip_frac", "grad_norm"];
+    const METRIC_KEYS: &'static [&'static str] = CLIPPED_PG_METRICS;
 
     fn new(_cfg: &GrpoConfig, _run: &RlRun) -> Result<Self, RunError> {
         Ok(Grpo)
@@ -174,11 +174,7 @@ impl RlAlgorithm for Grpo {
 
     fn update(&mut self, cfg: &GrpoConfig, run: &mut RlRun, r: &Rollout) -> Result<StepUpdate, RunError> {
         let a = &cfg.algorithm;
-        let mut totals = r.totals();
-        // KL in the reward: subtract kl_coef * sum of per-token KL from each sequence's reward.
-        let kl_seq = if a.kl_in_reward && a.kl_coef > 0.0 { kl_into_rewards(run, r, a.kl_coef, a.kl_estimator, &mut totals)? } else { 0.0 };
-        let adv = advantages(&totals, a.n, a.advantage);
-        clipped_update(run, r, &a.clipped_pg(), &totals, &adv, kl_seq)
+        sequence_advantage_update(run, r, &a.clipped_pg(), |totals| advantages(totals, a.n, a.advantage))
     }
 }
 

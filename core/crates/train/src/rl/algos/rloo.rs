@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::RunError;
 use crate::rl::algorithm::{drive, RlAlgorithm, RlOutcome, StepUpdate};
 use crate::rl::config::{AlgorithmConfig, RlConfig};
-use crate::rl::pg::{clipped_update, kl_into_rewards, ClippedPg, KlEstimator, LossAgg};
+use crate::rl::pg::{sequence_advantage_update, ClippedPg, KlEstimator, LossAgg, CLIPPED_PG_METRICS};
 use crate::rl::run::{Rollout, RlRun};
 use crate::session::RunOptions;
 
@@ -131,7 +131,7 @@ pub struct Rloo;
 impl RlAlgorithm for Rloo {
     type Config = RlooAlgo;
     const NAME: &'static str = "rloo";
-    const METRIC_KEYS: &'static [&'static str] = &["loss", "kl", "entropy", "clip_frac", "grad_norm"];
+    const METRIC_KEYS: &'static [&'static str] = CLIPPED_PG_METRICS;
 
     fn new(_cfg: &RlooConfig, _run: &RlRun) -> Result<Self, RunError> {
         Ok(Rloo)
@@ -139,9 +139,6 @@ impl RlAlgorithm for Rloo {
 
     fn update(&mut self, cfg: &RlooConfig, run: &mut RlRun, r: &Rollout) -> Result<StepUpdate, RunError> {
         let a = &cfg.algorithm;
-        let mut totals = r.totals();
-        let kl_seq = if a.kl_in_reward && a.kl_coef > 0.0 { kl_into_rewards(run, r, a.kl_coef, a.kl_estimator, &mut totals)? } else { 0.0 };
-        let adv = advantages(&totals, a.n, a.normalize_advantages);
         let pg = ClippedPg {
             update_epochs: a.update_epochs,
             clip_low: a.clip_low,
@@ -152,7 +149,7 @@ impl RlAlgorithm for Rloo {
             entropy_coef: a.entropy_coef,
             loss_agg: a.loss_agg,
         };
-        clipped_update(run, r, &pg, &totals, &adv, kl_seq)
+        sequence_advantage_update(run, r, &pg, |totals| advantages(totals, a.n, a.normalize_advantages))
     }
 }
 
