@@ -1,4 +1,4 @@
-//! Evaluation metrics (core/src/eval/metrics) against the reference packages.
+//! Evaluation metrics (core/crates/eval/src/metrics) against the reference packages.
 //!
 //! `tests/fixtures/eval_metrics_expected.json` is written by
 //! `scripts/reference/eval_metrics_reference.py` (sacrebleu, rouge-score, lifelines, numpy; never

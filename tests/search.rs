@@ -1,4 +1,4 @@
-//! Study search backends (core/src/search): the tantivy index (build, atomicity, ranking,
+//! Study search backends (core/crates/search): the tantivy index (build, atomicity, ranking,
 //! hostile queries), the PubMed E-utilities client against a local mock server (no test here
 //! reaches NCBI), task grants, the `medrl index` / `medrl reward score` command lines, and the
 //! study-search reward plugin scored end to end through both backends.
