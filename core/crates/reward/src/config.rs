@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use medrl_plugin::{FailurePolicy, Grants, Limits};
 
-use crate::error::RewardError;
+use crate::error::{BadTimeout, RewardError};
 use crate::set::{host, RewardSet, RewardSpec};
 
 /// One reward of a run config: which plugin, with what weight, config, failure policy and
@@ -34,11 +34,6 @@ pub struct RewardConfig {
     #[serde(default = "default_timeout")]
     pub timeout_s: f64,
 }
-
-/// A `timeout_s` outside (0, 86400] seconds.
-#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
-#[error("timeout_s {0} must be in (0, 86400] seconds")]
-pub struct BadTimeout(pub f64);
 
 impl RewardConfig {
     /// `timeout_s` as a call deadline: in (0, 86400] seconds (a Duration cannot hold an

@@ -14,8 +14,13 @@ pub enum RewardError {
     Policy { name: String, source: medrl_plugin::ParsePolicyError },
     /// `timeout_s` is not a usable call deadline.
     #[error("reward `{name}`: {source}")]
-    Deadline { name: String, source: crate::config::BadTimeout },
+    Deadline { name: String, source: BadTimeout },
     /// A reward set needs at least one plugin.
     #[error("at least one reward plugin is needed")]
     Empty,
 }
+
+/// A `timeout_s` outside (0, 86400] seconds.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("timeout_s {0} must be in (0, 86400] seconds")]
+pub struct BadTimeout(pub f64);

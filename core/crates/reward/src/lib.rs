@@ -37,5 +37,5 @@ pub mod set;
 pub use accuracy::{accuracy_value, is_correct, AccuracySpec};
 pub use answer::AnswerKind;
 pub use config::{load_rewards, reward_names, RewardConfig};
-pub use error::RewardError;
+pub use error::{BadTimeout, RewardError};
 pub use set::{host, RewardResult, RewardSet, RewardSpec};
