@@ -135,7 +135,7 @@ pub fn eval_task(task: &Task, split: Split, limit: Option<usize>, policy: Failur
     let spec = task.metrics();
     let metrics = MetricSettings {
         // Where the task says its reward reads the answer (task.yaml `metrics.answer`).
-        answer: spec.answer.into(),
+        answer: spec.answer,
         accuracy: spec.accuracy_for(&names),
         bleu: spec.text.contains(&TextMetric::Bleu),
         rouge: spec.text.contains(&TextMetric::Rouge),

@@ -3,7 +3,7 @@
 //!
 //! Parsers mirror the reward plugins' own extraction, so the evaluation sees the answer the
 //! reward saw. A task picks one by name (`metrics.answer` in task.yaml, a
-//! [`medrl_reward::AnswerKind`], mapped by `From`); nothing here knows plugin names:
+//! [`medrl_reward::AnswerKind`], read here by [`ReadAnswer`]); nothing here knows plugin names:
 //! - `final_response`: the text after the last `## Final Response` heading (medical-verifier);
 //! - `answer_tag`: the last `<answer>…</answer>` (study-search);
 //! - `number`: the first number inside the last `<answer>…</answer>` (sample-size), written in
@@ -18,44 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// How to read a response's answer (`answer` of [`crate::MetricSettings`], from a task's
-/// `metrics.answer`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnswerParser {
-    /// Free text: the response after the last `</think>`.
-    #[default]
-    Text,
-    FinalResponse,
-    AnswerTag,
-    Number,
-    Hcc,
-}
-
-/// A name that is no [`AnswerParser`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown answer parser `{0}`: expected text, final_response, answer_tag, number or hcc")]
-pub struct UnknownAnswerParser(pub String);
-
-impl std::str::FromStr for AnswerParser {
-    type Err = UnknownAnswerParser;
-    fn from_str(s: &str) -> Result<Self, UnknownAnswerParser> {
-        serde_json::from_value(Value::String(s.to_string())).map_err(|_| UnknownAnswerParser(s.to_string()))
-    }
-}
-
-impl From<medrl_reward::AnswerKind> for AnswerParser {
-    /// The parser of the answer kind a task declares (`metrics.answer` in task.yaml).
-    fn from(k: medrl_reward::AnswerKind) -> Self {
-        use medrl_reward::AnswerKind as K;
-        match k {
-            K::Text => AnswerParser::Text,
-            K::FinalResponse => AnswerParser::FinalResponse,
-            K::AnswerTag => AnswerParser::AnswerTag,
-            K::Number => AnswerParser::Number,
-            K::Hcc => AnswerParser::Hcc,
-        }
-    }
-}
+/// `metrics.answer`): the task's answer kind itself, read by [`ReadAnswer`].
+pub use medrl_reward::answer::UnknownAnswerKind as UnknownAnswerParser;
+pub use medrl_reward::AnswerKind as AnswerParser;
 
 /// Tag and number extraction: the SDK's helpers, which the bundled reward plugins use (one
 /// implementation on both sides of the sandbox).
@@ -86,9 +51,18 @@ pub fn fmt_number(v: f64) -> String {
     }
 }
 
-impl AnswerParser {
+/// Reading an answer the way an [`AnswerParser`] (a task's answer kind) says.
+pub trait ReadAnswer {
     /// The canonical answer of `response`, `None` when there is none.
-    pub fn parse(self, response: &str) -> Option<String> {
+    fn parse(self, response: &str) -> Option<String>;
+    /// The text compared with the reference by BLEU/ROUGE: the parsed answer for parsers that
+    /// isolate an answer, else the response after `</think>`. A response with no parsable answer
+    /// gives the empty string (it is scored, as a miss).
+    fn answer_text(self, response: &str) -> String;
+}
+
+impl ReadAnswer for AnswerParser {
+    fn parse(self, response: &str) -> Option<String> {
         match self {
             AnswerParser::Text => non_empty(collapse_ws(strip_think(response))),
             AnswerParser::FinalResponse => {
@@ -101,10 +75,7 @@ impl AnswerParser {
         }
     }
 
-    /// The text compared with the reference by BLEU/ROUGE: the parsed answer for parsers that
-    /// isolate an answer, else the response after `</think>`. A response with no parsable answer
-    /// gives the empty string (it is scored, as a miss).
-    pub fn answer_text(self, response: &str) -> String {
+    fn answer_text(self, response: &str) -> String {
         match self {
             AnswerParser::Text | AnswerParser::Hcc => strip_think(response).to_string(),
             AnswerParser::FinalResponse => match response.rfind("## Final Response") {

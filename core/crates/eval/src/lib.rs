@@ -21,7 +21,7 @@ pub mod metrics;
 pub mod report;
 pub mod run;
 
-pub use answer::AnswerParser;
+pub use answer::{AnswerParser, ReadAnswer};
 pub use run::{
     compute_metrics, evaluate, read_predictions, run_eval, AccuracySpec, EvalError, SurvivalSettings, EvalMetrics, EvalOptions, EvalTask,
     MetricSettings, Prediction, RewardResult, RewardSet, RewardSpec, Rewards, RunConfig, RunControl, RunOutcome,

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::answer::{self, AnswerParser};
+use super::answer::{self, AnswerParser, ReadAnswer};
 use super::metrics::{self as m, RougeTokenizer};
 use medrl_data::{Example, Origin};
 use medrl_lm::generate::{generate_streams, SamplingParams, StopConditions};

@@ -2,7 +2,7 @@
 //! it sees the answer the reward saw (extract-failure rate, majority vote, BLEU/ROUGE text).
 //!
 //! Only the *kind* lives here, as data a task declares (`metrics.answer` in task.yaml); the
-//! parsing itself is `medrl_eval::AnswerParser`, which maps each kind one to one.
+//! parsing itself is evaluation's (`medrl_eval::answer::ReadAnswer`, implemented for this type).
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,18 @@ impl AnswerKind {
             AnswerKind::Number => "number",
             AnswerKind::Hcc => "hcc",
         }
+    }
+}
+
+/// A name that is no [`AnswerKind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown answer parser `{0}`: expected text, final_response, answer_tag, number or hcc")]
+pub struct UnknownAnswerKind(pub String);
+
+impl std::str::FromStr for AnswerKind {
+    type Err = UnknownAnswerKind;
+    fn from_str(s: &str) -> Result<Self, UnknownAnswerKind> {
+        AnswerKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownAnswerKind(s.to_string()))
     }
 }
 
