@@ -4,8 +4,8 @@
 //! under `core/crates/`, re-exported here under their module names so that tools and tests
 //! reach the whole library through one path. Layers, bottom up (see ARCHITECTURE.md):
 //! - medrl-base: [`config`], [`fsutil`], [`plot`], [`progress`];
-//! - medrl-nn: [`ops`], [`kernels`], [`device`];
-//! - medrl-lm: [`tokenizer`], [`model`], [`generate`], [`gguf`];
+//! - medrl-nn: [`ops`], [`kernels`], [`infer`], [`device`];
+//! - medrl-lm: [`tokenizer`], [`model`], [`engine`], [`generate`], [`gguf`];
 //! - medrl-data: [`data`];
 //! - medrl-plugin: [`plugin`] (the WebAssembly host);
 //! - medrl-search: [`search`] (study search backends);
@@ -20,8 +20,8 @@ pub mod cli;
 pub use medrl_base::{config, fsutil, plot, progress};
 pub use medrl_data as data;
 pub use medrl_eval as eval;
-pub use medrl_lm::{generate, gguf, model, tokenizer};
-pub use medrl_nn::{device, kernels, ops};
+pub use medrl_lm::{engine, generate, gguf, model, tokenizer};
+pub use medrl_nn::{device, infer, kernels, ops};
 pub use medrl_plugin as plugin;
 pub use medrl_reward as reward;
 pub use medrl_reward::judge;

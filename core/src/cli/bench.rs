@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::engine::EngineConfig;
 use crate::generate::{generate, SamplingParams, StopConditions};
 use crate::model::{load_model_dir, parse_device, parse_dtype};
 
@@ -31,6 +32,40 @@ pub enum BenchCommand {
         /// Timed repetitions after one warm-up; the median is reported.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+    },
+    /// Rollout throughput through the engine as RL uses it: `prompts` x `samples` sequences
+    /// (random prompt ids, each prompt's samples sharing its KV blocks), temperature 1, EOS
+    /// ignored; tokens/s and peak memory. `--latency`: batch-1 greedy decode, ms per token.
+    Rollout {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+        #[arg(long, default_value_t = 64)]
+        prompts: usize,
+        #[arg(long, default_value_t = 8)]
+        samples: usize,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 512)]
+        new_tokens: usize,
+        /// Batch-1 greedy decode latency instead of throughput.
+        #[arg(long)]
+        latency: bool,
+        /// Print one compact JSON line (for logs) instead of indented JSON.
+        #[arg(long)]
+        json: bool,
+        /// Engine settings (see `medrl_lm::engine::EngineConfig`).
+        #[arg(long, default_value_t = 16)]
+        block_size: usize,
+        #[arg(long, default_value_t = 512)]
+        max_seqs: usize,
+        #[arg(long, default_value_t = 8192)]
+        max_tokens_per_step: usize,
+        #[arg(long, default_value_t = 0.9)]
+        memory_fraction: f64,
     },
     /// Full-SFT training throughput on a random-init model of a known shape (AdamW, f32 master
     /// weights, compute in --dtype), random token batches, loss on every token.
@@ -504,6 +539,15 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        BenchCommand::Rollout { model, device, dtype, prompts, samples, prompt_len, new_tokens, latency, json, block_size, max_seqs, max_tokens_per_step, memory_fraction } => {
+            let r = bench_rollout(&model, &device, &dtype, (prompts, samples, prompt_len, new_tokens), latency, EngineConfig { block_size, max_seqs, max_tokens_per_step, memory_fraction, num_blocks: None })?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            }
+            Ok(())
+        }
         BenchCommand::CompareDevices { model, device, dtype, prompt } => {
             let dev = parse_device(&device).map_err(anyhow::Error::msg)?;
             let dt = parse_dtype(&dtype, &dev).map_err(anyhow::Error::msg)?;
@@ -529,4 +573,55 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `medrl bench rollout`: one warm-up run on the same shapes with few new tokens (kernels load
+/// and compile), then the timed run.
+fn bench_rollout(model: &std::path::Path, device: &str, dtype: &str, shape: (usize, usize, usize, usize), latency: bool, cfg: EngineConfig) -> anyhow::Result<serde_json::Value> {
+    let (n_prompts, samples, prompt_len, new_tokens) = shape;
+    anyhow::ensure!(n_prompts > 0 && samples > 0 && prompt_len > 0 && new_tokens > 1, "prompts, samples and prompt_len must be positive and new_tokens at least 2");
+    let dev = parse_device(device).map_err(anyhow::Error::msg)?;
+    let dt = parse_dtype(dtype, &dev).map_err(anyhow::Error::msg)?;
+    let m = load_model_dir(model, &dev, dt).with_context(|| format!("loading {}", model.display()))?;
+    let vocab = m.model.cfg.vocab_size as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (n_prompts, samples) = if latency { (1, 1) } else { (n_prompts, samples) };
+    let unique: Vec<Vec<u32>> = (0..n_prompts).map(|_| (0..prompt_len).map(|_| rng.gen_range(0..vocab)).collect()).collect();
+    let prompts: Vec<Vec<u32>> = unique.iter().flat_map(|p| std::iter::repeat_n(p.clone(), samples)).collect();
+    let streams: Vec<u64> = (0..prompts.len() as u64).collect();
+    let temperature = if latency { 0.0 } else { 1.0 };
+    let stop = StopConditions::default();
+    let warm = SamplingParams { max_new_tokens: 4, temperature, seed: 1, ..Default::default() };
+    crate::engine::run(&m.model, &prompts, &streams, &warm, &stop, &cfg, None)?;
+    dev.synchronize()?;
+    crate::device::reset_peak_memory(&dev);
+    let params = SamplingParams { max_new_tokens: new_tokens, temperature, seed: 2, ..Default::default() };
+    let t0 = Instant::now();
+    let first = std::cell::Cell::new(None);
+    let cb = |n: usize, _| {
+        if first.get().is_none() && n >= prompts.len() {
+            first.set(Some(t0.elapsed().as_secs_f64()));
+        }
+    };
+    let out = crate::engine::run(&m.model, &prompts, &streams, &params, &stop, &cfg, Some(&cb))?;
+    dev.synchronize()?;
+    let wall = t0.elapsed().as_secs_f64();
+    let produced: usize = out.iter().map(|g| g.tokens.len()).sum();
+    anyhow::ensure!(produced == prompts.len() * new_tokens, "expected {} tokens, got {produced}", prompts.len() * new_tokens);
+    let ttft = first.get().unwrap_or(wall);
+    let params_count: usize = m.model.named_tensors().iter().map(|(_, t)| t.elem_count()).sum();
+    let peak_gib = crate::device::pool_memory_mb(&dev).map(|(high, _)| high / 1024.0);
+    let mut r = serde_json::json!({
+        "impl": "medrl", "mode": if latency { "engine-latency" } else { "engine" },
+        "model": model.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+        "params": params_count, "device": format!("{dev:?}"), "dtype": format!("{dt:?}"),
+        "prompts": n_prompts, "samples": samples, "prompt_len": prompt_len, "new_tokens": new_tokens,
+        "tokens_per_s": produced as f64 / wall, "wall_s": wall, "time_to_first_token_s": ttft,
+        "peak_gib": peak_gib,
+        "engine": {"block_size": cfg.block_size, "max_seqs": cfg.max_seqs, "max_tokens_per_step": cfg.max_tokens_per_step, "memory_fraction": cfg.memory_fraction},
+    });
+    if latency {
+        r["ms_per_token"] = serde_json::json!((wall - ttft) * 1000.0 / (new_tokens - 1) as f64);
+    }
+    Ok(r)
 }

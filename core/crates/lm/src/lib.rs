@@ -3,13 +3,14 @@
 //! - [`tokenizer`]: `tokenizer.json`, chat templates (minijinja), generation defaults;
 //! - [`model`]: the one decoder body with a file per concern (config, transformer, LoRA, PEFT
 //!   folders, sequence classifiers, weights, random init); Hugging Face model folders in and out;
-//! - [`generate`]: batched sampling with a KV cache, and `medrl generate`'s configuration;
-//! - [`gguf`]: GGUF import (llama architecture) into Hugging Face folders;
-//! - [`engine`]: the rollout engine's paged-KV bookkeeping and continuous-batching scheduler
-//!   (not yet driving generation).
+//! - [`engine`]: the rollout engine every generation goes through: paged KV cache, continuous
+//!   batching, shared prompt blocks, batched sampling on the device;
+//! - [`generate`]: the convenience entry points over the engine, and `medrl generate`'s
+//!   configuration;
+//! - [`gguf`]: GGUF import (llama architecture) into Hugging Face folders.
 //!
 //! Layer 2: imports medrl-base and medrl-nn only. Module order inside: tokenizer < model <
-//! generate; gguf uses tokenizer and model.
+//! engine < generate; gguf uses tokenizer and model.
 
 pub mod engine;
 pub mod generate;

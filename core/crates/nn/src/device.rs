@@ -159,6 +159,22 @@ pub fn device_memory_used_mb(device: &candle_core::Device) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Bytes a new allocation can still get on `device`: the driver's free memory plus what the
+/// memory pool holds in reserve but no tensor uses (candle's pool keeps freed memory). `None`
+/// on CPU, where the engine sizes its cache from the requests instead.
+pub fn free_memory_bytes(device: &candle_core::Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute as A;
+        let (free, _) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info().ok()?;
+        let reserved = mem_pool_attribute(d, A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, None).unwrap_or(0);
+        let used = mem_pool_attribute(d, A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT, None).unwrap_or(0);
+        return Some(free as u64 + reserved.saturating_sub(used));
+    }
+    let _ = device;
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,25 @@
-//! The rollout engine's bookkeeping (issue 16, first part): a paged KV cache's blocks and block
-//! tables ([`blocks`]) and the continuous-batching scheduler over them ([`scheduler`]).
+//! The rollout engine: one inference path for `medrl generate`, evaluation, RL rollouts and
+//! judges.
 //!
-//! Both are pure logic on ids and counts, tested on CPU: the cache tensors, the attention that
-//! reads keys and values through block tables, and the generation loop that drives the
-//! scheduler come next and will replace `generate`'s contiguous per-batch cache. Nothing in
-//! medrl runs through this module yet.
+//! - [`blocks`]: the paged KV cache's bookkeeping (block pool with reference counts, block
+//!   tables with copy on write for shared prompts);
+//! - [`scheduler`]: continuous batching over those blocks (token budget, chunked prefill,
+//!   recompute preemption, prompt groups that fork);
+//! - [`cache`]: the cache's tensors and the attention of one step over them (a CUDA kernel for
+//!   decode steps, primitive ops elsewhere: the reference);
+//! - [`sampling`]: settings and per-sequence random streams; the arithmetic is
+//!   [`medrl_nn::infer::sample_row`], batched on the device by [`medrl_nn::infer::sample_rows`];
+//! - [`run`]: the loop that drives them with the model's inference forward.
 
 pub mod blocks;
+pub mod cache;
+pub mod request;
+pub mod run;
+pub mod sampling;
 pub mod scheduler;
+
+pub use request::{FinishReason, Generation, Progress, StopConditions};
+pub use run::{run, run_with_stats, EngineConfig, EngineStats};
 
 /// A cache or scheduler setting, or a request, that cannot be served.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

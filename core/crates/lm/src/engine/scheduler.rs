@@ -38,6 +38,10 @@ struct Seq {
     /// Tokens whose keys and values are in the cache.
     computed: usize,
     table: BlockTable,
+    /// Further samples of the same prompt: they join when this sequence's prompt is computed,
+    /// sharing its blocks ([`BlockTable::fork`]), and each samples its own first token from the
+    /// same last-position logits.
+    forks: Vec<SeqId>,
 }
 
 /// What one model step computes.
@@ -55,6 +59,9 @@ pub struct StepPlan {
     pub exhausted: Vec<SeqId>,
     /// Block copies to make before the step's cache writes.
     pub copies: Vec<CopyOnWrite>,
+    /// Sequences whose prompt this step completes, with the samples that fork from them: each
+    /// of those samples its first token from the same logits row as the parent.
+    pub forks: Vec<(SeqId, Vec<SeqId>)>,
 }
 
 impl StepPlan {
@@ -100,13 +107,24 @@ impl Scheduler {
         if prompt_len + 1 > capacity {
             return Err(EngineError::Request(format!("sequence {id}: a prompt of {prompt_len} tokens does not fit a KV cache of {capacity} token slots")));
         }
-        self.waiting.push_back(Seq { id, tokens: prompt_len, computed: 0, table: BlockTable::default() });
+        self.waiting.push_back(Seq { id, tokens: prompt_len, computed: 0, table: BlockTable::default(), forks: vec![] });
         Ok(())
     }
 
-    /// Sequences queued or running.
+    /// Queue `ids.len()` samples of one prompt: the first is prefilled, and the others fork from
+    /// it when its prompt is computed (the prompt's blocks are stored once, copy on write).
+    pub fn add_group(&mut self, ids: &[SeqId], prompt_len: usize) -> Result<(), EngineError> {
+        let Some((&first, rest)) = ids.split_first() else {
+            return Err(EngineError::Request("a group of no sequences".into()));
+        };
+        self.add(first, prompt_len)?;
+        self.waiting.back_mut().expect("just queued").forks = rest.to_vec();
+        Ok(())
+    }
+
+    /// Sequences queued or running (forks not yet split off included).
     pub fn num_unfinished(&self) -> usize {
-        self.waiting.len() + self.running.len()
+        self.waiting.iter().chain(&self.running).map(|s| 1 + s.forks.len()).sum()
     }
 
     /// The block table of a running sequence.
@@ -135,6 +153,7 @@ impl Scheduler {
         plan.preempted.push(victim.id);
         plan.decode.retain(|&d| d != victim.id);
         plan.prefill.retain(|(p, _)| *p != victim.id);
+        plan.forks.retain(|(p, _)| *p != victim.id);
         self.waiting.push_front(victim);
     }
 
@@ -153,7 +172,12 @@ impl Scheduler {
             match self.running[i].table.append(&mut self.pool, 1) {
                 Some(c) => {
                     plan.copies.extend(c);
-                    plan.decode.push(self.running[i].id);
+                    let s = &self.running[i];
+                    plan.decode.push(s.id);
+                    // A prompt whose last chunk is one token completes here, as a decode.
+                    if !s.forks.is_empty() {
+                        plan.forks.push((s.id, s.forks.clone()));
+                    }
                     budget -= 1;
                     i += 1;
                 }
@@ -185,6 +209,9 @@ impl Scheduler {
                 Some(c) => {
                     plan.copies.extend(c);
                     plan.prefill.push((s.id, s.computed..s.computed + n));
+                    if s.computed + n == s.tokens && !s.forks.is_empty() {
+                        plan.forks.push((s.id, s.forks.clone()));
+                    }
                     budget -= n;
                 }
                 None => break,
@@ -201,6 +228,9 @@ impl Scheduler {
             let mut s = self.waiting.pop_front().expect("front exists");
             plan.copies.extend(s.table.append(&mut self.pool, n).expect("checked above"));
             plan.prefill.push((s.id, 0..n));
+            if n == s.tokens && !s.forks.is_empty() {
+                plan.forks.push((s.id, s.forks.clone()));
+            }
             budget -= n;
             self.running.push(s);
         }
@@ -209,12 +239,17 @@ impl Scheduler {
     /// Apply a computed step: what each planned sequence computed, and for each that sampled a
     /// token (a decode, or a prefill that reached its end) whether it finished there.
     pub fn complete(&mut self, plan: &StepPlan, finished: &[SeqId]) {
+        let mut forked = Vec::new();
         for (id, r) in &plan.prefill {
             if let Some(s) = self.running.iter_mut().find(|s| s.id == *id) {
                 s.computed = r.end;
                 if r.end == s.tokens {
-                    // The prompt's last position sampled the first new token.
+                    // The prompt's last position sampled the first new token (for every fork).
                     s.tokens += 1;
+                    for child in std::mem::take(&mut s.forks) {
+                        let table = s.table.fork(&mut self.pool);
+                        forked.push(Seq { id: child, tokens: s.tokens, computed: s.computed, table, forks: vec![] });
+                    }
                 }
             }
         }
@@ -222,8 +257,13 @@ impl Scheduler {
             if let Some(s) = self.running.iter_mut().find(|s| s.id == *id) {
                 s.computed = s.tokens;
                 s.tokens += 1;
+                for child in std::mem::take(&mut s.forks) {
+                    let table = s.table.fork(&mut self.pool);
+                    forked.push(Seq { id: child, tokens: s.tokens, computed: s.computed, table, forks: vec![] });
+                }
             }
         }
+        self.running.extend(forked);
         let pool = &mut self.pool;
         self.running.retain_mut(|s| {
             let done = finished.contains(&s.id);
@@ -353,6 +393,40 @@ mod tests {
         let (plans, generated) = run(cfg, 4, 4, &[(0, 12, 2), (1, 12, 2)]);
         assert_eq!((generated[&0], generated[&1]), (2, 2));
         assert!(plans.iter().any(|p| !p.preempted.is_empty()));
+    }
+
+    #[test]
+    fn a_prompt_group_is_prefilled_once_and_its_samples_fork() {
+        let mut s = Scheduler::new(SchedulerConfig { max_seqs: 8, max_tokens_per_step: 64 }, BlockPool::new(16, 4).unwrap()).unwrap();
+        s.add_group(&[10, 11, 12], 10).unwrap();
+        assert_eq!(s.num_unfinished(), 3);
+        let plan = s.schedule();
+        assert_eq!(plan.prefill, vec![(10, 0..10)], "only the first sample computes the prompt");
+        assert_eq!(plan.forks, vec![(10, vec![11, 12])]);
+        s.complete(&plan, &[]);
+        assert_eq!(s.pool().num_free(), 13, "the prompt's 3 blocks are held once");
+        // Every sample decodes; the shared half-full block is copied for all writers but the last.
+        let plan = s.schedule();
+        assert_eq!(plan.decode, vec![10, 11, 12]);
+        assert_eq!(plan.copies.len(), 2);
+        s.complete(&plan, &[10, 11, 12]);
+        assert_eq!((s.num_unfinished(), s.pool().num_free()), (0, 16));
+        // A group whose sample finishes at its first token.
+        s.add_group(&[1, 2], 3).unwrap();
+        let plan = s.schedule();
+        s.complete(&plan, &[2]);
+        assert_eq!(s.num_unfinished(), 1);
+        assert!(s.add_group(&[], 3).is_err());
+        // A prompt whose last chunk is one token completes as a decode, and still forks.
+        let mut s = Scheduler::new(SchedulerConfig { max_seqs: 8, max_tokens_per_step: 4 }, BlockPool::new(16, 4).unwrap()).unwrap();
+        s.add_group(&[0, 1], 5).unwrap();
+        let plan = s.schedule();
+        assert_eq!((plan.prefill.clone(), plan.forks.len()), (vec![(0, 0..4)], 0));
+        s.complete(&plan, &[]);
+        let plan = s.schedule();
+        assert_eq!((plan.decode.clone(), plan.forks.clone()), (vec![0], vec![(0, vec![1])]));
+        s.complete(&plan, &[]);
+        assert_eq!(s.schedule().decode, vec![0, 1]);
     }
 
     #[test]

@@ -345,6 +345,63 @@ impl CausalLm {
     }
 }
 
+/// Where the inference forward ([`CausalLm::forward_tokens`]) keeps keys and values and how it
+/// attends: the model computes projections, norms and rotary embeddings of a step's new tokens,
+/// the backend stores their keys and values and attends over each sequence's history (the
+/// rollout engine's paged cache implements it).
+pub trait AttentionBackend {
+    /// `q`: `[N, heads, head_dim]`, `k`/`v`: `[N, kv_heads, head_dim]`, the step's `N` new
+    /// tokens after RoPE; returns the attention output `[N, heads * head_dim]`.
+    fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> CResult<Tensor>;
+}
+
+impl CausalLm {
+    /// Final hidden states `[N, H]` of a flat batch of `N` tokens (`ids`, `positions`: `[N]`
+    /// u32) from any number of sequences, attention delegated to `attn`. Inference only: this
+    /// is the engine's forward, kept apart from the training forward so neither constrains the
+    /// other's layout. Rows stay `[tokens, features]` throughout; RoPE sees each token as a
+    /// batch of one position (`[N, heads, 1, head_dim]`), so no transposes are needed.
+    pub fn forward_tokens(&self, ids: &Tensor, positions: &Tensor, attn: &mut dyn AttentionBackend) -> CResult<Tensor> {
+        let n = ids.dim(0)?;
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        // candle's fused norm with the weight folded in: one kernel where the differentiable
+        // version takes three (no gradient is needed here).
+        let eps = cfg.rms_norm_eps as f32;
+        let norm = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(&x.contiguous()?, w, eps);
+        let mut x = self.embed_tokens.index_select(ids, 0)?;
+        let (cos, sin) = self.rope_tables(&positions.reshape((n, 1))?)?; // [N, 1, 1, D/2]
+        for (i, layer) in self.layers.iter().enumerate() {
+            let residual = x.clone();
+            let hs = norm(&x, &layer.input_layernorm)?;
+            let a = &layer.self_attn;
+            let heads = |lin: &Linear, h: usize, qk_norm: &Option<Tensor>, rope: bool| -> CResult<Tensor> {
+                let y = lin.forward(&hs)?.reshape((n, h, hd))?;
+                let y = match qk_norm {
+                    Some(w) => norm(&y, w)?,
+                    None => y,
+                };
+                if rope {
+                    ops::rope(&y.reshape((n, h, 1, hd))?, &cos, &sin)?.reshape((n, h, hd))
+                } else {
+                    Ok(y)
+                }
+            };
+            let q = heads(&a.q_proj, nh, &a.q_norm, true)?;
+            let k = heads(&a.k_proj, nkv, &a.k_norm, true)?;
+            let v = heads(&a.v_proj, nkv, &None, false)?;
+            let o = attn.attend(i, &q, &k, &v)?;
+            x = (residual + a.o_proj.forward(&o)?)?;
+            let residual = x.clone();
+            let hs = norm(&x, &layer.post_attention_layernorm)?;
+            let m = &layer.mlp;
+            let act = ops::swiglu(&m.gate_proj.forward(&hs)?, &m.up_proj.forward(&hs)?)?;
+            x = (residual + m.down_proj.forward(&act)?)?;
+        }
+        norm(&x, &self.norm)
+    }
+}
+
 pub use medrl_nn::MASK_VALUE;
 
 /// Additive mask `[B, 1, T, past + T]` for `T` new tokens after `past` cached ones.

@@ -1,8 +1,8 @@
-//! Logit processing and sampling, on the host, one sequence at a time (sequences of a batch in
-//! parallel, see `generate`).
+//! Sampling settings and per-sequence random streams.
 //!
 //! Order follows transformers: repetition penalty, temperature, top-k, top-p, then a draw.
-//! Each sequence owns a seeded RNG, so its tokens do not depend on what else is in the batch.
+//! Each sequence owns a seeded RNG, so its tokens do not depend on what else is in the batch,
+//! on the order sequences are admitted in, or on preemption.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -65,87 +65,28 @@ pub struct Sampled {
     pub logprob: f32,
 }
 
-/// Pick the next token from raw `logits` given the tokens seen so far (`history`).
+/// Pick the next token from raw `logits` given the tokens seen so far (`history`), on the host.
+///
+/// The arithmetic is [`medrl_nn::infer::sample_row`], the same the engine's batched device
+/// sampler runs, so host and device draws agree up to float rounding. One uniform is drawn from
+/// `rng` per sampled token (none for greedy): a sequence's stream advances the same way wherever
+/// it is sampled.
 pub fn sample(logits: &mut [f32], history: &[u32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> Sampled {
-    if p.repetition_penalty != 1.0 {
-        let pen = p.repetition_penalty as f32;
-        let mut seen = std::collections::HashSet::with_capacity(history.len());
-        for &t in history {
-            if seen.insert(t) {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / pen } else { *l * pen };
-                }
-            }
-        }
+    let mut seen: Vec<u32> = if p.repetition_penalty != 1.0 { history.to_vec() } else { vec![] };
+    seen.sort_unstable();
+    seen.dedup();
+    let u = draw(p, rng);
+    let (token, logprob) = medrl_nn::infer::sample_row(logits, &seen, p.temperature as f32, p.top_k.min(u32::MAX as usize) as u32, p.top_p as f32, p.repetition_penalty as f32, u);
+    Sampled { token, logprob }
+}
+
+/// The uniform a sampled token consumes from its sequence's stream (0 and no draw for greedy).
+pub fn draw(p: &SamplingParams, rng: &mut ChaCha8Rng) -> f32 {
+    if p.temperature > 0.0 {
+        rng.gen::<f32>()
+    } else {
+        0.0
     }
-    let temperature = if p.temperature > 0.0 { p.temperature as f32 } else { 1.0 };
-    for l in logits.iter_mut() {
-        *l /= temperature;
-    }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
-    if p.temperature == 0.0 {
-        let (i, &l) = logits
-            .iter()
-            .enumerate()
-            .fold((0, &f32::NEG_INFINITY), |best, cur| if cur.1 > best.1 { cur } else { best });
-        return Sampled { token: i as u32, logprob: l - lse };
-    }
-    if (p.top_k == 0 || p.top_k >= logits.len()) && p.top_p >= 1.0 {
-        // Nothing is truncated: draw by inverse CDF in vocabulary order, O(V) and no sort (a
-        // full sort of a 50-150k vocabulary per token dominated GPU rollouts).
-        let mut u = rng.gen::<f32>() * (lse - max).exp();
-        let mut choice = None;
-        let mut last_positive = 0;
-        for (i, &l) in logits.iter().enumerate() {
-            let pr = (l - max).exp();
-            if pr > 0.0 {
-                last_positive = i;
-            }
-            if u < pr {
-                choice = Some(i);
-                break;
-            }
-            u -= pr;
-        }
-        // Rounding can leave u just above the last mass: take the last token with mass.
-        let token = choice.unwrap_or(last_positive);
-        return Sampled { token: token as u32, logprob: logits[token] - lse };
-    }
-    // Candidates sorted by logit, descending; ties by id for determinism.
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let k = if p.top_k > 0 { p.top_k.min(idx.len()) } else { idx.len() };
-    let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k - 1, cmp);
-        idx.truncate(k);
-    }
-    idx.sort_unstable_by(cmp);
-    let probs: Vec<f32> = idx.iter().map(|&i| (logits[i as usize] - max).exp()).collect();
-    let total: f32 = probs.iter().sum();
-    let mut keep = probs.len();
-    if p.top_p < 1.0 {
-        let mut acc = 0.0;
-        for (j, pr) in probs.iter().enumerate() {
-            acc += pr / total;
-            // transformers keeps tokens until the cumulative mass exceeds top_p (at least one).
-            if acc >= p.top_p as f32 {
-                keep = j + 1;
-                break;
-            }
-        }
-    }
-    let kept_total: f32 = probs[..keep].iter().sum();
-    let mut u = rng.gen::<f32>() * kept_total;
-    let mut choice = idx[keep - 1];
-    for (j, pr) in probs[..keep].iter().enumerate() {
-        if u < *pr {
-            choice = idx[j];
-            break;
-        }
-        u -= pr;
-    }
-    Sampled { token: choice, logprob: logits[choice as usize] - lse }
 }
 
 #[cfg(test)]
