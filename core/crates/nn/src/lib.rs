@@ -4,11 +4,14 @@
 //!   log-probabilities, fused linear cross-entropy, ...), each with a finite-difference check
 //!   ([`ops::gradcheck`]);
 //! - [`kernels`]: the CUDA kernels behind them (`cuda` feature), values only;
+//! - [`infer`]: inference-only ops for the paged-KV rollout engine (cache writes, paged decode
+//!   attention, per-row sampling), a CPU reference and a CUDA kernel each;
 //! - [`device`]: `cpu` / `cuda:N` / `auto` and dtype parsing, CUDA memory-pool readings.
 //!
 //! Layer 1: imports no other medrl crate. Knows tensors, not models or tokens.
 
 pub mod device;
+pub mod infer;
 pub mod kernels;
 pub mod ops;
 
