@@ -126,6 +126,31 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bf16")]
         dtype: String,
     },
+    /// The rollout engine's device ops (cache writes, paged attention, the batched sampler) on
+    /// --device against their CPU references, on random inputs (see `medrl_nn::infer`).
+    InferAgreement {
+        #[arg(long, default_value = "cuda")]
+        device: String,
+    },
+    /// Greedy generation through the engine on --device/--dtype against CPU f32, on clinical
+    /// prompts (chat template applied): identical sequences, and for each divergence whether it
+    /// is a near-tie (the CPU's margin between the two tokens at the first differing position).
+    EngineAgreement {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Extra prompts (the built-in clinical ones are always used).
+        #[arg(long)]
+        prompt: Vec<String>,
+        /// Largest CPU logit margin counted as a near-tie.
+        #[arg(long, default_value_t = 0.1)]
+        tie_margin: f32,
+    },
     /// The model-backed judges (sequence classifiers and a causal LM's P(True)) on --device
     /// against the transformers values committed with the test fixtures
     /// (`tests/fixtures/judge/expected.json`): the largest |difference| per model and mode.
@@ -475,6 +500,15 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&judge_agreement(&fixtures, &device, &dtype)?)?);
             Ok(())
         }
+        BenchCommand::InferAgreement { device } => {
+            let dev = parse_device(&device).map_err(anyhow::Error::msg)?;
+            println!("{}", crate::infer::agreement_report(&dev)?);
+            Ok(())
+        }
+        BenchCommand::EngineAgreement { model, device, dtype, new_tokens, prompt, tie_margin } => {
+            println!("{}", serde_json::to_string_pretty(&engine_agreement(&model, &device, &dtype, new_tokens, &prompt, tie_margin)?)?);
+            Ok(())
+        }
         BenchCommand::OpsAgreement { device, dtype } => {
             println!("{}", serde_json::to_string_pretty(&ops_agreement(&device, &dtype)?)?);
             Ok(())
@@ -624,4 +658,60 @@ fn bench_rollout(model: &std::path::Path, device: &str, dtype: &str, shape: (usi
         r["ms_per_token"] = serde_json::json!((wall - ttft) * 1000.0 / (new_tokens - 1) as f64);
     }
     Ok(r)
+}
+
+/// Clinical prompts for `bench engine-agreement` (the kinds of question the bundled tasks ask).
+const CLINICAL_PROMPTS: [&str; 8] = [
+    "A 62-year-old man with cirrhosis has a 3 cm liver lesion with arterial enhancement and washout. What is the BCLC stage and the first-line treatment?",
+    "Child-Pugh class A, single 4 cm hepatocellular carcinoma, ECOG 0. Is resection or ablation preferred?",
+    "How many patients per arm are needed to detect a difference of 10 mmHg in systolic blood pressure with SD 20, alpha 0.05 and 80% power?",
+    "Summarize the inclusion criteria of a phase III trial of atezolizumab plus bevacizumab in unresectable HCC.",
+    "AFP 450 ng/mL, portal vein tumor thrombus, Child-Pugh B7. What are the treatment options?",
+    "What is the hazard ratio and what does a 95% confidence interval of 0.62 to 0.91 mean for overall survival?",
+    "A patient asks whether she should stop metformin before a contrast CT. Explain clearly.",
+    "肝细胞癌患者，肿瘤直径5厘米，无血管侵犯，肝功能Child-Pugh A级，应如何治疗？",
+];
+
+fn engine_agreement(model: &std::path::Path, device: &str, dtype: &str, new_tokens: usize, extra: &[String], tie_margin: f32) -> anyhow::Result<serde_json::Value> {
+    use crate::tokenizer::ChatMessage;
+    let cpu = load_model_dir(model, &Device::Cpu, DType::F32).with_context(|| format!("loading {}", model.display()))?;
+    let prompts: Vec<Vec<u32>> = CLINICAL_PROMPTS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .map(|q| cpu.tokenizer.encode_chat(&[ChatMessage::user(&q)], true))
+        .collect::<Result<_, _>>()?;
+    let streams: Vec<u64> = (0..prompts.len() as u64).collect();
+    let params = SamplingParams { max_new_tokens: new_tokens, ..Default::default() };
+    let stop = StopConditions::default();
+    let cfg = EngineConfig::default();
+    let want = crate::engine::run(&cpu.model, &prompts, &streams, &params, &stop, &cfg, None)?;
+    let dev = parse_device(device).map_err(anyhow::Error::msg)?;
+    let dt = parse_dtype(dtype, &dev).map_err(anyhow::Error::msg)?;
+    let other = load_model_dir(model, &dev, dt)?;
+    let got = crate::engine::run(&other.model, &prompts, &streams, &params, &stop, &cfg, None)?;
+    let mut rows = Vec::new();
+    let (mut identical, mut near_ties) = (0, 0);
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let first = w.tokens.iter().zip(&g.tokens).position(|(a, b)| a != b);
+        let Some(k) = first else {
+            identical += 1;
+            rows.push(serde_json::json!({"prompt": i, "identical": true}));
+            continue;
+        };
+        // The CPU's logits at the first differing position: how far apart were the two tokens?
+        let mut seq = prompts[i].clone();
+        seq.extend(&w.tokens[..k]);
+        let input = Tensor::new(seq.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let logits: Vec<f32> = cpu.model.forward_causal(&input)?.squeeze(0)?.get(seq.len() - 1)?.to_vec1()?;
+        let margin = logits[w.tokens[k] as usize] - logits[g.tokens[k] as usize];
+        let tie = margin <= tie_margin;
+        near_ties += tie as usize;
+        rows.push(serde_json::json!({"prompt": i, "identical": false, "first_difference": k, "cpu_margin": margin, "near_tie": tie}));
+    }
+    Ok(serde_json::json!({
+        "model": model, "device": format!("{dev:?}"), "dtype": format!("{dt:?}"), "new_tokens": new_tokens,
+        "prompts": prompts.len(), "identical": identical, "diverged_at_near_tie": near_ties,
+        "diverged_otherwise": prompts.len() - identical - near_ties, "tie_margin": tie_margin, "per_prompt": rows,
+    }))
 }
