@@ -13,6 +13,8 @@
 # `timeout` and a failure or timeout is recorded as a line with "error" and does not stop the
 # others. All steps share a time budget (BUDGET_S, default 530 s) so that one device call of 600 s
 # holds the whole run; steps that no longer fit are skipped (and recorded as such).
+# peak_GiB is not like for like: medrl reports its memory pool's high-water mark (its KV block
+# pool is sized by --memory-fraction), the baseline torch.cuda.max_memory_allocated.
 #
 # Carry .dc-bin (scripts/device/stage.sh: xz of the CUDA binary) or point M at a binary:
 #   bash scripts/device/rollout-bench.sh
@@ -173,16 +175,16 @@ PYEOF
 
 py_run() {  # py_run SHAPE MODE CAP
   local shape=$1 mode=$2 cap=$3
-  local before
-  before=$(grep -c "\"mode\": \"$mode\", \"model\": \"$shape\"" "$J" || true)
+  count() { grep -F "\"mode\": \"$mode\", \"model\": \"$shape\"" "$J" | grep -c -F "\"kind\": \"$1\"" || true; }
+  local t0 l0
+  t0=$(count throughput) l0=$(count latency)
   step "transformers $mode $shape" "$cap" "$PY" scripts/device/rollout_baseline.py --model "$W/models/$shape" \
     --mode "$mode" --what both --prompts $PROMPTS --samples $SAMPLES --prompt-len $PROMPT_LEN \
     --new-tokens $NEW_TOKENS --latency-new-tokens $LAT_NEW_TOKENS --device cuda --dtype bf16 --out "$J"
-  local after
-  after=$(grep -c "\"mode\": \"$mode\", \"model\": \"$shape\"" "$J" || true)
-  if [ "$STEP_RC" != 0 ] && [ "${after:-0}" -lt $(( ${before:-0} + 2 )) ]; then
-    record transformers "$mode" "$shape" "throughput+latency" "rollout_baseline.py: $(why "$STEP_RC") with $(( ${after:-0} - ${before:-0} )) of 2 measurements written"
-  fi
+  # A measurement that failed inside the script has its own line with "error"; one that a
+  # timeout or crash cut off has none: record it.
+  [ "$(count throughput)" -gt "$t0" ] || record transformers "$mode" "$shape" throughput "rollout_baseline.py: $(why "$STEP_RC") before this measurement was written"
+  [ "$(count latency)" -gt "$l0" ] || record transformers "$mode" "$shape" latency "rollout_baseline.py: $(why "$STEP_RC") before this measurement was written"
 }
 
 have_step() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -191,7 +193,10 @@ have_step() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 if have_step medrl; then
   for shape in $MODELS; do
     [ -f "$W/models/$shape/model.safetensors" ] || continue
-    if (( ! HAVE_MEDRL )); then record medrl - "$shape" "throughput+latency" "no runnable medrl binary at $M"; continue; fi
+    if (( ! HAVE_MEDRL )); then
+      for k in throughput latency; do record medrl - "$shape" $k "no runnable medrl binary at $M"; done
+      continue
+    fi
     medrl_run "$shape" throughput --prompts $PROMPTS --samples $SAMPLES --prompt-len $PROMPT_LEN --new-tokens $NEW_TOKENS
     medrl_run "$shape" latency --latency --prompt-len $PROMPT_LEN --new-tokens $LAT_NEW_TOKENS
   done
@@ -237,12 +242,12 @@ def num(x, width, prec, suffix=""):
     return text.rjust(width)
 
 for r in rows:
-    if "error" in r and r.get("kind") not in ("throughput", "latency", "throughput+latency"):
+    if "error" in r and r.get("kind") not in ("throughput", "latency"):
         print(f"{r.get('model', '?')}: {r.get('impl', '?')} {r.get('kind', '?')}: {r['error']}")
 print(f"{'model':14} {'kind':10} {'implementation':29} {'tokens/s':>10} {'ms/token':>9} {'wall_s':>7} {'warmup_s':>8} {'peak_GiB':>8} {'medrl speed / this':>18}")
 for model in dict.fromkeys(r.get("model") for r in rows):
     for kind in ("throughput", "latency"):
-        sel = [r for r in rows if r.get("model") == model and (r.get("kind") == kind or (r.get("kind") == "throughput+latency" and kind == "throughput"))]
+        sel = [r for r in rows if r.get("model") == model and r.get("kind") == kind]
         if not sel:
             continue
         ok = [r for r in sel if "error" not in r]
