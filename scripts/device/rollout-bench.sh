@@ -20,7 +20,8 @@
 #   bash scripts/device/rollout-bench.sh
 # Knobs: M (medrl binary, default $WORK/medrl = /tmp/medrl-device/medrl), OUT, WORK, PY (python
 # with torch + transformers), BUDGET_S, MODELS (shape names, default "qwen2.5-0.5b smollm2-135m"),
-# STEPS (default "medrl dynamic static-compile"), and the caps T_MEDRL, T_DYNAMIC, T_COMPILE (s).
+# STEPS (default "medrl dynamic static-compile"), the caps T_MEDRL, T_DYNAMIC, T_COMPILE (s), and
+# KEEP_JSONL=1 (append to $OUT/rollout.jsonl instead of starting it anew).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -f scripts/device-env.sh ] && . scripts/device-env.sh
@@ -42,7 +43,9 @@ T_COMPILE=${T_COMPILE:-240}
 PROMPTS=64 SAMPLES=8 PROMPT_LEN=128 NEW_TOKENS=512 LAT_NEW_TOKENS=256
 J="$OUT/rollout.jsonl"
 LOG="$OUT/rollout-bench.log"
-: > "$J"
+# KEEP_JSONL=1 appends to an existing rollout.jsonl (e.g. a second call with the same OUT that
+# adds the PyTorch numbers to medrl's: the table then has both and their ratios).
+[ "${KEEP_JSONL:-0}" = 1 ] || : > "$J"
 exec > >(tee -a "$LOG") 2>&1
 T0=$SECONDS
 
