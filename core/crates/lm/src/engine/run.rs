@@ -185,6 +185,7 @@ pub fn run_with_stats(
         // (row of the step's batch, sequence sampling from it)
         let mut samplers: Vec<(u32, usize)> = Vec::new();
         let hidden = {
+            let tables = sched.tables();
             let mut seqs = Vec::with_capacity(plan.prefill.len() + plan.decode.len());
             for (id, r) in &plan.prefill {
                 let i = *id as usize;
@@ -192,7 +193,7 @@ pub fn run_with_stats(
                     ids.push(token_at(&live, i, p));
                     pos.push(p as u32);
                 }
-                seqs.push(StepSeq { blocks: sched.table(*id).expect("planned sequences run").blocks(), start: r.start, new: r.len() });
+                seqs.push(StepSeq { blocks: tables[id].blocks(), start: r.start, new: r.len() });
                 if r.end == len_of(&live, i) {
                     let row = (ids.len() - 1) as u32;
                     samplers.push((row, i));
@@ -206,7 +207,7 @@ pub fn run_with_stats(
                 let p = len_of(&live, i) - 1;
                 ids.push(token_at(&live, i, p));
                 pos.push(p as u32);
-                seqs.push(StepSeq { blocks: sched.table(*id).expect("planned sequences run").blocks(), start: p, new: 1 });
+                seqs.push(StepSeq { blocks: tables[id].blocks(), start: p, new: 1 });
                 let row = (ids.len() - 1) as u32;
                 samplers.push((row, i));
                 // A prompt whose last chunk is a single token completes as a decode.

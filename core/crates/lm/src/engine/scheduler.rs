@@ -12,7 +12,7 @@
 //! own seeded stream), so preemption and admission order change when a token is computed, never
 //! which token.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 
 use super::blocks::{BlockPool, BlockTable, CopyOnWrite};
@@ -132,6 +132,11 @@ impl Scheduler {
         self.running.iter().find(|s| s.id == id).map(|s| &s.table)
     }
 
+    /// Every running sequence's block table.
+    pub fn tables(&self) -> HashMap<SeqId, &BlockTable> {
+        self.running.iter().map(|s| (s.id, &s.table)).collect()
+    }
+
     /// Plan the next step.
     pub fn schedule(&mut self) -> StepPlan {
         let mut plan = StepPlan::default();
@@ -198,7 +203,8 @@ impl Scheduler {
         }
         // Prefill: running sequences mid-prompt first, then admissions in arrival order.
         for s in self.running.iter_mut() {
-            if s.computed >= s.tokens - 1 || plan.decode.contains(&s.id) {
+            // Decoding sequences (planned above, or left out by the budget) are not prefilled.
+            if s.computed >= s.tokens - 1 {
                 continue;
             }
             if budget == 0 || plan.decode.len() + plan.prefill.len() >= self.cfg.max_seqs {
@@ -239,9 +245,11 @@ impl Scheduler {
     /// Apply a computed step: what each planned sequence computed, and for each that sampled a
     /// token (a decode, or a prefill that reached its end) whether it finished there.
     pub fn complete(&mut self, plan: &StepPlan, finished: &[SeqId]) {
+        // Positions by id: a step of hundreds of sequences would otherwise search per sequence.
+        let at: HashMap<SeqId, usize> = self.running.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
         let mut forked = Vec::new();
         for (id, r) in &plan.prefill {
-            if let Some(s) = self.running.iter_mut().find(|s| s.id == *id) {
+            if let Some(s) = at.get(id).map(|&i| &mut self.running[i]) {
                 s.computed = r.end;
                 if r.end == s.tokens {
                     // The prompt's last position sampled the first new token (for every fork).
@@ -254,7 +262,7 @@ impl Scheduler {
             }
         }
         for id in &plan.decode {
-            if let Some(s) = self.running.iter_mut().find(|s| s.id == *id) {
+            if let Some(s) = at.get(id).map(|&i| &mut self.running[i]) {
                 s.computed = s.tokens;
                 s.tokens += 1;
                 for child in std::mem::take(&mut s.forks) {
@@ -264,6 +272,7 @@ impl Scheduler {
             }
         }
         self.running.extend(forked);
+        let finished: HashSet<SeqId> = finished.iter().copied().collect();
         let pool = &mut self.pool;
         self.running.retain_mut(|s| {
             let done = finished.contains(&s.id);
