@@ -4,21 +4,18 @@
 
 use candle_core::{DType, Device, Tensor};
 use medrl::generate::{generate, SamplingParams, StopConditions};
-use medrl::model::init::{init_model_dir, InitOptions, Preset};
 use medrl::model::{build_attention_mask, load_model_dir, Arch, KvCache, LoadedModel};
 use medrl::tokenizer::ChatMessage;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "common/mod.rs"]
+mod common;
+
 const ARCHS: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3];
 
 fn tiny(arch: Arch, dir: &Path) -> LoadedModel {
-    let mut opts = InitOptions::new(arch, Preset::Tiny);
-    opts.seed = 7;
-    // Larger than HF's 0.02 so logits are far from uniform and comparisons are sensitive.
-    opts.init_std = 0.2;
-    init_model_dir(dir, &opts).unwrap();
-    load_model_dir(dir, &Device::Cpu, DType::F32).unwrap()
+    common::tiny_model(arch, dir)
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -4,22 +4,19 @@
 //! cache size forcing preemption, admission order, prompt sharing), each sequence's tokens are
 //! the same.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use medrl::engine::{run, run_with_stats, EngineConfig, FinishReason, Generation, StopConditions};
 use medrl::generate::SamplingParams;
-use medrl::model::init::{init_model_dir, InitOptions, Preset};
-use medrl::model::{load_model_dir, Arch, CausalLm, LoadedModel};
+use medrl::model::{Arch, CausalLm, LoadedModel};
 use std::path::Path;
+
+#[path = "common/mod.rs"]
+mod common;
 
 const ARCHS: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3];
 
 fn tiny(arch: Arch, dir: &Path) -> LoadedModel {
-    let mut opts = InitOptions::new(arch, Preset::Tiny);
-    opts.seed = 7;
-    // Far from uniform logits, so near-ties (where float rounding could flip greedy) are rare.
-    opts.init_std = 0.2;
-    init_model_dir(dir, &opts).unwrap();
-    load_model_dir(dir, &Device::Cpu, DType::F32).unwrap()
+    common::tiny_model(arch, dir)
 }
 
 /// Greedy decoding with a full forward over the whole sequence for every token: no cache, no

@@ -30,11 +30,13 @@ for dt in bf16 f32; do
   "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print({k: r[k] for k in ('dtype','prompts','identical','diverged_at_near_tie','diverged_otherwise')})" "$OUT/engine-agreement-qwen3-small-$dt.json"
 done
 S=$W/models/smollm2-135m
+if [ "${QUICK:-0}" != 1 ]; then  # QUICK=1 (a short device lease): the peaked-logit model only
 timeout 120 "$PY" scripts/device/rollout_baseline.py --make-model scripts/device/shapes/smollm2-135m.json --model "$S" --dtype bf16
 timeout 60 "$M" model init --arch llama --preset tiny "$W/models/.tokenizer-donor" > /dev/null
 cp "$W/models/.tokenizer-donor"/{tokenizer.json,tokenizer_config.json,generation_config.json} "$S/"
 timeout 120 "$M" bench engine-agreement --model "$S" --device cuda --dtype bf16 --new-tokens 64 > "$OUT/engine-agreement-smollm2-bf16.json"
 "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print({k: r[k] for k in ('dtype','prompts','identical','diverged_at_near_tie','diverged_otherwise')})" "$OUT/engine-agreement-smollm2-bf16.json"
+fi
 echo "== 3. rollout-bench (at ${SECONDS}s): medrl on both shapes, then PyTorch on Qwen2.5-0.5B"
 BUDGET_S=$(( ${MEDRL_PART_S:-250} - SECONDS > 100 ? ${MEDRL_PART_S:-250} - SECONDS : 100 )) STEPS=medrl M=$M WORK=$W OUT=$OUT/bench bash scripts/device/rollout-bench.sh
 BUDGET_S=$(( ${TOTAL_S:-545} - SECONDS )) STEPS="dynamic static-compile" MODELS=qwen2.5-0.5b KEEP_JSONL=1 M=$M WORK=$W OUT=$OUT/bench bash scripts/device/rollout-bench.sh

@@ -89,3 +89,15 @@ pub fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
 pub fn dialogue_reward() -> String {
     format!("[{{plugin: {:?}, weight: 1.0}}]", wasm("dialogue-quality"))
 }
+
+/// A tiny random model of `arch` saved to `dir` and loaded on CPU in f32. Its weights are
+/// larger than Hugging Face's 0.02 init, so logits are far from uniform: comparisons are
+/// sensitive, and near-ties (where float rounding could flip a greedy token) are rare.
+pub fn tiny_model(arch: medrl::model::Arch, dir: &std::path::Path) -> medrl::model::LoadedModel {
+    use medrl::model::init::{init_model_dir, InitOptions, Preset};
+    let mut opts = InitOptions::new(arch, Preset::Tiny);
+    opts.seed = 7;
+    opts.init_std = 0.2;
+    init_model_dir(dir, &opts).unwrap();
+    medrl::model::load_model_dir(dir, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap()
+}

@@ -464,6 +464,7 @@ mod imp {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};
     use candle_core::{CudaDevice, CudaStorage};
+    use crate::cuda_util::{launch, ptr};
     use std::sync::OnceLock;
 
     const SOURCE: &str = r#"
@@ -899,33 +900,11 @@ extern "C" __global__ void __launch_bounds__(1024) medrl_sample_rows(const float
         })
     }
 
-    /// Device address of a contiguous operand's first element (the layout's offset applied).
-    fn ptr(s: &CudaStorage, l: &Layout, what: &str) -> Result<u64> {
-        if !l.is_contiguous() {
-            candle_core::bail!("inference kernel operand {what} must be contiguous");
-        }
-        let stream = s.device().cuda_stream();
-        let off = l.start_offset() as u64;
-        Ok(match s.dtype() {
-            DType::BF16 => s.as_cuda_slice::<bf16>()?.device_ptr(&stream).0 + 2 * off,
-            DType::F16 => s.as_cuda_slice::<f16>()?.device_ptr(&stream).0 + 2 * off,
-            DType::F32 => s.as_cuda_slice::<f32>()?.device_ptr(&stream).0 + 4 * off,
-            DType::U32 => s.as_cuda_slice::<u32>()?.device_ptr(&stream).0 + 4 * off,
-            other => candle_core::bail!("inference kernel operand {what}: unsupported dtype {other:?}"),
-        })
-    }
-
     fn cuda_of<'a>(s: &'a Storage, what: &str) -> Result<&'a CudaStorage> {
         match s {
             Storage::Cuda(c) => Ok(c),
             _ => candle_core::bail!("inference kernel operand {what} is not on a CUDA device"),
         }
-    }
-
-    fn launch(b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'_>, cfg: LaunchConfig, name: &str) -> Result<()> {
-        // SAFETY: each caller pushes exactly the arguments of the kernel it loaded, with
-        // pointers to buffers of the sizes the kernel indexes (checked by the callers' shapes).
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| candle_core::Error::Msg(format!("launching {name}: {e}")))
     }
 
     // ---- write_kv --------------------------------------------------------------------------

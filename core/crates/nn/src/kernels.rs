@@ -22,7 +22,7 @@ use candle_core::{Result, Tensor};
 pub fn enabled(t: &Tensor) -> bool {
     #[cfg(feature = "cuda")]
     {
-        use std::sync::OnceLock;
+    use std::sync::OnceLock;
         static ON: OnceLock<bool> = OnceLock::new();
         let on = *ON.get_or_init(|| std::env::var("MEDRL_FUSED_KERNELS").map(|v| v != "0").unwrap_or(true));
         on && t.device().is_cuda() && matches!(t.dtype(), candle_core::DType::BF16 | candle_core::DType::F32)
@@ -76,6 +76,7 @@ mod imp {
     use candle_core::cuda_backend::cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};
     use candle_core::{CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape};
     use half::bf16;
+    use crate::cuda_util::{launch, ptr};
     use std::sync::OnceLock;
 
     const SOURCE: &str = r#"
@@ -292,21 +293,6 @@ INSTANTIATE(bf16_t, bf16)
         Ok(dev.get_or_load_custom_func(&format!("medrl_{name}_{suffix}"), "medrl_train_kernels", ptx)?.into_cuda_function())
     }
 
-    /// Device address of a contiguous operand's first element (the layout's offset applied).
-    fn ptr(s: &CudaStorage, l: &Layout, what: &str) -> Result<u64> {
-        if !l.is_contiguous() {
-            candle_core::bail!("fused kernel operand {what} must be contiguous");
-        }
-        let stream = s.device().cuda_stream();
-        let off = l.start_offset() as u64;
-        Ok(match s.dtype() {
-            DType::BF16 => s.as_cuda_slice::<bf16>()?.device_ptr(&stream).0 + 2 * off,
-            DType::F32 => s.as_cuda_slice::<f32>()?.device_ptr(&stream).0 + 4 * off,
-            DType::U32 => s.as_cuda_slice::<u32>()?.device_ptr(&stream).0 + 4 * off,
-            other => candle_core::bail!("fused kernel operand {what}: unsupported dtype {other:?}"),
-        })
-    }
-
     /// A fresh output buffer of `n` elements and its address. Every kernel writes all of it.
     fn alloc(dev: &CudaDevice, dtype: DType, n: usize) -> Result<(CudaStorage, u64)> {
         let stream = dev.cuda_stream();
@@ -335,12 +321,6 @@ INSTANTIATE(bf16_t, bf16)
         // One block per row; enough threads to cover a row in a few strides.
         let block = (row_len.div_ceil(4)).next_power_of_two().clamp(32, 1024) as u32;
         LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
-    }
-
-    fn launch(b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'_>, cfg: LaunchConfig, name: &str) -> Result<()> {
-        // SAFETY: each caller pushes exactly the arguments of the kernel it loaded, with
-        // pointers to buffers of the sizes the kernel indexes (checked by the callers' shapes).
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| candle_core::Error::Msg(format!("launching {name}: {e}")))
     }
 
     fn cpu_unsupported<T>(name: &str) -> Result<T> {

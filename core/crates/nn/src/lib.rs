@@ -10,6 +10,8 @@
 //!
 //! Layer 1: imports no other medrl crate. Knows tensors, not models or tokens.
 
+#[cfg(feature = "cuda")]
+mod cuda_util;
 pub mod device;
 pub mod infer;
 pub mod kernels;
