@@ -15,7 +15,7 @@ mod common;
 const ARCHS: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3];
 
 fn tiny(arch: Arch, dir: &Path) -> LoadedModel {
-    common::tiny_model(arch, dir)
+    common::peaked_tiny_model(arch, dir)
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

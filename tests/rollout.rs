@@ -16,7 +16,7 @@ mod common;
 const ARCHS: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3];
 
 fn tiny(arch: Arch, dir: &Path) -> LoadedModel {
-    common::tiny_model(arch, dir)
+    common::peaked_tiny_model(arch, dir)
 }
 
 /// Greedy decoding with a full forward over the whole sequence for every token: no cache, no

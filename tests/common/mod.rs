@@ -93,7 +93,7 @@ pub fn dialogue_reward() -> String {
 /// A tiny random model of `arch` saved to `dir` and loaded on CPU in f32. Its weights are
 /// larger than Hugging Face's 0.02 init, so logits are far from uniform: comparisons are
 /// sensitive, and near-ties (where float rounding could flip a greedy token) are rare.
-pub fn tiny_model(arch: medrl::model::Arch, dir: &std::path::Path) -> medrl::model::LoadedModel {
+pub fn peaked_tiny_model(arch: medrl::model::Arch, dir: &std::path::Path) -> medrl::model::LoadedModel {
     use medrl::model::init::{init_model_dir, InitOptions, Preset};
     let mut opts = InitOptions::new(arch, Preset::Tiny);
     opts.seed = 7;
