@@ -155,6 +155,11 @@ fn cli_config_errors_name_key_and_file() {
     std::fs::write(&cfg, "model: nowhere\n").unwrap();
     let (ok, _, err) = run_medrl(&["generate", "--config", cfg.to_str().unwrap(), "--prompt", "x", "sampling.top_p=2"]);
     assert!(!ok && err.contains("top_p"), "{err}");
+    // The rollout engine's settings are checked the same way.
+    let (ok, _, err) = run_medrl(&["generate", "--config", cfg.to_str().unwrap(), "--prompt", "x", "engine.memory_fraction=1.5"]);
+    assert!(!ok && err.contains("engine.memory_fraction") && err.contains("(0, 1]"), "{err}");
+    let (ok, _, err) = run_medrl(&["generate", "--config", cfg.to_str().unwrap(), "--prompt", "x", "engine.block_sise=8"]);
+    assert!(!ok && err.contains("block_sise"), "{err}");
 }
 
 /// A copy of the model folder `src` at `dst` whose config.json has `key` set to `value`.

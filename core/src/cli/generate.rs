@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::config;
 use crate::generate::GenerateConfig;
-use crate::generate::{generate, StopConditions};
+use crate::generate::StopConditions;
 use crate::model::{load_model_dir, parse_device, parse_dtype};
 use crate::tokenizer::ChatMessage;
 
@@ -170,7 +170,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ids.push(enc);
     }
 
-    let pad = loaded.generation.pad_token_id.or(loaded.generation.eos_token_ids.first().copied()).unwrap_or(0);
     let stop = StopConditions {
         eos_token_ids: loaded.generation.eos_token_ids.clone(),
         stop_strings: cfg.stop.clone(),
@@ -186,7 +185,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let mut params = cfg.sampling.clone();
         params.seed = cfg.sampling.seed.wrapping_add((chunk_i * cfg.batch_size) as u64 * 0x9E37_79B9);
         let cb = |n: usize, _running: usize| pb.set_position(done_before + n as u64);
-        let gens = generate(&loaded.model, chunk, &params, &stop, pad, Some(&cb))?;
+        let streams: Vec<u64> = (0..chunk.len() as u64).collect();
+        let gens = crate::engine::run(&loaded.model, chunk, &streams, &params, &stop, &cfg.engine, Some(&cb))?;
         done_before += (chunk.len() * cfg.sampling.max_new_tokens) as u64;
         results.extend(gens);
     }

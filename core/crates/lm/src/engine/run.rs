@@ -20,8 +20,10 @@ use super::sampling::{draw, sequence_rng, SamplingParams};
 use super::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use crate::model::CausalLm;
 
-/// How the engine sizes its cache and its steps.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How the engine sizes its cache and its steps (`engine:` in RL and generate configs). None of
+/// these change what is generated, only when and in how much memory.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// Token slots per cache block.
     pub block_size: usize,
@@ -41,6 +43,29 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self { block_size: 16, max_seqs: 512, max_tokens_per_step: 8192, memory_fraction: 0.9, num_blocks: None }
+    }
+}
+
+impl EngineConfig {
+    /// Range checks, reported with the name of the offending field.
+    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_string(), m));
+        if self.block_size == 0 || self.block_size > 1024 {
+            return bad("block_size", format!("{} must be in 1..=1024", self.block_size));
+        }
+        if self.max_seqs == 0 {
+            return bad("max_seqs", "must be at least 1".into());
+        }
+        if self.max_tokens_per_step == 0 {
+            return bad("max_tokens_per_step", "must be at least 1".into());
+        }
+        if !(self.memory_fraction > 0.0 && self.memory_fraction <= 1.0) {
+            return bad("memory_fraction", format!("{} must be in (0, 1]", self.memory_fraction));
+        }
+        if self.num_blocks == Some(0) {
+            return bad("num_blocks", "must be at least 1 (or absent: sized from memory)".into());
+        }
+        Ok(())
     }
 }
 

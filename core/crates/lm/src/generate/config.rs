@@ -33,6 +33,9 @@ pub struct GenerateConfig {
     pub stop: Vec<String>,
     #[serde(default)]
     pub sampling: SamplingParams,
+    /// The rollout engine's cache and step sizes (speed and memory only).
+    #[serde(default)]
+    pub engine: crate::engine::EngineConfig,
 }
 
 fn default_auto() -> String {
@@ -45,6 +48,7 @@ fn default_batch() -> usize {
 impl Validate for GenerateConfig {
     fn validate(&self) -> Result<(), (String, String)> {
         self.sampling.validate().map_err(|(k, m)| (format!("sampling.{k}"), m))?;
+        self.engine.validate().map_err(|(k, m)| (format!("engine.{k}"), m))?;
         if self.batch_size == 0 {
             return Err(("batch_size".into(), "must be at least 1".into()));
         }

@@ -14,7 +14,7 @@ use crate::{AdamWConfig, ScheduleKind};
 use medrl_base::config::Validate;
 use medrl_data::registry::DatasetRef;
 use medrl_data::BadRowPolicy;
-use medrl_lm::generate::SamplingParams;
+use medrl_lm::generate::{EngineConfig, SamplingParams};
 
 fn auto() -> String {
     "auto".into()
@@ -209,6 +209,10 @@ pub struct RlConfig<A: AlgorithmConfig> {
     pub rollout: SamplingParams,
     #[serde(default)]
     pub stop: Vec<String>,
+    /// The rollout engine's cache and step sizes (docs/grpo.md); they change speed and memory,
+    /// never the samples, so a resumed run may change them.
+    #[serde(default)]
+    pub engine: EngineConfig,
     #[serde(default)]
     pub algorithm: A,
     /// The value model (PPO only; default: a copy of `model` with a zero value head).
@@ -230,6 +234,7 @@ impl<A: AlgorithmConfig> RlConfig<A> {
         c.training.save_every = 0;
         c.training.keep_last = 0;
         c.training.max_steps = 0;
+        c.engine = EngineConfig::default();
         crate::session::hash_json(&c)
     }
 
@@ -244,6 +249,7 @@ impl<A: AlgorithmConfig> Validate for RlConfig<A> {
         let (device, dtype, data, rewards, training, lora, rollout) = (&self.device, &self.dtype, &self.data, &self.rewards, &self.training, self.lora.as_ref(), &self.rollout);
     medrl_base::config::check_device_dtype(device, dtype)?;
         rollout.validate().map_err(|(k, m)| (format!("rollout.{k}"), m))?;
+        self.engine.validate().map_err(|(k, m)| (format!("engine.{k}"), m))?;
         data.validate()?;
         if rewards.is_empty() && data.task.is_none() {
             return Err(("rewards".into(), "at least one reward plugin is needed (or a data.task that has rewards)".into()));
@@ -327,5 +333,28 @@ mod tests {
         assert_eq!(check("[{plugin: a.wasm}, {plugin: b.wasm, timeout_s: 0}]").as_deref(), Some("rewards[1].timeout_s"));
         assert_eq!(check("[{plugin: a.wasm, timeout_s: .inf}]").as_deref(), Some("rewards[0].timeout_s"));
         assert_eq!(check("[{plugin: a.wasm, weight: .nan}]").as_deref(), Some("rewards[0].weight"));
+    }
+
+    #[test]
+    fn engine_settings_are_checked_and_a_resumed_run_may_change_them() {
+        let cfg = |extra: &str| -> RlConfig<crate::rl::algos::grpo::GrpoAlgo> {
+            serde_yaml::from_str(&format!("model: m\noutput_dir: o\ndata: {{train: [x]}}\nrewards: [{{plugin: a.wasm}}]\n{extra}")).unwrap()
+        };
+        let base = cfg("");
+        assert_eq!(base.engine, EngineConfig::default());
+        let small = cfg("engine: {block_size: 32, max_seqs: 64, memory_fraction: 0.5, num_blocks: 100}");
+        assert!(small.validate().is_ok());
+        assert_eq!(small.resume_hash(), base.resume_hash(), "engine settings change speed and memory, not samples");
+        assert_ne!(cfg("rollout: {max_new_tokens: 7}").resume_hash(), base.resume_hash());
+        for (yaml, key) in [
+            ("engine: {memory_fraction: 0}", "engine.memory_fraction"),
+            ("engine: {block_size: 0}", "engine.block_size"),
+            ("engine: {max_seqs: 0}", "engine.max_seqs"),
+            ("engine: {max_tokens_per_step: 0}", "engine.max_tokens_per_step"),
+            ("engine: {num_blocks: 0}", "engine.num_blocks"),
+        ] {
+            assert_eq!(cfg(yaml).validate().unwrap_err().0, key, "{yaml}");
+        }
+        assert!(serde_yaml::from_str::<RlConfig<crate::rl::algos::grpo::GrpoAlgo>>("model: m\noutput_dir: o\ndata: {train: [x]}\nengine: {blocks: 3}").is_err());
     }
 }

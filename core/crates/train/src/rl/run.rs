@@ -21,7 +21,7 @@ use crate::{AdamW, LrSchedule};
 use medrl_data::batch::{build_batch, Batch, Batcher, BatchingConfig, MicroBatch};
 use medrl_data::{Example, Origin, TokenizedExample};
 use medrl_reward::{AccuracySpec, RewardResult, RewardSet as Rewards};
-use medrl_lm::generate::{generate, SamplingParams, StopConditions};
+use medrl_lm::generate::{EngineConfig, SamplingParams, StopConditions};
 use medrl_lm::model::{load_model_dir, CausalLm};
 use medrl_lm::tokenizer::TextTokenizer;
 
@@ -45,6 +45,7 @@ pub struct RlRun {
     pub validation_after: Option<Validation>,
     pub training: RlTraining,
     rollout: SamplingParams,
+    engine: EngineConfig,
     eval_sampling: EvalSampling,
     stop: Vec<String>,
     batcher: Batcher,
@@ -151,6 +152,7 @@ impl RlRun {
             validation_after: None,
             training: t.clone(),
             rollout: cfg.rollout.clone(),
+            engine: cfg.engine,
             eval_sampling: cfg.data.eval_sampling.clone(),
             stop: cfg.stop.clone(),
             batcher,
@@ -234,7 +236,9 @@ impl RlRun {
         }
         let stopc = StopConditions { eos_token_ids: self.eos.clone(), stop_strings: self.stop.clone(), tokenizer: Some(&self.tok) };
         let params = SamplingParams { seed: self.training.seed.wrapping_mul(1_000_003).wrapping_add(self.session.state.step), ..self.rollout.clone() };
-        let gens = generate(&policy, &ids, &params, &stopc, self.pad, None)?;
+        // Sequence i draws from stream i; the n copies of a prompt share its KV blocks.
+        let streams: Vec<u64> = (0..ids.len() as u64).collect();
+        let gens = medrl_lm::engine::run(&policy, &ids, &streams, &params, &stopc, &self.engine, None)?;
         let gen_s = t_gen.elapsed().as_secs_f64();
         let rollout_tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
         let responses: Vec<String> = gens.iter().map(|g| self.tok.decode(&g.tokens, true).unwrap_or_default()).collect();

@@ -1,0 +1,29 @@
+//! What the CUDA kernel modules ([`crate::kernels`], [`crate::infer`]) share: operand
+//! addresses and launches.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchArgs, LaunchConfig};
+use candle_core::{CudaStorage, DType, Layout, Result};
+use half::{bf16, f16};
+
+/// Device address of a contiguous operand's first element (the layout's offset applied).
+pub(crate) fn ptr(s: &CudaStorage, l: &Layout, what: &str) -> Result<u64> {
+    if !l.is_contiguous() {
+        candle_core::bail!("kernel operand {what} must be contiguous");
+    }
+    let stream = s.device().cuda_stream();
+    let off = l.start_offset() as u64;
+    Ok(match s.dtype() {
+        DType::BF16 => s.as_cuda_slice::<bf16>()?.device_ptr(&stream).0 + 2 * off,
+        DType::F16 => s.as_cuda_slice::<f16>()?.device_ptr(&stream).0 + 2 * off,
+        DType::F32 => s.as_cuda_slice::<f32>()?.device_ptr(&stream).0 + 4 * off,
+        DType::U32 => s.as_cuda_slice::<u32>()?.device_ptr(&stream).0 + 4 * off,
+        other => candle_core::bail!("kernel operand {what}: unsupported dtype {other:?}"),
+    })
+}
+
+pub(crate) fn launch(b: &mut LaunchArgs<'_>, cfg: LaunchConfig, name: &str) -> Result<()> {
+    // SAFETY: each caller pushes exactly the arguments of the kernel it loaded, with pointers to
+    // buffers of the sizes the kernel indexes (checked by the callers' shapes).
+    unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| candle_core::Error::Msg(format!("launching {name}: {e}")))
+}
