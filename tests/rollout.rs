@@ -175,3 +175,24 @@ fn a_cache_too_small_for_one_sequence_ends_it_at_its_length_and_bad_requests_fai
     let err = run(&m.model, &[p.clone()], &[0], &params, &StopConditions::default(), &tiny_cache, None).unwrap_err();
     assert!(err.to_string().contains("does not fit"), "{err}");
 }
+
+#[test]
+fn bench_commands_run_through_the_engine_on_cpu() {
+    let d = tempfile::tempdir().unwrap();
+    tiny(Arch::Qwen2, d.path());
+    let dir = d.path().to_str().unwrap();
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_medrl")).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let r = run(&["bench", "rollout", "--model", dir, "--device", "cpu", "--prompts", "2", "--samples", "3", "--prompt-len", "8", "--new-tokens", "5", "--json"]);
+    assert_eq!((r["prompts"].as_u64(), r["samples"].as_u64(), r["new_tokens"].as_u64()), (Some(2), Some(3), Some(5)));
+    assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let r = run(&["bench", "rollout", "--model", dir, "--device", "cpu", "--latency", "--prompt-len", "8", "--new-tokens", "5", "--json"]);
+    assert!(r["ms_per_token"].as_f64().unwrap() > 0.0);
+    // CPU f32 against itself: every prompt identical.
+    let r = run(&["bench", "engine-agreement", "--model", dir, "--device", "cpu", "--dtype", "f32", "--new-tokens", "6", "--prompt", "AFP 400"]);
+    assert_eq!(r["prompts"].as_u64(), Some(9));
+    assert_eq!(r["identical"].as_u64(), Some(9), "{r}");
+}
