@@ -29,3 +29,10 @@ pub enum EngineError {
     #[error("{0}")]
     Request(String),
 }
+
+/// The engine's loop runs on candle's `Result`; its errors keep their message there.
+impl From<EngineError> for candle_core::Error {
+    fn from(e: EngineError) -> Self {
+        candle_core::Error::Msg(e.to_string())
+    }
+}

@@ -149,17 +149,16 @@ pub fn run_with_stats(
     let blocks = match (cfg.num_blocks, medrl_nn::device::free_memory_bytes(&device)) {
         (Some(n), _) => n,
         (None, Some(free)) => {
-            let budget = BlockPool::from_budget(free, cfg.memory_fraction, per_token, bs).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let budget = BlockPool::from_budget(free, cfg.memory_fraction, per_token, bs)?;
             budget.num_blocks().min(needed)
         }
         (None, None) => needed,
     };
-    let pool = BlockPool::new(blocks, bs).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let mut sched = Scheduler::new(SchedulerConfig { max_seqs: cfg.max_seqs, max_tokens_per_step: cfg.max_tokens_per_step }, pool)
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let pool = BlockPool::new(blocks, bs)?;
+    let mut sched = Scheduler::new(SchedulerConfig { max_seqs: cfg.max_seqs, max_tokens_per_step: cfg.max_tokens_per_step }, pool)?;
     for g in &groups {
         let ids: Vec<SeqId> = g.iter().map(|&i| i as SeqId).collect();
-        sched.add_group(&ids, prompts[g[0]].len()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        sched.add_group(&ids, prompts[g[0]].len())?;
     }
     let cache = PagedKvCache::new(&model.cfg, blocks, bs, model.dtype(), &device)?;
     tracing::debug!("engine: {blocks} blocks of {bs} slots ({:.1} MiB), {} sequences in {} prompt groups", (blocks * bs) as f64 * per_token as f64 / 1048576.0, prompts.len(), groups.len());
