@@ -347,7 +347,7 @@ fn multi_stage_runs_chain_models() {
 /// not shared with the other tests of this binary.
 #[test]
 fn cpu_sft_memory_stays_flat_over_50_steps() {
-    const BOUND_MB: f64 = 48.0;
+    const BOUND_MB: f64 = 32.0;
     let d = tempfile::tempdir().unwrap();
     let base = tiny_model(d.path());
     let out = d.path().join("flat");
@@ -367,9 +367,16 @@ fn cpu_sft_memory_stays_flat_over_50_steps() {
     let lines = metrics(&out);
     let mem: Vec<(u64, f64)> = lines.iter().filter_map(|l| Some((l["step"].as_u64()?, l["memory_mb"].as_f64()?))).filter(|(s, _)| *s > 0).collect();
     assert_eq!(mem.len(), 50, "{lines:?}");
-    let at = |step: u64| mem.iter().find(|(s, _)| *s == step).unwrap().1;
-    let growth = mem.iter().map(|(_, m)| *m).fold(f64::MIN, f64::max) - at(10);
-    assert!(growth < BOUND_MB, "resident memory grew {growth:.0} MB from step 10 to the peak (bound {BOUND_MB} MB): {mem:?}");
+    // A leak grows with every step; the allocator's one-step spikes come and go. Compare the
+    // medians of steps 6-15 and 41-50, so one spike cannot fail the test and a leak of a few MB
+    // a step cannot pass it (the leak this guards against was about 100 MB a step).
+    let median = |lo: u64, hi: u64| {
+        let mut v: Vec<f64> = mem.iter().filter(|(s, _)| (lo..=hi).contains(s)).map(|(_, m)| *m).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    let growth = median(41, 50) - median(6, 15);
+    assert!(growth < BOUND_MB, "resident memory grew {growth:.0} MB between the medians of steps 6-15 and 41-50 (bound {BOUND_MB} MB): {mem:?}");
 }
 
 /// `config` without unwrapping: the validation error, if any.
