@@ -9,7 +9,9 @@
 //!   decode steps, primitive ops elsewhere: the reference);
 //! - [`sampling`]: settings and per-sequence random streams; the arithmetic is
 //!   [`medrl_nn::infer::sample_row`], batched on the device by [`medrl_nn::infer::sample_rows`];
-//! - [`run`]: the loop that drives them with the model's inference forward.
+//! - [`run`]: [`Engine`], which drives them with the model's inference forward one step at a
+//!   time (requests added and dropped between steps, as a server needs), and the batch entry
+//!   point [`run()`] over it.
 
 pub mod blocks;
 pub mod cache;
@@ -19,7 +21,8 @@ pub mod sampling;
 pub mod scheduler;
 
 pub use request::{FinishReason, Generation, Progress, StopConditions};
-pub use run::{run, run_with_stats, EngineConfig, EngineStats};
+pub use run::{blocks_for, run, run_with_stats, Engine, EngineConfig, EngineStats, Request, StepOutput};
+pub use scheduler::SeqId;
 
 /// A cache or scheduler setting, or a request, that cannot be served.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -33,15 +33,14 @@ pub struct StopConditions<'a> {
     pub tokenizer: Option<&'a TextTokenizer>,
 }
 
-impl StopConditions<'_> {
-    pub(crate) fn hits_stop_string(&self, tokens: &[u32]) -> bool {
-        let (Some(tok), false) = (self.tokenizer, self.stop_strings.is_empty()) else { return false };
-        // A stop string spans few tokens; decoding a tail window keeps this O(1) per step.
-        let tail = &tokens[tokens.len().saturating_sub(32)..];
-        match tok.decode(tail, false) {
-            Ok(text) => self.stop_strings.iter().any(|s| text.contains(s.as_str())),
-            Err(_) => false,
-        }
+/// Whether the decoded tail of `tokens` contains one of `stop_strings`.
+pub(crate) fn hits_stop_string(stop_strings: &[String], tokenizer: Option<&TextTokenizer>, tokens: &[u32]) -> bool {
+    let (Some(tok), false) = (tokenizer, stop_strings.is_empty()) else { return false };
+    // A stop string spans few tokens; decoding a tail window keeps this O(1) per step.
+    let tail = &tokens[tokens.len().saturating_sub(32)..];
+    match tok.decode(tail, false) {
+        Ok(text) => stop_strings.iter().any(|s| text.contains(s.as_str())),
+        Err(_) => false,
     }
 }
 

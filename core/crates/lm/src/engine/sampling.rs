@@ -89,6 +89,41 @@ pub fn draw(p: &SamplingParams, rng: &mut ChaCha8Rng) -> f32 {
     }
 }
 
+/// The `n` most likely tokens and their log-probabilities under the distribution the sampled
+/// token's log-probability refers to (repetition penalty and temperature applied, before
+/// top-k/top-p truncation), most likely first; ties go to the lower id. For servers' `logprobs`.
+pub fn top_logprobs(logits: &mut [f32], seen: &[u32], p: &SamplingParams, n: usize) -> Vec<(u32, f32)> {
+    if p.repetition_penalty != 1.0 {
+        for &id in seen {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = if *l > 0.0 { *l / p.repetition_penalty as f32 } else { *l * p.repetition_penalty as f32 };
+            }
+        }
+    }
+    let t = if p.temperature > 0.0 { p.temperature as f32 } else { 1.0 };
+    let max = logits.iter().map(|&l| l / t).fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&l| (l / t - max).exp()).sum::<f32>().ln();
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(ids.len());
+    let key = |i: &u32| (std::cmp::Reverse(ordered(logits[*i as usize])), *i);
+    if n > 0 && n < ids.len() {
+        ids.select_nth_unstable_by_key(n - 1, key);
+    }
+    ids.truncate(n);
+    ids.sort_by_key(key);
+    ids.into_iter().map(|i| (i, logits[i as usize] / t - lse)).collect()
+}
+
+/// A total order on floats for sorting logits (NaN last).
+fn ordered(x: f32) -> i64 {
+    if x.is_nan() {
+        i64::MIN
+    } else {
+        let b = x.to_bits() as i32;
+        (if b < 0 { !(b & i32::MAX) } else { b }) as i64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +170,23 @@ mod tests {
         for (f, want) in freq.iter().zip([1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]) {
             assert!((f - want).abs() < 0.015, "{freq:?}");
         }
+    }
+
+    #[test]
+    fn top_logprobs_are_the_largest_and_include_the_greedy_token() {
+        let p = SamplingParams { temperature: 0.5, repetition_penalty: 2.0, ..Default::default() };
+        let raw = vec![1.0f32, 3.0, -2.0, 3.0, 2.5];
+        let top = top_logprobs(&mut raw.clone(), &[4], &p, 3);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 0], "4 is penalized to 1.25; ties by id");
+        // The sampled token's log-probability (sample_row) is the same quantity.
+        let g = SamplingParams { temperature: 0.0, repetition_penalty: 2.0, ..Default::default() };
+        let s = sample(&mut raw.clone(), &[4], &g, &mut sequence_rng(0, 0));
+        let gtop = top_logprobs(&mut raw.clone(), &[4], &g, 1);
+        assert_eq!(gtop[0].0, s.token);
+        assert!((gtop[0].1 - s.logprob).abs() < 1e-6);
+        let all = top_logprobs(&mut raw.clone(), &[], &p, 10);
+        assert_eq!(all.len(), 5);
+        assert!((all.iter().map(|t| t.1.exp()).sum::<f32>() - 1.0).abs() < 1e-5);
     }
 
     #[test]

@@ -284,6 +284,38 @@ impl Scheduler {
     }
 }
 
+impl Scheduler {
+    /// Drop sequences wherever they are (a client went away, a deadline passed); their blocks go
+    /// back to the pool. A prompt still being computed for samples that are not dropped is
+    /// handed to the first of them: nothing was sampled yet, so it is the same computation.
+    pub fn abort(&mut self, ids: &HashSet<SeqId>) {
+        let pool = &mut self.pool;
+        let mut keep = |s: &mut Seq| -> bool {
+            s.forks.retain(|f| !ids.contains(f));
+            if !ids.contains(&s.id) {
+                return true;
+            }
+            if !s.forks.is_empty() {
+                s.id = s.forks.remove(0);
+                return true;
+            }
+            s.table.release(pool);
+            false
+        };
+        self.running.retain_mut(&mut keep);
+        self.waiting.retain_mut(&mut keep);
+    }
+
+    /// Sequences waiting for admission (preempted ones included), and running.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.iter().map(|s| 1 + s.forks.len()).sum()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.iter().map(|s| 1 + s.forks.len()).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +360,32 @@ mod tests {
         }
         assert_eq!(s.pool().num_free(), blocks, "every block is back in the pool");
         (plans, generated)
+    }
+
+    #[test]
+    fn aborted_sequences_free_their_blocks_and_a_group_survives_its_first_sample() {
+        let cfg = SchedulerConfig { max_seqs: 8, max_tokens_per_step: 4 };
+        let mut s = Scheduler::new(cfg, BlockPool::new(32, 4).unwrap()).unwrap();
+        s.add_group(&[1, 2, 3], 10).unwrap();
+        s.add(4, 3).unwrap();
+        s.add(5, 6).unwrap();
+        // Sequence 1 is mid-prompt (4 of 10 positions), 4 and 5 wait.
+        let plan = s.schedule();
+        assert_eq!(plan.prefill, vec![(1, 0..4)]);
+        s.complete(&plan, &[]);
+        s.abort(&HashSet::from([1, 4]));
+        assert_eq!((s.num_running(), s.num_waiting()), (2, 1), "2 took 1's place with 3 still forking from it; 5 waits");
+        // 2 goes on from position 4, not from scratch, and 3 forks from it at the prompt's end.
+        let plan = s.schedule();
+        assert_eq!(plan.prefill, vec![(2, 4..8)]);
+        s.complete(&plan, &[]);
+        let plan = s.schedule();
+        assert_eq!(plan.prefill[0], (2, 8..10));
+        assert_eq!(plan.forks, vec![(2, vec![3])]);
+        s.complete(&plan, &[]);
+        s.abort(&HashSet::from([2, 3, 5]));
+        assert_eq!(s.num_unfinished(), 0);
+        assert_eq!(s.pool().num_free(), 32, "every block is back in the pool");
     }
 
     #[test]
