@@ -19,6 +19,7 @@ const LAYERS: &[&str] = &[
     "medrl-task",
     "medrl-eval",
     "medrl-train",
+    "medrl-serve",
     "medrl",
 ];
 
@@ -28,10 +29,13 @@ const HEAVY: &[(&str, &[&str])] = &[
     ("wasmtime-wasi", &["medrl-plugin"]),
     ("wasmparser", &["medrl-plugin"]),
     ("tantivy", &["medrl-search"]),
-    ("ureq", &["medrl-search"]),
+    ("ureq", &["medrl-search", "medrl-eval"]),
     ("parquet", &["medrl-data"]),
-    ("candle-core", &["medrl-nn", "medrl-lm", "medrl-data", "medrl-reward", "medrl-eval", "medrl-train", "medrl"]),
+    ("candle-core", &["medrl-nn", "medrl-lm", "medrl-data", "medrl-reward", "medrl-eval", "medrl-train", "medrl-serve", "medrl"]),
     ("anyhow", &["medrl"]),
+    ("axum", &["medrl-serve"]),
+    ("hyper", &["medrl-serve"]),
+    ("tokio", &["medrl-plugin", "medrl-serve"]),
 ];
 
 fn root() -> PathBuf {

@@ -13,6 +13,7 @@
 //! - medrl-task: [`task`];
 //! - medrl-eval: [`eval`];
 //! - medrl-train: [`train`];
+//! - medrl-serve: [`serve`] (the OpenAI-compatible server and its load generator);
 //! - this crate: [`cli`] (the only place that uses `anyhow`).
 
 pub mod cli;
@@ -27,4 +28,5 @@ pub use medrl_reward as reward;
 pub use medrl_reward::judge;
 pub use medrl_search as search;
 pub use medrl_task as task;
+pub use medrl_serve as serve;
 pub use medrl_train as train;

@@ -12,6 +12,7 @@ pub mod plugin;
 pub mod reward;
 pub mod rl;
 pub mod schema;
+pub mod serve;
 pub mod sft;
 pub mod task;
 
@@ -38,6 +39,8 @@ enum Command {
     Model(model::ModelCommand),
     /// Generate text from a model (batched, KV-cached, seeded).
     Generate(generate::GenerateArgs),
+    /// Serve models over an OpenAI-compatible HTTP API (chat, completions, streaming).
+    Serve(serve::ServeArgs),
     /// Benchmarks (throughput, device agreement); see docs/benchmarks.md.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -90,6 +93,7 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Schema(args) => schema::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Plugin(cmd) => plugin::run(cmd),
