@@ -1,11 +1,13 @@
 //! `medrl eval` (evaluate a model on a task, resumable) and `medrl eval compare` (the HTML report).
+//! The model is a local folder, or with `--server` a model behind an OpenAI-compatible server
+//! (`eval::remote`); everything after the responses is the same code.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::eval::{self, EvalOptions, EvalTask, MetricSettings, RunConfig, RunControl, SurvivalSettings};
+use crate::eval::{self, EvalOptions, EvalTask, LocalModel, MetricSettings, OpenAiServer, Responder, RunConfig, RunControl, ServerConfig, SurvivalSettings};
 use crate::generate::SamplingParams;
 use crate::model::{load_model_dir, parse_device, parse_dtype};
 use super::judge::JudgeProvider;
@@ -37,9 +39,22 @@ enum EvalCommand {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Model folder (Hugging Face layout).
+    /// Model folder (Hugging Face layout); with --server, the served model name.
     #[arg(long, required = true)]
-    model: Option<PathBuf>,
+    model: Option<String>,
+    /// Evaluate the model behind this OpenAI-compatible server instead of loading one
+    /// (base URL: http://host:port or http://host:port/v1; vLLM, `medrl serve`).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Bearer token for --server (default: $MEDRL_API_KEY, else $OPENAI_API_KEY).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// With --server: requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// With --server: seconds one request may take (connect, generate, read).
+    #[arg(long, default_value_t = 600.0)]
+    request_timeout_s: f64,
     /// A LoRA adapter folder in PEFT's format, applied on top of the model.
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -56,18 +71,19 @@ struct RunArgs {
     #[arg(long)]
     limit: Option<usize>,
     /// Run folder (predictions.jsonl, metrics.json). Rerunning into it resumes.
-    /// Default: runs/eval/<task>-<split>-<model folder name>.
+    /// Default: runs/eval/<task>-<split>-<model folder name, or served model name>.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// f32, bf16, f16 or auto.
-    #[arg(long, default_value = "auto")]
-    dtype: String,
-    /// Responses generated per batch.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    /// cpu, cuda, cuda:N or auto (default auto).
+    #[arg(long)]
+    device: Option<String>,
+    /// f32, bf16, f16 or auto (default auto).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Responses generated per batch; predictions are written after each (default 8, or
+    /// 4 × --concurrency with --server).
+    #[arg(long)]
+    batch_size: Option<usize>,
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
     /// Sampling temperature (default: 0 = greedy for --n 1, 0.7 otherwise).
@@ -168,25 +184,66 @@ fn label(model: &Path, adapter: Option<&Path>) -> String {
     }
 }
 
+/// A served model name as a folder name: anything but letters, digits, `.`, `-`, `_` becomes `_`.
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' }).collect()
+}
+
+/// The bearer token for --server: the flag, else $MEDRL_API_KEY, else $OPENAI_API_KEY.
+fn api_key(flag: Option<&str>) -> Option<String> {
+    flag.map(str::to_string)
+        .or_else(|| std::env::var("MEDRL_API_KEY").ok())
+        .or_else(|| std::env::var("OPENAI_API_KEY").ok())
+        .filter(|k| !k.trim().is_empty())
+}
+
 fn run_eval(a: RunArgs) -> Result<()> {
-    let (Some(model_dir), Some(task_name)) = (a.model.clone(), a.task.clone()) else { bail!("--model and --task are required") };
+    let (Some(model), Some(task_name)) = (a.model.clone(), a.task.clone()) else { bail!("--model and --task are required") };
     if a.n == 0 {
         bail!("--n must be at least 1");
     }
+    if a.server.is_some() {
+        // The server owns the weights and the hardware: these would silently do nothing.
+        for (flag, set) in [("--adapter", a.adapter.is_some()), ("--device", a.device.is_some()), ("--dtype", a.dtype.is_some())] {
+            if set {
+                bail!("{flag} cannot be used with --server: the server loads the model (and any adapter) on its own device; --model names the served model");
+            }
+        }
+        if a.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        if !(a.request_timeout_s > 0.0 && Duration::try_from_secs_f64(a.request_timeout_s).is_ok()) {
+            bail!("--request-timeout-s must be a positive number of seconds");
+        }
+    } else if a.api_key.is_some() {
+        bail!("--api-key is for --server");
+    }
+    let server_base = a.server.as_deref().map(eval::remote::normalize_base_url).transpose()?;
+    let device = a.device.clone().unwrap_or_else(|| "auto".into());
     let split: Split = a.split.parse().map_err(anyhow::Error::msg)?;
     let task = Task::load(&task_name)?;
-    let mut judges = JudgeProvider::new(a.test_judge, a.judge.clone(), &a.device)?;
+    let mut judges = JudgeProvider::new(a.test_judge, a.judge.clone(), &device)?;
     let etask = eval_task(&task, split, a.limit, a.reward_policy, &mut judges)?;
     let temperature = a.temperature.unwrap_or(if a.n > 1 { 0.7 } else { 0.0 });
     if a.n > 1 && temperature == 0.0 {
         tracing::warn!("--n {} with temperature 0: every sample of a prompt is the same greedy response", a.n);
     }
     let sampling = SamplingParams { temperature, top_p: a.top_p, top_k: a.top_k, repetition_penalty: a.repetition_penalty, max_new_tokens: a.max_new_tokens, seed: a.seed };
-    let lbl = label(&model_dir, a.adapter.as_deref());
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/eval").join(format!("{}-{split}-{}", task.name(), lbl.replace(['/', ' ', '+'], "_"))));
+    let model_dir = PathBuf::from(&model);
+    // Server mode: the label names the model and where it is served (a different server or
+    // model is a different run folder's settings); `model` records the endpoint base.
+    let (lbl, model_id, out_name) = match &server_base {
+        Some(base) => (format!("{model} @ {base}"), base.clone(), sanitize(&model)),
+        None => {
+            let lbl = label(&model_dir, a.adapter.as_deref());
+            let name = lbl.replace(['/', ' ', '+'], "_");
+            (lbl, model_dir.canonicalize().unwrap_or(model_dir.clone()).display().to_string(), name)
+        }
+    };
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/eval").join(format!("{}-{split}-{out_name}", task.name())));
     let config = RunConfig {
         label: lbl,
-        model: model_dir.canonicalize().unwrap_or(model_dir.clone()).display().to_string(),
+        model: model_id,
         adapter: a.adapter.as_ref().map(|p| p.canonicalize().unwrap_or(p.clone()).display().to_string()),
         task: task.name().to_string(),
         split: split.to_string(),
@@ -201,26 +258,50 @@ fn run_eval(a: RunArgs) -> Result<()> {
         metrics: etask.metrics.clone(),
     };
 
-    let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
-    let dtype = parse_dtype(&a.dtype, &device).map_err(anyhow::Error::msg)?;
-    let t0 = Instant::now();
-    let mut loaded = load_model_dir(&model_dir, &device, dtype).with_context(|| format!("loading {}", model_dir.display()))?;
-    if let Some(ad) = &a.adapter {
-        crate::model::peft::load_peft_adapter(&mut loaded.model, ad).with_context(|| format!("loading adapter {}", ad.display()))?;
-    }
-    crate::model::check_finite(&loaded.model, &model_dir)?;
-    tracing::info!("loaded {} in {:.2}s", model_dir.display(), t0.elapsed().as_secs_f64());
-
     let host = crate::reward::host(a.cache_dir.clone())?;
     let limits = Limits { timeout: Duration::from_millis(a.reward_timeout_ms), ..Limits::default() };
     let rewards = RewardSet::load(&host, etask.rewards.clone(), &limits)?;
-    let mut opts = EvalOptions::for_model(&loaded.generation, sampling);
-    opts.n = a.n;
-    opts.batch_size = a.batch_size;
-    opts.progress = !a.quiet;
     let control = RunControl { stop_after_batches: a.stop_after_batches };
+
+    // Each arm keeps what the responder borrows alive here.
+    let (loaded, local, server);
+    let (responder, mut opts): (&dyn Responder, EvalOptions) = match &server_base {
+        Some(base) => {
+            let mut cfg = ServerConfig::new(base.clone(), model.clone());
+            cfg.api_key = api_key(a.api_key.as_deref());
+            cfg.concurrency = a.concurrency;
+            cfg.request_timeout = Duration::from_secs_f64(a.request_timeout_s);
+            server = OpenAiServer::new(cfg)?;
+            tracing::info!("evaluating `{model}` served at {}", server.endpoint());
+            let mut opts = EvalOptions::new(sampling);
+            // Batches are the unit of writing: several per round of requests keeps the server fed.
+            opts.batch_size = a.batch_size.unwrap_or(a.concurrency.saturating_mul(4));
+            if opts.batch_size < a.concurrency {
+                tracing::warn!("--batch-size {} < --concurrency {}: at most {} requests are in flight", opts.batch_size, a.concurrency, opts.batch_size);
+            }
+            (&server, opts)
+        }
+        None => {
+            let device = parse_device(&device).map_err(anyhow::Error::msg)?;
+            let dtype = parse_dtype(a.dtype.as_deref().unwrap_or("auto"), &device).map_err(anyhow::Error::msg)?;
+            let t0 = Instant::now();
+            let mut m = load_model_dir(&model_dir, &device, dtype).with_context(|| format!("loading {}", model_dir.display()))?;
+            if let Some(ad) = &a.adapter {
+                crate::model::peft::load_peft_adapter(&mut m.model, ad).with_context(|| format!("loading adapter {}", ad.display()))?;
+            }
+            crate::model::check_finite(&m.model, &model_dir)?;
+            tracing::info!("loaded {} in {:.2}s", model_dir.display(), t0.elapsed().as_secs_f64());
+            loaded = m;
+            let mut opts = EvalOptions::for_model(&loaded.generation, sampling);
+            opts.batch_size = a.batch_size.unwrap_or(8);
+            local = LocalModel { model: &loaded.model, tokenizer: &loaded.tokenizer };
+            (&local, opts)
+        }
+    };
+    opts.n = a.n;
+    opts.progress = !a.quiet;
     let t0 = Instant::now();
-    let outcome = eval::run_eval(&loaded.model, &loaded.tokenizer, &etask, &rewards, &config, &opts, &control, &out)?;
+    let outcome = eval::run_eval_with(responder, &etask, &rewards, &config, &opts, &control, &out)?;
     tracing::info!("{} responses generated ({} resumed) in {:.1}s", outcome.generated, outcome.resumed, t0.elapsed().as_secs_f64());
     for j in judges.loaded() {
         tracing::info!(judge = %j.dir().display(), stats = ?j.stats(), "judge model");
@@ -240,4 +321,45 @@ fn run_eval(a: RunArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        eval: EvalArgs,
+    }
+
+    fn eval(args: &[&str]) -> Result<()> {
+        let cli = Cli::try_parse_from(std::iter::once("eval").chain(args.iter().copied()))?;
+        run(cli.eval)
+    }
+
+    #[test]
+    fn server_mode_refuses_local_model_flags() {
+        let base = ["--server", "http://127.0.0.1:9/v1", "--model", "qwen", "--task", "no-such-task"];
+        for extra in [["--adapter", "a"], ["--device", "cpu"], ["--dtype", "bf16"]] {
+            let args: Vec<&str> = base.iter().copied().chain(extra).collect();
+            let e = eval(&args).unwrap_err().to_string();
+            assert!(e.contains(&format!("{} cannot be used with --server", extra[0])), "{e}");
+        }
+        let e = eval(&["--model", "m", "--task", "t", "--api-key", "k"]).unwrap_err().to_string();
+        assert!(e.contains("--api-key is for --server"), "{e}");
+        let e = eval(&[&base[..], &["--concurrency", "0"]].concat()).unwrap_err().to_string();
+        assert!(e.contains("--concurrency"), "{e}");
+        let e = eval(&["--server", "localhost:8000", "--model", "qwen", "--task", "t"]).unwrap_err().to_string();
+        assert!(e.contains("server URL `localhost:8000`"), "{e}");
+        // --model stays required in server mode.
+        assert!(eval(&["--server", "http://127.0.0.1:9", "--task", "t"]).is_err());
+    }
+
+    #[test]
+    fn served_model_names_become_folder_names() {
+        assert_eq!(sanitize("Qwen/Qwen2.5-7B-Instruct"), "Qwen_Qwen2.5-7B-Instruct");
+        assert_eq!(sanitize("my model:latest"), "my_model_latest");
+    }
 }

@@ -7,6 +7,11 @@
 //! - [`run_eval`]: `medrl eval`, writing `predictions.jsonl` (appended and flushed per finished
 //!   batch) and `metrics.json` into a run folder, resumable.
 //!
+//! Both work on a local model; [`evaluate_with`] and [`run_eval_with`] take any [`Responder`]
+//! instead (what renders a prompt and answers work units): [`LocalModel`] is the local model,
+//! `remote::OpenAiServer` an OpenAI-compatible server. Everything after the responses (rewards,
+//! predictions, metrics, resuming) is the same code for both.
+//!
 //! **Determinism and resuming.** Response k of prompt i samples from RNG stream
 //! `k·2³² + i` of the seed ([`medrl_lm::generate::generate_streams`]), so it does not depend on the
 //! batch it lands in, and sample 0 of a `--n 4` run is the response of a `--n 1` run. Work units
@@ -46,6 +51,9 @@ pub enum EvalError {
     Tokenizer(#[from] medrl_lm::tokenizer::TokenizerError),
     #[error(transparent)]
     Reward(#[from] RewardError),
+    /// A request to an evaluated server failed (`url`: the endpoint; `id`: the example).
+    #[error("{url}: example {id}: {msg}")]
+    Server { url: String, id: String, msg: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -143,7 +151,8 @@ pub struct Prediction {
     pub sample: usize,
     /// Where the example came from (file and row).
     pub id: String,
-    /// The prompt as the model saw it (chat template applied).
+    /// The prompt as the model saw it (chat template applied; for a server, the responder's
+    /// rendering of the messages, see `remote`).
     pub prompt: String,
     pub response: String,
     pub finish_reason: String,
@@ -177,6 +186,12 @@ pub struct EvalOptions {
 }
 
 impl EvalOptions {
+    /// Options for a responder that knows its own end-of-sequence tokens (a server): no eos or
+    /// padding token.
+    pub fn new(sampling: SamplingParams) -> Self {
+        Self { sampling, n: 1, batch_size: 8, eos_token_ids: vec![], pad_token_id: 0, stop_strings: vec![], progress: false }
+    }
+
     /// Options with the model's end-of-sequence and padding tokens.
     pub fn for_model(generation: &medrl_lm::tokenizer::GenerationDefaults, sampling: SamplingParams) -> Self {
         Self {
@@ -191,29 +206,103 @@ impl EvalOptions {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Responders: who answers the prompts
+
+/// One response to produce: sample `sample` of example `index`.
+#[derive(Debug, Clone, Copy)]
+pub struct Unit<'a> {
+    pub index: usize,
+    pub sample: usize,
+    /// Where the example came from (file and row), for messages.
+    pub id: &'a str,
+    /// The prompt messages (a trailing assistant turn removed).
+    pub messages: &'a [ChatMessage],
+    /// The prompt text, from [`Responder::prompt_text`].
+    pub prompt: &'a str,
+}
+
+impl Unit<'_> {
+    /// The unit's random stream, `sample·2³² + index`: it names the response whatever batch it
+    /// lands in (local generation samples from this ChaCha stream of the seed; a server gets
+    /// a seed derived from it).
+    pub fn stream(&self) -> u64 {
+        stream_of(self.index, self.sample)
+    }
+}
+
+/// One generated response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub text: String,
+    /// Why it ended: `eos`, `stop` or `length` (a server's own reasons are kept as it says them).
+    pub finish_reason: String,
+    /// Generated tokens; 0 when the responder cannot know them.
+    pub tokens: usize,
+}
+
+/// What evaluation needs from a model: its prompt text for a conversation, and responses to
+/// work units. [`LocalModel`] generates in process; `remote::OpenAiServer` asks a server.
+pub trait Responder {
+    /// The prompt text recorded in predictions and given to the reward plugins (resuming
+    /// compares it, so it must be deterministic).
+    fn prompt_text(&self, messages: &[ChatMessage]) -> Result<String, EvalError>;
+    /// One response per unit, in the units' order. Response k of prompt i must not depend on
+    /// the other units of the call, so that batches can change and resumed runs match.
+    fn respond(&self, units: &[Unit<'_>], opts: &EvalOptions) -> Result<Vec<Response>, EvalError>;
+}
+
+/// A model in this process: the chat template renders the prompt, [`generate_streams`] answers.
+pub struct LocalModel<'a> {
+    pub model: &'a CausalLm,
+    pub tokenizer: &'a TextTokenizer,
+}
+
+impl Responder for LocalModel<'_> {
+    fn prompt_text(&self, messages: &[ChatMessage]) -> Result<String, EvalError> {
+        Ok(self.tokenizer.apply_chat_template(messages, true)?)
+    }
+
+    fn respond(&self, units: &[Unit<'_>], opts: &EvalOptions) -> Result<Vec<Response>, EvalError> {
+        let tok = self.tokenizer;
+        let prompts: Vec<Vec<u32>> = units.iter().map(|u| tok.encode(u.prompt, false)).collect::<Result<_, _>>()?;
+        let streams: Vec<u64> = units.iter().map(Unit::stream).collect();
+        let stop = StopConditions { eos_token_ids: opts.eos_token_ids.clone(), stop_strings: opts.stop_strings.clone(), tokenizer: Some(tok) };
+        let gens = generate_streams(self.model, &prompts, &streams, &opts.sampling, &stop, opts.pad_token_id, None)?;
+        gens.into_iter()
+            .map(|g| {
+                Ok(Response {
+                    text: tok.decode(&g.tokens, true)?,
+                    finish_reason: serde_json::to_value(g.finish_reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                    tokens: g.tokens.len(),
+                })
+            })
+            .collect()
+    }
+}
+
 /// An example ready to generate: prompt messages (a trailing assistant turn removed and used as
-/// the reference when the ground truth has none).
+/// the reference when the ground truth has none) and their prompt text.
 struct Prepared<'a> {
     id: String,
+    messages: &'a [ChatMessage],
     text: String,
-    ids: Vec<u32>,
     reference: Option<String>,
     ex: &'a Example,
 }
 
-fn prepare<'a>(tok: &TextTokenizer, examples: &'a [(Origin, Example)]) -> Result<Vec<Prepared<'a>>, EvalError> {
+fn prepare<'a>(responder: &dyn Responder, examples: &'a [(Origin, Example)]) -> Result<Vec<Prepared<'a>>, EvalError> {
     examples
         .iter()
         .map(|(origin, ex)| {
             // The prompt and its reference, split as every other user of an example splits it.
-            let msgs: Vec<ChatMessage> = ex.prompt_messages().to_vec();
+            let messages = ex.prompt_messages();
             let reference = ex.reference().map(str::to_owned);
-            if msgs.is_empty() {
+            if messages.is_empty() {
                 return Err(EvalError::Invalid(format!("{origin}: no prompt message")));
             }
-            let text = tok.apply_chat_template(&msgs, true)?;
-            let ids = tok.encode(&text, false)?;
-            Ok(Prepared { id: origin.to_string(), text, ids, reference, ex })
+            let text = responder.prompt_text(messages)?;
+            Ok(Prepared { id: origin.to_string(), messages, text, reference, ex })
         })
         .collect()
 }
@@ -224,37 +313,38 @@ fn stream_of(index: usize, sample: usize) -> u64 {
 
 /// Generate and score one batch of work units.
 fn run_batch(
-    model: &CausalLm,
-    tok: &TextTokenizer,
+    responder: &dyn Responder,
     prepared: &[Prepared<'_>],
     units: &[(usize, usize)],
     rewards: &RewardSet,
     settings: &MetricSettings,
     opts: &EvalOptions,
 ) -> Result<Vec<Prediction>, EvalError> {
-    let prompts: Vec<Vec<u32>> = units.iter().map(|&(i, _)| prepared[i].ids.clone()).collect();
-    let streams: Vec<u64> = units.iter().map(|&(i, k)| stream_of(i, k)).collect();
-    let stop = StopConditions { eos_token_ids: opts.eos_token_ids.clone(), stop_strings: opts.stop_strings.clone(), tokenizer: Some(tok) };
-    let gens = generate_streams(model, &prompts, &streams, &opts.sampling, &stop, opts.pad_token_id, None)?;
-    let mut texts = Vec::with_capacity(gens.len());
-    for g in &gens {
-        texts.push(tok.decode(&g.tokens, true)?);
+    let work: Vec<Unit<'_>> = units
+        .iter()
+        .map(|&(i, k)| {
+            let p = &prepared[i];
+            Unit { index: i, sample: k, id: &p.id, messages: p.messages, prompt: &p.text }
+        })
+        .collect();
+    let responses = responder.respond(&work, opts)?;
+    if responses.len() != units.len() {
+        return Err(EvalError::Invalid(format!("{} responses to {} prompts", responses.len(), units.len())));
     }
     let samples: Vec<_> = units
         .iter()
-        .zip(&texts)
-        .map(|(&(i, _), text)| {
+        .zip(&responses)
+        .map(|(&(i, _), r)| {
             let p = &prepared[i];
-            medrl_plugin::sample(&p.text, text, &p.ex.ground_truth, &p.ex.metadata, &p.ex.data_source)
+            medrl_plugin::sample(&p.text, &r.text, &p.ex.ground_truth, &p.ex.metadata, &p.ex.data_source)
         })
         .collect();
     let scored = rewards.score(&samples)?;
     Ok(units
         .iter()
-        .zip(gens)
-        .zip(texts)
+        .zip(responses)
         .zip(scored)
-        .map(|(((&(i, k), g), response), reward)| {
+        .map(|((&(i, k), r), reward)| {
             let p = &prepared[i];
             let correct = settings.accuracy.as_ref().map(|a| is_correct(&reward, a));
             Prediction {
@@ -262,10 +352,10 @@ fn run_batch(
                 sample: k,
                 id: p.id.clone(),
                 prompt: p.text.clone(),
-                answer: settings.parse_answer(&response),
-                response,
-                finish_reason: serde_json::to_value(g.finish_reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-                tokens: g.tokens.len(),
+                answer: settings.parse_answer(&r.text),
+                response: r.text,
+                finish_reason: r.finish_reason,
+                tokens: r.tokens,
                 reward,
                 correct,
                 reference: p.reference.clone(),
@@ -288,12 +378,23 @@ pub fn evaluate(
     settings: &MetricSettings,
     opts: &EvalOptions,
 ) -> Result<(EvalMetrics, Vec<Prediction>), EvalError> {
+    evaluate_with(&LocalModel { model, tokenizer }, examples, rewards, settings, opts)
+}
+
+/// [`evaluate`] with any responder.
+pub fn evaluate_with(
+    responder: &dyn Responder,
+    examples: &[(Origin, Example)],
+    rewards: &RewardSet,
+    settings: &MetricSettings,
+    opts: &EvalOptions,
+) -> Result<(EvalMetrics, Vec<Prediction>), EvalError> {
     check_opts(opts)?;
-    let prepared = prepare(tokenizer, examples)?;
+    let prepared = prepare(responder, examples)?;
     let units = all_units(prepared.len(), opts.n);
     let mut preds = Vec::with_capacity(units.len());
     for batch in units.chunks(opts.batch_size) {
-        preds.extend(run_batch(model, tokenizer, &prepared, batch, rewards, settings, opts)?);
+        preds.extend(run_batch(responder, &prepared, batch, rewards, settings, opts)?);
     }
     let metrics = compute_metrics(&preds, settings, opts.n)?;
     Ok((metrics, preds))
@@ -397,6 +498,20 @@ pub fn run_eval(
     control: &RunControl,
     out: &Path,
 ) -> Result<RunOutcome, EvalError> {
+    run_eval_with(&LocalModel { model, tokenizer }, task, rewards, config, opts, control, out)
+}
+
+/// [`run_eval`] with any responder (`medrl eval --server`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_eval_with(
+    responder: &dyn Responder,
+    task: &EvalTask,
+    rewards: &RewardSet,
+    config: &RunConfig,
+    opts: &EvalOptions,
+    control: &RunControl,
+    out: &Path,
+) -> Result<RunOutcome, EvalError> {
     check_opts(opts)?;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let cfg_path = out.join(RUN_CONFIG);
@@ -420,7 +535,7 @@ pub fn run_eval(
         medrl_base::fsutil::write_json_atomic(&cfg_path, &cfg_json).map_err(io_err(&cfg_path))?;
     }
 
-    let prepared = prepare(tokenizer, &task.examples)?;
+    let prepared = prepare(responder, &task.examples)?;
     let pred_path = out.join(PREDICTIONS);
     let existing = read_predictions(&pred_path)?;
     let mut done: HashSet<(usize, usize)> = HashSet::new();
@@ -457,7 +572,7 @@ pub fn run_eval(
             tracing::info!("stopped after {batches} batches ({generated} responses); rerun the same command to resume");
             return Ok(RunOutcome { generated, resumed: existing.len(), metrics: None });
         }
-        let preds = run_batch(model, tokenizer, &prepared, &missing, rewards, &task.metrics, opts)?;
+        let preds = run_batch(responder, &prepared, &missing, rewards, &task.metrics, opts)?;
         let mut buf = Vec::new();
         for p in &preds {
             serde_json::to_writer(&mut buf, p).map_err(|e| EvalError::Invalid(e.to_string()))?;
@@ -893,6 +1008,55 @@ mod tests {
             reference: None,
             ground_truth: Value::Null,
         }
+    }
+
+    /// The local model through the [`Responder`] seam gives the predictions the code before the
+    /// seam gave: chat-template prompt, stream `k·2³² + i`, decoded tokens, finish reason and
+    /// token count, whatever the batch size (the pre-seam `prepare` + `run_batch` are inlined
+    /// here as the reference).
+    #[test]
+    fn local_model_through_the_responder_matches_direct_generation() {
+        use medrl_lm::model::init::{init_model_dir, InitOptions, Preset};
+        use medrl_lm::model::{load_model_dir, Arch};
+        let dir = tempfile::tempdir().unwrap();
+        let mut init = InitOptions::new(Arch::Qwen2, Preset::Tiny);
+        init.seed = 5;
+        init_model_dir(dir.path(), &init).unwrap();
+        let loaded = load_model_dir(dir.path(), &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+        let ex = |i: usize| {
+            let msgs = vec![ChatMessage::system("Answer briefly."), ChatMessage::user(format!("Question {i}: what dose?")), ChatMessage::assistant("ref")];
+            (Origin { file: "t.jsonl".into(), row: i + 1 }, Example { messages: msgs, ground_truth: Value::Null, metadata: serde_json::json!({}), data_source: "t".into() })
+        };
+        let examples: Vec<(Origin, Example)> = (0..3).map(ex).collect();
+        let host = medrl_plugin::PluginHost::new(medrl_plugin::HostConfig { cache_dir: None, ..Default::default() }).unwrap();
+        let rewards = RewardSet::load(&host, vec![], &medrl_plugin::Limits::default()).unwrap();
+        let sampling = SamplingParams { temperature: 0.9, max_new_tokens: 10, seed: 4, ..Default::default() };
+        let mut opts = EvalOptions::for_model(&loaded.generation, sampling.clone());
+        opts.n = 2;
+        opts.batch_size = 4;
+        opts.stop_strings = vec!["</answer>".into()];
+        let settings = MetricSettings::default();
+        let (_, preds) = evaluate(&loaded.model, &loaded.tokenizer, &examples, &rewards, &settings, &opts).unwrap();
+
+        let tok = &loaded.tokenizer;
+        let units = all_units(3, 2);
+        let texts: Vec<String> = examples.iter().map(|(_, e)| tok.apply_chat_template(&e.messages[..2], true).unwrap()).collect();
+        let prompts: Vec<Vec<u32>> = units.iter().map(|&(i, _)| tok.encode(&texts[i], false).unwrap()).collect();
+        let streams: Vec<u64> = units.iter().map(|&(i, k)| stream_of(i, k)).collect();
+        let stop = StopConditions { eos_token_ids: opts.eos_token_ids.clone(), stop_strings: opts.stop_strings.clone(), tokenizer: Some(tok) };
+        let gens = generate_streams(&loaded.model, &prompts, &streams, &sampling, &stop, opts.pad_token_id, None).unwrap();
+        assert_eq!(preds.len(), gens.len());
+        for ((p, &(i, k)), g) in preds.iter().zip(&units).zip(&gens) {
+            assert_eq!((p.index, p.sample, p.prompt.as_str()), (i, k, texts[i].as_str()));
+            assert_eq!(p.response, tok.decode(&g.tokens, true).unwrap());
+            assert_eq!(p.finish_reason, serde_json::to_value(g.finish_reason).unwrap().as_str().unwrap());
+            assert_eq!(p.tokens, g.tokens.len());
+            assert_eq!((p.id.as_str(), p.reference.as_deref()), (format!("t.jsonl row {}", i + 1).as_str(), Some("ref")));
+        }
+        // Another batch size, the same predictions (each unit has its own stream).
+        opts.batch_size = 3;
+        let (_, again) = evaluate_with(&LocalModel { model: &loaded.model, tokenizer: tok }, &examples, &rewards, &settings, &opts).unwrap();
+        assert_eq!(again, preds);
     }
 
     #[test]
