@@ -347,3 +347,35 @@ fn report_renders_in_headless_chromium() {
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "a real screenshot");
 }
+
+/// `medrl eval --server` against `medrl serve` of the same model: the same greedy responses as
+/// evaluating the model folder directly (the server applies the same chat template and engine).
+#[test]
+fn eval_through_medrl_serve_gives_the_local_responses() {
+    use std::io::{BufRead, BufReader};
+    let model = tiny_model();
+    let mut server = medrl_cmd(&["serve", "--device", "cpu", "--port", "0", "--served-model-name", "tiny", "--model", model.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no address in {line:?}")).to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (local, remote) = (tmp.path().join("local"), tmp.path().join("remote"));
+    let m = model.to_str().unwrap();
+    medrl(&eval_args(m, "trialpanorama-sample-size", local.to_str().unwrap(), &["--limit", "4"]));
+    let mut args = eval_args("tiny", "trialpanorama-sample-size", remote.to_str().unwrap(), &["--limit", "4", "--server", &url]);
+    // The server has no --device.
+    let at = args.iter().position(|a| *a == "--device").unwrap();
+    args.drain(at..at + 2);
+    let out = medrl_cmd(&args).output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (read_preds(&local), read_preds(&remote));
+    assert_eq!(a.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.index, &x.response, x.tokens), (y.index, &y.response, y.tokens), "example {}", x.index);
+    }
+}

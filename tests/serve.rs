@@ -231,3 +231,41 @@ fn two_hundred_concurrent_streams_get_their_own_answers_and_disconnects_free_the
     let limited = outcomes.iter().filter(|o| o.status == 429).count();
     assert!(limited >= 1 && report.ok >= 2 && report.ok + limited == 12, "{report:?} {outcomes:?}");
 }
+
+#[test]
+fn a_request_past_its_deadline_ends_with_504_and_frees_its_sequence() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model(d.path(), 9);
+    let server = start(&model, &["--served-model-name", "tiny", "--request-timeout-s", "0.3"]);
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4000, "ignore_eos": true});
+    let (status, err) = http(&server.url, "POST", "/v1/chat/completions", Some(&body), None);
+    assert_eq!(status, 504, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("deadline"), "{err}");
+    // Streamed: an error event, then the end of the stream.
+    let mut s = LoadSpec {
+        url: server.url.clone(),
+        model: "tiny".into(),
+        api_key: None,
+        prompts: vec!["hello".into()],
+        requests: 1,
+        concurrency: 1,
+        max_tokens: 4000,
+        temperature: 0.0,
+        seed: None,
+        stream: true,
+        ignore_eos: true,
+        disconnect_every: None,
+        timeout: Duration::from_secs(60),
+    };
+    let (_, outcomes) = loadgen::run(&s).unwrap();
+    assert!(outcomes[0].error.as_deref().is_some_and(|e| e.contains("deadline")), "{outcomes:?}");
+    let (_, m) = http(&server.url, "GET", "/metrics", None, None);
+    let m = m.as_str().unwrap_or_default().to_string();
+    assert_eq!(gauge(&m, "medrl_kv_cache_blocks_used"), 0.0, "{m}");
+    assert!(m.contains("medrl_requests_total{endpoint=\"chat\",status=\"504\"} 1"), "{m}");
+    // A short request still fits.
+    s.max_tokens = 4;
+    s.stream = false;
+    let (report, _) = loadgen::run(&s).unwrap();
+    assert_eq!(report.ok, 1);
+}

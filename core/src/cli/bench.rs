@@ -12,6 +12,9 @@ use crate::model::{load_model_dir, parse_device, parse_dtype};
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
+    /// `medrl serve` under load: a server in this process and concurrent streaming clients at
+    /// each --concurrency level (EOS ignored); output tokens/s, latency and time to first token.
+    Serve(super::serve::BenchServeArgs),
     /// Prompt (prefill) and decode throughput of batched generation.
     Generate {
         #[arg(long)]
@@ -496,6 +499,7 @@ fn rel_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> anyhow::Result<f6
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Serve(args) => super::serve::bench(args),
         BenchCommand::JudgeAgreement { fixtures, device, dtype } => {
             println!("{}", serde_json::to_string_pretty(&judge_agreement(&fixtures, &device, &dtype)?)?);
             Ok(())

@@ -70,6 +70,18 @@ fn parse_adapter(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    let (opts, served, names) = build(args)?;
+    crate::serve::serve(opts, served, move |addr| {
+        // The one line on stdout: scripts and tests read the address from it.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "medrl serve: listening on http://{addr} (models: {})", names.join(", "));
+        let _ = out.flush();
+    })?;
+    Ok(())
+}
+
+/// Load the models and size the caches: what `serve` needs, and the served names.
+fn build(args: ServeArgs) -> Result<(ServeOptions, Vec<ServedModel>, Vec<String>)> {
     let engine = EngineConfig {
         block_size: args.block_size,
         max_seqs: args.max_seqs,
@@ -132,11 +144,83 @@ pub fn run(args: ServeArgs) -> Result<()> {
         request_timeout: Duration::from_secs_f64(args.request_timeout_s),
         engine,
     };
-    crate::serve::serve(opts, served, move |addr| {
-        // The one line on stdout: scripts and tests read the address from it.
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "medrl serve: listening on http://{addr} (models: {})", names.join(", "));
-        let _ = out.flush();
-    })?;
+    Ok((opts, served, names))
+}
+
+/// `medrl bench serve`: a server on a free loopback port in this process, then the load
+/// generator at each concurrency level.
+#[derive(clap::Args)]
+pub struct BenchServeArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Concurrent clients, one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    concurrency: Vec<usize>,
+    /// Requests per run: this many per client, at least 8.
+    #[arg(long, default_value_t = 2)]
+    requests_per_client: usize,
+    /// Tokens generated per request (EOS ignored, as vLLM's benchmarks).
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Words per prompt (clinical-sounding text; about 1.3 tokens a word).
+    #[arg(long, default_value_t = 96)]
+    prompt_words: usize,
+    /// One compact JSON line per level instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn bench(args: BenchServeArgs) -> Result<()> {
+    let mut serve_args = args.serve;
+    serve_args.host = "127.0.0.1".into();
+    serve_args.port = 0;
+    serve_args.max_pending = serve_args.max_pending.max(args.concurrency.iter().copied().max().unwrap_or(1));
+    let key = serve_args.api_key.clone();
+    let (opts, served, names) = build(serve_args)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Err(e) = crate::serve::serve(opts, served, move |addr| {
+            let _ = tx.send(addr);
+        }) {
+            tracing::error!("{e}");
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(600)).context("the server did not start")?;
+    const WORDS: [&str; 16] = ["patient", "reports", "intermittent", "chest", "pain", "with", "dyspnea", "and", "fever", "history", "of", "hypertension", "treated", "daily", "since", "admission"];
+    let prompts: Vec<String> = (0..64)
+        .map(|i| {
+            let words: Vec<&str> = (0..args.prompt_words).map(|k| WORDS[(k * 7 + i * 3 + k / 5) % WORDS.len()]).collect();
+            format!("Case {i}: {}", words.join(" "))
+        })
+        .collect();
+    for &c in &args.concurrency {
+        let spec = crate::serve::loadgen::LoadSpec {
+            url: format!("http://{addr}"),
+            model: names[0].clone(),
+            api_key: key.clone(),
+            prompts: prompts.clone(),
+            requests: (c * args.requests_per_client).max(8),
+            concurrency: c,
+            max_tokens: args.max_tokens,
+            temperature: 1.0,
+            seed: Some(0),
+            stream: true,
+            ignore_eos: true,
+            disconnect_every: None,
+            timeout: Duration::from_secs(900),
+        };
+        let (report, outcomes) = crate::serve::loadgen::run(&spec)?;
+        if let Some(o) = outcomes.iter().find(|o| o.error.is_some()) {
+            bail!("request {} failed: {}", o.index, o.error.as_deref().unwrap_or_default());
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "{:>4} clients: {:>6} requests, {:>9.0} output tokens/s, latency p50 {:.3}s p99 {:.3}s, first token p50 {:.3}s p99 {:.3}s",
+                c, report.requests, report.output_tokens_per_s, report.latency_p50_s, report.latency_p99_s, report.ttft_p50_s, report.ttft_p99_s
+            );
+        }
+    }
     Ok(())
 }

@@ -206,9 +206,12 @@ async fn exchange(spec: &LoadSpec, host: &str, prefix: &str, prompt: usize, hang
                     out.completion_tokens = u as usize;
                 }
                 for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+                    // Every chunk after the role's carries a token (its text may be held back).
+                    if c.pointer("/delta/role").is_none() {
+                        out.ttft_s.get_or_insert(t0.elapsed().as_secs_f64());
+                    }
                     if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
                         if !t.is_empty() {
-                            out.ttft_s.get_or_insert(t0.elapsed().as_secs_f64());
                             out.text.push_str(t);
                             if hang_up {
                                 out.disconnected = true;

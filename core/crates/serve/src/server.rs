@@ -350,7 +350,7 @@ async fn start(st: &Shared, headers: &HeaderMap, body: &[u8], kind: Kind, arrive
             },
             eos_token_ids: if c.ignore_eos { vec![] } else { m.eos.clone() },
             stop_strings: c.stop.clone(),
-            top_logprobs: c.logprobs.map(|k| k.max(1)).unwrap_or(0),
+            top_logprobs: c.logprobs.unwrap_or(0),
         });
         let job = Job { request, n: c.n, first_choice: i * c.n, deadline, events: tx.clone() };
         if !m.worker.submit(job) {
@@ -379,7 +379,10 @@ async fn start(st: &Shared, headers: &HeaderMap, body: &[u8], kind: Kind, arrive
     } else {
         let r = resp.collect(rx).await;
         drop(admission);
-        st.metrics.request(kind.endpoint(), r.as_ref().map(|_| 200).unwrap_or_else(|e| e.status.as_u16()));
+        // Errors are counted by `handle`.
+        if r.is_ok() {
+            st.metrics.request(kind.endpoint(), 200);
+        }
         r
     }
 }
@@ -411,6 +414,8 @@ struct Responder {
 /// What an event did to a choice: text to send, the token's log-probabilities, a finish reason.
 struct Delta {
     choice: usize,
+    /// A token was sampled (its log-probabilities are in `token` only when asked for).
+    sampled: bool,
     text: String,
     token: Option<(u32, f32, Vec<(u32, f32)>)>,
     finish: Option<&'static str>,
@@ -444,7 +449,7 @@ impl Responder {
                 let text = c.text.push(&tok, token, &self.stop);
                 let finish = c.text.stopped().then_some("stop");
                 c.finish = c.finish.or(finish);
-                Ok(Some(Delta { choice, text, token: self.logprobs.map(|_| (token, logprob, top)), finish }))
+                Ok(Some(Delta { choice, sampled: true, text, token: self.logprobs.map(|_| (token, logprob, top)), finish }))
             }
             Event::Done { choice, reason } => {
                 let tok = self.st.models[self.model].tokenizer.clone();
@@ -458,7 +463,7 @@ impl Responder {
                     _ => "stop",
                 };
                 c.finish = Some(finish);
-                Ok(Some(Delta { choice, text, token: None, finish: Some(finish) }))
+                Ok(Some(Delta { choice, sampled: false, text, token: None, finish: Some(finish) }))
             }
         }
     }
@@ -543,7 +548,9 @@ impl Responder {
     }
 
     fn delta_choice(&self, d: &Delta, offsets: &mut HashMap<usize, usize>) -> Option<Value> {
-        if d.text.is_empty() && d.token.is_none() && d.finish.is_none() {
+        // Every token gets a chunk, even when its text is held back (an incomplete character,
+        // a possible stop string): clients see progress and time to first token is honest.
+        if d.text.is_empty() && d.token.is_none() && d.finish.is_none() && !d.sampled {
             return None;
         }
         let entries: Vec<_> = d.token.iter().cloned().collect();
