@@ -5,7 +5,7 @@
 #    tests import offline) and componentize-py (Python reward plugins);
 #  - the reference packages of the metric and generator tests (sacrebleu, rouge-score, lifelines,
 #    numpy, scipy, statsmodels; pinned) and the official `openai` client (tests/serve.rs drives
-#    `medrl serve` with it)
+#    `medrl serve` with it) and `tensorboard` (tests/sft.rs reads the event files back)
 #    in their own virtual environment .venv-ref/, so lifelines' scientific stack stays out of the
 #    main Python. tests/metrics.rs and tests/tasks.rs find it there (or MEDRL_PYREF_PYTHON).
 set -euo pipefail
@@ -26,7 +26,7 @@ fi
 
 # Pins must match the versions recorded in tests/fixtures/eval_metrics_expected.json and
 # tests/fixtures/sample_size_cases.json (scipy, statsmodels: tests/reference/sample_size_reference.py).
-REF_PINS=(sacrebleu==2.6.0 rouge-score==0.1.2 lifelines==0.30.3 numpy==2.4.6 scipy==1.17.1 statsmodels==0.15.0 openai==3.63.0)
+REF_PINS=(sacrebleu==2.6.0 rouge-score==0.1.2 lifelines==0.30.3 numpy==2.4.6 scipy==1.17.1 statsmodels==0.15.0 openai==3.63.0 tensorboard==2.21.0)
 REF_PY=.venv-ref/bin/python
 ref_ok() {
   [ -x "$REF_PY" ] && "$REF_PY" -c 'import sys; from importlib.metadata import version as v

@@ -145,6 +145,14 @@ fn resume_retraces_the_uninterrupted_curve() {
             assert_eq!(x.get(k), y.get(k), "{k} differs: {x} vs {y}");
         }
     }
+    // TensorBoard: every scalar of both runs' metrics, read back by the `tensorboard` package;
+    // the resumed run's event file holds its metrics lines and nothing of the abandoned steps.
+    if let Some(py) = python_with("tensorboard") {
+        for dir in [&a, &b] {
+            let out = std::process::Command::new(&py).arg(repo().join("tests/reference/tensorboard_readback.py")).arg(dir).output().unwrap();
+            assert!(out.status.success(), "{}: {}{}", dir.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+    }
     // A changed training config is refused on resume.
     let cfg_c = config(&base, &b, &[&extra[..], &["training.lr=1.0e-3"]].concat());
     let e = run(&cfg_c, RunOptions { resume: true, stop_after: None }).unwrap_err().to_string();
@@ -548,4 +556,22 @@ fn a_run_resumed_after_its_last_step_reports_its_losses() {
     let close = |a: Option<f64>, b: Option<f64>| matches!((a, b), (Some(a), Some(b)) if (a - b).abs() <= 1e-12 * a.abs().max(1.0));
     assert!(close(full.first_loss, again.first_loss) && close(full.last_loss, again.last_loss), "{full:?} vs {again:?}");
     assert!(close(full.eval_loss_before, again.eval_loss_before) && close(full.eval_loss_after, again.eval_loss_after), "{full:?} vs {again:?}");
+}
+
+/// A Python that imports `module` (scripts/setup.sh installs the reference packages in
+/// .venv-ref/); missing: a loud skip, or a failure when `MEDRL_REQUIRE_PYREF=1` (CI sets it).
+fn python_with(module: &str) -> Option<String> {
+    let candidates = [std::env::var("MEDRL_PYREF_PYTHON").ok(), Some(repo().join(".venv-ref/bin/python").display().to_string()), Some("python3".into())];
+    for py in candidates.into_iter().flatten() {
+        if Command::new(&py).args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success()) {
+            return Some(py);
+        }
+    }
+    let msg = format!("no Python with `{module}`; run scripts/setup.sh or set MEDRL_PYREF_PYTHON");
+    if std::env::var("MEDRL_REQUIRE_PYREF").as_deref() == Ok("1") {
+        panic!("{msg}");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED {msg} !!!!!!!!\n");
+    None
 }

@@ -12,3 +12,4 @@ pub mod config;
 pub mod fsutil;
 pub mod plot;
 pub mod progress;
+pub mod tensorboard;

@@ -2,7 +2,9 @@
 //!
 //! The metrics file belongs to the run: a resume truncates it to the lines that existed when
 //! the checkpoint was written (rewritten atomically), so the file always describes one
-//! uninterrupted run. Each line is flushed as it is written.
+//! uninterrupted run. Each line is flushed as it is written. Every line's numeric fields are
+//! also written to a TensorBoard event file in `tensorboard/` beside it (rewritten from the kept
+//! lines on a resume, so it too describes one run).
 
 use serde_json::Value;
 use std::io::Write;
@@ -14,6 +16,12 @@ use medrl_base::plot::{line_chart_svg, Series};
 pub struct MetricsLog {
     path: PathBuf,
     lines: usize,
+    tensorboard: Option<medrl_base::tensorboard::EventWriter>,
+}
+
+/// The TensorBoard folder of a run whose metrics are at `metrics`.
+pub fn tensorboard_dir(metrics: &Path) -> PathBuf {
+    metrics.parent().unwrap_or(Path::new(".")).join("tensorboard")
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> SftError + '_ {
@@ -27,7 +35,18 @@ impl MetricsLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io(path)(e)),
         };
-        Ok(Self { path: path.into(), lines })
+        let mut log = Self { path: path.into(), lines, tensorboard: None };
+        log.restart_tensorboard()?;
+        Ok(log)
+    }
+
+    /// A fresh event file holding the lines the metrics file has now.
+    fn restart_tensorboard(&mut self) -> Result<(), SftError> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let rows: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let dir = tensorboard_dir(&self.path);
+        self.tensorboard = Some(medrl_base::tensorboard::EventWriter::create(&dir, &rows).map_err(io(&dir))?);
+        Ok(())
     }
 
     pub fn lines(&self) -> usize {
@@ -40,7 +59,7 @@ impl MetricsLog {
         let kept: String = text.lines().take(n).map(|l| format!("{l}\n")).collect();
         medrl_base::fsutil::write_atomic(&self.path, kept.as_bytes()).map_err(io(&self.path))?;
         self.lines = kept.lines().count();
-        Ok(())
+        self.restart_tensorboard()
     }
 
     pub fn write(&mut self, v: &Value) -> Result<(), SftError> {
@@ -48,6 +67,10 @@ impl MetricsLog {
         writeln!(f, "{}", serde_json::to_string(v).expect("JSON serializes")).map_err(io(&self.path))?;
         f.flush().map_err(io(&self.path))?;
         self.lines += 1;
+        if let Some(tb) = &mut self.tensorboard {
+            let p = tb.path().to_path_buf();
+            tb.write(v).map_err(io(&p))?;
+        }
         Ok(())
     }
 }
