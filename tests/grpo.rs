@@ -212,3 +212,61 @@ fn rloo_trains_on_the_shared_driver_resumes_identically_and_refuses_a_grpo_folde
     let e = grpo::run(&grpo_cfg, Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap_err().to_string();
     assert!(e.contains("`rloo` run") && e.contains("`grpo` run"), "{e}");
 }
+
+/// Issue 21, DAPO's dynamic sampling: with rewards that always differ within a group it keeps
+/// every group in one round and the run is the plain GRPO run, metric for metric; with rewards
+/// that never differ (weight 0) every group is filtered, `max_rounds` prompt batches are drawn
+/// per step and nothing trains; a run with it resumes identically. The GSPO/overlong settings
+/// train alongside.
+#[test]
+fn dapo_dynamic_sampling_filters_groups_without_spread_and_resumes_identically() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path(), 5);
+    let plain = d.path().join("plain");
+    grpo::run(&config(&base, &plain, &dialogue_reward(), &[]), Default::default(), &RunOptions::default()).unwrap();
+    let dyn_on = ["algorithm.dynamic_sampling={max_rounds: 3}"];
+    let a = d.path().join("a");
+    grpo::run(&config(&base, &a, &dialogue_reward(), &dyn_on), Default::default(), &RunOptions::default()).unwrap();
+    let (mp, ma) = (metrics(&plain), metrics(&a));
+    assert_eq!(mp.len(), ma.len());
+    for (x, y) in mp.iter().zip(&ma) {
+        for k in ["step", "reward", "loss", "kl", "grad_norm", "response_len", "val_reward"] {
+            assert_eq!(x.get(k), y.get(k), "{k}: {x} vs {y}");
+        }
+        if y.get("reward").is_some() {
+            assert_eq!((&y["sampling_rounds"], &y["groups_kept"], &y["groups_filtered"]), (&1.into(), &2.into(), &0.into()), "{y}");
+        }
+    }
+
+    let flat = format!("[{{plugin: {:?}, weight: 0.0}}]", wasm("dialogue-quality"));
+    let z = d.path().join("z");
+    let o = grpo::run(&config(&base, &z, &flat, &dyn_on), Default::default(), &RunOptions::default()).unwrap();
+    assert_eq!(o.steps, 4);
+    for r in metrics(&z).iter().filter(|r| r.get("reward").is_some()) {
+        assert_eq!((&r["sampling_rounds"], &r["groups_kept"], &r["groups_filtered"]), (&3.into(), &0.into(), &6.into()), "{r}");
+        assert_eq!(r["loss"], 0.0, "{r}");
+    }
+    // 4 steps x 3 rounds: 12 prompt batches drawn from the plan (the plain run: 4).
+    let drawn = |dir: &Path| -> serde_json::Value {
+        let ck = medrl::train::checkpoint::latest(dir).unwrap();
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(ck.join("trainer_state.json")).unwrap()).unwrap()["next_micro_batch"].clone()
+    };
+    assert_eq!((drawn(&z), drawn(&plain)), (12.into(), 4.into()));
+
+    let dapo = ["algorithm.dynamic_sampling={max_rounds: 2}", "algorithm.overlong={buffer: 4}", "algorithm.ratio=sequence", "algorithm.loss_agg=seq_mean_token_mean", "rollout.max_new_tokens=3"];
+    let (b, c) = (d.path().join("b"), d.path().join("c"));
+    grpo::run(&config(&base, &b, &dialogue_reward(), &dapo), Default::default(), &RunOptions::default()).unwrap();
+    let cfg_c = config(&base, &c, &dialogue_reward(), &dapo);
+    grpo::run(&cfg_c, Default::default(), &RunOptions { resume: false, stop_after: Some(3) }).unwrap();
+    grpo::run(&cfg_c, Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap();
+    let (mb, mc) = (metrics(&b), metrics(&c));
+    assert_eq!(mb.len(), mc.len());
+    for (x, y) in mb.iter().zip(&mc) {
+        for k in ["step", "reward", "loss", "kl", "grad_norm", "response_len", "val_reward", "sampling_rounds", "groups_kept"] {
+            assert_eq!(x.get(k), y.get(k), "{k}: {x} vs {y}");
+        }
+        if x.get("reward").is_some() {
+            assert!(x["loss"].as_f64().unwrap().is_finite() && x["clip_frac"].as_f64().is_some(), "{x}");
+        }
+    }
+}

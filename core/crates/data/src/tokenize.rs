@@ -51,7 +51,7 @@ impl Default for Tokenizing {
 }
 
 /// Token ids and, per position, whether that token is a training target.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TokenizedExample {
     pub ids: Vec<u32>,
     pub trained: Vec<bool>,

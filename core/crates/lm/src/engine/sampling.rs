@@ -177,7 +177,7 @@ mod tests {
         let p = SamplingParams { temperature: 0.5, repetition_penalty: 2.0, ..Default::default() };
         let raw = vec![1.0f32, 3.0, -2.0, 3.0, 2.5];
         let top = top_logprobs(&mut raw.clone(), &[4], &p, 3);
-        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 0], "4 is penalized to 1.25; ties by id");
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 4], "4 is penalized from 2.5 to 1.25, still above 0's 1.0; ties by id");
         // The sampled token's log-probability (sample_row) is the same quantity.
         let g = SamplingParams { temperature: 0.0, repetition_penalty: 2.0, ..Default::default() };
         let s = sample(&mut raw.clone(), &[4], &g, &mut sequence_rng(0, 0));

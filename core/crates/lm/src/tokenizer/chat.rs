@@ -61,11 +61,17 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TokenizerError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render`] with `tools` (OpenAI function-tool objects, as
+    /// `apply_chat_template(tools=...)`) visible to the template.
+    pub fn render_with_tools(&self, messages: &[ChatMessage], tools: Option<&serde_json::Value>, add_generation_prompt: bool) -> Result<String, TokenizerError> {
         let tmpl = self.env.get_template("chat").expect("added in new()");
         let mut ctx = self.specials.clone();
         ctx.insert("messages".into(), serde_json::to_value(messages).expect("serializable"));
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
-        ctx.insert("tools".into(), serde_json::Value::Null);
+        ctx.insert("tools".into(), tools.cloned().unwrap_or(serde_json::Value::Null));
         ctx.insert("documents".into(), serde_json::Value::Null);
         tmpl.render(JValue::from_serialize(&ctx)).map_err(|e| {
             let mut msg = e.to_string();

@@ -1,6 +1,7 @@
 //! Tokenizers (Hugging Face `tokenizer.json`), chat templates and generation defaults.
 
 pub mod chat;
+pub mod tools;
 pub mod train;
 
 use serde_json::Value;
@@ -126,6 +127,15 @@ impl TextTokenizer {
             msg: "this tokenizer has no chat_template; drop --chat or add one to tokenizer_config.json".into(),
         })?;
         t.render(messages, add_generation_prompt)
+    }
+
+    /// [`TextTokenizer::apply_chat_template`] with `tools` given to the template.
+    pub fn apply_chat_template_with_tools(&self, messages: &[ChatMessage], tools: Option<&Value>, add_generation_prompt: bool) -> Result<String, TokenizerError> {
+        let t = self.chat_template.as_ref().ok_or_else(|| TokenizerError::Template {
+            path: self.path.clone(),
+            msg: "this tokenizer has no chat_template; multi-turn rollouts need one".into(),
+        })?;
+        t.render_with_tools(messages, tools, add_generation_prompt)
     }
 
     /// Render and tokenize a conversation the way transformers does (no extra special tokens).

@@ -95,12 +95,20 @@ pub struct RlOutcome {
 /// Run algorithm `A` as `cfg` says. `grants` are the capabilities (judge, search) the reward
 /// plugins may use.
 pub fn drive<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Grants, opts: &RunOptions) -> Result<RlOutcome, RunError> {
+    drive_with_tools::<A>(cfg, grants, opts, None)
+}
+
+/// [`drive`] with multi-turn rollouts calling `tools` (see [`super::agent`]).
+pub fn drive_with_tools<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Grants, opts: &RunOptions, tools: Option<Box<dyn super::agent::ToolRunner + Send>>) -> Result<RlOutcome, RunError> {
     let a = &cfg.algorithm;
-    let mut rl = RlRun::setup(cfg, A::NAME, grants, opts)?;
+    let mut rl = RlRun::setup_with_tools(cfg, A::NAME, grants, opts, tools)?;
     let mut algo = A::new(cfg, &rl)?;
     while let Some(chosen) = rl.next_prompts() {
         let step_start = Instant::now();
-        let r = rl.rollout(&chosen, a.samples_per_prompt(), a.micro_batch_size(), |b| algo.extra_pass(b))?;
+        let r = match a.dynamic_sampling() {
+            Some(ds) => rl.rollout_dynamic(chosen, a.samples_per_prompt(), a.micro_batch_size(), ds, |b| algo.extra_pass(b))?,
+            None => rl.rollout(&chosen, a.samples_per_prompt(), a.micro_batch_size(), |b| algo.extra_pass(b))?,
+        };
         let t_upd = Instant::now();
         let upd = algo.update(cfg, &mut rl, &r)?;
         if let Some(detail) = upd.nonfinite {

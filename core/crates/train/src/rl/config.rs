@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+use super::agent::MultiTurn;
 use crate::rewards::RewardSpec;
 use crate::session::NonFinitePolicy;
 use crate::trainable::LoraConfig;
@@ -157,6 +158,24 @@ pub trait AlgorithmConfig: Clone + Default + std::fmt::Debug + Serialize + Deser
     fn needs_reference(&self) -> bool;
     /// Ranges and cross-field rules; keys are full config paths (`algorithm.n`).
     fn validate(&self) -> Result<(), (String, String)>;
+    /// DAPO's dynamic sampling, when the algorithm offers it and the config turns it on.
+    fn dynamic_sampling(&self) -> Option<DynamicSampling> {
+        None
+    }
+}
+
+/// DAPO's dynamic sampling (Yu et al. 2025, section 3.2): a prompt whose responses all got the
+/// same reward has zero group advantage and trains nothing, so such groups are dropped and more
+/// prompts are sampled (whole `prompts_per_step` batches, the next ones of the prompt plan)
+/// until `prompts_per_step` groups with reward spread are in hand or `max_rounds` batches were
+/// drawn; then the step trains on what it has (metrics `sampling_rounds`, `groups_kept`,
+/// `groups_filtered`). Cost: up to `max_rounds` times the generation and scoring of a step;
+/// the epochs over the prompts advance faster by the same factor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicSampling {
+    /// Prompt batches drawn per step at most (VERL's `max_num_gen_batches`).
+    pub max_rounds: usize,
 }
 
 /// The value model of algorithms with a critic (PPO).
@@ -223,6 +242,10 @@ pub struct RlConfig<A: AlgorithmConfig> {
     /// LoRA for the policy (None: full fine-tuning).
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    /// Multi-turn rollouts: turn and token budgets, the tool-call format (used when the run
+    /// has tools; docs/grpo.md, "Tools and multi-turn rollouts").
+    #[serde(default, skip_serializing_if = "MultiTurn::is_default")]
+    pub multi_turn: MultiTurn,
 }
 
 impl<A: AlgorithmConfig> RlConfig<A> {
@@ -274,6 +297,7 @@ impl<A: AlgorithmConfig> Validate for RlConfig<A> {
             l.validate().map_err(|(k, m)| (format!("lora.{k}"), m))?;
         }
         self.algorithm.validate()?;
+        self.multi_turn.validate()?;
         match &self.critic {
             Some(_) if !A::HAS_CRITIC => return Err(("critic".into(), "this algorithm trains no critic; remove the key (PPO has one)".into())),
             Some(c) => {

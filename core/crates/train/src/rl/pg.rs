@@ -34,6 +34,77 @@ pub enum LossAgg {
     SeqMeanTokenMean,
 }
 
+/// Which importance ratio the clipped surrogate uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RatioLevel {
+    /// pi(y_t) / pi_old(y_t) per token (PPO, GRPO, DAPO).
+    #[default]
+    Token,
+    /// GSPO (Zheng et al. 2025): one ratio per sequence, the geometric mean of its token ratios,
+    /// `exp(mean_t log(pi/pi_old))`, clipped per sequence; its gradient reaches every token
+    /// through the mean. Use with `loss_agg: seq_mean_token_mean` and small clip ranges (the
+    /// paper: 3e-4 low, 4e-4 high).
+    Sequence,
+}
+
+impl RatioLevel {
+    pub fn is_token(&self) -> bool {
+        *self == Self::Token
+    }
+}
+
+/// DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): a response longer than
+/// `max_len - buffer` tokens loses `penalty * (len - (max_len - buffer)) / buffer`, growing to
+/// `penalty` at `max_len` (and `penalty` beyond).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Overlong {
+    /// Tokens before the length limit where the penalty starts (DAPO's L_cache).
+    pub buffer: usize,
+    /// The penalty at the limit.
+    #[serde(default = "one")]
+    pub penalty: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Overlong {
+    /// The reward added to a response of `len` tokens when at most `max_len` may be generated.
+    pub fn shaping(&self, len: usize, max_len: usize) -> f64 {
+        let start = max_len.saturating_sub(self.buffer);
+        if len <= start {
+            0.0
+        } else if len <= max_len && self.buffer > 0 {
+            -self.penalty * (len - start) as f64 / self.buffer as f64
+        } else {
+            -self.penalty
+        }
+    }
+}
+
+/// The clipped surrogate per token, `max(-ratio * A, -clip(ratio, 1 - low, 1 + high) * A)`, and
+/// where the clipped side won (1.0). `lp`, `old_lp`, `mask`: `[B, T]`; `adv`: `[B, 1]`. With
+/// [`RatioLevel::Sequence`] every token of a sequence carries the sequence's ratio (masked
+/// positions do not enter it).
+pub fn surrogate(lp: &Tensor, old_lp: &Tensor, adv: &Tensor, mask: &Tensor, clip_low: f64, clip_high: f64, level: RatioLevel) -> candle_core::Result<(Tensor, Tensor)> {
+    let log_ratio = (lp - old_lp)?;
+    let ratio = match level {
+        RatioLevel::Token => log_ratio.exp()?,
+        RatioLevel::Sequence => {
+            let len = mask.sum_keepdim(D::Minus1)?.maximum(1.0)?;
+            let mean = (log_ratio * mask)?.sum_keepdim(D::Minus1)?.broadcast_div(&len)?;
+            mean.exp()?.broadcast_as(lp.shape())?.contiguous()?
+        }
+    };
+    let pg1 = ratio.broadcast_mul(adv)?.neg()?;
+    let pg2 = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)?.broadcast_mul(adv)?.neg()?;
+    let clipped = pg2.gt(&pg1)?.to_dtype(lp.dtype())?;
+    Ok((pg1.maximum(&pg2)?, clipped))
+}
+
 /// Per-token KL estimate between the policy and the reference, from their log-probs.
 pub fn kl_term(lp: &Tensor, ref_lp: &Tensor, est: KlEstimator) -> candle_core::Result<Tensor> {
     let log_ratio = (lp - ref_lp)?;
@@ -92,6 +163,13 @@ pub const CLIPPED_PG_METRICS: &[&str] = &["loss", "kl", "entropy", "clip_frac", 
 /// `advantages`, then [`clipped_update`].
 pub fn sequence_advantage_update(run: &mut RlRun, r: &Rollout, s: &ClippedPg, advantages: impl FnOnce(&[Option<f64>]) -> Vec<f64>) -> Result<StepUpdate, RunError> {
     let mut totals = r.totals();
+    if let Some((o, max_len)) = s.overlong {
+        for (t, seq) in totals.iter_mut().zip(&r.seqs) {
+            if let Some(t) = t.as_mut() {
+                *t += o.shaping(seq.trained_tokens(), max_len);
+            }
+        }
+    }
     // KL in the reward: subtract kl_coef * sum of per-token KL from each sequence's reward.
     let kl_seq = if s.kl_in_reward && s.kl_coef > 0.0 { kl_into_rewards(run, r, s.kl_coef, s.kl_estimator, &mut totals)? } else { 0.0 };
     let adv = advantages(&totals);
@@ -110,6 +188,9 @@ pub struct ClippedPg {
     pub kl_in_reward: bool,
     pub entropy_coef: f64,
     pub loss_agg: LossAgg,
+    pub ratio: RatioLevel,
+    /// Overlong shaping of the rewards, with the rollout's `max_new_tokens`.
+    pub overlong: Option<(Overlong, usize)>,
 }
 
 /// `update_epochs` passes over the rollouts, one optimizer step each, of the clipped surrogate
@@ -138,11 +219,7 @@ pub fn clipped_update(run: &mut RlRun, r: &Rollout, s: &ClippedPg, totals: &[Opt
             let model = run.trainable.view(false, Some((bsz * tlen, &mut run.session.rng)))?;
             let logits = model.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?;
             let lp = medrl_nn::ops::token_logprobs(&logits, &b.targets)?;
-            let ratio = (&lp - &r.old_lps[c])?.exp()?;
-            let pg1 = ratio.broadcast_mul(&advt)?.neg()?;
-            let pg2 = ratio.clamp(1.0 - s.clip_low, 1.0 + s.clip_high)?.broadcast_mul(&advt)?.neg()?;
-            let pg = pg1.maximum(&pg2)?;
-            let clipped = pg2.gt(&pg1)?.to_dtype(DType::F32)?;
+            let (pg, clipped) = surrogate(&lp, &r.old_lps[c], &advt, &mask, s.clip_low, s.clip_high, s.ratio)?;
             let mut per_token = pg;
             if let (Some(rf), false) = (&r.ref_lps[c], s.kl_in_reward) {
                 let kl = kl_term(&lp, rf, s.kl_estimator)?;
@@ -195,4 +272,96 @@ pub fn clipped_update(run: &mut RlRun, r: &Rollout, s: &ClippedPg, totals: &[Opt
     m.insert("clip_frac".into(), clipfrac_v.into());
     m.insert("grad_norm".into(), stats_last.map(|st| st.grad_norm).into());
     Ok(StepUpdate { metrics: m, nonfinite })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// max(-s A, -clip(s) A), written out in f64 as the reference.
+    fn reference(ratio: f64, adv: f64, low: f64, high: f64) -> (f64, bool) {
+        let (a, b) = (-ratio * adv, -ratio.clamp(1.0 - low, 1.0 + high) * adv);
+        (a.max(b), b > a)
+    }
+
+    fn inputs() -> (Tensor, Tensor, Tensor, Tensor) {
+        let d = Device::Cpu;
+        let lp = Tensor::new(&[[-1.0f64, -2.0, -0.5], [-1.0, -1.0, -3.0]], &d).unwrap();
+        // The masked last position of row 1 has a wild old log-prob: it must not enter the ratio.
+        let old = Tensor::new(&[[-1.1f64, -1.8, -0.5], [-1.2, -0.9, 9.0]], &d).unwrap();
+        let adv = Tensor::new(&[[1.0f64], [-2.0]], &d).unwrap();
+        let mask = Tensor::new(&[[1.0f64, 1.0, 1.0], [1.0, 1.0, 0.0]], &d).unwrap();
+        (lp, old, adv, mask)
+    }
+
+    #[test]
+    fn token_and_sequence_surrogates_match_the_written_out_formulas() {
+        let (lp, old, adv, mask) = inputs();
+        let lr = [[0.1f64, -0.2, 0.0], [0.2, -0.1, -12.0]];
+        let advs = [1.0, -2.0];
+        for (low, high) in [(0.2, 0.2), (0.01, 0.02), (3e-4, 4e-4)] {
+            let (pg, clip) = surrogate(&lp, &old, &adv, &mask, low, high, RatioLevel::Token).unwrap();
+            let (pg, clip): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (pg.to_vec2().unwrap(), clip.to_vec2().unwrap());
+            for i in 0..2 {
+                for t in 0..2 {
+                    let (want, c) = reference(f64::exp(lr[i][t]), advs[i], low, high);
+                    assert!((pg[i][t] - want).abs() < 1e-12, "token {i},{t}: {} vs {want}", pg[i][t]);
+                    assert_eq!(clip[i][t] == 1.0, c);
+                }
+            }
+            let (pg, clip) = surrogate(&lp, &old, &adv, &mask, low, high, RatioLevel::Sequence).unwrap();
+            let (pg, clip): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (pg.to_vec2().unwrap(), clip.to_vec2().unwrap());
+            // GSPO: s_i = exp(mean of the unmasked token log-ratios); row 1 has two tokens.
+            let s = [f64::exp((0.1 - 0.2 + 0.0) / 3.0), f64::exp((0.2 - 0.1) / 2.0)];
+            for i in 0..2 {
+                let (want, c) = reference(s[i], advs[i], low, high);
+                for t in 0..3 {
+                    assert!((pg[i][t] - want).abs() < 1e-12, "sequence {i},{t}: {} vs {want}", pg[i][t]);
+                    assert_eq!(clip[i][t] == 1.0, c);
+                }
+            }
+        }
+        // Both rows leave the tight range, but on the side where the pessimistic bound keeps the
+        // unclipped term; with the advantages' signs flipped the clipped term binds.
+        let (_, clip) = surrogate(&lp, &old, &adv, &mask, 3e-4, 4e-4, RatioLevel::Sequence).unwrap();
+        let clip: Vec<Vec<f64>> = clip.to_vec2().unwrap();
+        assert_eq!((clip[0][0], clip[1][0]), (0.0, 0.0));
+        let (pg, clip) = surrogate(&lp, &old, &adv.neg().unwrap(), &mask, 3e-4, 4e-4, RatioLevel::Sequence).unwrap();
+        let (pg, clip): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (pg.to_vec2().unwrap(), clip.to_vec2().unwrap());
+        assert_eq!((clip[0][0], clip[1][0]), (1.0, 1.0));
+        assert!((pg[0][0] - (1.0 - 3e-4)).abs() < 1e-12 && (pg[1][0] + 2.0 * (1.0 + 4e-4)).abs() < 1e-12, "{pg:?}");
+    }
+
+    #[test]
+    fn sequence_ratio_gradient_matches_finite_differences() {
+        let (lp, old, adv, mask) = inputs();
+        for level in [RatioLevel::Sequence, RatioLevel::Token] {
+            let r = medrl_nn::ops::gradcheck::check(&[lp.clone()], |t| Ok(surrogate(&t[0], &old, &adv, &mask, 0.2, 0.2, level)?.0), 6, 1e-6).unwrap();
+            assert!(r.max_rel_err < 1e-6, "{level:?}: {r:?}");
+        }
+        // The masked token gets no gradient through the sequence ratio.
+        let v = candle_core::Var::from_tensor(&lp).unwrap();
+        let (pg, _) = surrogate(v.as_tensor(), &old, &adv, &mask, 0.2, 0.2, RatioLevel::Sequence).unwrap();
+        let g = pg.sum_all().unwrap().backward().unwrap();
+        let g: Vec<Vec<f64>> = g.get(v.as_tensor()).unwrap().to_vec2().unwrap();
+        assert_eq!(g[1][2], 0.0);
+        // d/dlp_t of sum_t(-s A) over row 0's three positions = 3 * (-s A / 3) = -s A.
+        let s0 = f64::exp(-0.1 / 3.0);
+        assert!((g[0][0] + s0).abs() < 1e-12, "{g:?}");
+    }
+
+    #[test]
+    fn overlong_shaping_is_dapo_eq_13() {
+        let o = Overlong { buffer: 20, penalty: 1.0 };
+        assert_eq!(o.shaping(0, 100), 0.0);
+        assert_eq!(o.shaping(80, 100), 0.0);
+        assert!((o.shaping(90, 100) + 0.5).abs() < 1e-12);
+        assert!((o.shaping(100, 100) + 1.0).abs() < 1e-12);
+        assert_eq!(o.shaping(130, 100), -1.0);
+        let half = Overlong { buffer: 4, penalty: 0.5 };
+        assert!((half.shaping(9, 10) + 0.375).abs() < 1e-12);
+        // A buffer longer than the limit starts the ramp at length 0.
+        assert!((Overlong { buffer: 50, penalty: 1.0 }.shaping(10, 20) + 0.2).abs() < 1e-12);
+    }
 }

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::config::{AlgorithmConfig, EvalSampling, RlConfig, RlTraining};
+use super::agent::{AgentLoop, MultiTurn, ToolRunner, TurnRenderer};
+use super::config::{AlgorithmConfig, DynamicSampling, EvalSampling, RlConfig, RlTraining};
 use super::sources::load_sources;
-use super::validation::{prompt_example, prompts_from_examples, validate_with, RlPrompt, Validation};
+use super::validation::{prompt_example, prompts_from_examples, validate_with, RlPrompt, ToolPrompt, Validation};
 use crate::error::RunError;
 use crate::session::{RunOptions, SessionSpec, TrainSession};
 use crate::trainable::{Mode, Trainable};
@@ -51,6 +52,9 @@ pub struct RlRun {
     batcher: Batcher,
     plan: Vec<MicroBatch>,
     pb: indicatif::ProgressBar,
+    /// Multi-turn rollouts: the tools and the template pieces their replies are rendered with.
+    agent: Option<(Box<dyn ToolRunner + Send>, TurnRenderer)>,
+    multi_turn: MultiTurn,
 }
 
 /// One step's rollouts: sequences, rewards, and the log-probs computed beside the scoring.
@@ -71,6 +75,56 @@ pub struct Rollout {
     pub gen_s: f64,
     pub logprob_s: f64,
     pub reward_s: f64,
+    /// What dynamic sampling did this step (None: it is off).
+    pub filter: Option<FilterStats>,
+    /// Per sequence of a multi-turn rollout: turns, tool calls, failed calls (empty without
+    /// tools).
+    pub agent: Vec<(usize, usize, usize)>,
+}
+
+/// Dynamic sampling's record of one step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FilterStats {
+    /// Prompt batches drawn.
+    pub rounds: usize,
+    /// Groups trained on.
+    pub kept: usize,
+    /// Groups dropped because their responses' rewards were all equal (or fewer than two
+    /// were scored).
+    pub filtered: usize,
+}
+
+/// Sampled responses before their log-probs.
+#[derive(Default)]
+struct Sampled {
+    owners: Vec<usize>,
+    seqs: Vec<TokenizedExample>,
+    responses: Vec<String>,
+    rollout_tokens: usize,
+    /// Multi-turn only: (turns, tool calls, failed calls) and the error of a sample a tool's
+    /// `drop` policy removed.
+    agent: Vec<(usize, usize, usize)>,
+    dropped: Vec<Option<String>>,
+}
+
+/// A sample a tool's `drop` policy removed leaves the step like one a reward dropped.
+fn drop_tool_failures(scored: &mut [RewardResult], dropped: &[Option<String>]) {
+    for (r, d) in scored.iter_mut().zip(dropped) {
+        if let Some(e) = d {
+            r.total = None;
+            r.failures.insert("tools".into(), format!("dropped:{e}"));
+        }
+    }
+}
+
+/// Whether a group's scored responses differ in total reward: fewer than two scored, or all
+/// equal, leaves every advantage zero.
+pub fn has_spread(group: &[RewardResult]) -> bool {
+    let mut totals = group.iter().filter_map(|r| r.total);
+    match totals.next() {
+        Some(first) => totals.any(|t| t != first),
+        None => false,
+    }
 }
 
 impl Rollout {
@@ -90,6 +144,12 @@ impl RlRun {
     /// optimizer, metrics, and validation before training when starting fresh. `kind` names the
     /// algorithm in checkpoints (a resume refuses another).
     pub fn setup<A: AlgorithmConfig>(cfg: &RlConfig<A>, kind: &'static str, grants: medrl_plugin::Grants, opts: &RunOptions) -> Result<RlRun, RunError> {
+        Self::setup_with_tools(cfg, kind, grants, opts, None)
+    }
+
+    /// [`RlRun::setup`] with multi-turn rollouts when `tools` are given: prompts describe the
+    /// tools, and the model's tool calls are answered (see [`super::agent`]).
+    pub fn setup_with_tools<A: AlgorithmConfig>(cfg: &RlConfig<A>, kind: &'static str, grants: medrl_plugin::Grants, opts: &RunOptions, tools: Option<Box<dyn ToolRunner + Send>>) -> Result<RlRun, RunError> {
         let t = &cfg.training;
         let mut session = TrainSession::open(
             SessionSpec {
@@ -110,7 +170,17 @@ impl RlRun {
         let eos = loaded.generation.eos_token_ids.clone();
         let pad = loaded.generation.pad_token_id.or(eos.first().copied()).unwrap_or(0);
         let src = load_sources(cfg, &grants)?;
-        let (train, too_long) = prompts_from_examples(&tok, src.train, src.system.as_deref(), cfg.data.max_prompt_len)?;
+        let agent = match tools {
+            Some(t) => {
+                let r = TurnRenderer::new(&tok, cfg.multi_turn.format)?;
+                tracing::info!(tools = t.specs().len(), format = ?r.format(), "multi-turn rollouts with tools");
+                Some((t, r))
+            }
+            None => None,
+        };
+        let specs = agent.as_ref().map(|(t, _)| t.specs()).unwrap_or_default();
+        let tool_prompt = agent.as_ref().map(|(_, r)| ToolPrompt { specs: &specs, format: r.format() });
+        let (train, too_long) = prompts_from_examples(&tok, src.train, src.system.as_deref(), cfg.data.max_prompt_len, tool_prompt.as_ref())?;
         let mut eval: Vec<(Origin, Example)> = src.eval.into_iter().map(|(o, e)| (o, prompt_example(e, src.system.as_deref()))).collect();
         if cfg.data.eval_limit > 0 {
             eval.truncate(cfg.data.eval_limit);
@@ -158,6 +228,8 @@ impl RlRun {
             batcher,
             plan,
             pb,
+            agent,
+            multi_turn: cfg.multi_turn.clone(),
         };
         if run.session.state.step == 0 {
             run.validation_before = run.validate_now()?;
@@ -203,6 +275,12 @@ impl RlRun {
         if self.session.done(self.training.max_steps) {
             return None;
         }
+        Some(self.next_plan_batch())
+    }
+
+    /// The next prompt batch of the plan (a new epoch's plan after the last), recorded in the
+    /// run state so a resume continues after it.
+    fn next_plan_batch(&mut self) -> Vec<usize> {
         let st = &mut self.session.state;
         if st.next_micro_batch >= self.plan.len() {
             st.epoch += 1;
@@ -211,7 +289,7 @@ impl RlRun {
         }
         let chosen: Vec<usize> = self.plan[st.next_micro_batch].iter().flatten().copied().collect();
         st.next_micro_batch += 1;
-        Some(chosen)
+        chosen
     }
 
     /// A padded batch of sequences `idx`.
@@ -226,6 +304,102 @@ impl RlRun {
     pub fn rollout(&self, chosen: &[usize], n: usize, micro_batch_size: usize, mut extra: impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>) -> Result<Rollout, RunError> {
         let t_gen = Instant::now();
         let policy = self.trainable.view(true, None)?;
+        let s = self.sample(&policy, chosen, n, 0)?;
+        let gen_s = t_gen.elapsed().as_secs_f64();
+        let chunks = chunks(s.seqs.len(), micro_batch_size);
+        let (scored, (old_lps, ref_lps, extras, logprob_s), reward_s) = std::thread::scope(|sc| -> Result<_, RunError> {
+            let handle = sc.spawn(|| self.score(&s.owners, &s.responses));
+            let lps = self.logprob_pass(&policy, &s.seqs, &chunks, &mut extra)?;
+            let (scored, reward_s) = handle.join().expect("reward thread");
+            Ok((scored?, lps, reward_s))
+        })?;
+        let mut scored = scored;
+        drop_tool_failures(&mut scored, &s.dropped);
+        Ok(Rollout { owners: s.owners, seqs: s.seqs, responses: s.responses, scored, chunks, old_lps, ref_lps, extra: extras, rollout_tokens: s.rollout_tokens, gen_s, logprob_s, reward_s, filter: None, agent: s.agent })
+    }
+
+    /// [`RlRun::rollout`] with DAPO's dynamic sampling: sample and score `chosen`, keep the
+    /// groups whose scored responses differ in reward, and draw further prompt batches from
+    /// the plan (each a new round with its own seeds) until `want` groups are kept or
+    /// `ds.max_rounds` rounds ran; the first `want` kept groups, in draw order, then get their
+    /// log-probs. Scoring cannot overlap the log-prob pass here: it decides which sequences
+    /// get one.
+    pub fn rollout_dynamic(
+        &mut self,
+        chosen: Vec<usize>,
+        n: usize,
+        micro_batch_size: usize,
+        ds: DynamicSampling,
+        mut extra: impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>,
+    ) -> Result<Rollout, RunError> {
+        let want = chosen.len();
+        let policy = self.trainable.view(true, None)?;
+        let (mut gen_s, mut reward_s, mut tokens) = (0.0, 0.0, 0);
+        let mut kept = Sampled::default();
+        let mut scored = Vec::new();
+        let mut stats = FilterStats::default();
+        let mut chosen = chosen;
+        for round in 0..ds.max_rounds.max(1) {
+            let t0 = Instant::now();
+            let s = self.sample(&policy, &chosen, n, round)?;
+            gen_s += t0.elapsed().as_secs_f64();
+            let (sc, rs) = self.score(&s.owners, &s.responses);
+            let mut sc = sc?;
+            drop_tool_failures(&mut sc, &s.dropped);
+            reward_s += rs;
+            tokens += s.rollout_tokens;
+            stats.rounds = round + 1;
+            let mut s = s;
+            for g in 0..s.owners.len() / n.max(1) {
+                let range = g * n..(g + 1) * n;
+                if !has_spread(&sc[range.clone()]) {
+                    stats.filtered += 1;
+                    continue;
+                }
+                if kept.owners.len() / n.max(1) >= want {
+                    continue;
+                }
+                for i in range {
+                    if let Some(a) = s.agent.get(i) {
+                        kept.agent.push(*a);
+                    }
+                    kept.owners.push(s.owners[i]);
+                    kept.seqs.push(std::mem::take(&mut s.seqs[i]));
+                    kept.responses.push(std::mem::take(&mut s.responses[i]));
+                    scored.push(sc[i].clone());
+                }
+            }
+            if kept.owners.len() / n.max(1) >= want || round + 1 == ds.max_rounds {
+                break;
+            }
+            chosen = self.next_plan_batch();
+        }
+        stats.kept = kept.owners.len() / n.max(1);
+        let t0 = Instant::now();
+        let chunks = chunks(kept.seqs.len(), micro_batch_size);
+        let (old_lps, ref_lps, extras, _) = self.logprob_pass(&policy, &kept.seqs, &chunks, &mut extra)?;
+        let logprob_s = t0.elapsed().as_secs_f64();
+        Ok(Rollout {
+            owners: kept.owners,
+            seqs: kept.seqs,
+            responses: kept.responses,
+            scored,
+            chunks,
+            old_lps,
+            ref_lps,
+            extra: extras,
+            rollout_tokens: tokens,
+            gen_s,
+            logprob_s,
+            reward_s,
+            filter: Some(stats),
+            agent: kept.agent,
+        })
+    }
+
+    /// `n` responses per prompt of `chosen` from `policy`; `round` > 0 (dynamic sampling's later
+    /// draws of a step) gets seeds of its own.
+    fn sample(&self, policy: &CausalLm, chosen: &[usize], n: usize, round: usize) -> Result<Sampled, RunError> {
         let mut ids: Vec<Vec<u32>> = Vec::new();
         let mut owners = Vec::new();
         for &i in chosen {
@@ -235,11 +409,21 @@ impl RlRun {
             }
         }
         let stopc = StopConditions { eos_token_ids: self.eos.clone(), stop_strings: self.stop.clone(), tokenizer: Some(&self.tok) };
-        let params = SamplingParams { seed: self.training.seed.wrapping_mul(1_000_003).wrapping_add(self.session.state.step), ..self.rollout.clone() };
+        let seed = self.training.seed.wrapping_mul(1_000_003).wrapping_add(self.session.state.step).wrapping_add((round as u64) << 40);
+        let params = SamplingParams { seed, ..self.rollout.clone() };
         // Sequence i draws from stream i; the n copies of a prompt share its KV blocks.
         let streams: Vec<u64> = (0..ids.len() as u64).collect();
-        let gens = medrl_lm::engine::run(&policy, &ids, &streams, &params, &stopc, &self.engine, None)?;
-        let gen_s = t_gen.elapsed().as_secs_f64();
+        if let Some((tools, renderer)) = &self.agent {
+            let agent = AgentLoop { policy, tok: &self.tok, stop: &stopc, engine: &self.engine, params, settings: &self.multi_turn, renderer, tools: tools.as_ref() };
+            let trajs = agent.run(&ids, &streams)?;
+            let rollout_tokens = trajs.iter().map(|t| t.generated).sum();
+            let responses = trajs.iter().map(|t| self.tok.decode(&t.ids[t.prompt_len..], true).unwrap_or_default()).collect();
+            let agent_stats = trajs.iter().map(|t| (t.turns, t.tool_calls, t.tool_errors)).collect();
+            let dropped = trajs.iter().map(|t| t.dropped.clone()).collect();
+            let seqs = trajs.into_iter().map(|t| TokenizedExample { ids: t.ids, trained: t.trained, truncated: false }).collect();
+            return Ok(Sampled { owners, seqs, responses, rollout_tokens, agent: agent_stats, dropped });
+        }
+        let gens = medrl_lm::engine::run(policy, &ids, &streams, &params, &stopc, &self.engine, None)?;
         let rollout_tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
         let responses: Vec<String> = gens.iter().map(|g| self.tok.decode(&g.tokens, true).unwrap_or_default()).collect();
         let seqs: Vec<TokenizedExample> = ids
@@ -253,32 +437,41 @@ impl RlRun {
                 TokenizedExample { ids: all, trained, truncated: false }
             })
             .collect();
-        let chunks = chunks(seqs.len(), micro_batch_size);
+        Ok(Sampled { owners, seqs, responses, rollout_tokens, ..Default::default() })
+    }
+
+    /// The reward plugins' results for (prompt index, response) pairs, and the seconds taken.
+    fn score(&self, owners: &[usize], responses: &[String]) -> (Result<Vec<RewardResult>, medrl_reward::RewardError>, f64) {
+        let t0 = Instant::now();
         let train = &self.train;
-        let (scored, old_lps, ref_lps, extras, logprob_s, reward_s) = std::thread::scope(|s| -> Result<_, RunError> {
-            let handle = s.spawn(|| {
-                let t0 = Instant::now();
-                let batch: Vec<medrl_plugin::Sample> =
-                    owners.iter().zip(&responses).map(|(&i, r)| medrl_plugin::sample(&train[i].text, r, &train[i].ground_truth, &train[i].metadata, &train[i].data_source)).collect();
-                (self.rewards.score(&batch), t0.elapsed().as_secs_f64())
+        let batch: Vec<medrl_plugin::Sample> =
+            owners.iter().zip(responses).map(|(&i, r)| medrl_plugin::sample(&train[i].text, r, &train[i].ground_truth, &train[i].metadata, &train[i].data_source)).collect();
+        (self.rewards.score(&batch), t0.elapsed().as_secs_f64())
+    }
+
+    /// Old-policy and reference log-probs and the algorithm's extra pass, per chunk of `seqs`,
+    /// and the seconds taken.
+    #[allow(clippy::type_complexity)]
+    fn logprob_pass(
+        &self,
+        policy: &CausalLm,
+        seqs: &[TokenizedExample],
+        chunks: &[Vec<usize>],
+        extra: &mut impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>,
+    ) -> Result<(Vec<Tensor>, Vec<Option<Tensor>>, Vec<Option<Tensor>>, f64), RunError> {
+        let t0 = Instant::now();
+        let (mut old, mut refs, mut extras) = (Vec::new(), Vec::new(), Vec::new());
+        for chunk in chunks {
+            let b = self.batch(seqs, chunk)?;
+            let lp = medrl_lm::generate::token_logprobs(&policy.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?, &b.targets)?;
+            old.push(lp.detach());
+            refs.push(match &self.reference {
+                Some(r) => Some(medrl_lm::generate::token_logprobs(&r.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?, &b.targets)?.detach()),
+                None => None,
             });
-            let t0 = Instant::now();
-            let (mut old, mut refs, mut extras) = (Vec::new(), Vec::new(), Vec::new());
-            for chunk in &chunks {
-                let b = self.batch(&seqs, chunk)?;
-                let lp = medrl_lm::generate::token_logprobs(&policy.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?, &b.targets)?;
-                old.push(lp.detach());
-                refs.push(match &self.reference {
-                    Some(r) => Some(medrl_lm::generate::token_logprobs(&r.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?, &b.targets)?.detach()),
-                    None => None,
-                });
-                extras.push(extra(&b)?);
-            }
-            let lp_s = t0.elapsed().as_secs_f64();
-            let (scored, reward_s) = handle.join().expect("reward thread");
-            Ok((scored?, old, refs, extras, lp_s, reward_s))
-        })?;
-        Ok(Rollout { owners, seqs, responses, scored, chunks, old_lps, ref_lps, extra: extras, rollout_tokens, gen_s, logprob_s, reward_s })
+            extras.push(extra(&b)?);
+        }
+        Ok((old, refs, extras, t0.elapsed().as_secs_f64()))
     }
 
     /// Count a finished update: step, optimizer steps, tokens.
@@ -305,7 +498,7 @@ impl RlRun {
             "reward": mean_r,
             "reward_std": (vals.iter().map(|v| (v - mean_r).powi(2)).sum::<f64>() / vals.len().max(1) as f64).sqrt(),
             "lr": self.schedule.lr_at(self.session.state.step.saturating_sub(1)),
-            "response_len": r.rollout_tokens as f64 / r.seqs.len().max(1) as f64,
+            "response_len": r.seqs.iter().map(|s| s.trained_tokens()).sum::<usize>() as f64 / r.seqs.len().max(1) as f64,
             "dropped": r.scored.iter().filter(|s| s.total.is_none()).count(),
             "reward_failures": r.scored.iter().map(|s| s.failures.values().filter(|f| f.as_str() != "not_applicable").count()).sum::<usize>(),
             "time_generate_s": r.gen_s,
@@ -319,6 +512,17 @@ impl RlRun {
         });
         for (k, (sum, n)) in comps {
             line[format!("reward/{k}")] = (sum / n.max(1) as f64).into();
+        }
+        if !r.agent.is_empty() {
+            let n = r.agent.len() as f64;
+            line["turns"] = (r.agent.iter().map(|a| a.0).sum::<usize>() as f64 / n).into();
+            line["tool_calls"] = (r.agent.iter().map(|a| a.1).sum::<usize>() as f64 / n).into();
+            line["tool_errors"] = r.agent.iter().map(|a| a.2).sum::<usize>().into();
+        }
+        if let Some(f) = r.filter {
+            line["sampling_rounds"] = f.rounds.into();
+            line["groups_kept"] = f.kept.into();
+            line["groups_filtered"] = f.filtered.into();
         }
         line
     }

@@ -16,6 +16,8 @@ use medrl_lm::tokenizer::TextTokenizer;
 #[derive(Debug, Clone)]
 pub struct RlPrompt {
     pub ids: Vec<u32>,
+    /// The conversation `ids` render (re-rendered when tools are described to the model).
+    pub messages: Vec<medrl_lm::tokenizer::ChatMessage>,
     pub text: String,
     pub ground_truth: serde_json::Value,
     pub metadata: serde_json::Value,
@@ -40,23 +42,53 @@ pub fn prompt_example(mut ex: Example, system: Option<&str>) -> Example {
     ex
 }
 
-/// Turn examples into prompts (see [`prompt_example`]); prompts longer than `max_len` tokens are
-/// left out and counted.
-pub fn prompts_from_examples(tok: &TextTokenizer, examples: Vec<Example>, system: Option<&str>, max_len: usize) -> Result<(Vec<RlPrompt>, usize), RunError> {
+/// Turn examples into prompts (see [`prompt_example`]), describing `tools` when given; prompts
+/// longer than `max_len` tokens are left out and counted.
+pub fn prompts_from_examples(tok: &TextTokenizer, examples: Vec<Example>, system: Option<&str>, max_len: usize, tools: Option<&ToolPrompt>) -> Result<(Vec<RlPrompt>, usize), RunError> {
     let mut out = Vec::new();
     let mut too_long = 0;
     for ex in examples {
         let ex = prompt_example(ex, system);
-        let text = tok.apply_chat_template(&ex.messages, true).map_err(|e| RunError::Model(e.into()))?;
-        let ids = tok.encode(&text, false).map_err(|e| RunError::Model(e.into()))?;
+        let ids = render_prompt(tok, &ex.messages, tools)?;
         if ids.len() > max_len {
             too_long += 1;
             continue;
         }
         let user_text = ex.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
-        out.push(RlPrompt { ids, text: user_text, ground_truth: ex.ground_truth, metadata: ex.metadata, data_source: ex.data_source });
+        out.push(RlPrompt { ids, messages: ex.messages, text: user_text, ground_truth: ex.ground_truth, metadata: ex.metadata, data_source: ex.data_source });
     }
     Ok((out, too_long))
+}
+
+/// How tools are described in prompts: `(name, description, parameters)` of each, and the
+/// format the model calls them in.
+pub struct ToolPrompt<'a> {
+    pub specs: &'a [(String, String, serde_json::Value)],
+    pub format: medrl_lm::tokenizer::tools::ToolCallFormat,
+}
+
+/// The token ids of a conversation with the generation prompt. With tools, a template that
+/// renders `tools` itself gets them (as `apply_chat_template(tools=...)`); for one that does
+/// not, the format's tool instructions are appended to the system message (or form one).
+pub fn render_prompt(tok: &TextTokenizer, messages: &[medrl_lm::tokenizer::ChatMessage], tools: Option<&ToolPrompt>) -> Result<Vec<u32>, RunError> {
+    use medrl_lm::tokenizer::tools::{template_renders_tools, template_tools, tools_system_block};
+    let model_err = |e: medrl_lm::tokenizer::TokenizerError| RunError::Model(e.into());
+    let text = match tools {
+        None => tok.apply_chat_template(messages, true).map_err(model_err)?,
+        Some(t) if tok.chat_template.as_ref().is_some_and(|c| template_renders_tools(c.source())) => {
+            tok.apply_chat_template_with_tools(messages, Some(&template_tools(t.specs)), true).map_err(model_err)?
+        }
+        Some(t) => {
+            let block = tools_system_block(t.specs, t.format);
+            let mut msgs = messages.to_vec();
+            match msgs.first_mut() {
+                Some(m) if m.role == "system" => m.content = format!("{}\n\n{block}", m.content),
+                _ => msgs.insert(0, medrl_lm::tokenizer::ChatMessage::system(block)),
+            }
+            tok.apply_chat_template(&msgs, true).map_err(model_err)?
+        }
+    };
+    tok.encode(&text, false).map_err(model_err)
 }
 
 /// Results of validating a policy on held-out prompts.

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RunError;
 use crate::rl::algorithm::{drive, RlAlgorithm, StepUpdate};
-use crate::rl::config::{AlgorithmConfig, RlConfig, RlData, RlTraining};
-use crate::rl::pg::{sequence_advantage_update, ClippedPg, CLIPPED_PG_METRICS};
+use crate::rl::config::{AlgorithmConfig, DynamicSampling, RlConfig, RlData, RlTraining};
+use crate::rl::pg::{sequence_advantage_update, ClippedPg, Overlong, RatioLevel, CLIPPED_PG_METRICS};
 use crate::rl::run::{Rollout, RlRun};
 use crate::session::RunOptions;
 
@@ -35,6 +35,10 @@ pub enum AdvantageNorm {
     Batch,
     /// r - group mean (Dr. GRPO).
     None,
+    /// (r - batch mean) / std over the whole batch, no per-prompt baseline (REINFORCE++, Hu
+    /// 2025; with `kl_in_reward: true` and `kl_estimator: k1` as the paper). `batch` above is
+    /// its REINFORCE++-baseline variant.
+    ReinforcePp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -55,6 +59,17 @@ pub struct GrpoAlgo {
     pub kl_in_reward: bool,
     pub entropy_coef: f64,
     pub loss_agg: LossAgg,
+    /// `token` (GRPO, DAPO) or `sequence` (GSPO) importance ratios.
+    // Keys added after runs existed are left out of the config hash at their defaults, so
+    // those runs still resume.
+    #[serde(skip_serializing_if = "RatioLevel::is_token")]
+    pub ratio: RatioLevel,
+    /// DAPO's soft overlong punishment, `{buffer: TOKENS, penalty: 1.0}` (null: off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlong: Option<Overlong>,
+    /// DAPO's dynamic sampling, `{max_rounds: N}` (null: off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_sampling: Option<DynamicSampling>,
 }
 
 impl Default for GrpoAlgo {
@@ -72,6 +87,9 @@ impl Default for GrpoAlgo {
             kl_in_reward: false,
             entropy_coef: 0.0,
             loss_agg: LossAgg::TokenMean,
+            ratio: RatioLevel::Token,
+            overlong: None,
+            dynamic_sampling: None,
         }
     }
 }
@@ -98,8 +116,8 @@ impl AlgorithmConfig for GrpoAlgo {
     }
     fn validate(&self) -> Result<(), (String, String)> {
         let a = self;
-        if a.n < 2 {
-            return Err(("algorithm.n".into(), "GRPO needs at least 2 responses per prompt".into()));
+        if a.n < 2 && !(a.n == 1 && a.advantage == AdvantageNorm::ReinforcePp) {
+            return Err(("algorithm.n".into(), "GRPO needs at least 2 responses per prompt (1 only with advantage: reinforce_pp)".into()));
         }
         if a.prompts_per_step == 0 || a.micro_batch_size == 0 || a.update_epochs == 0 {
             return Err(("algorithm".into(), "prompts_per_step, micro_batch_size and update_epochs must be at least 1".into()));
@@ -107,12 +125,24 @@ impl AlgorithmConfig for GrpoAlgo {
         if !(0.0..1.0).contains(&a.clip_low) || a.clip_high < 0.0 {
             return Err(("algorithm.clip_low".into(), "clip_low must be in [0, 1) and clip_high >= 0".into()));
         }
+        if a.dynamic_sampling.is_some_and(|d| d.max_rounds == 0) {
+            return Err(("algorithm.dynamic_sampling.max_rounds".into(), "max_rounds must be at least 1".into()));
+        }
+        if let Some(o) = &a.overlong {
+            if o.buffer == 0 || !(o.penalty.is_finite() && o.penalty >= 0.0) {
+                return Err(("algorithm.overlong".into(), "buffer must be at least 1 and penalty a finite number >= 0".into()));
+            }
+        }
         Ok(())
+    }
+    fn dynamic_sampling(&self) -> Option<DynamicSampling> {
+        self.dynamic_sampling
     }
 }
 
 impl GrpoAlgo {
-    /// The clipped-surrogate settings of this config.
+    /// The clipped-surrogate settings of this config (overlong shaping needs the rollout's
+    /// `max_new_tokens`: see [`GrpoAlgo::clipped_pg_for`]).
     pub fn clipped_pg(&self) -> ClippedPg {
         ClippedPg {
             update_epochs: self.update_epochs,
@@ -123,7 +153,14 @@ impl GrpoAlgo {
             kl_in_reward: self.kl_in_reward,
             entropy_coef: self.entropy_coef,
             loss_agg: self.loss_agg,
+            ratio: self.ratio,
+            overlong: None,
         }
+    }
+
+    /// [`GrpoAlgo::clipped_pg`] with overlong shaping against `max_new_tokens`.
+    pub fn clipped_pg_for(&self, max_new_tokens: usize) -> ClippedPg {
+        ClippedPg { overlong: self.overlong.map(|o| (o, max_new_tokens)), ..self.clipped_pg() }
     }
 }
 
@@ -157,6 +194,12 @@ pub fn advantages(rewards: &[Option<f64>], n: usize, norm: AdvantageNorm) -> Vec
             let sd = (vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (vals.len().max(2) - 1) as f64).sqrt();
             centered.iter().map(|c| c / (sd + eps)).collect()
         }
+        AdvantageNorm::ReinforcePp => {
+            let vals: Vec<f64> = rewards.iter().flatten().copied().collect();
+            let m = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
+            let sd = (vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (vals.len().max(2) - 1) as f64).sqrt();
+            rewards.iter().map(|r| r.map(|r| (r - m) / (sd + eps)).unwrap_or(0.0)).collect()
+        }
     }
 }
 
@@ -174,7 +217,7 @@ impl RlAlgorithm for Grpo {
 
     fn update(&mut self, cfg: &GrpoConfig, run: &mut RlRun, r: &Rollout) -> Result<StepUpdate, RunError> {
         let a = &cfg.algorithm;
-        sequence_advantage_update(run, r, &a.clipped_pg(), |totals| advantages(totals, a.n, a.advantage))
+        sequence_advantage_update(run, r, &a.clipped_pg_for(cfg.rollout.max_new_tokens), |totals| advantages(totals, a.n, a.advantage))
     }
 }
 
@@ -200,6 +243,38 @@ mod tests {
         assert!((a[4] - 1.0 / 3f64.sqrt()).abs() < 1e-5, "{}", a[4]);
         let none = advantages(&r, 4, AdvantageNorm::None);
         assert!((none[0] - 0.5).abs() < 1e-12 && (none[7] + 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn reinforce_pp_normalizes_over_the_batch_without_group_baselines() {
+        let r = [Some(1.0), Some(0.0), Some(1.0), None, Some(3.0), Some(3.0)];
+        let a = advantages(&r, 3, AdvantageNorm::ReinforcePp);
+        let m = 8.0 / 5.0;
+        let sd = ([1.0f64, 0.0, 1.0, 3.0, 3.0].iter().map(|v| (v - m).powi(2)).sum::<f64>() / 4.0).sqrt();
+        for (i, v) in [(0, 1.0), (1, 0.0), (4, 3.0)] {
+            assert!((a[i] - (v - m) / (sd + 1e-6)).abs() < 1e-12, "{a:?}");
+        }
+        assert_eq!(a[3], 0.0);
+        // The second group's rewards are all 3: GRPO gives them nothing, REINFORCE++ a positive push.
+        let g = advantages(&r, 3, AdvantageNorm::Group);
+        assert!(g[4].abs() < 1e-9 && a[4] > 0.5, "{g:?} {a:?}");
+    }
+
+    #[test]
+    fn gspo_and_dapo_settings_parse_and_bad_values_name_their_key() {
+        let a: GrpoAlgo = serde_yaml::from_str("ratio: sequence\nloss_agg: seq_mean_token_mean\nclip_low: 0.0003\nclip_high: 0.0004\noverlong: {buffer: 64}\nadvantage: reinforce_pp").unwrap();
+        assert_eq!(a.ratio, RatioLevel::Sequence);
+        assert_eq!(a.overlong, Some(Overlong { buffer: 64, penalty: 1.0 }));
+        assert_eq!(a.advantage, AdvantageNorm::ReinforcePp);
+        assert!(a.validate().is_ok());
+        assert!(GrpoAlgo { n: 1, ..a.clone() }.validate().is_ok(), "REINFORCE++ needs no group");
+        assert_eq!(GrpoAlgo { n: 1, advantage: AdvantageNorm::Group, ..a.clone() }.validate().unwrap_err().0, "algorithm.n");
+        let pg = a.clipped_pg_for(512);
+        assert_eq!(pg.overlong.map(|(o, m)| (o.buffer, m)), Some((64, 512)));
+        let bad: GrpoAlgo = serde_yaml::from_str("overlong: {buffer: 0}").unwrap();
+        assert_eq!(bad.validate().unwrap_err().0, "algorithm.overlong");
+        assert!(serde_yaml::from_str::<GrpoAlgo>("ratio: per_token").unwrap_err().to_string().contains("ratio"));
+        assert!(serde_yaml::from_str::<GrpoAlgo>("overlong: {buffer: 4, penalty: 1, cache: 2}").is_err());
     }
 
     /// The reward contract (issue 14): the plugin host fails any sample whose |score| exceeds

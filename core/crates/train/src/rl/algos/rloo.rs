@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::RunError;
 use crate::rl::algorithm::{drive, RlAlgorithm, RlOutcome, StepUpdate};
 use crate::rl::config::{AlgorithmConfig, RlConfig};
-use crate::rl::pg::{sequence_advantage_update, ClippedPg, KlEstimator, LossAgg, CLIPPED_PG_METRICS};
+use crate::rl::pg::{sequence_advantage_update, ClippedPg, KlEstimator, LossAgg, RatioLevel, CLIPPED_PG_METRICS};
 use crate::rl::run::{Rollout, RlRun};
 use crate::session::RunOptions;
 
@@ -148,6 +148,8 @@ impl RlAlgorithm for Rloo {
             kl_in_reward: a.kl_in_reward,
             entropy_coef: a.entropy_coef,
             loss_agg: a.loss_agg,
+            ratio: RatioLevel::Token,
+            overlong: None,
         };
         sequence_advantage_update(run, r, &pg, |totals| advantages(totals, a.n, a.normalize_advantages))
     }
