@@ -8,6 +8,7 @@ rustup target add wasm32-wasip2
 python3 -m pip install --upgrade "componentize-py==${COMPONENTIZE_PY_VERSION}"
 componentize-py --version
 # Build the bundled plugins once (sample-size, study-search, medical-verifier, dialogue-quality,
-# hcc-composite, the adapters and the hostile test guests); the tests rebuild incrementally.
+# hcc-composite, the adapters, the pubmed-search-tool tool and the hostile test guests); the
+# tests rebuild incrementally.
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cargo build --release --target wasm32-wasip2 --manifest-path "$root/plugins/Cargo.toml"

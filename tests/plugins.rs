@@ -629,13 +629,13 @@ fn wrong_api_version_is_refused_before_instantiation() {
             found, supported, ..
         } => {
             assert_eq!(found, "9.0.0");
-            assert_eq!(supported, &vec!["0.1.0".to_string(), "0.2.0".to_string()]);
+            assert_eq!(supported, &["0.1.0", "0.2.0", "0.3.0"].map(String::from).to_vec());
         }
         _ => panic!("expected IncompatibleApi, got {e}"),
     }
     let msg = e.to_string();
     assert!(
-        msg.contains("9.0.0") && msg.contains("0.1.0, 0.2.0") && msg.contains("wrong_api.wasm"),
+        msg.contains("9.0.0") && msg.contains("0.1.0, 0.2.0, 0.3.0") && msg.contains("wrong_api.wasm"),
         "{msg}"
     );
     assert_healthy();
@@ -966,7 +966,7 @@ fn data_adapter_converts_records() {
     assert!(matches!(out[3], Err(PluginError::GuestError { .. })));
     // inspect falls back to the adapter world.
     let (m, api) = host().inspect(&wasm("alpaca-adapter")).unwrap();
-    assert_eq!((m.name.as_str(), api.as_str()), ("alpaca-adapter", "0.2.0"));
+    assert_eq!((m.name.as_str(), api.as_str()), ("alpaca-adapter", "0.3.0"));
 }
 
 /// The host still runs data adapters built against API 0.1.0.
@@ -1030,7 +1030,7 @@ fn scaffold_builds_tests_inspects_and_scores() {
     let info = ok(medrl().args(["plugin", "inspect"]).arg(&wasm_path));
     assert!(
         info.contains("dose-check")
-            && info.contains("api version:  0.2.0")
+            && info.contains("api version:  0.3.0")
             && info.contains("capabilities: none"),
         "{info}"
     );

@@ -294,7 +294,7 @@ fn manifests_declare_capabilities_and_schemas() {
         ("hcc-composite", vec![]),
     ] {
         let (m, api) = host().inspect(&wasm(name)).unwrap();
-        assert_eq!((m.name.as_str(), api.as_str()), (name, "0.2.0"));
+        assert_eq!((m.name.as_str(), api.as_str()), (name, "0.3.0"));
         assert_eq!(m.capabilities, caps, "{name}");
         let schema: Value = serde_json::from_str(&m.config_schema).unwrap();
         assert_eq!(schema["type"], "object", "{name}");

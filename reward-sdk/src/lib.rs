@@ -1,4 +1,4 @@
-//! Write medrl reward functions and data adapters in Rust.
+//! Write medrl reward functions, data adapters and tools in Rust.
 //!
 //! ```ignore
 //! use medrl_reward_sdk::{export_reward, Manifest, Outcome, Reward, Sample};
@@ -13,6 +13,26 @@
 //! export_reward!(Exact);
 //! ```
 //!
+//! A tool (API 0.3.0's `tool` world) is as short; see [`Tool`]:
+//!
+//! ```ignore
+//! use medrl_reward_sdk::{export_tool, serde_json::json, Tool, Value};
+//! struct Bmi;
+//! impl Tool for Bmi {
+//!     const NAME: &'static str = "bmi";
+//!     const DESCRIPTION: &'static str = "Body-mass index from weight (kg) and height (m).";
+//!     fn parameters() -> Value {
+//!         json!({"type": "object", "required": ["kg", "m"],
+//!                "properties": {"kg": {"type": "number"}, "m": {"type": "number"}}})
+//!     }
+//!     fn call(_cfg: &Value, args: &Value) -> Result<String, String> {
+//!         let (kg, m) = (args["kg"].as_f64().ok_or("kg: a number")?, args["m"].as_f64().ok_or("m: a number")?);
+//!         Ok(format!("BMI {:.1}", kg / (m * m)))
+//!     }
+//! }
+//! export_tool!(Bmi);
+//! ```
+//!
 //! Build with `cargo build --release --target wasm32-wasip2` (or `medrl plugin build`). The
 //! traits, types and [`helpers`] also compile natively, so scoring logic is unit-tested with a
 //! plain `cargo test`; only the export glue and host calls are wasm-only.
@@ -23,18 +43,18 @@ pub mod helpers;
 
 pub use serde_json::{self, Value};
 
-/// The plugin API version this SDK implements (the WIT package version in `wit/v0.2`).
+/// The plugin API version this SDK implements (the WIT package version in `wit/v0.3`).
 ///
-/// `wit/v0.1` stays in the repository for hosts and plugins built against it (the medrl host
-/// runs both); this SDK builds 0.2.0 plugins only.
-pub const API_VERSION: &str = "0.2.0";
+/// `wit/v0.1` and `wit/v0.2` stay in the repository for hosts and plugins built against them
+/// (the medrl host runs all three); this SDK builds 0.3.0 plugins only.
+pub const API_VERSION: &str = "0.3.0";
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod __bindings {
     pub mod reward {
         wit_bindgen::generate!({
-            path: "wit/v0.2",
+            path: "wit/v0.3",
             world: "reward",
             pub_export_macro: true,
             export_macro_name: "__export_reward_world",
@@ -43,16 +63,31 @@ pub mod __bindings {
     }
     pub mod adapter {
         wit_bindgen::generate!({
-            path: "wit/v0.2",
+            path: "wit/v0.3",
             world: "data-adapter",
             pub_export_macro: true,
             export_macro_name: "__export_adapter_world",
             runtime_path: "wit_bindgen::rt",
             with: {
-                "medrl:plugin/types@0.2.0": super::reward::medrl::plugin::types,
-                "medrl:plugin/host@0.2.0": super::reward::medrl::plugin::host,
-                "medrl:plugin/judge@0.2.0": super::reward::medrl::plugin::judge,
-                "medrl:plugin/search@0.2.0": super::reward::medrl::plugin::search,
+                "medrl:plugin/types@0.3.0": super::reward::medrl::plugin::types,
+                "medrl:plugin/host@0.3.0": super::reward::medrl::plugin::host,
+                "medrl:plugin/judge@0.3.0": super::reward::medrl::plugin::judge,
+                "medrl:plugin/search@0.3.0": super::reward::medrl::plugin::search,
+            },
+        });
+    }
+    pub mod tool {
+        wit_bindgen::generate!({
+            path: "wit/v0.3",
+            world: "tool",
+            pub_export_macro: true,
+            export_macro_name: "__export_tool_world",
+            runtime_path: "wit_bindgen::rt",
+            with: {
+                "medrl:plugin/types@0.3.0": super::reward::medrl::plugin::types,
+                "medrl:plugin/host@0.3.0": super::reward::medrl::plugin::host,
+                "medrl:plugin/judge@0.3.0": super::reward::medrl::plugin::judge,
+                "medrl:plugin/search@0.3.0": super::reward::medrl::plugin::search,
             },
         });
     }
@@ -213,6 +248,35 @@ pub trait Adapter {
     fn convert(config: &Value, record: &Value) -> Result<Example, String>;
 }
 
+/// A tool a model can call during a rollout (API 0.3.0's `tool` world). Implement it on a unit
+/// struct and call [`export_tool!`]; the plugin's manifest takes the crate's name and version.
+///
+/// The host checks the spec at load: `NAME` is 1 to 64 bytes of `[a-z0-9_-]`, `DESCRIPTION`
+/// at most 4 KiB, `parameters()` a JSON object of at most 64 KiB. Each call runs under the
+/// sandbox's limits; output longer than the host's cap (64 KiB by default) fails the call
+/// rather than being cut, so keep answers short: a model reads them.
+pub trait Tool {
+    /// The name the model calls the tool by, e.g. `"pubmed_search"`.
+    const NAME: &'static str;
+    /// What the tool does and when to use it, for the model (also the manifest's description).
+    const DESCRIPTION: &'static str;
+    /// JSON Schema of the arguments object.
+    fn parameters() -> Value;
+    /// Host capabilities the tool uses (declared in its manifest; the run decides whether they
+    /// are granted, and a call that uses one that is not fails).
+    fn capabilities() -> Vec<Capability> {
+        vec![]
+    }
+    /// JSON Schema of the config object; `{}` when there is none.
+    fn config_schema() -> Value {
+        Value::Object(Default::default())
+    }
+    /// Runs the tool. `args` is the JSON object the model wrote (the SDK has parsed it; check
+    /// it against your schema). `Ok` is the reply the model reads; `Err` an error message it
+    /// reads instead, so say what to fix ("top_k must be 1 to 20").
+    fn call(config: &Value, args: &Value) -> Result<String, String>;
+}
+
 /// Host calls. Inside a plugin they go to the host; natively (unit tests) `log` prints to
 /// stderr and capabilities return an error.
 pub mod host {
@@ -342,6 +406,25 @@ pub mod __private {
         }
     }
 
+    pub fn tool_manifest<T: Tool>(package: &str, version: &str) -> t::Manifest {
+        let mut m = Manifest::new(package, version, T::DESCRIPTION)
+            .config_schema(T::config_schema());
+        m.capabilities = T::capabilities();
+        manifest(m)
+    }
+
+    pub fn tool_spec<T: Tool>() -> t::ToolSpec {
+        t::ToolSpec {
+            name: T::NAME.into(),
+            description: T::DESCRIPTION.into(),
+            parameters: T::parameters().to_string(),
+        }
+    }
+
+    pub fn tool_call<T: Tool>(config: String, arguments: String) -> Result<String, String> {
+        crate::tool_call::<T>(&config, &arguments)
+    }
+
     pub fn adapter_manifest<A: Adapter>() -> t::Manifest {
         manifest(A::manifest())
     }
@@ -391,6 +474,55 @@ macro_rules! export_reward {
     };
 }
 
+/// Parses what the host passes to a tool call and runs [`Tool::call`]: the glue behind
+/// [`export_tool!`], public so a tool's tests can go through the same path natively.
+pub fn tool_call<T: Tool>(config: &str, arguments: &str) -> Result<String, String> {
+    let config: Value = if config.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(config).map_err(|e| format!("tool config is not valid JSON: {e}"))?
+    };
+    let args: Value = serde_json::from_str(arguments)
+        .map_err(|e| format!("arguments are not valid JSON: {e}"))?;
+    if !args.is_object() {
+        return Err(format!(
+            "arguments must be a JSON object, got {}",
+            helpers::json_kind(&args)
+        ));
+    }
+    T::call(&config, &args)
+}
+
+/// Exports a [`Tool`] implementation as the plugin's `tool` world (manifest name and version
+/// from the crate's `Cargo.toml`). No-op natively.
+#[macro_export]
+macro_rules! export_tool {
+    ($t:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __MedrlTool;
+            impl $crate::__bindings::tool::Guest for __MedrlTool {
+                fn manifest() -> $crate::__bindings::reward::medrl::plugin::types::Manifest {
+                    $crate::__private::tool_manifest::<$t>(
+                        env!("CARGO_PKG_NAME"),
+                        env!("CARGO_PKG_VERSION"),
+                    )
+                }
+                fn tool_spec() -> $crate::__bindings::reward::medrl::plugin::types::ToolSpec {
+                    $crate::__private::tool_spec::<$t>()
+                }
+                fn call(
+                    config: ::std::string::String,
+                    arguments: ::std::string::String,
+                ) -> ::std::result::Result<::std::string::String, ::std::string::String> {
+                    $crate::__private::tool_call::<$t>(config, arguments)
+                }
+            }
+            $crate::__bindings::tool::__export_tool_world!(__MedrlTool with_types_in $crate::__bindings::tool);
+        };
+    };
+}
+
 /// Exports an [`Adapter`] implementation as the plugin's `data-adapter` world. No-op natively.
 #[macro_export]
 macro_rules! export_adapter {
@@ -412,4 +544,34 @@ macro_rules! export_adapter {
             $crate::__bindings::adapter::__export_adapter_world!(__MedrlAdapter with_types_in $crate::__bindings::adapter);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Echo;
+    impl Tool for Echo {
+        const NAME: &'static str = "echo";
+        const DESCRIPTION: &'static str = "Says `text` back.";
+        fn parameters() -> Value {
+            json!({"type": "object", "properties": {"text": {"type": "string"}}})
+        }
+        fn call(config: &Value, args: &Value) -> Result<String, String> {
+            let text = config::str_or(args, "text", "")?;
+            Ok(format!("{}{text}", config::str_or(config, "prefix", "")?))
+        }
+    }
+
+    #[test]
+    fn tool_calls_parse_config_and_arguments() {
+        assert_eq!(tool_call::<Echo>(r#"{"prefix":"> "}"#, r#"{"text":"hi"}"#), Ok("> hi".into()));
+        assert_eq!(tool_call::<Echo>("", r#"{"text":"hi"}"#), Ok("hi".into()));
+        let e = tool_call::<Echo>("{}", "{\"text\":").unwrap_err();
+        assert!(e.starts_with("arguments are not valid JSON"), "{e}");
+        let e = tool_call::<Echo>("{}", "[1]").unwrap_err();
+        assert_eq!(e, "arguments must be a JSON object, got an array");
+        assert!(tool_call::<Echo>("{}", r#"{"text":1}"#).unwrap_err().contains("must be a string"));
+    }
 }

@@ -31,7 +31,8 @@ pub enum PluginCommand {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
-    /// Print a component's manifest, API version and requested capabilities.
+    /// Print a component's kind (reward, data adapter, tool), manifest, API version, requested
+    /// capabilities and, for a tool, its spec.
     Inspect {
         file: PathBuf,
         /// Print JSON instead of text.
@@ -181,7 +182,8 @@ pub fn build_plugin(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn inspect(file: &Path, json: bool) -> Result<()> {
     let host = PluginHost::new(HostConfig::default())?;
-    let (m, api) = host.inspect(file)?;
+    let info = host.inspect_plugin(file)?;
+    let (m, api) = (&info.manifest, &info.api_version);
     let caps: Vec<&str> = m
         .capabilities
         .iter()
@@ -193,14 +195,17 @@ fn inspect(file: &Path, json: bool) -> Result<()> {
     if json {
         let schema: serde_json::Value = serde_json::from_str(&m.config_schema)
             .unwrap_or(serde_json::Value::String(m.config_schema.clone()));
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "name": m.name, "version": m.version, "description": m.description,
-                "api_version": api, "capabilities": caps, "config_schema": schema,
-            }))?
-        );
+        let mut out = serde_json::json!({
+            "kind": info.world, "name": m.name, "version": m.version,
+            "description": m.description, "api_version": api, "capabilities": caps,
+            "config_schema": schema,
+        });
+        if let Some(tool) = &info.tool {
+            out["tool"] = serde_json::to_value(tool)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        println!("kind:         {}", info.world);
         println!("name:         {}", m.name);
         println!("version:      {}", m.version);
         println!("description:  {}", m.description);
@@ -214,6 +219,11 @@ fn inspect(file: &Path, json: bool) -> Result<()> {
             }
         );
         println!("config schema: {}", m.config_schema);
+        if let Some(tool) = &info.tool {
+            println!("tool name:    {}", tool.name);
+            println!("tool description: {}", tool.description);
+            println!("tool parameters: {}", tool.parameters);
+        }
     }
     Ok(())
 }
@@ -304,7 +314,7 @@ mod tests {
 
 const README: &str = r#"# {name}
 
-A medrl reward plugin (WebAssembly component, API medrl:plugin@0.2.0).
+A medrl reward plugin (WebAssembly component, API medrl:plugin@0.3.0).
 
     cargo test                                   # scoring logic, natively
     medrl plugin build .                         # -> target/wasm32-wasip2/release/{crate}.wasm

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use wasmtime::Store;
 
 use super::bindings::adapter::DataAdapterPre;
-use super::bindings::v02;
+use super::bindings::{v02, v03};
 use super::bindings::Manifest;
 use super::engine::{read_component, PluginHost};
 use super::error::{clip, PluginError};
@@ -15,7 +15,7 @@ use super::limits::PluginOptions;
 use super::policy::MetricsSnapshot;
 use super::runner::Runner;
 use super::sandbox::HostState;
-use super::version::{incompatible, AnyAdapter, AnyAdapterPre};
+use super::version::{expect_world, incompatible, AnyAdapter, AnyAdapterPre, World};
 
 impl PluginHost {
     /// Loads a data-adapter plugin from a `.wasm` component file.
@@ -25,7 +25,8 @@ impl PluginHost {
         opts: PluginOptions,
     ) -> Result<AdapterPlugin, PluginError> {
         let (bytes, id) = read_component(path)?;
-        let (pre, version) = self.link(&bytes, &id)?;
+        let (pre, version, world) = self.link(&bytes, &id)?;
+        expect_world(&id, World::DataAdapter, world)?;
         let not_adapter = |e: wasmtime::Error| PluginError::InvalidWasm {
             plugin: id.clone(),
             reason: format!("does not export the `data-adapter` world of API {version}: {e:#}"),
@@ -34,6 +35,9 @@ impl PluginHost {
             "0.1.0" => AnyAdapterPre::V01(DataAdapterPre::new(pre).map_err(not_adapter)?),
             "0.2.0" => {
                 AnyAdapterPre::V02(v02::adapter::DataAdapterPre::new(pre).map_err(not_adapter)?)
+            }
+            "0.3.0" => {
+                AnyAdapterPre::V03(v03::adapter::DataAdapterPre::new(pre).map_err(not_adapter)?)
             }
             // api_version() only returns supported versions; this arm is a version added to
             // SUPPORTED_API_VERSIONS without bindings.

@@ -20,6 +20,76 @@ pub const MAX_MANIFEST_DESCRIPTION_BYTES: usize = 4 << 10;
 pub const MAX_MANIFEST_SCHEMA_BYTES: usize = 64 << 10;
 pub const MAX_MANIFEST_CAPABILITIES: usize = 64;
 
+/// Caps on a tool's spec (`tool-spec()`): it is shown to the model in every prompt that offers
+/// the tool, so it is kept short.
+pub const MAX_TOOL_NAME_BYTES: usize = 64;
+pub const MAX_TOOL_DESCRIPTION_BYTES: usize = 4 << 10;
+pub const MAX_TOOL_PARAMETERS_BYTES: usize = 64 << 10;
+
+/// Why a tool spec was refused. Names a field and a length or a character, never the content.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum ToolSpecError {
+    #[error("tool name is {len} bytes (must be 1 to {max})")]
+    NameLength { len: usize, max: usize },
+    #[error("tool name contains {0:?} (allowed: lowercase ASCII letters, digits, `_` and `-`)")]
+    NameChar(char),
+    #[error("tool {field} is {len} bytes (limit {max})")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("tool parameters are not a JSON object: {0}")]
+    Parameters(String),
+}
+
+/// Checks a tool spec's fields against their caps (before parsing anything) and parses its
+/// parameters schema, which must be a JSON object.
+pub(crate) fn validate_tool_spec(
+    name: &str,
+    description: &str,
+    parameters: &str,
+) -> Result<serde_json::Value, ToolSpecError> {
+    if name.is_empty() || name.len() > MAX_TOOL_NAME_BYTES {
+        return Err(ToolSpecError::NameLength {
+            len: name.len(),
+            max: MAX_TOOL_NAME_BYTES,
+        });
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+    {
+        return Err(ToolSpecError::NameChar(c));
+    }
+    for (field, v, max) in [
+        ("description", description, MAX_TOOL_DESCRIPTION_BYTES),
+        ("parameters", parameters, MAX_TOOL_PARAMETERS_BYTES),
+    ] {
+        if v.len() > max {
+            return Err(ToolSpecError::TooLong {
+                field,
+                len: v.len(),
+                max,
+            });
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(parameters) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(other) => Err(ToolSpecError::Parameters(format!(
+            "found a JSON {}",
+            match other {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "boolean",
+                serde_json::Value::Number(_) => "number",
+                serde_json::Value::String(_) => "string",
+                _ => "array",
+            }
+        ))),
+        Err(e) => Err(ToolSpecError::Parameters(e.to_string())),
+    }
+}
+
 /// Why a manifest was refused. Names a field and a length, never the field's content.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub(crate) enum ManifestError {
@@ -433,6 +503,31 @@ mod tests {
             let mut m = manifest();
             f(&mut m);
             let e = validate_manifest(&mut m).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+            assert!(e.len() < 200, "the reason never quotes the field: {e}");
+        }
+    }
+
+    #[test]
+    fn tool_specs_are_capped_and_parameters_must_be_an_object() {
+        let params = r#"{"type":"object","properties":{"query":{"type":"string"}}}"#;
+        let v = validate_tool_spec("pubmed_search", "Search PubMed.", params).unwrap();
+        assert_eq!(v["type"], "object");
+        validate_tool_spec("a-1_b", "", "{}").unwrap();
+        let long_name = "n".repeat(65);
+        let long_desc = "d".repeat(4097);
+        let long_params = format!("{{\"x\":\"{}\"}}", "p".repeat(65536));
+        for (name, desc, params, needle) in [
+            ("", "d", "{}", "name is 0 bytes"),
+            (long_name.as_str(), "d", "{}", "name is 65 bytes"),
+            ("Search", "d", "{}", "contains 'S'"),
+            ("pubmed search", "d", "{}", "contains ' '"),
+            ("t", long_desc.as_str(), "{}", "description is 4097 bytes"),
+            ("t", "d", long_params.as_str(), "parameters is 65544 bytes"),
+            ("t", "d", "[1]", "found a JSON array"),
+            ("t", "d", "{\"type\":", "not a JSON object"),
+        ] {
+            let e = validate_tool_spec(name, desc, params).unwrap_err().to_string();
             assert!(e.contains(needle), "{needle}: {e}");
             assert!(e.len() < 200, "the reason never quotes the field: {e}");
         }

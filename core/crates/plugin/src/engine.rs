@@ -15,10 +15,10 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::reward::Reward;
-use super::bindings::v02;
+use super::bindings::{v02, v03};
 use super::error::{PluginError, PluginId};
 use super::sandbox::HostState;
-use super::version::api_version;
+use super::version::{api_version, world_of, World};
 
 /// Engine-wide settings. Changing `fuel_metering` changes the compiled code, so it is part of
 /// the cache key (through wasmtime's compatibility hash).
@@ -145,10 +145,13 @@ impl PluginHost {
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(cerr)?;
         super::sandbox::clock::shadow(&mut linker).map_err(cerr)?;
-        // Both worlds of a version import the same interfaces, so one linker serves both; the
-        // versions' interfaces have different names (`...@0.1.0`, `...@0.2.0`), so they coexist.
+        // All worlds of a version import the same interfaces, so one linker serves them all; the
+        // versions' interfaces have different names (`...@0.1.0`, `...@0.2.0`, `...@0.3.0`), so
+        // they coexist.
         Reward::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(cerr)?;
         v02::reward::Reward::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(cerr)?;
+        v03::reward::Reward::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(cerr)?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -366,20 +369,23 @@ impl PluginHost {
     }
 
     /// Compiles (or loads from the cache) and links a component against the host imports;
-    /// shared by reward and adapter loading. Returns the pre-instance and the API version.
+    /// shared by every plugin kind. Returns the pre-instance, the API version and the world the
+    /// component exports (if it is one of ours).
     pub(crate) fn link(
         &self,
         bytes: &[u8],
         id: &PluginId,
-    ) -> Result<(wasmtime::component::InstancePre<HostState>, String), PluginError> {
+    ) -> Result<(wasmtime::component::InstancePre<HostState>, String, Option<World>), PluginError>
+    {
         let (component, version) = self.compile(bytes, id)?;
+        let world = world_of(&self.inner.engine, &component);
         let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             PluginError::InvalidWasm {
                 plugin: id.clone(),
                 reason: format!("{e:#}"),
             }
         })?;
-        Ok((pre, version))
+        Ok((pre, version, world))
     }
 }
 

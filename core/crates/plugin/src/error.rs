@@ -69,6 +69,15 @@ pub enum PluginError {
         supported: Vec<String>,
     },
 
+    /// The component exports another world than the one it was loaded as (a reward loaded as
+    /// a tool, a tool as a reward, ...). Checked from its type, before it is instantiated.
+    #[error("plugin {plugin} exports the `{found}` world, so it cannot be loaded as a `{expected}` plugin; use it where a {found} plugin is expected")]
+    WrongWorld {
+        plugin: PluginId,
+        expected: &'static str,
+        found: &'static str,
+    },
+
     /// The guest's output broke the contract: wrong number of results, a non-finite score,
     /// output larger than the cap.
     #[error("plugin {plugin} produced bad output: {reason}")]
@@ -118,6 +127,7 @@ impl PluginError {
             PluginError::MemoryLimit { .. } => "memory_limit",
             PluginError::GuestError { .. } => "guest_error",
             PluginError::IncompatibleApi { .. } => "incompatible_api",
+            PluginError::WrongWorld { .. } => "wrong_world",
             PluginError::BadOutput { .. } => "bad_output",
             PluginError::CapabilityDenied { .. } => "capability_denied",
             PluginError::CompileLimit { .. } => "compile_limit",
@@ -137,6 +147,7 @@ impl PluginError {
             | PluginError::MemoryLimit { plugin, .. }
             | PluginError::GuestError { plugin, .. }
             | PluginError::IncompatibleApi { plugin, .. }
+            | PluginError::WrongWorld { plugin, .. }
             | PluginError::BadOutput { plugin, .. }
             | PluginError::CapabilityDenied { plugin, .. }
             | PluginError::CompileLimit { plugin, .. }
@@ -227,6 +238,15 @@ pub(crate) fn clone_error(e: &PluginError) -> PluginError {
             plugin: plugin.clone(),
             found: found.clone(),
             supported: supported.clone(),
+        },
+        WrongWorld {
+            plugin,
+            expected,
+            found,
+        } => WrongWorld {
+            plugin: plugin.clone(),
+            expected,
+            found,
         },
         BadOutput { plugin, reason } => BadOutput {
             plugin: plugin.clone(),

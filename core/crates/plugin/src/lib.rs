@@ -1,10 +1,13 @@
-//! Sandboxed WebAssembly plugins: reward functions and data adapters.
+//! Sandboxed WebAssembly plugins: reward functions, data adapters and tools.
 //!
-//! Plugins are WebAssembly components implementing the WIT worlds in `reward-sdk/wit/v0.2`
+//! Plugins are WebAssembly components implementing the WIT worlds in `reward-sdk/wit/v0.3`
+//! (`medrl:plugin@0.3.0`: 0.2.0's worlds plus the `tool` world), `reward-sdk/wit/v0.2`
 //! (`medrl:plugin@0.2.0`, batch-shaped: one string plus offsets per call, flat results) or
-//! `reward-sdk/wit/v0.1` (`medrl:plugin@0.1.0`, a record per sample). Both are bound
-//! (`bindings.rs`); 0.2.0 results are checked against their own contract and converted into the
-//! 0.1.0 record types the rest of medrl uses, so callers never see the difference. The host:
+//! `reward-sdk/wit/v0.1` (`medrl:plugin@0.1.0`, a record per sample). All are bound
+//! (`bindings.rs`); 0.2.0 and 0.3.0 results are checked against their own contract and
+//! converted into the 0.1.0 record types the rest of medrl uses, so callers never see the
+//! difference. A component is loaded as the kind of plugin its world says ([`World`]); a
+//! reward loaded as a tool (or any other mix) is refused before it runs. The host:
 //! - compiles each component once and caches the machine code on disk (content hash + engine
 //!   compatibility hash), so a restart does not pay Cranelift again;
 //! - checks the plugin API version from the component's type before instantiating it;
@@ -18,7 +21,9 @@
 //!   (finite, within `Limits::max_abs_score`);
 //! - scores batches in parallel on a pool of stores, discarding a store after any trap;
 //! - grants capabilities (a judge model, a search index) only when the run configures them;
-//! - applies a per-plugin [`FailurePolicy`] and counts failures by kind ([`MetricsSnapshot`]).
+//! - applies a per-plugin [`FailurePolicy`] and counts failures by kind ([`MetricsSnapshot`]);
+//! - runs tools ([`ToolPlugin`]) for a model, from many threads at once, with their spec
+//!   checked at load and their output capped (`Limits::max_tool_output_bytes`).
 //!
 //! # What this crate owns, and what it must not import
 //!
@@ -39,14 +44,16 @@
 //! - `limits`: [`Limits`] of every call and [`PluginOptions`] of one plugin;
 //! - `sandbox`: per-store state: deny-all WASI, captured stdio, memory cap, deadline-bound
 //!   clock, the host functions (log, judge, search);
-//! - `version`: API version detection ([`SUPPORTED_API_VERSIONS`]) and per-version world handles;
+//! - `version`: API version and world detection ([`SUPPORTED_API_VERSIONS`], [`World`]) and
+//!   per-version world handles;
 //! - `engine`: [`PluginHost`]'s wasmtime engine, linker and epoch ticker ([`HostConfig`]),
 //!   pre-compile checks, the compile deadline and the on-disk compile cache;
-//! - `checks`: manifest caps and the output contract of scoring calls;
-//! - `runner`: stores, guarded calls and error classification shared by both plugin kinds;
+//! - `checks`: manifest and tool-spec caps and the output contract of scoring calls;
+//! - `runner`: stores, guarded calls and error classification shared by every plugin kind;
 //! - `pool`: [`RewardPlugin`]: the store pool, parallel scoring, bisection of failed chunks;
 //! - `adapter`: [`AdapterPlugin`];
-//! - `host`: `PluginHost::inspect`, which tries both kinds.
+//! - `tool`: [`ToolPlugin`] and its [`ToolSpec`]: the tool world, its store pool and output cap;
+//! - `host`: `PluginHost::inspect` and [`Inspection`], for a component of any kind.
 
 mod adapter;
 mod bindings;
@@ -60,14 +67,17 @@ mod policy;
 mod pool;
 mod runner;
 mod sandbox;
+mod tool;
 mod version;
 
 pub use adapter::AdapterPlugin;
 pub use bindings::{Capability, Manifest, Sample, ScoreResult, Scored};
 pub use capability::{Grants, InMemoryIndex, InMemoryJudge, Judge, SearchHit, SearchIndex};
 pub use engine::{default_cache_dir, HostConfig, PluginHost};
+pub use host::Inspection;
 pub use error::{PluginError, PluginId};
 pub use limits::{Limits, PluginOptions};
 pub use policy::{FailurePolicy, MetricsSnapshot, Outcome, ParsePolicyError};
 pub use pool::{sample, RewardPlugin};
-pub use version::SUPPORTED_API_VERSIONS;
+pub use tool::{ToolPlugin, ToolSpec};
+pub use version::{World, SUPPORTED_API_VERSIONS};

@@ -22,6 +22,12 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Cap on strings returned by one call (error messages and component names), in bytes.
     pub max_output_bytes: usize,
+    /// Longest output of one tool call (the text given to the model, or its error message), in
+    /// bytes. Longer output fails the call with `BadOutput`; it is never truncated, because a
+    /// cut-off list or sentence would read to the model as a complete answer. Output beyond
+    /// this cap plus 1 MiB is refused while it is copied out of the guest, so a tool cannot
+    /// make the host allocate more than that.
+    pub max_tool_output_bytes: usize,
     /// Bytes of stdout/stderr/log a store may emit before further output is discarded.
     pub max_log_bytes: usize,
     /// Samples per guest call. Smaller chunks make deadlines tighter and a trap costs fewer
@@ -51,6 +57,7 @@ impl Default for Limits {
             fuel: None,
             memory_bytes: 512 << 20,
             max_output_bytes: 16 << 20,
+            max_tool_output_bytes: 64 << 10,
             max_log_bytes: 1 << 20,
             max_batch_per_call: 512,
             max_abs_score: 1e6,

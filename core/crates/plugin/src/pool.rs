@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::bindings::reward::RewardPre;
-use super::bindings::v02;
+use super::bindings::{v02, v03};
 use super::bindings::{Manifest, Sample, ScoreResult};
 use super::checks::OutputCheck;
 use super::engine::{read_component, PluginHost};
@@ -16,7 +16,7 @@ use super::error::{clone_error, PluginError, PluginId};
 use super::limits::PluginOptions;
 use super::policy::{FailurePolicy, MetricsSnapshot, Outcome};
 use super::runner::{PooledReward, Runner};
-use super::version::{incompatible, AnyReward, AnyRewardPre};
+use super::version::{expect_world, incompatible, AnyReward, AnyRewardPre, World};
 
 impl PluginHost {
     /// Loads a reward plugin from a `.wasm` component file.
@@ -36,7 +36,8 @@ impl PluginHost {
         id: PluginId,
         opts: PluginOptions,
     ) -> Result<RewardPlugin, PluginError> {
-        let (pre, version) = self.link(bytes, &id)?;
+        let (pre, version, world) = self.link(bytes, &id)?;
+        expect_world(&id, World::Reward, world)?;
         let not_reward = |e: wasmtime::Error| PluginError::InvalidWasm {
             plugin: id.clone(),
             reason: format!("does not export the `reward` world of API {version}: {e:#}"),
@@ -44,6 +45,7 @@ impl PluginHost {
         let pre = match version.as_str() {
             "0.1.0" => AnyRewardPre::V01(RewardPre::new(pre).map_err(not_reward)?),
             "0.2.0" => AnyRewardPre::V02(v02::reward::RewardPre::new(pre).map_err(not_reward)?),
+            "0.3.0" => AnyRewardPre::V03(v03::reward::RewardPre::new(pre).map_err(not_reward)?),
             // api_version() only returns supported versions; this arm is a version added to
             // SUPPORTED_API_VERSIONS without bindings.
             other => return Err(incompatible(&id, other)),
@@ -386,6 +388,21 @@ impl RewardPlugin {
                 })?;
                 r.guarded(store, |s| inst.call_score_batch(s, config, batch))
                     .map(RawOutput::V02)
+            }
+            AnyReward::V03(inst) => {
+                fill_batch(batch, chunk).map_err(|e| PluginError::Config {
+                    plugin: r.id.clone(),
+                    reason: e.to_string(),
+                })?;
+                // The 0.3.0 batch type is 0.2.0's under another package: lend it the buffers.
+                let mut b3 = v03::SampleBatch {
+                    text: std::mem::take(&mut batch.text),
+                    offsets: std::mem::take(&mut batch.offsets),
+                };
+                let res = r.guarded(store, |s| inst.call_score_batch(s, config, &b3));
+                batch.text = std::mem::take(&mut b3.text);
+                batch.offsets = std::mem::take(&mut b3.offsets);
+                res.map(|b| RawOutput::V02(v03::batch_scores(b)))
             }
         };
         let denied = store.data().denied;

@@ -87,6 +87,7 @@ impl Runner {
         let inst = self.guarded(&mut store, |s| match pre {
             AnyRewardPre::V01(p) => p.instantiate(s).map(AnyReward::V01),
             AnyRewardPre::V02(p) => p.instantiate(s).map(AnyReward::V02),
+            AnyRewardPre::V03(p) => p.instantiate(s).map(AnyReward::V03),
         })?;
         Ok(PooledReward {
             store,

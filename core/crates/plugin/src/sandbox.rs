@@ -452,50 +452,61 @@ pub(crate) mod clock {
     }
 }
 
-/// API 0.2.0 imports the same host services under its own package version; they delegate to
-/// the 0.1.0 implementations above so both versions behave identically.
-mod v02 {
-    use super::super::bindings::v02::reward::medrl::plugin::{
-        host as h2, judge as j2, search as s2, types as t2,
-    };
-    use super::{wit_host, wit_judge, wit_search, HostState};
-
-    impl t2::Host for HostState {}
-
-    impl h2::Host for HostState {
-        fn log(&mut self, level: h2::LogLevel, msg: String) {
-            use h2::LogLevel as L2;
-            use wit_host::LogLevel as L;
-            let level = match level {
-                L2::Trace => L::Trace,
-                L2::Debug => L::Debug,
-                L2::Info => L::Info,
-                L2::Warn => L::Warn,
-                L2::Error => L::Error,
+/// Later API versions import the same host services under their own package version; they
+/// delegate to the 0.1.0 implementations above so every version behaves identically.
+macro_rules! delegate_host_imports {
+    ($version:ident) => {
+        mod $version {
+            use super::super::bindings::$version::reward::medrl::plugin::{
+                host as h, judge as j, search as s, types as t,
             };
-            wit_host::Host::log(self, level, msg)
-        }
-    }
+            use super::{wit_host, wit_judge, wit_search, HostState};
 
-    impl j2::Host for HostState {
-        fn judge_score(&mut self, prompt: String) -> Result<f64, String> {
-            wit_judge::Host::judge_score(self, prompt)
-        }
-        fn judge_generate(&mut self, prompt: String, max_tokens: u32) -> Result<String, String> {
-            wit_judge::Host::judge_generate(self, prompt, max_tokens)
-        }
-    }
+            impl t::Host for HostState {}
 
-    impl s2::Host for HostState {
-        fn search(&mut self, query: String, top_k: u32) -> Result<Vec<s2::Hit>, String> {
-            wit_search::Host::search(self, query, top_k).map(|hits| {
-                hits.into_iter()
-                    .map(|h| s2::Hit {
-                        id: h.id,
-                        score: h.score,
+            impl h::Host for HostState {
+                fn log(&mut self, level: h::LogLevel, msg: String) {
+                    use h::LogLevel as L2;
+                    use wit_host::LogLevel as L;
+                    let level = match level {
+                        L2::Trace => L::Trace,
+                        L2::Debug => L::Debug,
+                        L2::Info => L::Info,
+                        L2::Warn => L::Warn,
+                        L2::Error => L::Error,
+                    };
+                    wit_host::Host::log(self, level, msg)
+                }
+            }
+
+            impl j::Host for HostState {
+                fn judge_score(&mut self, prompt: String) -> Result<f64, String> {
+                    wit_judge::Host::judge_score(self, prompt)
+                }
+                fn judge_generate(
+                    &mut self,
+                    prompt: String,
+                    max_tokens: u32,
+                ) -> Result<String, String> {
+                    wit_judge::Host::judge_generate(self, prompt, max_tokens)
+                }
+            }
+
+            impl s::Host for HostState {
+                fn search(&mut self, query: String, top_k: u32) -> Result<Vec<s::Hit>, String> {
+                    wit_search::Host::search(self, query, top_k).map(|hits| {
+                        hits.into_iter()
+                            .map(|h| s::Hit {
+                                id: h.id,
+                                score: h.score,
+                            })
+                            .collect()
                     })
-                    .collect()
-            })
+                }
+            }
         }
-    }
+    };
 }
+
+delegate_host_imports!(v02);
+delegate_host_imports!(v03);

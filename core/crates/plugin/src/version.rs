@@ -1,6 +1,7 @@
-//! Plugin API versions: which `medrl:plugin@X.Y.Z` a component targets, read from its type
-//! before anything is instantiated, and the world handles (pre-instances and instances) of each
-//! supported version, so the rest of the host calls either version the same way.
+//! Plugin API versions and worlds: which `medrl:plugin@X.Y.Z` a component targets and which
+//! world it exports ([`World`]), both read from its type before anything is instantiated, and
+//! the world handles (pre-instances and instances) of each supported version, so the rest of the
+//! host calls every version the same way.
 
 use wasmtime::component::Component;
 use wasmtime::{Engine, Store};
@@ -8,12 +9,13 @@ use wasmtime::{Engine, Store};
 use super::bindings::adapter::{DataAdapter, DataAdapterPre};
 use super::bindings::reward::{Reward, RewardPre};
 use super::bindings::v02;
+use super::bindings::v03;
 use super::bindings::Manifest;
 use super::error::{PluginError, PluginId};
 use super::sandbox::HostState;
 
 /// API versions (WIT package `medrl:plugin@X.Y.Z`) this host can run.
-pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
+pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0", "0.2.0", "0.3.0"];
 const API_PACKAGE: &str = "medrl:plugin/";
 
 /// Finds the plugin API version from the component's imports and exports
@@ -62,6 +64,68 @@ pub(crate) fn api_version(
     }
 }
 
+/// The kinds of plugin, one WIT world each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    /// `reward`: scores responses (every API version).
+    Reward,
+    /// `data-adapter`: converts raw records into training examples (every API version).
+    DataAdapter,
+    /// `tool`: a tool a model calls during a rollout (API 0.3.0 on).
+    Tool,
+}
+
+impl World {
+    /// The world's name in the WIT.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Reward => "reward",
+            World::DataAdapter => "data-adapter",
+            World::Tool => "tool",
+        }
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which world a component exports, by the names of its exported functions (each world has one
+/// the others lack); `None` when it exports none of them (then binding it fails as invalid).
+pub(crate) fn world_of(engine: &Engine, component: &Component) -> Option<World> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let has = |n: &str| names.iter().any(|x| x == n);
+    if has("call") && has("tool-spec") {
+        Some(World::Tool)
+    } else if has("score-batch") || has("score") {
+        Some(World::Reward)
+    } else if has("convert") {
+        Some(World::DataAdapter)
+    } else {
+        None
+    }
+}
+
+/// Refuses a component of another world than the one it is loaded as.
+pub(crate) fn expect_world(
+    id: &PluginId,
+    expected: World,
+    found: Option<World>,
+) -> Result<(), PluginError> {
+    match found {
+        Some(found) if found != expected => Err(PluginError::WrongWorld {
+            plugin: id.clone(),
+            expected: expected.name(),
+            found: found.name(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn incompatible(id: &PluginId, found: &str) -> PluginError {
     PluginError::IncompatibleApi {
         plugin: id.clone(),
@@ -77,12 +141,14 @@ pub(crate) fn incompatible(id: &PluginId, found: &str) -> PluginError {
 pub(crate) enum AnyRewardPre {
     V01(RewardPre<HostState>),
     V02(v02::reward::RewardPre<HostState>),
+    V03(v03::reward::RewardPre<HostState>),
 }
 
 /// A reward world's instance, by API version.
 pub(crate) enum AnyReward {
     V01(Reward),
     V02(v02::reward::Reward),
+    V03(v03::reward::Reward),
 }
 
 impl AnyReward {
@@ -90,6 +156,7 @@ impl AnyReward {
         match self {
             AnyReward::V01(i) => i.call_manifest(store),
             AnyReward::V02(i) => i.call_manifest(store).map(v02::manifest),
+            AnyReward::V03(i) => i.call_manifest(store).map(v03::manifest),
         }
     }
 }
@@ -97,6 +164,7 @@ impl AnyReward {
 pub(crate) enum AnyAdapterPre {
     V01(DataAdapterPre<HostState>),
     V02(v02::adapter::DataAdapterPre<HostState>),
+    V03(v03::adapter::DataAdapterPre<HostState>),
 }
 
 impl AnyAdapterPre {
@@ -104,6 +172,7 @@ impl AnyAdapterPre {
         Ok(match self {
             AnyAdapterPre::V01(p) => AnyAdapter::V01(p.instantiate(store)?),
             AnyAdapterPre::V02(p) => AnyAdapter::V02(p.instantiate(store)?),
+            AnyAdapterPre::V03(p) => AnyAdapter::V03(p.instantiate(store)?),
         })
     }
 }
@@ -111,6 +180,7 @@ impl AnyAdapterPre {
 pub(crate) enum AnyAdapter {
     V01(DataAdapter),
     V02(v02::adapter::DataAdapter),
+    V03(v03::adapter::DataAdapter),
 }
 
 impl AnyAdapter {
@@ -118,6 +188,7 @@ impl AnyAdapter {
         match self {
             AnyAdapter::V01(i) => i.call_manifest(store),
             AnyAdapter::V02(i) => i.call_manifest(store).map(v02::manifest),
+            AnyAdapter::V03(i) => i.call_manifest(store).map(v03::manifest),
         }
     }
     /// One result per record, as the WIT types it: an error is the guest's own text.
@@ -130,6 +201,7 @@ impl AnyAdapter {
         match self {
             AnyAdapter::V01(i) => i.call_convert(store, config, records),
             AnyAdapter::V02(i) => i.call_convert(store, config, records),
+            AnyAdapter::V03(i) => i.call_convert(store, config, records),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What can go wrong loading or scoring rewards.
 
-/// Errors of [`crate::RewardSet`], [`crate::load_rewards`] and [`crate::host`].
+/// Errors of [`crate::RewardSet`], [`crate::load_rewards`], [`crate::ToolSet`] and [`crate::host`].
 #[derive(Debug, thiserror::Error)]
 pub enum RewardError {
     /// The plugin host could not start (engine, compile cache).
@@ -9,6 +9,13 @@ pub enum RewardError {
     /// Loading or calling a plugin failed (with the `fail` policy, a failed call).
     #[error("reward `{name}`: {source}")]
     Plugin { name: String, source: Box<medrl_plugin::PluginError> },
+    /// Loading or calling a tool failed (a call: under `on_failure: fail`). `name` is the tool's
+    /// name, or its plugin path when loading failed before the name was known.
+    #[error("tool `{name}`: {source}")]
+    Tool { name: String, source: Box<medrl_plugin::PluginError> },
+    /// Two tools of a set have the same name (the model calls tools by name).
+    #[error("two tools are named `{name}`: {} and {}", .first.display(), .second.display())]
+    DuplicateTool { name: String, first: std::path::PathBuf, second: std::path::PathBuf },
     /// `on_failure` is not `fail`, `drop` or `score:<value>`.
     #[error("reward `{name}`: on_failure: {source}")]
     Policy { name: String, source: medrl_plugin::ParsePolicyError },

@@ -14,6 +14,10 @@
 //!   JSON Schema, a parsed [`medrl_plugin::FailurePolicy`] and a `Duration` where the file has
 //!   strings and seconds, and its name, which the file does not carry
 //!   ([`RewardConfig::to_spec`] converts);
+//! - [`ToolConfig`], [`ToolSet`], [`ToolOutcome`] ([`tools`]): tool plugins a model calls during
+//!   a multi-turn rollout, as a run config lists them (`tools:` entries: plugin, config,
+//!   `on_failure` of `message`, `drop` or `fail`, `timeout_s`), loaded, offered to the model
+//!   ([`ToolSpec`]) and called by name with the failure policy applied, with counters per tool;
 //! - [`AccuracySpec`], [`accuracy_value`], [`is_correct`]: when a scored response is correct;
 //! - [`AnswerKind`]: where a task's reward reads the answer (`metrics.answer` in task.yaml), so
 //!   evaluation parses the answer the reward saw;
@@ -33,9 +37,12 @@ pub mod config;
 pub mod error;
 pub mod judge;
 pub mod set;
+pub mod tools;
 
 pub use accuracy::{accuracy_value, is_correct, AccuracySpec};
 pub use answer::AnswerKind;
 pub use config::{load_rewards, reward_names, RewardConfig};
 pub use error::{BadTimeout, RewardError};
+pub use medrl_plugin::ToolSpec;
 pub use set::{host, RewardResult, RewardSet, RewardSpec};
+pub use tools::{load_tools, ToolConfig, ToolFailure, ToolOutcome, ToolSet, ToolStats};
