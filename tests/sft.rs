@@ -192,6 +192,14 @@ fn assistant_mask_covers_exactly_the_assistant_turns() {
     assert!(matches!(r, Err(medrl::data::tokenize::Dropped::NothingToTrain)) || r.as_ref().unwrap().truncated);
     let drop = Tokenizing { cutoff_len: 12, overlong: medrl::data::tokenize::Overlong::Drop, ..Default::default() };
     assert!(matches!(tokenize_example(&tok, &ex, &drop).unwrap(), Err(medrl::data::tokenize::Dropped::TooLong)));
+    // Every token of the assistant's text is trained, lone space tokens included (the tiny
+    // ByteLevel tokenizer trims their offsets to an empty range): the trained tokens decode to
+    // the text itself.
+    let call = "<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"q\": \"statin 2\"}}\n</tool_call>";
+    let json = medrl::data::Example { messages: vec![ChatMessage::user("Find trials."), ChatMessage::assistant(call)], ..ex.clone() };
+    let t = tokenize_example(&tok, &json, &Tokenizing::default()).unwrap().unwrap();
+    let trained: Vec<u32> = t.ids.iter().zip(&t.trained).filter(|(_, &m)| m).map(|(&i, _)| i).collect();
+    assert_eq!(tok.decode(&trained, false).unwrap(), format!("{call}<|im_end|>\n"));
 }
 
 #[test]

@@ -117,11 +117,11 @@ pub fn tokenize_example(tok: &TextTokenizer, ex: &Example, cfg: &Tokenizing) -> 
     let (full, spans) = trained_spans(tok, &ex.messages, cfg.train_on)?;
     let enc = tok.inner().encode(full.as_str(), false).map_err(|source| TokenizeError::Encode { source })?;
     let ids = enc.get_ids().to_vec();
-    let trained: Vec<bool> = enc
-        .get_offsets()
-        .iter()
-        .map(|&(start, end)| end > start && spans.iter().any(|&(a, b)| start >= a && start < b))
-        .collect();
+    // A token is trained when it starts inside a trained span. Tokens with an empty offset
+    // range count too: a ByteLevel tokenizer with `trim_offsets` gives a lone space token
+    // (`Ġ` before `"`) the empty range where the next character starts, and leaving it out
+    // taught models to skip those spaces.
+    let trained: Vec<bool> = enc.get_offsets().iter().map(|&(start, _)| spans.iter().any(|&(a, b)| start >= a && start < b)).collect();
     let mut out = TokenizedExample { ids, trained, truncated: false };
     if out.ids.len() > cfg.cutoff_len {
         if cfg.overlong == Overlong::Drop {
