@@ -36,10 +36,23 @@ fn tool_caller() -> (PathBuf, PathBuf) {
 }
 
 fn make_tool_caller(dir: &Path) -> (PathBuf, PathBuf) {
+    sft_caller(dir, &tools_system(), &[(QUESTION, CALL.to_string())], "Statins lower LDL.")
+}
+
+/// SFT the tiny model on `(question, call)` conversations under `system` until its greedy first
+/// turn is the call; also write the questions as RL prompts (with `reference` as the answer).
+fn sft_caller(dir: &Path, system: &str, convs: &[(&str, String)], reference: &str) -> (PathBuf, PathBuf) {
     let base = tiny_model(dir, 7);
     let data = dir.join("calls.jsonl");
-    let row = serde_json::json!({"messages": [{"role": "system", "content": tools_system()}, {"role": "user", "content": QUESTION}, {"role": "assistant", "content": CALL}]});
-    std::fs::write(&data, format!("{row}\n").repeat(8)).unwrap();
+    let mut rows = String::new();
+    let mut prompts = String::new();
+    for (q, call) in convs {
+        let row = serde_json::json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}, {"role": "assistant", "content": call}]});
+        rows.push_str(&format!("{row}\n").repeat(8 / convs.len().min(8)));
+        let p = serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": reference}]});
+        prompts.push_str(&format!("{p}\n"));
+    }
+    std::fs::write(&data, rows).unwrap();
     let out = dir.join("sft");
     let yaml = format!(
         "model: {base:?}\noutput_dir: {out:?}\ndevice: cpu\n\
@@ -49,11 +62,10 @@ fn make_tool_caller(dir: &Path) -> (PathBuf, PathBuf) {
     let tree = with_overrides(&yaml, &[]);
     let cfg: SftConfig = medrl::config::from_tree(tree.clone(), Path::new("sft.yaml")).unwrap();
     sft::run(&cfg, &tree, &RunOptions::default()).unwrap();
-    // The RL prompts: the question, with the reference answer; the run adds the tools' system message.
-    let prompts = dir.join("prompts.jsonl");
-    let row = serde_json::json!({"messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "Statins lower LDL."}]});
-    std::fs::write(&prompts, format!("{row}\n").repeat(4)).unwrap();
-    (out.join("final"), prompts)
+    // The RL prompts: the questions; the run adds the tools' system message.
+    let prompts_path = dir.join("prompts.jsonl");
+    std::fs::write(&prompts_path, prompts.repeat(4 / convs.len().clamp(1, 4))).unwrap();
+    (out.join("final"), prompts_path)
 }
 
 /// A tool set in memory: `lookup` answers by `mode`; every call is recorded.
@@ -213,4 +225,42 @@ fn grpo_trains_with_tools_in_the_loop_and_resumes_identically() {
     let rows: Vec<serde_json::Value> = metrics(&c).into_iter().filter(|r| r.get("reward").is_some()).collect();
     assert_eq!(rows.len(), 4);
     assert!(rows.iter().any(|r| r["dropped"].as_u64().unwrap() > 0 && r["tool_errors"].as_u64().unwrap() > 0), "{rows:?}");
+}
+
+/// The hostile tool plugin, as the run config lists it.
+fn hostile_tools(on_failure: &str) -> String {
+    format!("[{{plugin: {:?}, on_failure: {on_failure}, timeout_s: 0.5}}]", common::wasm("hostile-tool"))
+}
+
+/// Issue 21: hostile tool plugins in the loop (an endless loop, a panic, a reply over the output
+/// cap, a capability the run does not grant) end the turn with an error message to the model, or
+/// drop the sample under `on_failure: drop`; training continues either way.
+#[test]
+fn hostile_tool_plugins_answer_with_errors_or_drop_and_training_continues() {
+    let d = tempfile::tempdir().unwrap();
+    let tool_yaml: Vec<medrl::reward::ToolConfig> = serde_yaml::from_str(&hostile_tools("message")).unwrap();
+    let set = medrl::reward::load_tools(&tool_yaml, &Default::default()).unwrap();
+    let system = medrl::tokenizer::tools::tools_system_block(&ToolRunner::specs(&set), ToolCallFormat::Hermes);
+    let convs: Vec<(&str, String)> = ["loop", "panic", "huge", "judge-ignore"]
+        .iter()
+        .map(|m| (*m, format!("<tool_call>\n{{\"name\": \"hostile\", \"arguments\": {{\"mode\": \"{m}\"}}}}\n</tool_call>")))
+        .collect();
+    let (model, prompts) = sft_caller(d.path(), &system, &convs, "done");
+    for (policy, out) in [("message", "m"), ("drop", "x")] {
+        let o = d.path().join(out);
+        let cfg = grpo_config(&model, &prompts, &o, &[&format!("tools={}", hostile_tools(policy)), "algorithm.n=2", "algorithm.prompts_per_step=4", "training.max_steps=2", "multi_turn.max_turns=2"]);
+        let outcome = medrl::train::grpo::run(&cfg, Default::default(), &RunOptions::default()).unwrap();
+        assert_eq!(outcome.steps, 2, "{policy}");
+        let rows: Vec<serde_json::Value> = metrics(&o).into_iter().filter(|r| r.get("reward").is_some()).collect();
+        let errors: u64 = rows.iter().map(|r| r["tool_errors"].as_u64().unwrap()).sum();
+        let dropped: u64 = rows.iter().map(|r| r["dropped"].as_u64().unwrap()).sum();
+        assert!(errors >= 4, "{policy}: {rows:?}");
+        match policy {
+            "message" => assert_eq!(dropped, 0, "{rows:?}"),
+            _ => assert!(dropped >= 4, "{rows:?}"),
+        }
+        for r in &rows {
+            assert!(r["loss"].as_f64().unwrap().is_finite(), "{r}");
+        }
+    }
 }

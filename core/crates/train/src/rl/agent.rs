@@ -286,3 +286,18 @@ mod tests {
         assert!(serde_yaml::from_str::<MultiTurn>("turns: 2").is_err());
     }
 }
+
+/// The run's tool plugins: the sandbox's failures arrive already judged by each tool's
+/// `on_failure` ([`medrl_reward::ToolOutcome`]).
+impl ToolRunner for medrl_reward::ToolSet {
+    fn specs(&self) -> Vec<(String, String, serde_json::Value)> {
+        medrl_reward::ToolSet::specs(self).into_iter().map(|s| (s.name, s.description, s.parameters)).collect()
+    }
+    fn call(&self, name: &str, arguments: &str) -> ToolReply {
+        match medrl_reward::ToolSet::call(self, name, arguments) {
+            medrl_reward::ToolOutcome::Output(s) => ToolReply::Output(s),
+            medrl_reward::ToolOutcome::Error { message, drop } => ToolReply::Error { message, drop },
+            medrl_reward::ToolOutcome::Fail(e) => ToolReply::Fail(e.to_string()),
+        }
+    }
+}

@@ -93,12 +93,14 @@ pub struct RlOutcome {
 }
 
 /// Run algorithm `A` as `cfg` says. `grants` are the capabilities (judge, search) the reward
-/// plugins may use.
+/// and tool plugins may use.
 pub fn drive<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Grants, opts: &RunOptions) -> Result<RlOutcome, RunError> {
-    drive_with_tools::<A>(cfg, grants, opts, None)
+    let tools: Option<Box<dyn super::agent::ToolRunner + Send>> = if cfg.tools.is_empty() { None } else { Some(Box::new(medrl_reward::load_tools(&cfg.tools, &grants)?)) };
+    drive_with_tools::<A>(cfg, grants, opts, tools)
 }
 
-/// [`drive`] with multi-turn rollouts calling `tools` (see [`super::agent`]).
+/// [`drive`] with multi-turn rollouts calling `tools` (see [`super::agent`]) instead of the
+/// config's.
 pub fn drive_with_tools<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Grants, opts: &RunOptions, tools: Option<Box<dyn super::agent::ToolRunner + Send>>) -> Result<RlOutcome, RunError> {
     let a = &cfg.algorithm;
     let mut rl = RlRun::setup_with_tools(cfg, A::NAME, grants, opts, tools)?;

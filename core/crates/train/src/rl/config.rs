@@ -242,6 +242,11 @@ pub struct RlConfig<A: AlgorithmConfig> {
     /// LoRA for the policy (None: full fine-tuning).
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    /// Tool plugins the policy may call during rollouts (API 0.3.0 `tool` components): with any,
+    /// rollouts are multi-turn conversations (docs/grpo.md, "Tools and multi-turn rollouts").
+    /// They get the run's capability grants (`search:`, the judge).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<medrl_reward::ToolConfig>,
     /// Multi-turn rollouts: turn and token budgets, the tool-call format (used when the run
     /// has tools; docs/grpo.md, "Tools and multi-turn rollouts").
     #[serde(default, skip_serializing_if = "MultiTurn::is_default")]
@@ -298,6 +303,9 @@ impl<A: AlgorithmConfig> Validate for RlConfig<A> {
         }
         self.algorithm.validate()?;
         self.multi_turn.validate()?;
+        for (i, t) in self.tools.iter().enumerate() {
+            t.deadline().map_err(|e| (format!("tools[{i}].timeout_s"), e.to_string()))?;
+        }
         match &self.critic {
             Some(_) if !A::HAS_CRITIC => return Err(("critic".into(), "this algorithm trains no critic; remove the key (PPO has one)".into())),
             Some(c) => {
