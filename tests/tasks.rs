@@ -52,7 +52,7 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-const BUNDLES: [&str; 5] = ["hcc", "trialpanorama-sample-size", "trialpanorama-study-search", "medical-o1", "medical-dialogue"];
+const BUNDLES: [&str; 6] = ["hcc", "trialpanorama-sample-size", "trialpanorama-study-search", "trialpanorama-study-search-agentic", "medical-o1", "medical-dialogue"];
 
 #[test]
 fn every_bundle_validates() {
@@ -66,8 +66,10 @@ fn every_bundle_validates() {
     }
     assert!(!t.contains("FAIL"), "{t}");
     // Each reward plugin scored an example of every split.
-    assert_eq!(t.matches("scores train").count(), 5, "{t}");
-    assert_eq!(t.matches("scores test").count(), 5, "{t}");
+    assert_eq!(t.matches("scores train").count(), 6, "{t}");
+    assert_eq!(t.matches("scores test").count(), 6, "{t}");
+    // The agentic task's tool loads, describes itself and gets the search it asks for.
+    assert!(t.contains("tool pubmed-search-tool") && t.contains("`pubmed_search`"), "{t}");
 }
 
 #[test]
@@ -152,6 +154,7 @@ fn bundled_tasks_declare_their_answer_parser() {
         ("medical-o1", AnswerKind::FinalResponse, ""),
         ("trialpanorama-sample-size", AnswerKind::Number, ""),
         ("trialpanorama-study-search", AnswerKind::AnswerTag, "<answer>"),
+        ("trialpanorama-study-search-agentic", AnswerKind::AnswerTag, ""),
     ];
     for (name, kind, prefix) in expected {
         let t = Task::load(repo().join("tasks").join(name)).unwrap();
@@ -164,6 +167,13 @@ fn bundled_tasks_declare_their_answer_parser() {
     let specs = t.reward_set_specs(medrl::plugin::FailurePolicy::Drop, |_, who| Err(format!("{who}: no judge here"))).unwrap();
     assert_eq!((specs[0].name.as_str(), specs[0].policy, specs[0].timeout), ("study-search", medrl::plugin::FailurePolicy::Drop, None));
     assert!(specs[0].grants.search.is_some() && specs[0].grants.judge.is_none());
+    // The agentic task's tools: the bundled pubmed_search, its search opened from the corpus,
+    // and the reward reads the whole trajectory (no prefix).
+    let t = Task::load(repo().join("tasks/trialpanorama-study-search-agentic")).unwrap();
+    let tools = t.tool_configs().unwrap();
+    assert_eq!(tools.len(), 1);
+    assert!(tools[0].0.plugin.ends_with("pubmed_search_tool.wasm") && tools[0].1.search.is_some(), "{:?}", tools[0].0);
+    assert_eq!(t.reward_specs()[0].config["prefix"], "");
     // A judge grant goes through the caller's resolver, whose message is kept.
     let t = Task::load(repo().join("tasks/medical-o1")).unwrap();
     let e = t.reward_set_specs(medrl::plugin::FailurePolicy::Fail, |_, who| Err(format!("{who} needs a judge"))).unwrap_err().to_string();

@@ -45,4 +45,4 @@ pub use config::{load_rewards, reward_names, RewardConfig};
 pub use error::{BadTimeout, RewardError};
 pub use medrl_plugin::ToolSpec;
 pub use set::{host, RewardResult, RewardSet, RewardSpec};
-pub use tools::{load_tools, ToolConfig, ToolFailure, ToolOutcome, ToolSet, ToolStats};
+pub use tools::{load_tools, load_tools_each, ToolConfig, ToolFailure, ToolOutcome, ToolSet, ToolStats};

@@ -121,8 +121,15 @@ impl ToolSet {
     /// Compile and instantiate every tool, each with its `timeout_s` and `grants`, the other
     /// limits from `limits`. Tool names (from each plugin's spec) must be distinct.
     pub fn load(host: &PluginHost, configs: &[ToolConfig], grants: &Grants, limits: &Limits) -> Result<Self, RewardError> {
+        let each: Vec<(ToolConfig, Grants)> = configs.iter().map(|c| (c.clone(), grants.clone())).collect();
+        Self::load_each(host, &each, limits)
+    }
+
+    /// [`ToolSet::load`] with grants of each tool's own (a task bundle's tools: each its search
+    /// corpus).
+    pub fn load_each(host: &PluginHost, configs: &[(ToolConfig, Grants)], limits: &Limits) -> Result<Self, RewardError> {
         let mut tools: Vec<LoadedTool> = Vec::with_capacity(configs.len());
-        for c in configs {
+        for (c, grants) in configs {
             let label = c.plugin.display().to_string();
             let timeout = c.deadline().map_err(|source| RewardError::Deadline { name: label.clone(), source })?;
             let opts = PluginOptions { limits: Limits { timeout, ..limits.clone() }, grants: grants.clone(), ..Default::default() };
@@ -194,6 +201,11 @@ impl ToolSet {
 /// Load the tools of `configs`, all with `grants` and default limits, in a fresh host.
 pub fn load_tools(configs: &[ToolConfig], grants: &Grants) -> Result<ToolSet, RewardError> {
     ToolSet::load(&*host(None)?, configs, grants, &Limits::default())
+}
+
+/// [`load_tools`], each tool with its own grants.
+pub fn load_tools_each(configs: &[(ToolConfig, Grants)]) -> Result<ToolSet, RewardError> {
+    ToolSet::load_each(&*host(None)?, configs, &Limits::default())
 }
 
 /// `Err` with a message for the model unless `arguments` is a JSON object.

@@ -177,6 +177,24 @@ impl Task {
         Ok(out)
     }
 
+    /// The task's tools as a [`medrl_reward::ToolSet`] loads them: plugin paths resolved, each
+    /// tool's search grant opened from the task's corpus / index / PubMed settings.
+    pub fn tool_configs(&self) -> Result<Vec<(medrl_reward::ToolConfig, medrl_plugin::Grants)>, TaskError> {
+        let mut out = Vec::new();
+        for t in &self.config.tools {
+            let mut grants = medrl_plugin::Grants::none();
+            if let Some(s) = &t.grants.search {
+                let mut s = s.clone();
+                s.resolve(&self.dir);
+                let index = s.open().map_err(|source| TaskError::Search { task: self.name().into(), reward: t.plugin.clone(), source })?;
+                grants = grants.with_search(index);
+            }
+            let cfg = medrl_reward::ToolConfig { plugin: self.plugin_path(&t.plugin), config: t.config.clone(), on_failure: t.on_failure, timeout_s: t.timeout_s };
+            out.push((cfg, grants));
+        }
+        Ok(out)
+    }
+
     pub fn metrics(&self) -> &MetricsSpec {
         &self.config.metrics
     }

@@ -85,8 +85,37 @@ pub struct TaskConfig {
     pub reference_as_ground_truth: bool,
     #[serde(default)]
     pub rewards: Vec<RewardEntry>,
+    /// Tool plugins the model may call during RL rollouts (multi-turn; docs/grpo.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolEntry>,
     #[serde(default)]
     pub metrics: MetricsSpec,
+}
+
+/// One tool plugin of the task.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolEntry {
+    /// A bundled plugin name (`pubmed-search-tool`) or a path to a `.wasm` component (relative
+    /// to the task folder).
+    pub plugin: String,
+    /// The tool's config object.
+    #[serde(default = "empty_object")]
+    #[schemars(with = "serde_json::Value")]
+    pub config: Value,
+    /// `message` (the error goes back to the model), `drop` or `fail`.
+    #[serde(default)]
+    pub on_failure: medrl_reward::ToolFailure,
+    /// Wall-clock limit of one call, in seconds.
+    #[serde(default = "ten")]
+    pub timeout_s: f64,
+    /// Capabilities the run grants this tool (as a reward's).
+    #[serde(default)]
+    pub grants: GrantsSpec,
+}
+
+fn ten() -> f64 {
+    10.0
 }
 
 /// Datasets per split; each is a registry name (in `<task>/dataset_info.json` or
@@ -281,6 +310,20 @@ impl Validate for TaskConfig {
         }
         if cfg.data.train.is_none() && cfg.data.validation.is_none() && cfg.data.test.is_none() {
             return Err(("data".into(), "needs at least one of train, validation, test".into()));
+        }
+        for (i, t) in cfg.tools.iter().enumerate() {
+            if !(t.timeout_s > 0.0 && t.timeout_s <= 86_400.0) {
+                return Err((format!("tools[{i}].timeout_s"), "must be in (0, 86400] seconds".into()));
+            }
+            if !t.config.is_object() {
+                return Err((format!("tools[{i}].config"), "must be a mapping".into()));
+            }
+            if let Some(s) = &t.grants.search {
+                s.check().map_err(|e| (format!("tools[{i}].grants.search"), e.to_string()))?;
+            }
+            if t.grants.judge.is_some() {
+                return Err((format!("tools[{i}].grants.judge"), "task tools cannot be granted a judge yet; give the tool in the run config".into()));
+            }
         }
         for (i, r) in cfg.rewards.iter().enumerate() {
             if !r.weight.is_finite() {

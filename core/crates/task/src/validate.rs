@@ -245,6 +245,29 @@ pub fn validate(task: &Task, host: &PluginHost) -> ValidationReport {
         components.push((spec.name.clone(), seen));
     }
 
+    // Tools: each loads as a `tool` component under its grants and describes itself.
+    match task.tool_configs() {
+        Err(e) => rep.push("tools", Fail, e.to_string()),
+        Result::Ok(tools) => {
+            for (t, grants) in tools {
+                let what = format!("tool {}", t.plugin.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default());
+                if !t.plugin.is_file() {
+                    rep.push(what, Fail, format!("{} not found (build the bundled plugins: scripts/setup-plugins.sh)", t.plugin.display()));
+                    continue;
+                }
+                let granted: Vec<&str> = if grants.search.is_some() { vec!["search"] } else { vec![] };
+                match host.load_tool(&t.plugin, &t.config, PluginOptions { grants, threads: 1, ..PluginOptions::default() }) {
+                    Err(e) => rep.push(what, Fail, format!("{}: {e}", t.plugin.display())),
+                    Result::Ok(p) => {
+                        let requested: Vec<&str> = p.manifest().capabilities.iter().map(cap_name).collect();
+                        let status = if requested.iter().all(|c| granted.contains(c)) { Ok } else { Fail };
+                        rep.push(what, status, format!("`{}`: {} (requests {requested:?}, granted {granted:?})", p.spec().name, p.spec().description));
+                    }
+                }
+            }
+        }
+    }
+
     // Metrics.
     let metrics = task.metrics();
     let prefix = if metrics.answer_prefix.is_empty() { String::new() } else { format!(" after the prefix {:?}", metrics.answer_prefix) };

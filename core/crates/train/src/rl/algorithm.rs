@@ -95,8 +95,7 @@ pub struct RlOutcome {
 /// Run algorithm `A` as `cfg` says. `grants` are the capabilities (judge, search) the reward
 /// and tool plugins may use.
 pub fn drive<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Grants, opts: &RunOptions) -> Result<RlOutcome, RunError> {
-    let tools: Option<Box<dyn super::agent::ToolRunner + Send>> = if cfg.tools.is_empty() { None } else { Some(Box::new(medrl_reward::load_tools(&cfg.tools, &grants)?)) };
-    drive_with_tools::<A>(cfg, grants, opts, tools)
+    drive_with_tools::<A>(cfg, grants, opts, None)
 }
 
 /// [`drive`] with multi-turn rollouts calling `tools` (see [`super::agent`]) instead of the

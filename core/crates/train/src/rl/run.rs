@@ -147,8 +147,9 @@ impl RlRun {
         Self::setup_with_tools(cfg, kind, grants, opts, None)
     }
 
-    /// [`RlRun::setup`] with multi-turn rollouts when `tools` are given: prompts describe the
-    /// tools, and the model's tool calls are answered (see [`super::agent`]).
+    /// [`RlRun::setup`] with multi-turn rollouts calling `tools` (default: the config's or the
+    /// task's tools, if any): prompts describe the tools, and the model's tool calls are
+    /// answered (see [`super::agent`]).
     pub fn setup_with_tools<A: AlgorithmConfig>(cfg: &RlConfig<A>, kind: &'static str, grants: medrl_plugin::Grants, opts: &RunOptions, tools: Option<Box<dyn ToolRunner + Send>>) -> Result<RlRun, RunError> {
         let t = &cfg.training;
         let mut session = TrainSession::open(
@@ -169,7 +170,8 @@ impl RlRun {
         let tok = loaded.tokenizer;
         let eos = loaded.generation.eos_token_ids.clone();
         let pad = loaded.generation.pad_token_id.or(eos.first().copied()).unwrap_or(0);
-        let src = load_sources(cfg, &grants)?;
+        let mut src = load_sources(cfg, &grants)?;
+        let tools = tools.or_else(|| src.tools.take().map(|t| Box::new(t) as Box<dyn ToolRunner + Send>));
         let agent = match tools {
             Some(t) => {
                 let r = TurnRenderer::new(&tok, cfg.multi_turn.format)?;

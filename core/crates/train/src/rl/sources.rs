@@ -16,6 +16,8 @@ pub(crate) struct Sources {
     pub system: Option<String>,
     pub rewards: Rewards,
     pub accuracy: Option<AccuracySpec>,
+    /// The config's tools (under the run's grants), else the task's (each with its grants).
+    pub tools: Option<medrl_reward::ToolSet>,
 }
 
 /// Training and validation examples, system prompt, rewards and accuracy: from the config's
@@ -66,7 +68,15 @@ pub(crate) fn load_sources<A: AlgorithmConfig>(cfg: &RlConfig<A>, grants: &medrl
         (None, Some(task)) => task.metrics().accuracy_for(&names),
         (None, None) => None,
     };
-    Ok(Sources { train: train.into_iter().map(|(_, e)| e).collect(), eval, system, rewards, accuracy })
+    let tools = if !cfg.tools.is_empty() {
+        Some(medrl_reward::load_tools(&cfg.tools, grants)?)
+    } else {
+        match &task {
+            Some(t) if !t.config.tools.is_empty() => Some(medrl_reward::load_tools_each(&t.tool_configs()?)?),
+            _ => None,
+        }
+    };
+    Ok(Sources { train: train.into_iter().map(|(_, e)| e).collect(), eval, system, rewards, accuracy, tools })
 }
 
 /// The task's reward plugins under the `drop` policy (a failed sample leaves the loss; list
