@@ -1090,32 +1090,67 @@ fn cli_score_with_policy_and_config() {
     assert_eq!(r, vec![1.1, 0.0]);
 }
 
-#[test]
-fn python_plugin_scores_like_the_rust_one() {
+/// Whether componentize-py is installed; prints SKIPPED for `test` when it is not (CI installs
+/// it: scripts/setup-plugins.sh).
+fn has_componentize_py(test: &str) -> bool {
     let has = Command::new("componentize-py")
         .arg("--version")
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !has {
-        println!("SKIPPED python_plugin_scores_like_the_rust_one: componentize-py is not installed (pip install componentize-py==0.25.1, or scripts/setup-plugins.sh)");
-        return;
+        println!("SKIPPED {test}: componentize-py is not installed (pip install componentize-py==0.25.1, or scripts/setup-plugins.sh)");
     }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sample_size_py.wasm");
+    has
+}
+
+/// Builds a Python plugin folder for `world` with scripts/build-python-plugin.sh.
+fn build_python(dir: &Path, world: &str, out_name: &str) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(out_name);
     ok(Command::new("bash")
         .arg(repo().join("scripts/build-python-plugin.sh"))
-        .arg(&out));
-    // Python components take ~1 s to instantiate; the deadline covers that once.
-    let p = host()
-        .load_reward(
-            &out,
-            PluginOptions {
-                limits: limits(30_000),
-                ..PluginOptions::default()
-            },
-        )
-        .unwrap();
+        .arg(&out)
+        .arg(dir)
+        .arg(world));
+    out
+}
+
+/// Python components take ~1 s to instantiate; the deadline covers that once.
+fn python_opts() -> PluginOptions {
+    PluginOptions {
+        limits: limits(30_000),
+        ..PluginOptions::default()
+    }
+}
+
+/// An outcome as (score, components), to compare two plugins' results exactly.
+fn scored(o: &Outcome) -> (f64, Vec<(String, f64)>) {
+    match o {
+        Outcome::Scored { score, components } => (
+            *score,
+            components.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        ),
+        other => panic!("not scored: {other:?}"),
+    }
+}
+
+/// The Python sample-size reward (API 0.3.0, through plugins/python/medrl_sdk.py) gives the
+/// Rust plugin's scores and components, also for batches with non-ASCII text (the batch's
+/// offsets are UTF-8 byte offsets, which the helper maps onto Python strings).
+#[test]
+fn python_plugin_scores_like_the_rust_one() {
+    if !has_componentize_py("python_plugin_scores_like_the_rust_one") {
+        return;
+    }
+    let out = build_python(&repo().join("plugins/python/sample-size-py"), "reward", "sample_size_py.wasm");
+    // Drop: a sample that fails (a ground truth that is not an object) is compared too.
+    let drop = |o: PluginOptions| PluginOptions {
+        policy: FailurePolicy::Drop,
+        ..o
+    };
+    let p = host().load_reward(&out, drop(python_opts())).unwrap();
     assert_eq!(p.manifest().name, "sample-size-py");
+    assert_eq!(p.manifest().api_version, "0.3.0");
     let samples = vec![
         s(
             "q",
@@ -1143,23 +1178,167 @@ fn python_plugin_scores_like_the_rust_one() {
             "ss",
         ),
     ];
-    let py: Vec<Option<f64>> = p
-        .score(&json!({}), &samples)
-        .unwrap()
-        .iter()
-        .map(Outcome::reward)
-        .collect();
+    let mut unicode = samples.clone();
+    unicode.push(s(
+        "Größe der Studie? ≈",
+        "<think>n ≈ 1 000 (μ, σ)</think><answer>1 050 Patienten</answer>",
+        json!({"target": 1000, "note": "é"}),
+        "ss-ü",
+    ));
+    unicode.push(s("", "", Value::Null, ""));
+    let run = |p: &RewardPlugin, batch: &[Sample]| -> Vec<Outcome> {
+        p.score(&json!({}), batch).unwrap()
+    };
     let rs = host()
-        .load_reward(&wasm("sample-size"), PluginOptions::default())
+        .load_reward(&wasm("sample-size"), drop(PluginOptions::default()))
         .unwrap();
-    let rust: Vec<Option<f64>> = rs
-        .score(&json!({}), &samples)
-        .unwrap()
-        .iter()
-        .map(Outcome::reward)
-        .collect();
-    assert_eq!(py, rust);
-    assert_eq!(py[..4], [Some(1.1), Some(0.0), Some(-2.0), Some(1.1)]);
+    let py = run(&p, &samples);
+    let rewards: Vec<Option<f64>> = py.iter().map(Outcome::reward).collect();
+    assert_eq!(rewards[..4], [Some(1.1), Some(0.0), Some(-2.0), Some(1.1)]);
+    for batch in [&samples, &unicode] {
+        let (py, rust) = (run(&p, batch), run(&rs, batch));
+        assert_eq!(py.len(), batch.len());
+        let py_rewards: Vec<Option<f64>> = py.iter().map(Outcome::reward).collect();
+        let rust_rewards: Vec<Option<f64>> = rust.iter().map(Outcome::reward).collect();
+        assert_eq!(py_rewards, rust_rewards);
+        for (i, (a, b)) in py.iter().zip(&rust).enumerate() {
+            match b {
+                Outcome::Scored { .. } => assert_eq!(scored(a), scored(b), "sample {i}"),
+                _ => assert!(matches!(a, Outcome::Dropped { .. }), "sample {i}: {a:?} vs {b:?}"),
+            }
+        }
+    }
+    let py = run(&p, &unicode);
+    assert_eq!(scored(&py[5]).0, 1.1);
+    assert!(matches!(py[6], Outcome::Dropped { .. }), "{:?}", py[6]);
+    // Settings from the config, read once per call.
+    let cfg = json!({"tolerance": 0.5, "correct_score": 3.0});
+    let r: Vec<Option<f64>> = p.score(&cfg, &samples[..2]).unwrap().iter().map(Outcome::reward).collect();
+    assert_eq!(r, vec![Some(3.0), Some(3.0)]);
+}
+
+/// The Python tool example (plugins/python/dose-calc-py, `tool` world of API 0.3.0) through the
+/// host: its spec, a correct call, the config, and bad arguments answered with an `err` the
+/// model reads (the instance is kept).
+#[test]
+fn python_tool_plugin_answers_through_the_host() {
+    if !has_componentize_py("python_tool_plugin_answers_through_the_host") {
+        return;
+    }
+    let out = build_python(&repo().join("plugins/python/dose-calc-py"), "tool", "dose_calc_py.wasm");
+    let t = host().load_tool(&out, &json!({}), python_opts()).unwrap();
+    assert_eq!(t.manifest().name, "dose-calc-py");
+    assert_eq!(t.manifest().api_version, "0.3.0");
+    assert!(t.manifest().capabilities.is_empty());
+    let spec = t.spec();
+    assert_eq!(spec.name, "dose_calc");
+    assert!(spec.description.contains("weight-based"), "{}", spec.description);
+    assert_eq!(spec.parameters["required"], json!(["weight_kg", "dose_mg_per_kg"]));
+    assert_eq!(spec.parameters["properties"]["doses_per_day"]["maximum"], 24);
+
+    let reply = t
+        .call(r#"{"weight_kg": 30, "dose_mg_per_kg": 15, "doses_per_day": 3}"#)
+        .unwrap();
+    assert_eq!(reply, "dose: 450 mg per dose (15 mg/kg x 30 kg = 450 mg)\ndaily: 1350 mg in 3 doses");
+    let reply = t
+        .call(r#"{"weight_kg": 80, "dose_mg_per_kg": 15, "max_dose_mg": 1000}"#)
+        .unwrap();
+    assert_eq!(
+        reply,
+        "dose: 1000 mg per dose (15 mg/kg x 80 kg = 1200 mg, capped at 1000 mg)\ndaily: 1000 mg in 1 dose"
+    );
+    let bad = [
+        (r#"{"weight_kg": "70 kg", "dose_mg_per_kg": 1}"#, r#"weight_kg must be a number, got "70 kg""#),
+        (r#"{"weight_kg": 700, "dose_mg_per_kg": 1}"#, "weight_kg must be from 0.3 to 400, got 700"),
+        (r#"{"weight_kg": 70}"#, "dose_mg_per_kg is required"),
+    ];
+    for (args, want) in bad {
+        match t.call(args) {
+            Err(PluginError::GuestError { message, .. }) => assert_eq!(message, want, "{args}"),
+            r => panic!("{args}: {r:?}"),
+        }
+    }
+    let m = t.metrics();
+    assert_eq!((m.samples, m.scored, m.stores_discarded), (5, 2, 0));
+    assert_eq!(m.failures.get("guest_error"), Some(&3));
+
+    // The run's config reaches every call.
+    let t = host()
+        .load_tool(&out, &json!({"round_to_mg": 10}), python_opts())
+        .unwrap();
+    let reply = t.call(r#"{"weight_kg": 23, "dose_mg_per_kg": 15, "doses_per_day": 4}"#).unwrap();
+    assert_eq!(reply, "dose: 350 mg per dose (15 mg/kg x 23 kg = 345 mg)\ndaily: 1400 mg in 4 doses");
+}
+
+/// medrl_sdk's contract for tools: a `ToolError` is the `err` reply, any other exception is a
+/// bug that traps (a plugin failure for the run's `on_failure`; the instance is discarded) and
+/// the tool answers the next call.
+#[test]
+fn python_tool_exceptions_other_than_tool_error_trap() {
+    if !has_componentize_py("python_tool_exceptions_other_than_tool_error_trap") {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("buggy-tool-py");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("app.py"),
+        r#"import wit_world
+import medrl_sdk
+
+
+def call(cfg, args):
+    if args.get("mode") == "bug":
+        return str(1 / 0)
+    if args.get("mode") == "error":
+        raise medrl_sdk.ToolError("asked for an error")
+    return "ok"
+
+
+class WitWorld(wit_world.WitWorld):
+    def manifest(self):
+        return medrl_sdk.manifest("buggy-tool-py", "0.1.0", "test tool")
+
+    def tool_spec(self):
+        return medrl_sdk.tool_spec("buggy", "test tool", {"type": "object"})
+
+    def call(self, config, arguments):
+        return medrl_sdk.tool_call(config, arguments, call)
+"#,
+    )
+    .unwrap();
+    let out = build_python(&dir, "tool", "buggy_tool_py.wasm");
+    let t = host().load_tool(&out, &json!({}), python_opts()).unwrap();
+    assert_eq!(t.call("{}").unwrap(), "ok");
+    match t.call(r#"{"mode": "error"}"#) {
+        Err(PluginError::GuestError { message, .. }) => assert_eq!(message, "asked for an error"),
+        r => panic!("{r:?}"),
+    }
+    let e = t.call(r#"{"mode": "bug"}"#).unwrap_err();
+    assert!(matches!(e, PluginError::Trap { .. }), "{e}");
+    assert_eq!(t.call("{}").unwrap(), "ok");
+    let m = t.metrics();
+    assert_eq!((m.samples, m.scored, m.stores_discarded), (4, 2, 1));
+}
+
+/// The helpers and both examples in plain CPython (plugins/python/test_medrl_sdk.py).
+#[test]
+fn python_sdk_unit_tests_pass_in_cpython() {
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    if Command::new(&py).arg("--version").output().is_err() {
+        println!("SKIPPED python_sdk_unit_tests_pass_in_cpython: no {py}");
+        return;
+    }
+    let out = Command::new(&py)
+        .args(["-B", "-m", "unittest", "discover", "-s"])
+        .arg(repo().join("plugins/python"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
