@@ -168,6 +168,25 @@ fn multi_turn_rollouts_answer_tool_calls_in_the_template_and_mask_the_replies() 
     let t = run(&mock("answer"), &small, &[prompt.clone()], &[0]).remove(0);
     assert!(t.ids.len() - t.prompt_len <= 40, "{}", t.ids.len() - t.prompt_len);
 
+    // Evaluation (and RL validation) answers through the same loop: `LocalAgent` describes the
+    // tools in the prompt and returns the whole trajectory as the response.
+    let tools = mock("answer");
+    let responder = medrl::eval::run::LocalAgent { model: &loaded.model, tokenizer: tok, tools: &tools, renderer: &renderer, settings: &settings, engine };
+    let ex = medrl::data::Example {
+        messages: vec![medrl::tokenizer::ChatMessage::user(QUESTION), medrl::tokenizer::ChatMessage::assistant("Statins lower LDL.")],
+        ground_truth: serde_json::Value::Null,
+        metadata: serde_json::Value::Null,
+        data_source: String::new(),
+    };
+    let rewards: Vec<medrl::reward::RewardConfig> = serde_yaml::from_str(&dialogue_reward()).unwrap();
+    let rewards = medrl::reward::load_rewards(&rewards, &Default::default()).unwrap();
+    let opts = medrl::eval::run::EvalOptions { sampling: greedy.clone(), n: 1, batch_size: 4, eos_token_ids: eos.clone(), pad_token_id: 0, stop_strings: vec![], progress: false };
+    let examples = vec![(medrl::data::Origin { file: "x.jsonl".into(), row: 1 }, ex)];
+    let (_, preds) = medrl::eval::run::evaluate_with(&responder, &examples, &rewards, &Default::default(), &opts).unwrap();
+    assert!(preds[0].prompt.contains("<tools>") && preds[0].response.starts_with("<tool_call>"), "{:?}", preds[0]);
+    assert!(preds[0].response.contains("tool\nPMID 1: statins trial"), "{}", preds[0].response);
+    assert!(!tools.calls.lock().unwrap().is_empty());
+
     // Sampling: a trajectory depends on its own stream only, not on the rest of the batch.
     let hot = SamplingParams { temperature: 1.0, max_new_tokens: 64, seed: 5, ..Default::default() };
     let other = tok.encode_chat(&[medrl::tokenizer::ChatMessage::user("Hello")], true).unwrap();

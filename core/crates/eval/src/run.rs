@@ -30,7 +30,8 @@ use serde_json::Value;
 use super::answer::{self, AnswerParser, ReadAnswer};
 use super::metrics::{self as m, RougeTokenizer};
 use medrl_data::{Example, Origin};
-use medrl_lm::generate::{generate_streams, SamplingParams, StopConditions};
+use medrl_lm::agent::{prompt_with_tools, AgentLoop, MultiTurn, ToolRunner, TurnRenderer};
+use medrl_lm::generate::{generate_streams, EngineConfig, SamplingParams, StopConditions};
 use medrl_lm::model::CausalLm;
 use medrl_lm::tokenizer::{ChatMessage, TextTokenizer};
 use medrl_reward::{is_correct, RewardError};
@@ -43,6 +44,9 @@ pub use medrl_reward::{host, AccuracySpec, RewardResult, RewardSet, RewardSet as
 pub enum EvalError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// Multi-turn generation with tools failed.
+    #[error(transparent)]
+    Agent(#[from] medrl_lm::agent::AgentError),
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
     #[error("generation: {0}")]
@@ -276,6 +280,40 @@ impl Responder for LocalModel<'_> {
                     finish_reason: serde_json::to_value(g.finish_reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
                     tokens: g.tokens.len(),
                 })
+            })
+            .collect()
+    }
+}
+
+/// A model in this process that may call tools: prompts describe the tools, and each response
+/// is a whole multi-turn trajectory ([`AgentLoop`]: turns, tool calls answered in the sandbox,
+/// replies), its text everything after the prompt, as the RL rollouts' rewards see it.
+pub struct LocalAgent<'a> {
+    pub model: &'a CausalLm,
+    pub tokenizer: &'a TextTokenizer,
+    pub tools: &'a dyn ToolRunner,
+    pub renderer: &'a TurnRenderer,
+    pub settings: &'a MultiTurn,
+    pub engine: EngineConfig,
+}
+
+impl Responder for LocalAgent<'_> {
+    fn prompt_text(&self, messages: &[ChatMessage]) -> Result<String, EvalError> {
+        Ok(prompt_with_tools(self.tokenizer, messages, &self.tools.specs(), self.renderer.format())?)
+    }
+
+    fn respond(&self, units: &[Unit<'_>], opts: &EvalOptions) -> Result<Vec<Response>, EvalError> {
+        let tok = self.tokenizer;
+        let prompts: Vec<Vec<u32>> = units.iter().map(|u| tok.encode(u.prompt, false)).collect::<Result<_, _>>()?;
+        let streams: Vec<u64> = units.iter().map(Unit::stream).collect();
+        let stop = StopConditions { eos_token_ids: opts.eos_token_ids.clone(), stop_strings: opts.stop_strings.clone(), tokenizer: Some(tok) };
+        let agent = AgentLoop { policy: self.model, tok, stop: &stop, engine: &self.engine, params: opts.sampling.clone(), settings: self.settings, renderer: self.renderer, tools: self.tools };
+        agent
+            .run(&prompts, &streams)?
+            .into_iter()
+            .map(|t| {
+                let reason = if t.dropped.is_some() { "tool_failed".to_string() } else { format!("turns:{}", t.turns) };
+                Ok(Response { text: tok.decode(&t.ids[t.prompt_len..], true)?, finish_reason: reason, tokens: t.generated })
             })
             .collect()
     }

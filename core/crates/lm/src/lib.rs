@@ -12,6 +12,7 @@
 //! Layer 2: imports medrl-base and medrl-nn only. Module order inside: tokenizer < model <
 //! engine < generate; gguf uses tokenizer and model.
 
+pub mod agent;
 pub mod engine;
 pub mod generate;
 pub mod gguf;

@@ -324,3 +324,19 @@ mod tests {
         assert!(set.stats().is_empty());
     }
 }
+
+/// The agent loop's view of the tools: the sandbox's failures arrive already judged by each
+/// tool's `on_failure`.
+impl medrl_lm::agent::ToolRunner for ToolSet {
+    fn specs(&self) -> Vec<(String, String, Value)> {
+        ToolSet::specs(self).into_iter().map(|s| (s.name, s.description, s.parameters)).collect()
+    }
+    fn call(&self, name: &str, arguments: &str) -> medrl_lm::agent::ToolReply {
+        use medrl_lm::agent::ToolReply;
+        match ToolSet::call(self, name, arguments) {
+            ToolOutcome::Output(s) => ToolReply::Output(s),
+            ToolOutcome::Error { message, drop } => ToolReply::Error { message, drop },
+            ToolOutcome::Fail(e) => ToolReply::Fail(e.to_string()),
+        }
+    }
+}

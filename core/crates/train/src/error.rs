@@ -47,9 +47,10 @@ pub enum RunError {
     /// Every training prompt was left out (none given, or all longer than `data.max_prompt_len`).
     #[error("no training prompts")]
     NoPrompts,
-    /// A tool plugin failed under its `fail` policy during a multi-turn rollout.
-    #[error("tool call failed (the tool's on_failure is `fail`): {0}")]
-    Tool(String),
+    /// A multi-turn rollout failed: a template that cannot carry tool replies, or a tool under
+    /// its `fail` policy.
+    #[error(transparent)]
+    Agent(#[from] medrl_lm::agent::AgentError),
     #[error("critic {dir}: vocabulary size {critic} differs from the policy's {policy}; the critic must share the policy's tokenizer")]
     CriticVocab { dir: PathBuf, critic: usize, policy: usize },
     #[error("{path}: {source}")]

@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::agent::{AgentLoop, MultiTurn, ToolRunner, TurnRenderer};
 use super::config::{AlgorithmConfig, DynamicSampling, EvalSampling, RlConfig, RlTraining};
 use super::sources::load_sources;
-use super::validation::{prompt_example, prompts_from_examples, validate_with, RlPrompt, ToolPrompt, Validation};
+use super::validation::{prompt_example, prompts_from_examples, validate_by, validate_with, RlPrompt, ToolPrompt, Validation};
 use crate::error::RunError;
 use crate::session::{RunOptions, SessionSpec, TrainSession};
 use crate::trainable::{Mode, Trainable};
@@ -269,7 +269,15 @@ impl RlRun {
             return Ok(None);
         }
         let m = self.trainable.view(true, None)?;
-        Ok(Some(validate_with(&m, &self.tok, &self.eval, &self.rewards, &self.eval_sampling, self.rollout.max_new_tokens, &self.stop, &self.eos, self.pad, self.accuracy.clone())?))
+        let v = match &self.agent {
+            // With tools, validation answers as the rollouts do: whole multi-turn trajectories.
+            Some((tools, renderer)) => {
+                let responder = medrl_eval::run::LocalAgent { model: &m, tokenizer: &self.tok, tools: tools.as_ref(), renderer, settings: &self.multi_turn, engine: self.engine };
+                validate_by(&responder, &self.eval, &self.rewards, &self.eval_sampling, self.rollout.max_new_tokens, &self.stop, &self.eos, self.pad, self.accuracy.clone())?
+            }
+            None => validate_with(&m, &self.tok, &self.eval, &self.rewards, &self.eval_sampling, self.rollout.max_new_tokens, &self.stop, &self.eos, self.pad, self.accuracy.clone())?,
+        };
+        Ok(Some(v))
     }
 
     /// The prompts of the next step, or `None` when the run is done (or told to stop).

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::config::EvalSampling;
 use crate::error::RunError;
 use medrl_data::{Example, Origin};
-use medrl_eval::run::{evaluate, EvalOptions, MetricSettings};
+use medrl_eval::run::{EvalOptions, MetricSettings};
 use medrl_reward::{AccuracySpec, RewardSet as Rewards};
 use medrl_lm::model::CausalLm;
 use medrl_lm::tokenizer::TextTokenizer;
@@ -71,22 +71,10 @@ pub struct ToolPrompt<'a> {
 /// renders `tools` itself gets them (as `apply_chat_template(tools=...)`); for one that does
 /// not, the format's tool instructions are appended to the system message (or form one).
 pub fn render_prompt(tok: &TextTokenizer, messages: &[medrl_lm::tokenizer::ChatMessage], tools: Option<&ToolPrompt>) -> Result<Vec<u32>, RunError> {
-    use medrl_lm::tokenizer::tools::{template_renders_tools, template_tools, tools_system_block};
     let model_err = |e: medrl_lm::tokenizer::TokenizerError| RunError::Model(e.into());
     let text = match tools {
         None => tok.apply_chat_template(messages, true).map_err(model_err)?,
-        Some(t) if tok.chat_template.as_ref().is_some_and(|c| template_renders_tools(c.source())) => {
-            tok.apply_chat_template_with_tools(messages, Some(&template_tools(t.specs)), true).map_err(model_err)?
-        }
-        Some(t) => {
-            let block = tools_system_block(t.specs, t.format);
-            let mut msgs = messages.to_vec();
-            match msgs.first_mut() {
-                Some(m) if m.role == "system" => m.content = format!("{}\n\n{block}", m.content),
-                _ => msgs.insert(0, medrl_lm::tokenizer::ChatMessage::system(block)),
-            }
-            tok.apply_chat_template(&msgs, true).map_err(model_err)?
-        }
+        Some(t) => medrl_lm::agent::prompt_with_tools(tok, messages, t.specs, t.format).map_err(model_err)?,
     };
     tok.encode(&text, false).map_err(model_err)
 }
@@ -154,6 +142,23 @@ pub fn validate_with(
     pad: u32,
     accuracy: Option<AccuracySpec>,
 ) -> Result<Validation, RunError> {
+    let responder = medrl_eval::run::LocalModel { model, tokenizer: tok };
+    validate_by(&responder, examples, rewards, sampling, max_new_tokens, stop, eos, pad, accuracy)
+}
+
+/// [`validate_with`] answering through any responder (a multi-turn agent with tools).
+#[allow(clippy::too_many_arguments)]
+pub fn validate_by(
+    responder: &dyn medrl_eval::run::Responder,
+    examples: &[(Origin, Example)],
+    rewards: &Rewards,
+    sampling: &EvalSampling,
+    max_new_tokens: usize,
+    stop: &[String],
+    eos: &[u32],
+    pad: u32,
+    accuracy: Option<AccuracySpec>,
+) -> Result<Validation, RunError> {
     let settings = MetricSettings { accuracy, ..Default::default() };
     let opts = EvalOptions {
         sampling: sampling.params(max_new_tokens),
@@ -164,7 +169,7 @@ pub fn validate_with(
         stop_strings: stop.to_vec(),
         progress: false,
     };
-    let (m, preds) = evaluate(model, tok, examples, rewards, &settings, &opts)?;
+    let (m, preds) = medrl_eval::run::evaluate_with(responder, examples, rewards, &settings, &opts)?;
     let scored = preds.iter().filter(|p| p.reward.total.is_some()).count();
     Ok(Validation { mean_reward: m.reward_all_samples.as_ref().map(|s| s.mean).unwrap_or(0.0), accuracy: m.accuracy, scored, dropped: preds.len() - scored })
 }
