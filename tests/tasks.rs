@@ -416,3 +416,26 @@ fn convert_fails_promptly_on_scrambled_parquet_pages() {
     assert!(s.contains(&format!("{} row group 1 of 1", p.display())), "{s}");
     assert!(!out.exists(), "nothing is written from a damaged file");
 }
+
+/// The agentic study-search data is the single-turn task's (make_data.py): the same reviews,
+/// ground truth and reference queries, with the instruction that offers the tool and a prompt
+/// that no longer ends inside the answer tag.
+#[test]
+fn agentic_study_search_data_is_derived_from_the_single_turn_task() {
+    const OLD: &str = "Write a PubMed search query that retrieves the randomized trials eligible for this review. Return only the query between <answer> and </answer>, with no reasoning.";
+    const NEW: &str = "Find the randomized trials eligible for this review. You may call the pubmed_search tool to try a query and read its top hits, and refine the query until the hits look right. Then give your final PubMed query between <answer> and </answer>.";
+    let single = Task::load(repo().join("tasks/trialpanorama-study-search")).unwrap();
+    let agentic = Task::load(repo().join("tasks/trialpanorama-study-search-agentic")).unwrap();
+    for split in [Split::Train, Split::Validation, Split::Test] {
+        let (a, b) = (single.examples(split).unwrap(), agentic.examples(split).unwrap());
+        assert_eq!(a.len(), b.len(), "{split}");
+        for ((_, x), (_, y)) in a.iter().zip(&b) {
+            assert_eq!(x.ground_truth, y.ground_truth);
+            let user = |e: &medrl::data::Example| e.messages.iter().find(|m| m.role == "user").unwrap().content.clone();
+            let want = user(x).replace(OLD, NEW);
+            assert_eq!(user(y), want.strip_suffix("\n\n<answer>").unwrap(), "{split}");
+            let reference = |e: &medrl::data::Example| e.messages.iter().rev().find(|m| m.role == "assistant").unwrap().content.clone();
+            assert_eq!(reference(y), format!("<answer>{}", reference(x)));
+        }
+    }
+}

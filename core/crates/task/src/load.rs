@@ -132,7 +132,7 @@ mod tests {
     fn task_yaml_error_wording() {
         let e = parse("name: t\ndata: {train: x}\nrewardz: []\n").unwrap_err();
         assert!(matches!(&e, TaskError::Invalid { key, .. } if key == "rewardz"), "{e:?}");
-        assert!(e.to_string().ends_with("t/task.yaml: key `rewardz`: unknown field `rewardz`, expected one of `name`, `description`, `data`, `system_prompt`, `prompt_template`, `reference_as_ground_truth`, `rewards`, `metrics`"), "{e}");
+        assert!(e.to_string().ends_with("t/task.yaml: key `rewardz`: unknown field `rewardz`, expected one of `name`, `description`, `data`, `system_prompt`, `prompt_template`, `reference_as_ground_truth`, `rewards`, `tools`, `metrics`"), "{e}");
         let e = parse("name: t\ndata: {train: x}\nprompt_template: \"{q\"\n").unwrap_err().to_string();
         assert!(e.ends_with("t/task.yaml: key `prompt_template`: unclosed `{` (write `{{` for a literal brace)"), "{e}");
         let e = parse("name: [t\n").unwrap_err();
