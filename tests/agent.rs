@@ -108,7 +108,6 @@ fn segments(ids: &[u32], trained: &[bool], from: usize) -> Vec<(bool, Vec<u32>)>
 
 #[test]
 fn multi_turn_rollouts_answer_tool_calls_in_the_template_and_mask_the_replies() {
-    let d = tempfile::tempdir().unwrap();
     let (model_dir, _) = tool_caller();
     let loaded = load_model_dir(&model_dir, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
     let tok = &loaded.tokenizer;

@@ -76,6 +76,34 @@ fn ppo_trains_with_a_plugin_reward_and_resumes_identically() {
     assert!(e.contains("different run config"), "{e}");
 }
 
+/// Issue 21: PPO with `async: true`. Step 1 is on-policy (the synchronous run's, values
+/// included: the critic's pass runs after the previous update, as synchronously); an
+/// interrupted and resumed asynchronous run retraces the uninterrupted one, critic included.
+#[test]
+fn async_ppo_resumes_identically() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path(), 5);
+    let (s, a, b) = (d.path().join("s"), d.path().join("a"), d.path().join("b"));
+    ppo::run(&ppo_config(&base, &s, &dialogue_reward(), &[]), Default::default(), &RunOptions::default()).unwrap();
+    let on = ["async=true"];
+    ppo::run(&ppo_config(&base, &a, &dialogue_reward(), &on), Default::default(), &RunOptions::default()).unwrap();
+    let cfg_b = ppo_config(&base, &b, &dialogue_reward(), &on);
+    ppo::run(&cfg_b, Default::default(), &RunOptions { resume: false, stop_after: Some(3) }).unwrap();
+    ppo::run(&cfg_b, Default::default(), &RunOptions { resume: true, stop_after: None }).unwrap();
+    let (ms, ma, mb) = (metrics(&s), metrics(&a), metrics(&b));
+    let first = |m: &[serde_json::Value]| m.iter().find(|r| r.get("reward").is_some()).cloned().unwrap();
+    for k in ["reward", "values_mean", "loss", "grad_norm", "critic_grad_norm"] {
+        assert_eq!(first(&ms)[k], first(&ma)[k], "step 1 {k}");
+    }
+    assert_eq!(ma.len(), mb.len());
+    assert!(ma.iter().filter(|r| r.get("reward").is_some()).skip(1).all(|r| r["time_rollout_wait_s"].as_f64().is_some()));
+    for (x, y) in ma.iter().zip(&mb) {
+        for k in ["step", "reward", "loss", "value_loss", "kl", "grad_norm", "critic_grad_norm", "values_mean", "approx_kl", "response_len", "val_reward"] {
+            assert_eq!(x.get(k), y.get(k), "{k}: {x} vs {y}");
+        }
+    }
+}
+
 #[test]
 fn hostile_plugins_do_not_stop_ppo_under_drop_and_score_policies() {
     let d = tempfile::tempdir().unwrap();

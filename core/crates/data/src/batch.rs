@@ -37,6 +37,7 @@ impl Default for BatchingConfig {
 pub type MicroBatch = Vec<Vec<usize>>;
 
 /// Plans epochs over a fixed set of tokenized examples.
+#[derive(Debug, Clone)]
 pub struct Batcher {
     lengths: Vec<usize>,
     cfg: BatchingConfig,

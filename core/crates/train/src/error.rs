@@ -55,6 +55,9 @@ pub enum RunError {
     CriticVocab { dir: PathBuf, critic: usize, policy: usize },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// An asynchronous run's checkpoint lacks the behavior-policy weights of its next step.
+    #[error("{dir}: the checkpoint at step {step} has no behavior-policy weights (behavior/*), which an `async: true` run needs to redraw the next step's rollouts; resume with the config that wrote it, or start a fresh run")]
+    NoBehavior { dir: PathBuf, step: u64 },
 }
 
 impl From<candle_core::Error> for RunError {

@@ -215,6 +215,12 @@ impl TrainSession {
         self.state.step >= total_steps || self.stop_after.is_some_and(|n| self.steps_this_run >= n)
     }
 
+    /// Whether the loop stops after the step now running (an asynchronous run draws no
+    /// rollouts for a step that will not run).
+    pub fn done_after_this_step(&self, total_steps: u64) -> bool {
+        self.state.step + 1 >= total_steps || self.stop_after.is_some_and(|n| self.steps_this_run + 1 >= n)
+    }
+
     /// Count a finished step (applied or skipped).
     pub fn end_step(&mut self, tokens: usize, opt: &AdamW) {
         self.state.step += 1;

@@ -190,50 +190,83 @@ impl Trainable {
     /// `dropout_rows`: for LoRA with dropout, the number of rows of the coming forward
     /// (batch * seq) and an RNG to draw the masks from.
     pub fn view(&self, detach: bool, dropout: Option<(usize, &mut rand_chacha::ChaCha8Rng)>) -> Result<CausalLm, TrainError> {
-        let cast = |v: &Var| -> candle_core::Result<Tensor> {
-            let t = if detach { v.as_tensor().detach() } else { v.as_tensor().clone() };
-            t.to_dtype(self.compute_dtype)
-        };
+        let tensors = self.params.iter().map(|(n, v)| Ok((n.clone(), self.view_tensor(n, v, detach)?))).collect::<Result<HashMap<_, _>, TrainError>>()?;
+        self.assemble(tensors, detach, dropout)
+    }
+
+    /// A deep copy of the tensors a detached [`Trainable::view`] holds (compute dtype; LoRA
+    /// adapters in f32), so that later optimizer steps do not change it: the behavior policy
+    /// of an asynchronous rollout. Costs one copy of the trainable weights in the compute dtype
+    /// (full fine-tuning: the whole model; LoRA: the adapters).
+    pub fn snapshot(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        let mut out = HashMap::new();
+        for (n, v) in &self.params {
+            let t = self.view_tensor(n, v, true)?;
+            // `to_dtype` to the same dtype shares the master's storage, which the optimizer
+            // overwrites in place.
+            let t = if t.dtype() == v.dtype() { t.copy()? } else { t };
+            out.insert(n.clone(), t);
+        }
+        Ok(out)
+    }
+
+    /// A detached model on the weights of a [`Trainable::snapshot`] (the frozen LoRA base is
+    /// shared). Every trainable tensor must be present with its shape; the dtype is the view's.
+    pub fn view_of(&self, snapshot: &HashMap<String, Tensor>) -> Result<CausalLm, TrainError> {
+        let mut tensors = HashMap::new();
+        for (name, var) in &self.params {
+            let t = snapshot.get(name).ok_or_else(|| TrainError::Param { name: name.clone(), msg: "missing from the behavior-policy snapshot".into() })?;
+            if t.dims() != var.dims() {
+                return Err(TrainError::Param { name: name.clone(), msg: format!("snapshot shape {:?} != {:?}", t.dims(), var.dims()) });
+            }
+            let want = self.view_tensor(name, var, true)?.dtype();
+            tensors.insert(name.clone(), t.to_dtype(want)?.to_device(var.device())?);
+        }
+        self.assemble(tensors, true, None)
+    }
+
+    /// What the view holds for trainable `name`: the master in the compute dtype, except LoRA
+    /// adapters, which stay f32.
+    fn view_tensor(&self, name: &str, v: &Var, detach: bool) -> Result<Tensor, TrainError> {
+        let t = if detach { v.as_tensor().detach() } else { v.as_tensor().clone() };
+        let adapter = matches!(self.mode, Mode::Lora { .. }) && name != "model.embed_tokens.weight" && name != "lm_head.weight";
+        Ok(if adapter { t } else { t.to_dtype(self.compute_dtype)? })
+    }
+
+    /// The model from the view tensors of every trainable (see [`Trainable::view_tensor`]).
+    fn assemble(&self, mut tensors: HashMap<String, Tensor>, detach: bool, dropout: Option<(usize, &mut rand_chacha::ChaCha8Rng)>) -> Result<CausalLm, TrainError> {
         match &self.mode {
             Mode::Full => {
-                let map: HashMap<String, Tensor> = self.params.iter().map(|(n, v)| Ok((n.clone(), cast(v)?))).collect::<candle_core::Result<_>>()?;
-                let mut src = MapSource::new(map, "<trainer>");
+                let mut src = MapSource::new(tensors, "<trainer>");
                 CausalLm::from_source(self.base.cfg.clone(), &mut src, self.compute_dtype, self.device())
                     .map_err(|e| TrainError::Param { name: "<view>".into(), msg: e.to_string() })
             }
             Mode::Lora { cfg, targets } => {
                 let mut m = self.base.clone();
-                let by_name: HashMap<&str, &Var> = self.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
                 let mut dropout = dropout.filter(|_| cfg.dropout > 0.0 && !detach);
                 for layer in 0..m.layers.len() {
                     for module in targets {
-                        let a = by_name[lora_name(layer, module, 'A').as_str()];
-                        let b = by_name[lora_name(layer, module, 'B').as_str()];
+                        let a = tensors.remove(&lora_name(layer, module, 'A')).expect("every adapter has a view tensor");
+                        let b = tensors.remove(&lora_name(layer, module, 'B')).expect("every adapter has a view tensor");
                         let lin = linear_mut(&mut m, layer, module);
                         let in_dim = lin.weight.dim(1)?;
                         let dropout_mask = match dropout.as_mut() {
                             Some((rows, rng)) => Some(dropout_mask(*rows, in_dim, cfg.dropout, rng, self.device())?),
                             None => None,
                         };
-                        lin.lora = Some(LoraAdapter {
-                            a: if detach { a.as_tensor().detach() } else { a.as_tensor().clone() },
-                            b: if detach { b.as_tensor().detach() } else { b.as_tensor().clone() },
-                            scale: cfg.alpha / cfg.rank as f64,
-                            dropout_mask,
-                        });
+                        lin.lora = Some(LoraAdapter { a, b, scale: cfg.alpha / cfg.rank as f64, dropout_mask });
                     }
                 }
-                if let Some(v) = by_name.get("model.embed_tokens.weight") {
-                    m.embed_tokens = cast(v)?;
+                if let Some(t) = tensors.remove("model.embed_tokens.weight") {
+                    m.embed_tokens = t;
                 }
-                if let Some(v) = by_name.get("lm_head.weight") {
-                    if m.lm_head.is_some() {
-                        m.lm_head = Some(cast(v)?);
-                    } else {
-                        // Tied head trained as its own module, as PEFT does for modules_to_save.
-                        m.lm_head = Some(cast(v)?);
+                if let Some(t) = tensors.remove("lm_head.weight") {
+                    if m.lm_head.is_none() {
+                        // A tied head trained as its own module is untied, as PEFT does for
+                        // modules_to_save.
                         m.cfg.tie_word_embeddings = false;
                     }
+                    m.lm_head = Some(t);
                 }
                 Ok(m)
             }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::config::{AlgorithmConfig, RlConfig};
-use super::run::{Rollout, RlRun};
+use super::run::{add_prefix, strip_prefix, Rollout, RlRun, RolloutShape};
 use super::validation::Validation;
 use crate::error::RunError;
 use crate::session::{NonFinitePolicy, RunOptions};
@@ -102,33 +102,115 @@ pub fn drive<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Gr
 /// config's.
 pub fn drive_with_tools<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Grants, opts: &RunOptions, tools: Option<Box<dyn super::agent::ToolRunner + Send>>) -> Result<RlOutcome, RunError> {
     let a = &cfg.algorithm;
+    let shape = RolloutShape { n: a.samples_per_prompt(), micro_batch_size: a.micro_batch_size(), dynamic: a.dynamic_sampling() };
     let mut rl = RlRun::setup_with_tools(cfg, A::NAME, grants, opts, tools)?;
     let mut algo = A::new(cfg, &rl)?;
-    while let Some(chosen) = rl.next_prompts() {
-        let step_start = Instant::now();
-        let r = match a.dynamic_sampling() {
-            Some(ds) => rl.rollout_dynamic(chosen, a.samples_per_prompt(), a.micro_batch_size(), ds, |b| algo.extra_pass(b))?,
-            None => rl.rollout(&chosen, a.samples_per_prompt(), a.micro_batch_size(), |b| algo.extra_pass(b))?,
-        };
-        let t_upd = Instant::now();
-        let upd = algo.update(cfg, &mut rl, &r)?;
-        if let Some(detail) = upd.nonfinite {
-            match cfg.training.on_nonfinite {
-                NonFinitePolicy::Stop => {
-                    return Err(TrainError::NonFinite { what: "loss or gradient", step: rl.step() + 1, detail: format!("{detail}; the last checkpoint is intact") }.into())
-                }
-                NonFinitePolicy::Skip => rl.session.state.skipped_steps += 1,
-            }
+    if cfg.async_rollout {
+        drive_async(cfg, &mut rl, &mut algo, shape)?;
+    } else {
+        while let Some(chosen) = rl.next_prompts() {
+            let step_start = Instant::now();
+            let r = rl.rollout(chosen, shape, |b| algo.extra_pass(b))?;
+            let t_upd = Instant::now();
+            let upd = algo.update(cfg, &mut rl, &r)?;
+            let line = step_line(cfg, &mut rl, &r, upd, t_upd.elapsed().as_secs_f64(), step_start)?;
+            rl.finish_step(line, || algo.checkpoint_extra(), A::write_plots)?;
         }
-        let upd_s = t_upd.elapsed().as_secs_f64();
-        rl.end_update(r.rollout_tokens);
-        let mut line = rl.rollout_line(&r, upd_s, step_start);
-        for (k, v) in upd.metrics {
-            line[k] = v;
-        }
-        rl.finish_step(line, || algo.checkpoint_extra(), A::write_plots)?;
     }
     let final_model = rl.finish()?;
     let outputs = algo.export(cfg, &rl)?;
     Ok(RlOutcome { output_dir: rl.out().to_path_buf(), final_model, outputs, steps: rl.step(), validation_before: rl.validation_before.take(), validation_after: rl.validation_after.take() })
+}
+
+/// Prefix of the behavior-policy weights in an asynchronous run's checkpoints.
+const BEHAVIOR: &str = "behavior/";
+
+/// One-step asynchronous training (`async: true`). Update k trains on rollouts drawn from
+/// the weights before update k-1 (the first step's from the initial weights): while update k
+/// runs, a thread draws the rollouts of step k+1 from a copy of the weights update k starts
+/// from. The rollouts' log-probs under that behavior policy are the old log-probs of the
+/// clipped ratio, so the ratio is the importance weight of the off-policy sample and the clip
+/// bounds how far one stale batch can push. A checkpoint after step k keeps the behavior
+/// weights of step k+1 (and the prompt cursor before its draw), so a resumed run redraws the
+/// same rollouts and retraces an uninterrupted one.
+///
+/// On one device both threads share its stream: the overlap hides the host side of the
+/// update (launches, Python-free bookkeeping, reward plugins) behind generation, not the
+/// device's arithmetic; docs/grpo.md has the measured effect.
+fn drive_async<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, rl: &mut RlRun, algo: &mut A, shape: RolloutShape) -> Result<(), RunError> {
+    let Some(chosen) = rl.next_prompts() else { return Ok(()) };
+    // The first rollouts: a fresh run's initial weights, or the behavior weights a checkpoint
+    // kept for the step after it.
+    let kept = rl.session.resumed.as_ref().map(|ck| strip_prefix(&ck.trainable, BEHAVIOR)).filter(|m| !m.is_empty());
+    let first = match kept {
+        Some(w) => rl.trainable.view_of(&w)?,
+        None if rl.step() > 0 => return Err(RunError::NoBehavior { dir: rl.out().to_path_buf(), step: rl.step() }),
+        None => rl.trainable.view(true, None)?,
+    };
+    let mut pending = rl.rollout_from(&first, chosen, shape, |b| algo.extra_pass(b))?;
+    drop(first);
+    loop {
+        let step_start = Instant::now();
+        let max_steps = cfg.training.max_steps;
+        // The weights this update starts from generate the next step's rollouts; a checkpoint
+        // of this step keeps them whenever a next step exists.
+        let behavior = if rl.step() + 1 < max_steps { Some(rl.trainable.snapshot()?) } else { None };
+        let draw_next = behavior.is_some() && !rl.session.done_after_this_step(max_steps);
+        let worker = std::sync::Arc::clone(&rl.worker);
+        let mut plan = rl.plan.clone();
+        let next_policy = match (&behavior, draw_next) {
+            (Some(w), true) => Some(rl.trainable.view_of(w)?),
+            _ => None,
+        };
+        let seed_step = rl.step() + 1;
+        let t_upd = Instant::now();
+        let (upd, upd_s, next, wait_s) = std::thread::scope(|sc| {
+            let handle = next_policy.map(|policy| {
+                let (worker, plan) = (&worker, &mut plan);
+                sc.spawn(move || {
+                    let chosen = plan.draw();
+                    worker.rollout(&policy, chosen, seed_step, plan, shape, |_| Ok(None))
+                })
+            });
+            let upd = algo.update(cfg, rl, &pending);
+            let upd_s = t_upd.elapsed().as_secs_f64();
+            let t_wait = Instant::now();
+            let next = handle.map(|h| h.join().expect("the rollout thread panicked"));
+            (upd, upd_s, next, t_wait.elapsed().as_secs_f64())
+        });
+        let mut line = step_line(cfg, rl, &pending, upd?, upd_s, step_start)?;
+        line["time_rollout_wait_s"] = wait_s.into();
+        let behavior = behavior.map(|w| add_prefix(w, BEHAVIOR)).unwrap_or_default();
+        rl.finish_step(
+            line,
+            || {
+                let (mut tr, op) = algo.checkpoint_extra();
+                tr.extend(behavior);
+                (tr, op)
+            },
+            A::write_plots,
+        )?;
+        let Some(next) = next else { return Ok(()) };
+        // Saved: the run now moves its prompt cursor past the next step's draw.
+        rl.adopt_plan(Some(plan));
+        pending = next?;
+        rl.extra_pass(&mut pending, |b| algo.extra_pass(b))?;
+    }
+}
+
+/// The non-finite policy, the step count, and the step's metrics line (rollout keys, the
+/// update's keys).
+fn step_line<A: AlgorithmConfig>(cfg: &RlConfig<A>, rl: &mut RlRun, r: &Rollout, upd: StepUpdate, upd_s: f64, step_start: Instant) -> Result<serde_json::Value, RunError> {
+    if let Some(detail) = upd.nonfinite {
+        match cfg.training.on_nonfinite {
+            NonFinitePolicy::Stop => return Err(TrainError::NonFinite { what: "loss or gradient", step: rl.step() + 1, detail: format!("{detail}; the last checkpoint is intact") }.into()),
+            NonFinitePolicy::Skip => rl.session.state.skipped_steps += 1,
+        }
+    }
+    rl.end_update(r.rollout_tokens);
+    let mut line = rl.rollout_line(r, upd_s, step_start);
+    for (k, v) in upd.metrics {
+        line[k] = v;
+    }
+    Ok(line)
 }

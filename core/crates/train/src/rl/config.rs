@@ -251,6 +251,14 @@ pub struct RlConfig<A: AlgorithmConfig> {
     /// has tools; docs/grpo.md, "Tools and multi-turn rollouts").
     #[serde(default, skip_serializing_if = "MultiTurn::is_default")]
     pub multi_turn: MultiTurn,
+    /// One-step asynchronous training: the rollout of step k+1 runs on its own thread, from
+    /// a copy of the weights before update k, while update k runs; the clipped ratio against
+    /// that behavior policy's log-probs is the off-policy correction. Costs one copy of the
+    /// trainable weights in the compute dtype (LoRA: the adapters) in memory and in every
+    /// checkpoint, which keeps it so a resumed run retraces an uninterrupted one. See
+    /// docs/grpo.md ("Asynchronous training").
+    #[serde(default, rename = "async", skip_serializing_if = "std::ops::Not::not")]
+    pub async_rollout: bool,
 }
 
 impl<A: AlgorithmConfig> RlConfig<A> {

@@ -105,6 +105,16 @@ pub fn surrogate(lp: &Tensor, old_lp: &Tensor, adv: &Tensor, mask: &Tensor, clip
     Ok((pg1.maximum(&pg2)?, clipped))
 }
 
+/// Per-token estimate of KL(behavior || policy) from the sampled tokens' log-probs under the
+/// policy (`lp`) and under the policy that sampled them (`old_lp`): `r - 1 - log r` with
+/// `r = pi / pi_old` (k3; unbiased and non-negative under samples from `pi_old`). Zero
+/// before the first optimizer step of an on-policy update (without dropout); positive when the
+/// rollouts are stale, as with `async: true`.
+pub fn off_policy_kl(lp: &Tensor, old_lp: &Tensor) -> candle_core::Result<Tensor> {
+    let log_r = (lp - old_lp)?;
+    (log_r.exp()? - log_r)? - 1.0
+}
+
 /// Per-token KL estimate between the policy and the reference, from their log-probs.
 pub fn kl_term(lp: &Tensor, ref_lp: &Tensor, est: KlEstimator) -> candle_core::Result<Tensor> {
     let log_ratio = (lp - ref_lp)?;
@@ -156,7 +166,7 @@ pub fn kl_into_rewards(run: &RlRun, r: &Rollout, coef: f64, est: KlEstimator, to
 }
 
 /// The metric keys [`clipped_update`] writes.
-pub const CLIPPED_PG_METRICS: &[&str] = &["loss", "kl", "entropy", "clip_frac", "grad_norm"];
+pub const CLIPPED_PG_METRICS: &[&str] = &["loss", "kl", "entropy", "clip_frac", "grad_norm", "off_policy_kl"];
 
 /// The update of a sequence-advantage algorithm (GRPO, RLOO): the step's total rewards, minus
 /// the KL penalty when it goes into the reward, turned into one advantage per sequence by
@@ -205,8 +215,9 @@ pub fn clipped_update(run: &mut RlRun, r: &Rollout, s: &ClippedPg, totals: &[Opt
     let total_tokens: usize = seqs.iter().zip(totals).filter(|(_, r)| r.is_some()).map(|(s, _)| s.trained_tokens()).sum();
     let kept = totals.iter().filter(|r| r.is_some()).count();
     let (mut loss_v, mut kl_v, mut ent_v, mut clipfrac_v, mut stats_last) = (0.0, 0.0, 0.0, 0.0, None);
+    let mut off_policy = 0.0;
     let mut nonfinite = None;
-    for _epoch in 0..s.update_epochs {
+    for epoch in 0..s.update_epochs {
         let mut grads: Option<candle_core::backprop::GradStore> = None;
         let (mut l_sum, mut kl_sum, mut ent_sum, mut clip_sum) = (0.0, 0.0, 0.0, 0.0);
         for (c, chunk) in r.chunks.iter().enumerate() {
@@ -219,6 +230,9 @@ pub fn clipped_update(run: &mut RlRun, r: &Rollout, s: &ClippedPg, totals: &[Opt
             let model = run.trainable.view(false, Some((bsz * tlen, &mut run.session.rng)))?;
             let logits = model.forward(&b.input_ids, &b.positions, Some(&b.attention_mask))?;
             let lp = medrl_nn::ops::token_logprobs(&logits, &b.targets)?;
+            if epoch == 0 {
+                off_policy += (off_policy_kl(&lp.detach(), &r.old_lps[c])? * &mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            }
             let (pg, clipped) = surrogate(&lp, &r.old_lps[c], &advt, &mask, s.clip_low, s.clip_high, s.ratio)?;
             let mut per_token = pg;
             if let (Some(rf), false) = (&r.ref_lps[c], s.kl_in_reward) {
@@ -271,6 +285,7 @@ pub fn clipped_update(run: &mut RlRun, r: &Rollout, s: &ClippedPg, totals: &[Opt
     m.insert("entropy".into(), ent_v.into());
     m.insert("clip_frac".into(), clipfrac_v.into());
     m.insert("grad_norm".into(), stats_last.map(|st| st.grad_norm).into());
+    m.insert("off_policy_kl".into(), (off_policy / total_tokens.max(1) as f64).into());
     Ok(StepUpdate { metrics: m, nonfinite })
 }
 
@@ -349,6 +364,20 @@ mod tests {
         // d/dlp_t of sum_t(-s A) over row 0's three positions = 3 * (-s A / 3) = -s A.
         let s0 = f64::exp(-0.1 / 3.0);
         assert!((g[0][0] + s0).abs() < 1e-12, "{g:?}");
+    }
+
+    #[test]
+    fn off_policy_kl_is_k3_of_the_ratio() {
+        let d = Device::Cpu;
+        let lp = Tensor::new(&[-1.0f64, -2.0, -0.5], &d).unwrap();
+        let old = Tensor::new(&[-1.0f64, -1.5, -0.9], &d).unwrap();
+        let got: Vec<f64> = off_policy_kl(&lp, &old).unwrap().to_vec1().unwrap();
+        for (i, (l, o)) in [(-1.0f64, -1.0f64), (-2.0, -1.5), (-0.5, -0.9)].into_iter().enumerate() {
+            let r = f64::exp(l - o);
+            assert!((got[i] - (r - 1.0 - (l - o))).abs() < 1e-12);
+        }
+        assert_eq!(got[0], 0.0);
+        assert!(got[1] > 0.0 && got[2] > 0.0);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::agent::{AgentLoop, MultiTurn, ToolRunner, TurnRenderer};
@@ -31,30 +32,80 @@ pub struct RlRun {
     /// Run folder, resume, step count, metrics log, dropout stream, checkpoints.
     pub session: TrainSession,
     pub model_dir: PathBuf,
-    pub tok: TextTokenizer,
-    pub eos: Vec<u32>,
-    pub pad: u32,
-    pub train: Vec<RlPrompt>,
+    /// What rollouts need (prompts, tokenizer, rewards, tools, reference); shared with the
+    /// rollout thread of an asynchronous run.
+    pub worker: Arc<RolloutWorker>,
     pub eval: Vec<(Origin, Example)>,
-    pub rewards: Rewards,
     pub accuracy: Option<AccuracySpec>,
     pub trainable: Trainable,
-    pub reference: Option<CausalLm>,
     pub opt: AdamW,
     pub schedule: LrSchedule,
     pub validation_before: Option<Validation>,
     pub validation_after: Option<Validation>,
     pub training: RlTraining,
+    eval_sampling: EvalSampling,
+    /// The prompt order; its cursor is mirrored in the run state (and so in checkpoints).
+    pub plan: PromptPlan,
+    pb: indicatif::ProgressBar,
+}
+
+/// Everything a rollout reads and no update changes: the training prompts, tokenizer, sampling
+/// settings, rewards, tools and the frozen reference. `Send + Sync`, so the rollout of the next
+/// step can run on its own thread while this step's update runs (`async: true`).
+pub struct RolloutWorker {
+    pub tok: TextTokenizer,
+    pub eos: Vec<u32>,
+    pub pad: u32,
+    pub train: Vec<RlPrompt>,
+    pub rewards: Rewards,
+    pub reference: Option<CausalLm>,
+    pub device: candle_core::Device,
+    seed: u64,
     rollout: SamplingParams,
     engine: EngineConfig,
-    eval_sampling: EvalSampling,
     stop: Vec<String>,
-    batcher: Batcher,
-    plan: Vec<MicroBatch>,
-    pb: indicatif::ProgressBar,
     /// Multi-turn rollouts: the tools and the template pieces their replies are rendered with.
     agent: Option<(Box<dyn ToolRunner + Send>, TurnRenderer)>,
     multi_turn: MultiTurn,
+}
+
+/// The prompt order of a run: epochs over the training prompts, `prompts_per_step` at a time,
+/// shuffled per epoch from the seed. Cloned into an asynchronous rollout, which may draw more
+/// (dynamic sampling); the run adopts the clone's cursor once the step before it is saved.
+#[derive(Debug, Clone)]
+pub struct PromptPlan {
+    batcher: Batcher,
+    epoch: u64,
+    next: usize,
+    batches: Vec<MicroBatch>,
+}
+
+impl PromptPlan {
+    fn new(batcher: Batcher, epoch: u64, next: usize) -> Self {
+        let batches = batcher.plan_epoch(epoch);
+        Self { batcher, epoch, next, batches }
+    }
+
+    /// The next prompt batch (a new epoch's first after the last).
+    pub fn draw(&mut self) -> Vec<usize> {
+        if self.next >= self.batches.len() {
+            self.epoch += 1;
+            self.next = 0;
+            self.batches = self.batcher.plan_epoch(self.epoch);
+        }
+        let chosen = self.batches[self.next].iter().flatten().copied().collect();
+        self.next += 1;
+        chosen
+    }
+}
+
+/// How a step's rollouts are drawn: `n` samples per prompt, log-probs in micro-batches of
+/// `micro_batch_size` sequences, and DAPO's dynamic sampling when set.
+#[derive(Debug, Clone, Copy)]
+pub struct RolloutShape {
+    pub n: usize,
+    pub micro_batch_size: usize,
+    pub dynamic: Option<DynamicSampling>,
 }
 
 /// One step's rollouts: sequences, rewards, and the log-probs computed beside the scoring.
@@ -203,35 +254,39 @@ impl RlRun {
         // Prompt order: epochs over the training prompts, `prompts_per_step` at a time.
         let batcher = Batcher::new(vec![1; train.len()], BatchingConfig { micro_batch_size: cfg.algorithm.prompts_per_step(), packing: false, group_by_length: false, shuffle: true }, 1, t.seed);
         session.resume(&trainable, &mut opt)?;
-        let plan = batcher.plan_epoch(session.state.epoch);
+        let plan = PromptPlan::new(batcher, session.state.epoch, session.state.next_micro_batch);
         let pb = medrl_base::progress::bar(t.max_steps, kind, "steps");
         pb.set_position(session.state.step);
-        let mut run = RlRun {
-            session,
-            model_dir: cfg.model.clone(),
+        let worker = RolloutWorker {
             tok,
             eos,
             pad,
             train,
-            eval,
             rewards: src.rewards,
+            reference,
+            device,
+            seed: t.seed,
+            rollout: cfg.rollout.clone(),
+            engine: cfg.engine,
+            stop: cfg.stop.clone(),
+            agent,
+            multi_turn: cfg.multi_turn.clone(),
+        };
+        let mut run = RlRun {
+            session,
+            model_dir: cfg.model.clone(),
+            worker: Arc::new(worker),
+            eval,
             accuracy: src.accuracy,
             trainable,
-            reference,
             opt,
             schedule,
             validation_before: None,
             validation_after: None,
             training: t.clone(),
-            rollout: cfg.rollout.clone(),
-            engine: cfg.engine,
             eval_sampling: cfg.data.eval_sampling.clone(),
-            stop: cfg.stop.clone(),
-            batcher,
             plan,
             pb,
-            agent,
-            multi_turn: cfg.multi_turn.clone(),
         };
         if run.session.state.step == 0 {
             run.validation_before = run.validate_now()?;
@@ -269,13 +324,14 @@ impl RlRun {
             return Ok(None);
         }
         let m = self.trainable.view(true, None)?;
-        let v = match &self.agent {
+        let w = &*self.worker;
+        let v = match &w.agent {
             // With tools, validation answers as the rollouts do: whole multi-turn trajectories.
             Some((tools, renderer)) => {
-                let responder = medrl_eval::run::LocalAgent { model: &m, tokenizer: &self.tok, tools: tools.as_ref(), renderer, settings: &self.multi_turn, engine: self.engine };
-                validate_by(&responder, &self.eval, &self.rewards, &self.eval_sampling, self.rollout.max_new_tokens, &self.stop, &self.eos, self.pad, self.accuracy.clone())?
+                let responder = medrl_eval::run::LocalAgent { model: &m, tokenizer: &w.tok, tools: tools.as_ref(), renderer, settings: &w.multi_turn, engine: w.engine };
+                validate_by(&responder, &self.eval, &w.rewards, &self.eval_sampling, w.rollout.max_new_tokens, &w.stop, &w.eos, w.pad, self.accuracy.clone())?
             }
-            None => validate_with(&m, &self.tok, &self.eval, &self.rewards, &self.eval_sampling, self.rollout.max_new_tokens, &self.stop, &self.eos, self.pad, self.accuracy.clone())?,
+            None => validate_with(&m, &w.tok, &self.eval, &w.rewards, &self.eval_sampling, w.rollout.max_new_tokens, &w.stop, &w.eos, w.pad, self.accuracy.clone())?,
         };
         Ok(Some(v))
     }
@@ -285,41 +341,82 @@ impl RlRun {
         if self.session.done(self.training.max_steps) {
             return None;
         }
-        Some(self.next_plan_batch())
+        let chosen = self.plan.draw();
+        self.adopt_plan(None);
+        Some(chosen)
     }
 
-    /// The next prompt batch of the plan (a new epoch's plan after the last), recorded in the
-    /// run state so a resume continues after it.
-    fn next_plan_batch(&mut self) -> Vec<usize> {
-        let st = &mut self.session.state;
-        if st.next_micro_batch >= self.plan.len() {
-            st.epoch += 1;
-            st.next_micro_batch = 0;
-            self.plan = self.batcher.plan_epoch(st.epoch);
+    /// Mirror the prompt plan's cursor into the run state (after replacing the plan by `plan`,
+    /// an asynchronous rollout's advanced copy).
+    pub fn adopt_plan(&mut self, plan: Option<PromptPlan>) {
+        if let Some(p) = plan {
+            self.plan = p;
         }
-        let chosen: Vec<usize> = self.plan[st.next_micro_batch].iter().flatten().copied().collect();
-        st.next_micro_batch += 1;
-        chosen
+        self.session.state.epoch = self.plan.epoch;
+        self.session.state.next_micro_batch = self.plan.next;
     }
 
     /// A padded batch of sequences `idx`.
     pub fn batch(&self, seqs: &[TokenizedExample], idx: &[usize]) -> Result<Batch, RunError> {
-        let mb: MicroBatch = idx.iter().map(|&i| vec![i]).collect();
-        Ok(build_batch(seqs, &mb, self.pad, &self.session.device)?)
+        self.worker.batch(seqs, idx)
     }
 
-    /// Sample `n` responses per chosen prompt with the current policy (seeded by the step), then
-    /// score them on a CPU thread while the device computes old-policy and reference log-probs
-    /// and `extra` (the algorithm's own pass over each micro-batch, e.g. PPO's values).
-    pub fn rollout(&self, chosen: &[usize], n: usize, micro_batch_size: usize, mut extra: impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>) -> Result<Rollout, RunError> {
-        let t_gen = Instant::now();
+    /// The step's rollouts from the current policy (see [`RolloutWorker::rollout`]), with
+    /// `extra`, the algorithm's own pass over each micro-batch (PPO: values), beside the
+    /// log-probs.
+    pub fn rollout(&mut self, chosen: Vec<usize>, shape: RolloutShape, extra: impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>) -> Result<Rollout, RunError> {
         let policy = self.trainable.view(true, None)?;
-        let s = self.sample(&policy, chosen, n, 0)?;
+        self.rollout_from(&policy, chosen, shape, extra)
+    }
+
+    /// [`RlRun::rollout`] from `policy` (an asynchronous run's behavior policy).
+    pub fn rollout_from(&mut self, policy: &CausalLm, chosen: Vec<usize>, shape: RolloutShape, extra: impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>) -> Result<Rollout, RunError> {
+        let step = self.step();
+        let worker = Arc::clone(&self.worker);
+        let r = worker.rollout(policy, chosen, step, &mut self.plan, shape, extra)?;
+        self.adopt_plan(None);
+        Ok(r)
+    }
+
+    /// The algorithm's own pass over each micro-batch of `r` (PPO: values), for rollouts drawn
+    /// without it (on an asynchronous run's rollout thread).
+    pub fn extra_pass(&self, r: &mut Rollout, mut extra: impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>) -> Result<(), RunError> {
+        r.extra = r.chunks.iter().map(|c| extra(&self.batch(&r.seqs, c)?)).collect::<Result<_, _>>()?;
+        Ok(())
+    }
+}
+
+impl RolloutWorker {
+    /// A padded batch of sequences `idx`.
+    pub fn batch(&self, seqs: &[TokenizedExample], idx: &[usize]) -> Result<Batch, RunError> {
+        let mb: MicroBatch = idx.iter().map(|&i| vec![i]).collect();
+        Ok(build_batch(seqs, &mb, self.pad, &self.device)?)
+    }
+
+    /// Sample `shape.n` responses per chosen prompt from `policy` (seeded by `step`, the steps
+    /// done before the update these rollouts feed), then score them on a CPU thread while the
+    /// device computes the sampling policy's and the reference's log-probs and `extra` (the
+    /// algorithm's own pass over each micro-batch). With dynamic sampling, further prompt
+    /// batches come from `plan`.
+    pub fn rollout(
+        &self,
+        policy: &CausalLm,
+        chosen: Vec<usize>,
+        step: u64,
+        plan: &mut PromptPlan,
+        shape: RolloutShape,
+        mut extra: impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>,
+    ) -> Result<Rollout, RunError> {
+        if let Some(ds) = shape.dynamic {
+            return self.rollout_dynamic(policy, chosen, step, plan, shape, ds, extra);
+        }
+        let t_gen = Instant::now();
+        let s = self.sample(policy, &chosen, shape.n, step, 0)?;
         let gen_s = t_gen.elapsed().as_secs_f64();
-        let chunks = chunks(s.seqs.len(), micro_batch_size);
+        let chunks = chunks(s.seqs.len(), shape.micro_batch_size);
         let (scored, (old_lps, ref_lps, extras, logprob_s), reward_s) = std::thread::scope(|sc| -> Result<_, RunError> {
             let handle = sc.spawn(|| self.score(&s.owners, &s.responses));
-            let lps = self.logprob_pass(&policy, &s.seqs, &chunks, &mut extra)?;
+            let lps = self.logprob_pass(policy, &s.seqs, &chunks, &mut extra)?;
             let (scored, reward_s) = handle.join().expect("reward thread");
             Ok((scored?, lps, reward_s))
         })?;
@@ -328,22 +425,24 @@ impl RlRun {
         Ok(Rollout { owners: s.owners, seqs: s.seqs, responses: s.responses, scored, chunks, old_lps, ref_lps, extra: extras, rollout_tokens: s.rollout_tokens, gen_s, logprob_s, reward_s, filter: None, agent: s.agent })
     }
 
-    /// [`RlRun::rollout`] with DAPO's dynamic sampling: sample and score `chosen`, keep the
-    /// groups whose scored responses differ in reward, and draw further prompt batches from
-    /// the plan (each a new round with its own seeds) until `want` groups are kept or
-    /// `ds.max_rounds` rounds ran; the first `want` kept groups, in draw order, then get their
+    /// DAPO's dynamic sampling: sample and score `chosen`, keep the groups whose scored
+    /// responses differ in reward, and draw further prompt batches from `plan` (each a new
+    /// round with its own seeds) until as many groups as `chosen` has are kept or
+    /// `ds.max_rounds` rounds ran; the first kept groups, in draw order, then get their
     /// log-probs. Scoring cannot overlap the log-prob pass here: it decides which sequences
     /// get one.
-    pub fn rollout_dynamic(
-        &mut self,
+    #[allow(clippy::too_many_arguments)]
+    fn rollout_dynamic(
+        &self,
+        policy: &CausalLm,
         chosen: Vec<usize>,
-        n: usize,
-        micro_batch_size: usize,
+        step: u64,
+        plan: &mut PromptPlan,
+        shape: RolloutShape,
         ds: DynamicSampling,
         mut extra: impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>,
     ) -> Result<Rollout, RunError> {
-        let want = chosen.len();
-        let policy = self.trainable.view(true, None)?;
+        let (n, want) = (shape.n, chosen.len());
         let (mut gen_s, mut reward_s, mut tokens) = (0.0, 0.0, 0);
         let mut kept = Sampled::default();
         let mut scored = Vec::new();
@@ -351,7 +450,7 @@ impl RlRun {
         let mut chosen = chosen;
         for round in 0..ds.max_rounds.max(1) {
             let t0 = Instant::now();
-            let s = self.sample(&policy, &chosen, n, round)?;
+            let mut s = self.sample(policy, &chosen, n, step, round)?;
             gen_s += t0.elapsed().as_secs_f64();
             let (sc, rs) = self.score(&s.owners, &s.responses);
             let mut sc = sc?;
@@ -359,7 +458,6 @@ impl RlRun {
             reward_s += rs;
             tokens += s.rollout_tokens;
             stats.rounds = round + 1;
-            let mut s = s;
             for g in 0..s.owners.len() / n.max(1) {
                 let range = g * n..(g + 1) * n;
                 if !has_spread(&sc[range.clone()]) {
@@ -382,12 +480,12 @@ impl RlRun {
             if kept.owners.len() / n.max(1) >= want || round + 1 == ds.max_rounds {
                 break;
             }
-            chosen = self.next_plan_batch();
+            chosen = plan.draw();
         }
         stats.kept = kept.owners.len() / n.max(1);
         let t0 = Instant::now();
-        let chunks = chunks(kept.seqs.len(), micro_batch_size);
-        let (old_lps, ref_lps, extras, _) = self.logprob_pass(&policy, &kept.seqs, &chunks, &mut extra)?;
+        let chunks = chunks(kept.seqs.len(), shape.micro_batch_size);
+        let (old_lps, ref_lps, extras, _) = self.logprob_pass(policy, &kept.seqs, &chunks, &mut extra)?;
         let logprob_s = t0.elapsed().as_secs_f64();
         Ok(Rollout {
             owners: kept.owners,
@@ -409,7 +507,7 @@ impl RlRun {
 
     /// `n` responses per prompt of `chosen` from `policy`; `round` > 0 (dynamic sampling's later
     /// draws of a step) gets seeds of its own.
-    fn sample(&self, policy: &CausalLm, chosen: &[usize], n: usize, round: usize) -> Result<Sampled, RunError> {
+    fn sample(&self, policy: &CausalLm, chosen: &[usize], n: usize, step: u64, round: usize) -> Result<Sampled, RunError> {
         let mut ids: Vec<Vec<u32>> = Vec::new();
         let mut owners = Vec::new();
         for &i in chosen {
@@ -419,7 +517,7 @@ impl RlRun {
             }
         }
         let stopc = StopConditions { eos_token_ids: self.eos.clone(), stop_strings: self.stop.clone(), tokenizer: Some(&self.tok) };
-        let seed = self.training.seed.wrapping_mul(1_000_003).wrapping_add(self.session.state.step).wrapping_add((round as u64) << 40);
+        let seed = self.seed.wrapping_mul(1_000_003).wrapping_add(step).wrapping_add((round as u64) << 40);
         let params = SamplingParams { seed, ..self.rollout.clone() };
         // Sequence i draws from stream i; the n copies of a prompt share its KV blocks.
         let streams: Vec<u64> = (0..ids.len() as u64).collect();
@@ -459,8 +557,8 @@ impl RlRun {
         (self.rewards.score(&batch), t0.elapsed().as_secs_f64())
     }
 
-    /// Old-policy and reference log-probs and the algorithm's extra pass, per chunk of `seqs`,
-    /// and the seconds taken.
+    /// Sampling-policy and reference log-probs and the algorithm's extra pass, per chunk of
+    /// `seqs`, and the seconds taken.
     #[allow(clippy::type_complexity)]
     fn logprob_pass(
         &self,
@@ -483,7 +581,9 @@ impl RlRun {
         }
         Ok((old, refs, extras, t0.elapsed().as_secs_f64()))
     }
+}
 
+impl RlRun {
     /// Count a finished update: step, optimizer steps, tokens.
     pub fn end_update(&mut self, rollout_tokens: usize) {
         self.session.end_step(rollout_tokens, &self.opt);
