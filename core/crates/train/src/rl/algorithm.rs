@@ -139,6 +139,8 @@ const BEHAVIOR: &str = "behavior/";
 /// device's arithmetic; docs/grpo.md has the measured effect.
 fn drive_async<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, rl: &mut RlRun, algo: &mut A, shape: RolloutShape) -> Result<(), RunError> {
     let Some(chosen) = rl.next_prompts() else { return Ok(()) };
+    // A step's time runs from the end of the one before (the first's: from its rollouts).
+    let mut step_start = Instant::now();
     // The first rollouts: a fresh run's initial weights, or the behavior weights a checkpoint
     // kept for the step after it.
     let kept = rl.session.resumed.as_ref().map(|ck| strip_prefix(&ck.trainable, BEHAVIOR)).filter(|m| !m.is_empty());
@@ -150,7 +152,6 @@ fn drive_async<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, rl: &mut RlRun, algo: 
     let mut pending = rl.rollout_from(&first, chosen, shape, |b| algo.extra_pass(b))?;
     drop(first);
     loop {
-        let step_start = Instant::now();
         let max_steps = cfg.training.max_steps;
         // The weights this update starts from generate the next step's rollouts; a checkpoint
         // of this step keeps them whenever a next step exists.
@@ -190,6 +191,7 @@ fn drive_async<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, rl: &mut RlRun, algo: 
             },
             A::write_plots,
         )?;
+        step_start = Instant::now();
         let Some(next) = next else { return Ok(()) };
         // Saved: the run now moves its prompt cursor past the next step's draw.
         rl.adopt_plan(Some(plan));
