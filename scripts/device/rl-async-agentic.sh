@@ -9,7 +9,7 @@
 # Staged like smollm2-gpu.sh (scripts/device/stage.sh; the GGUF travels in two calls to the same
 # warm machine); plugins from plugins/target/wasm32-wasip2/release:
 #   call 1, carry [.dc-bin, .dc-gguf-a]:                     bash scripts/device/rl-async-agentic.sh stage
-#   call 2, carry [.dc-gguf-b, plugins/target/wasm32-wasip2/release]:  ... timing
+#   call 2, carry [.dc-gguf-b, .dc-plugins (study_search, pubmed_search_tool, sample_size .wasm)]:  ... timing
 #   call 3:                                                   ... agentic
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +20,7 @@ mkdir -p "$W/parts" "$W/plugins" "$OUT"
 for d in .dc-gguf-a .dc-gguf-b; do [ -d $d ] && cp $d/part-* "$W/parts/"; done
 [ -f .dc-gguf-b/sha256 ] && cp .dc-gguf-b/sha256 "$W/parts/sha256"
 if [ -f .dc-bin/medrl.xz ]; then xz -dc .dc-bin/medrl.xz > "$W/medrl" && chmod +x "$W/medrl"; fi
-if [ -d plugins/target/wasm32-wasip2/release ]; then cp plugins/target/wasm32-wasip2/release/*.wasm "$W/plugins/" 2>/dev/null || true; fi
+for d in .dc-plugins plugins/target/wasm32-wasip2/release; do [ -d $d ] && cp $d/*.wasm "$W/plugins/" 2>/dev/null || true; done
 export MEDRL_PLUGIN_DIR="$W/plugins"
 M="$W/medrl"
 D="$W/sample-size-data"
