@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# On the GPU machine: GRPO on the sample-size task with a random-init SmolLM2-135M-shape model
+# (bf16; the tiny preset's tokenizer), synchronous and asynchronous, with GPU memory sampled
+# every 0.5 s and debug logs, to find where a step runs out of memory or stalls.
+# Carry .dc-bin and .dc-plugins:  bash scripts/device/rl-diag.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+[ -f scripts/device-env.sh ] && . scripts/device-env.sh
+W=${WORK:-/tmp/medrl-device}
+OUT=${OUT:-$W/out}
+mkdir -p "$W/models" "$W/plugins" "$OUT"
+[ -f .dc-bin/medrl.xz ] && xz -dc .dc-bin/medrl.xz > "$W/medrl" && chmod +x "$W/medrl"
+cp .dc-plugins/*.wasm "$W/plugins/" 2>/dev/null
+M="$W/medrl"; D="$W/ss"; mkdir -p "$D"
+PY=python3; "$PY" -c "import torch" 2>/dev/null || PY=/opt/torch/.venv/bin/python
+dir="$W/models/smollm2-135m"
+if [ ! -f "$dir/model.safetensors" ]; then
+  "$M" model init --arch llama --preset tiny "$W/models/donor" > /dev/null
+  "$PY" scripts/device/rollout_baseline.py --make-model scripts/device/shapes/smollm2-135m.json --model "$dir" --dtype bf16
+  cp "$W/models/donor/"{tokenizer.json,tokenizer_config.json,generation_config.json} "$dir/"
+fi
+"$M" data synth sample-size --n 512 --seed 13 --verl --split train --output "$D/grpo.parquet" > /dev/null
+run() { # name timeout extra...
+  local name=$1 t=$2; shift 2
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/mem-$name.csv" &
+  local smi=$!
+  rm -rf "$W/$name"
+  ( sleep $((t - 12)); pid=$(pgrep -f "output_dir=$W/$name" | head -1)
+    if [ -n "$pid" ]; then
+      for tk in /proc/$pid/task/*; do echo "$(cat $tk/comm) $(cat $tk/wchan) $(awk '{print $3}' $tk/stat)"; done > "$OUT/threads-$name.txt"
+      command -v gdb > /dev/null && timeout 20 gdb -p "$pid" -batch -ex "thread apply all bt 10" > "$OUT/gdb-$name.txt" 2>&1
+    fi ) &
+  timeout -s INT "$t" "$M" -v grpo --config configs/grpo-smollm2-sample-size.yaml model="$dir" output_dir="$W/$name" data.dataset_dir="$D" "data.eval=[]" \
+    data.max_prompt_len=2048 training.eval_every=0 training.save_every=0 \
+    "rewards=[{plugin: $W/plugins/sample_size.wasm, config: {tolerance: 0.2, correct_score: 1.1, format_penalty: -2.0}, on_failure: drop}]" "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"
+  echo "== $name exit $?  peak MiB $(sort -n "$OUT/mem-$name.csv" | tail -1)"
+  kill $smi 2>/dev/null
+  grep -v "^\s*[0-9]*: <unknown>" "$OUT/$name.err" | grep -iE "error|panic|out of memory" | head -5
+  grep -E "DEBUG|INFO" "$OUT/$name.err" | tail -4 | cut -c1-300
+  cp "$W/$name/metrics.jsonl" "$OUT/$name-metrics.jsonl" 2>/dev/null
+  python3 - "$W/$name/metrics.jsonl" <<'PY'
+import json, sys
+try: rows = [json.loads(l) for l in open(sys.argv[1])]
+except OSError: rows = []
+for r in rows:
+    print({k: round(r[k], 3) if isinstance(r[k], float) else r[k] for k in ("step", "time_generate_s", "time_logprob_s", "time_update_s", "time_rollout_wait_s", "time_step_s", "memory_mb", "response_len", "rollout_tokens_per_s") if k in r})
+PY
+}
+run sync-mb32 60 training.max_steps=2
+run sync-mb8 120 training.max_steps=4 algorithm.micro_batch_size=8
+run async-mb8 150 training.max_steps=4 algorithm.micro_batch_size=8 async=true
