@@ -578,7 +578,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
         BenchCommand::Rollout { model, device, dtype, prompts, samples, prompt_len, new_tokens, latency, json, block_size, max_seqs, max_tokens_per_step, memory_fraction } => {
-            let r = bench_rollout(&model, &device, &dtype, (prompts, samples, prompt_len, new_tokens), latency, EngineConfig { block_size, max_seqs, max_tokens_per_step, memory_fraction, num_blocks: None })?;
+            let r = bench_rollout(&model, &device, &dtype, (prompts, samples, prompt_len, new_tokens), latency, EngineConfig { block_size, max_seqs, max_tokens_per_step, memory_fraction, num_blocks: None, free_bytes: None })?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -88,6 +88,7 @@ fn build(args: ServeArgs) -> Result<(ServeOptions, Vec<ServedModel>, Vec<String>
         max_tokens_per_step: args.max_tokens_per_step,
         memory_fraction: args.memory_fraction,
         num_blocks: None,
+        free_bytes: None,
     };
     engine.validate().map_err(|(k, m)| anyhow::anyhow!("--{}: {m}", k.replace('_', "-")))?;
     if !(args.request_timeout_s > 0.0 && args.request_timeout_s.is_finite()) {

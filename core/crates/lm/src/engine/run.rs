@@ -41,11 +41,18 @@ pub struct EngineConfig {
     /// A fixed number of blocks (tests of preemption, small machines), instead of sizing from
     /// the requests and the memory.
     pub num_blocks: Option<usize>,
+    /// The free device memory `memory_fraction` applies to, measured by the caller instead of
+    /// at each run: a rollout running beside a training update (`async: true`) budgets from
+    /// what was free before the update started, not from whatever the update holds at that
+    /// moment. Not a config key.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub free_bytes: Option<u64>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { block_size: 16, max_seqs: 512, max_tokens_per_step: 8192, memory_fraction: 0.9, num_blocks: None }
+        Self { block_size: 16, max_seqs: 512, max_tokens_per_step: 8192, memory_fraction: 0.9, num_blocks: None, free_bytes: None }
     }
 }
 
@@ -375,7 +382,7 @@ pub fn blocks_for(model: &CausalLm, prompt_lens_by_group: &[(usize, usize)], max
     let bs = cfg.block_size;
     let needed: usize = prompt_lens_by_group.iter().map(|&(len, n)| len.div_ceil(bs) + n * (max_new.div_ceil(bs) + 1)).sum();
     let per_token = PagedKvCache::bytes_per_token(&model.cfg, model.dtype());
-    Ok(match (cfg.num_blocks, medrl_nn::device::free_memory_bytes(model.device())) {
+    Ok(match (cfg.num_blocks, cfg.free_bytes.or_else(|| medrl_nn::device::free_memory_bytes(model.device()))) {
         (Some(n), _) => n,
         (None, Some(free)) => BlockPool::from_budget(free, cfg.memory_fraction, per_token, bs)?.num_blocks().min(needed),
         (None, None) => needed,

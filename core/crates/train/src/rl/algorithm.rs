@@ -102,7 +102,7 @@ pub fn drive<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Gr
 /// config's.
 pub fn drive_with_tools<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Grants, opts: &RunOptions, tools: Option<Box<dyn super::agent::ToolRunner + Send>>) -> Result<RlOutcome, RunError> {
     let a = &cfg.algorithm;
-    let shape = RolloutShape { n: a.samples_per_prompt(), micro_batch_size: a.micro_batch_size(), dynamic: a.dynamic_sampling() };
+    let shape = RolloutShape { n: a.samples_per_prompt(), micro_batch_size: a.micro_batch_size(), dynamic: a.dynamic_sampling(), free_bytes: None };
     let mut rl = RlRun::setup_with_tools(cfg, A::NAME, grants, opts, tools)?;
     let mut algo = A::new(cfg, &rl)?;
     if cfg.async_rollout {
@@ -164,6 +164,10 @@ fn drive_async<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, rl: &mut RlRun, algo: 
             _ => None,
         };
         let seed_step = rl.step() + 1;
+        // Measured now: once the update runs, free memory says more about its activations of
+        // the moment than about what the rollouts may take (the engine would shrink its cache
+        // to that and crawl). The update and the rollouts then share what was free.
+        let shape = RolloutShape { free_bytes: medrl_nn::device::free_memory_bytes(rl.device()), ..shape };
         let t_upd = Instant::now();
         let (upd, upd_s, next, wait_s) = std::thread::scope(|sc| {
             let handle = next_policy.map(|policy| {

@@ -106,6 +106,9 @@ pub struct RolloutShape {
     pub n: usize,
     pub micro_batch_size: usize,
     pub dynamic: Option<DynamicSampling>,
+    /// Free device memory measured before a concurrent update started (async); the engine's
+    /// `memory_fraction` applies to it. None: measured at each engine run.
+    pub free_bytes: Option<u64>,
 }
 
 /// One step's rollouts: sequences, rewards, and the log-probs computed beside the scoring.
@@ -411,7 +414,7 @@ impl RolloutWorker {
             return self.rollout_dynamic(policy, chosen, step, plan, shape, ds, extra);
         }
         let t_gen = Instant::now();
-        let s = self.sample(policy, &chosen, shape.n, step, 0)?;
+        let s = self.sample(policy, &chosen, shape, step, 0)?;
         let gen_s = t_gen.elapsed().as_secs_f64();
         let chunks = chunks(s.seqs.len(), shape.micro_batch_size);
         let (scored, (old_lps, ref_lps, extras, logprob_s), reward_s) = std::thread::scope(|sc| -> Result<_, RunError> {
@@ -450,7 +453,7 @@ impl RolloutWorker {
         let mut chosen = chosen;
         for round in 0..ds.max_rounds.max(1) {
             let t0 = Instant::now();
-            let mut s = self.sample(policy, &chosen, n, step, round)?;
+            let mut s = self.sample(policy, &chosen, shape, step, round)?;
             gen_s += t0.elapsed().as_secs_f64();
             let (sc, rs) = self.score(&s.owners, &s.responses);
             let mut sc = sc?;
@@ -507,7 +510,8 @@ impl RolloutWorker {
 
     /// `n` responses per prompt of `chosen` from `policy`; `round` > 0 (dynamic sampling's later
     /// draws of a step) gets seeds of its own.
-    fn sample(&self, policy: &CausalLm, chosen: &[usize], n: usize, step: u64, round: usize) -> Result<Sampled, RunError> {
+    fn sample(&self, policy: &CausalLm, chosen: &[usize], shape: RolloutShape, step: u64, round: usize) -> Result<Sampled, RunError> {
+        let (n, engine) = (shape.n, EngineConfig { free_bytes: shape.free_bytes.or(self.engine.free_bytes), ..self.engine });
         let mut ids: Vec<Vec<u32>> = Vec::new();
         let mut owners = Vec::new();
         for &i in chosen {
@@ -522,7 +526,7 @@ impl RolloutWorker {
         // Sequence i draws from stream i; the n copies of a prompt share its KV blocks.
         let streams: Vec<u64> = (0..ids.len() as u64).collect();
         if let Some((tools, renderer)) = &self.agent {
-            let agent = AgentLoop { policy, tok: &self.tok, stop: &stopc, engine: &self.engine, params, settings: &self.multi_turn, renderer, tools: tools.as_ref() };
+            let agent = AgentLoop { policy, tok: &self.tok, stop: &stopc, engine: &engine, params, settings: &self.multi_turn, renderer, tools: tools.as_ref() };
             let trajs = agent.run(&ids, &streams)?;
             let rollout_tokens = trajs.iter().map(|t| t.generated).sum();
             let responses = trajs.iter().map(|t| self.tok.decode(&t.ids[t.prompt_len..], true).unwrap_or_default()).collect();
@@ -531,7 +535,7 @@ impl RolloutWorker {
             let seqs = trajs.into_iter().map(|t| TokenizedExample { ids: t.ids, trained: t.trained, truncated: false }).collect();
             return Ok(Sampled { owners, seqs, responses, rollout_tokens, agent: agent_stats, dropped });
         }
-        let gens = medrl_lm::engine::run(policy, &ids, &streams, &params, &stopc, &self.engine, None)?;
+        let gens = medrl_lm::engine::run(policy, &ids, &streams, &params, &stopc, &engine, None)?;
         let rollout_tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
         let responses: Vec<String> = gens.iter().map(|g| self.tok.decode(&g.tokens, true).unwrap_or_default()).collect();
         let seqs: Vec<TokenizedExample> = ids
