@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: GRPO on the sample-size task with a random-init SmolLM2-135M-shape model
 # (bf16; the tiny preset's tokenizer), synchronous and asynchronous, with GPU memory sampled
-# every 0.5 s and debug logs, to find where a step runs out of memory or stalls.
+# every 0.5 s and debug logs: synchronous vs asynchronous step time (issue 21), and where a step
+# runs out of memory or stalls.
 # Carry .dc-bin and .dc-plugins:  bash scripts/device/rl-diag.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,6 +47,16 @@ for r in rows:
     print({k: round(r[k], 3) if isinstance(r[k], float) else r[k] for k in ("step", "time_generate_s", "time_logprob_s", "time_update_s", "time_rollout_wait_s", "time_step_s", "memory_mb", "response_len", "rollout_tokens_per_s") if k in r})
 PY
 }
-run sync-mb32 60 training.max_steps=2
-run sync-mb8 120 training.max_steps=4 algorithm.micro_batch_size=8
-run async-mb8 150 training.max_steps=4 algorithm.micro_batch_size=8 async=true
+STEPS=${STEPS:-6}
+run sync 150 training.max_steps=$STEPS
+run async 150 training.max_steps=$STEPS async=true
+python3 - "$OUT/sync-metrics.jsonl" "$OUT/async-metrics.jsonl" <<'PY'
+import json, sys
+def mean_step(p):
+    try: rows = [json.loads(l) for l in open(p)]
+    except OSError: return None
+    steps = [r["time_step_s"] for r in rows if "time_step_s" in r][1:]
+    return sum(steps) / len(steps) if steps else None
+s, a = mean_step(sys.argv[1]), mean_step(sys.argv[2])
+print(f"mean step time from step 2: sync {s}, async {a}" + (f", async/sync {a / s:.3f}" if s and a else ""))
+PY
