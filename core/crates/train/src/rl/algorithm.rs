@@ -168,13 +168,22 @@ fn drive_async<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, rl: &mut RlRun, algo: 
         // the moment than about what the rollouts may take (the engine would shrink its cache
         // to that and crawl). The update and the rollouts then share what was free.
         let shape = RolloutShape { free_bytes: medrl_nn::device::free_memory_bytes(rl.device()), ..shape };
+        // candle's CUDA device launches on each host thread's own default stream: the copies
+        // that made the snapshot must be done before the rollout thread reads it, and that
+        // thread's work before this one reads its rollouts (hence its own synchronize).
+        rl.device().synchronize()?;
+        let device = rl.device().clone();
         let t_upd = Instant::now();
         let (upd, upd_s, next, wait_s) = std::thread::scope(|sc| {
             let handle = next_policy.map(|policy| {
                 let (worker, plan) = (&worker, &mut plan);
+                let device = &device;
                 sc.spawn(move || {
                     let chosen = plan.draw();
-                    worker.rollout(&policy, chosen, seed_step, plan, shape, |_| Ok(None))
+                    let r = worker.rollout(&policy, chosen, seed_step, plan, shape, |_| Ok(None));
+                    drop(policy);
+                    device.synchronize()?;
+                    r
                 })
             });
             let upd = algo.update(cfg, rl, &pending);
