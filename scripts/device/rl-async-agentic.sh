@@ -90,7 +90,7 @@ agentic)
   rm -rf "$W/grpo-agentic"
   set +e
   timeout "${AGENTIC_TIMEOUT:-480}" "$M" grpo --config configs/grpo-trialpanorama-study-search-agentic.yaml model="$W/sft-agentic/final" output_dir="$W/grpo-agentic" \
-    training.max_steps=$AGENTIC_STEPS training.eval_every=$AGENTIC_STEPS training.save_every=0 training.warmup_steps=0 training.lr=${AGENTIC_LR:-5.0e-6} \
+    training.max_steps=$AGENTIC_STEPS training.eval_every=$AGENTIC_STEPS training.save_every=0 training.warmup_steps=0 training.lr=${AGENTIC_LR:-5.0e-6} algorithm.micro_batch_size=${AGENTIC_MB:-8} \
     "data.eval_sampling={n: 8, temperature: 1.0, seed: 1}" "$@" > "$OUT/grpo-agentic.json"
   echo "exit $?"
   set -e
