@@ -11,7 +11,8 @@
 # and every token gets its own stream chunk).
 #
 # Carry .dc-bin (xz of the CUDA binary):  bash scripts/device/serve-bench.sh
-# Knobs: M, OUT, WORK, PY, MODELS, CONCURRENCY (default 1,16,64,256), MAX_TOKENS (256).
+# Knobs: M, OUT, WORK, PY, MODELS, CONCURRENCY (default 1,16,64,256), MAX_TOKENS (256), REAL (a real
+# model folder to serve too, with its own tokenizer).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -f scripts/device-env.sh ] && . scripts/device-env.sh
@@ -43,6 +44,9 @@ for shape in $MODELS; do
   cp "$DONOR/tokenizer.json" "$DONOR/tokenizer_config.json" "$DONOR/generation_config.json" "$dir/"
 done
 
+# REAL=DIR adds a real model folder (e.g. SmolLM2-135M-Instruct imported from the GGUF staged as
+# in smollm2-gpu.sh: `medrl model import-gguf`), served with its own tokenizer, as "real".
+if [ -n "${REAL:-}" ]; then ln -sfn "$REAL" "$W/models/real"; MODELS="real $MODELS"; fi
 for shape in $MODELS; do
   dir="$W/models/$shape"
   echo "== $shape: medrl bench serve --concurrency $CONCURRENCY --max-tokens $MAX_TOKENS"
