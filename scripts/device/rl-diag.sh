@@ -60,3 +60,6 @@ def mean_step(p):
 s, a = mean_step(sys.argv[1]), mean_step(sys.argv[2])
 print(f"mean step time from step 2: sync {s}, async {a}" + (f", async/sync {a / s:.3f}" if s and a else ""))
 PY
+# The device tool brings back at most 8 files: everything else travels in one archive.
+tar czf "$OUT/rl-diag.tgz" -C "$OUT" --exclude rl-diag.tgz . 2>/dev/null
+find "$OUT" -maxdepth 1 -type f ! -name rl-diag.tgz ! -name '*-metrics.jsonl' -delete
