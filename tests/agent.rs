@@ -210,7 +210,8 @@ fn grpo_config(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> Grpo
 }
 
 /// GRPO with tools in the loop: a tool that drops samples or errors does not stop training,
-/// the metrics count turns, calls and errors, and an interrupted run resumes identically.
+/// the metrics count turns, calls and errors, and an interrupted run resumes identically,
+/// synchronous or asynchronous.
 #[test]
 fn grpo_trains_with_tools_in_the_loop_and_resumes_identically() {
     use medrl::train::rl::drive_with_tools;
@@ -235,6 +236,26 @@ fn grpo_trains_with_tools_in_the_loop_and_resumes_identically() {
     for (x, y) in ma.iter().zip(&mb) {
         for k in ["step", "reward", "loss", "grad_norm", "response_len", "turns", "tool_calls"] {
             assert_eq!(x.get(k), y.get(k), "{k}: {x} vs {y}");
+        }
+    }
+    // Asynchronous: the next step's conversations run on the rollout thread (tools included)
+    // while the update runs; step 1 is the synchronous run's, and an interrupted run resumes
+    // identically.
+    let on = ["async=true"];
+    let (e, f) = (d.path().join("e"), d.path().join("f"));
+    drive_with_tools::<Grpo>(&grpo_config(&model, &prompts, &e, &on), Default::default(), &RunOptions::default(), boxed("answer")).unwrap();
+    let cfg_f = grpo_config(&model, &prompts, &f, &on);
+    drive_with_tools::<Grpo>(&cfg_f, Default::default(), &RunOptions { resume: false, stop_after: Some(3) }, boxed("answer")).unwrap();
+    drive_with_tools::<Grpo>(&cfg_f, Default::default(), &RunOptions { resume: true, stop_after: None }, boxed("answer")).unwrap();
+    let (me, mf) = (metrics(&e), metrics(&f));
+    let first = |m: &[serde_json::Value]| m.iter().find(|r| r.get("reward").is_some()).cloned().unwrap();
+    for k in ["reward", "loss", "turns", "tool_calls"] {
+        assert_eq!(first(&ma)[k], first(&me)[k], "async step 1 {k}");
+    }
+    assert_eq!(me.len(), mf.len());
+    for (x, y) in me.iter().zip(&mf) {
+        for k in ["step", "reward", "loss", "grad_norm", "response_len", "turns", "tool_calls", "off_policy_kl"] {
+            assert_eq!(x.get(k), y.get(k), "async {k}: {x} vs {y}");
         }
     }
     // A tool that always drops: every sample that called it leaves the step; training goes on.
