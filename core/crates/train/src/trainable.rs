@@ -219,18 +219,26 @@ impl Trainable {
             if t.dims() != var.dims() {
                 return Err(TrainError::Param { name: name.clone(), msg: format!("snapshot shape {:?} != {:?}", t.dims(), var.dims()) });
             }
-            let want = self.view_tensor(name, var, true)?.dtype();
-            tensors.insert(name.clone(), t.to_dtype(want)?.to_device(var.device())?);
+            tensors.insert(name.clone(), t.to_dtype(self.view_dtype(name))?.to_device(var.device())?);
         }
         self.assemble(tensors, true, None)
     }
 
-    /// What the view holds for trainable `name`: the master in the compute dtype, except LoRA
-    /// adapters, which stay f32.
+    /// The dtype the view holds trainable `name` in: the compute dtype, except LoRA adapters,
+    /// which stay f32.
+    fn view_dtype(&self, name: &str) -> DType {
+        let adapter = matches!(self.mode, Mode::Lora { .. }) && name != "model.embed_tokens.weight" && name != "lm_head.weight";
+        if adapter {
+            DType::F32
+        } else {
+            self.compute_dtype
+        }
+    }
+
+    /// What the view holds for trainable `name` (see [`Trainable::view_dtype`]).
     fn view_tensor(&self, name: &str, v: &Var, detach: bool) -> Result<Tensor, TrainError> {
         let t = if detach { v.as_tensor().detach() } else { v.as_tensor().clone() };
-        let adapter = matches!(self.mode, Mode::Lora { .. }) && name != "model.embed_tokens.weight" && name != "lm_head.weight";
-        Ok(if adapter { t } else { t.to_dtype(self.compute_dtype)? })
+        Ok(t.to_dtype(self.view_dtype(name))?)
     }
 
     /// The model from the view tensors of every trainable (see [`Trainable::view_tensor`]).

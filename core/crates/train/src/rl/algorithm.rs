@@ -134,9 +134,9 @@ const BEHAVIOR: &str = "behavior/";
 /// weights of step k+1 (and the prompt cursor before its draw), so a resumed run redraws the
 /// same rollouts and retraces an uninterrupted one.
 ///
-/// On one device both threads share its stream: the overlap hides the host side of the
-/// update (launches, Python-free bookkeeping, reward plugins) behind generation, not the
-/// device's arithmetic; docs/grpo.md has the measured effect.
+/// On CUDA each host thread launches on its own default stream (candle), so the hand-offs
+/// synchronize; both threads still share the device's arithmetic (docs/grpo.md, "Asynchronous
+/// training").
 fn drive_async<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, rl: &mut RlRun, algo: &mut A, shape: RolloutShape) -> Result<(), RunError> {
     let Some(chosen) = rl.next_prompts() else { return Ok(()) };
     // A step's time runs from the end of the one before (the first's: from its rollouts).

@@ -375,8 +375,7 @@ impl RlRun {
     /// [`RlRun::rollout`] from `policy` (an asynchronous run's behavior policy).
     pub fn rollout_from(&mut self, policy: &CausalLm, chosen: Vec<usize>, shape: RolloutShape, extra: impl FnMut(&Batch) -> Result<Option<Tensor>, RunError>) -> Result<Rollout, RunError> {
         let step = self.step();
-        let worker = Arc::clone(&self.worker);
-        let r = worker.rollout(policy, chosen, step, &mut self.plan, shape, extra)?;
+        let r = self.worker.rollout(policy, chosen, step, &mut self.plan, shape, extra)?;
         self.adopt_plan(None);
         Ok(r)
     }
