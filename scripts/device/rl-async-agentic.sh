@@ -11,6 +11,7 @@
 #   call 1, carry [.dc-bin, .dc-gguf-a]:                     bash scripts/device/rl-async-agentic.sh stage
 #   call 2, carry [.dc-gguf-b, .dc-plugins (study_search, pubmed_search_tool, sample_size .wasm)]:  ... timing
 #   call 3:                                                   ... agentic
+# DEV="device=cpu" runs the agentic mode on CPU (a dry run of the commands with any model).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -f scripts/device-env.sh ] && . scripts/device-env.sh
@@ -51,9 +52,14 @@ for r in rows:
 PY
 }
 MODE=${1:-timing}
+[ $# -gt 0 ] && shift  # the rest are overrides for the agentic GRPO run
 case "$MODE" in
 stage)
   ls -la "$W" "$W/parts"
+  ;;
+import) # the GGUF's second half has arrived: SmolLM2 as a model folder (for serve-bench.sh REAL=)
+  model
+  ls -la "$W/smollm2"
   ;;
 timing)
   model
@@ -84,14 +90,14 @@ agentic)
   ref='{formatting: verl, columns: {response: extra_info.reference_query}'
   "$M" sft --config configs/sft-trialpanorama-study-search.yaml model="$W/smollm2" output_dir="$W/sft-agentic" \
     data.dataset_dir=tasks/trialpanorama-study-search-agentic "data.train=[$ref, path: data/train.jsonl}]" "data.eval=[$ref, path: data/validation.jsonl}]" \
-    training.epochs=${SFT_EPOCHS:-8} training.lr=${SFT_LR:-5.0e-5} training.micro_batch_size=8 training.grad_accum=1 training.eval_every=0 training.save_every=0 > "$OUT/sft-agentic.json"
+    training.epochs=${SFT_EPOCHS:-8} training.lr=${SFT_LR:-5.0e-5} training.micro_batch_size=8 training.grad_accum=1 ${DEV:-} training.eval_every=0 training.save_every=0 > "$OUT/sft-agentic.json"
   tail -2 "$W/sft-agentic/metrics.jsonl"
   echo "== multi-turn GRPO on trialpanorama-study-search-agentic, $AGENTIC_STEPS steps from that SFT model"
   rm -rf "$W/grpo-agentic"
   set +e
   timeout "${AGENTIC_TIMEOUT:-480}" "$M" grpo --config configs/grpo-trialpanorama-study-search-agentic.yaml model="$W/sft-agentic/final" output_dir="$W/grpo-agentic" \
     training.max_steps=$AGENTIC_STEPS training.eval_every=$AGENTIC_STEPS training.save_every=0 training.warmup_steps=0 training.lr=${AGENTIC_LR:-5.0e-6} algorithm.micro_batch_size=${AGENTIC_MB:-8} \
-    "data.eval_sampling={n: 8, temperature: 1.0, seed: 1}" "$@" > "$OUT/grpo-agentic.json"
+    "data.eval_sampling={n: 8, temperature: 1.0, seed: 1}" ${DEV:-} "$@" > "$OUT/grpo-agentic.json"
   echo "exit $?"
   set -e
   cat "$OUT/grpo-agentic.json"
