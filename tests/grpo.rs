@@ -6,7 +6,7 @@ use medrl::train::sft::RunOptions;
 use std::path::Path;
 
 mod common;
-use common::{dialogue_reward, metrics, repo, tiny_model, wasm, with_overrides};
+use common::{assert_same_curve, dialogue_reward, metrics, repo, tiny_model, wasm, with_overrides};
 
 /// The test run's config tree: the keys every RL algorithm shares, and an `algorithm:` section
 /// GRPO and RLOO both read.
@@ -70,6 +70,23 @@ fn grpo_trains_with_a_plugin_reward_and_resumes_identically() {
         for k in ["step", "reward", "loss", "kl", "grad_norm", "response_len", "val_reward"] {
             assert_eq!(x.get(k), y.get(k), "{k}: {x} vs {y}");
         }
+    }
+}
+
+/// Issue 18: GRPO with activation checkpointing (every layer, and every second layer under LoRA
+/// with dropout) draws the same rollouts and takes the same steps as without.
+#[test]
+fn activation_checkpointing_leaves_grpo_unchanged() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path(), 5);
+    for (name, extra, ckpt) in [("full", vec!["training.max_steps=2"], "every_layer"), ("lora", vec!["training.max_steps=2", "lora={rank: 4, alpha: 8, dropout: 0.1}", "training.lr=1.0e-2"], "{every: 2}")] {
+        let plain = d.path().join(format!("{name}-off"));
+        grpo::run(&config(&base, &plain, &dialogue_reward(), &extra), Default::default(), &RunOptions::default()).unwrap();
+        let on = d.path().join(format!("{name}-on"));
+        let key = format!("training.activation_checkpointing={ckpt}");
+            let o = [&extra[..], &[key.as_str()]].concat();
+        grpo::run(&config(&base, &on, &dialogue_reward(), &o), Default::default(), &RunOptions::default()).unwrap();
+        assert_same_curve(&plain, &on);
     }
 }
 

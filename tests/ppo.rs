@@ -8,7 +8,7 @@ use medrl::train::sft::RunOptions;
 use std::path::Path;
 
 mod common;
-use common::{dialogue_reward, metrics, repo, tiny_model, wasm, with_overrides};
+use common::{assert_same_curve, dialogue_reward, metrics, repo, tiny_model, wasm, with_overrides};
 
 fn ppo_config(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> PpoConfig {
     let yaml = format!(
@@ -79,6 +79,18 @@ fn ppo_trains_with_a_plugin_reward_and_resumes_identically() {
 /// Issue 21: PPO with `async: true`. Step 1 is on-policy (the synchronous run's, values
 /// included: the critic's pass runs after the previous update, as synchronously); an
 /// interrupted and resumed asynchronous run retraces the uninterrupted one, critic included.
+/// Issue 18: PPO with activation checkpointing (policy and critic) takes the same steps.
+#[test]
+fn activation_checkpointing_leaves_ppo_unchanged() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path(), 5);
+    let plain = d.path().join("off");
+    ppo::run(&ppo_config(&base, &plain, &dialogue_reward(), &["training.max_steps=2"]), Default::default(), &RunOptions::default()).unwrap();
+    let on = d.path().join("on");
+    ppo::run(&ppo_config(&base, &on, &dialogue_reward(), &["training.max_steps=2", "training.activation_checkpointing=every_layer"]), Default::default(), &RunOptions::default()).unwrap();
+    assert_same_curve(&plain, &on);
+}
+
 #[test]
 fn async_ppo_resumes_identically() {
     let d = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{metrics, repo, with_overrides};
+use common::{assert_same_curve, metrics, repo, with_overrides};
 
 /// The tiny model these tests train (seed 3).
 fn tiny_model(dir: &Path) -> PathBuf {
@@ -157,6 +157,47 @@ fn resume_retraces_the_uninterrupted_curve() {
     let cfg_c = config(&base, &b, &[&extra[..], &["training.lr=1.0e-3"]].concat());
     let e = run(&cfg_c, RunOptions { resume: true, stop_after: None }).unwrap_err().to_string();
     assert!(e.contains("different training config"), "{e}");
+}
+
+/// Issue 18: activation checkpointing changes memory and time, never the numbers: the same
+/// curve and the same exported weights bit for bit (f32, CPU), full and LoRA with dropout; a
+/// run may resume with it switched on.
+#[test]
+fn activation_checkpointing_retraces_the_same_run_bit_for_bit() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    for (name, extra) in [("full", vec!["training.max_steps=4"]), ("lora", vec!["training.max_steps=4", "lora={rank: 4, alpha: 8, dropout: 0.1}"])] {
+        let plain = d.path().join(format!("{name}-off"));
+        let op = run(&config(&base, &plain, &extra), RunOptions::default()).unwrap();
+        let weights = |o: &sft::SftOutcome, dir: &Path| match &o.adapter {
+            Some(a) => std::fs::read(a.join("adapter_model.safetensors")).unwrap(),
+            None => std::fs::read(dir.join("final/model.safetensors")).unwrap(),
+        };
+        for ckpt in ["every_layer", "{every: 2}"] {
+            let out = d.path().join(format!("{name}-{}", ckpt.len()));
+            let key = format!("training.activation_checkpointing={ckpt}");
+            let o = [&extra[..], &[key.as_str()]].concat();
+            let oc = run(&config(&base, &out, &o), RunOptions::default()).unwrap();
+            assert_same_curve(&plain, &out);
+            assert_eq!(op.adapter.is_some(), name == "lora");
+            assert!(weights(&op, &plain) == weights(&oc, &out), "{name} {ckpt}: the trained weights differ");
+        }
+    }
+    // Interrupted without, resumed with checkpointing: the same curve (the key is left out of
+    // the resume check).
+    let extra = ["training.max_steps=4", "training.save_every=2"];
+    let a = d.path().join("resume-a");
+    run(&config(&base, &a, &extra), RunOptions::default()).unwrap();
+    let b = d.path().join("resume-b");
+    run(&config(&base, &b, &extra), RunOptions { resume: false, stop_after: Some(3) }).unwrap();
+    let on = [&extra[..], &["training.activation_checkpointing=every_layer"]].concat();
+    run(&config(&base, &b, &on), RunOptions { resume: true, stop_after: None }).unwrap();
+    assert_same_curve(&a, &b);
+    // A bad value is named.
+    let mut bad = config(&base, &a, &extra).1;
+    medrl::config::apply_override(&mut bad, "training.activation_checkpointing={every: 0}").unwrap();
+    let e = medrl::config::from_tree::<SftConfig>(bad, Path::new("bad.yaml")).unwrap_err().to_string();
+    assert!(e.contains("activation_checkpointing") && e.contains("at least 1"), "{e}");
 }
 
 #[test]

@@ -101,3 +101,19 @@ pub fn peaked_tiny_model(arch: medrl::model::Arch, dir: &std::path::Path) -> med
     init_model_dir(dir, &opts).unwrap();
     medrl::model::load_model_dir(dir, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap()
 }
+
+/// Two runs' `metrics.jsonl` hold the same rows with the same values, timings and memory
+/// readings aside (keys `time_*`, `*_per_s`, `memory_mb`, `elapsed_s`, `step_time_s`).
+pub fn assert_same_curve(a: &std::path::Path, b: &std::path::Path) {
+    let skip = |k: &str| k.starts_with("time_") || k.ends_with("_per_s") || k == "memory_mb" || k == "elapsed_s" || k == "step_time_s";
+    let (ma, mb) = (metrics(a), metrics(b));
+    assert_eq!(ma.len(), mb.len(), "{} vs {}: row count", a.display(), b.display());
+    for (x, y) in ma.iter().zip(&mb) {
+        let (xo, yo) = (x.as_object().unwrap(), y.as_object().unwrap());
+        let keys: Vec<&String> = xo.keys().filter(|k| !skip(k)).collect();
+        assert_eq!(keys, yo.keys().filter(|k| !skip(k)).collect::<Vec<_>>(), "metric keys differ: {x} vs {y}");
+        for k in keys {
+            assert_eq!(xo[k], yo[k], "{k}: {x} vs {y}");
+        }
+    }
+}

@@ -6,7 +6,9 @@
 //! - [`kernels`]: the CUDA kernels behind them (`cuda` feature), values only;
 //! - [`infer`]: inference-only ops for the paged-KV rollout engine (cache writes, paged decode
 //!   attention, per-row sampling), a CPU reference and a CUDA kernel each;
-//! - [`device`]: `cpu` / `cuda:N` / `auto` and dtype parsing, CUDA memory-pool readings.
+//! - [`device`]: `cpu` / `cuda:N` / `auto` and dtype parsing, CUDA memory-pool readings;
+//! - [`quant`]: NF4 with double quantization (QLoRA base weights), bit for bit as bitsandbytes
+//!   stores it, and the blockwise 8-bit dynamic-map quantizer under it.
 //!
 //! Layer 1: imports no other medrl crate. Knows tensors, not models or tokens.
 
@@ -16,6 +18,7 @@ pub mod device;
 pub mod infer;
 pub mod kernels;
 pub mod ops;
+pub mod quant;
 
 /// Value used for blocked attention positions (additive mask). Finite, so a row with every key
 /// blocked (a pad query) yields a uniform softmax instead of NaN; such rows are never read.

@@ -22,7 +22,7 @@ use medrl_data::registry::{resolve, DatasetRef};
 use medrl_data::tokenize::{tokenize_example, Dropped, Overlong, Tokenizing, TrainOn};
 use medrl_data::formats::check_trainable;
 use medrl_data::{load_examples, BadRowPolicy, DataError, Example, LoadReport, Origin, TokenizedExample};
-use medrl_lm::model::load_model_dir;
+use medrl_lm::model::{load_model_dir, ActivationCheckpointing};
 
 // Shared with RL (crate::session); re-exported where SFT callers have always found them.
 pub use crate::error::RunError as SftError;
@@ -134,6 +134,10 @@ pub struct SftTraining {
     pub on_nonfinite: NonFinitePolicy,
     /// dtype of the exported model (`f32`, `bf16`, `f16`).
     pub export_dtype: String,
+    /// `off`, `every_layer` or `{every: k}`: decoder layers whose activations are recomputed
+    /// in backward instead of stored (less memory, about a third more compute at every_layer).
+    #[serde(skip_serializing_if = "ActivationCheckpointing::is_off")]
+    pub activation_checkpointing: ActivationCheckpointing,
 }
 
 impl Default for SftTraining {
@@ -158,6 +162,7 @@ impl Default for SftTraining {
             keep_last: 2,
             on_nonfinite: NonFinitePolicy::Stop,
             export_dtype: "f32".into(),
+            activation_checkpointing: ActivationCheckpointing::Off,
         }
     }
 }
@@ -176,6 +181,7 @@ impl Validate for SftConfig {
         if t.grad_accum == 0 {
             return Err(("training.grad_accum".into(), "must be at least 1".into()));
         }
+        t.activation_checkpointing.validate().map_err(|(k, m)| (format!("training.activation_checkpointing.{k}"), m))?;
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return Err(("training.lr".into(), "must be a positive number".into()));
         }
@@ -328,6 +334,8 @@ fn hash_config(cfg: &SftConfig) -> String {
     c.training.save_every = 0;
     c.training.keep_last = 0;
     c.training.max_steps = None;
+    // Speed and memory only: a run may resume with it switched.
+    c.training.activation_checkpointing = ActivationCheckpointing::Off;
     c.stages.clear();
     let bytes = serde_json::to_vec(&c).expect("config serializes");
     format!("{:x}", sha2::Sha256::digest(bytes))[..16].to_string()
@@ -454,7 +462,8 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
         Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|source| SftError::LoraTargets { key: "lora.targets", source })? },
         None => Mode::Full,
     };
-    let trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
+    let mut trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
+    trainable.checkpointing = t.activation_checkpointing;
     let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?;
     tracing::info!(params = trainable.num_trainable(), lora = cfg.lora.is_some(), "trainable parameters");
     session.resume(&trainable, &mut opt)?;
@@ -536,7 +545,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
                 break;
             }
             loss_sum += lv;
-            accumulate(&mut grads, loss.backward()?, trainable.params())?;
+            accumulate(&mut grads, trainable.backward(&loss, &model)?, trainable.params())?;
         }
         let lr = schedule.lr_at(session.state.step);
         let stats = match (nonfinite, grads) {

@@ -6,6 +6,7 @@
 //! masters cast to the compute dtype. The cast is differentiable, so gradients land on the f32
 //! masters, and the optimizer never touches bf16 copies.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 
 use super::TrainError;
 use medrl_lm::model::lora::LoraAdapter;
-use medrl_lm::model::{CausalLm, Linear, MapSource};
+use medrl_lm::model::{ActivationCheckpointing, CausalLm, Linear, MapSource};
 
 /// The projections LoRA can target, by their HF module names.
 pub const LORA_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -130,6 +131,8 @@ pub struct Trainable {
     params: Vec<(String, Var)>,
     pub mode: Mode,
     pub compute_dtype: DType,
+    /// Which layers tracked views recompute in backward (see [`Trainable::backward`]).
+    pub checkpointing: ActivationCheckpointing,
 }
 
 impl Trainable {
@@ -166,7 +169,7 @@ impl Trainable {
             Mode::Full => model,
             Mode::Lora { .. } => cast_model(&model, compute_dtype)?,
         };
-        Ok(Self { base, params, mode, compute_dtype })
+        Ok(Self { base, params, mode, compute_dtype, checkpointing: ActivationCheckpointing::Off })
     }
 
     pub fn device(&self) -> &Device {
@@ -191,7 +194,30 @@ impl Trainable {
     /// (batch * seq) and an RNG to draw the masks from.
     pub fn view(&self, detach: bool, dropout: Option<(usize, &mut rand_chacha::ChaCha8Rng)>) -> Result<CausalLm, TrainError> {
         let tensors = self.params.iter().map(|(n, v)| Ok((n.clone(), self.view_tensor(n, v, detach)?))).collect::<Result<HashMap<_, _>, TrainError>>()?;
-        self.assemble(tensors, detach, dropout)
+        let mut m = self.assemble(tensors, detach, dropout)?;
+        if !detach {
+            m.checkpointing = self.checkpointing.checkpointer();
+        }
+        Ok(m)
+    }
+
+    /// `loss.backward()` for a loss computed through `view` (a tracked [`Trainable::view`]),
+    /// with the checkpointed layers' share of the gradients added (see
+    /// [`CausalLm::backward_recomputed`]). Use this, not `loss.backward()`, in training steps.
+    pub fn backward(&self, loss: &Tensor, view: &CausalLm) -> Result<GradStore, TrainError> {
+        let mut grads = loss.backward()?;
+        self.finish_backward(view, &mut grads)?;
+        Ok(grads)
+    }
+
+    /// The checkpointed layers' backward for `view` into `grads` (one `loss.backward()` through
+    /// several trainables' views: call it for each).
+    pub fn finish_backward(&self, view: &CausalLm, grads: &mut GradStore) -> Result<(), TrainError> {
+        if view.checkpointing.is_some() {
+            let leaves: Vec<Tensor> = self.params.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+            view.backward_recomputed(grads, &leaves)?;
+        }
+        Ok(())
     }
 
     /// A deep copy of the tensors a detached [`Trainable::view`] holds (compute dtype; LoRA

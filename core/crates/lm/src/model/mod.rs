@@ -6,6 +6,7 @@
 //! Everything medrl writes (tiny random models, GGUF imports, SFT exports) is such a folder, so
 //! `transformers` and medrl read each other's output.
 
+pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod init;
@@ -18,6 +19,7 @@ pub mod weights;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 
+pub use checkpoint::{ActivationCheckpointing, Checkpointer};
 pub use classifier::{load_classifier_dir, LoadedClassifier, SequenceClassifier};
 pub use config::{Arch, ModelConfig};
 pub use kv_cache::KvCache;

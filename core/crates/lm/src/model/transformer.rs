@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Module, Result as CResult, Tensor, D};
 
 use super::config::{Arch, ModelConfig, RopeScaling};
+use super::checkpoint::Checkpointer;
 use super::kv_cache::KvCache;
 use super::lora::LoraAdapter;
 use super::weights::TensorSource;
@@ -123,6 +124,19 @@ pub struct CausalLm {
     inv_freq: Tensor,
     dtype: DType,
     device: Device,
+    /// Set on training views: recompute these layers' activations in backward (see
+    /// [`super::checkpoint`]); `None` keeps every activation (and for inference).
+    pub checkpointing: Option<Checkpointer>,
+}
+
+/// What every decoder layer of one forward shares: batch shape, rotary tables, mask.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerCtx {
+    pub b: usize,
+    pub t: usize,
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub mask: Option<Tensor>,
 }
 
 impl CausalLm {
@@ -193,7 +207,7 @@ impl CausalLm {
             Some(get("lm_head.weight", &[cfg.vocab_size, h])?)
         };
         let inv_freq = Tensor::new(rope_inv_freq(&cfg), device).map_err(ModelError::from_candle("rope"))?;
-        Ok(Self { cfg, embed_tokens, layers, norm, lm_head, inv_freq, dtype, device: device.clone() })
+        Ok(Self { cfg, embed_tokens, layers, norm, lm_head, inv_freq, dtype, device: device.clone(), checkpointing: None })
     }
 
     pub fn dtype(&self) -> DType {
@@ -266,46 +280,61 @@ impl CausalLm {
         mut cache: Option<&mut KvCache>,
     ) -> CResult<Tensor> {
         let (b, t) = input_ids.dims2()?;
-        let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let mut x = ops::embedding(&self.embed_tokens, &input_ids.flatten_all()?)?;
+        let ids = input_ids.flatten_all()?;
+        let x = ops::embedding(&self.embed_tokens, &ids)?;
         let (cos, sin) = self.rope_tables(positions)?;
         let mask = match mask {
             Some(m) => Some(m.to_dtype(DType::F32)?),
             None => None,
         };
+        let ctx = LayerCtx { b, t, cos, sin, mask };
+        if let (Some(ckpt), None) = (&self.checkpointing, &cache) {
+            // Training with activation checkpointing: see [`super::checkpoint`].
+            return self.forward_checkpointed(ids, x, ctx, ckpt);
+        }
+        let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            let residual = x.clone();
-            let hs = ops::rms_norm(&x, &layer.input_layernorm, cfg.rms_norm_eps)?;
-            let a = &layer.self_attn;
-            let heads = |lin: &Linear, n: usize, norm: &Option<Tensor>| -> CResult<Tensor> {
-                let y = lin.forward(&hs)?.reshape((b, t, n, hd))?;
-                let y = match norm {
-                    Some(w) => ops::rms_norm(&y, w, cfg.rms_norm_eps)?,
-                    None => y,
-                };
-                y.transpose(1, 2)?.contiguous()
-            };
-            let q = ops::rope(&heads(&a.q_proj, nh, &a.q_norm)?, &cos, &sin)?;
-            let k = ops::rope(&heads(&a.k_proj, nkv, &a.k_norm)?, &cos, &sin)?;
-            let v = heads(&a.v_proj, nkv, &None)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c.append(i, &k, &v)?,
-                None => (k, v),
-            };
-            let o = ops::attention(&q, &k, &v, mask.as_ref())?;
-            let o = o.transpose(1, 2)?.reshape((b * t, nh * hd))?;
-            x = (residual + a.o_proj.forward(&o)?)?;
-            let residual = x.clone();
-            let hs = ops::rms_norm(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps)?;
-            let m = &layer.mlp;
-            let act = ops::swiglu(&m.gate_proj.forward(&hs)?, &m.up_proj.forward(&hs)?)?;
-            x = (residual + m.down_proj.forward(&act)?)?;
+            x = self.layer_forward(i, layer, x, &ctx, cache.as_deref_mut())?;
         }
         if let Some(c) = cache {
             c.advance(t);
         }
-        ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+        ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+    }
+
+    /// Decoder layer `i` (weights `layer`) on rows `x` `[B * T, H]`. Training, evaluation and
+    /// activation checkpointing's recomputation all run this one function, so a recomputed
+    /// layer is the same computation as the first one.
+    pub(crate) fn layer_forward(&self, i: usize, layer: &Block, x: Tensor, ctx: &LayerCtx, cache: Option<&mut KvCache>) -> CResult<Tensor> {
+        let cfg = &self.cfg;
+        let (b, t) = (ctx.b, ctx.t);
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let residual = x.clone();
+        let hs = ops::rms_norm(&x, &layer.input_layernorm, cfg.rms_norm_eps)?;
+        let a = &layer.self_attn;
+        let heads = |lin: &Linear, n: usize, norm: &Option<Tensor>| -> CResult<Tensor> {
+            let y = lin.forward(&hs)?.reshape((b, t, n, hd))?;
+            let y = match norm {
+                Some(w) => ops::rms_norm(&y, w, cfg.rms_norm_eps)?,
+                None => y,
+            };
+            y.transpose(1, 2)?.contiguous()
+        };
+        let q = ops::rope(&heads(&a.q_proj, nh, &a.q_norm)?, &ctx.cos, &ctx.sin)?;
+        let k = ops::rope(&heads(&a.k_proj, nkv, &a.k_norm)?, &ctx.cos, &ctx.sin)?;
+        let v = heads(&a.v_proj, nkv, &None)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(i, &k, &v)?,
+            None => (k, v),
+        };
+        let o = ops::attention(&q, &k, &v, ctx.mask.as_ref())?;
+        let o = o.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+        let x = (residual + a.o_proj.forward(&o)?)?;
+        let residual = x.clone();
+        let hs = ops::rms_norm(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps)?;
+        let m = &layer.mlp;
+        let act = ops::swiglu(&m.gate_proj.forward(&hs)?, &m.up_proj.forward(&hs)?)?;
+        residual + m.down_proj.forward(&act)?
     }
 
     /// Project hidden states to vocabulary logits, in f32.

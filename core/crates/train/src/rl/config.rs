@@ -16,6 +16,7 @@ use medrl_base::config::Validate;
 use medrl_data::registry::DatasetRef;
 use medrl_data::BadRowPolicy;
 use medrl_lm::generate::{EngineConfig, SamplingParams};
+use medrl_lm::model::ActivationCheckpointing;
 
 fn auto() -> String {
     "auto".into()
@@ -119,6 +120,10 @@ pub struct RlTraining {
     pub keep_last: usize,
     pub on_nonfinite: NonFinitePolicy,
     pub export_dtype: String,
+    /// `off`, `every_layer` or `{every: k}`: decoder layers (policy and critic) whose
+    /// activations are recomputed in the update's backward instead of stored.
+    #[serde(skip_serializing_if = "ActivationCheckpointing::is_off")]
+    pub activation_checkpointing: ActivationCheckpointing,
 }
 
 impl Default for RlTraining {
@@ -135,6 +140,7 @@ impl Default for RlTraining {
             keep_last: 2,
             on_nonfinite: NonFinitePolicy::Stop,
             export_dtype: "f32".into(),
+            activation_checkpointing: ActivationCheckpointing::Off,
         }
     }
 }
@@ -271,6 +277,7 @@ impl<A: AlgorithmConfig> RlConfig<A> {
         c.training.keep_last = 0;
         c.training.max_steps = 0;
         c.engine = EngineConfig::default();
+        c.training.activation_checkpointing = ActivationCheckpointing::Off;
         crate::session::hash_json(&c)
     }
 
@@ -296,6 +303,7 @@ impl<A: AlgorithmConfig> Validate for RlConfig<A> {
                 return Err((format!("rewards[{i}].weight"), format!("{} must be finite", r.weight)));
             }
         }
+        training.activation_checkpointing.validate().map_err(|(k, m)| (format!("training.activation_checkpointing.{k}"), m))?;
         if training.max_steps == 0 {
             return Err(("training.max_steps".into(), "must be at least 1".into()));
         }

@@ -260,7 +260,7 @@ pub fn clipped_update(run: &mut RlRun, r: &Rollout, s: &ClippedPg, totals: &[Opt
                 break;
             }
             l_sum += lv;
-            accumulate(&mut grads, loss.backward()?, run.trainable.params())?;
+            accumulate(&mut grads, run.trainable.backward(&loss, &model)?, run.trainable.params())?;
         }
         if nonfinite.is_some() {
             break;

@@ -251,7 +251,8 @@ impl RlRun {
             None => Mode::Full,
         };
         let reference = if cfg.algorithm.needs_reference() { Some(load_model_dir(&cfg.model, &device, compute)?.model) } else { None };
-        let trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
+        let mut trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
+        trainable.checkpointing = t.activation_checkpointing;
         let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?;
         let schedule = LrSchedule { peak_lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.max_steps, kind: t.schedule, min_lr_ratio: 0.0 };
         // Prompt order: epochs over the training prompts, `prompts_per_step` at a time.

@@ -363,7 +363,8 @@ impl RlAlgorithm for Ppo {
             Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|source| RunError::LoraTargets { key: "critic.lora.targets", source })? },
             None => Mode::Full,
         };
-        let critic = ValueModel::new(critic_model, critic_mode, rl.compute(), t.seed, cc.head_init_std)?;
+        let mut critic = ValueModel::new(critic_model, critic_mode, rl.compute(), t.seed, cc.head_init_std)?;
+        critic.backbone.checkpointing = t.activation_checkpointing;
         let mut copt = AdamW::new(critic.params().to_vec(), t.optimizer.clone())?;
         let critic_schedule = LrSchedule { peak_lr: cc.lr.unwrap_or(t.lr), ..rl.schedule.clone() };
         if let Some(ck) = &rl.session.resumed {
@@ -491,7 +492,10 @@ impl RlAlgorithm for Ppo {
                         nonfinite = Some(format!("loss {lv} at step {}", rl.step() + 1));
                         break 'epochs;
                     }
-                    accumulate(&mut grads, loss.backward()?, &all_params)?;
+                    let mut g = loss.backward()?;
+                    rl.trainable.finish_backward(&policy, &mut g)?;
+                    critic.backbone.finish_backward(&cview, &mut g)?;
+                    accumulate(&mut grads, g, &all_params)?;
                 }
                 let Some(g) = grads else { continue };
                 // Both models step or neither: check both norms before touching either.

@@ -1,0 +1,294 @@
+//! Activation checkpointing: decoder layers whose activations are dropped after the forward and
+//! recomputed in backward.
+//!
+//! A checkpointed forward runs the chosen layers without gradient tracking and keeps only each
+//! checkpointed run's input rows (`[B * T, H]`); the layers between checkpoints run tracked as
+//! usual. The final norm and everything after it (head, loss) see the last layer's output as a
+//! fresh leaf. After `loss.backward()`, [`CausalLm::backward_recomputed`] walks the layers back:
+//! for each run it rebuilds the graph (recomputing, for checkpointed runs) from the saved input,
+//! backpropagates the gradient that arrived at the run's output, adds the weights' gradients to
+//! the store and hands the input's gradient to the run before. In f32 on CPU the gradients are
+//! bit-identical to a backward through the whole graph: the recomputation is the same function
+//! on the same inputs, and every gradient is the same sum of the same terms.
+//!
+//! Cost: activations of the checkpointed layers are not stored (for every layer: memory for one
+//! `[B * T, H]` input per layer instead of all of the layer's intermediates, about 20x less for
+//! these decoders at long sequences), for one extra forward of those layers in backward (about
+//! a third more compute per step).
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use candle_core::backprop::GradStore;
+use candle_core::{Result as CResult, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::lora::LoraAdapter;
+use super::transformer::{Attention, Block, CausalLm, LayerCtx, Linear, Mlp};
+use medrl_nn::ops;
+
+/// Which decoder layers a training forward recomputes in backward (config key
+/// `training.activation_checkpointing`: `off`, `every_layer` or `{every: k}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "Repr", into = "Repr")]
+pub enum ActivationCheckpointing {
+    /// Keep every activation (fastest, most memory).
+    #[default]
+    Off,
+    /// Recompute every layer: least memory, one extra forward of the decoder per step.
+    EveryLayer,
+    /// Recompute layers 0, k, 2k, ...: between the two in memory and compute.
+    Every(usize),
+}
+
+/// The YAML/JSON spelling: a name or `{every: k}`.
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+enum Repr {
+    Name(Named),
+    Every {
+        /// Recompute layers 0, k, 2k, ... (1: every layer).
+        every: usize,
+    },
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum Named {
+    Off,
+    EveryLayer,
+}
+
+impl From<ActivationCheckpointing> for Repr {
+    fn from(c: ActivationCheckpointing) -> Self {
+        match c {
+            ActivationCheckpointing::Off => Repr::Name(Named::Off),
+            ActivationCheckpointing::EveryLayer => Repr::Name(Named::EveryLayer),
+            ActivationCheckpointing::Every(every) => Repr::Every { every },
+        }
+    }
+}
+
+impl TryFrom<Repr> for ActivationCheckpointing {
+    type Error = String;
+    fn try_from(r: Repr) -> Result<Self, String> {
+        Ok(match r {
+            Repr::Name(Named::Off) => Self::Off,
+            Repr::Name(Named::EveryLayer) => Self::EveryLayer,
+            Repr::Every { every: 0 } => return Err("activation_checkpointing: every must be at least 1 (1 recomputes every layer)".into()),
+            Repr::Every { every } => Self::Every(every),
+        })
+    }
+}
+
+impl schemars::JsonSchema for ActivationCheckpointing {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ActivationCheckpointing".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        Repr::json_schema(generator)
+    }
+}
+
+impl ActivationCheckpointing {
+    pub fn is_off(&self) -> bool {
+        *self == Self::Off
+    }
+
+    /// The layer stride, `None` when off.
+    pub fn stride(&self) -> Option<usize> {
+        match *self {
+            Self::Off => None,
+            Self::EveryLayer => Some(1),
+            Self::Every(k) => Some(k),
+        }
+    }
+
+    /// Range check; the error names the sub-key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match *self {
+            Self::Every(0) => Err(("every".into(), "must be at least 1 (1 recomputes every layer)".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// A checkpointer for a training view, `None` when off.
+    pub fn checkpointer(&self) -> Option<Checkpointer> {
+        self.stride().map(Checkpointer::new)
+    }
+}
+
+/// The checkpointing state of one training view: the stride and the forwards waiting for their
+/// layers' backward. Clones share the queue.
+#[derive(Debug, Clone)]
+pub struct Checkpointer {
+    stride: usize,
+    pending: Arc<Mutex<Vec<Pending>>>,
+}
+
+/// One checkpointed forward, waiting for backward.
+#[derive(Debug)]
+struct Pending {
+    /// The embedding output, tracked (its graph reaches the embedding weights).
+    x0: Tensor,
+    /// The flat token ids the embedding looked up.
+    ids: Tensor,
+    /// The leaf the final norm was applied to.
+    top: Tensor,
+    runs: Vec<Run>,
+    ctx: LayerCtx,
+}
+
+/// Consecutive layers handled alike.
+#[derive(Debug)]
+struct Run {
+    layers: Range<usize>,
+    /// Checkpointed: the detached input rows; kept: the leaf the run's graph starts from.
+    input: Tensor,
+    /// Kept runs: their tracked output (the graph lives until backward).
+    output: Option<Tensor>,
+}
+
+impl Checkpointer {
+    /// Recompute layers `0, stride, 2 * stride, ...` (stride 1: every layer).
+    pub fn new(stride: usize) -> Self {
+        Self { stride: stride.max(1), pending: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Forwards recorded and not yet backpropagated.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().expect("checkpoint queue").len()
+    }
+
+    /// `(layers, recompute)` runs covering `0..n`.
+    fn runs(&self, n: usize) -> Vec<(Range<usize>, bool)> {
+        let mut out: Vec<(Range<usize>, bool)> = Vec::new();
+        for i in 0..n {
+            let recompute = i % self.stride == 0;
+            match out.last_mut() {
+                Some((r, rc)) if *rc == recompute && !recompute => r.end = i + 1,
+                // Each checkpointed layer is its own run: recomputing several at once would
+                // hold all their activations together.
+                _ => out.push((i..i + 1, recompute)),
+            }
+        }
+        out
+    }
+}
+
+fn detach_linear(l: &Linear) -> Linear {
+    Linear {
+        weight: l.weight.detach(),
+        bias: l.bias.as_ref().map(Tensor::detach),
+        lora: l.lora.as_ref().map(|a| LoraAdapter { a: a.a.detach(), b: a.b.detach(), scale: a.scale, dropout_mask: a.dropout_mask.clone() }),
+    }
+}
+
+/// The layer's weights without gradient tracking (sharing storage).
+fn detach_block(b: &Block) -> Block {
+    let a = &b.self_attn;
+    Block {
+        input_layernorm: b.input_layernorm.detach(),
+        self_attn: Attention {
+            q_proj: detach_linear(&a.q_proj),
+            k_proj: detach_linear(&a.k_proj),
+            v_proj: detach_linear(&a.v_proj),
+            o_proj: detach_linear(&a.o_proj),
+            q_norm: a.q_norm.as_ref().map(Tensor::detach),
+            k_norm: a.k_norm.as_ref().map(Tensor::detach),
+        },
+        post_attention_layernorm: b.post_attention_layernorm.detach(),
+        mlp: Mlp { gate_proj: detach_linear(&b.mlp.gate_proj), up_proj: detach_linear(&b.mlp.up_proj), down_proj: detach_linear(&b.mlp.down_proj) },
+    }
+}
+
+/// Adds the gradients `sub` holds for `leaves` into `grads`.
+fn merge(grads: &mut GradStore, mut sub: GradStore, leaves: &[Tensor]) -> CResult<()> {
+    for leaf in leaves {
+        if let Some(g) = sub.remove(leaf) {
+            let g = match grads.remove(leaf) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            grads.insert(leaf, g);
+        }
+    }
+    Ok(())
+}
+
+impl CausalLm {
+    /// The decoder with `ckpt`'s layers run untracked (see the module docs); returns the final
+    /// hidden rows, tracked from a leaf that [`CausalLm::backward_recomputed`] picks up.
+    pub(crate) fn forward_checkpointed(&self, ids: Tensor, x0: Tensor, ctx: LayerCtx, ckpt: &Checkpointer) -> CResult<Tensor> {
+        let mut x = x0.detach();
+        let mut runs = Vec::new();
+        for (layers, recompute) in ckpt.runs(self.layers.len()) {
+            if recompute {
+                let input = x.clone();
+                for i in layers.clone() {
+                    x = self.layer_forward(i, &detach_block(&self.layers[i]), x, &ctx, None)?;
+                }
+                runs.push(Run { layers, input, output: None });
+            } else {
+                let input = Var::from_tensor(&x)?.as_tensor().clone();
+                let mut y = input.clone();
+                for i in layers.clone() {
+                    y = self.layer_forward(i, &self.layers[i], y, &ctx, None)?;
+                }
+                x = y.detach();
+                runs.push(Run { layers, input, output: Some(y) });
+            }
+        }
+        let top = Var::from_tensor(&x)?.as_tensor().clone();
+        let out = ops::rms_norm(&top, &self.norm, self.cfg.rms_norm_eps)?;
+        ckpt.pending.lock().expect("checkpoint queue").push(Pending { x0, ids, top, runs, ctx });
+        Ok(out)
+    }
+
+    /// Completes a backward pass through a view with activation checkpointing: `grads` is what
+    /// `loss.backward()` returned; the layers' share of the gradients of `leaves` (the trainable
+    /// tensors) is added to it. Every forward recorded since the last call is consumed; without
+    /// checkpointing this does nothing. Forwards the loss did not depend on contribute nothing.
+    pub fn backward_recomputed(&self, grads: &mut GradStore, leaves: &[Tensor]) -> CResult<()> {
+        let Some(ckpt) = &self.checkpointing else { return Ok(()) };
+        let pending = std::mem::take(&mut *ckpt.pending.lock().expect("checkpoint queue"));
+        for p in pending.into_iter().rev() {
+            let Some(mut g) = grads.remove(&p.top) else { continue };
+            for run in p.runs.iter().rev() {
+                let (input, output) = match &run.output {
+                    Some(out) => (run.input.clone(), out.clone()),
+                    None => {
+                        let input = Var::from_tensor(&run.input)?.as_tensor().clone();
+                        let mut y = input.clone();
+                        for i in run.layers.clone() {
+                            y = self.layer_forward(i, &self.layers[i], y, &p.ctx, None)?;
+                        }
+                        (input, y)
+                    }
+                };
+                // d/d(output) of sum(output * g) is g exactly: the seed of this run's backward.
+                let mut sub = (output * &g)?.sum_all()?.backward()?;
+                g = sub.remove(&input).ok_or_else(|| candle_core::Error::Msg(format!("activation checkpointing: layers {:?} produced no input gradient", run.layers)))?;
+                merge(grads, sub, leaves)?;
+            }
+            let e = &self.embed_tokens;
+            if e.is_variable() && !medrl_nn::kernels::enabled(e) {
+                // candle's own embedding backward (an index_add), onto the share a tied head
+                // already put in `grads`: the same sum in the same order as one backward
+                // through the whole graph, so a token seen several times gets the same bits.
+                let acc = match grads.remove(e) {
+                    Some(prev) => prev,
+                    None => e.zeros_like()?,
+                };
+                grads.insert(e, acc.index_add(&p.ids, &g, 0)?);
+            } else if p.x0.track_op() {
+                merge(grads, (&p.x0 * &g)?.sum_all()?.backward()?, leaves)?;
+            }
+        }
+        Ok(())
+    }
+}
