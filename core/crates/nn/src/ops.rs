@@ -399,6 +399,22 @@ pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
     weight.index_select(ids, 0)
 }
 
+/// `x W^T` (`x`: `[rows, in]`) for a frozen weight `W` `[out, in]` stored in NF4 (QLoRA's base):
+/// the weight is dequantized into `x`'s dtype for the product and again in backward, so the
+/// graph keeps the packed weight (0.5 bytes per value plus its block scales) and never a dense
+/// copy. Only `x` gets a gradient. Cost: one dequantization per forward and one per backward.
+pub fn nf4_matmul(x: &Tensor, w: &Arc<crate::quant::Nf4Tensor>) -> Result<Tensor> {
+    let dense = w.dequantize_tensor(x.dtype(), x.device())?;
+    let value = x.detach().matmul(&dense.t()?)?;
+    drop(dense);
+    if !x.track_op() {
+        return Ok(value);
+    }
+    let w = w.clone();
+    let backward: Arc<Backward> = Arc::new(move |x: &Tensor, _y: &Tensor, g: &Tensor| g.matmul(&w.dequantize_tensor(x.dtype(), x.device())?));
+    attach("medrl-nf4-matmul", x, value, backward)
+}
+
 /// Repeat key/value heads `n_rep` times along the head axis (grouped-query attention).
 pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
     if n_rep == 1 {
@@ -516,6 +532,19 @@ mod tests {
         let w = randn(&[8], 2);
         let r = check(&[x, w], |t| rms_norm(&t[0], &t[1], 1e-6), 24, 1e-6).unwrap();
         assert_grad_ok("rms_norm", r);
+    }
+
+    #[test]
+    fn nf4_matmul_gradient_and_value() {
+        let w = randn(&[6, 128], 3).to_dtype(DType::F32).unwrap();
+        let q = Arc::new(crate::quant::Nf4Tensor::quantize_tensor(&w).unwrap());
+        let x = randn(&[3, 128], 4);
+        assert_grad_ok("nf4_matmul", check(&[x.clone()], |t| nf4_matmul(&t[0], &q), 24, 1e-6).unwrap());
+        // The value is the product with the dequantized weight, exactly.
+        let dense = q.dequantize_tensor(DType::F64, &Device::Cpu).unwrap();
+        let want = x.matmul(&dense.t().unwrap()).unwrap();
+        let d = (nf4_matmul(&x, &q).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert_eq!(d, 0.0);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use candle_core::{Result as CResult, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::lora::LoraAdapter;
-use super::transformer::{Attention, Block, CausalLm, LayerCtx, Linear, Mlp};
+use super::transformer::{Attention, Block, CausalLm, LayerCtx, Linear, Mlp, Weight};
 use medrl_nn::ops;
 
 /// Which decoder layers a training forward recomputes in backward (config key
@@ -182,7 +182,10 @@ impl Checkpointer {
 
 fn detach_linear(l: &Linear) -> Linear {
     Linear {
-        weight: l.weight.detach(),
+        weight: match &l.weight {
+            Weight::Dense(w) => Weight::Dense(w.detach()),
+            q => q.clone(),
+        },
         bias: l.bias.as_ref().map(Tensor::detach),
         lora: l.lora.as_ref().map(|a| LoraAdapter { a: a.a.detach(), b: a.b.detach(), scale: a.scale, dropout_mask: a.dropout_mask.clone() }),
     }

@@ -106,7 +106,7 @@ impl SequenceClassifier {
         let hidden = self.body.forward_hidden(&input, &positions, Some(&mask), None)?;
         let h = hidden.dim(2)?;
         let picked = hidden.reshape((b * t, h))?.index_select(&Tensor::new(pooled, device)?, 0)?;
-        Linear { weight: self.score.clone(), bias: None, lora: None }.forward(&picked)?.to_dtype(DType::F32)
+        Linear { weight: self.score.clone().into(), bias: None, lora: None }.forward(&picked)?.to_dtype(DType::F32)
     }
 
     /// Label probabilities (softmax of the logits), one row per sequence.

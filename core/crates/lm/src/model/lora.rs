@@ -75,13 +75,13 @@ mod tests {
         let mut lora = LoraAdapter::init(6, 4, 2, 16.0, 1, &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1.0, (4, 6), &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (3, 6), &Device::Cpu).unwrap();
-        let base = Linear { weight: w.clone(), bias: None, lora: None };
-        let adapted = Linear { weight: w.clone(), bias: None, lora: Some(lora.clone()) };
+        let base = Linear { weight: w.clone().into(), bias: None, lora: None };
+        let adapted = Linear { weight: w.clone().into(), bias: None, lora: Some(lora.clone()) };
         let diff = (base.forward(&x).unwrap() - adapted.forward(&x).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(diff, 0.0, "B = 0 must leave the output unchanged");
         lora.b = Tensor::randn(0f32, 1.0, (4, 2), &Device::Cpu).unwrap();
-        let adapted = Linear { weight: w.clone(), bias: None, lora: Some(lora.clone()) };
-        let merged = Linear { weight: (w + lora.merged_delta().unwrap()).unwrap(), bias: None, lora: None };
+        let adapted = Linear { weight: w.clone().into(), bias: None, lora: Some(lora.clone()) };
+        let merged = Linear { weight: (w + lora.merged_delta().unwrap()).unwrap().into(), bias: None, lora: None };
         let diff = (merged.forward(&x).unwrap() - adapted.forward(&x).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "merged weights differ from the adapter by {diff}");
     }
@@ -95,7 +95,7 @@ mod tests {
         let r = check(
             &[a, b, x],
             |p| {
-                let lin = Linear { weight: w.clone(), bias: None, lora: Some(LoraAdapter { a: p[0].clone(), b: p[1].clone(), scale: 2.0, dropout_mask: None }) };
+                let lin = Linear { weight: w.clone().into(), bias: None, lora: Some(LoraAdapter { a: p[0].clone(), b: p[1].clone(), scale: 2.0, dropout_mask: None }) };
                 lin.forward(&p[2])
             },
             24,

@@ -23,7 +23,7 @@ pub use checkpoint::{ActivationCheckpointing, Checkpointer};
 pub use classifier::{load_classifier_dir, LoadedClassifier, SequenceClassifier};
 pub use config::{Arch, ModelConfig};
 pub use kv_cache::KvCache;
-pub use transformer::{build_attention_mask, AttentionBackend, CausalLm, Linear};
+pub use transformer::{build_attention_mask, AttentionBackend, CausalLm, Linear, Weight};
 pub use weights::{MapSource, SafetensorsSource, TensorSource};
 // Device parsing lives in the nn layer; re-exported where model loaders look for it.
 pub use medrl_nn::device::{parse_device, parse_dtype};
