@@ -200,6 +200,33 @@ fn activation_checkpointing_retraces_the_same_run_bit_for_bit() {
     assert!(e.contains("activation_checkpointing") && e.contains("at least 1"), "{e}");
 }
 
+/// Issue 18: QLoRA (NF4 base with double quantization) learns the sample as LoRA on the dense
+/// base does, writes a PEFT adapter for the original base, and exports the adapter merged onto
+/// the full-precision base (as PEFT's merge_and_unload on the unquantized model).
+#[test]
+fn qlora_sft_learns_like_lora_and_writes_a_peft_adapter_for_the_original_base() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let lora = |q: &str| format!("lora={{rank: 8, alpha: 16, dropout: 0.0{q}}}");
+    let dense = run(&config(&base, &d.path().join("lora"), &["training.epochs=3", "training.lr=1.0e-2", &lora("")]), RunOptions::default()).unwrap();
+    let out = d.path().join("qlora");
+    let o = run(&config(&base, &out, &["training.epochs=3", "training.lr=1.0e-2", &lora(", quantize: nf4")]), RunOptions::default()).unwrap();
+    let (eb, ea) = (o.eval_loss_before.unwrap(), o.eval_loss_after.unwrap());
+    let (db, da) = (dense.eval_loss_before.unwrap(), dense.eval_loss_after.unwrap());
+    assert!(ea < eb - 0.1 && da < db - 0.1, "eval loss: QLoRA {eb} -> {ea}, LoRA {db} -> {da}");
+    // The NF4 base is a slightly different model: close to, not equal to, the dense curve.
+    assert!(eb != db && (ea - da).abs() < 0.05 * da, "eval loss after: QLoRA {ea} vs LoRA {da}");
+    let adapter = o.adapter.expect("QLoRA runs write an adapter");
+    let cfg_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg_json["peft_type"], "LORA");
+    // The merged export is the original (dense) base plus the adapter.
+    let ids = probe_ids(&base);
+    let merged = logits(&out.join("final"), None, &ids);
+    let with_adapter = logits(&base, Some(&adapter), &ids);
+    assert!(max_diff(&merged, &with_adapter) < 1e-4, "merged export vs base + adapter: {}", max_diff(&merged, &with_adapter));
+    assert!(max_diff(&with_adapter, &logits(&base, None, &ids)) > 1e-2, "the adapter changes the model");
+}
+
 #[test]
 fn assistant_mask_covers_exactly_the_assistant_turns() {
     let d = tempfile::tempdir().unwrap();

@@ -204,6 +204,17 @@ impl Trainable {
         self.base.device()
     }
 
+    /// LoRA: the frozen base model without adapters, sharing the base's tensors (no copy), in
+    /// the compute dtype and with the original embeddings and head (modules_to_save train
+    /// copies). What the model was before training: the KL reference. `None` for full
+    /// fine-tuning, whose weights all move.
+    pub fn frozen_base(&self) -> Option<CausalLm> {
+        match self.mode {
+            Mode::Lora { .. } => Some(self.base.clone()),
+            Mode::Full => None,
+        }
+    }
+
     /// The model's architecture (as loaded; LoRA views may untie the head).
     pub fn config(&self) -> &medrl_lm::model::ModelConfig {
         &self.base.cfg

@@ -250,9 +250,15 @@ impl RlRun {
             Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|source| RunError::LoraTargets { key: "lora.targets", source })? },
             None => Mode::Full,
         };
-        let reference = if cfg.algorithm.needs_reference() { Some(load_model_dir(&cfg.model, &device, compute)?.model) } else { None };
         let mut trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
         trainable.checkpointing = t.activation_checkpointing;
+        // Under LoRA the reference is the frozen base with the adapters off, sharing its
+        // tensors (QLoRA: its NF4 blocks): one base in memory, as PEFT's disable_adapter().
+        let reference = match (cfg.algorithm.needs_reference(), trainable.frozen_base()) {
+            (false, _) => None,
+            (true, Some(base)) => Some(base),
+            (true, None) => Some(load_model_dir(&cfg.model, &device, compute)?.model),
+        };
         let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?;
         let schedule = LrSchedule { peak_lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.max_steps, kind: t.schedule, min_lr_ratio: 0.0 };
         // Prompt order: epochs over the training prompts, `prompts_per_step` at a time.
