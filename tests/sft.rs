@@ -651,3 +651,40 @@ fn python_with(module: &str) -> Option<String> {
     let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED {msg} !!!!!!!!\n");
     None
 }
+
+/// `medrl bench sft` (the size ladder's command) runs full, LoRA and QLoRA with and without
+/// activation checkpointing; checkpointing leaves the losses unchanged; the seeds' shapes are
+/// known; bad flags are named.
+#[test]
+fn bench_sft_runs_every_mode_and_checkpointing_leaves_losses_unchanged() {
+    let run = |args: &[&str]| -> Result<serde_json::Value, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_medrl")).args(["bench", "sft", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--seq", "16", "--micro-batch", "2", "--steps", "2", "--warmup", "0"]).args(args).output().unwrap();
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    };
+    for mode in ["full", "lora", "qlora"] {
+        let off = run(&["--mode", mode]).unwrap();
+        let on = run(&["--mode", mode, "--checkpointing", "every_layer"]).unwrap();
+        assert_eq!(off["losses"], on["losses"], "{mode}");
+        assert_eq!((on["mode"].as_str(), on["checkpointing"].as_str()), (Some(mode), Some("every_layer")));
+        let trainable = on["trainable_parameters"].as_u64().unwrap();
+        assert!(if mode == "full" { trainable == on["parameters"].as_u64().unwrap() } else { trainable < on["parameters"].as_u64().unwrap() / 2 }, "{on}");
+    }
+    for shape in ["qwen2.5-3b", "llama-3-8b", "qwen3-32b"] {
+        let cfg = medrl::model::ModelConfig::from_json(medrl::cli::bench::shape_config(shape).unwrap(), Path::new(shape)).unwrap();
+        let billions = cfg.num_parameters() as f64 / 1e9;
+        let want = match shape {
+            "qwen2.5-3b" => 3.09,
+            "llama-3-8b" => 8.03,
+            _ => 32.76,
+        };
+        assert!((billions - want).abs() < 0.02 * want, "{shape}: {billions:.2}B parameters");
+    }
+    let e = run(&["--mode", "qlora4"]).unwrap_err();
+    assert!(e.contains("--mode") && e.contains("qlora"), "{e}");
+    let e = run(&["--checkpointing", "0"]).unwrap_err();
+    assert!(e.contains("--checkpointing"), "{e}");
+}

@@ -70,12 +70,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0.9)]
         memory_fraction: f64,
     },
-    /// Full-SFT training throughput on a random-init model of a known shape (AdamW, f32 master
-    /// weights, compute in --dtype), random token batches, loss on every token.
+    /// SFT training throughput and peak memory on a random-init model of a known shape (AdamW,
+    /// f32 masters, compute in --dtype), random token batches, loss on every token; full
+    /// fine-tuning, LoRA or QLoRA, with or without activation checkpointing.
     Sft {
-        /// `qwen2.5-0.5b`, `smollm2-135m` or `tiny`.
+        /// `tiny`, `smollm2-135m`, `qwen2.5-0.5b`, `qwen2.5-3b`, `llama-3-8b` or `qwen3-32b`.
         #[arg(long, default_value = "qwen2.5-0.5b")]
         shape: String,
+        /// `full`, `lora` (rank 16, alpha 32, all linear projections) or `qlora` (the same on an
+        /// NF4 base).
+        #[arg(long, default_value = "full")]
+        mode: String,
+        /// `off`, `every_layer` or a layer stride k (recompute layers 0, k, 2k, ...).
+        #[arg(long, default_value = "off")]
+        checkpointing: String,
         #[arg(long, default_value_t = 1024)]
         seq: usize,
         #[arg(long, default_value_t = 8)]
@@ -198,13 +206,45 @@ pub fn shape_config(shape: &str) -> anyhow::Result<serde_json::Value> {
             "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "rms_norm_eps": 1e-6,
             "rope_theta": 10000.0, "tie_word_embeddings": true, "max_position_embeddings": 2048, "hidden_act": "silu"}),
-        other => anyhow::bail!("unknown shape {other:?}: expected qwen2.5-0.5b, smollm2-135m or tiny"),
+        // The seeds' models (published config.json architecture fields).
+        "qwen2.5-3b" => serde_json::json!({
+            "model_type": "qwen2", "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+            "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936, "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0, "tie_word_embeddings": true, "max_position_embeddings": 32768, "hidden_act": "silu"}),
+        "llama-3-8b" => serde_json::json!({
+            "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0, "tie_word_embeddings": false, "max_position_embeddings": 8192, "hidden_act": "silu"}),
+        "qwen3-32b" => serde_json::json!({
+            "model_type": "qwen3", "hidden_size": 5120, "intermediate_size": 25600, "num_hidden_layers": 64,
+            "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0, "tie_word_embeddings": false, "max_position_embeddings": 40960, "hidden_act": "silu"}),
+        other => anyhow::bail!("unknown shape {other:?}: expected tiny, smollm2-135m, qwen2.5-0.5b, qwen2.5-3b, llama-3-8b or qwen3-32b"),
     })
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool, layers: Option<usize>) -> anyhow::Result<serde_json::Value> {
-    use crate::train::trainable::{Mode, Trainable};
+fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool, layers: Option<usize>) -> anyhow::Result<serde_json::Value> {
+    use crate::model::ActivationCheckpointing;
+    use crate::train::trainable::{BaseQuant, LoraConfig, Mode, Trainable};
+    let lora = |quantize| {
+        let cfg = LoraConfig { rank: 16, alpha: 32.0, dropout: 0.0, quantize, ..Default::default() };
+        Mode::Lora { targets: cfg.targets().expect("all-linear"), cfg }
+    };
+    let train_mode = match mode {
+        "full" => Mode::Full,
+        "lora" => lora(BaseQuant::None),
+        "qlora" => lora(BaseQuant::Nf4),
+        other => anyhow::bail!("--mode {other:?}: expected full, lora or qlora"),
+    };
+    let ckpt = match checkpointing {
+        "off" => ActivationCheckpointing::Off,
+        "every_layer" => ActivationCheckpointing::EveryLayer,
+        k => match k.parse::<usize>() {
+            Ok(k) if k >= 1 => ActivationCheckpointing::Every(k),
+            _ => anyhow::bail!("--checkpointing {k:?}: expected off, every_layer or a layer stride >= 1"),
+        },
+    };
     use crate::train::{AdamW, AdamWConfig};
     let dev = parse_device(device).map_err(anyhow::Error::msg)?;
     let dt = parse_dtype(dtype, &dev).map_err(anyhow::Error::msg)?;
@@ -217,9 +257,10 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
     let weights = crate::model::init::random_weights(&cfg, 0, 0.02)?;
     let mut src = crate::model::MapSource::new(weights, shape);
     let model = crate::model::CausalLm::from_source(cfg.clone(), &mut src, DType::F32, &dev)?;
-    let trainable = Trainable::new(model, Mode::Full, dt, 0)?;
+    let mut trainable = Trainable::new(model, train_mode, dt, 0)?;
+    trainable.checkpointing = ckpt;
     let mut opt = AdamW::new(trainable.params().to_vec(), AdamWConfig { weight_decay: 0.01, ..Default::default() })?;
-    tracing::info!("{shape}: {} parameters, built in {:.1}s", trainable.num_trainable(), t0.elapsed().as_secs_f64());
+    tracing::info!("{shape}: {} trainable parameters, built in {:.1}s", trainable.num_trainable(), t0.elapsed().as_secs_f64());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let examples: Vec<crate::data::TokenizedExample> = (0..mb)
         .map(|_| crate::data::TokenizedExample {
@@ -254,7 +295,7 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
         let lp = view.target_logprobs(&batch.input_ids, &batch.positions, Some(&batch.attention_mask), &batch.targets)?;
         let loss = ((lp * &batch.loss_mask)?.sum_all()?.neg()? / batch.trained_tokens as f64)?;
         mark(1)?;
-        let grads = loss.backward()?;
+        let grads = trainable.backward(&loss, &view)?;
         mark(2)?;
         // Activations and gradients are all alive here: the step's high-water mark.
         peak = peak.max(crate::device::device_memory_used_mb(&dev));
@@ -276,8 +317,8 @@ fn bench_sft(shape: &str, seq: usize, mb: usize, steps: usize, warmup: usize, de
     });
     let tokens = (mb * seq) as f64;
     let out = serde_json::json!({
-        "impl": "medrl", "shape": shape, "layers": cfg.num_hidden_layers, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
-        "parameters": trainable.num_trainable(),
+        "impl": "medrl", "shape": shape, "mode": mode, "checkpointing": checkpointing, "layers": cfg.num_hidden_layers, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
+        "parameters": cfg.num_parameters(), "trainable_parameters": trainable.num_trainable(),
         "median_step_s": step_s, "tokens_per_s": tokens / step_s,
         // What the process holds on the device (the memory pool keeps freed blocks, like
         // PyTorch's reserved memory) and, on CUDA, the peak actually allocated by tensors.
@@ -531,8 +572,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        BenchCommand::Sft { shape, seq, micro_batch, steps, warmup, device, dtype, json, phases, layers } => {
-            let r = bench_sft(&shape, seq, micro_batch, steps, warmup, &device, &dtype, phases, layers)?;
+        BenchCommand::Sft { shape, mode, checkpointing, seq, micro_batch, steps, warmup, device, dtype, json, phases, layers } => {
+            let r = bench_sft(&shape, &mode, &checkpointing, seq, micro_batch, steps, warmup, &device, &dtype, phases, layers)?;
             println!("{}", serde_json::to_string(&r)?);
             if let Some(p) = json {
                 crate::fsutil::write_json_atomic(&p, &r).with_context(|| format!("writing {}", p.display()))?;
