@@ -22,7 +22,7 @@ pub use medrl_base::{config, fsutil, plot, progress};
 pub use medrl_data as data;
 pub use medrl_eval as eval;
 pub use medrl_lm::{engine, generate, gguf, model, tokenizer};
-pub use medrl_nn::{device, infer, kernels, ops};
+pub use medrl_nn::{device, infer, kernels, ops, quant};
 pub use medrl_plugin as plugin;
 pub use medrl_reward as reward;
 pub use medrl_reward::judge;

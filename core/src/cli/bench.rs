@@ -522,6 +522,20 @@ fn ops_agreement(device: &str, dtype: &str) -> anyhow::Result<serde_json::Value>
         let grads: Vec<f64> = got_g.iter().zip(&want_g).map(|(g, w)| rel(g, w)).collect::<anyhow::Result<_>>()?;
         report.insert(name.to_string(), serde_json::json!({"value_rel_err": rel(&got, &want)?, "grad_rel_err": grads}));
     }
+    // NF4 dequantization (QLoRA's base): the device's result against the CPU's, bit for bit,
+    // on a weight whose size is not a multiple of the block sizes (ragged last blocks).
+    let w = (randn(&[4099, 263])? * 0.05)?;
+    let q = std::sync::Arc::new(crate::quant::Nf4Tensor::quantize_tensor(&w)?);
+    let want = q.dequantize_tensor(dt, &cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let got = q.dequantize_tensor(dt, &dev)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let differing = want.iter().zip(&got).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    // And the product the QLoRA forward takes through it, against the dense dequantized weight.
+    let x = randn(&[64, 263])?;
+    let dense = q.dequantize_tensor(DType::F64, &cpu)?;
+    let want_y = x.to_dtype(DType::F64)?.matmul(&dense.t()?)?;
+    let got_y = crate::ops::nf4_matmul(&x.to_dtype(dt)?.to_device(&dev)?, &q)?.to_device(&cpu)?.to_dtype(DType::F64)?;
+    report.insert("nf4_dequantize".into(), serde_json::json!({"values": want.len(), "bits_differing": differing}));
+    report.insert("nf4_matmul".into(), serde_json::json!({"value_rel_err": rel(&got_y, &want_y)?}));
     Ok(serde_json::json!({
         "device": device, "dtype": format!("{dt:?}"), "fused_kernels": crate::kernels::enabled(&Tensor::zeros(1, dt, &dev)?),
         "reference": "cpu f64 (primitive-op path)", "ops": report,

@@ -18,6 +18,7 @@ pub(crate) fn ptr(s: &CudaStorage, l: &Layout, what: &str) -> Result<u64> {
         DType::F16 => s.as_cuda_slice::<f16>()?.device_ptr(&stream).0 + 2 * off,
         DType::F32 => s.as_cuda_slice::<f32>()?.device_ptr(&stream).0 + 4 * off,
         DType::U32 => s.as_cuda_slice::<u32>()?.device_ptr(&stream).0 + 4 * off,
+        DType::U8 => s.as_cuda_slice::<u8>()?.device_ptr(&stream).0 + off,
         other => candle_core::bail!("kernel operand {what}: unsupported dtype {other:?}"),
     })
 }

@@ -20,16 +20,21 @@ use candle_core::{Result, Tensor};
 
 /// Whether the fused kernels apply to `t`: CUDA build, CUDA tensor, bf16 or f32, not disabled.
 pub fn enabled(t: &Tensor) -> bool {
+    enabled_on(t.device(), t.dtype())
+}
+
+/// [`enabled`] for a result of `dtype` on `device`.
+pub fn enabled_on(device: &candle_core::Device, dtype: candle_core::DType) -> bool {
     #[cfg(feature = "cuda")]
     {
-    use std::sync::OnceLock;
+        use std::sync::OnceLock;
         static ON: OnceLock<bool> = OnceLock::new();
         let on = *ON.get_or_init(|| std::env::var("MEDRL_FUSED_KERNELS").map(|v| v != "0").unwrap_or(true));
-        on && t.device().is_cuda() && matches!(t.dtype(), candle_core::DType::BF16 | candle_core::DType::F32)
+        on && device.is_cuda() && matches!(dtype, candle_core::DType::BF16 | candle_core::DType::F32)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = t;
+        let _ = (device, dtype);
         false
     }
 }
@@ -65,6 +70,9 @@ mod imp {
         Err(unavailable())
     }
     pub fn embedding_backward(_: &Tensor, _: &Tensor, _: usize) -> Result<Tensor> {
+        Err(unavailable())
+    }
+    pub fn nf4_dequantize(_: &Tensor, _: &Tensor, _: &Tensor, _: f32, _: usize, _: candle_core::DType) -> Result<Tensor> {
         Err(unavailable())
     }
 }
@@ -260,7 +268,21 @@ __device__ void from_f32(const float* x, T* out, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) st(out, i, x[i]);
 }
 
+// NF4 with double quantization (crate::quant): `aux` holds the 16 NF4 values, the 256-entry
+// dynamic map, then one nested absmax per 256 blocks of 64 values. Every product and sum is
+// rounded on its own (no fused multiply-add), as the CPU reference computes them.
+template <typename T>
+__device__ void nf4_dequantize(const unsigned char* packed, const unsigned char* codes, const float* aux, float offset, T* out, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t blk = i >> 6;
+        const float am = __fadd_rn(__fmul_rn(aux[16 + codes[blk]], aux[272 + (blk >> 8)]), offset);
+        const unsigned char byte = packed[i >> 1];
+        st(out, i, __fmul_rn(aux[(i & 1) ? (byte & 15) : (byte >> 4)], am));
+    }
+}
+
 #define INSTANTIATE(T, SUF) \
+extern "C" __global__ void medrl_nf4_dequantize_##SUF(const unsigned char* p, const unsigned char* c, const float* aux, float offset, T* out, size_t n) { nf4_dequantize<T>(p, c, aux, offset, out, n); } \
 extern "C" __global__ void medrl_embedding_backward_##SUF(const unsigned int* ids, const T* g, float* acc, size_t n, int Hd, unsigned int V) { embedding_backward<T>(ids, g, acc, n, Hd, V); } \
 extern "C" __global__ void medrl_from_f32_##SUF(const float* x, T* out, size_t n) { from_f32<T>(x, out, n); } \
 extern "C" __global__ void medrl_lse_target_##SUF(const T* x, const unsigned int* tg, float* lse, float* lp, int V) { lse_target<T>(x, tg, lse, lp, V); } \
@@ -495,6 +517,49 @@ INSTANTIATE(bf16_t, bf16)
     /// `p * (dp - rowdot)` with `rowdot` f32, one value per row of the last axis.
     pub fn softmax_backward(p: &Tensor, dp: &Tensor, rowdot: &Tensor) -> Result<Tensor> {
         p.contiguous()?.apply_op3_no_bwd(&dp.contiguous()?, &rowdot.to_dtype(DType::F32)?.contiguous()?, &SoftmaxBackward)
+    }
+
+    // ---- NF4 ------------------------------------------------------------------------------------
+
+    struct Nf4Dequantize {
+        dtype: DType,
+        numel: usize,
+        offset: f32,
+    }
+    impl CustomOp3 for Nf4Dequantize {
+        fn name(&self) -> &'static str {
+            "medrl-nf4-dequantize"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            cpu_unsupported(self.name())
+        }
+        fn cuda_fwd(&self, p: &CudaStorage, pl: &Layout, c: &CudaStorage, cl: &Layout, a: &CudaStorage, al: &Layout) -> Result<(CudaStorage, Shape)> {
+            let n = self.numel;
+            let blocks = n.div_ceil(64);
+            if pl.shape().elem_count() != n.div_ceil(2) || cl.shape().elem_count() != blocks || al.shape().elem_count() != 272 + blocks.div_ceil(256) {
+                candle_core::bail!("nf4_dequantize: parts do not match {n} values");
+            }
+            if p.dtype() != DType::U8 || c.dtype() != DType::U8 || a.dtype() != DType::F32 {
+                candle_core::bail!("nf4_dequantize: expected u8 packed codes, u8 absmax codes and f32 tables");
+            }
+            let dev = p.device();
+            let f = func(dev, "nf4_dequantize", self.dtype)?;
+            let (pp, cp, ap) = (ptr(p, pl, "packed")?, ptr(c, cl, "absmax codes")?, ptr(a, al, "tables")?);
+            let (out, op) = alloc(dev, self.dtype, n)?;
+            let n64 = n as u64;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&pp).arg(&cp).arg(&ap).arg(&self.offset).arg(&op).arg(&n64);
+            launch(&mut b, grid_for(n, 256), "nf4_dequantize")?;
+            Ok((out, Shape::from(n)))
+        }
+    }
+
+    /// NF4 values (`numel`, flat) in `dtype` from their device-resident parts: `packed` (u8, two
+    /// codes a byte), `codes` (u8, one per 64 values) and `tables` (f32: the 16 NF4 values, the
+    /// 256-entry dynamic map, then the nested absmax values).
+    pub fn nf4_dequantize(packed: &Tensor, codes: &Tensor, tables: &Tensor, offset: f32, numel: usize, dtype: DType) -> Result<Tensor> {
+        packed.apply_op3_no_bwd(codes, tables, &Nf4Dequantize { dtype, numel, offset })
     }
 
     // ---- SwiGLU --------------------------------------------------------------------------------

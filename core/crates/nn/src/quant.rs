@@ -31,7 +31,7 @@
 //!
 //! CPU only for now; [`Nf4Tensor::dequantize_tensor`] is the seam where a device kernel goes.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -284,7 +284,7 @@ impl Blockwise8 {
 }
 
 /// A tensor stored as NF4 with double-quantized absmax: about 4.13 bits per value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Nf4Tensor {
     /// Two codes per byte, element `2i` in the high nibble of byte `i`.
     packed: Vec<u8>,
@@ -295,9 +295,52 @@ pub struct Nf4Tensor {
     offset: f32,
     shape: Vec<usize>,
     numel: usize,
+    /// The parts uploaded to the device the CUDA kernel last dequantized on (once per device).
+    on_device: Arc<Mutex<Option<DeviceParts>>>,
+}
+
+/// [`Nf4Tensor`]'s parts as device tensors, for the dequantization kernel.
+#[derive(Debug, Clone)]
+struct DeviceParts {
+    device: Device,
+    packed: Tensor,
+    codes: Tensor,
+    /// The 16 NF4 values, the 256-entry dynamic map, then the nested absmax values (f32).
+    tables: Tensor,
+}
+
+impl PartialEq for Nf4Tensor {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.packed, &self.absmax_codes, &self.shape, self.numel) == (&o.packed, &o.absmax_codes, &o.shape, o.numel)
+            && self.offset.to_bits() == o.offset.to_bits()
+            && self.nested_absmax.iter().map(|v| v.to_bits()).eq(o.nested_absmax.iter().map(|v| v.to_bits()))
+    }
 }
 
 impl Nf4Tensor {
+    fn new(packed: Vec<u8>, absmax_codes: Vec<u8>, nested_absmax: Vec<f32>, offset: f32, shape: Vec<usize>, numel: usize) -> Self {
+        Self { packed, absmax_codes, nested_absmax, offset, shape, numel, on_device: Arc::default() }
+    }
+
+    /// The device-resident parts on `device`, uploaded on first use.
+    fn device_parts(&self, device: &Device) -> candle_core::Result<DeviceParts> {
+        let mut slot = self.on_device.lock().expect("NF4 device parts");
+        if let Some(p) = slot.as_ref().filter(|p| p.device.same_device(device)) {
+            return Ok(p.clone());
+        }
+        let mut tables: Vec<f32> = NF4_CODE.to_vec();
+        tables.extend_from_slice(dynamic_map());
+        tables.extend_from_slice(&self.nested_absmax);
+        let parts = DeviceParts {
+            device: device.clone(),
+            packed: Tensor::from_slice(&self.packed, self.packed.len(), device)?,
+            codes: Tensor::from_slice(&self.absmax_codes, self.absmax_codes.len(), device)?,
+            tables: Tensor::from_vec(tables.clone(), tables.len(), device)?,
+        };
+        *slot = Some(parts.clone());
+        Ok(parts)
+    }
+
     /// Quantize `values` (row-major, `shape`'s element count).
     pub fn quantize(values: &[f32], shape: &[usize]) -> Result<Self, QuantError> {
         let numel: usize = shape.iter().product();
@@ -321,7 +364,7 @@ impl Nf4Tensor {
         let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
         let nested = Blockwise8::quantize(&centred, NESTED_BLOCK)?;
         let Blockwise8 { codes: absmax_codes, absmax: nested_absmax, .. } = nested;
-        Ok(Self { packed, absmax_codes, nested_absmax, offset, shape: shape.to_vec(), numel })
+        Ok(Self::new(packed, absmax_codes, nested_absmax, offset, shape.to_vec(), numel))
     }
 
     /// Quantize a tensor of any float dtype and device (read back to the CPU as f32).
@@ -356,7 +399,7 @@ impl Nf4Tensor {
                 return Err(QuantError::BadPart { part, expected, got, numel });
             }
         }
-        Ok(Self { packed, absmax_codes, nested_absmax, offset, shape: shape.to_vec(), numel })
+        Ok(Self::new(packed, absmax_codes, nested_absmax, offset, shape.to_vec(), numel))
     }
 
     /// The dequantized absmax of each NF4 block: `map[code] * nested_absmax + offset`.
@@ -383,17 +426,21 @@ impl Nf4Tensor {
         out
     }
 
-    /// The values as a tensor of `shape`, computed in f32 and cast to `dtype`.
+    /// The values as a tensor of `shape` in `dtype`: computed in f32 and rounded once to
+    /// `dtype`. On CUDA (bf16/f32) a kernel does it from parts uploaded once (one thread per
+    /// value, every operation rounded as here, so both agree bit for bit); elsewhere the CPU
+    /// computes and the result is uploaded.
     pub fn dequantize_tensor(&self, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
-        match device {
-            Device::Cpu => Tensor::from_vec(self.dequantize(), self.shape.as_slice(), device)?.to_dtype(dtype),
-            // No device kernel yet: dequantize on the CPU and upload. A CUDA kernel belongs here,
-            // fed with `packed`, `absmax_codes`, `nested_absmax`, `offset` and `dynamic_map()`
-            // (one thread per packed byte, absmax' recomputed per block, written in `dtype`).
-            _ => Tensor::from_vec(self.dequantize(), self.shape.as_slice(), &Device::Cpu)?
-                .to_dtype(dtype)?
-                .to_device(device),
+        if crate::kernels::enabled_on(device, dtype) {
+            let p = self.device_parts(device)?;
+            return crate::kernels::nf4_dequantize(&p.packed, &p.codes, &p.tables, self.offset, self.numel, dtype)?.reshape(self.shape.as_slice());
         }
+        Tensor::from_vec(self.dequantize(), self.shape.as_slice(), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)
+    }
+
+    /// Frees the device copy of the parts (the next device dequantization uploads them again).
+    pub fn release_device(&self) {
+        *self.on_device.lock().expect("NF4 device parts") = None;
     }
 
     /// Memory held by the quantized form, in bytes.
