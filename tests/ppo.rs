@@ -89,6 +89,15 @@ fn activation_checkpointing_leaves_ppo_unchanged() {
     let on = d.path().join("on");
     ppo::run(&ppo_config(&base, &on, &dialogue_reward(), &["training.max_steps=2", "training.activation_checkpointing=every_layer"]), Default::default(), &RunOptions::default()).unwrap();
     assert_same_curve(&plain, &on);
+    // QLoRA policy and a QLoRA critic on the same NF4 base (shared, with the reference):
+    // checkpointing still changes nothing, and the KL to the reference is 0 at step 1.
+    let q = ["training.max_steps=2", "lora={rank: 4, alpha: 8, dropout: 0.0, quantize: nf4}", "critic.lora={rank: 4, alpha: 8, dropout: 0.0, quantize: nf4}"];
+    let (qa, qb) = (d.path().join("q-off"), d.path().join("q-on"));
+    ppo::run(&ppo_config(&base, &qa, &dialogue_reward(), &q), Default::default(), &RunOptions::default()).unwrap();
+    ppo::run(&ppo_config(&base, &qb, &dialogue_reward(), &[&q[..], &["training.activation_checkpointing={every: 2}"]].concat()), Default::default(), &RunOptions::default()).unwrap();
+    assert_same_curve(&qa, &qb);
+    let first = metrics(&qa).into_iter().find(|r| r.get("reward").is_some()).unwrap();
+    assert_eq!(first["kl"].as_f64(), Some(0.0), "{first}");
 }
 
 #[test]

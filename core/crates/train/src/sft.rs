@@ -22,7 +22,7 @@ use medrl_data::registry::{resolve, DatasetRef};
 use medrl_data::tokenize::{tokenize_example, Dropped, Overlong, Tokenizing, TrainOn};
 use medrl_data::formats::check_trainable;
 use medrl_data::{load_examples, BadRowPolicy, DataError, Example, LoadReport, Origin, TokenizedExample};
-use medrl_lm::model::{load_model_dir, ActivationCheckpointing};
+use medrl_lm::model::{load_model_dir_as, ActivationCheckpointing};
 
 // Shared with RL (crate::session); re-exported where SFT callers have always found them.
 pub use crate::error::RunError as SftError;
@@ -438,7 +438,8 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     )?;
     let (device, compute) = (session.device.clone(), session.compute);
     let out = &cfg.output_dir;
-    let loaded = load_model_dir(&cfg.model, &device, DType::F32)?;
+    let (load_dtype, nf4) = crate::trainable::load_plan(cfg.lora.as_ref(), compute);
+    let loaded = load_model_dir_as(&cfg.model, &device, load_dtype, nf4)?;
     let tok = loaded.tokenizer;
     let prep = prepare(cfg, &tok)?;
     let pad = tok.pad_token.as_deref().and_then(|p| tok.token_to_id(p)).or_else(|| tok.eos_token.as_deref().and_then(|p| tok.token_to_id(p))).unwrap_or(0);

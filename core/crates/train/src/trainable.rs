@@ -106,6 +106,18 @@ impl LoraConfig {
     }
 }
 
+/// The dtype a run loads its model in, and whether the decoder projections are quantized as they
+/// are read. Full fine-tuning, and LoRA with `modules_to_save`, need f32 masters: f32. Plain
+/// LoRA only reads the frozen base, so it loads straight in the compute dtype (no f32 copy of
+/// the model, the same values: a cast of the f32 load rounds as a direct load does); QLoRA also
+/// quantizes each projection as it is read, so the dense model is never in memory at once.
+pub fn load_plan(lora: Option<&LoraConfig>, compute: DType) -> (DType, bool) {
+    match lora {
+        Some(l) if l.modules_to_save.is_empty() => (compute, l.quantize == BaseQuant::Nf4),
+        _ => (DType::F32, false),
+    }
+}
+
 /// The internal name of an adapter tensor: `model.layers.3.self_attn.q_proj.lora_A.weight`
 /// (PEFT's file prefixes this with `base_model.model.`).
 pub fn lora_name(layer: usize, module: &str, ab: char) -> String {
@@ -158,7 +170,9 @@ pub struct Trainable {
 }
 
 impl Trainable {
-    /// `model` must be loaded in f32 (it provides the masters); the view computes in `compute_dtype`.
+    /// `model` provides the masters: f32 for full fine-tuning and `modules_to_save`; plain LoRA
+    /// takes it in any dtype, NF4 projections included ([`load_plan`]). The view computes in
+    /// `compute_dtype`.
     pub fn new(model: CausalLm, mode: Mode, compute_dtype: DType, seed: u64) -> Result<Self, TrainError> {
         let device = model.device().clone();
         let mut params = Vec::new();

@@ -112,3 +112,32 @@ fn the_quantized_base_is_about_a_quarter_of_bf16() {
     // 0.5 bytes of codes + 1 byte of absmax code per 64 values + 4 bytes per 256 blocks.
     assert!((0.5..0.53).contains(&per_value), "{per_value} bytes per weight");
 }
+
+#[test]
+fn quantizing_at_load_equals_quantizing_the_loaded_model() {
+    use medrl_lm::model::init::{init_model_dir, InitOptions};
+    use medrl_lm::model::load_model_dir_as;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("m");
+    init_model_dir(&dir, &InitOptions::new(Arch::Qwen3, Preset::Tiny)).unwrap();
+    let (load_dtype, nf4) = medrl_train::trainable::load_plan(Some(&LoraConfig { quantize: BaseQuant::Nf4, ..Default::default() }), DType::F32);
+    assert_eq!((load_dtype, nf4), (DType::F32, true));
+    // modules_to_save needs f32 masters: no quantization at load, f32.
+    let with_saved = LoraConfig { quantize: BaseQuant::Nf4, modules_to_save: vec!["lm_head".into()], ..Default::default() };
+    assert_eq!(medrl_train::trainable::load_plan(Some(&with_saved), DType::BF16), (DType::F32, false));
+    assert_eq!(medrl_train::trainable::load_plan(None, DType::BF16), (DType::F32, false));
+    let at_load = Trainable::new(load_model_dir_as(&dir, &Device::Cpu, DType::F32, true).unwrap().model, lora(BaseQuant::Nf4), DType::F32, 3).unwrap();
+    let after = Trainable::new(load_model_dir_as(&dir, &Device::Cpu, DType::F32, false).unwrap().model, lora(BaseQuant::Nf4), DType::F32, 3).unwrap();
+    let (a, b) = (at_load.view(true, None).unwrap(), after.view(true, None).unwrap());
+    for (la, lb) in a.layers.iter().zip(&b.layers) {
+        for (x, y) in [(&la.self_attn.q_proj, &lb.self_attn.q_proj), (&la.mlp.down_proj, &lb.mlp.down_proj), (&la.self_attn.v_proj, &lb.self_attn.v_proj)] {
+            match (&x.weight, &y.weight) {
+                (Weight::Nf4(p), Weight::Nf4(q)) => assert!(p == q, "NF4 blocks differ"),
+                _ => panic!("not quantized"),
+            }
+        }
+    }
+    let (l0, _) = loss_and_grads(&at_load);
+    let (l1, _) = loss_and_grads(&after);
+    assert_eq!((l0 - l1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+}

@@ -83,11 +83,17 @@ pub fn read_model_config(dir: &Path) -> Result<ModelConfig, ModelError> {
 
 /// Load a Hugging Face model folder.
 pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel, ModelError> {
+    load_model_dir_as(dir, device, dtype, false)
+}
+
+/// [`load_model_dir`], with the decoder projections quantized to NF4 as they are read when
+/// `nf4` is set (QLoRA; [`CausalLm::from_source_nf4`]).
+pub fn load_model_dir_as(dir: &Path, device: &Device, dtype: DType, nf4: bool) -> Result<LoadedModel, ModelError> {
     let cfg = read_model_config(dir)?;
     let tokenizer = TextTokenizer::from_dir(dir)?;
     let generation = GenerationDefaults::from_dir(dir, &cfg.eos_token_ids, cfg.bos_token_id, &tokenizer)?;
     let mut src = SafetensorsSource::open_dir(dir)?;
-    let model = CausalLm::from_source(cfg, &mut src, dtype, device)?;
+    let model = if nf4 { CausalLm::from_source_nf4(cfg, &mut src, dtype, device)? } else { CausalLm::from_source(cfg, &mut src, dtype, device)? };
     if tokenizer.vocab_size() > model.cfg.vocab_size {
         return Err(ModelError::Config {
             path: dir.join("tokenizer.json"),

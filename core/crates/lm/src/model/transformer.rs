@@ -211,19 +211,44 @@ impl CausalLm {
         Self::load(cfg, src, dtype, device, false)
     }
 
+    /// [`CausalLm::from_source`] with every decoder projection quantized to NF4 as it is read
+    /// (QLoRA's base, see [`CausalLm::quantize_projections`]): each projection passes through
+    /// host memory once, in f32, and only its NF4 blocks are kept, so a model larger than the
+    /// device (or the host) in its checkpoint dtype loads. The other tensors load in `dtype`.
+    pub fn from_source_nf4(cfg: ModelConfig, src: &mut dyn TensorSource, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        Self::load_with(cfg, src, dtype, device, true, true)
+    }
+
     fn load(cfg: ModelConfig, src: &mut dyn TensorSource, dtype: DType, device: &Device, with_lm_head: bool) -> Result<Self, ModelError> {
+        Self::load_with(cfg, src, dtype, device, with_lm_head, false)
+    }
+
+    fn load_with(cfg: ModelConfig, src: &mut dyn TensorSource, dtype: DType, device: &Device, with_lm_head: bool, nf4: bool) -> Result<Self, ModelError> {
         let h = cfg.hidden_size;
         let q_dim = cfg.num_attention_heads * cfg.head_dim;
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-        let mut get = |name: &str, shape: &[usize]| src.get(name, shape, dtype, device);
-        let embed_tokens = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut read = |name: &str, shape: &[usize], as_nf4: bool| -> Result<Weight, ModelError> {
+            if !as_nf4 {
+                return Ok(Weight::Dense(src.get(name, shape, dtype, device)?));
+            }
+            let w = src.get(name, shape, DType::F32, &Device::Cpu)?;
+            let q = Nf4Tensor::quantize_tensor(&w).map_err(|e| ModelError::Weights { path: "<NF4 quantization at load>".into(), tensor: name.into(), msg: e.to_string() })?;
+            Ok(Weight::Nf4(Arc::new(q)))
+        };
+        fn dense(w: Weight) -> Tensor {
+            match w {
+                Weight::Dense(t) => t,
+                Weight::Nf4(_) => unreachable!("a dense read"),
+            }
+        }
+        let embed_tokens = dense(read("model.embed_tokens.weight", &[cfg.vocab_size, h], false)?);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, ModelError> {
-                let weight = get(&format!("{p}.{name}.weight"), &[out, inp])?;
-                let bias = if bias { Some(get(&format!("{p}.{name}.bias"), &[out])?) } else { None };
-                Ok(Linear { weight: weight.into(), bias, lora: None })
+                let weight = read(&format!("{p}.{name}.weight"), &[out, inp], nf4)?;
+                let bias = if bias { Some(dense(read(&format!("{p}.{name}.bias"), &[out], false)?)) } else { None };
+                Ok(Linear { weight, bias, lora: None })
             };
             let ab = cfg.attention_bias;
             let q_proj = lin("self_attn.q_proj", q_dim, h, ab)?;
@@ -236,24 +261,24 @@ impl CausalLm {
             let down_proj = lin("mlp.down_proj", h, cfg.intermediate_size, false)?;
             let (q_norm, k_norm) = if cfg.arch == Arch::Qwen3 {
                 (
-                    Some(get(&format!("{p}.self_attn.q_norm.weight"), &[cfg.head_dim])?),
-                    Some(get(&format!("{p}.self_attn.k_norm.weight"), &[cfg.head_dim])?),
+                    Some(dense(read(&format!("{p}.self_attn.q_norm.weight"), &[cfg.head_dim], false)?)),
+                    Some(dense(read(&format!("{p}.self_attn.k_norm.weight"), &[cfg.head_dim], false)?)),
                 )
             } else {
                 (None, None)
             };
             layers.push(Block {
-                input_layernorm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                input_layernorm: dense(read(&format!("{p}.input_layernorm.weight"), &[h], false)?),
                 self_attn: Attention { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm },
-                post_attention_layernorm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                post_attention_layernorm: dense(read(&format!("{p}.post_attention_layernorm.weight"), &[h], false)?),
                 mlp: Mlp { gate_proj, up_proj, down_proj },
             });
         }
-        let norm = get("model.norm.weight", &[h])?;
+        let norm = dense(read("model.norm.weight", &[h], false)?);
         let lm_head = if cfg.tie_word_embeddings || !with_lm_head {
             None
         } else {
-            Some(get("lm_head.weight", &[cfg.vocab_size, h])?)
+            Some(dense(read("lm_head.weight", &[cfg.vocab_size, h], false)?))
         };
         let inv_freq = Tensor::new(rope_inv_freq(&cfg), device).map_err(ModelError::from_candle("rope"))?;
         Ok(Self { cfg, embed_tokens, layers, norm, lm_head, inv_freq, dtype, device: device.clone(), checkpointing: None })
@@ -307,6 +332,11 @@ impl CausalLm {
     /// from 2 bytes (bf16) per value to about 0.52.
     pub fn quantize_projections(&mut self, source: &CausalLm) -> CResult<()> {
         let q = |l: &mut Linear, s: &Linear| -> CResult<()> {
+            if let Weight::Nf4(done) = &s.weight {
+                // Quantized at load (from_source_nf4).
+                l.weight = Weight::Nf4(done.clone());
+                return Ok(());
+            }
             let w = s.weight.to_dense(DType::F32, &Device::Cpu)?;
             let nf4 = Nf4Tensor::quantize_tensor(&w).map_err(|e| candle_core::Error::Msg(format!("NF4 quantization: {e}")))?;
             l.weight = Weight::Nf4(Arc::new(nf4));

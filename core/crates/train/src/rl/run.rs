@@ -24,7 +24,7 @@ use medrl_data::batch::{build_batch, Batch, Batcher, BatchingConfig, MicroBatch}
 use medrl_data::{Example, Origin, TokenizedExample};
 use medrl_reward::{AccuracySpec, RewardResult, RewardSet as Rewards};
 use medrl_lm::generate::{EngineConfig, SamplingParams, StopConditions};
-use medrl_lm::model::{load_model_dir, CausalLm};
+use medrl_lm::model::{load_model_dir, load_model_dir_as, CausalLm};
 use medrl_lm::tokenizer::TextTokenizer;
 
 /// A running RL job: model, data, rewards, optimizer and bookkeeping.
@@ -220,7 +220,8 @@ impl RlRun {
         )?;
         let (device, compute) = (session.device.clone(), session.compute);
 
-        let loaded = load_model_dir(&cfg.model, &device, DType::F32)?;
+        let (load_dtype, nf4) = crate::trainable::load_plan(cfg.lora.as_ref(), compute);
+        let loaded = load_model_dir_as(&cfg.model, &device, load_dtype, nf4)?;
         let tok = loaded.tokenizer;
         let eos = loaded.generation.eos_token_ids.clone();
         let pad = loaded.generation.pad_token_id.or(eos.first().copied()).unwrap_or(0);

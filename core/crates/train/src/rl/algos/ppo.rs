@@ -33,7 +33,7 @@ use crate::trainable::{Mode, Trainable};
 use crate::{AdamW, LrSchedule, TrainError};
 use medrl_data::batch::Batch;
 use medrl_data::TokenizedExample;
-use medrl_lm::model::{load_model_dir, CausalLm};
+use medrl_lm::model::{load_model_dir_as, CausalLm};
 
 // The value model's settings are the shared config's `critic:` key.
 pub use crate::rl::algorithm::RlOutcome as PpoOutcome;
@@ -230,7 +230,8 @@ pub struct ValueModel {
 }
 
 impl ValueModel {
-    /// `model` loaded in f32; the head is `N(0, init_std)` weights and a zero bias.
+    /// `model` as [`Trainable::new`] takes it; the head is `N(0, init_std)` weights and a zero
+    /// bias.
     pub fn new(model: CausalLm, mode: Mode, compute: DType, seed: u64, init_std: f64) -> Result<Self, TrainError> {
         let h = model.cfg.hidden_size;
         let device = model.device().clone();
@@ -354,7 +355,20 @@ impl RlAlgorithm for Ppo {
         let t = &cfg.training;
         let cc = cfg.critic();
         let critic_dir = cc.model.clone().unwrap_or_else(|| cfg.model.clone());
-        let critic_model = load_model_dir(&critic_dir, rl.device(), DType::F32)?.model;
+        // A LoRA critic on the policy's own (LoRA) base shares that frozen base: one base in
+        // memory for policy, reference and critic, each with its own adapters (and the critic
+        // with its value head).
+        let shared = match (&cc.model, &cc.lora, &cfg.lora) {
+            (None, Some(c), Some(p)) if c.modules_to_save.is_empty() && c.quantize == p.quantize => rl.trainable.frozen_base(),
+            _ => None,
+        };
+        let critic_model = match shared {
+            Some(base) => base,
+            None => {
+                let (load_dtype, nf4) = crate::trainable::load_plan(cc.lora.as_ref(), rl.compute());
+                load_model_dir_as(&critic_dir, rl.device(), load_dtype, nf4)?.model
+            }
+        };
         let policy_vocab = rl.trainable.config().vocab_size;
         if critic_model.cfg.vocab_size != policy_vocab {
             return Err(RunError::CriticVocab { dir: critic_dir, critic: critic_model.cfg.vocab_size, policy: policy_vocab });
