@@ -64,6 +64,49 @@ fn tiny_models_save_load_and_generate_deterministically() {
     }
 }
 
+/// Large checkpoints: weights over the shard size are written as Hugging Face shards with an
+/// index, load back bit for bit, and a later save in the other layout removes the stale files.
+#[test]
+fn sharded_saves_load_back_and_replace_each_other() {
+    let d = tempfile::tempdir().unwrap();
+    let m = tiny(Arch::Llama, d.path());
+    let out = d.path().join("sharded");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(d.path().join(f), out.join(f)).unwrap();
+    }
+    let total: usize = m.model.named_tensors().iter().map(|(_, t)| t.elem_count() * 4).sum();
+    let largest = m.model.named_tensors().iter().map(|(_, t)| t.elem_count() * 4).max().unwrap();
+    medrl::model::save_weights_sharded(&m.model, &out, largest).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+    assert_eq!(index["metadata"]["total_size"].as_u64(), Some(total as u64));
+    let files: std::collections::BTreeSet<&str> = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
+    assert!(files.len() >= 3, "{files:?}");
+    let n = files.len();
+    for (k, f) in files.iter().enumerate() {
+        assert_eq!(*f, format!("model-{:05}-of-{n:05}.safetensors", k + 1));
+        assert!(out.join(f).exists());
+    }
+    assert!(!out.join("model.safetensors").exists());
+    let check = |dir: &Path| {
+        let again = load_model_dir(dir, &Device::Cpu, DType::F32).unwrap();
+        for ((n1, t1), (n2, t2)) in m.model.named_tensors().iter().zip(again.model.named_tensors()) {
+            assert_eq!(n1, &n2);
+            assert_eq!(max_abs_diff(t1, &t2), 0.0, "{n1} changed through the shards");
+        }
+    };
+    check(&out);
+    // Back to one file: the shards and the index go.
+    medrl::model::save_weights(&m.model, &out).unwrap();
+    assert!(out.join("model.safetensors").exists() && !out.join("model.safetensors.index.json").exists());
+    assert!(std::fs::read_dir(&out).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with("model-")));
+    check(&out);
+    // And to shards again: the single file goes (it would shadow the index).
+    medrl::model::save_weights_sharded(&m.model, &out, total / 2).unwrap();
+    assert!(!out.join("model.safetensors").exists() && out.join("model.safetensors.index.json").exists());
+    check(&out);
+}
+
 #[test]
 fn cached_decoding_matches_full_forward() {
     for arch in ARCHS {

@@ -119,10 +119,16 @@ pub fn check_finite(model: &CausalLm, dir: &Path) -> Result<(), ModelError> {
     }
 }
 
-/// Save the model weights and `config.json` into `dir` (tokenizer files are the caller's).
+/// Save the model weights and `config.json` into `dir` (tokenizer files are the caller's), in
+/// shards of Hugging Face's default 5 GB above that size ([`weights::save_model_safetensors`]).
 pub fn save_weights(model: &CausalLm, dir: &Path) -> Result<(), ModelError> {
-    let tensors: std::collections::HashMap<_, _> = model.named_tensors().into_iter().collect();
-    weights::save_safetensors_atomic(&tensors, &dir.join("model.safetensors"))?;
+    save_weights_sharded(model, dir, weights::DEFAULT_SHARD_BYTES)
+}
+
+/// [`save_weights`] with shards of at most `max_shard_bytes`.
+pub fn save_weights_sharded(model: &CausalLm, dir: &Path, max_shard_bytes: usize) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::Io { path: dir.into(), source: e })?;
+    weights::save_model_safetensors(&model.named_tensors(), dir, max_shard_bytes)?;
     let mut cfg = model.cfg.to_hf_json();
     cfg["torch_dtype"] = match model.dtype() {
         DType::BF16 => "bfloat16",

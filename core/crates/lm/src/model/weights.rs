@@ -284,6 +284,77 @@ pub fn save_safetensors_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -
     written
 }
 
+/// Hugging Face's default shard size (`save_pretrained(max_shard_size="5GB")`).
+pub const DEFAULT_SHARD_BYTES: usize = 5_000_000_000;
+
+/// Write a model's tensors into `dir` as Hugging Face lays them out: one `model.safetensors`
+/// when they total at most `max_shard_bytes`, else shards `model-00001-of-0000N.safetensors`
+/// (tensors in the given order, a shard closed when the next tensor would take it past the
+/// limit; a tensor larger than the limit gets a shard of its own) and
+/// `model.safetensors.index.json` (`metadata.total_size`, `weight_map`). Every file is written
+/// atomically and the index last, so an index names only complete shards; the files of an
+/// earlier save in the other layout are removed (a stale `model.safetensors` would shadow the
+/// index). Tensors reach the host one shard at a time.
+pub fn save_model_safetensors(tensors: &[(String, Tensor)], dir: &Path, max_shard_bytes: usize) -> Result<Vec<PathBuf>, ModelError> {
+    let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+    let total: usize = tensors.iter().map(|(_, t)| bytes(t)).sum();
+    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut size = 0usize;
+    for (i, (_, t)) in tensors.iter().enumerate() {
+        let b = bytes(t);
+        if size + b > max_shard_bytes && !shards.last().expect("one shard").is_empty() {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        shards.last_mut().expect("one shard").push(i);
+        size += b;
+    }
+    let n = shards.len();
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let stale_shard = |p: &Path| p.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with("model-") && f.ends_with(".safetensors"));
+    let remove_stale = |keep_single: bool| -> Result<(), ModelError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| ModelError::Io { path: dir.into(), source: e })?;
+        for e in entries.flatten() {
+            let p = e.path();
+            let stale = if keep_single { stale_shard(&p) || p == index } else { p == single };
+            if stale {
+                std::fs::remove_file(&p).map_err(|e| ModelError::Io { path: p.clone(), source: e })?;
+            }
+        }
+        Ok(())
+    };
+    if n == 1 {
+        let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
+        save_safetensors_atomic(&map, &single)?;
+        remove_stale(true)?;
+        return Ok(vec![single]);
+    }
+    let mut files = Vec::with_capacity(n);
+    let mut weight_map = serde_json::Map::new();
+    for (k, idx) in shards.iter().enumerate() {
+        let name = format!("model-{:05}-of-{:05}.safetensors", k + 1, n);
+        let map: HashMap<String, Tensor> = idx.iter().map(|&i| tensors[i].clone()).collect();
+        save_safetensors_atomic(&map, &dir.join(&name))?;
+        for &i in idx {
+            weight_map.insert(tensors[i].0.clone(), name.clone().into());
+        }
+        files.push(dir.join(name));
+    }
+    // Shards of an earlier, larger save that this one did not overwrite.
+    let ours: BTreeSet<&PathBuf> = files.iter().collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for p in entries.flatten().map(|e| e.path()).filter(|p| stale_shard(p) && !ours.contains(p)) {
+            std::fs::remove_file(&p).map_err(|e| ModelError::Io { path: p.clone(), source: e })?;
+        }
+    }
+    let v = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    medrl_base::fsutil::write_json_atomic(&index, &v).map_err(|e| ModelError::Io { path: index.clone(), source: e })?;
+    remove_stale(false)?;
+    files.push(index);
+    Ok(files)
+}
+
 /// The first tensor (by name) that holds a NaN or an infinity, with one device read for all of
 /// them. `t - t` is 0 for every finite value and NaN otherwise, so its sum flags exactly the
 /// non-finite tensors (a plain sum could overflow on large finite weights).
