@@ -237,14 +237,7 @@ fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize
         "qlora" => lora(BaseQuant::Nf4),
         other => anyhow::bail!("--mode {other:?}: expected full, lora or qlora"),
     };
-    let ckpt = match checkpointing {
-        "off" => ActivationCheckpointing::Off,
-        "every_layer" => ActivationCheckpointing::EveryLayer,
-        k => match k.parse::<usize>() {
-            Ok(k) if k >= 1 => ActivationCheckpointing::Every(k),
-            _ => anyhow::bail!("--checkpointing {k:?}: expected off, every_layer or a layer stride >= 1"),
-        },
-    };
+    let ckpt: ActivationCheckpointing = checkpointing.parse().map_err(|e| anyhow::anyhow!("--checkpointing {e}"))?;
     use crate::train::{AdamW, AdamWConfig};
     let dev = parse_device(device).map_err(anyhow::Error::msg)?;
     let dt = parse_dtype(dtype, &dev).map_err(anyhow::Error::msg)?;

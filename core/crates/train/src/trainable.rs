@@ -126,31 +126,11 @@ pub fn lora_name(layer: usize, module: &str, ab: char) -> String {
 }
 
 fn linear_ref<'a>(m: &'a CausalLm, layer: usize, module: &str) -> &'a Linear {
-    let l = &m.layers[layer];
-    match module {
-        "q_proj" => &l.self_attn.q_proj,
-        "k_proj" => &l.self_attn.k_proj,
-        "v_proj" => &l.self_attn.v_proj,
-        "o_proj" => &l.self_attn.o_proj,
-        "gate_proj" => &l.mlp.gate_proj,
-        "up_proj" => &l.mlp.up_proj,
-        "down_proj" => &l.mlp.down_proj,
-        other => unreachable!("validated LoRA module {other}"),
-    }
+    m.layers[layer].projections().into_iter().find(|(n, _)| *n == module).map(|(_, l)| l).unwrap_or_else(|| unreachable!("validated LoRA module {module}"))
 }
 
 fn linear_mut<'a>(m: &'a mut CausalLm, layer: usize, module: &str) -> &'a mut Linear {
-    let l = &mut m.layers[layer];
-    match module {
-        "q_proj" => &mut l.self_attn.q_proj,
-        "k_proj" => &mut l.self_attn.k_proj,
-        "v_proj" => &mut l.self_attn.v_proj,
-        "o_proj" => &mut l.self_attn.o_proj,
-        "gate_proj" => &mut l.mlp.gate_proj,
-        "up_proj" => &mut l.mlp.up_proj,
-        "down_proj" => &mut l.mlp.down_proj,
-        other => unreachable!("validated LoRA module {other}"),
-    }
+    m.layers[layer].projections_mut().into_iter().find(|(n, _)| *n == module).map(|(_, l)| l).unwrap_or_else(|| unreachable!("validated LoRA module {module}"))
 }
 
 pub enum Mode {
@@ -371,13 +351,9 @@ impl Trainable {
         if let (Mode::Lora { .. }, Some(mut base)) = (&self.mode, base_f32) {
             // Same adapters (and trained modules) on the full-precision base.
             for (l_dst, l_src) in base.layers.iter_mut().zip(&m.layers) {
-                l_dst.self_attn.q_proj.lora = l_src.self_attn.q_proj.lora.clone();
-                l_dst.self_attn.k_proj.lora = l_src.self_attn.k_proj.lora.clone();
-                l_dst.self_attn.v_proj.lora = l_src.self_attn.v_proj.lora.clone();
-                l_dst.self_attn.o_proj.lora = l_src.self_attn.o_proj.lora.clone();
-                l_dst.mlp.gate_proj.lora = l_src.mlp.gate_proj.lora.clone();
-                l_dst.mlp.up_proj.lora = l_src.mlp.up_proj.lora.clone();
-                l_dst.mlp.down_proj.lora = l_src.mlp.down_proj.lora.clone();
+                for ((_, dst), (_, src)) in l_dst.projections_mut().into_iter().zip(l_src.projections()) {
+                    dst.lora = src.lora.clone();
+                }
             }
             let by_name: HashMap<&str, &Var> = self.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
             let dev = base.device().clone();
@@ -389,7 +365,7 @@ impl Trainable {
                 base.cfg.tie_word_embeddings = false;
             }
             for l in base.layers.iter_mut() {
-                for lin in [&mut l.self_attn.q_proj, &mut l.self_attn.k_proj, &mut l.self_attn.v_proj, &mut l.self_attn.o_proj, &mut l.mlp.gate_proj, &mut l.mlp.up_proj, &mut l.mlp.down_proj] {
+                for (_, lin) in l.projections_mut() {
                     if let Some(a) = lin.lora.as_mut() {
                         a.a = a.a.to_device(&dev)?;
                         a.b = a.b.to_device(&dev)?;
@@ -399,15 +375,7 @@ impl Trainable {
             m = base;
         }
         for l in m.layers.iter_mut() {
-            for lin in [
-                &mut l.self_attn.q_proj,
-                &mut l.self_attn.k_proj,
-                &mut l.self_attn.v_proj,
-                &mut l.self_attn.o_proj,
-                &mut l.mlp.gate_proj,
-                &mut l.mlp.up_proj,
-                &mut l.mlp.down_proj,
-            ] {
+            for (_, lin) in l.projections_mut() {
                 if let Some(lora) = lin.lora.take() {
                     let lora = LoraAdapter { a: lora.a.to_dtype(DType::F32)?, b: lora.b.to_dtype(DType::F32)?, ..lora };
                     let dense = lin.weight.to_dense(DType::F32, lora.a.device())?;

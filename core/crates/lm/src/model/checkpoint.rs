@@ -23,8 +23,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result as CResult, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::lora::LoraAdapter;
-use super::transformer::{Attention, Block, CausalLm, LayerCtx, Linear, Mlp, Weight};
+use super::transformer::{CausalLm, LayerCtx};
 use medrl_nn::ops;
 
 /// Which decoder layers a training forward recomputes in backward (config key
@@ -78,6 +77,21 @@ impl TryFrom<Repr> for ActivationCheckpointing {
             Repr::Every { every: 0 } => return Err("activation_checkpointing: every must be at least 1 (1 recomputes every layer)".into()),
             Repr::Every { every } => Self::Every(every),
         })
+    }
+}
+
+/// The command-line spelling: `off`, `every_layer`, or a layer stride `k` (`{every: k}`).
+impl std::str::FromStr for ActivationCheckpointing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "every_layer" => Ok(Self::EveryLayer),
+            k => match k.parse::<usize>() {
+                Ok(k) if k >= 1 => Ok(Self::Every(k)),
+                _ => Err(format!("{k:?}: expected off, every_layer or a layer stride >= 1")),
+            },
+        }
     }
 }
 
@@ -180,35 +194,6 @@ impl Checkpointer {
     }
 }
 
-fn detach_linear(l: &Linear) -> Linear {
-    Linear {
-        weight: match &l.weight {
-            Weight::Dense(w) => Weight::Dense(w.detach()),
-            q => q.clone(),
-        },
-        bias: l.bias.as_ref().map(Tensor::detach),
-        lora: l.lora.as_ref().map(|a| LoraAdapter { a: a.a.detach(), b: a.b.detach(), scale: a.scale, dropout_mask: a.dropout_mask.clone() }),
-    }
-}
-
-/// The layer's weights without gradient tracking (sharing storage).
-fn detach_block(b: &Block) -> Block {
-    let a = &b.self_attn;
-    Block {
-        input_layernorm: b.input_layernorm.detach(),
-        self_attn: Attention {
-            q_proj: detach_linear(&a.q_proj),
-            k_proj: detach_linear(&a.k_proj),
-            v_proj: detach_linear(&a.v_proj),
-            o_proj: detach_linear(&a.o_proj),
-            q_norm: a.q_norm.as_ref().map(Tensor::detach),
-            k_norm: a.k_norm.as_ref().map(Tensor::detach),
-        },
-        post_attention_layernorm: b.post_attention_layernorm.detach(),
-        mlp: Mlp { gate_proj: detach_linear(&b.mlp.gate_proj), up_proj: detach_linear(&b.mlp.up_proj), down_proj: detach_linear(&b.mlp.down_proj) },
-    }
-}
-
 /// Adds the gradients `sub` holds for `leaves` into `grads`.
 fn merge(grads: &mut GradStore, mut sub: GradStore, leaves: &[Tensor]) -> CResult<()> {
     for leaf in leaves {
@@ -233,7 +218,9 @@ impl CausalLm {
             if recompute {
                 let input = x.clone();
                 for i in layers.clone() {
-                    x = self.layer_forward(i, &detach_block(&self.layers[i]), x, &ctx, None)?;
+                    // The layer's weights without gradient tracking (sharing storage).
+                    let untracked = self.layers[i].map_tensors(&|t| Ok(t.detach()), true)?;
+                    x = self.layer_forward(i, &untracked, x, &ctx, None)?;
                 }
                 runs.push(Run { layers, input, output: None });
             } else {

@@ -52,12 +52,9 @@ impl Weight {
         }
     }
 
-    /// The dense tensor, if the weight is one.
-    pub fn dense(&self) -> Option<&Tensor> {
-        match self {
-            Weight::Dense(t) => Some(t),
-            Weight::Nf4(_) => None,
-        }
+    /// NF4 blocks of `w` (any dtype or device; read back to the host in f32).
+    pub fn nf4(w: &Tensor) -> Result<Self, medrl_nn::quant::QuantError> {
+        Ok(Weight::Nf4(Arc::new(Nf4Tensor::quantize_tensor(w)?)))
     }
 
     /// The values as a dense tensor in `dtype` on `device` (dequantized if NF4).
@@ -128,6 +125,46 @@ pub struct Block {
     pub self_attn: Attention,
     pub post_attention_layernorm: Tensor,
     pub mlp: Mlp,
+}
+
+impl Block {
+    /// The seven projections under their Hugging Face module names, in a fixed order.
+    pub fn projections(&self) -> [(&'static str, &Linear); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj), ("gate_proj", &m.gate_proj), ("up_proj", &m.up_proj), ("down_proj", &m.down_proj)]
+    }
+
+    /// [`Block::projections`], mutable.
+    pub fn projections_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [("q_proj", &mut a.q_proj), ("k_proj", &mut a.k_proj), ("v_proj", &mut a.v_proj), ("o_proj", &mut a.o_proj), ("gate_proj", &mut m.gate_proj), ("up_proj", &mut m.up_proj), ("down_proj", &mut m.down_proj)]
+    }
+
+    /// The same block with `f` applied to every dense tensor (NF4 weights kept); LoRA adapters
+    /// go through `f` too when `adapters` is set, else they are kept as they are.
+    pub fn map_tensors(&self, f: &dyn Fn(&Tensor) -> CResult<Tensor>, adapters: bool) -> CResult<Block> {
+        let lin = |l: &Linear| -> CResult<Linear> {
+            Ok(Linear {
+                weight: match &l.weight {
+                    Weight::Dense(w) => Weight::Dense(f(w)?),
+                    q => q.clone(),
+                },
+                bias: l.bias.as_ref().map(f).transpose()?,
+                lora: match &l.lora {
+                    Some(a) if adapters => Some(LoraAdapter { a: f(&a.a)?, b: f(&a.b)?, scale: a.scale, dropout_mask: a.dropout_mask.clone() }),
+                    other => other.clone(),
+                },
+            })
+        };
+        let opt = |t: &Option<Tensor>| t.as_ref().map(f).transpose();
+        let (a, m) = (&self.self_attn, &self.mlp);
+        Ok(Block {
+            input_layernorm: f(&self.input_layernorm)?,
+            self_attn: Attention { q_proj: lin(&a.q_proj)?, k_proj: lin(&a.k_proj)?, v_proj: lin(&a.v_proj)?, o_proj: lin(&a.o_proj)?, q_norm: opt(&a.q_norm)?, k_norm: opt(&a.k_norm)? },
+            post_attention_layernorm: f(&self.post_attention_layernorm)?,
+            mlp: Mlp { gate_proj: lin(&m.gate_proj)?, up_proj: lin(&m.up_proj)?, down_proj: lin(&m.down_proj)? },
+        })
+    }
 }
 
 /// Inverse frequencies of the rotary embedding, with the configured scaling applied.
@@ -227,27 +264,21 @@ impl CausalLm {
         let h = cfg.hidden_size;
         let q_dim = cfg.num_attention_heads * cfg.head_dim;
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-        let mut read = |name: &str, shape: &[usize], as_nf4: bool| -> Result<Weight, ModelError> {
-            if !as_nf4 {
-                return Ok(Weight::Dense(src.get(name, shape, dtype, device)?));
-            }
-            let w = src.get(name, shape, DType::F32, &Device::Cpu)?;
-            let q = Nf4Tensor::quantize_tensor(&w).map_err(|e| ModelError::Weights { path: "<NF4 quantization at load>".into(), tensor: name.into(), msg: e.to_string() })?;
-            Ok(Weight::Nf4(Arc::new(q)))
-        };
-        fn dense(w: Weight) -> Tensor {
-            match w {
-                Weight::Dense(t) => t,
-                Weight::Nf4(_) => unreachable!("a dense read"),
-            }
-        }
-        let embed_tokens = dense(read("model.embed_tokens.weight", &[cfg.vocab_size, h], false)?);
+        let mut get = |name: &str, shape: &[usize], dtype: DType, device: &Device| src.get(name, shape, dtype, device);
+        let embed_tokens = get("model.embed_tokens.weight", &[cfg.vocab_size, h], dtype, device)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, ModelError> {
-                let weight = read(&format!("{p}.{name}.weight"), &[out, inp], nf4)?;
-                let bias = if bias { Some(dense(read(&format!("{p}.{name}.bias"), &[out], false)?)) } else { None };
+                let wname = format!("{p}.{name}.weight");
+                let weight = if nf4 {
+                    // Through the host once, in f32; only the NF4 blocks are kept.
+                    let w = get(&wname, &[out, inp], DType::F32, &Device::Cpu)?;
+                    Weight::nf4(&w).map_err(|e| ModelError::Weights { path: "<NF4 quantization at load>".into(), tensor: wname.clone(), msg: e.to_string() })?
+                } else {
+                    Weight::Dense(get(&wname, &[out, inp], dtype, device)?)
+                };
+                let bias = if bias { Some(get(&format!("{p}.{name}.bias"), &[out], dtype, device)?) } else { None };
                 Ok(Linear { weight, bias, lora: None })
             };
             let ab = cfg.attention_bias;
@@ -261,24 +292,24 @@ impl CausalLm {
             let down_proj = lin("mlp.down_proj", h, cfg.intermediate_size, false)?;
             let (q_norm, k_norm) = if cfg.arch == Arch::Qwen3 {
                 (
-                    Some(dense(read(&format!("{p}.self_attn.q_norm.weight"), &[cfg.head_dim], false)?)),
-                    Some(dense(read(&format!("{p}.self_attn.k_norm.weight"), &[cfg.head_dim], false)?)),
+                    Some(get(&format!("{p}.self_attn.q_norm.weight"), &[cfg.head_dim], dtype, device)?),
+                    Some(get(&format!("{p}.self_attn.k_norm.weight"), &[cfg.head_dim], dtype, device)?),
                 )
             } else {
                 (None, None)
             };
             layers.push(Block {
-                input_layernorm: dense(read(&format!("{p}.input_layernorm.weight"), &[h], false)?),
+                input_layernorm: get(&format!("{p}.input_layernorm.weight"), &[h], dtype, device)?,
                 self_attn: Attention { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm },
-                post_attention_layernorm: dense(read(&format!("{p}.post_attention_layernorm.weight"), &[h], false)?),
+                post_attention_layernorm: get(&format!("{p}.post_attention_layernorm.weight"), &[h], dtype, device)?,
                 mlp: Mlp { gate_proj, up_proj, down_proj },
             });
         }
-        let norm = dense(read("model.norm.weight", &[h], false)?);
+        let norm = get("model.norm.weight", &[h], dtype, device)?;
         let lm_head = if cfg.tie_word_embeddings || !with_lm_head {
             None
         } else {
-            Some(dense(read("lm_head.weight", &[cfg.vocab_size, h], false)?))
+            Some(get("lm_head.weight", &[cfg.vocab_size, h], dtype, device)?)
         };
         let inv_freq = Tensor::new(rope_inv_freq(&cfg), device).map_err(ModelError::from_candle("rope"))?;
         Ok(Self { cfg, embed_tokens, layers, norm, lm_head, inv_freq, dtype, device: device.clone(), checkpointing: None })
@@ -291,33 +322,13 @@ impl CausalLm {
     /// The same model (adapters, quantized weights and checkpointing kept) with `f` applied to
     /// every dense tensor: casts, device moves, detaching. `dtype` is the result's compute dtype.
     pub fn map_tensors(&self, dtype: DType, f: &dyn Fn(&Tensor) -> CResult<Tensor>) -> CResult<CausalLm> {
-        let lin = |l: &Linear| -> CResult<Linear> {
-            Ok(Linear {
-                weight: match &l.weight {
-                    Weight::Dense(w) => Weight::Dense(f(w)?),
-                    q => q.clone(),
-                },
-                bias: l.bias.as_ref().map(f).transpose()?,
-                lora: l.lora.clone(),
-            })
-        };
-        let opt = |t: &Option<Tensor>| t.as_ref().map(f).transpose();
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for b in &self.layers {
-            let a = &b.self_attn;
-            layers.push(Block {
-                input_layernorm: f(&b.input_layernorm)?,
-                self_attn: Attention { q_proj: lin(&a.q_proj)?, k_proj: lin(&a.k_proj)?, v_proj: lin(&a.v_proj)?, o_proj: lin(&a.o_proj)?, q_norm: opt(&a.q_norm)?, k_norm: opt(&a.k_norm)? },
-                post_attention_layernorm: f(&b.post_attention_layernorm)?,
-                mlp: Mlp { gate_proj: lin(&b.mlp.gate_proj)?, up_proj: lin(&b.mlp.up_proj)?, down_proj: lin(&b.mlp.down_proj)? },
-            });
-        }
+        let layers = self.layers.iter().map(|b| b.map_tensors(f, false)).collect::<CResult<Vec<_>>>()?;
         Ok(CausalLm {
             cfg: self.cfg.clone(),
             embed_tokens: f(&self.embed_tokens)?,
             layers,
             norm: f(&self.norm)?,
-            lm_head: opt(&self.lm_head)?,
+            lm_head: self.lm_head.as_ref().map(f).transpose()?,
             inv_freq: self.inv_freq.clone(),
             dtype,
             device: self.device.clone(),
@@ -331,25 +342,14 @@ impl CausalLm {
     /// the LM head stay dense, as in bitsandbytes' 4-bit models. Memory of a projection drops
     /// from 2 bytes (bf16) per value to about 0.52.
     pub fn quantize_projections(&mut self, source: &CausalLm) -> CResult<()> {
-        let q = |l: &mut Linear, s: &Linear| -> CResult<()> {
-            if let Weight::Nf4(done) = &s.weight {
-                // Quantized at load (from_source_nf4).
-                l.weight = Weight::Nf4(done.clone());
-                return Ok(());
-            }
-            let w = s.weight.to_dense(DType::F32, &Device::Cpu)?;
-            let nf4 = Nf4Tensor::quantize_tensor(&w).map_err(|e| candle_core::Error::Msg(format!("NF4 quantization: {e}")))?;
-            l.weight = Weight::Nf4(Arc::new(nf4));
-            Ok(())
-        };
         for (l, s) in self.layers.iter_mut().zip(&source.layers) {
-            q(&mut l.self_attn.q_proj, &s.self_attn.q_proj)?;
-            q(&mut l.self_attn.k_proj, &s.self_attn.k_proj)?;
-            q(&mut l.self_attn.v_proj, &s.self_attn.v_proj)?;
-            q(&mut l.self_attn.o_proj, &s.self_attn.o_proj)?;
-            q(&mut l.mlp.gate_proj, &s.mlp.gate_proj)?;
-            q(&mut l.mlp.up_proj, &s.mlp.up_proj)?;
-            q(&mut l.mlp.down_proj, &s.mlp.down_proj)?;
+            for ((_, dst), (_, src)) in l.projections_mut().into_iter().zip(s.projections()) {
+                dst.weight = match &src.weight {
+                    // Quantized at load (from_source_nf4).
+                    Weight::Nf4(done) => Weight::Nf4(done.clone()),
+                    Weight::Dense(w) => Weight::nf4(w).map_err(|e| candle_core::Error::Msg(format!("NF4 quantization: {e}")))?,
+                };
+            }
         }
         Ok(())
     }

@@ -312,46 +312,34 @@ pub fn save_model_safetensors(tensors: &[(String, Tensor)], dir: &Path, max_shar
     let n = shards.len();
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
-    let stale_shard = |p: &Path| p.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with("model-") && f.ends_with(".safetensors"));
-    let remove_stale = |keep_single: bool| -> Result<(), ModelError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| ModelError::Io { path: dir.into(), source: e })?;
-        for e in entries.flatten() {
-            let p = e.path();
-            let stale = if keep_single { stale_shard(&p) || p == index } else { p == single };
-            if stale {
-                std::fs::remove_file(&p).map_err(|e| ModelError::Io { path: p.clone(), source: e })?;
-            }
-        }
-        Ok(())
-    };
+    let mut files = Vec::with_capacity(n + 1);
     if n == 1 {
-        let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
-        save_safetensors_atomic(&map, &single)?;
-        remove_stale(true)?;
-        return Ok(vec![single]);
-    }
-    let mut files = Vec::with_capacity(n);
-    let mut weight_map = serde_json::Map::new();
-    for (k, idx) in shards.iter().enumerate() {
-        let name = format!("model-{:05}-of-{:05}.safetensors", k + 1, n);
-        let map: HashMap<String, Tensor> = idx.iter().map(|&i| tensors[i].clone()).collect();
-        save_safetensors_atomic(&map, &dir.join(&name))?;
-        for &i in idx {
-            weight_map.insert(tensors[i].0.clone(), name.clone().into());
+        save_safetensors_atomic(&tensors.iter().cloned().collect(), &single)?;
+        files.push(single.clone());
+    } else {
+        let mut weight_map = serde_json::Map::new();
+        for (k, idx) in shards.iter().enumerate() {
+            let name = format!("model-{:05}-of-{:05}.safetensors", k + 1, n);
+            let map: HashMap<String, Tensor> = idx.iter().map(|&i| tensors[i].clone()).collect();
+            save_safetensors_atomic(&map, &dir.join(&name))?;
+            for &i in idx {
+                weight_map.insert(tensors[i].0.clone(), name.clone().into());
+            }
+            files.push(dir.join(name));
         }
-        files.push(dir.join(name));
+        let v = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        medrl_base::fsutil::write_json_atomic(&index, &v).map_err(|e| ModelError::Io { path: index.clone(), source: e })?;
+        files.push(index.clone());
     }
-    // Shards of an earlier, larger save that this one did not overwrite.
+    // Weight files of an earlier save that this one did not write.
     let ours: BTreeSet<&PathBuf> = files.iter().collect();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for p in entries.flatten().map(|e| e.path()).filter(|p| stale_shard(p) && !ours.contains(p)) {
+    let entries = std::fs::read_dir(dir).map_err(|e| ModelError::Io { path: dir.into(), source: e })?;
+    for p in entries.flatten().map(|e| e.path()) {
+        let shard = p.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with("model-") && f.ends_with(".safetensors"));
+        if (shard || p == single || p == index) && !ours.contains(&p) {
             std::fs::remove_file(&p).map_err(|e| ModelError::Io { path: p.clone(), source: e })?;
         }
     }
-    let v = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    medrl_base::fsutil::write_json_atomic(&index, &v).map_err(|e| ModelError::Io { path: index.clone(), source: e })?;
-    remove_stale(false)?;
-    files.push(index);
     Ok(files)
 }
 
