@@ -331,11 +331,12 @@ impl Nf4Tensor {
         let mut tables: Vec<f32> = NF4_CODE.to_vec();
         tables.extend_from_slice(dynamic_map());
         tables.extend_from_slice(&self.nested_absmax);
+        let n = tables.len();
         let parts = DeviceParts {
             device: device.clone(),
             packed: Tensor::from_slice(&self.packed, self.packed.len(), device)?,
             codes: Tensor::from_slice(&self.absmax_codes, self.absmax_codes.len(), device)?,
-            tables: Tensor::from_vec(tables.clone(), tables.len(), device)?,
+            tables: Tensor::from_vec(tables, n, device)?,
         };
         *slot = Some(parts.clone());
         Ok(parts)
@@ -436,11 +437,6 @@ impl Nf4Tensor {
             return crate::kernels::nf4_dequantize(&p.packed, &p.codes, &p.tables, self.offset, self.numel, dtype)?.reshape(self.shape.as_slice());
         }
         Tensor::from_vec(self.dequantize(), self.shape.as_slice(), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)
-    }
-
-    /// Frees the device copy of the parts (the next device dequantization uploads them again).
-    pub fn release_device(&self) {
-        *self.on_device.lock().expect("NF4 device parts") = None;
     }
 
     /// Memory held by the quantized form, in bytes.
