@@ -142,6 +142,21 @@ def dynamic_map():
 DYN = dynamic_map()
 
 
+def dynamic_map_unsigned():
+    """create_dynamic_map(signed=False): 256 sorted f32, the 8-bit optimizers' second-moment map.
+    bitsandbytes keeps non_sign_bits = total_bits - 1 for both signs, so unsigned maps get
+    2**(i + 1) + 1 linspace points per exponent i and no negative half."""
+    data = []
+    for i in range(7):
+        bounds = torch_linspace_f32(0.1, 1.0, 2 ** (i + 1) + 1)
+        means = (bounds[:-1] + bounds[1:]) / F32(2)
+        data += list(F32(10.0 ** (i - 6)) * means)
+    data += [F32(0.0), F32(1.0)]
+    out = np.array(sorted(data), dtype=F32)
+    assert out.size == 256 and out[0] == 0 and out[255] == 1
+    return out
+
+
 def check_finite(x):
     bad = np.flatnonzero(~np.isfinite(x))
     if bad.size:
@@ -355,6 +370,7 @@ def main():
         "nf4_code": bits(NF4),
         "nf4_thresholds": bits(NF4_THRESHOLDS),
         "dynamic_map": bits(DYN),
+        "dynamic_map_unsigned": bits(dynamic_map_unsigned()),
         "nf4": nf4,
         "blockwise8": b8,
     }

@@ -108,6 +108,13 @@ pub enum BenchCommand {
         /// with `ncu` in reasonable time; per-layer costs are unchanged).
         #[arg(long)]
         layers: Option<usize>,
+        /// AdamW moments: `f32` or `int8` (blockwise 8-bit, `training.optimizer.state`).
+        #[arg(long, default_value = "f32")]
+        optimizer_state: String,
+        /// Master weights under full fine-tuning: `f32` or `bf16` (stochastic rounding,
+        /// `training.optimizer.master_weights`).
+        #[arg(long, default_value = "f32")]
+        master: String,
     },
     /// The same SFT steps (random-init model, random batch, AdamW) on CPU f32 and on --device:
     /// per-step losses and the final weights' relative difference, with the device's fused and
@@ -224,7 +231,7 @@ pub fn shape_config(shape: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool, layers: Option<usize>) -> anyhow::Result<serde_json::Value> {
+fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool, layers: Option<usize>, (state, master): (&str, &str)) -> anyhow::Result<serde_json::Value> {
     use crate::model::ActivationCheckpointing;
     use crate::train::trainable::{BaseQuant, LoraConfig, Mode, Trainable};
     let lora = |quantize| {
@@ -246,14 +253,27 @@ fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize
         config["num_hidden_layers"] = n.into();
     }
     let cfg = crate::model::ModelConfig::from_json(config, std::path::Path::new(shape))?;
+    let state: crate::train::StateDtype = serde_yaml::from_str(state).map_err(|_| anyhow::anyhow!("--optimizer-state {state:?}: expected f32 or int8"))?;
+    let master: crate::train::MasterDtype = serde_yaml::from_str(master).map_err(|_| anyhow::anyhow!("--master {master:?}: expected f32 or bf16"))?;
     let t0 = Instant::now();
-    let weights = crate::model::init::random_weights(&cfg, 0, 0.02)?;
-    let mut src = crate::model::MapSource::new(weights, shape);
-    let model = crate::model::CausalLm::from_source(cfg.clone(), &mut src, DType::F32, &dev)?;
-    let mut trainable = Trainable::new(model, train_mode, dt, 0)?;
+    // Drawn on the device tensor by tensor, straight in the dtype the run loads (LoRA: the
+    // compute dtype; QLoRA: NF4 as each projection is drawn), as a checkpoint would load.
+    let lora_cfg = match &train_mode {
+        Mode::Lora { cfg, .. } => Some(cfg.clone()),
+        Mode::Full => None,
+    };
+    let (load_dtype, nf4) = crate::train::trainable::load_plan(lora_cfg.as_ref(), dt, master.dtype());
+    let mut src = crate::model::init::RandomSource::new(&cfg, dev.clone(), 0.02);
+    let model = if nf4 {
+        crate::model::CausalLm::from_source_nf4(cfg.clone(), &mut src, load_dtype, &dev)?
+    } else {
+        crate::model::CausalLm::from_source(cfg.clone(), &mut src, load_dtype, &dev)?
+    };
+    let mut trainable = Trainable::with_masters(model, train_mode, dt, 0, master.dtype())?;
     trainable.checkpointing = ckpt;
-    let mut opt = AdamW::new(trainable.params().to_vec(), AdamWConfig { weight_decay: 0.01, ..Default::default() })?;
-    tracing::info!("{shape}: {} trainable parameters, built in {:.1}s", trainable.num_trainable(), t0.elapsed().as_secs_f64());
+    let mut opt = AdamW::new(trainable.params().to_vec(), AdamWConfig { weight_decay: 0.01, state, master_weights: master, ..Default::default() })?;
+    let build_s = t0.elapsed().as_secs_f64();
+    tracing::info!("{shape}: {} trainable parameters, built in {build_s:.1}s", trainable.num_trainable());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let examples: Vec<crate::data::TokenizedExample> = (0..mb)
         .map(|_| crate::data::TokenizedExample {
@@ -310,7 +330,7 @@ fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize
     });
     let tokens = (mb * seq) as f64;
     let out = serde_json::json!({
-        "impl": "medrl", "shape": shape, "mode": mode, "checkpointing": checkpointing, "layers": cfg.num_hidden_layers, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
+        "impl": "medrl", "shape": shape, "mode": mode, "checkpointing": checkpointing, "optimizer_state": state, "master_weights": master, "optimizer_state_mb": opt.state_bytes() as f64 / (1 << 20) as f64, "build_s": build_s, "layers": cfg.num_hidden_layers, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
         "parameters": cfg.num_parameters(), "trainable_parameters": trainable.num_trainable(),
         "median_step_s": step_s, "tokens_per_s": tokens / step_s,
         // What the process holds on the device (the memory pool keeps freed blocks, like
@@ -579,8 +599,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        BenchCommand::Sft { shape, mode, checkpointing, seq, micro_batch, steps, warmup, device, dtype, json, phases, layers } => {
-            let r = bench_sft(&shape, &mode, &checkpointing, seq, micro_batch, steps, warmup, &device, &dtype, phases, layers)?;
+        BenchCommand::Sft { shape, mode, checkpointing, seq, micro_batch, steps, warmup, device, dtype, json, phases, layers, optimizer_state, master } => {
+            let lean = (optimizer_state.as_str(), master.as_str());
+            let r = bench_sft(&shape, &mode, &checkpointing, seq, micro_batch, steps, warmup, &device, &dtype, phases, layers, lean)?;
             println!("{}", serde_json::to_string(&r)?);
             if let Some(p) = json {
                 crate::fsutil::write_json_atomic(&p, &r).with_context(|| format!("writing {}", p.display()))?;

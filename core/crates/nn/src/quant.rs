@@ -131,6 +131,35 @@ pub fn dynamic_map() -> &'static [f32; 256] {
     })
 }
 
+/// bitsandbytes' unsigned 8-bit dynamic map (`create_dynamic_map(signed=False)`), the map of
+/// its 8-bit optimizers' second moment: 0 at index 0, 254 positive values, 1.0 at index 255,
+/// ascending. Built as [`dynamic_map`] is, with `2^(i+1) + 1` linspace points for exponent `i`
+/// (the bits the sign would take go to the fraction) and no negative half.
+pub fn dynamic_map_unsigned() -> &'static [f32; 256] {
+    static MAP: OnceLock<[f32; 256]> = OnceLock::new();
+    MAP.get_or_init(|| {
+        const SCALES: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+        let mut data = Vec::with_capacity(256);
+        for (i, &scale) in SCALES.iter().enumerate() {
+            let bounds = torch_linspace_f32(0.1, 1.0, (1 << (i + 1)) + 1);
+            for w in bounds.windows(2) {
+                data.push(scale as f32 * ((w[0] + w[1]) / 2.0));
+            }
+        }
+        data.push(0.0);
+        data.push(1.0);
+        data.sort_by(f32::total_cmp);
+        data.try_into().expect("the unsigned dynamic map has 256 entries")
+    })
+}
+
+/// The code of `x` (already divided by its block's absmax) in a sorted 256-entry `map`, by
+/// bitsandbytes' `dQuantize` search (see [`Blockwise8`]): the nearest entry, exact ties to the
+/// even index. Used with [`dynamic_map`] and [`dynamic_map_unsigned`] by the 8-bit optimizer.
+pub fn map_code(map: &[f32; 256], x: f32) -> u8 {
+    dynamic_code(map, x)
+}
+
 /// `torch.linspace(start, end, steps, dtype=float32)` as torch >= 2.0 computes it on the CPU
 /// (aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp), with the multiply-add fused.
 fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
@@ -168,6 +197,23 @@ fn scaled(x: f32, inv: f32) -> f32 {
     } else {
         s
     }
+}
+
+/// Packed NF4 codes and per-block absmax of `values` (which start at a block boundary).
+fn nf4_blocks(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let mut packed = Vec::with_capacity(values.len().div_ceil(2));
+    let mut absmax = Vec::with_capacity(values.len().div_ceil(NF4_BLOCK));
+    for block in values.chunks(NF4_BLOCK) {
+        let am = block_absmax(block);
+        let inv = 1.0 / am;
+        absmax.push(am);
+        packed.extend(block.chunks(2).map(|pair| {
+            let hi = nf4_code(scaled(pair[0], inv));
+            let lo = pair.get(1).map_or(NF4_ZERO_CODE, |&x| nf4_code(scaled(x, inv)));
+            (hi << 4) | lo
+        }));
+    }
+    (packed, absmax)
 }
 
 /// The NF4 code of a scaled value: how many thresholds lie strictly below it.
@@ -349,17 +395,24 @@ impl Nf4Tensor {
             return Err(QuantError::ShapeMismatch { shape: shape.to_vec(), expected: numel, got: values.len() });
         }
         check_finite(values)?;
+        // Blocks are independent: large tensors (a 32B model's projections, quantized at load)
+        // are split across threads at block boundaries and the pieces joined in order, so the
+        // result is the same as one pass.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(values.len() / (1 << 20)).max(1);
+        let per = values.len().div_ceil(NF4_BLOCK).div_ceil(threads) * NF4_BLOCK;
+        let pieces: Vec<(Vec<u8>, Vec<f32>)> = if threads == 1 {
+            vec![nf4_blocks(values)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = values.chunks(per).map(|chunk| scope.spawn(move || nf4_blocks(chunk))).collect();
+                handles.into_iter().map(|h| h.join().expect("NF4 quantization thread")).collect()
+            })
+        };
         let mut packed = Vec::with_capacity(numel.div_ceil(2));
         let mut absmax = Vec::with_capacity(numel.div_ceil(NF4_BLOCK));
-        for block in values.chunks(NF4_BLOCK) {
-            let am = block_absmax(block);
-            let inv = 1.0 / am;
-            absmax.push(am);
-            packed.extend(block.chunks(2).map(|pair| {
-                let hi = nf4_code(scaled(pair[0], inv));
-                let lo = pair.get(1).map_or(NF4_ZERO_CODE, |&x| nf4_code(scaled(x, inv)));
-                (hi << 4) | lo
-            }));
+        for (p, a) in pieces {
+            packed.extend(p);
+            absmax.extend(a);
         }
         let offset = mean_f32(&absmax);
         let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device};
 use medrl_nn::quant::{
-    dynamic_map, Blockwise8, Nf4Tensor, QuantError, NESTED_BLOCK, NF4_BLOCK, NF4_CODE, NF4_THRESHOLDS,
+    dynamic_map, dynamic_map_unsigned, map_code, Blockwise8, Nf4Tensor, QuantError, NESTED_BLOCK, NF4_BLOCK, NF4_CODE, NF4_THRESHOLDS,
 };
 use rand::{Rng, SeedableRng};
 
@@ -147,6 +147,24 @@ fn tables_equal_the_reference() {
     assert_bits_eq("tables", "nf4_code", &NF4_CODE, &fx.at("nf4_code").f32s());
     assert_bits_eq("tables", "nf4_thresholds", &NF4_THRESHOLDS, &fx.at("nf4_thresholds").f32s());
     assert_bits_eq("tables", "dynamic_map", dynamic_map(), &fx.at("dynamic_map").f32s());
+    assert_bits_eq("tables", "dynamic_map_unsigned", dynamic_map_unsigned(), &fx.at("dynamic_map_unsigned").f32s());
+}
+
+/// The 8-bit optimizer's code search on the unsigned map: every entry maps to itself, and a
+/// value between two entries takes the nearer one.
+#[test]
+fn unsigned_map_codes_are_nearest() {
+    let map = dynamic_map_unsigned();
+    for (i, &x) in map.iter().enumerate() {
+        assert_eq!(map_code(map, x) as usize, i, "entry {i} = {x}");
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..20_000 {
+        let x: f32 = rng.gen::<f32>().powi(6);
+        let c = map_code(map, x) as usize;
+        let best = map.iter().map(|&m| (m - x).abs()).fold(f32::INFINITY, f32::min);
+        assert!((map[c] - x).abs() <= best, "x {x}: code {c} ({}) is not nearest (best distance {best})", map[c]);
+    }
 }
 
 #[test]
@@ -285,4 +303,19 @@ fn dequantize_tensor_and_memory() {
 
     let tensor = candle_core::Tensor::from_vec(values.clone(), (64, 64), &Device::Cpu).unwrap();
     assert_eq!(Nf4Tensor::quantize_tensor(&tensor).unwrap(), t);
+}
+
+/// A tensor large enough to be quantized on several threads gives, block for block, the codes
+/// each block gets alone (the threads split at block boundaries and join in order).
+#[test]
+fn threaded_quantization_equals_blockwise() {
+    let n = (1 << 21) + 1000;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let v: Vec<f32> = (0..n).map(|_| rng.gen::<f32>() * 2.0 - 1.0).collect();
+    let whole = Nf4Tensor::quantize(&v, &[n]).unwrap();
+    for (b, block) in v.chunks(NF4_BLOCK).enumerate() {
+        let alone = Nf4Tensor::quantize(block, &[block.len()]).unwrap();
+        let bytes = block.len().div_ceil(2);
+        assert_eq!(&whole.packed()[b * NF4_BLOCK / 2..b * NF4_BLOCK / 2 + bytes], alone.packed(), "block {b}");
+    }
 }

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod error;
 #[cfg(feature = "cuda")]
 mod fused_adamw;
+pub mod lean_adamw;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
@@ -32,7 +33,7 @@ pub use rl::algos::{grpo, ppo, rloo};
 
 pub use error::RunError;
 pub use loss::masked_token_nll;
-pub use optim::{AdamW, AdamWConfig, StepStats};
+pub use optim::{AdamW, AdamWConfig, MasterDtype, StateDtype, StepStats};
 pub use schedule::{LrSchedule, ScheduleKind};
 
 #[derive(Debug, thiserror::Error)]

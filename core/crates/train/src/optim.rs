@@ -1,5 +1,6 @@
 //! AdamW with f32 master weights, decoupled weight decay that skips norms and biases, and
-//! gradient clipping by global norm.
+//! gradient clipping by global norm; optionally lean (`state: int8`, `master_weights: bf16`,
+//! see [`crate::lean_adamw`]).
 //!
 //! candle-nn's AdamW keeps its moments in the parameter's dtype, has no clipping and no
 //! parameter groups; this one keeps every parameter's master copy and both moments in f32
@@ -8,9 +9,14 @@
 //! A step whose gradient norm is not finite is refused before any parameter is touched.
 
 use candle_core::{backprop::GradStore, DType, Tensor, Var, D};
+#[cfg(feature = "cuda")]
+use candle_core::Device;
+#[cfg(feature = "cuda")]
+use medrl_nn::quant::{dynamic_map, dynamic_map_unsigned};
 use std::collections::HashMap;
 
 use super::TrainError;
+use crate::lean_adamw::{self, Moment};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +27,40 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
     /// Clip the global gradient norm to this value (0 = no clipping).
     pub max_grad_norm: f64,
+    /// The moments' storage: `f32` (8 bytes per trained value), or `int8`, blockwise 8-bit
+    /// as bitsandbytes' 8-bit AdamW (about 2 bytes; parameters under 4,096 values stay f32).
+    pub state: StateDtype,
+    /// The trained weights' dtype under full fine-tuning (and `modules_to_save`): `f32` (4 bytes
+    /// per value, plus the forward's bf16 copy) or `bf16` with stochastic rounding (2 bytes, the
+    /// forward reads them directly). LoRA adapters stay f32 either way (they are small).
+    pub master_weights: MasterDtype,
+}
+
+/// Storage of AdamW's two moments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StateDtype {
+    #[default]
+    F32,
+    Int8,
+}
+
+/// Dtype of the master weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MasterDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl MasterDtype {
+    pub fn dtype(self) -> DType {
+        match self {
+            MasterDtype::F32 => DType::F32,
+            MasterDtype::Bf16 => DType::BF16,
+        }
+    }
 }
 
 impl AdamWConfig {
@@ -48,7 +88,7 @@ impl AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 }
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0, state: StateDtype::F32, master_weights: MasterDtype::F32 }
     }
 }
 
@@ -60,8 +100,8 @@ pub fn decays(name: &str, rank: usize) -> bool {
 struct Slot {
     name: String,
     var: Var,
-    m: Tensor,
-    v: Tensor,
+    m: Moment,
+    v: Moment,
     decay: bool,
 }
 
@@ -81,23 +121,50 @@ pub struct AdamW {
     step: u64,
     /// Use the one-kernel CUDA update where it applies (`MEDRL_FUSED_ADAMW=0` turns it off).
     fused: bool,
+    /// Seeds the stochastic rounding of bf16 masters.
+    seed: u64,
+    /// The signed and unsigned dynamic maps on the parameters' CUDA device (8-bit kernel).
+    #[cfg(feature = "cuda")]
+    maps: Option<(Tensor, Tensor)>,
 }
 
 impl AdamW {
-    /// `params` must be f32 `Var`s (the master weights).
+    /// `params` are the master weights: f32, or bf16 (stochastically rounded updates). Each
+    /// takes 8-bit moments when `cfg.state` is int8 and it has at least
+    /// [`lean_adamw::MIN_8BIT_SIZE`] values.
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self, TrainError> {
         let mut slots = Vec::with_capacity(params.len());
         for (name, var) in params {
-            if var.dtype() != DType::F32 {
-                return Err(TrainError::Param { name, msg: format!("master weights must be f32, found {:?}", var.dtype()) });
+            if !matches!(var.dtype(), DType::F32 | DType::BF16) {
+                return Err(TrainError::Param { name, msg: format!("master weights must be f32 or bf16, found {:?}", var.dtype()) });
             }
-            let m = var.zeros_like()?;
-            let v = var.zeros_like()?;
+            let int8 = cfg.state == StateDtype::Int8 && var.elem_count() >= lean_adamw::MIN_8BIT_SIZE;
+            let m = Moment::zeros(var.dims(), int8, var.device())?;
+            let v = Moment::zeros(var.dims(), int8, var.device())?;
             let decay = decays(&name, var.rank());
             slots.push(Slot { name, var, m, v, decay });
         }
         let fused = std::env::var("MEDRL_FUSED_ADAMW").map_or(true, |v| v != "0");
-        Ok(Self { slots, cfg, step: 0, fused })
+        Ok(Self {
+            slots,
+            cfg,
+            step: 0,
+            fused,
+            seed: 0,
+            #[cfg(feature = "cuda")]
+            maps: None,
+        })
+    }
+
+    /// Seed of the stochastic rounding (the run's seed, so a rerun rounds the same way).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Device bytes held by the moments (the optimizer's state; masters not included).
+    pub fn state_bytes(&self) -> usize {
+        self.slots.iter().map(|s| s.m.bytes() + s.v.bytes()).sum()
     }
 
     /// Choose the fused CUDA update (default) or the tensor-op one (for comparisons).
@@ -167,14 +234,42 @@ impl AdamW {
         let bc2 = 1.0 - b2.powi(t);
         #[cfg(feature = "cuda")]
         let fused = self.fused;
-        for s in &mut self.slots {
+        for (k, s) in self.slots.iter_mut().enumerate() {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            let decay = if s.decay && self.cfg.weight_decay > 0.0 { 1.0 - lr * self.cfg.weight_decay } else { 1.0 };
+            if s.m.is_int8() || s.var.dtype() == DType::BF16 {
+                // The lean update: 8-bit moments and/or bf16 masters.
+                let u = lean_adamw::Update {
+                    lr: lr as f32,
+                    beta1: b1 as f32,
+                    beta2: b2 as f32,
+                    bias_correction1: bc1 as f32,
+                    bias_correction2: bc2 as f32,
+                    eps: self.cfg.eps as f32,
+                    decay: decay as f32,
+                    clip: clip_scale as f32,
+                    key: lean_adamw::rounding_key(self.seed, k, self.step),
+                };
+                let g = if g.dtype() == s.var.dtype() { g.clone() } else { g.to_dtype(s.var.dtype())? };
+                #[cfg(feature = "cuda")]
+                if let Device::Cuda(_) = s.var.device() {
+                    if self.maps.is_none() {
+                        let dev = s.var.device();
+                        self.maps = Some((Tensor::new(&dynamic_map()[..], dev)?, Tensor::new(&dynamic_map_unsigned()[..], dev)?));
+                    }
+                    let maps = self.maps.as_ref().expect("set above");
+                    super::fused_adamw::lean_step(s.var.as_tensor(), &g, &s.m, &s.v, maps, u)?;
+                    continue;
+                }
+                lean_adamw::step_tensors_host(&s.var, &g.detach(), &mut s.m, &mut s.v, u)?;
+                continue;
+            }
+            let (Moment::F32(m), Moment::F32(v)) = (&mut s.m, &mut s.v) else { unreachable!("8-bit moments took the lean update") };
             #[cfg(feature = "cuda")]
             if fused {
                 let g = g.contiguous()?;
                 let p = s.var.as_tensor();
-                if super::fused_adamw::applies(p, &g, &s.m, &s.v) {
-                    let decay = if s.decay && self.cfg.weight_decay > 0.0 { 1.0 - lr * self.cfg.weight_decay } else { 1.0 };
+                if super::fused_adamw::applies(p, &g, m, v) {
                     let u = super::fused_adamw::Update {
                         lr: lr as f32,
                         beta1: b1 as f32,
@@ -185,16 +280,16 @@ impl AdamW {
                         decay: decay as f32,
                         clip: clip_scale as f32,
                     };
-                    super::fused_adamw::step(p, &g, &s.m, &s.v, u)?;
+                    super::fused_adamw::step(p, &g, m, v, u)?;
                     continue;
                 }
             }
             // Detached: candle leaves a leaf's gradient tracked (it is computed from forward
             // tensors), and moments built from it would chain every step's graph together.
             let g = (g.detach().to_dtype(DType::F32)? * clip_scale)?;
-            s.m = ((&s.m * b1)? + (&g * (1.0 - b1))?)?;
-            s.v = ((&s.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let update = ((&s.m / bc1)? / ((&s.v / bc2)?.sqrt()? + self.cfg.eps)?)?;
+            *m = ((&*m * b1)? + (&g * (1.0 - b1))?)?;
+            *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let update = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + self.cfg.eps)?)?;
             let mut p = s.var.as_tensor().detach();
             if s.decay && self.cfg.weight_decay > 0.0 {
                 p = (p * (1.0 - lr * self.cfg.weight_decay))?;
@@ -210,26 +305,61 @@ impl AdamW {
         Ok(StepStats { grad_norm, clip_scale, lr })
     }
 
-    /// Optimizer state for checkpoints: `{name}.exp_avg`, `{name}.exp_avg_sq` and the step.
+    /// Optimizer state for checkpoints: `{name}.exp_avg` and `{name}.exp_avg_sq` (f32, the
+    /// parameter's shape) or, for 8-bit moments, `{name}.exp_avg.codes` (u8) and
+    /// `{name}.exp_avg.absmax` (f32, one per 256 values) and the same for `exp_avg_sq`; and the step.
     pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
         let mut out = HashMap::new();
         for s in &self.slots {
-            out.insert(format!("{}.exp_avg", s.name), s.m.clone());
-            out.insert(format!("{}.exp_avg_sq", s.name), s.v.clone());
+            for (suffix, m) in [("exp_avg", &s.m), ("exp_avg_sq", &s.v)] {
+                match m {
+                    Moment::F32(t) => {
+                        out.insert(format!("{}.{suffix}", s.name), t.clone());
+                    }
+                    Moment::Int8 { codes, absmax } => {
+                        out.insert(format!("{}.{suffix}.codes", s.name), codes.clone());
+                        out.insert(format!("{}.{suffix}.absmax", s.name), absmax.clone());
+                    }
+                }
+            }
         }
         (out, self.step)
     }
 
-    /// Restore what [`AdamW::state`] returned.
+    /// Restore what [`AdamW::state`] returned. Either form of a moment loads into either
+    /// storage (f32 moments are quantized into 8-bit ones, 8-bit ones dequantized).
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>, step: u64) -> Result<(), TrainError> {
         for s in &mut self.slots {
-            for (suffix, dst) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
+            let n = s.var.elem_count();
+            for (suffix, dst, signed) in [("exp_avg", &mut s.m, true), ("exp_avg_sq", &mut s.v, false)] {
                 let key = format!("{}.{suffix}", s.name);
-                let t = state.get(&key).ok_or_else(|| TrainError::Param { name: s.name.clone(), msg: format!("optimizer state has no `{key}`") })?;
-                if t.dims() != s.var.dims() {
-                    return Err(TrainError::Param { name: s.name.clone(), msg: format!("state shape {:?} != parameter {:?}", t.dims(), s.var.dims()) });
+                let bad = |msg: String| TrainError::Param { name: s.name.clone(), msg };
+                let dev = s.var.device();
+                if let Some(t) = state.get(&key) {
+                    if t.dims() != s.var.dims() {
+                        return Err(bad(format!("state `{key}` has shape {:?}, the parameter {:?}", t.dims(), s.var.dims())));
+                    }
+                    let t = t.to_dtype(DType::F32)?;
+                    *dst = if dst.is_int8() { Moment::from_values(&t.flatten_all()?.to_vec1()?, s.var.dims(), true, signed, dev)? } else { Moment::F32(t.to_device(dev)?) };
+                    continue;
                 }
-                *dst = t.to_dtype(DType::F32)?.to_device(s.var.device())?;
+                let (ck, ak) = (format!("{key}.codes"), format!("{key}.absmax"));
+                let (Some(c), Some(a)) = (state.get(&ck), state.get(&ak)) else {
+                    return Err(bad(format!("optimizer state has no `{key}` (nor `{ck}` and `{ak}`)")));
+                };
+                if c.dtype() != DType::U8 || c.dims() != [n] || a.dims() != [n.div_ceil(lean_adamw::STATE_BLOCK)] {
+                    return Err(bad(format!("8-bit state `{key}`: codes {:?} {:?} and absmax {:?} do not fit {n} values", c.dtype(), c.dims(), a.dims())));
+                }
+                let a = a.to_dtype(DType::F32)?;
+                if a.to_vec1::<f32>()?.iter().any(|x| !x.is_finite() || *x < 0.0) {
+                    return Err(bad(format!("8-bit state `{ak}` holds a negative or non-finite absmax")));
+                }
+                *dst = if dst.is_int8() {
+                    Moment::Int8 { codes: c.to_device(dev)?, absmax: a.to_device(dev)? }
+                } else {
+                    let vals = lean_adamw::dequantize_moment(&c.to_vec1()?, &a.to_vec1()?, signed);
+                    Moment::from_values(&vals, s.var.dims(), false, signed, dev)?
+                };
             }
         }
         self.step = step;

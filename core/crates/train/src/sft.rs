@@ -438,7 +438,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     )?;
     let (device, compute) = (session.device.clone(), session.compute);
     let out = &cfg.output_dir;
-    let (load_dtype, nf4) = crate::trainable::load_plan(cfg.lora.as_ref(), compute);
+    let (load_dtype, nf4) = crate::trainable::load_plan(cfg.lora.as_ref(), compute, t.optimizer.master_weights.dtype());
     let loaded = load_model_dir_as(&cfg.model, &device, load_dtype, nf4)?;
     let tok = loaded.tokenizer;
     let prep = prepare(cfg, &tok)?;
@@ -463,9 +463,9 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
         Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|source| SftError::LoraTargets { key: "lora.targets", source })? },
         None => Mode::Full,
     };
-    let mut trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
+    let mut trainable = Trainable::with_masters(loaded.model, mode, compute, t.seed, t.optimizer.master_weights.dtype())?;
     trainable.checkpointing = t.activation_checkpointing;
-    let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?;
+    let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?.with_seed(t.seed);
     tracing::info!(params = trainable.num_trainable(), lora = cfg.lora.is_some(), "trainable parameters");
     session.resume(&trainable, &mut opt)?;
 

@@ -107,14 +107,15 @@ impl LoraConfig {
 }
 
 /// The dtype a run loads its model in, and whether the decoder projections are quantized as they
-/// are read. Full fine-tuning, and LoRA with `modules_to_save`, need f32 masters: f32. Plain
+/// are read. Full fine-tuning, and LoRA with `modules_to_save`, load in the masters' dtype
+/// (`master`: f32, or bf16 under `training.optimizer.master_weights: bf16`). Plain
 /// LoRA only reads the frozen base, so it loads straight in the compute dtype (no f32 copy of
 /// the model, the same values: a cast of the f32 load rounds as a direct load does); QLoRA also
 /// quantizes each projection as it is read, so the dense model is never in memory at once.
-pub fn load_plan(lora: Option<&LoraConfig>, compute: DType) -> (DType, bool) {
+pub fn load_plan(lora: Option<&LoraConfig>, compute: DType, master: DType) -> (DType, bool) {
     match lora {
         Some(l) if l.modules_to_save.is_empty() => (compute, l.quantize == BaseQuant::Nf4),
-        _ => (DType::F32, false),
+        _ => (master, false),
     }
 }
 
@@ -154,12 +155,22 @@ impl Trainable {
     /// takes it in any dtype, NF4 projections included ([`load_plan`]). The view computes in
     /// `compute_dtype`.
     pub fn new(model: CausalLm, mode: Mode, compute_dtype: DType, seed: u64) -> Result<Self, TrainError> {
+        Self::with_masters(model, mode, compute_dtype, seed, DType::F32)
+    }
+
+    /// [`Trainable::new`] with the full-model masters (and `modules_to_save`) in `master`: f32,
+    /// or bf16 for stochastically rounded updates (`training.optimizer.master_weights`). LoRA
+    /// adapters stay f32.
+    pub fn with_masters(model: CausalLm, mode: Mode, compute_dtype: DType, seed: u64, master: DType) -> Result<Self, TrainError> {
+        if !matches!(master, DType::F32 | DType::BF16) {
+            return Err(TrainError::Param { name: "<masters>".into(), msg: format!("master weights must be f32 or bf16, not {master:?}") });
+        }
         let device = model.device().clone();
         let mut params = Vec::new();
         match &mode {
             Mode::Full => {
                 for (name, t) in model.named_tensors() {
-                    params.push((name, Var::from_tensor(&t.to_dtype(DType::F32)?)?));
+                    params.push((name, Var::from_tensor(&t.to_dtype(master)?)?));
                 }
             }
             Mode::Lora { cfg, targets } => {
@@ -177,12 +188,21 @@ impl Trainable {
                 for m in &cfg.modules_to_save {
                     let name = if m == "embed_tokens" { "model.embed_tokens.weight" } else { "lm_head.weight" };
                     let t = if m == "lm_head" { model.lm_head.clone().unwrap_or_else(|| model.embed_tokens.clone()) } else { model.embed_tokens.clone() };
-                    params.push((name.to_string(), Var::from_tensor(&t.to_dtype(DType::F32)?)?));
+                    params.push((name.to_string(), Var::from_tensor(&t.to_dtype(master)?)?));
                 }
             }
         }
         let base = match &mode {
-            Mode::Full => model,
+            // A template that shares the masters' storage: keeping the loaded tensors as well
+            // would hold a second copy of the whole model for nothing.
+            Mode::Full => {
+                let (cfg, head) = (model.cfg.clone(), model.lm_head.is_some() || model.cfg.tie_word_embeddings);
+                drop(model);
+                let tensors = params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+                let mut src = MapSource::new(tensors, "<masters>");
+                let built = if head { CausalLm::from_source(cfg, &mut src, master, &device) } else { CausalLm::body_from_source(cfg, &mut src, master, &device) };
+                built.map_err(|e| TrainError::Param { name: "<masters>".into(), msg: e.to_string() })?
+            }
             Mode::Lora { cfg, .. } => {
                 let mut base = cast_model(&model, compute_dtype)?;
                 if cfg.quantize == BaseQuant::Nf4 {
@@ -398,7 +418,7 @@ impl Trainable {
             if t.dims() != var.dims() {
                 return Err(TrainError::Param { name: name.clone(), msg: format!("checkpoint shape {:?} != {:?}", t.dims(), var.dims()) });
             }
-            var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
+            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
         Ok(())
     }

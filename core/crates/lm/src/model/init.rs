@@ -1,7 +1,7 @@
 //! Random-init model folders (`medrl model init`): tiny models for tests and the CPU
 //! quickstart, with a BPE tokenizer trained on text medrl ships and a ChatML chat template.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::config::{Arch, ModelConfig};
 use super::transformer::CausalLm;
-use super::weights::MapSource;
+use super::weights::{MapSource, TensorSource};
 use super::ModelError;
 use crate::tokenizer::train::{train_bpe, CHATML_SPECIALS, TINY_CORPUS};
 
@@ -173,4 +173,40 @@ pub fn init_model_dir(dir: &Path, opts: &InitOptions) -> Result<InitReport, Mode
     let model = CausalLm::from_source(cfg.clone(), &mut src, candle_core::DType::F32, &Device::Cpu)?;
     super::save_weights(&model, dir)?;
     Ok(InitReport { arch: opts.arch, parameters: cfg.num_parameters(), vocab_size: vocab })
+}
+
+/// Random weights drawn tensor by tensor as a model is built (a [`TensorSource`]): each one on
+/// `generator` (CUDA's generator draws a 32B model in seconds, where the host's Box-Muller in
+/// [`random_weights`] would take many minutes and hold the whole model in f32), then cast and
+/// moved to where the loader wants it. Only what the model keeps is ever held. Values follow
+/// [`random_weights`]' distributions (norms around 1, the rest `N(0, std)`) but not its exact
+/// stream: for benchmarks of the seeds' model sizes, not for reproducible fixtures.
+pub struct RandomSource {
+    generator: Device,
+    std: f64,
+    tied: bool,
+    used: std::collections::BTreeSet<String>,
+}
+
+impl RandomSource {
+    pub fn new(cfg: &ModelConfig, generator: Device, std: f64) -> Self {
+        Self { generator, std, tied: cfg.tie_word_embeddings, used: Default::default() }
+    }
+}
+
+impl TensorSource for RandomSource {
+    fn get(&mut self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor, ModelError> {
+        self.used.insert(name.to_string());
+        let (mean, std) = if name.ends_with("norm.weight") { (1.0f32, 0.1f32) } else { (0.0, self.std as f32) };
+        Tensor::randn(mean, std, shape, &self.generator)
+            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| t.to_device(device))
+            .map_err(ModelError::from_candle("random init"))
+    }
+    fn contains(&self, name: &str) -> bool {
+        name != "lm_head.weight" || !self.tied
+    }
+    fn unused(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -220,7 +220,7 @@ impl RlRun {
         )?;
         let (device, compute) = (session.device.clone(), session.compute);
 
-        let (load_dtype, nf4) = crate::trainable::load_plan(cfg.lora.as_ref(), compute);
+        let (load_dtype, nf4) = crate::trainable::load_plan(cfg.lora.as_ref(), compute, t.optimizer.master_weights.dtype());
         let loaded = load_model_dir_as(&cfg.model, &device, load_dtype, nf4)?;
         let tok = loaded.tokenizer;
         let eos = loaded.generation.eos_token_ids.clone();
@@ -251,7 +251,7 @@ impl RlRun {
             Some(l) => Mode::Lora { cfg: l.clone(), targets: l.targets().map_err(|source| RunError::LoraTargets { key: "lora.targets", source })? },
             None => Mode::Full,
         };
-        let mut trainable = Trainable::new(loaded.model, mode, compute, t.seed)?;
+        let mut trainable = Trainable::with_masters(loaded.model, mode, compute, t.seed, t.optimizer.master_weights.dtype())?;
         trainable.checkpointing = t.activation_checkpointing;
         // Under LoRA the reference is the frozen base with the adapters off, sharing its
         // tensors (QLoRA: its NF4 blocks): one base in memory, as PEFT's disable_adapter().
@@ -260,7 +260,7 @@ impl RlRun {
             (true, Some(base)) => Some(base),
             (true, None) => Some(load_model_dir(&cfg.model, &device, compute)?.model),
         };
-        let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?;
+        let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?.with_seed(t.seed);
         let schedule = LrSchedule { peak_lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.max_steps, kind: t.schedule, min_lr_ratio: 0.0 };
         // Prompt order: epochs over the training prompts, `prompts_per_step` at a time.
         let batcher = Batcher::new(vec![1; train.len()], BatchingConfig { micro_batch_size: cfg.algorithm.prompts_per_step(), packing: false, group_by_length: false, shuffle: true }, 1, t.seed);

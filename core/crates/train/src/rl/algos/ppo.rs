@@ -365,7 +365,7 @@ impl RlAlgorithm for Ppo {
         let critic_model = match shared {
             Some(base) => base,
             None => {
-                let (load_dtype, nf4) = crate::trainable::load_plan(cc.lora.as_ref(), rl.compute());
+                let (load_dtype, nf4) = crate::trainable::load_plan(cc.lora.as_ref(), rl.compute(), DType::F32);
                 load_model_dir_as(&critic_dir, rl.device(), load_dtype, nf4)?.model
             }
         };
@@ -379,7 +379,9 @@ impl RlAlgorithm for Ppo {
         };
         let mut critic = ValueModel::new(critic_model, critic_mode, rl.compute(), t.seed, cc.head_init_std)?;
         critic.backbone.checkpointing = t.activation_checkpointing;
-        let mut copt = AdamW::new(critic.params().to_vec(), t.optimizer.clone())?;
+        // The critic's masters stay f32 (its Trainable is built so); its moments follow
+        // `training.optimizer.state`.
+        let mut copt = AdamW::new(critic.params().to_vec(), t.optimizer.clone())?.with_seed(t.seed.wrapping_add(0xc217));
         let critic_schedule = LrSchedule { peak_lr: cc.lr.unwrap_or(t.lr), ..rl.schedule.clone() };
         if let Some(ck) = &rl.session.resumed {
             critic.load_state(&strip_prefix(&ck.trainable, "critic/"))?;
