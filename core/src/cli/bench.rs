@@ -116,6 +116,15 @@ pub enum BenchCommand {
         #[arg(long, default_value = "f32")]
         master: String,
     },
+    /// The lean AdamW update (8-bit moments, bf16 masters with stochastic rounding) on --device
+    /// against the host oracle on the CPU, from the same weights and gradients: how many bits of
+    /// the weights, moment codes and block absmax differ after --steps updates (0 expected).
+    OptimAgreement {
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
     /// The same SFT steps (random-init model, random batch, AdamW) on CPU f32 and on --device:
     /// per-step losses and the final weights' relative difference, with the device's fused and
     /// tensor-op AdamW. Checks the GPU-only code paths (fused optimizer kernel, CUDA attention
@@ -341,6 +350,80 @@ fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize
         "phases": phase_report,
     });
     Ok(out)
+}
+
+/// See [`BenchCommand::OptimAgreement`]. Parameters of awkward sizes (a short last block, one
+/// under the 8-bit threshold, one with zero rows) with every combination of moments and masters;
+/// gradients of a fixed random tensor `G` through `sum(p * G)` (exactly `G`), no clipping (a
+/// norm summed in another order could differ in its last bit).
+fn optim_agreement(device: &str, steps: usize) -> anyhow::Result<serde_json::Value> {
+    use crate::train::{AdamW, AdamWConfig, MasterDtype, StateDtype};
+    use candle_core::Var;
+    let dev = parse_device(device).map_err(anyhow::Error::msg)?;
+    let shapes: [&[usize]; 4] = [&[300, 77], &[4096], &[1000], &[64, 512]];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let mut report = serde_json::Map::new();
+    for (state, master) in [(StateDtype::Int8, MasterDtype::F32), (StateDtype::Int8, MasterDtype::Bf16), (StateDtype::F32, MasterDtype::Bf16)] {
+        let cfg = AdamWConfig { weight_decay: 0.1, max_grad_norm: 0.0, state, master_weights: master, ..Default::default() };
+        let dt = master.dtype();
+        let mut init = Vec::new();
+        let mut grads = Vec::new();
+        for (k, shape) in shapes.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let w: Vec<f32> = (0..n).map(|_| rng.gen::<f32>() - 0.5).collect();
+            init.push((format!("layers.{k}.proj.weight"), Tensor::from_vec(w, *shape, &Device::Cpu)?.to_dtype(dt)?));
+            // Gradients over several orders of magnitude, so that many map codes are used.
+            let per_step: Vec<Tensor> = (0..steps)
+                .map(|_| {
+                    let g: Vec<f32> = (0..n).map(|i| (rng.gen::<f32>() - 0.5) * 10f32.powi((i % 7) as i32 - 4)).collect();
+                    Tensor::from_vec(g, *shape, &Device::Cpu)?.to_dtype(dt)
+                })
+                .collect::<candle_core::Result<_>>()?;
+            grads.push(per_step);
+        }
+        let run = |on: &Device| -> anyhow::Result<(Vec<Tensor>, std::collections::HashMap<String, Tensor>)> {
+            let params: Vec<(String, Var)> = init.iter().map(|(n, t)| Ok((n.clone(), Var::from_tensor(&t.to_device(on)?)?))).collect::<anyhow::Result<_>>()?;
+            let mut opt = AdamW::new(params.clone(), cfg.clone())?.with_seed(17);
+            for step in 0..steps {
+                let mut loss = Tensor::zeros((), dt, on)?;
+                for ((_, v), g) in params.iter().zip(&grads) {
+                    loss = (loss + (v.as_tensor() * g[step].to_device(on)?)?.sum_all()?)?;
+                }
+                opt.step(&loss.backward()?, 1e-2)?;
+            }
+            let w = params.iter().map(|(_, v)| v.as_tensor().to_device(&Device::Cpu)).collect::<candle_core::Result<_>>()?;
+            let state = opt.state().0.into_iter().map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?))).collect::<candle_core::Result<_>>()?;
+            Ok((w, state))
+        };
+        let (host_w, host_s) = run(&Device::Cpu)?;
+        let (dev_w, dev_s) = run(&dev)?;
+        let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
+            let t = t.flatten_all()?;
+            Ok(match t.dtype() {
+                DType::U8 => t.to_vec1::<u8>()?.into_iter().map(u32::from).collect(),
+                _ => t.to_dtype(DType::F32)?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect(),
+            })
+        };
+        let (mut values, mut differing) = (0usize, 0usize);
+        for (a, b) in host_w.iter().zip(&dev_w) {
+            let (a, b) = (bits(a)?, bits(b)?);
+            values += a.len();
+            differing += a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        }
+        let (mut state_values, mut state_differing) = (0usize, 0usize);
+        for (k, a) in &host_s {
+            let b = dev_s.get(k).with_context(|| format!("the device state lacks {k}"))?;
+            let (a, b) = (bits(a)?, bits(b)?);
+            state_values += a.len();
+            state_differing += a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        }
+        let moved = host_w.iter().zip(&init).map(|(a, (_, b))| Ok(bits(a)?.iter().zip(bits(b)?).filter(|(x, y)| **x != *y).count())).sum::<anyhow::Result<usize>>()?;
+        report.insert(
+            format!("state {state:?}, masters {master:?}"),
+            serde_json::json!({"weights": values, "weights_differing": differing, "weights_changed_by_training": moved, "state_values": state_values, "state_values_differing": state_differing}),
+        );
+    }
+    Ok(serde_json::json!({"device": device, "steps": steps, "checks": report}))
 }
 
 /// Train `steps` full-SFT steps of a random-init `shape` model on `device`; returns the losses
@@ -583,6 +666,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::OpsAgreement { device, dtype } => {
             println!("{}", serde_json::to_string_pretty(&ops_agreement(&device, &dtype)?)?);
+            Ok(())
+        }
+        BenchCommand::OptimAgreement { device, steps } => {
+            let report = optim_agreement(&device, steps)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         BenchCommand::TrainAgreement { shape, seq, micro_batch, steps, device, dtype } => {
