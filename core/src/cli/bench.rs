@@ -272,7 +272,7 @@ fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize
         Mode::Full => None,
     };
     let (load_dtype, nf4) = crate::train::trainable::load_plan(lora_cfg.as_ref(), dt, master.dtype());
-    let mut src = crate::model::init::RandomSource::new(&cfg, dev.clone(), 0.02);
+    let mut src = crate::model::init::RandomSource::new(&cfg, dev.clone(), 0, 0.02)?;
     let model = if nf4 {
         crate::model::CausalLm::from_source_nf4(cfg.clone(), &mut src, load_dtype, &dev)?
     } else {

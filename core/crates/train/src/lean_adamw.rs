@@ -32,6 +32,17 @@ pub const STATE_BLOCK: usize = 256;
 /// Parameters with fewer values keep f32 moments (bitsandbytes' `min_8bit_size`).
 pub const MIN_8BIT_SIZE: usize = 4096;
 
+/// Whether a parameter gets 8-bit moments under `state: int8`: not when it is small (its f32
+/// moments cost nothing), and not the token embeddings or the LM head. Rows of tokens a batch
+/// does not contain get no gradient, so their second moment decays towards 0 while the first
+/// still carries momentum; within a block shared with active rows it falls below the map's
+/// smallest step (1e-6 of the block's absmax), reads back as 0, and the update
+/// `m / (sqrt(0) + eps)` explodes. bitsandbytes keeps 32-bit states there for the same reason
+/// (its StableEmbedding / `override_config`).
+pub fn takes_8bit_moments(name: &str, numel: usize) -> bool {
+    numel >= MIN_8BIT_SIZE && !name.contains("embed_tokens") && !name.starts_with("lm_head")
+}
+
 /// Hyper-parameters of one update, already bias-corrected for the step.
 #[derive(Debug, Clone, Copy)]
 pub struct Update {

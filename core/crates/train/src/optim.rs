@@ -138,7 +138,7 @@ impl AdamW {
             if !matches!(var.dtype(), DType::F32 | DType::BF16) {
                 return Err(TrainError::Param { name, msg: format!("master weights must be f32 or bf16, found {:?}", var.dtype()) });
             }
-            let int8 = cfg.state == StateDtype::Int8 && var.elem_count() >= lean_adamw::MIN_8BIT_SIZE;
+            let int8 = cfg.state == StateDtype::Int8 && lean_adamw::takes_8bit_moments(&name, var.elem_count());
             let m = Moment::zeros(var.dims(), int8, var.device())?;
             let v = Moment::zeros(var.dims(), int8, var.device())?;
             let decay = decays(&name, var.rank());

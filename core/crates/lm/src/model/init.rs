@@ -183,25 +183,34 @@ pub fn init_model_dir(dir: &Path, opts: &InitOptions) -> Result<InitReport, Mode
 /// stream: for benchmarks of the seeds' model sizes, not for reproducible fixtures.
 pub struct RandomSource {
     generator: Device,
+    seed: u64,
     std: f64,
     tied: bool,
-    used: std::collections::BTreeSet<String>,
 }
 
 impl RandomSource {
-    pub fn new(cfg: &ModelConfig, generator: Device, std: f64) -> Self {
-        Self { generator, std, tied: cfg.tie_word_embeddings, used: Default::default() }
+    /// Draws on `generator`, seeded with `seed` (a CUDA generator is reseeded here, so the same
+    /// model comes out for the same call order; on the CPU each tensor has its own stream).
+    pub fn new(cfg: &ModelConfig, generator: Device, seed: u64, std: f64) -> Result<Self, ModelError> {
+        if !generator.is_cpu() {
+            generator.set_seed(seed).map_err(ModelError::from_candle("seeding the device generator"))?;
+        }
+        Ok(Self { generator, seed, std, tied: cfg.tie_word_embeddings })
     }
 }
 
 impl TensorSource for RandomSource {
     fn get(&mut self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor, ModelError> {
-        self.used.insert(name.to_string());
-        let (mean, std) = if name.ends_with("norm.weight") { (1.0f32, 0.1f32) } else { (0.0, self.std as f32) };
-        Tensor::randn(mean, std, shape, &self.generator)
-            .and_then(|t| t.to_dtype(dtype))
-            .and_then(|t| t.to_device(device))
-            .map_err(ModelError::from_candle("random init"))
+        let (mean, std) = if name.ends_with("norm.weight") { (1.0, 0.1) } else { (0.0, self.std) };
+        let t = if self.generator.is_cpu() {
+            // FNV-1a of the name: a stream per tensor, independent of the order of requests.
+            let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ self.seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+            let n = shape.iter().product();
+            Tensor::from_vec(normal(&mut ChaCha8Rng::seed_from_u64(h), n, mean, std), shape, &Device::Cpu)
+        } else {
+            Tensor::randn(mean as f32, std as f32, shape, &self.generator)
+        };
+        t.and_then(|t| t.to_dtype(dtype)).and_then(|t| t.to_device(device)).map_err(ModelError::from_candle("random init"))
     }
     fn contains(&self, name: &str) -> bool {
         name != "lm_head.weight" || !self.tied
