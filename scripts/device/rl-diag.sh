@@ -48,8 +48,8 @@ for r in rows:
 PY
 }
 STEPS=${STEPS:-6}
-run sync 150 training.max_steps=$STEPS
-run async 150 training.max_steps=$STEPS async=true
+run sync ${EACH:-150} training.max_steps=$STEPS
+run async ${EACH:-150} training.max_steps=$STEPS async=true
 python3 - "$OUT/sync-metrics.jsonl" "$OUT/async-metrics.jsonl" <<'PY'
 import json, sys
 def mean_step(p):
