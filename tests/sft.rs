@@ -741,6 +741,15 @@ fn bench_sft_runs_every_mode_and_checkpointing_leaves_losses_unchanged() {
     let (a, b) = (f32s["optimizer_state_mb"].as_f64().unwrap(), lean["optimizer_state_mb"].as_f64().unwrap());
     assert!(b < 0.6 * a && b > 0.0, "optimizer state {a} MiB f32, {b} MiB int8");
     assert_eq!((lean["optimizer_state"].as_str(), lean["master_weights"].as_str()), (Some("int8"), Some("bf16")));
+    // The agreement bench runs end to end (here the CPU against itself: every count 0).
+    let out = Command::new(env!("CARGO_BIN_EXE_medrl")).args(["bench", "optim-agreement", "--device", "cpu", "--steps", "2"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["checks"].as_object().unwrap().len(), 3, "{r}");
+    for (combo, paths) in r["checks"].as_object().unwrap() {
+        assert_eq!(paths["lean"]["weights_differing"], 0, "{combo}");
+        assert!(paths["lean"]["weights"].as_u64().unwrap() > 0, "{combo}");
+    }
     let e = run(&["--optimizer-state", "int4"]).unwrap_err();
     assert!(e.contains("--optimizer-state") && e.contains("int4"), "{e}");
     let e = run(&["--mode", "qlora4"]).unwrap_err();
