@@ -19,7 +19,8 @@ use crate::metrics::MetricsLog;
 use crate::run_dir::RunLock;
 use crate::trainable::{Mode, Trainable};
 use crate::{AdamW, TrainError};
-use medrl_lm::model::{load_model_dir, peft};
+use medrl_lm::model::peft;
+use medrl_lm::model::weights::TensorSource;
 
 /// Options of a run that are not part of its config.
 #[derive(Debug, Clone, Default)]
@@ -84,14 +85,67 @@ pub fn accumulate(acc: &mut Option<GradStore>, mut g: GradStore, params: &[(Stri
 }
 
 /// Write the merged model (HF folder) and, for LoRA, the PEFT adapter. `base_model` is the
-/// folder the run started from (f32 base for merging, tokenizer files).
+/// folder the run started from (the full-precision base for merging, tokenizer files).
+///
+/// Streamed, one shard at a time (`save_model_safetensors_streamed`): each weight is made when
+/// its shard is written, from the trained masters (full fine-tuning) or from the base checkpoint
+/// read in f32 plus `scale * B @ A` (LoRA/QLoRA: the adapter merged onto the unquantized base,
+/// as PEFT's `merge_and_unload`), then cast to `dtype` on the host. Neither the f32 model nor the
+/// whole merged model exists at once, so models larger than host or device memory export.
 pub fn export(trainable: &Trainable, base_model: &Path, merged_dir: &Path, adapter_dir: Option<&Path>, dtype: DType) -> Result<(), RunError> {
-    let base_f32 = match trainable.mode {
-        Mode::Lora { .. } => Some(load_model_dir(base_model, &Device::Cpu, DType::F32)?.model),
-        Mode::Full => None,
-    };
-    let merged = trainable.merged(dtype, base_f32)?;
-    peft::save_model_dir(&merged, base_model, merged_dir)?;
+    let io = |e: std::io::Error| RunError::from(medrl_lm::model::ModelError::Io { path: merged_dir.into(), source: e });
+    std::fs::create_dir_all(merged_dir).map_err(io)?;
+    let params: HashMap<&str, &candle_core::Var> = trainable.params().iter().map(|(n, v)| (n.as_str(), v)).collect();
+    let mut cfg = trainable.config().clone();
+    if params.contains_key("lm_head.weight") {
+        // A tied head trained as its own module is untied (as PEFT does).
+        cfg.tie_word_embeddings = false;
+    }
+    let plan: Vec<(String, Vec<usize>, DType)> = cfg.tensor_shapes().into_iter().map(|(n, s)| (n, s, dtype)).collect();
+    let host = |t: &Tensor| -> candle_core::Result<Tensor> { t.detach().to_device(&Device::Cpu)?.to_dtype(DType::F32) };
+    let shard = medrl_lm::model::weights::DEFAULT_SHARD_BYTES;
+    match &trainable.mode {
+        Mode::Full => {
+            let mut fetch = |name: &str| -> Result<Tensor, medrl_lm::model::ModelError> {
+                let v = params.get(name).ok_or_else(|| medrl_lm::model::ModelError::MissingTensor { tensor: name.into(), path: "<trained masters>".into() })?;
+                v.as_tensor().detach().to_device(&Device::Cpu).and_then(|t| t.to_dtype(dtype)).map_err(medrl_lm::model::ModelError::from_candle("export"))
+            };
+            medrl_lm::model::weights::save_model_safetensors_streamed(&plan, &mut fetch, merged_dir, shard)?;
+        }
+        Mode::Lora { cfg: l, targets } => {
+            let mut src = medrl_lm::model::SafetensorsSource::open_dir(base_model)?;
+            // weight name -> (A, B) of its adapter.
+            let mut adapters: HashMap<String, (&candle_core::Var, &candle_core::Var)> = HashMap::new();
+            for layer in 0..cfg.num_hidden_layers {
+                for module in targets {
+                    let a = crate::trainable::lora_name(layer, module, 'A');
+                    let weight = a.replace(".lora_A.weight", ".weight");
+                    let b = crate::trainable::lora_name(layer, module, 'B');
+                    if let (Some(a), Some(b)) = (params.get(a.as_str()), params.get(b.as_str())) {
+                        adapters.insert(weight, (a, b));
+                    }
+                }
+            }
+            let scale = l.alpha / l.rank as f64;
+            let shapes: HashMap<String, Vec<usize>> = plan.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+            let mut fetch = |name: &str| -> Result<Tensor, medrl_lm::model::ModelError> {
+                let err = medrl_lm::model::ModelError::from_candle("merging the adapter for export");
+                let merged = if let Some(v) = params.get(name) {
+                    host(v.as_tensor()).map_err(err)?
+                } else {
+                    let w = src.get(name, &shapes[name], DType::F32, &Device::Cpu)?;
+                    match adapters.get(name) {
+                        Some((a, b)) => (|| &w + (host(b.as_tensor())?.matmul(&host(a.as_tensor())?)? * scale)?)().map_err(err)?,
+                        None => w,
+                    }
+                };
+                merged.to_dtype(dtype).map_err(medrl_lm::model::ModelError::from_candle("export"))
+            };
+            medrl_lm::model::weights::save_model_safetensors_streamed(&plan, &mut fetch, merged_dir, shard)?;
+        }
+    }
+    medrl_lm::model::write_hf_config(&cfg, dtype, merged_dir)?;
+    peft::copy_tokenizer_files(base_model, merged_dir)?;
     if let (Some(dir), Mode::Lora { cfg: l, targets }) = (adapter_dir, &trainable.mode) {
         let meta = peft::AdapterMeta {
             rank: l.rank,

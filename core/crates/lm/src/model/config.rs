@@ -333,6 +333,39 @@ impl ModelConfig {
         out
     }
 
+    /// Every tensor of the architecture, Hugging Face names and shapes, in checkpoint order
+    /// (embeddings, each layer's attention, norms and MLP, final norm, an untied head).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut shapes = Vec::new();
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        shapes.push(("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h]));
+        for i in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            for (n, o, inp) in [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)] {
+                shapes.push((format!("{p}.self_attn.{n}.weight"), vec![o, inp]));
+                if self.attention_bias && n != "o_proj" {
+                    shapes.push((format!("{p}.self_attn.{n}.bias"), vec![o]));
+                }
+            }
+            if self.arch == Arch::Qwen3 {
+                shapes.push((format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim]));
+                shapes.push((format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim]));
+            }
+            shapes.push((format!("{p}.mlp.gate_proj.weight"), vec![self.intermediate_size, h]));
+            shapes.push((format!("{p}.mlp.up_proj.weight"), vec![self.intermediate_size, h]));
+            shapes.push((format!("{p}.mlp.down_proj.weight"), vec![h, self.intermediate_size]));
+            shapes.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            shapes.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        }
+        shapes.push(("model.norm.weight".into(), vec![h]));
+        if !self.tie_word_embeddings {
+            shapes.push(("lm_head.weight".into(), vec![self.vocab_size, h]));
+        }
+        shapes
+    }
+
     pub fn num_parameters(&self) -> usize {
         let h = self.hidden_size;
         let q = self.num_attention_heads * self.head_dim;
@@ -359,6 +392,29 @@ mod tests {
     fn base() -> serde_json::Value {
         serde_json::json!({"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 16,
             "num_hidden_layers": 1, "num_attention_heads": 2})
+    }
+
+    /// The tensor list (what exports write and random init draws) and the parameter count
+    /// agree for every family, bias, q/k norms and an untied head included.
+    #[test]
+    fn tensor_shapes_add_up_to_the_parameter_count() {
+        let p = Path::new("m/config.json");
+        for (model_type, tie, bias) in [("llama", true, false), ("llama", false, false), ("qwen2", true, true), ("qwen3", false, false)] {
+            let mut j = base();
+            j["model_type"] = model_type.into();
+            j["tie_word_embeddings"] = tie.into();
+            j["num_hidden_layers"] = 3.into();
+            if bias {
+                j["attention_bias"] = true.into();
+            }
+            let cfg = ModelConfig::from_json(j, p).unwrap();
+            let shapes = cfg.tensor_shapes();
+            let total: usize = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+            assert_eq!(total, cfg.num_parameters(), "{model_type} tie={tie}");
+            assert_eq!(shapes.iter().any(|(n, _)| n == "lm_head.weight"), !tie);
+            let names: std::collections::BTreeSet<_> = shapes.iter().map(|(n, _)| n).collect();
+            assert_eq!(names.len(), shapes.len(), "names are unique");
+        }
     }
 
     #[test]

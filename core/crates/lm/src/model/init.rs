@@ -89,34 +89,8 @@ fn normal(rng: &mut ChaCha8Rng, n: usize, mean: f64, std: f64) -> Vec<f32> {
 /// Random weights for `cfg`. Norm weights are drawn around 1 (not exactly 1 as HF does) so that
 /// reference comparisons also exercise them.
 pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f64) -> Result<HashMap<String, Tensor>, ModelError> {
-    // Every tensor the architecture needs, in a stable order (the RNG stream depends on it).
-    let mut shapes = Vec::new();
-    let h = cfg.hidden_size;
-    let q = cfg.num_attention_heads * cfg.head_dim;
-    let kv = cfg.num_key_value_heads * cfg.head_dim;
-    shapes.push(("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h]));
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        for (n, o, inp) in [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)] {
-            shapes.push((format!("{p}.self_attn.{n}.weight"), vec![o, inp]));
-            if cfg.attention_bias && n != "o_proj" {
-                shapes.push((format!("{p}.self_attn.{n}.bias"), vec![o]));
-            }
-        }
-        if cfg.arch == Arch::Qwen3 {
-            shapes.push((format!("{p}.self_attn.q_norm.weight"), vec![cfg.head_dim]));
-            shapes.push((format!("{p}.self_attn.k_norm.weight"), vec![cfg.head_dim]));
-        }
-        shapes.push((format!("{p}.mlp.gate_proj.weight"), vec![cfg.intermediate_size, h]));
-        shapes.push((format!("{p}.mlp.up_proj.weight"), vec![cfg.intermediate_size, h]));
-        shapes.push((format!("{p}.mlp.down_proj.weight"), vec![h, cfg.intermediate_size]));
-        shapes.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        shapes.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-    }
-    shapes.push(("model.norm.weight".into(), vec![h]));
-    if !cfg.tie_word_embeddings {
-        shapes.push(("lm_head.weight".into(), vec![cfg.vocab_size, h]));
-    }
+    // In a stable order: the RNG stream depends on it.
+    let shapes = cfg.tensor_shapes();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = HashMap::new();
     for (name, shape) in shapes {

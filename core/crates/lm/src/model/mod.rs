@@ -56,7 +56,7 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub(crate) fn from_candle(context: &'static str) -> impl Fn(candle_core::Error) -> ModelError {
+    pub fn from_candle(context: &'static str) -> impl Fn(candle_core::Error) -> ModelError {
         move |source| ModelError::Candle { context: context.into(), source }
     }
 }
@@ -129,13 +129,18 @@ pub fn save_weights(model: &CausalLm, dir: &Path) -> Result<(), ModelError> {
 pub fn save_weights_sharded(model: &CausalLm, dir: &Path, max_shard_bytes: usize) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::Io { path: dir.into(), source: e })?;
     weights::save_model_safetensors(&model.named_tensors(), dir, max_shard_bytes)?;
-    let mut cfg = model.cfg.to_hf_json();
-    cfg["torch_dtype"] = match model.dtype() {
+    write_hf_config(&model.cfg, model.dtype(), dir)
+}
+
+/// `dir/config.json`: the architecture in Hugging Face's keys, with `torch_dtype` for `dtype`.
+pub fn write_hf_config(cfg: &ModelConfig, dtype: DType, dir: &Path) -> Result<(), ModelError> {
+    let mut json = cfg.to_hf_json();
+    json["torch_dtype"] = match dtype {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
         _ => "float32",
     }
     .into();
     let path = dir.join("config.json");
-    medrl_base::fsutil::write_json_atomic(&path, &cfg).map_err(|e| ModelError::Io { path, source: e })
+    medrl_base::fsutil::write_json_atomic(&path, &json).map_err(|e| ModelError::Io { path, source: e })
 }

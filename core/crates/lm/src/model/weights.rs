@@ -296,12 +296,28 @@ pub const DEFAULT_SHARD_BYTES: usize = 5_000_000_000;
 /// earlier save in the other layout are removed (a stale `model.safetensors` would shadow the
 /// index). Tensors reach the host one shard at a time.
 pub fn save_model_safetensors(tensors: &[(String, Tensor)], dir: &Path, max_shard_bytes: usize) -> Result<Vec<PathBuf>, ModelError> {
-    let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-    let total: usize = tensors.iter().map(|(_, t)| bytes(t)).sum();
+    let plan: Vec<(String, Vec<usize>, DType)> = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec(), t.dtype())).collect();
+    let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_model_safetensors_streamed(&plan, &mut |name| Ok(by_name[name].clone()), dir, max_shard_bytes)
+}
+
+/// [`save_model_safetensors`] for tensors that do not exist yet: `plan` lists each tensor's
+/// name, shape and dtype in file order, and `fetch` makes one when its shard is written (a
+/// merged export computes each weight from the base checkpoint and the adapter here), so at
+/// most one shard's tensors are alive at once, whatever the model's size. `fetch` must return
+/// the planned shape and dtype.
+pub fn save_model_safetensors_streamed(
+    plan: &[(String, Vec<usize>, DType)],
+    fetch: &mut dyn FnMut(&str) -> Result<Tensor, ModelError>,
+    dir: &Path,
+    max_shard_bytes: usize,
+) -> Result<Vec<PathBuf>, ModelError> {
+    let bytes = |(_, shape, dtype): &(String, Vec<usize>, DType)| shape.iter().product::<usize>() * dtype.size_in_bytes();
+    let total: usize = plan.iter().map(bytes).sum();
     let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
     let mut size = 0usize;
-    for (i, (_, t)) in tensors.iter().enumerate() {
-        let b = bytes(t);
+    for (i, entry) in plan.iter().enumerate() {
+        let b = bytes(entry);
         if size + b > max_shard_bytes && !shards.last().expect("one shard").is_empty() {
             shards.push(Vec::new());
             size = 0;
@@ -309,21 +325,33 @@ pub fn save_model_safetensors(tensors: &[(String, Tensor)], dir: &Path, max_shar
         shards.last_mut().expect("one shard").push(i);
         size += b;
     }
+    let mut shard_tensors = |idx: &[usize], file: &Path| -> Result<HashMap<String, Tensor>, ModelError> {
+        idx.iter()
+            .map(|&i| {
+                let (name, shape, dtype) = &plan[i];
+                let t = fetch(name)?;
+                if t.dims() != shape.as_slice() || t.dtype() != *dtype {
+                    return Err(file_err(file, format!("tensor {name}: made as {:?} {:?}, planned as {dtype:?} {shape:?}", t.dtype(), t.dims())));
+                }
+                Ok((name.clone(), t))
+            })
+            .collect()
+    };
     let n = shards.len();
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let mut files = Vec::with_capacity(n + 1);
     if n == 1 {
-        save_safetensors_atomic(&tensors.iter().cloned().collect(), &single)?;
+        save_safetensors_atomic(&shard_tensors(&shards[0], &single)?, &single)?;
         files.push(single.clone());
     } else {
         let mut weight_map = serde_json::Map::new();
         for (k, idx) in shards.iter().enumerate() {
             let name = format!("model-{:05}-of-{:05}.safetensors", k + 1, n);
-            let map: HashMap<String, Tensor> = idx.iter().map(|&i| tensors[i].clone()).collect();
-            save_safetensors_atomic(&map, &dir.join(&name))?;
+            let path = dir.join(&name);
+            save_safetensors_atomic(&shard_tensors(idx, &path)?, &path)?;
             for &i in idx {
-                weight_map.insert(tensors[i].0.clone(), name.clone().into());
+                weight_map.insert(plan[i].0.clone(), name.clone().into());
             }
             files.push(dir.join(name));
         }
