@@ -644,6 +644,22 @@ fn ops_agreement(device: &str, dtype: &str) -> anyhow::Result<serde_json::Value>
     let want_y = x.to_dtype(DType::F64)?.matmul(&dense.t()?)?;
     let got_y = crate::ops::nf4_matmul(&x.to_dtype(dt)?.to_device(&dev)?, &q)?.to_device(&cpu)?.to_dtype(DType::F64)?;
     report.insert("nf4_dequantize".into(), serde_json::json!({"values": want.len(), "bits_differing": differing}));
+    // NF4 quantization on the device (QLoRA loads quantize there) against the host's, part for
+    // part: packed codes, absmax codes, nested absmax and offset. A zero block and a value
+    // exactly at a block's absmax are included.
+    let mut wv = w.flatten_all()?.to_vec1::<f32>()?;
+    wv[64..128].iter_mut().for_each(|v| *v = 0.0);
+    let wz = Tensor::from_vec(wv, w.dims(), &cpu)?;
+    let host_q = crate::quant::Nf4Tensor::quantize_tensor(&wz)?;
+    let dev_q = crate::quant::Nf4Tensor::quantize_tensor(&wz.to_device(&dev)?)?;
+    let bytes_differing = host_q.packed().iter().zip(dev_q.packed()).filter(|(a, b)| a != b).count() + host_q.packed().len().abs_diff(dev_q.packed().len());
+    let codes_differing = host_q.absmax_codes().iter().zip(dev_q.absmax_codes()).filter(|(a, b)| a != b).count();
+    let nested_differing = host_q.nested_absmax().iter().zip(dev_q.nested_absmax()).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    report.insert(
+        "nf4_quantize".into(),
+        serde_json::json!({"values": wz.elem_count(), "packed_bytes_differing": bytes_differing, "absmax_codes_differing": codes_differing,
+            "nested_absmax_differing": nested_differing, "offset_equal": host_q.offset().to_bits() == dev_q.offset().to_bits()}),
+    );
     report.insert("nf4_matmul".into(), serde_json::json!({"value_rel_err": rel(&got_y, &want_y)?}));
     Ok(serde_json::json!({
         "device": device, "dtype": format!("{dt:?}"), "fused_kernels": crate::kernels::enabled(&Tensor::zeros(1, dt, &dev)?),

@@ -75,6 +75,9 @@ mod imp {
     pub fn nf4_dequantize(_: &Tensor, _: &Tensor, _: &Tensor, _: f32, _: usize, _: candle_core::DType) -> Result<Tensor> {
         Err(unavailable())
     }
+    pub fn nf4_pack(_: &Tensor, _: &Tensor, _: &Tensor, _: u8) -> Result<Tensor> {
+        Err(unavailable())
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -281,6 +284,30 @@ __device__ void nf4_dequantize(const unsigned char* packed, const unsigned char*
     }
 }
 
+// NF4 codes of `x` (n values) from each 64-value block's absmax, as crate::quant quantizes on
+// the host: s = x * (1 / absmax), each rounded on its own (0 * inf, an all-zero block, reads
+// as 0); the code is the number of the 15 thresholds strictly below s; two codes a byte, the
+// first in the high nibble, an odd tail padded with the code of 0.
+extern "C" __global__ void medrl_nf4_pack_f32(const float* x, const float* absmax, const float* thr, unsigned char* out, size_t n, unsigned int zero_code) {
+    const size_t bytes = (n + 1) / 2;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < bytes; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned int b = 0;
+        for (int h = 0; h < 2; ++h) {
+            const size_t j = 2 * i + h;
+            unsigned int code = zero_code;
+            if (j < n) {
+                const float inv = __fdiv_rn(1.0f, absmax[j >> 6]);
+                float s = __fmul_rn(x[j], inv);
+                if (s != s) s = 0.0f;
+                code = 0;
+                for (int k = 0; k < 15; ++k) code += (s > thr[k]) ? 1u : 0u;
+            }
+            b = (h == 0) ? (code << 4) : (b | code);
+        }
+        out[i] = (unsigned char)b;
+    }
+}
+
 #define INSTANTIATE(T, SUF) \
 extern "C" __global__ void medrl_nf4_dequantize_##SUF(const unsigned char* p, const unsigned char* c, const float* aux, float offset, T* out, size_t n) { nf4_dequantize<T>(p, c, aux, offset, out, n); } \
 extern "C" __global__ void medrl_embedding_backward_##SUF(const unsigned int* ids, const T* g, float* acc, size_t n, int Hd, unsigned int V) { embedding_backward<T>(ids, g, acc, n, Hd, V); } \
@@ -327,6 +354,11 @@ INSTANTIATE(bf16_t, bf16)
             }
             DType::F32 => {
                 let s = unsafe { dev.alloc::<f32>(n.max(1))? };
+                let p = s.device_ptr(&stream).0;
+                (CudaStorage::wrap_cuda_slice(s, dev.clone()), p)
+            }
+            DType::U8 => {
+                let s = unsafe { dev.alloc::<u8>(n.max(1))? };
                 let p = s.device_ptr(&stream).0;
                 (CudaStorage::wrap_cuda_slice(s, dev.clone()), p)
             }
@@ -560,6 +592,44 @@ INSTANTIATE(bf16_t, bf16)
     /// 256-entry dynamic map, then the nested absmax values).
     pub fn nf4_dequantize(packed: &Tensor, codes: &Tensor, tables: &Tensor, offset: f32, numel: usize, dtype: DType) -> Result<Tensor> {
         packed.apply_op3_no_bwd(codes, tables, &Nf4Dequantize { dtype, numel, offset })
+    }
+
+    struct Nf4Pack {
+        zero_code: u32,
+    }
+    impl CustomOp3 for Nf4Pack {
+        fn name(&self) -> &'static str {
+            "medrl-nf4-pack"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            cpu_unsupported(self.name())
+        }
+        fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout, a: &CudaStorage, al: &Layout, t: &CudaStorage, tl: &Layout) -> Result<(CudaStorage, Shape)> {
+            let n = xl.shape().elem_count();
+            if al.shape().elem_count() != n.div_ceil(64) || tl.shape().elem_count() != 15 {
+                candle_core::bail!("nf4_pack: {} absmax values and {} thresholds for {n} values", al.shape().elem_count(), tl.shape().elem_count());
+            }
+            if x.dtype() != DType::F32 || a.dtype() != DType::F32 || t.dtype() != DType::F32 {
+                candle_core::bail!("nf4_pack: expected f32 values, absmax and thresholds");
+            }
+            let dev = x.device();
+            let f = func(dev, "nf4_pack", DType::F32)?;
+            let (xp, ap, tp) = (ptr(x, xl, "values")?, ptr(a, al, "absmax")?, ptr(t, tl, "thresholds")?);
+            let bytes = n.div_ceil(2);
+            let (out, op) = alloc(dev, DType::U8, bytes)?;
+            let n64 = n as u64;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&xp).arg(&ap).arg(&tp).arg(&op).arg(&n64).arg(&self.zero_code);
+            launch(&mut b, grid_for(bytes, 256), "nf4_pack")?;
+            Ok((out, Shape::from(bytes)))
+        }
+    }
+
+    /// Packed NF4 codes (u8, two a byte) of `values` (f32, flat) given each 64-value block's
+    /// `absmax` (f32) and the 15 NF4 `thresholds` (f32); `zero_code` pads an odd tail.
+    pub fn nf4_pack(values: &Tensor, absmax: &Tensor, thresholds: &Tensor, zero_code: u8) -> Result<Tensor> {
+        values.contiguous()?.apply_op3_no_bwd(&absmax.contiguous()?, &thresholds.contiguous()?, &Nf4Pack { zero_code: zero_code as u32 })
     }
 
     // ---- SwiGLU --------------------------------------------------------------------------------

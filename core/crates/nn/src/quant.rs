@@ -368,21 +368,27 @@ impl Nf4Tensor {
         Self { packed, absmax_codes, nested_absmax, offset, shape, numel, on_device: Arc::default() }
     }
 
+    /// The dequantization tables on `device`: the 16 NF4 values, the dynamic map, then the
+    /// nested absmax values.
+    fn tables(&self, device: &Device) -> candle_core::Result<Tensor> {
+        let mut tables: Vec<f32> = NF4_CODE.to_vec();
+        tables.extend_from_slice(dynamic_map());
+        tables.extend_from_slice(&self.nested_absmax);
+        let n = tables.len();
+        Tensor::from_vec(tables, n, device)
+    }
+
     /// The device-resident parts on `device`, uploaded on first use.
     fn device_parts(&self, device: &Device) -> candle_core::Result<DeviceParts> {
         let mut slot = self.on_device.lock().expect("NF4 device parts");
         if let Some(p) = slot.as_ref().filter(|p| p.device.same_device(device)) {
             return Ok(p.clone());
         }
-        let mut tables: Vec<f32> = NF4_CODE.to_vec();
-        tables.extend_from_slice(dynamic_map());
-        tables.extend_from_slice(&self.nested_absmax);
-        let n = tables.len();
         let parts = DeviceParts {
             device: device.clone(),
             packed: Tensor::from_slice(&self.packed, self.packed.len(), device)?,
             codes: Tensor::from_slice(&self.absmax_codes, self.absmax_codes.len(), device)?,
-            tables: Tensor::from_vec(tables, n, device)?,
+            tables: self.tables(device)?,
         };
         *slot = Some(parts.clone());
         Ok(parts)
@@ -421,14 +427,63 @@ impl Nf4Tensor {
         Ok(Self::new(packed, absmax_codes, nested_absmax, offset, shape.to_vec(), numel))
     }
 
-    /// Quantize a tensor of any float dtype and device (read back to the CPU as f32).
+    /// Quantize a tensor of any float dtype and device. On a CUDA device with the fused kernels
+    /// on, the codes are computed there ([`Nf4Tensor::quantize_on_device`]); elsewhere the
+    /// values are read back to the CPU as f32. Both give the same bits.
     pub fn quantize_tensor(t: &Tensor) -> Result<Self, QuantError> {
+        if crate::kernels::enabled_on(t.device(), DType::F32) {
+            if let Some(q) = Self::quantize_on_device(t)? {
+                return Ok(q);
+            }
+        }
         let values = t
             .flatten_all()
             .and_then(|t| t.to_dtype(DType::F32))
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(|e| QuantError::Tensor(e.to_string()))?;
         Self::quantize(&values, t.dims())
+    }
+
+    /// [`Nf4Tensor::quantize`] on the tensor's GPU: each block's absmax is a device reduction
+    /// and the codes come from one kernel (`kernels::nf4_pack`, the host's arithmetic, rounded
+    /// the same way), so only the packed codes (half a byte per value) and the absmax (one f32
+    /// per 64 values) travel to the host, where the double quantization runs as before. The
+    /// packed codes stay on the device as the tensor's device part. `None` when the tensor holds
+    /// a NaN or an infinity: the host path then reports which element.
+    pub fn quantize_on_device(t: &Tensor) -> Result<Option<Self>, QuantError> {
+        let err = |e: candle_core::Error| QuantError::Tensor(e.to_string());
+        let device = t.device().clone();
+        let shape = t.dims().to_vec();
+        let x = t.flatten_all().and_then(|x| x.to_dtype(DType::F32)).map_err(err)?;
+        let numel = x.elem_count();
+        // `x - x` is 0 exactly where x is finite.
+        let finite = (&x - &x).and_then(|d| d.sum_all()).and_then(|s| s.to_scalar::<f32>()).map_err(err)?;
+        if !finite.is_finite() {
+            return Ok(None);
+        }
+        let blocks = numel.div_ceil(NF4_BLOCK);
+        let padded = if numel % NF4_BLOCK == 0 {
+            x.clone()
+        } else {
+            Tensor::cat(&[&x, &Tensor::zeros(blocks * NF4_BLOCK - numel, DType::F32, &device).map_err(err)?], 0).map_err(err)?
+        };
+        let absmax = padded.reshape((blocks, NF4_BLOCK)).and_then(|b| b.abs()).and_then(|b| b.max(1)).map_err(err)?;
+        let thresholds = Tensor::new(&NF4_THRESHOLDS[..], &device).map_err(err)?;
+        let packed_dev = crate::kernels::nf4_pack(&x, &absmax, &thresholds, NF4_ZERO_CODE).map_err(err)?;
+        let absmax: Vec<f32> = absmax.to_vec1().map_err(err)?;
+        let packed: Vec<u8> = packed_dev.to_vec1().map_err(err)?;
+        let offset = mean_f32(&absmax);
+        let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
+        let Blockwise8 { codes: absmax_codes, absmax: nested_absmax, .. } = Blockwise8::quantize(&centred, NESTED_BLOCK)?;
+        let q = Self::new(packed, absmax_codes, nested_absmax, offset, shape, numel);
+        let parts = DeviceParts {
+            device: device.clone(),
+            packed: packed_dev,
+            codes: Tensor::from_slice(&q.absmax_codes, q.absmax_codes.len(), &device).map_err(err)?,
+            tables: q.tables(&device).map_err(err)?,
+        };
+        *q.on_device.lock().expect("NF4 device parts") = Some(parts);
+        Ok(Some(q))
     }
 
     /// Reassemble stored parts, e.g. a bitsandbytes checkpoint's `weight` (packed u8, flattened),

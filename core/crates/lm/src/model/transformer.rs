@@ -272,8 +272,11 @@ impl CausalLm {
             let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, ModelError> {
                 let wname = format!("{p}.{name}.weight");
                 let weight = if nf4 {
-                    // Through the host once, in f32; only the NF4 blocks are kept.
-                    let w = get(&wname, &[out, inp], DType::F32, &Device::Cpu)?;
+                    // Once in f32, on the GPU when it can quantize there (the same bits, and only
+                    // the codes come back to the host), else through the host; only the NF4
+                    // blocks are kept.
+                    let at = if medrl_nn::kernels::enabled_on(device, DType::F32) { device } else { &Device::Cpu };
+                    let w = get(&wname, &[out, inp], DType::F32, at)?;
                     Weight::nf4(&w).map_err(|e| ModelError::Weights { path: "<NF4 quantization at load>".into(), tensor: wname.clone(), msg: e.to_string() })?
                 } else {
                     Weight::Dense(get(&wname, &[out, inp], dtype, device)?)
