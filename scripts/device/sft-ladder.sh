@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, issue 18's size ladder and its checks, in one call (carry .dc-bin):
 #   1. `medrl bench optim-agreement`: the lean AdamW kernel (8-bit moments, bf16 masters with
-#      stochastic rounding) against the host oracle, bit for bit;
+#      stochastic rounding) against the host oracle, bit for bit; `ops-agreement`: NF4
+#      quantization (QLoRA loads quantize on the device) and dequantization against the host;
 #   2. interop: a QLoRA SFT run on a tiny bf16 base; peft loads its adapter on that base and
 #      transformers its merged export (scripts/reference/check_export_interop.py);
 #   3. PyTorch + PEFT LoRA on the Qwen2.5-3B shape with gradient checkpointing, then medrl's LoRA
@@ -35,6 +36,9 @@ row() { # shape mode ckpt state master mb
 case " $PARTS " in *" agree "*)
   echo "== optim-agreement"
   "$M" bench optim-agreement --device cuda --steps 5 | tee "$OUT/optim-agreement.json"
+  echo "== ops-agreement: NF4 quantization and dequantization on the device vs the host"
+  "$M" bench ops-agreement --device cuda --dtype bf16 > "$OUT/ops-agreement-bf16.json" 2> "$OUT/ops-agreement.err"
+  "$PY" -c "import json,sys; d=json.load(open(sys.argv[1]))['ops']; print({k: d[k] for k in ('nf4_quantize', 'nf4_dequantize', 'nf4_matmul')})" "$OUT/ops-agreement-bf16.json" || tail -3 "$OUT/ops-agreement.err"
 ;; esac
 case " $PARTS " in *" interop "*)
   echo "== QLoRA adapter interop (peft on the bf16 base)"
