@@ -34,20 +34,8 @@ extern "C" __global__ void medrl_adamw_f32(
 
 static PTX: OnceLock<Result<String, String>> = OnceLock::new();
 
-/// Hyper-parameters of one update, already bias-corrected for the step.
-#[derive(Debug, Clone, Copy)]
-pub struct Update {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub bias_correction1: f32,
-    pub bias_correction2: f32,
-    pub eps: f32,
-    /// `1 - lr * weight_decay` for decayed parameters, 1 otherwise.
-    pub decay: f32,
-    /// Gradient clipping factor.
-    pub clip: f32,
-}
+/// The per-step hyper-parameters (its `key` is unused here: f32 masters are not rounded).
+pub use crate::lean_adamw::Update;
 
 /// Whether the fused path applies: all four tensors f32, contiguous from offset 0, on one CUDA
 /// device.

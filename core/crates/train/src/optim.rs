@@ -237,19 +237,19 @@ impl AdamW {
         for (k, s) in self.slots.iter_mut().enumerate() {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
             let decay = if s.decay && self.cfg.weight_decay > 0.0 { 1.0 - lr * self.cfg.weight_decay } else { 1.0 };
+            let u = lean_adamw::Update {
+                lr: lr as f32,
+                beta1: b1 as f32,
+                beta2: b2 as f32,
+                bias_correction1: bc1 as f32,
+                bias_correction2: bc2 as f32,
+                eps: self.cfg.eps as f32,
+                decay: decay as f32,
+                clip: clip_scale as f32,
+                key: lean_adamw::rounding_key(self.seed, k, self.step),
+            };
             if s.m.is_int8() || s.var.dtype() == DType::BF16 {
                 // The lean update: 8-bit moments and/or bf16 masters.
-                let u = lean_adamw::Update {
-                    lr: lr as f32,
-                    beta1: b1 as f32,
-                    beta2: b2 as f32,
-                    bias_correction1: bc1 as f32,
-                    bias_correction2: bc2 as f32,
-                    eps: self.cfg.eps as f32,
-                    decay: decay as f32,
-                    clip: clip_scale as f32,
-                    key: lean_adamw::rounding_key(self.seed, k, self.step),
-                };
                 let g = if g.dtype() == s.var.dtype() { g.clone() } else { g.to_dtype(s.var.dtype())? };
                 #[cfg(feature = "cuda")]
                 if let Device::Cuda(_) = s.var.device() {
@@ -270,16 +270,6 @@ impl AdamW {
                 let g = g.contiguous()?;
                 let p = s.var.as_tensor();
                 if super::fused_adamw::applies(p, &g, m, v) {
-                    let u = super::fused_adamw::Update {
-                        lr: lr as f32,
-                        beta1: b1 as f32,
-                        beta2: b2 as f32,
-                        bias_correction1: bc1 as f32,
-                        bias_correction2: bc2 as f32,
-                        eps: self.cfg.eps as f32,
-                        decay: decay as f32,
-                        clip: clip_scale as f32,
-                    };
                     super::fused_adamw::step(p, &g, m, v, u)?;
                     continue;
                 }
