@@ -19,7 +19,8 @@ if [ -d .dc-bin ]; then xz -dc .dc-bin/medrl.xz > "$W/medrl" && chmod +x "$W/med
 M="$W/medrl"
 NCU=${NCU:-/usr/local/cuda/bin/ncu}
 what=${1:-all}
-common=(--shape qwen2.5-0.5b --seq 1024 --micro-batch 8 --device cuda --dtype bf16)
+# SHAPE, SEQ, MB and EXTRA (e.g. EXTRA="--mode lora --checkpointing every_layer") choose the step.
+common=(--shape ${SHAPE:-qwen2.5-0.5b} --seq ${SEQ:-1024} --micro-batch ${MB:-8} --device cuda --dtype bf16 ${EXTRA:-})
 
 if [[ $what == agree || $what == all ]]; then
   # The fused kernels against the CPU f64 primitive-op path, op by op, then whole training
