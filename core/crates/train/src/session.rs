@@ -135,7 +135,11 @@ pub fn export(trainable: &Trainable, base_model: &Path, merged_dir: &Path, adapt
                 } else {
                     let w = src.get(name, &shapes[name], DType::F32, &Device::Cpu)?;
                     match adapters.get(name) {
-                        Some((a, b)) => (|| &w + (host(b.as_tensor())?.matmul(&host(a.as_tensor())?)? * scale)?)().map_err(err)?,
+                        Some((a, b)) => (|| {
+                            let adapter = medrl_lm::model::lora::LoraAdapter { a: host(a.as_tensor())?, b: host(b.as_tensor())?, scale, dropout_mask: None };
+                            &w + adapter.merged_delta()?
+                        })()
+                        .map_err(err)?,
                         None => w,
                     }
                 };

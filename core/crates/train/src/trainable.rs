@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use super::TrainError;
 use medrl_lm::model::lora::LoraAdapter;
-use medrl_lm::model::{ActivationCheckpointing, CausalLm, Linear, MapSource, Weight};
+use medrl_lm::model::{ActivationCheckpointing, CausalLm, Linear, MapSource};
 
 /// The projections LoRA can target, by their HF module names.
 pub const LORA_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -358,52 +358,6 @@ impl Trainable {
                 Ok(m)
             }
         }
-    }
-
-    /// The model with adapters merged into the weights, in `dtype` (for export and evaluation).
-    ///
-    /// Under LoRA the frozen base is held in the compute dtype; merging onto it would bake bf16
-    /// rounding of every base weight into the export. Pass the f32 base (`base_f32`, loaded from
-    /// the model folder) so the export equals `base + adapter` as PEFT computes it.
-    pub fn merged(&self, dtype: DType, base_f32: Option<CausalLm>) -> Result<CausalLm, TrainError> {
-        let view = self.view(true, None)?;
-        let mut m = cast_model(&view, DType::F32)?;
-        if let (Mode::Lora { .. }, Some(mut base)) = (&self.mode, base_f32) {
-            // Same adapters (and trained modules) on the full-precision base.
-            for (l_dst, l_src) in base.layers.iter_mut().zip(&m.layers) {
-                for ((_, dst), (_, src)) in l_dst.projections_mut().into_iter().zip(l_src.projections()) {
-                    dst.lora = src.lora.clone();
-                }
-            }
-            let by_name: HashMap<&str, &Var> = self.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
-            let dev = base.device().clone();
-            if let Some(v) = by_name.get("model.embed_tokens.weight") {
-                base.embed_tokens = v.as_tensor().detach().to_device(&dev)?;
-            }
-            if let Some(v) = by_name.get("lm_head.weight") {
-                base.lm_head = Some(v.as_tensor().detach().to_device(&dev)?);
-                base.cfg.tie_word_embeddings = false;
-            }
-            for l in base.layers.iter_mut() {
-                for (_, lin) in l.projections_mut() {
-                    if let Some(a) = lin.lora.as_mut() {
-                        a.a = a.a.to_device(&dev)?;
-                        a.b = a.b.to_device(&dev)?;
-                    }
-                }
-            }
-            m = base;
-        }
-        for l in m.layers.iter_mut() {
-            for (_, lin) in l.projections_mut() {
-                if let Some(lora) = lin.lora.take() {
-                    let lora = LoraAdapter { a: lora.a.to_dtype(DType::F32)?, b: lora.b.to_dtype(DType::F32)?, ..lora };
-                    let dense = lin.weight.to_dense(DType::F32, lora.a.device())?;
-                    lin.weight = Weight::Dense((dense + lora.merged_delta()?)?);
-                }
-            }
-        }
-        cast_model(&m, dtype)
     }
 
     /// Trainable tensors by name (f32 masters), for checkpoints.

@@ -120,12 +120,14 @@ fn quantizing_at_load_equals_quantizing_the_loaded_model() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("m");
     init_model_dir(&dir, &InitOptions::new(Arch::Qwen3, Preset::Tiny)).unwrap();
-    let (load_dtype, nf4) = medrl_train::trainable::load_plan(Some(&LoraConfig { quantize: BaseQuant::Nf4, ..Default::default() }), DType::F32);
+    let (load_dtype, nf4) = medrl_train::trainable::load_plan(Some(&LoraConfig { quantize: BaseQuant::Nf4, ..Default::default() }), DType::F32, DType::F32);
     assert_eq!((load_dtype, nf4), (DType::F32, true));
     // modules_to_save needs f32 masters: no quantization at load, f32.
     let with_saved = LoraConfig { quantize: BaseQuant::Nf4, modules_to_save: vec!["lm_head".into()], ..Default::default() };
-    assert_eq!(medrl_train::trainable::load_plan(Some(&with_saved), DType::BF16), (DType::F32, false));
-    assert_eq!(medrl_train::trainable::load_plan(None, DType::BF16), (DType::F32, false));
+    assert_eq!(medrl_train::trainable::load_plan(Some(&with_saved), DType::BF16, DType::F32), (DType::F32, false));
+    assert_eq!(medrl_train::trainable::load_plan(None, DType::BF16, DType::F32), (DType::F32, false));
+    // Full fine-tuning with bf16 masters loads straight in bf16 (no f32 copy).
+    assert_eq!(medrl_train::trainable::load_plan(None, DType::BF16, DType::BF16), (DType::BF16, false));
     let at_load = Trainable::new(load_model_dir_as(&dir, &Device::Cpu, DType::F32, true).unwrap().model, lora(BaseQuant::Nf4), DType::F32, 3).unwrap();
     let after = Trainable::new(load_model_dir_as(&dir, &Device::Cpu, DType::F32, false).unwrap().model, lora(BaseQuant::Nf4), DType::F32, 3).unwrap();
     let (a, b) = (at_load.view(true, None).unwrap(), after.view(true, None).unwrap());
