@@ -484,4 +484,48 @@ mod tests {
         let (s2, _) = b.state();
         assert_eq!(s2["w.weight.exp_avg"].to_vec2::<f32>().unwrap(), state["w.weight.exp_avg"].to_vec2::<f32>().unwrap());
     }
+
+    /// 8-bit moments and bf16 masters through `AdamW`: the checkpoint holds codes and absmax,
+    /// they restore into a fresh optimizer (and convert to and from f32 moments), and a damaged
+    /// 8-bit state is refused naming the parameter.
+    #[test]
+    fn lean_state_round_trips_converts_and_refuses_damage() {
+        let vals: Vec<f32> = (0..5000).map(|i| ((i as f32) * 0.01).sin()).collect();
+        let mk = |dt: DType| Var::from_tensor(&Tensor::from_vec(vals.clone(), (50, 100), &Device::Cpu).unwrap().to_dtype(dt).unwrap()).unwrap();
+        let lean = AdamWConfig { state: StateDtype::Int8, master_weights: MasterDtype::Bf16, ..Default::default() };
+        let w = mk(DType::BF16);
+        let mut a = AdamW::new(vec![("l.weight".into(), w.clone())], lean.clone()).unwrap().with_seed(3);
+        for _ in 0..3 {
+            let grads = (w.as_tensor().to_dtype(DType::F32).unwrap().sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+            a.step(&grads, 1e-2).unwrap();
+        }
+        assert_ne!(w.as_tensor().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vals, "the bf16 weights moved");
+        let (state, step) = a.state();
+        assert_eq!(state["l.weight.exp_avg.codes"].dtype(), DType::U8);
+        assert_eq!(state["l.weight.exp_avg_sq.absmax"].dims(), &[20]);
+        assert!(!state.contains_key("l.weight.exp_avg"));
+        // Into another 8-bit optimizer: the same bytes.
+        let mut b = AdamW::new(vec![("l.weight".into(), mk(DType::BF16))], lean.clone()).unwrap();
+        b.load_state(&state, step).unwrap();
+        assert_eq!(b.state().0["l.weight.exp_avg.codes"].to_vec1::<u8>().unwrap(), state["l.weight.exp_avg.codes"].to_vec1::<u8>().unwrap());
+        // Into f32 moments: the dequantized values.
+        let mut c = AdamW::new(vec![("l.weight".into(), mk(DType::F32))], AdamWConfig::default()).unwrap();
+        c.load_state(&state, step).unwrap();
+        let m = c.state().0["l.weight.exp_avg"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = lean_adamw::dequantize_moment(&state["l.weight.exp_avg.codes"].to_vec1().unwrap(), &state["l.weight.exp_avg.absmax"].to_vec1().unwrap(), true);
+        assert_eq!(m, want);
+        // A negative absmax, or codes of the wrong length, are refused by name.
+        let mut bad = state.clone();
+        bad.insert("l.weight.exp_avg.absmax".into(), Tensor::full(-1f32, 20, &Device::Cpu).unwrap());
+        let e = b.load_state(&bad, step).unwrap_err().to_string();
+        assert!(e.contains("l.weight") && e.contains("absmax"), "{e}");
+        let mut bad = state.clone();
+        bad.insert("l.weight.exp_avg_sq.codes".into(), Tensor::zeros(10, DType::U8, &Device::Cpu).unwrap());
+        let e = b.load_state(&bad, step).unwrap_err().to_string();
+        assert!(e.contains("l.weight") && e.contains("exp_avg_sq"), "{e}");
+        let mut bad = state;
+        bad.remove("l.weight.exp_avg.codes");
+        let e = b.load_state(&bad, step).unwrap_err().to_string();
+        assert!(e.contains("exp_avg"), "{e}");
+    }
 }
