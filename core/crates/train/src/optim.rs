@@ -162,6 +162,17 @@ impl AdamW {
         self
     }
 
+    /// Log what the optimizer holds, and say so when `master_weights: bf16` cannot apply (LoRA
+    /// adapters stay f32, so a user expecting the saving does not silently miss it).
+    pub fn log_setup(&self, what: &str) {
+        let bf16 = self.slots.iter().filter(|s| s.var.dtype() == DType::BF16).count();
+        let int8 = self.slots.iter().filter(|s| s.m.is_int8()).count();
+        if self.cfg.master_weights == MasterDtype::Bf16 && bf16 == 0 {
+            tracing::warn!("{what}: training.optimizer.master_weights is bf16 but every trained tensor is an f32 LoRA adapter; the setting saves nothing here");
+        }
+        tracing::info!(parameters = self.slots.len(), bf16_masters = bf16, int8_moments = int8, state_mb = self.state_bytes() as f64 / (1 << 20) as f64, "{what}: optimizer ready");
+    }
+
     /// Device bytes held by the moments (the optimizer's state; masters not included).
     pub fn state_bytes(&self) -> usize {
         self.slots.iter().map(|s| s.m.bytes() + s.v.bytes()).sum()

@@ -467,6 +467,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     trainable.checkpointing = t.activation_checkpointing;
     let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?.with_seed(t.seed);
     tracing::info!(params = trainable.num_trainable(), lora = cfg.lora.is_some(), "trainable parameters");
+    opt.log_setup("sft");
     session.resume(&trainable, &mut opt)?;
 
     let micro = t.micro_batch_size;

@@ -261,6 +261,7 @@ impl RlRun {
             (true, None) => Some(load_model_dir(&cfg.model, &device, compute)?.model),
         };
         let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?.with_seed(t.seed);
+        opt.log_setup("policy");
         let schedule = LrSchedule { peak_lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.max_steps, kind: t.schedule, min_lr_ratio: 0.0 };
         // Prompt order: epochs over the training prompts, `prompts_per_step` at a time.
         let batcher = Batcher::new(vec![1; train.len()], BatchingConfig { micro_batch_size: cfg.algorithm.prompts_per_step(), packing: false, group_by_length: false, shuffle: true }, 1, t.seed);
