@@ -23,6 +23,16 @@ pub(crate) fn ptr(s: &CudaStorage, l: &Layout, what: &str) -> Result<u64> {
     })
 }
 
+/// Device address of a contiguous CUDA tensor's first element, for kernels outside this crate
+/// that write operands in place (the optimizer's): [`ptr`] on the tensor's storage.
+pub fn tensor_ptr(t: &candle_core::Tensor, what: &str) -> Result<u64> {
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        candle_core::Storage::Cuda(c) => ptr(c, l, what),
+        _ => candle_core::bail!("kernel operand {what} is not in CUDA storage"),
+    }
+}
+
 pub(crate) fn launch(b: &mut LaunchArgs<'_>, cfg: LaunchConfig, name: &str) -> Result<()> {
     // SAFETY: each caller pushes exactly the arguments of the kernel it loaded, with pointers to
     // buffers of the sizes the kernel indexes (checked by the callers' shapes).

@@ -13,7 +13,7 @@
 //! Layer 1: imports no other medrl crate. Knows tensors, not models or tokens.
 
 #[cfg(feature = "cuda")]
-mod cuda_util;
+pub mod cuda_util;
 pub mod device;
 pub mod infer;
 pub mod kernels;

@@ -155,7 +155,7 @@ pub fn dynamic_map_unsigned() -> &'static [f32; 256] {
 
 /// The code of `x` (already divided by its block's absmax) in a sorted 256-entry `map`, by
 /// bitsandbytes' `dQuantize` search (see [`Blockwise8`]): the nearest entry, exact ties to the
-/// even index. Used with [`dynamic_map`] and [`dynamic_map_unsigned`] by the 8-bit optimizer.
+/// even index: the search [`quantize_block`] applies to each scaled value.
 pub fn map_code(map: &[f32; 256], x: f32) -> u8 {
     dynamic_code(map, x)
 }
@@ -262,6 +262,25 @@ fn dynamic_code(map: &[f32; 256], x: f32) -> u8 {
     code as u8
 }
 
+/// One block of blockwise absmax quantization against a sorted 256-entry `map`: writes each
+/// value's code (the nearest entry to `x * (1 / absmax)`, `0 * inf` read as 0) into `codes` and
+/// returns the block's absmax. [`Blockwise8`] (the signed map) and the 8-bit optimizer's moments
+/// (signed and unsigned maps) quantize with it.
+pub fn quantize_block(block: &[f32], map: &[f32; 256], codes: &mut [u8]) -> f32 {
+    let am = block_absmax(block);
+    let inv = 1.0 / am;
+    for (c, &x) in codes.iter_mut().zip(block) {
+        *c = dynamic_code(map, scaled(x, inv));
+    }
+    am
+}
+
+/// `map[code] * absmax` per value, blocks of `blocksize` codes with one absmax each: the inverse
+/// of [`quantize_block`].
+pub fn dequantize_blocks(codes: &[u8], absmax: &[f32], blocksize: usize, map: &[f32; 256]) -> Vec<f32> {
+    codes.chunks(blocksize).zip(absmax).flat_map(|(block, &am)| block.iter().map(move |&q| map[q as usize] * am)).collect()
+}
+
 /// Blockwise absmax quantization to the signed 8-bit [`dynamic_map`] (bitsandbytes
 /// `quantize_blockwise` / `dequantize_blockwise`): the nested quantization of NF4's absmax, and
 /// usable on its own (8-bit optimizer states, an 8-bit base).
@@ -278,15 +297,8 @@ impl Blockwise8 {
             return Err(QuantError::ZeroBlockSize);
         }
         check_finite(values)?;
-        let map = dynamic_map();
-        let mut codes = Vec::with_capacity(values.len());
-        let mut absmax = Vec::with_capacity(values.len().div_ceil(blocksize));
-        for block in values.chunks(blocksize) {
-            let am = block_absmax(block);
-            let inv = 1.0 / am;
-            absmax.push(am);
-            codes.extend(block.iter().map(|&x| dynamic_code(map, scaled(x, inv))));
-        }
+        let mut codes = vec![0u8; values.len()];
+        let absmax = values.chunks(blocksize).zip(codes.chunks_mut(blocksize)).map(|(block, c)| quantize_block(block, dynamic_map(), c)).collect();
         Ok(Self { codes, absmax, blocksize })
     }
 
@@ -304,12 +316,7 @@ impl Blockwise8 {
 
     /// `map[code] * absmax` per value, in f32.
     pub fn dequantize(&self) -> Vec<f32> {
-        let map = dynamic_map();
-        self.codes
-            .chunks(self.blocksize)
-            .zip(&self.absmax)
-            .flat_map(|(block, &am)| block.iter().map(move |&q| map[q as usize] * am))
-            .collect()
+        dequantize_blocks(&self.codes, &self.absmax, self.blocksize, dynamic_map())
     }
 
     pub fn codes(&self) -> &[u8] {
@@ -420,11 +427,16 @@ impl Nf4Tensor {
             packed.extend(p);
             absmax.extend(a);
         }
-        let offset = mean_f32(&absmax);
+        Self::double_quantized(packed, &absmax, shape.to_vec(), numel)
+    }
+
+    /// The tensor from its packed codes and per-block absmax, the absmax double-quantized:
+    /// `offset` = their mean, `absmax - offset` in 8 bits against the dynamic map.
+    fn double_quantized(packed: Vec<u8>, absmax: &[f32], shape: Vec<usize>, numel: usize) -> Result<Self, QuantError> {
+        let offset = mean_f32(absmax);
         let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
-        let nested = Blockwise8::quantize(&centred, NESTED_BLOCK)?;
-        let Blockwise8 { codes: absmax_codes, absmax: nested_absmax, .. } = nested;
-        Ok(Self::new(packed, absmax_codes, nested_absmax, offset, shape.to_vec(), numel))
+        let Blockwise8 { codes: absmax_codes, absmax: nested_absmax, .. } = Blockwise8::quantize(&centred, NESTED_BLOCK)?;
+        Ok(Self::new(packed, absmax_codes, nested_absmax, offset, shape, numel))
     }
 
     /// Quantize a tensor of any float dtype and device. On a CUDA device with the fused kernels
@@ -472,10 +484,7 @@ impl Nf4Tensor {
         let packed_dev = crate::kernels::nf4_pack(&x, &absmax, &thresholds, NF4_ZERO_CODE).map_err(err)?;
         let absmax: Vec<f32> = absmax.to_vec1().map_err(err)?;
         let packed: Vec<u8> = packed_dev.to_vec1().map_err(err)?;
-        let offset = mean_f32(&absmax);
-        let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
-        let Blockwise8 { codes: absmax_codes, absmax: nested_absmax, .. } = Blockwise8::quantize(&centred, NESTED_BLOCK)?;
-        let q = Self::new(packed, absmax_codes, nested_absmax, offset, shape, numel);
+        let q = Self::double_quantized(packed, &absmax, shape, numel)?;
         let parts = DeviceParts {
             device: device.clone(),
             packed: packed_dev,

@@ -10,8 +10,9 @@
 //! The arithmetic is the same as the tensor path's, in f32; `medrl bench train-agreement`
 //! compares the two on the GPU.
 
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::{DType, Device, Tensor};
+use medrl_nn::cuda_util::tensor_ptr;
 use std::sync::OnceLock;
 
 const SOURCE: &str = r#"
@@ -54,23 +55,12 @@ pub fn step(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, u: Update) -> candle
         .as_ref()
         .map_err(|e| candle_core::Error::Msg(e.clone()))?;
     let func = dev.get_or_load_custom_func("medrl_adamw_f32", "medrl_adamw", ptx)?;
-    let stream = dev.cuda_stream();
     let n = p.elem_count() as u64;
-    let (ps, _) = p.storage_and_layout();
-    let (gs, _) = g.storage_and_layout();
-    let (ms, _) = m.storage_and_layout();
-    let (vs, _) = v.storage_and_layout();
-    let slice = |s: &Storage| -> candle_core::Result<u64> {
-        match s {
-            Storage::Cuda(c) => Ok(c.as_cuda_slice::<f32>()?.device_ptr(&stream).0),
-            _ => candle_core::bail!("fused AdamW needs CUDA storage"),
-        }
-    };
     // Raw pointers: the kernel writes p, m and v in place, which candle's read guards cannot
-    // express. Sound here because all work is on `stream` (event tracking is off, see
-    // model::parse_device) and the optimizer owns m and v; p is updated in place exactly as
-    // `Var::set` would.
-    let (pp, gp, mp, vp) = (slice(&ps)?, slice(&gs)?, slice(&ms)?, slice(&vs)?);
+    // express. Sound here because all work is on the device's one stream (event tracking is
+    // off, see model::parse_device) and the optimizer owns m and v; p is updated in place
+    // exactly as `Var::set` would.
+    let (pp, gp, mp, vp) = (tensor_ptr(p, "parameter")?, tensor_ptr(g, "gradient")?, tensor_ptr(m, "m")?, tensor_ptr(v, "v")?);
     let block = 256u32;
     let grid = n.div_ceil(block as u64).clamp(1, 8192) as u32;
     let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
@@ -174,24 +164,6 @@ extern "C" __global__ void medrl_lean_f32s_bf16(LEAN_ARGS) { lean<false, true>(L
 
 static LEAN_PTX: OnceLock<Result<String, String>> = OnceLock::new();
 
-/// Device address of a whole contiguous tensor (offset applied), for f32, bf16 and u8 operands.
-fn addr(t: &Tensor, what: &str) -> candle_core::Result<u64> {
-    let Device::Cuda(dev) = t.device() else { candle_core::bail!("lean AdamW: {what} is not on a CUDA device") };
-    if !t.is_contiguous() {
-        candle_core::bail!("lean AdamW: {what} must be contiguous");
-    }
-    let stream = dev.cuda_stream();
-    let (s, l) = t.storage_and_layout();
-    let off = l.start_offset() as u64;
-    let Storage::Cuda(c) = &*s else { candle_core::bail!("lean AdamW: {what} is not in CUDA storage") };
-    Ok(match t.dtype() {
-        DType::F32 => c.as_cuda_slice::<f32>()?.device_ptr(&stream).0 + 4 * off,
-        DType::BF16 => c.as_cuda_slice::<half::bf16>()?.device_ptr(&stream).0 + 2 * off,
-        DType::U8 => c.as_cuda_slice::<u8>()?.device_ptr(&stream).0 + off,
-        other => candle_core::bail!("lean AdamW: {what} has unsupported dtype {other:?}"),
-    })
-}
-
 /// One lean update of `p` (f32 or bf16, in place) from `g` (the same dtype) with moments `m` and
 /// `v` (updated in place). `maps` holds the signed and unsigned dynamic maps on the device.
 pub fn lean_step(p: &Tensor, g: &Tensor, m: &crate::lean_adamw::Moment, v: &crate::lean_adamw::Moment, maps: &(Tensor, Tensor), u: crate::lean_adamw::Update) -> candle_core::Result<()> {
@@ -207,8 +179,8 @@ pub fn lean_step(p: &Tensor, g: &Tensor, m: &crate::lean_adamw::Moment, v: &crat
         other => candle_core::bail!("lean AdamW: master weights must be f32 or bf16, found {other:?}"),
     };
     let (q8, mp, vp, mcp, map, vcp, vap) = match (m, v) {
-        (Moment::Int8 { codes: mc, absmax: ma }, Moment::Int8 { codes: vc, absmax: va }) => (true, 0, 0, addr(mc, "m codes")?, addr(ma, "m absmax")?, addr(vc, "v codes")?, addr(va, "v absmax")?),
-        (Moment::F32(m), Moment::F32(v)) => (false, addr(m, "m")?, addr(v, "v")?, 0, 0, 0, 0),
+        (Moment::Int8 { codes: mc, absmax: ma }, Moment::Int8 { codes: vc, absmax: va }) => (true, 0, 0, tensor_ptr(mc, "m codes")?, tensor_ptr(ma, "m absmax")?, tensor_ptr(vc, "v codes")?, tensor_ptr(va, "v absmax")?),
+        (Moment::F32(m), Moment::F32(v)) => (false, tensor_ptr(m, "m")?, tensor_ptr(v, "v")?, 0, 0, 0, 0),
         _ => candle_core::bail!("lean AdamW: the two moments must have the same storage"),
     };
     let name = match (q8, bf16) {
@@ -226,7 +198,7 @@ pub fn lean_step(p: &Tensor, g: &Tensor, m: &crate::lean_adamw::Moment, v: &crat
         .map_err(|e| candle_core::Error::Msg(e.clone()))?;
     let func = dev.get_or_load_custom_func(name, "medrl_lean_adamw", ptx)?;
     let g = g.contiguous()?;
-    let (pp, gp, smp, ump) = (addr(p, "parameter")?, addr(&g, "gradient")?, addr(&maps.0, "signed map")?, addr(&maps.1, "unsigned map")?);
+    let (pp, gp, smp, ump) = (tensor_ptr(p, "parameter")?, tensor_ptr(&g, "gradient")?, tensor_ptr(&maps.0, "signed map")?, tensor_ptr(&maps.1, "unsigned map")?);
     let blocks = n.div_ceil(256);
     if blocks > i32::MAX as u64 {
         candle_core::bail!("lean AdamW: {n} values exceed one launch");

@@ -25,7 +25,7 @@
 //! the two paths agree exactly and a resumed run continues the same rounding sequence.
 
 use candle_core::{DType, Device, Tensor, Var};
-use medrl_nn::quant::{dynamic_map, dynamic_map_unsigned, map_code};
+use medrl_nn::quant::{dequantize_blocks, dynamic_map, dynamic_map_unsigned, quantize_block};
 
 /// Values per absmax block of an 8-bit moment.
 pub const STATE_BLOCK: usize = 256;
@@ -166,16 +166,7 @@ pub fn step_host<'a>(mut p: HostMaster<'_>, g: &[f32], mut m: HostMoment<'a>, mu
         for (moment, vals, map) in [(&mut m, &new_m, sm), (&mut v, &new_v, um)] {
             match moment {
                 HostMoment::F32(x) => x[start..start + len].copy_from_slice(&vals[..len]),
-                HostMoment::Int8 { codes, absmax } => {
-                    let am = vals[..len].iter().fold(0f32, |a, &x| a.max(x.abs()));
-                    absmax[b] = am;
-                    let inv = 1.0 / am;
-                    for j in 0..len {
-                        // 0 * inf (an all-zero block) is 0, as in Blockwise8.
-                        let s = vals[j] * inv;
-                        codes[start + j] = map_code(map, if s.is_nan() { 0.0 } else { s });
-                    }
-                }
+                HostMoment::Int8 { codes, absmax } => absmax[b] = quantize_block(&vals[..len], map, &mut codes[start..start + len]),
             }
         }
     }
@@ -183,24 +174,14 @@ pub fn step_host<'a>(mut p: HostMaster<'_>, g: &[f32], mut m: HostMoment<'a>, mu
 
 /// The moment values an 8-bit state stands for (`map[code] * absmax`).
 pub fn dequantize_moment(codes: &[u8], absmax: &[f32], signed: bool) -> Vec<f32> {
-    let map = if signed { dynamic_map() } else { dynamic_map_unsigned() };
-    codes.chunks(STATE_BLOCK).zip(absmax).flat_map(|(c, &a)| c.iter().map(move |&q| map[q as usize] * a)).collect()
+    dequantize_blocks(codes, absmax, STATE_BLOCK, if signed { dynamic_map() } else { dynamic_map_unsigned() })
 }
 
 /// Quantize moment values to 8-bit codes and block absmax, as an update does.
 pub fn quantize_moment(values: &[f32], signed: bool) -> (Vec<u8>, Vec<f32>) {
     let map = if signed { dynamic_map() } else { dynamic_map_unsigned() };
-    let mut codes = Vec::with_capacity(values.len());
-    let mut absmax = Vec::with_capacity(values.len().div_ceil(STATE_BLOCK));
-    for block in values.chunks(STATE_BLOCK) {
-        let am = block.iter().fold(0f32, |a, &x| a.max(x.abs()));
-        absmax.push(am);
-        let inv = 1.0 / am;
-        codes.extend(block.iter().map(|&x| {
-            let s = x * inv;
-            map_code(map, if s.is_nan() { 0.0 } else { s })
-        }));
-    }
+    let mut codes = vec![0u8; values.len()];
+    let absmax = values.chunks(STATE_BLOCK).zip(codes.chunks_mut(STATE_BLOCK)).map(|(block, c)| quantize_block(block, map, c)).collect();
     (codes, absmax)
 }
 

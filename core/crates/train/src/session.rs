@@ -103,51 +103,45 @@ pub fn export(trainable: &Trainable, base_model: &Path, merged_dir: &Path, adapt
     }
     let plan: Vec<(String, Vec<usize>, DType)> = cfg.tensor_shapes().into_iter().map(|(n, s)| (n, s, dtype)).collect();
     let host = |t: &Tensor| -> candle_core::Result<Tensor> { t.detach().to_device(&Device::Cpu)?.to_dtype(DType::F32) };
-    let shard = medrl_lm::model::weights::DEFAULT_SHARD_BYTES;
-    match &trainable.mode {
-        Mode::Full => {
-            let mut fetch = |name: &str| -> Result<Tensor, medrl_lm::model::ModelError> {
-                let v = params.get(name).ok_or_else(|| medrl_lm::model::ModelError::MissingTensor { tensor: name.into(), path: "<trained masters>".into() })?;
-                v.as_tensor().detach().to_device(&Device::Cpu).and_then(|t| t.to_dtype(dtype)).map_err(medrl_lm::model::ModelError::from_candle("export"))
-            };
-            medrl_lm::model::weights::save_model_safetensors_streamed(&plan, &mut fetch, merged_dir, shard)?;
-        }
-        Mode::Lora { cfg: l, targets } => {
-            let mut src = medrl_lm::model::SafetensorsSource::open_dir(base_model)?;
-            // weight name -> (A, B) of its adapter.
-            let mut adapters: HashMap<String, (&candle_core::Var, &candle_core::Var)> = HashMap::new();
-            for layer in 0..cfg.num_hidden_layers {
-                for module in targets {
-                    let a = crate::trainable::lora_name(layer, module, 'A');
-                    let weight = a.replace(".lora_A.weight", ".weight");
-                    let b = crate::trainable::lora_name(layer, module, 'B');
-                    if let (Some(a), Some(b)) = (params.get(a.as_str()), params.get(b.as_str())) {
-                        adapters.insert(weight, (a, b));
-                    }
+    // LoRA: the base checkpoint, and each adapted weight's (A, B). Full fine-tuning trains every
+    // tensor, so every name is a master.
+    let mut base = None;
+    let mut adapters: HashMap<String, (&candle_core::Var, &candle_core::Var)> = HashMap::new();
+    let mut scale = 0.0;
+    if let Mode::Lora { cfg: l, targets } = &trainable.mode {
+        base = Some(medrl_lm::model::SafetensorsSource::open_dir(base_model)?);
+        scale = l.alpha / l.rank as f64;
+        for layer in 0..cfg.num_hidden_layers {
+            for module in targets {
+                let a = crate::trainable::lora_name(layer, module, 'A');
+                let b = crate::trainable::lora_name(layer, module, 'B');
+                if let (Some(va), Some(vb)) = (params.get(a.as_str()), params.get(b.as_str())) {
+                    adapters.insert(a.replace(".lora_A.weight", ".weight"), (va, vb));
                 }
             }
-            let scale = l.alpha / l.rank as f64;
-            let shapes: HashMap<String, Vec<usize>> = plan.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
-            let mut fetch = |name: &str| -> Result<Tensor, medrl_lm::model::ModelError> {
-                let err = medrl_lm::model::ModelError::from_candle("merging the adapter for export");
-                let merged = if let Some(v) = params.get(name) {
-                    host(v.as_tensor()).map_err(err)?
-                } else {
-                    let w = src.get(name, &shapes[name], DType::F32, &Device::Cpu)?;
-                    match adapters.get(name) {
-                        Some((a, b)) => (|| {
-                            let adapter = medrl_lm::model::lora::LoraAdapter { a: host(a.as_tensor())?, b: host(b.as_tensor())?, scale, dropout_mask: None };
-                            &w + adapter.merged_delta()?
-                        })()
-                        .map_err(err)?,
-                        None => w,
-                    }
-                };
-                merged.to_dtype(dtype).map_err(medrl_lm::model::ModelError::from_candle("export"))
-            };
-            medrl_lm::model::weights::save_model_safetensors_streamed(&plan, &mut fetch, merged_dir, shard)?;
         }
     }
+    let shapes: HashMap<String, Vec<usize>> = plan.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+    let mut fetch = |name: &str| -> Result<Tensor, medrl_lm::model::ModelError> {
+        let err = medrl_lm::model::ModelError::from_candle("merging the adapter for export");
+        let merged = match (params.get(name), base.as_mut()) {
+            (Some(v), _) => host(v.as_tensor()).map_err(err)?,
+            (None, Some(src)) => {
+                let w = src.get(name, &shapes[name], DType::F32, &Device::Cpu)?;
+                match adapters.get(name) {
+                    Some((a, b)) => (|| {
+                        let adapter = medrl_lm::model::lora::LoraAdapter { a: host(a.as_tensor())?, b: host(b.as_tensor())?, scale, dropout_mask: None };
+                        &w + adapter.merged_delta()?
+                    })()
+                    .map_err(err)?,
+                    None => w,
+                }
+            }
+            (None, None) => return Err(medrl_lm::model::ModelError::MissingTensor { tensor: name.into(), path: "<trained masters>".into() }),
+        };
+        merged.to_dtype(dtype).map_err(medrl_lm::model::ModelError::from_candle("export"))
+    };
+    medrl_lm::model::weights::save_model_safetensors_streamed(&plan, &mut fetch, merged_dir, medrl_lm::model::weights::DEFAULT_SHARD_BYTES)?;
     medrl_lm::model::write_hf_config(&cfg, dtype, merged_dir)?;
     peft::copy_tokenizer_files(base_model, merged_dir)?;
     if let (Some(dir), Mode::Lora { cfg: l, targets }) = (adapter_dir, &trainable.mode) {
