@@ -115,6 +115,10 @@ pub enum BenchCommand {
         /// `training.optimizer.master_weights`).
         #[arg(long, default_value = "f32")]
         master: String,
+        /// `auto` (explicit on CUDA), `autograd` or `explicit`: how the decoder layers'
+        /// gradients are computed (`training.layer_backward`).
+        #[arg(long, default_value = "auto")]
+        layer_backward: String,
     },
     /// The lean AdamW update (8-bit moments, bf16 masters with stochastic rounding) on --device
     /// against the host oracle on the CPU, from the same weights and gradients: how many bits of
@@ -142,6 +146,9 @@ pub enum BenchCommand {
         device: String,
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// The device runs' layer backward (`auto`: explicit on CUDA); the CPU run is autograd.
+        #[arg(long, default_value = "auto")]
+        layer_backward: String,
     },
     /// Each differentiable decoder op (RMSNorm, RoPE, SwiGLU, attention, output-head
     /// log-probs) on --device/--dtype against the CPU in f64 on random inputs: relative L2 error
@@ -240,7 +247,7 @@ pub fn shape_config(shape: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool, layers: Option<usize>, (state, master): (&str, &str)) -> anyhow::Result<serde_json::Value> {
+fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool, layers: Option<usize>, (state, master, layer_backward): (&str, &str, &str)) -> anyhow::Result<serde_json::Value> {
     use crate::model::ActivationCheckpointing;
     use crate::train::trainable::{BaseQuant, LoraConfig, Mode, Trainable};
     let lora = |quantize| {
@@ -280,6 +287,7 @@ fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize
     };
     let mut trainable = Trainable::with_masters(model, train_mode, dt, 0, master.dtype())?;
     trainable.checkpointing = ckpt;
+    trainable.layer_backward = parse_layer_backward(layer_backward)?;
     let mut opt = AdamW::new(trainable.params().to_vec(), AdamWConfig { weight_decay: 0.01, state, master_weights: master, ..Default::default() })?;
     let build_s = t0.elapsed().as_secs_f64();
     tracing::info!("{shape}: {} trainable parameters, built in {build_s:.1}s", trainable.num_trainable());
@@ -339,7 +347,7 @@ fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize
     });
     let tokens = (mb * seq) as f64;
     let out = serde_json::json!({
-        "impl": "medrl", "shape": shape, "mode": mode, "checkpointing": checkpointing, "optimizer_state": state, "master_weights": master, "optimizer_state_mb": opt.state_bytes() as f64 / (1 << 20) as f64, "build_s": build_s, "layers": cfg.num_hidden_layers, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
+        "impl": "medrl", "shape": shape, "mode": mode, "checkpointing": checkpointing, "optimizer_state": state, "master_weights": master, "layer_backward": if trainable.layer_backward.explicit_on(&dev) { "explicit" } else { "autograd" }, "optimizer_state_mb": opt.state_bytes() as f64 / (1 << 20) as f64, "build_s": build_s, "layers": cfg.num_hidden_layers, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
         "parameters": cfg.num_parameters(), "trainable_parameters": trainable.num_trainable(),
         "median_step_s": step_s, "tokens_per_s": tokens / step_s,
         // What the process holds on the device (the memory pool keeps freed blocks, like
@@ -441,7 +449,13 @@ fn optim_agreement(device: &str, steps: usize) -> anyhow::Result<serde_json::Val
 
 /// Train `steps` full-SFT steps of a random-init `shape` model on `device`; returns the losses
 /// and the final master weights (on the CPU).
-fn train_steps(shape: &str, seq: usize, mb: usize, steps: usize, device: &str, dtype: &str, fused: bool) -> anyhow::Result<(Vec<f64>, Vec<(String, Tensor)>)> {
+/// `--layer-backward`.
+fn parse_layer_backward(s: &str) -> anyhow::Result<crate::model::LayerBackward> {
+    serde_yaml::from_str(s).map_err(|_| anyhow::anyhow!("--layer-backward {s:?}: expected auto, autograd or explicit"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_steps(shape: &str, seq: usize, mb: usize, steps: usize, device: &str, dtype: &str, fused: bool, layer_backward: crate::model::LayerBackward) -> anyhow::Result<(Vec<f64>, Vec<(String, Tensor)>)> {
     use crate::train::trainable::{Mode, Trainable};
     use crate::train::{AdamW, AdamWConfig};
     let dev = parse_device(device).map_err(anyhow::Error::msg)?;
@@ -450,7 +464,8 @@ fn train_steps(shape: &str, seq: usize, mb: usize, steps: usize, device: &str, d
     let weights = crate::model::init::random_weights(&cfg, 0, 0.02)?;
     let mut src = crate::model::MapSource::new(weights, shape);
     let model = crate::model::CausalLm::from_source(cfg.clone(), &mut src, DType::F32, &dev)?;
-    let trainable = Trainable::new(model, Mode::Full, dt, 0)?;
+    let mut trainable = Trainable::new(model, Mode::Full, dt, 0)?;
+    trainable.layer_backward = layer_backward;
     let mut opt = AdamW::new(trainable.params().to_vec(), AdamWConfig { weight_decay: 0.01, max_grad_norm: 1.0, ..Default::default() })?.with_fused(fused);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     // Ragged lengths so that padding and the attention mask are exercised.
@@ -467,7 +482,7 @@ fn train_steps(shape: &str, seq: usize, mb: usize, steps: usize, device: &str, d
         let view = trainable.view(false, None)?;
         let lp = view.target_logprobs(&batch.input_ids, &batch.positions, Some(&batch.attention_mask), &batch.targets)?;
         let loss = ((lp * &batch.loss_mask)?.sum_all()?.neg()? / batch.trained_tokens as f64)?;
-        let grads = loss.backward()?;
+        let grads = trainable.backward(&loss, &view)?;
         opt.step(&grads, 1e-3)?;
         losses.push(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
     }
@@ -702,22 +717,24 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        BenchCommand::TrainAgreement { shape, seq, micro_batch, steps, device, dtype } => {
-            let (cpu_losses, cpu_w) = train_steps(&shape, seq, micro_batch, steps, "cpu", "f32", false)?;
-            let (dev_losses, dev_w) = train_steps(&shape, seq, micro_batch, steps, &device, &dtype, true)?;
-            let (plain_losses, plain_w) = train_steps(&shape, seq, micro_batch, steps, &device, &dtype, false)?;
+        BenchCommand::TrainAgreement { shape, seq, micro_batch, steps, device, dtype, layer_backward } => {
+            let lb = parse_layer_backward(&layer_backward)?;
+            let autograd = crate::model::LayerBackward::Autograd;
+            let (cpu_losses, cpu_w) = train_steps(&shape, seq, micro_batch, steps, "cpu", "f32", false, autograd)?;
+            let (dev_losses, dev_w) = train_steps(&shape, seq, micro_batch, steps, &device, &dtype, true, lb)?;
+            let (plain_losses, plain_w) = train_steps(&shape, seq, micro_batch, steps, &device, &dtype, false, lb)?;
             let report = serde_json::json!({
-                "shape": shape, "device": device, "dtype": dtype, "seq": seq, "micro_batch": micro_batch,
+                "shape": shape, "device": device, "dtype": dtype, "seq": seq, "micro_batch": micro_batch, "layer_backward": layer_backward,
                 "cpu_f32_losses": cpu_losses, "device_losses_fused_adamw": dev_losses, "device_losses_tensor_adamw": plain_losses,
                 "weights_rel_diff_device_vs_cpu": rel_diff(&cpu_w, &dev_w)?,
                 "weights_rel_diff_fused_vs_tensor_adamw": rel_diff(&plain_w, &dev_w)?,
-                "weights_rel_change_cpu": rel_diff(&cpu_w, &train_steps(&shape, seq, micro_batch, 0, "cpu", "f32", false)?.1)?,
+                "weights_rel_change_cpu": rel_diff(&cpu_w, &train_steps(&shape, seq, micro_batch, 0, "cpu", "f32", false, autograd)?.1)?,
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        BenchCommand::Sft { shape, mode, checkpointing, seq, micro_batch, steps, warmup, device, dtype, json, phases, layers, optimizer_state, master } => {
-            let lean = (optimizer_state.as_str(), master.as_str());
+        BenchCommand::Sft { shape, mode, checkpointing, seq, micro_batch, steps, warmup, device, dtype, json, phases, layers, optimizer_state, master, layer_backward } => {
+            let lean = (optimizer_state.as_str(), master.as_str(), layer_backward.as_str());
             let r = bench_sft(&shape, &mode, &checkpointing, seq, micro_batch, steps, warmup, &device, &dtype, phases, layers, lean)?;
             println!("{}", serde_json::to_string(&r)?);
             if let Some(p) = json {

@@ -113,26 +113,35 @@ fn accum_dtype(dtype: DType) -> DType {
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     // The norm itself (fused kernel: statistics in f32), then the weight as a primitive multiply
     // so its gradient needs no custom rule.
-    let normed = if x.dtype() == DType::F64 {
-        // candle's fused kernel has no f64 path; f64 is what gradient checks use.
-        rms_norm_composite(&x.detach(), eps)?
-    } else {
-        let ones = Tensor::ones(x.dim(D::Minus1)?, x.dtype(), x.device())?;
-        candle_nn::ops::rms_norm(&x.detach().contiguous()?, &ones, eps as f32)?
-    };
-    let backward: Arc<Backward> = Arc::new(move |x: &Tensor, _y: &Tensor, g: &Tensor| {
-        if kernels::enabled(x) {
-            return kernels::rms_norm_backward(x, g, eps);
-        }
-        // y = x * r, r = (mean(x^2) + eps)^-1/2:  dx = r * (g - x * r^2 * mean(g * x)).
-        let dtype = x.dtype();
-        let (xf, gf) = (x.to_dtype(accum_dtype(dtype))?, g.to_dtype(accum_dtype(dtype))?);
-        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-        let gx = (&gf * &xf)?.mean_keepdim(D::Minus1)?;
-        let inner = (gf - xf.broadcast_mul(&(r.sqr()? * gx)?)?)?;
-        inner.broadcast_mul(&r)?.to_dtype(dtype)
-    });
+    let normed = rms_normalize(x, eps)?;
+    let backward: Arc<Backward> = Arc::new(move |x: &Tensor, _y: &Tensor, g: &Tensor| rms_norm_backward(x, g, eps));
     attach("medrl-rms-norm", x, normed, backward)?.broadcast_mul(weight)
+}
+
+/// `x / sqrt(mean(x^2) + eps)` over the last dimension, untracked (the weight is not applied):
+/// the value [`rms_norm`] scales, for explicit backward passes that keep it.
+pub fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.dtype() == DType::F64 {
+        // candle's fused kernel has no f64 path; f64 is what gradient checks use.
+        return rms_norm_composite(&x.detach(), eps);
+    }
+    let ones = Tensor::ones(x.dim(D::Minus1)?, x.dtype(), x.device())?;
+    candle_nn::ops::rms_norm(&x.detach().contiguous()?, &ones, eps as f32)
+}
+
+/// Input gradient of [`rms_normalize`] for output gradient `g` (statistics in f32 for 16-bit
+/// inputs; one fused kernel on CUDA).
+pub fn rms_norm_backward(x: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
+    if kernels::enabled(x) {
+        return kernels::rms_norm_backward(x, &g.contiguous()?, eps);
+    }
+    // y = x * r, r = (mean(x^2) + eps)^-1/2:  dx = r * (g - x * r^2 * mean(g * x)).
+    let dtype = x.dtype();
+    let (xf, gf) = (x.to_dtype(accum_dtype(dtype))?, g.to_dtype(accum_dtype(dtype))?);
+    let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let gx = (&gf * &xf)?.mean_keepdim(D::Minus1)?;
+    let inner = (gf - xf.broadcast_mul(&(r.sqr()? * gx)?)?)?;
+    inner.broadcast_mul(&r)?.to_dtype(dtype)
 }
 
 /// RMS normalization (without the weight) from primitives, for dtypes the fused kernel lacks.
@@ -203,6 +212,33 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[r1, r2], D::Minus1)
 }
 
+/// The inverse rotation of [`rope`] (untracked): the input gradient of a rotation is its
+/// output gradient rotated back.
+pub fn rope_inverse(g: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if kernels::enabled(g) {
+        return kernels::rope(&g.contiguous()?, cos, sin, true);
+    }
+    rope(&g.detach(), cos, &sin.neg()?)
+}
+
+/// Gradients `(d gate, d up)` of [`swiglu`] for output gradient `dy` (untracked; one fused
+/// kernel on CUDA).
+pub fn swiglu_backward(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    if kernels::enabled(gate) && gate.dtype() == up.dtype() {
+        return kernels::swiglu_backward(gate, up, &dy.contiguous()?);
+    }
+    // silu(g) = g s, s = sigmoid(g):  d silu / dg = s (1 + g (1 - s)).
+    let dtype = gate.dtype();
+    let acc = accum_dtype(dtype);
+    let (g, u, dy) = (gate.to_dtype(acc)?, up.to_dtype(acc)?, dy.to_dtype(acc)?);
+    let s = candle_nn::ops::sigmoid(&g)?;
+    let silu = (&g * &s)?;
+    let dsilu = (&s * ((&g * (1.0 - &s)?)? + 1.0)?)?;
+    let dg = ((&dy * &u)? * dsilu)?.to_dtype(dtype)?;
+    let du = (dy * silu)?.to_dtype(dtype)?;
+    Ok((dg, du))
+}
+
 /// SwiGLU feed-forward activation: `silu(gate) * up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if kernels::enabled(gate) && gate.dtype() == up.dtype() {
@@ -241,27 +277,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
 /// [`attention`] with the size up to which the probabilities are kept for backward (0: always
 /// recompute them, as for long sequences; tests and `bench ops-agreement` check both paths).
 pub fn attention_keeping(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, keep_max_bytes: usize) -> Result<Tensor> {
-    let n_rep = q.dim(1)? / k.dim(1)?;
-    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let mask = mask.map(|m| m.detach());
-    let fused = kernels::enabled(q);
-    let probs = move |q: &Tensor, k: &Tensor, mask: Option<&Tensor>| -> Result<Tensor> {
-        // Scale the (small) queries rather than the (T x S) scores.
-        let k = repeat_kv(k, n_rep)?.contiguous()?;
-        let scores = (q * scale)?.matmul(&k.t()?)?;
-        if fused {
-            // Mask add and softmax in one pass over the scores (f32 mask, f32 arithmetic).
-            return kernels::masked_softmax(&scores, mask);
-        }
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
-            None => scores,
-        };
-        candle_nn::ops::softmax_last_dim(&scores.contiguous()?)
-    };
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-    let p = probs(&qd, &kd, mask.as_ref())?;
-    let out = p.matmul(&repeat_kv(&vd, n_rep)?.contiguous()?)?;
+    let p = attention_probs(&qd, &kd, mask.as_ref())?;
+    let out = attention_apply(&p, &vd)?;
     if !q.track_op() && !k.track_op() && !v.track_op() {
         return Ok(out);
     }
@@ -277,36 +296,71 @@ pub fn attention_keeping(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
         let v = kv.narrow(D::Minus1, d, d)?.contiguous()?;
         let p = match &kept {
             Some(p) => p.clone(),
-            None => probs(q, &k, mask.as_ref())?,
+            None => attention_probs(q, &k, mask.as_ref())?,
         };
-        let (kr, vr) = (repeat_kv(&k, n_rep)?.contiguous()?, repeat_kv(&v, n_rep)?.contiguous()?);
-        let g = g.contiguous()?;
-        // O = P V:  dV = P^T dO,  dP = dO V^T.
-        let dv = p.t()?.matmul(&g)?;
-        let dp = g.matmul(&vr.t()?)?;
-        // Softmax backward: dS = P * (dP - rowsum(dO * O)), the row term in f32.
-        let acc = accum_dtype(g.dtype());
-        let row = (g.to_dtype(acc)? * o.to_dtype(acc)?)?.sum_keepdim(D::Minus1)?;
-        let ds = if fused {
-            kernels::softmax_backward(&p, &dp, &row)?
-        } else {
-            (p.to_dtype(acc)? * dp.to_dtype(acc)?.broadcast_sub(&row)?)?.to_dtype(g.dtype())?
-        };
-        // S = scale * Q K^T + M:  dQ = scale * dS K,  dK = scale * dS^T Q.
-        let dq = (ds.matmul(&kr)? * scale)?;
-        let dk = (ds.t()?.matmul(q)? * scale)?;
-        // Each key/value head served n_rep query heads: sum their gradients.
-        let fold = |x: Tensor| -> Result<Tensor> {
-            if n_rep == 1 {
-                return Ok(x);
-            }
-            let (b, h, s, dd) = x.dims4()?;
-            x.reshape((b, h / n_rep, n_rep, s, dd))?.sum(2)
-        };
-        let dkv = Tensor::cat(&[fold(dk)?, fold(dv)?], D::Minus1)?;
+        let (dq, dk, dv) = attention_backward(q, &k, &v, &p, o, g)?;
+        let dkv = Tensor::cat(&[dk, dv], D::Minus1)?;
         Ok((Some(dq), Some(dkv)))
     });
     attach2("medrl-attention", q, &kv, out, backward)
+}
+
+/// The attention probabilities `softmax(Q K^T / sqrt(D) + M)` `[B, H, T, S]` (untracked; the
+/// softmax in f32), for `q` `[B, H, T, D]` and `k` `[B, KV, S, D]` (see [`attention`]).
+pub fn attention_probs(q: &Tensor, k: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    // Scale the (small) queries rather than the (T x S) scores.
+    let k = repeat_kv(&k.detach(), n_rep)?.contiguous()?;
+    let scores = (q.detach() * scale)?.matmul(&k.t()?)?;
+    if kernels::enabled(q) {
+        // Mask add and softmax in one pass over the scores (f32 mask, f32 arithmetic).
+        return kernels::masked_softmax(&scores, mask);
+    }
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
+        None => scores,
+    };
+    candle_nn::ops::softmax_last_dim(&scores.contiguous()?)
+}
+
+/// `P V` for probabilities `p` `[B, H, T, S]` and values `v` `[B, KV, S, D]` (untracked).
+pub fn attention_apply(p: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let n_rep = p.dim(1)? / v.dim(1)?;
+    p.matmul(&repeat_kv(&v.detach(), n_rep)?.contiguous()?)
+}
+
+/// Gradients `(dq, dk, dv)` of attention with probabilities `p` and output `o` (from
+/// [`attention_probs`] / [`attention_apply`]) for output gradient `g` `[B, H, T, D]`; `dk` and
+/// `dv` are summed over the query heads each key/value head serves.
+pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Tensor, o: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let (kr, vr) = (repeat_kv(k, n_rep)?.contiguous()?, repeat_kv(v, n_rep)?.contiguous()?);
+    let g = g.contiguous()?;
+    // O = P V:  dV = P^T dO,  dP = dO V^T.
+    let dv = p.t()?.matmul(&g)?;
+    let dp = g.matmul(&vr.t()?)?;
+    // Softmax backward: dS = P * (dP - rowsum(dO * O)), the row term in f32.
+    let acc = accum_dtype(g.dtype());
+    let row = (g.to_dtype(acc)? * o.to_dtype(acc)?)?.sum_keepdim(D::Minus1)?;
+    let ds = if kernels::enabled(p) {
+        kernels::softmax_backward(p, &dp, &row)?
+    } else {
+        (p.to_dtype(acc)? * dp.to_dtype(acc)?.broadcast_sub(&row)?)?.to_dtype(g.dtype())?
+    };
+    // S = scale * Q K^T + M:  dQ = scale * dS K,  dK = scale * dS^T Q.
+    let dq = (ds.matmul(&kr)? * scale)?;
+    let dk = (ds.t()?.matmul(q)? * scale)?;
+    // Each key/value head served n_rep query heads: sum their gradients.
+    let fold = |x: Tensor| -> Result<Tensor> {
+        if n_rep == 1 {
+            return Ok(x);
+        }
+        let (b, h, s, dd) = x.dims4()?;
+        x.reshape((b, h / n_rep, n_rep, s, dd))?.sum(2)
+    };
+    Ok((dq, fold(dk)?, fold(dv)?))
 }
 
 /// `log p(targets[i])` for each row of `hidden` `[N, H]` under the output head `weight` `[V, H]`

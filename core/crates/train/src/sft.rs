@@ -22,7 +22,7 @@ use medrl_data::registry::{resolve, DatasetRef};
 use medrl_data::tokenize::{tokenize_example, Dropped, Overlong, Tokenizing, TrainOn};
 use medrl_data::formats::check_trainable;
 use medrl_data::{load_examples, BadRowPolicy, DataError, Example, LoadReport, Origin, TokenizedExample};
-use medrl_lm::model::{load_model_dir_as, ActivationCheckpointing};
+use medrl_lm::model::{load_model_dir_as, ActivationCheckpointing, LayerBackward};
 
 // Shared with RL (crate::session); re-exported where SFT callers have always found them.
 pub use crate::error::RunError as SftError;
@@ -138,6 +138,11 @@ pub struct SftTraining {
     /// in backward instead of stored (less memory, about a third more compute at every_layer).
     #[serde(skip_serializing_if = "ActivationCheckpointing::is_off")]
     pub activation_checkpointing: ActivationCheckpointing,
+    /// `auto` (explicit on CUDA, autograd on CPU), `autograd` or `explicit`: how the decoder
+    /// layers' gradients are computed (see docs/sft.md, "Layer backward"). Speed only: a run
+    /// may resume with it switched.
+    #[serde(skip_serializing_if = "LayerBackward::is_auto")]
+    pub layer_backward: LayerBackward,
 }
 
 impl Default for SftTraining {
@@ -163,6 +168,7 @@ impl Default for SftTraining {
             on_nonfinite: NonFinitePolicy::Stop,
             export_dtype: "f32".into(),
             activation_checkpointing: ActivationCheckpointing::Off,
+            layer_backward: LayerBackward::Auto,
         }
     }
 }
@@ -336,6 +342,7 @@ fn hash_config(cfg: &SftConfig) -> String {
     c.training.max_steps = None;
     // Speed and memory only: a run may resume with it switched.
     c.training.activation_checkpointing = ActivationCheckpointing::Off;
+        c.training.layer_backward = LayerBackward::Auto;
     c.stages.clear();
     let bytes = serde_json::to_vec(&c).expect("config serializes");
     format!("{:x}", sha2::Sha256::digest(bytes))[..16].to_string()
@@ -465,6 +472,7 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     };
     let mut trainable = Trainable::with_masters(loaded.model, mode, compute, t.seed, t.optimizer.master_weights.dtype())?;
     trainable.checkpointing = t.activation_checkpointing;
+    trainable.layer_backward = t.layer_backward;
     let mut opt = AdamW::new(trainable.params().to_vec(), t.optimizer.clone())?.with_seed(t.seed);
     tracing::info!(params = trainable.num_trainable(), lora = cfg.lora.is_some(), "trainable parameters");
     opt.log_setup("sft");

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use super::TrainError;
 use medrl_lm::model::lora::LoraAdapter;
-use medrl_lm::model::{ActivationCheckpointing, CausalLm, Linear, MapSource};
+use medrl_lm::model::{ActivationCheckpointing, CausalLm, LayerBackward, Linear, MapSource};
 
 /// The projections LoRA can target, by their HF module names.
 pub const LORA_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -148,6 +148,8 @@ pub struct Trainable {
     pub compute_dtype: DType,
     /// Which layers tracked views recompute in backward (see [`Trainable::backward`]).
     pub checkpointing: ActivationCheckpointing,
+    /// How tracked views compute the decoder layers' gradients.
+    pub layer_backward: LayerBackward,
 }
 
 impl Trainable {
@@ -211,7 +213,7 @@ impl Trainable {
                 base
             }
         };
-        Ok(Self { base, params, mode, compute_dtype, checkpointing: ActivationCheckpointing::Off })
+        Ok(Self { base, params, mode, compute_dtype, checkpointing: ActivationCheckpointing::Off, layer_backward: LayerBackward::Auto })
     }
 
     pub fn device(&self) -> &Device {
@@ -249,7 +251,7 @@ impl Trainable {
         let tensors = self.params.iter().map(|(n, v)| Ok((n.clone(), self.view_tensor(n, v, detach)?))).collect::<Result<HashMap<_, _>, TrainError>>()?;
         let mut m = self.assemble(tensors, detach, dropout)?;
         if !detach {
-            m.checkpointing = self.checkpointing.checkpointer();
+            m.checkpointing = self.checkpointing.checkpointer(self.layer_backward, self.device());
         }
         Ok(m)
     }
@@ -267,7 +269,7 @@ impl Trainable {
     /// several trainables' views: call it for each).
     pub fn finish_backward(&self, view: &CausalLm, grads: &mut GradStore) -> Result<(), TrainError> {
         if view.checkpointing.is_some() {
-            let leaves: Vec<Tensor> = self.params.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+            let leaves: Vec<(String, Tensor)> = self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
             view.backward_recomputed(grads, &leaves)?;
         }
         Ok(())

@@ -15,7 +15,13 @@
 //! `[B * T, H]` input per layer instead of all of the layer's intermediates, about 20x less for
 //! these decoders at long sequences), for one extra forward of those layers in backward (about
 //! a third more compute per step).
+//!
+//! The same driver runs the explicit layer backward ([`super::layer_backward`],
+//! `training.layer_backward`): kept layers keep a tape instead of a graph, recomputed layers
+//! rebuild their tape, and the gradients are added by trainable name. With the explicit
+//! backward a view has a [`Checkpointer`] even when checkpointing is off.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +29,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result as CResult, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::layer_backward::{LayerBackward, NamedGrads, Tape};
 use super::transformer::{CausalLm, LayerCtx};
 use medrl_nn::ops;
 
@@ -126,17 +133,26 @@ impl ActivationCheckpointing {
         }
     }
 
-    /// A checkpointer for a training view, `None` when off.
-    pub fn checkpointer(&self) -> Option<Checkpointer> {
-        self.stride().map(Checkpointer::new)
+    /// The backward driver of a training view: `None` when every layer's backward is a plain
+    /// autograd graph (checkpointing off, autograd backward).
+    pub fn checkpointer(&self, backward: LayerBackward, device: &candle_core::Device) -> Option<Checkpointer> {
+        let explicit = backward.explicit_on(device);
+        match (self.stride(), explicit) {
+            (None, false) => None,
+            (stride, explicit) => Some(Checkpointer { stride, explicit, pending: Arc::new(Mutex::new(Vec::new())) }),
+        }
     }
 }
 
-/// The checkpointing state of one training view: the stride and the forwards waiting for their
-/// layers' backward. Clones share the queue.
+/// How a training view's decoder layers get their gradients: which layers are recomputed in
+/// backward (activation checkpointing), and whether each layer's backward is candle's autograd
+/// or the explicit one ([`super::layer_backward`]). Holds the forwards waiting for their
+/// layers' backward; clones share the queue.
 #[derive(Debug, Clone)]
 pub struct Checkpointer {
-    stride: usize,
+    /// Recompute layers `0, k, 2k, ...`; `None`: recompute none (explicit backward only).
+    stride: Option<usize>,
+    explicit: bool,
     pending: Arc<Mutex<Vec<Pending>>>,
 }
 
@@ -157,20 +173,34 @@ struct Pending {
 #[derive(Debug)]
 struct Run {
     layers: Range<usize>,
-    /// Checkpointed: the detached input rows; kept: the leaf the run's graph starts from.
-    input: Tensor,
-    /// Kept runs: their tracked output (the graph lives until backward).
-    output: Option<Tensor>,
+    kind: RunKind,
+}
+
+#[derive(Debug)]
+enum RunKind {
+    /// Recomputed in backward from these detached input rows.
+    Recompute(Tensor),
+    /// Autograd: the leaf the run's graph starts from and its tracked output (the graph lives
+    /// until backward).
+    Graph { input: Tensor, output: Tensor },
+    /// Explicit backward: each layer's tape, in layer order.
+    Taped(Vec<Tape>),
 }
 
 impl Checkpointer {
-    /// Recompute layers `0, stride, 2 * stride, ...` (stride 1: every layer).
+    /// Recompute layers `0, stride, 2 * stride, ...` (stride 1: every layer), autograd backward.
     pub fn new(stride: usize) -> Self {
-        Self { stride: stride.max(1), pending: Arc::new(Mutex::new(Vec::new())) }
+        Self { stride: Some(stride.max(1)), explicit: false, pending: Arc::new(Mutex::new(Vec::new())) }
     }
 
-    pub fn stride(&self) -> usize {
+    /// The recompute stride; `None` when no layer is recomputed.
+    pub fn stride(&self) -> Option<usize> {
         self.stride
+    }
+
+    /// Whether layers use the explicit backward.
+    pub fn explicit(&self) -> bool {
+        self.explicit
     }
 
     /// Forwards recorded and not yet backpropagated.
@@ -182,7 +212,7 @@ impl Checkpointer {
     fn runs(&self, n: usize) -> Vec<(Range<usize>, bool)> {
         let mut out: Vec<(Range<usize>, bool)> = Vec::new();
         for i in 0..n {
-            let recompute = i % self.stride == 0;
+            let recompute = self.stride.is_some_and(|s| i % s == 0);
             match out.last_mut() {
                 Some((r, rc)) if *rc == recompute && !recompute => r.end = i + 1,
                 // Each checkpointed layer is its own run: recomputing several at once would
@@ -215,14 +245,22 @@ impl CausalLm {
         let mut x = x0.detach();
         let mut runs = Vec::new();
         for (layers, recompute) in ckpt.runs(self.layers.len()) {
-            if recompute {
+            let kind = if recompute {
                 let input = x.clone();
                 for i in layers.clone() {
                     // The layer's weights without gradient tracking (sharing storage).
                     let untracked = self.layers[i].map_tensors(&|t| Ok(t.detach()), true)?;
                     x = self.layer_forward(i, &untracked, x, &ctx, None)?;
                 }
-                runs.push(Run { layers, input, output: None });
+                RunKind::Recompute(input)
+            } else if ckpt.explicit {
+                let mut tapes = Vec::new();
+                for i in layers.clone() {
+                    let (y, tape) = self.layer_forward_taped(&self.layers[i], x, &ctx, ops::KEEP_PROBS_MAX_BYTES, true)?;
+                    x = y.expect("asked for the output");
+                    tapes.push(tape);
+                }
+                RunKind::Taped(tapes)
             } else {
                 let input = Var::from_tensor(&x)?.as_tensor().clone();
                 let mut y = input.clone();
@@ -230,8 +268,9 @@ impl CausalLm {
                     y = self.layer_forward(i, &self.layers[i], y, &ctx, None)?;
                 }
                 x = y.detach();
-                runs.push(Run { layers, input, output: Some(y) });
-            }
+                RunKind::Graph { input, output: y }
+            };
+            runs.push(Run { layers, kind });
         }
         let top = Var::from_tensor(&x)?.as_tensor().clone();
         let out = ops::rms_norm(&top, &self.norm, self.cfg.rms_norm_eps)?;
@@ -239,31 +278,53 @@ impl CausalLm {
         Ok(out)
     }
 
-    /// Completes a backward pass through a view with activation checkpointing: `grads` is what
-    /// `loss.backward()` returned; the layers' share of the gradients of `leaves` (the trainable
-    /// tensors) is added to it. Every forward recorded since the last call is consumed; without
-    /// checkpointing this does nothing. Forwards the loss did not depend on contribute nothing.
-    pub fn backward_recomputed(&self, grads: &mut GradStore, leaves: &[Tensor]) -> CResult<()> {
+    /// Completes a backward pass through a training view with a [`Checkpointer`]: `grads` is
+    /// what `loss.backward()` returned; the layers' share of the gradients of `leaves` (the
+    /// trainable tensors, under the trainer's names) is added to it. Every forward recorded
+    /// since the last call is consumed; without a checkpointer this does nothing. Forwards the
+    /// loss did not depend on contribute nothing.
+    pub fn backward_recomputed(&self, grads: &mut GradStore, leaves: &[(String, Tensor)]) -> CResult<()> {
         let Some(ckpt) = &self.checkpointing else { return Ok(()) };
         let pending = std::mem::take(&mut *ckpt.pending.lock().expect("checkpoint queue"));
+        let by_name: HashMap<&str, &Tensor> = leaves.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let leaf_tensors: Vec<Tensor> = leaves.iter().map(|(_, t)| t.clone()).collect();
         for p in pending.into_iter().rev() {
             let Some(mut g) = grads.remove(&p.top) else { continue };
-            for run in p.runs.iter().rev() {
-                let (input, output) = match &run.output {
-                    Some(out) => (run.input.clone(), out.clone()),
-                    None => {
-                        let input = Var::from_tensor(&run.input)?.as_tensor().clone();
-                        let mut y = input.clone();
-                        for i in run.layers.clone() {
-                            y = self.layer_forward(i, &self.layers[i], y, &p.ctx, None)?;
+            for run in p.runs.into_iter().rev() {
+                let mut named = Vec::new();
+                match run.kind {
+                    RunKind::Taped(tapes) => {
+                        for (i, tape) in run.layers.clone().zip(tapes).rev() {
+                            g = self.layer_backward(i, &self.layers[i], tape, &g, &p.ctx, &mut named)?;
                         }
-                        (input, y)
                     }
-                };
-                // d/d(output) of sum(output * g) is g exactly: the seed of this run's backward.
-                let mut sub = (output * &g)?.sum_all()?.backward()?;
-                g = sub.remove(&input).ok_or_else(|| candle_core::Error::Msg(format!("activation checkpointing: layers {:?} produced no input gradient", run.layers)))?;
-                merge(grads, sub, leaves)?;
+                    RunKind::Recompute(input) if ckpt.explicit => {
+                        for i in run.layers.clone() {
+                            // One layer per recomputed run (see `Checkpointer::runs`).
+                            let (_, tape) = self.layer_forward_taped(&self.layers[i], input.clone(), &p.ctx, usize::MAX, false)?;
+                            g = self.layer_backward(i, &self.layers[i], tape, &g, &p.ctx, &mut named)?;
+                        }
+                    }
+                    kind => {
+                        let (input, output) = match kind {
+                            RunKind::Graph { input, output } => (input, output),
+                            RunKind::Recompute(saved) => {
+                                let input = Var::from_tensor(&saved)?.as_tensor().clone();
+                                let mut y = input.clone();
+                                for i in run.layers.clone() {
+                                    y = self.layer_forward(i, &self.layers[i], y, &p.ctx, None)?;
+                                }
+                                (input, y)
+                            }
+                            RunKind::Taped(_) => unreachable!("handled above"),
+                        };
+                        // d/d(output) of sum(output * g) is g exactly: the seed of this run's backward.
+                        let mut sub = (output * &g)?.sum_all()?.backward()?;
+                        g = sub.remove(&input).ok_or_else(|| candle_core::Error::Msg(format!("activation checkpointing: layers {:?} produced no input gradient", run.layers)))?;
+                        merge(grads, sub, &leaf_tensors)?;
+                    }
+                }
+                add_named(grads, named, &by_name)?;
             }
             let e = &self.embed_tokens;
             if e.is_variable() && !medrl_nn::kernels::enabled(e) {
@@ -276,9 +337,27 @@ impl CausalLm {
                 };
                 grads.insert(e, acc.index_add(&p.ids, &g, 0)?);
             } else if p.x0.track_op() {
-                merge(grads, (&p.x0 * &g)?.sum_all()?.backward()?, leaves)?;
+                merge(grads, (&p.x0 * &g)?.sum_all()?.backward()?, &leaf_tensors)?;
             }
         }
         Ok(())
     }
+}
+
+/// Adds the explicit backward's gradients (by trainer name, in the view's dtype) to `grads`,
+/// cast to their leaf's dtype as the view's cast would in autograd.
+fn add_named(grads: &mut GradStore, named: NamedGrads, by_name: &HashMap<&str, &Tensor>) -> CResult<()> {
+    for (name, g) in named {
+        let leaf = by_name.get(name.as_str()).ok_or_else(|| candle_core::Error::Msg(format!("explicit layer backward: {name} tracks a gradient but is not a trainable tensor")))?;
+        if g.dims() != leaf.dims() {
+            return Err(candle_core::Error::Msg(format!("explicit layer backward: gradient of {name} has shape {:?}, the tensor {:?}", g.dims(), leaf.dims())));
+        }
+        let g = g.to_dtype(leaf.dtype())?;
+        let g = match grads.remove(leaf) {
+            Some(prev) => (prev + g)?,
+            None => g,
+        };
+        grads.insert(leaf, g);
+    }
+    Ok(())
 }

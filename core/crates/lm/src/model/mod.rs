@@ -11,6 +11,7 @@ pub mod classifier;
 pub mod config;
 pub mod init;
 pub mod kv_cache;
+pub mod layer_backward;
 pub mod lora;
 pub mod peft;
 pub mod transformer;
@@ -20,6 +21,7 @@ use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 
 pub use checkpoint::{ActivationCheckpointing, Checkpointer};
+pub use layer_backward::LayerBackward;
 pub use classifier::{load_classifier_dir, LoadedClassifier, SequenceClassifier};
 pub use config::{Arch, ModelConfig};
 pub use kv_cache::KvCache;

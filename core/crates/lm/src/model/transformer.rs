@@ -398,7 +398,7 @@ impl CausalLm {
     }
 
     /// cos/sin tables `[B, 1, T, D/2]` for the given positions `[B, T]`.
-    fn rope_tables(&self, positions: &Tensor) -> CResult<(Tensor, Tensor)> {
+    pub(crate) fn rope_tables(&self, positions: &Tensor) -> CResult<(Tensor, Tensor)> {
         let pos = positions.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?; // [B,T,1]
         let freqs = pos.broadcast_mul(&self.inv_freq.reshape((1, 1, ()))?)?; // [B,T,D/2]
         let freqs = freqs.unsqueeze(1)?;

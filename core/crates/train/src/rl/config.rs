@@ -16,7 +16,7 @@ use medrl_base::config::Validate;
 use medrl_data::registry::DatasetRef;
 use medrl_data::BadRowPolicy;
 use medrl_lm::generate::{EngineConfig, SamplingParams};
-use medrl_lm::model::ActivationCheckpointing;
+use medrl_lm::model::{ActivationCheckpointing, LayerBackward};
 
 fn auto() -> String {
     "auto".into()
@@ -124,6 +124,11 @@ pub struct RlTraining {
     /// activations are recomputed in the update's backward instead of stored.
     #[serde(skip_serializing_if = "ActivationCheckpointing::is_off")]
     pub activation_checkpointing: ActivationCheckpointing,
+    /// `auto` (explicit on CUDA, autograd on CPU), `autograd` or `explicit`: how the decoder
+    /// layers' gradients are computed (see docs/sft.md, "Layer backward"). Speed only: a run
+    /// may resume with it switched.
+    #[serde(skip_serializing_if = "LayerBackward::is_auto")]
+    pub layer_backward: LayerBackward,
 }
 
 impl Default for RlTraining {
@@ -141,6 +146,7 @@ impl Default for RlTraining {
             on_nonfinite: NonFinitePolicy::Stop,
             export_dtype: "f32".into(),
             activation_checkpointing: ActivationCheckpointing::Off,
+            layer_backward: LayerBackward::Auto,
         }
     }
 }
@@ -278,6 +284,7 @@ impl<A: AlgorithmConfig> RlConfig<A> {
         c.training.max_steps = 0;
         c.engine = EngineConfig::default();
         c.training.activation_checkpointing = ActivationCheckpointing::Off;
+        c.training.layer_backward = LayerBackward::Auto;
         crate::session::hash_json(&c)
     }
 

@@ -253,6 +253,7 @@ impl RlRun {
         };
         let mut trainable = Trainable::with_masters(loaded.model, mode, compute, t.seed, t.optimizer.master_weights.dtype())?;
         trainable.checkpointing = t.activation_checkpointing;
+        trainable.layer_backward = t.layer_backward;
         // Under LoRA the reference is the frozen base with the adapters off, sharing its
         // tensors (QLoRA: its NF4 blocks): one base in memory, as PEFT's disable_adapter().
         let reference = match (cfg.algorithm.needs_reference(), trainable.frozen_base()) {

@@ -379,6 +379,7 @@ impl RlAlgorithm for Ppo {
         };
         let mut critic = ValueModel::new(critic_model, critic_mode, rl.compute(), t.seed, cc.head_init_std)?;
         critic.backbone.checkpointing = t.activation_checkpointing;
+        critic.backbone.layer_backward = t.layer_backward;
         // The critic's masters stay f32 (its Trainable is built so); its moments follow
         // `training.optimizer.state`.
         let mut copt = AdamW::new(critic.params().to_vec(), t.optimizer.clone())?.with_seed(t.seed.wrapping_add(0xc217));
