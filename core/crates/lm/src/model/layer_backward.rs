@@ -136,15 +136,16 @@ fn lora_backward(prefix: &str, tracked: &LoraAdapter, l: &LoraAdapter, x: &Tenso
         Some(m) => x.mul(m)?,
         None => x.clone(),
     };
-    let t = dy.matmul(&b)?; // [rows, r]
+    // The scale goes on the rank-r factors ([rows, r]), never on a full-width tensor.
+    let t = (dy.matmul(&b)? * l.scale)?; // [rows, r]
     if tracked.b.track_op() {
-        let u = xd.matmul(&a.t()?)?;
-        out.push((format!("{prefix}.lora_B.weight"), (dy.t()?.matmul(&u)? * l.scale)?));
+        let u = (xd.matmul(&a.t()?)? * l.scale)?;
+        out.push((format!("{prefix}.lora_B.weight"), dy.t()?.matmul(&u)?));
     }
     if tracked.a.track_op() {
-        out.push((format!("{prefix}.lora_A.weight"), (t.t()?.matmul(&xd)? * l.scale)?));
+        out.push((format!("{prefix}.lora_A.weight"), t.t()?.matmul(&xd)?));
     }
-    let dx = (t.matmul(&a)? * l.scale)?;
+    let dx = t.matmul(&a)?;
     match &mask {
         Some(m) => dx.mul(m),
         None => Ok(dx),

@@ -50,7 +50,8 @@ impl LoraAdapter {
             }
             None => x,
         };
-        x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale
+        // Scaling the [rows, r] factor costs r / out of scaling the result.
+        (x.matmul(&a.t()?)? * self.scale)?.matmul(&b.t()?)
     }
 
     /// `scale * B A`, the dense update that merging adds to the base weight.
