@@ -119,6 +119,34 @@ fn activation_checkpointing_leaves_grpo_unchanged() {
     }
 }
 
+/// Issue 17: a token budget per forward pass (dynamic batch size) and the explicit layer
+/// backward change how the step is computed, not what: step 1 (same rollouts) has the plain
+/// run's reward, loss, KL and gradient norm to rounding, for full fine-tuning and LoRA.
+#[test]
+fn dynamic_batch_size_and_the_explicit_backward_leave_grpo_unchanged() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path(), 5);
+    for (name, extra) in [("full", vec!["training.max_steps=1"]), ("lora", vec!["training.max_steps=1", "lora={rank: 4, alpha: 8, dropout: 0.0}", "training.lr=1.0e-2"])] {
+        // (No LoRA dropout: its masks are drawn per forward pass, so another cut draws others.)
+        let plain = d.path().join(format!("{name}-plain"));
+        grpo::run(&config(&base, &plain, &dialogue_reward(), &extra), Default::default(), &RunOptions::default()).unwrap();
+        let want = metrics(&plain).into_iter().find(|r| r.get("reward").is_some()).unwrap();
+        for variant in ["algorithm.micro_batch_tokens=90", "training.layer_backward=explicit"] {
+            let out = d.path().join(format!("{name}-{}", variant.len()));
+            let o = [&extra[..], &[variant]].concat();
+            grpo::run(&config(&base, &out, &dialogue_reward(), &o), Default::default(), &RunOptions::default()).unwrap();
+            let got = metrics(&out).into_iter().find(|r| r.get("reward").is_some()).unwrap();
+            assert_eq!(got["reward"], want["reward"], "{name} {variant}: the same rollouts");
+            for k in ["loss", "kl", "grad_norm", "entropy"] {
+                let (a, b) = (want[k].as_f64().unwrap(), got[k].as_f64().unwrap());
+                assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-3), "{name} {variant}: {k} {a} vs {b}");
+            }
+        }
+    }
+    let e = medrl::config::from_tree::<GrpoConfig>(tree(&base, d.path(), &dialogue_reward(), &["algorithm.micro_batch_tokens=0"]), Path::new("bad.yaml")).unwrap_err().to_string();
+    assert!(e.contains("micro_batch_tokens"), "{e}");
+}
+
 /// Issue 13.1: the quickstart's own configs (SFT, then GRPO from the same SFT model with seeds
 /// 1-5) raise the held-out reward for at least 4 of 5 seeds. Validation draws the same 4 sampled
 /// responses per prompt before and after (`data.eval_sampling`), so the two are comparable.

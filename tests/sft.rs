@@ -200,6 +200,38 @@ fn activation_checkpointing_retraces_the_same_run_bit_for_bit() {
     assert!(e.contains("activation_checkpointing") && e.contains("at least 1"), "{e}");
 }
 
+/// Issue 17: a token budget per micro-batch (dynamic batch size) and the explicit layer
+/// backward change how a step is computed, not what it computes: each run's losses, eval
+/// losses and gradient norms follow the fixed-micro-batch autograd run to rounding.
+#[test]
+fn dynamic_batch_size_and_the_explicit_backward_train_as_the_plain_run() {
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path());
+    let plain = d.path().join("plain");
+    run(&config(&base, &plain, &["training.max_steps=4"]), RunOptions::default()).unwrap();
+    for (name, extra) in [("budget", "training.micro_batch_tokens=700"), ("explicit", "training.layer_backward=explicit")] {
+        let out = d.path().join(name);
+        run(&config(&base, &out, &["training.max_steps=4", extra]), RunOptions::default()).unwrap();
+        let (a, b) = (metrics(&plain), metrics(&out));
+        assert_eq!(a.len(), b.len(), "{name}: metric rows");
+        let mut compared = 0;
+        for (x, y) in a.iter().zip(&b) {
+            for k in ["loss", "eval_loss", "grad_norm", "trained_tokens", "tokens"] {
+                if let (Some(u), Some(v)) = (x.get(k).and_then(|v| v.as_f64()), y.get(k).and_then(|v| v.as_f64())) {
+                    assert!((u - v).abs() <= 1e-4 * u.abs().max(1e-6), "{name}: {k} {u} vs {v}");
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared >= 12, "{name}: only {compared} values compared");
+    }
+    // A zero budget is refused, naming the key.
+    let mut bad = config(&base, &plain, &[]).1;
+    medrl::config::apply_override(&mut bad, "training.micro_batch_tokens=0").unwrap();
+    let e = medrl::config::from_tree::<SftConfig>(bad, Path::new("bad.yaml")).unwrap_err().to_string();
+    assert!(e.contains("micro_batch_tokens") && e.contains("at least 1"), "{e}");
+}
+
 /// Issue 18: QLoRA (NF4 base with double quantization) learns the sample as LoRA on the dense
 /// base does, writes a PEFT adapter for the original base, and exports the adapter merged onto
 /// the full-precision base (as PEFT's merge_and_unload on the unquantized model).

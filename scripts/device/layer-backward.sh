@@ -49,11 +49,4 @@ case " $PARTS " in *" torch "*)
     timeout 200 "$PY" scripts/reference/bench_sft_torch.py --shape "$shape" --seq "$seq" --micro-batch "$mb" --steps $STEPS --warmup 2 --modes eager $extra | tee -a "$J"
   done
 ;; esac
-"$PY" - "$J" <<'PY'
-import json, sys
-try: rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-except OSError: rows = []
-for r in rows:
-    print(f"{r.get('impl','medrl'):>20} {r['shape']:>12} {r['mode']:>5} ckpt={r.get('checkpointing','?'):<11} backward={r.get('layer_backward','-'):<8} seq={r['seq']} mb={r['micro_batch']} "
-          f"{r['tokens_per_s']:>8.0f} tok/s  step {r['median_step_s']:.3f}s  peak alloc {r.get('peak_allocated_mb') or 0:>7.0f} MiB  in use {r['peak_memory_mb']:>7.0f} MiB  loss {r['losses'][0]:.4f}->{r['losses'][-1]:.4f}")
-PY
+"$PY" scripts/device/sft_rows.py "$J"

@@ -71,11 +71,4 @@ case " $PARTS " in *" ladder "*)
     row "$shape" "$mode" "$ckpt" "$state" "$master" "$mb"
   done
 ;; esac
-"$PY" - "$J" <<'PY'
-import json, sys
-try: rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-except OSError: rows = []
-for r in rows:
-    print(f"{r.get('impl','medrl'):>20} {r['shape']:>11} {r['mode']:>5} ckpt={r.get('checkpointing','?'):<11} {r.get('optimizer_state','-'):>4}/{r.get('master_weights','-'):<4} mb={r['micro_batch']} "
-          f"{r['tokens_per_s']:>8.0f} tok/s  step {r['median_step_s']:.2f}s  peak alloc {r.get('peak_allocated_mb') or 0:>7.0f} MiB  in use {r['peak_memory_mb']:>7.0f} MiB  build {r.get('build_s', 0):.0f}s  loss {r['losses'][0]:.3f}->{r['losses'][-1]:.3f}")
-PY
+"$PY" scripts/device/sft_rows.py "$J"

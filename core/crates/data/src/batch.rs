@@ -90,6 +90,32 @@ impl Batcher {
     }
 }
 
+/// Splits the rows of one optimizer step into micro-batches by a token budget instead of a row
+/// count (VERL's dynamic batch size, `ppo_max_token_len_per_gpu`): rows sorted longest first,
+/// each micro-batch as many rows as keep `rows x longest row` (its padded size) within
+/// `max_tokens`; a row longer than the budget is a micro-batch of its own. The step's examples
+/// do not change, only how they are cut, so the step's gradient is the same (the loss is
+/// normalized by the step's trained tokens).
+pub fn split_by_tokens(rows: Vec<Vec<usize>>, lengths: &[usize], max_tokens: usize) -> Vec<MicroBatch> {
+    let row_len = |row: &Vec<usize>| row.iter().map(|&i| lengths[i]).sum::<usize>();
+    let mut rows: Vec<(usize, Vec<usize>)> = rows.into_iter().map(|r| (row_len(&r), r)).collect();
+    // Stable: rows of equal length keep the plan's order.
+    rows.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+    let mut out: Vec<MicroBatch> = Vec::new();
+    let mut longest = 0;
+    for (len, row) in rows {
+        match out.last_mut() {
+            // Sorted longest first: the micro-batch's longest row is its first.
+            Some(mb) if (mb.len() + 1) * longest <= max_tokens => mb.push(row),
+            _ => {
+                longest = len;
+                out.push(vec![row]);
+            }
+        }
+    }
+    out
+}
+
 /// The tensors of one micro-batch.
 pub struct Batch {
     /// `[B, T]` u32.
@@ -194,6 +220,25 @@ mod tests {
                 assert_ne!(p0, b.plan_epoch(1));
             }
         }
+    }
+
+    #[test]
+    fn token_budget_splits_keep_every_row_and_the_budget() {
+        let lengths = vec![5, 30, 12, 12, 7, 64, 3, 20];
+        let rows: Vec<Vec<usize>> = vec![vec![0], vec![1], vec![2], vec![3], vec![4], vec![5], vec![6, 7]];
+        let mbs = split_by_tokens(rows.clone(), &lengths, 48);
+        let mut seen: Vec<Vec<usize>> = mbs.iter().flatten().cloned().collect();
+        seen.sort();
+        let mut want = rows.clone();
+        want.sort();
+        assert_eq!(seen, want, "every row exactly once");
+        for mb in &mbs {
+            let longest = mb.iter().map(|r| r.iter().map(|&i| lengths[i]).sum::<usize>()).max().unwrap();
+            assert!(mb.len() * longest <= 48 || mb.len() == 1, "{mb:?} exceeds the budget");
+        }
+        // Longest first: 64 alone (over the budget), 30 alone (2 x 30 > 48), then 23 + 12
+        // (2 x 23 = 46), then 12 + 7 + 5 (3 x 12 = 36).
+        assert_eq!(mbs, vec![vec![vec![5]], vec![vec![1]], vec![vec![6, 7], vec![2]], vec![vec![3], vec![4], vec![0]]]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::session::{SessionSpec, TrainSession};
 use crate::trainable::{LoraConfig, Mode, Trainable};
 use crate::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, TrainError};
 use medrl_base::config::Validate;
-use medrl_data::batch::{build_batch, trained_targets, Batcher, BatchingConfig, MicroBatch};
+use medrl_data::batch::{build_batch, split_by_tokens, trained_targets, Batcher, BatchingConfig, MicroBatch};
 use medrl_data::registry::{resolve, DatasetRef};
 use medrl_data::tokenize::{tokenize_example, Dropped, Overlong, Tokenizing, TrainOn};
 use medrl_data::formats::check_trainable;
@@ -114,6 +114,14 @@ pub struct SftTraining {
     pub max_steps: Option<u64>,
     pub micro_batch_size: usize,
     pub grad_accum: usize,
+    /// Dynamic batch size: when set, each step's `micro_batch_size x grad_accum` rows are cut
+    /// into micro-batches of at most this many tokens (rows x longest row, padding included)
+    /// instead of `micro_batch_size` rows each (VERL's `use_dynamic_bsz` with
+    /// `ppo_max_token_len_per_gpu`). The step's examples and gradient are unchanged; short rows
+    /// share a micro-batch and long ones get their own, so memory follows the budget and fewer
+    /// padding tokens are computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micro_batch_tokens: Option<usize>,
     pub packing: bool,
     pub group_by_length: bool,
     pub shuffle: bool,
@@ -152,6 +160,7 @@ impl Default for SftTraining {
             max_steps: None,
             micro_batch_size: 4,
             grad_accum: 1,
+            micro_batch_tokens: None,
             packing: false,
             group_by_length: true,
             shuffle: true,
@@ -186,6 +195,9 @@ impl Validate for SftConfig {
         }
         if t.grad_accum == 0 {
             return Err(("training.grad_accum".into(), "must be at least 1".into()));
+        }
+        if t.micro_batch_tokens == Some(0) {
+            return Err(("training.micro_batch_tokens".into(), "must be at least 1 (or absent for micro-batches of micro_batch_size rows)".into()));
         }
         t.activation_checkpointing.validate().map_err(|(k, m)| (format!("training.activation_checkpointing.{k}"), m))?;
         if !(t.lr > 0.0 && t.lr.is_finite()) {
@@ -343,6 +355,7 @@ fn hash_config(cfg: &SftConfig) -> String {
     // Speed and memory only: a run may resume with it switched.
     c.training.activation_checkpointing = ActivationCheckpointing::Off;
         c.training.layer_backward = LayerBackward::Auto;
+    c.training.micro_batch_tokens = None;
     c.stages.clear();
     let bytes = serde_json::to_vec(&c).expect("config serializes");
     format!("{:x}", sha2::Sha256::digest(bytes))[..16].to_string()
@@ -451,7 +464,8 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
     let prep = prepare(cfg, &tok)?;
     let pad = tok.pad_token.as_deref().and_then(|p| tok.token_to_id(p)).or_else(|| tok.eos_token.as_deref().and_then(|p| tok.token_to_id(p))).unwrap_or(0);
     let batching = BatchingConfig { micro_batch_size: t.micro_batch_size, packing: t.packing, group_by_length: t.group_by_length, shuffle: t.shuffle };
-    let batcher = Batcher::new(prep.train.iter().map(|e| e.ids.len()).collect(), batching, cfg.data.cutoff_len, t.seed);
+    let train_lengths: Vec<usize> = prep.train.iter().map(|e| e.ids.len()).collect();
+    let batcher = Batcher::new(train_lengths.clone(), batching, cfg.data.cutoff_len, t.seed);
     let mbs_per_epoch = batcher.plan_epoch(0).len();
     let steps_per_epoch = mbs_per_epoch.div_ceil(t.grad_accum) as u64;
     let total_steps = t.max_steps.unwrap_or(steps_per_epoch * t.epochs).max(1);
@@ -535,6 +549,9 @@ fn run_stage(cfg: &SftConfig, opts: &RunOptions) -> Result<SftOutcome, SftError>
             }
             mbs.push(plan[st.next_micro_batch].clone());
             st.next_micro_batch += 1;
+        }
+        if let Some(budget) = t.micro_batch_tokens {
+            mbs = split_by_tokens(mbs.into_iter().flatten().collect(), &train_lengths, budget);
         }
         let step_tokens: usize = mbs.iter().map(|mb| trained_targets(&prep.train, mb)).sum();
         let mut grads = None;

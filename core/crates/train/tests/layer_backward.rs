@@ -4,64 +4,16 @@
 //! checkpointing. f32 on CPU; the two sum the same terms in different orders, so they agree to
 //! rounding, not bit for bit (the layer's own finite-difference check is in medrl-lm).
 
-use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
-use std::collections::HashMap;
+mod common;
 
+use candle_core::Device;
+
+use common::{grads, trainable};
 use medrl_lm::model::config::Arch;
-use medrl_lm::model::init::{preset_config, random_weights, InitOptions, Preset};
-use medrl_lm::model::{build_attention_mask, ActivationCheckpointing, CausalLm, LayerBackward, MapSource};
-use medrl_train::trainable::{LoraConfig, Mode, Trainable};
-
-fn model(arch: Arch, layers: usize, tie: bool) -> CausalLm {
-    let mut cfg = preset_config(&InitOptions::new(arch, Preset::Tiny), 96, 1);
-    cfg.num_hidden_layers = layers;
-    cfg.tie_word_embeddings = tie;
-    let w = random_weights(&cfg, 7, 0.2).unwrap();
-    CausalLm::from_source(cfg, &mut MapSource::new(w, "<test>"), DType::F32, &Device::Cpu).unwrap()
-}
-
-/// Loss and every trainable's gradient after one backward of a weighted NLL over two
-/// sequences (the second left-padded), through the full logits (`logits`) or the chunked
-/// target log-probabilities.
-fn grads(tr: &Trainable, logits: bool) -> (f32, HashMap<String, Vec<f32>>) {
-    let dev = &Device::Cpu;
-    let ids = Tensor::from_vec(vec![5u32, 17, 33, 17, 90, 5, 8, 0, 0, 12, 17, 77, 5, 60], (2, 7), dev).unwrap();
-    let targets = Tensor::from_vec(vec![17u32, 33, 17, 90, 5, 8, 9, 0, 12, 17, 77, 5, 60, 4], (2, 7), dev).unwrap();
-    let positions = Tensor::from_vec(vec![0u32, 1, 2, 3, 4, 5, 6, 0, 0, 0, 1, 2, 3, 4], (2, 7), dev).unwrap();
-    let mask = build_attention_mask(&[vec![true; 7], vec![false, false, true, true, true, true, true]], 0, 7, dev).unwrap();
-    let weights: Vec<f32> = (0..14).map(|i| if i == 7 || i == 8 { 0.0 } else { 0.5 + (i % 5) as f32 * 0.25 }).collect();
-    let weights = Tensor::from_vec(weights, (2, 7), dev).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    let view = tr.view(false, Some((14, &mut rng))).unwrap();
-    let lp = if logits {
-        medrl_nn::ops::token_logprobs(&view.forward(&ids, &positions, Some(&mask)).unwrap(), &targets).unwrap()
-    } else {
-        view.target_logprobs(&ids, &positions, Some(&mask), &targets).unwrap()
-    };
-    let loss = (lp * &weights).unwrap().sum_all().unwrap().neg().unwrap();
-    let g = tr.backward(&loss, &view).unwrap();
-    if let Some(c) = &view.checkpointing {
-        assert_eq!(c.pending(), 0, "backward consumes every recorded forward");
-    }
-    let out = tr
-        .params()
-        .iter()
-        .map(|(n, v)| {
-            let g = g.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {n}"));
-            (n.clone(), g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        })
-        .collect();
-    (loss.to_scalar::<f32>().unwrap(), out)
-}
+use medrl_lm::model::{ActivationCheckpointing, LayerBackward};
 
 fn check(arch: Arch, layers: usize, tie: bool, lora: bool, logits: bool) {
-    let mode = || if lora { Mode::Lora { cfg: LoraConfig { rank: 4, alpha: 8.0, dropout: 0.1, modules_to_save: vec!["embed_tokens".into()], ..Default::default() }, targets: LoraConfig::default().targets().unwrap() } } else { Mode::Full };
-    let mut tr = Trainable::new(model(arch, layers, tie), mode(), DType::F32, 11).unwrap();
-    if lora {
-        let state: HashMap<String, Tensor> = tr.state().into_iter().map(|(n, t)| if n.contains("lora_B") { let s = t.dims().to_vec(); (n, Tensor::full(0.05f32, s, &Device::Cpu).unwrap()) } else { (n, t.copy().unwrap()) }).collect();
-        tr.load_state(&state).unwrap();
-    }
+    let mut tr = trainable(arch, layers, tie, lora);
     tr.layer_backward = LayerBackward::Autograd;
     let (loss, reference) = grads(&tr, logits);
     tr.layer_backward = LayerBackward::Explicit;
@@ -102,4 +54,39 @@ fn auto_is_explicit_on_cuda_only_and_the_key_is_checked() {
     assert!(ActivationCheckpointing::Off.checkpointer(LayerBackward::Autograd, &Device::Cpu).is_none());
     let c = ActivationCheckpointing::Off.checkpointer(LayerBackward::Explicit, &Device::Cpu).unwrap();
     assert!(c.explicit() && c.stride().is_none());
+}
+
+/// Packed rows (several examples in one row, positions restarting, attention block-diagonal)
+/// and padded rows (one example each) give the same summed loss and the same gradients, with
+/// either layer backward.
+#[test]
+fn packed_and_padded_batches_give_the_same_loss_and_gradients() {
+    use medrl_data::batch::build_batch;
+    use medrl_data::TokenizedExample;
+    let examples: Vec<TokenizedExample> = [(5usize, 1u32), (9, 2), (4, 3)]
+        .iter()
+        .map(|&(n, s)| TokenizedExample { ids: (0..n as u32).map(|i| (i * 7 + s * 13) % 90 + 2).collect(), trained: (0..n).map(|i| i % 3 != 0).collect(), truncated: false })
+        .collect();
+    for lb in [LayerBackward::Autograd, LayerBackward::Explicit] {
+        let mut tr = trainable(Arch::Qwen3, 2, false, false);
+        tr.layer_backward = lb;
+        let run = |plan: Vec<Vec<usize>>| {
+            let b = build_batch(&examples, &plan, 0, &Device::Cpu).unwrap();
+            let view = tr.view(false, None).unwrap();
+            let lp = view.target_logprobs(&b.input_ids, &b.positions, Some(&b.attention_mask), &b.targets).unwrap();
+            let loss = (lp * &b.loss_mask).unwrap().sum_all().unwrap().neg().unwrap();
+            let g = tr.backward(&loss, &view).unwrap();
+            let grads: Vec<Vec<f32>> = tr.params().iter().map(|(_, v)| g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
+            (loss.to_scalar::<f32>().unwrap(), b.trained_tokens, grads)
+        };
+        let (lp, tp, gp) = run(vec![vec![0, 1, 2]]);
+        let (lq, tq, gq) = run(vec![vec![0], vec![1], vec![2]]);
+        assert_eq!(tp, tq, "{lb:?}: trained tokens");
+        assert!((lp - lq).abs() <= 1e-5 * lq.abs(), "{lb:?}: packed loss {lp} vs padded {lq}");
+        for (((name, _), a), b) in tr.params().iter().zip(&gp).zip(&gq) {
+            let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+            let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(den > 0.0 && num / den < 1e-5, "{lb:?}: {name}: relative difference {}", num / den);
+        }
+    }
 }

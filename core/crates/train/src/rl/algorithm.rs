@@ -102,7 +102,7 @@ pub fn drive<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Gr
 /// config's.
 pub fn drive_with_tools<A: RlAlgorithm>(cfg: &RlConfig<A::Config>, grants: medrl_plugin::Grants, opts: &RunOptions, tools: Option<Box<dyn super::agent::ToolRunner + Send>>) -> Result<RlOutcome, RunError> {
     let a = &cfg.algorithm;
-    let shape = RolloutShape { n: a.samples_per_prompt(), micro_batch_size: a.micro_batch_size(), dynamic: a.dynamic_sampling(), free_bytes: None };
+    let shape = RolloutShape { n: a.samples_per_prompt(), micro_batch_size: a.micro_batch_size(), micro_batch_tokens: a.micro_batch_tokens(), dynamic: a.dynamic_sampling(), free_bytes: None };
     let mut rl = RlRun::setup_with_tools(cfg, A::NAME, grants, opts, tools)?;
     let mut algo = A::new(cfg, &rl)?;
     if cfg.async_rollout {

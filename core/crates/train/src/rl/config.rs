@@ -174,6 +174,11 @@ pub trait AlgorithmConfig: Clone + Default + std::fmt::Debug + Serialize + Deser
     fn dynamic_sampling(&self) -> Option<DynamicSampling> {
         None
     }
+    /// Dynamic batch size: forward passes of at most this many tokens (sequences x longest)
+    /// instead of `micro_batch_size` sequences, when the algorithm offers it and it is set.
+    fn micro_batch_tokens(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// DAPO's dynamic sampling (Yu et al. 2025, section 3.2): a prompt whose responses all got the

@@ -105,6 +105,8 @@ impl PromptPlan {
 pub struct RolloutShape {
     pub n: usize,
     pub micro_batch_size: usize,
+    /// Cut the forward passes by this token budget instead (see `micro_batch_tokens`).
+    pub micro_batch_tokens: Option<usize>,
     pub dynamic: Option<DynamicSampling>,
     /// Free device memory measured before a concurrent update started (async); the engine's
     /// `memory_fraction` applies to it. None: measured at each engine run.
@@ -191,6 +193,18 @@ impl Rollout {
 /// Consecutive index chunks of `0..n`.
 pub fn chunks(n: usize, size: usize) -> Vec<Vec<usize>> {
     (0..n).collect::<Vec<_>>().chunks(size.max(1)).map(|c| c.to_vec()).collect()
+}
+
+/// The forward passes over `seqs`: [`chunks`] of `micro_batch_size` sequences, or with a token
+/// budget, [`medrl_data::batch::split_by_tokens`] of them.
+pub fn micro_batches(seqs: &[TokenizedExample], shape: &RolloutShape) -> Vec<Vec<usize>> {
+    match shape.micro_batch_tokens {
+        None => chunks(seqs.len(), shape.micro_batch_size),
+        Some(budget) => {
+            let lengths: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
+            medrl_data::batch::split_by_tokens((0..seqs.len()).map(|i| vec![i]).collect(), &lengths, budget).into_iter().map(|mb| mb.into_iter().flatten().collect()).collect()
+        }
+    }
 }
 
 impl RlRun {
@@ -425,7 +439,7 @@ impl RolloutWorker {
         let t_gen = Instant::now();
         let s = self.sample(policy, &chosen, shape, step, 0)?;
         let gen_s = t_gen.elapsed().as_secs_f64();
-        let chunks = chunks(s.seqs.len(), shape.micro_batch_size);
+        let chunks = micro_batches(&s.seqs, &shape);
         let (scored, (old_lps, ref_lps, extras, logprob_s), reward_s) = std::thread::scope(|sc| -> Result<_, RunError> {
             let handle = sc.spawn(|| self.score(&s.owners, &s.responses));
             let lps = self.logprob_pass(policy, &s.seqs, &chunks, &mut extra)?;
@@ -496,7 +510,7 @@ impl RolloutWorker {
         }
         stats.kept = kept.owners.len() / n.max(1);
         let t0 = Instant::now();
-        let chunks = chunks(kept.seqs.len(), shape.micro_batch_size);
+        let chunks = micro_batches(&kept.seqs, &shape);
         let (old_lps, ref_lps, extras, _) = self.logprob_pass(policy, &kept.seqs, &chunks, &mut extra)?;
         let logprob_s = t0.elapsed().as_secs_f64();
         Ok(Rollout {

@@ -70,6 +70,13 @@ pub struct GrpoAlgo {
     /// DAPO's dynamic sampling, `{max_rounds: N}` (null: off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_sampling: Option<DynamicSampling>,
+    /// Dynamic batch size (VERL's `use_dynamic_bsz` with `ppo_max_token_len_per_gpu`): the
+    /// log-prob pass and the update run on micro-batches of at most this many tokens
+    /// (sequences x longest, padding included), longest sequences first, instead of
+    /// `micro_batch_size` sequences. The step's loss is unchanged (it is normalized over the
+    /// whole step); memory follows the budget, and short responses share a pass. null: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micro_batch_tokens: Option<usize>,
 }
 
 impl Default for GrpoAlgo {
@@ -90,6 +97,7 @@ impl Default for GrpoAlgo {
             ratio: RatioLevel::Token,
             overlong: None,
             dynamic_sampling: None,
+            micro_batch_tokens: None,
         }
     }
 }
@@ -125,6 +133,9 @@ impl AlgorithmConfig for GrpoAlgo {
         if !(0.0..1.0).contains(&a.clip_low) || a.clip_high < 0.0 {
             return Err(("algorithm.clip_low".into(), "clip_low must be in [0, 1) and clip_high >= 0".into()));
         }
+        if a.micro_batch_tokens == Some(0) {
+            return Err(("algorithm.micro_batch_tokens".into(), "must be at least 1 (or null for micro-batches of micro_batch_size sequences)".into()));
+        }
         if a.dynamic_sampling.is_some_and(|d| d.max_rounds == 0) {
             return Err(("algorithm.dynamic_sampling.max_rounds".into(), "max_rounds must be at least 1".into()));
         }
@@ -134,6 +145,9 @@ impl AlgorithmConfig for GrpoAlgo {
             }
         }
         Ok(())
+    }
+    fn micro_batch_tokens(&self) -> Option<usize> {
+        self.micro_batch_tokens
     }
     fn dynamic_sampling(&self) -> Option<DynamicSampling> {
         self.dynamic_sampling
