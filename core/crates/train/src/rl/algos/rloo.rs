@@ -40,6 +40,9 @@ pub struct RlooAlgo {
     pub kl_in_reward: bool,
     pub entropy_coef: f64,
     pub loss_agg: LossAgg,
+    /// Dynamic batch size, as GRPO's `micro_batch_tokens` (docs/grpo.md). null: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micro_batch_tokens: Option<usize>,
 }
 
 impl Default for RlooAlgo {
@@ -57,6 +60,7 @@ impl Default for RlooAlgo {
             kl_in_reward: true,
             entropy_coef: 0.0,
             loss_agg: LossAgg::TokenMean,
+            micro_batch_tokens: None,
         }
     }
 }
@@ -74,10 +78,16 @@ impl AlgorithmConfig for RlooAlgo {
     fn micro_batch_size(&self) -> usize {
         self.micro_batch_size
     }
+    fn micro_batch_tokens(&self) -> Option<usize> {
+        self.micro_batch_tokens
+    }
     fn needs_reference(&self) -> bool {
         self.kl_coef > 0.0
     }
     fn validate(&self) -> Result<(), (String, String)> {
+        if self.micro_batch_tokens == Some(0) {
+            return Err(("algorithm.micro_batch_tokens".into(), "must be at least 1 (or null for micro-batches of micro_batch_size sequences)".into()));
+        }
         if self.n < 2 {
             return Err(("algorithm.n".into(), "RLOO needs at least 2 responses per prompt (the baseline is the others' mean)".into()));
         }
