@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use medrl_lm::model::config::Arch;
 use medrl_lm::model::init::{preset_config, random_weights, InitOptions, Preset};
-use medrl_lm::model::{build_attention_mask, ActivationCheckpointing, CausalLm, MapSource, Weight};
+use medrl_lm::model::{build_attention_mask, ActivationCheckpointing, CausalLm, LayerBackward, MapSource, Weight};
 use medrl_train::trainable::{BaseQuant, LoraConfig, Mode, Trainable};
 
 fn weights(arch: Arch) -> (medrl_lm::model::ModelConfig, HashMap<String, Tensor>) {
@@ -92,6 +92,32 @@ fn qlora_with_activation_checkpointing_gives_the_same_gradients() {
     assert_eq!((l0 - l1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     for (n, a) in &g0 {
         assert!(a == &g1[n], "{n}: checkpointed QLoRA gradient differs");
+    }
+}
+
+/// The explicit layer backward on an NF4 base (dequantized for the input gradient) gives
+/// autograd's adapter gradients, with and without checkpointing.
+#[test]
+fn qlora_with_the_explicit_backward_gives_autograds_gradients() {
+    for arch in [Arch::Llama, Arch::Qwen3] {
+        let (cfg, w) = weights(arch);
+        let mut q = Trainable::new(load(&cfg, w), lora(BaseQuant::Nf4), DType::F32, 3).unwrap();
+        perturb(&q);
+        q.layer_backward = LayerBackward::Autograd;
+        let (l0, g0) = loss_and_grads(&q);
+        q.layer_backward = LayerBackward::Explicit;
+        for ckpt in [ActivationCheckpointing::Off, ActivationCheckpointing::EveryLayer] {
+            q.checkpointing = ckpt;
+            let (l1, g1) = loss_and_grads(&q);
+            let dl = (&l0 - &l1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(dl < 1e-5, "{arch:?} {ckpt:?}: log-probs differ by {dl}");
+            for (n, a) in &g0 {
+                let b = &g1[n];
+                let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+                let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                assert!(den > 0.0 && num / den < 1e-5, "{arch:?} {ckpt:?} {n}: relative difference {}", num / den);
+            }
+        }
     }
 }
 
