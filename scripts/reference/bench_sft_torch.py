@@ -36,6 +36,18 @@ SHAPES = {
 }
 
 
+def train_flops_per_token(spec, seq, trainable=None):
+    """Model FLOPs per training token, as `ModelConfig::train_flops_per_token` counts them (PaLM,
+    appendix B): 6 N for the matmul weights (decoder projections and the LM head) when all train,
+    4 N + 6 N_trainable under LoRA, plus 12 L H D seq for attention; recomputation not counted."""
+    h, i, layers = spec["hidden_size"], spec["intermediate_size"], spec["num_hidden_layers"]
+    heads, kv = spec["num_attention_heads"], spec["num_key_value_heads"]
+    d = spec.get("head_dim", h // heads)
+    n = layers * (h * heads * d + 2 * h * kv * d + heads * d * h + 3 * h * i) + spec["vocab_size"] * h
+    weights = 6.0 * n if trainable is None else 4.0 * n + 6.0 * trainable
+    return weights + 12.0 * layers * heads * d * seq
+
+
 def run(mode, args):
     from transformers import AutoConfig, AutoModelForCausalLM
     spec = dict(SHAPES[args.shape])
@@ -71,12 +83,16 @@ def run(mode, args):
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
     step = statistics.median(times)
+    n_trainable = sum(p.numel() for p in trainable)
+    flops = train_flops_per_token(SHAPES[args.shape], args.seq, n_trainable if args.lora else None)
     return {
         "impl": f"pytorch-{mode}" + ("-peft" if args.lora else ""), "shape": args.shape, "seq": args.seq, "micro_batch": args.micro_batch,
         "mode": "lora" if args.lora else "full", "checkpointing": "every_layer" if args.gradient_checkpointing else "off",
         "trainable_parameters": sum(p.numel() for p in trainable),
         "attn": args.attn, "torch": torch.__version__,
         "median_step_s": step, "tokens_per_s": args.micro_batch * args.seq / step,
+        "flops_per_token": flops, "peak_tflops": args.peak_tflops,
+        "mfu": args.micro_batch * args.seq / step * flops / (args.peak_tflops * 1e12),
         "peak_memory_mb": torch.cuda.max_memory_reserved() / 2**20,
         "peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20,
         "losses": losses,
@@ -94,6 +110,7 @@ def main():
     p.add_argument("--modes", default="eager,compile")
     p.add_argument("--lora", action="store_true", help="PEFT LoRA r16/alpha32 on all linear layers, bf16 base")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=989.4, help="dense bf16 peak, the MFU denominator (H100/H200 SXM)")
     args = p.parse_args()
     for mode in args.modes.split(","):
         print(json.dumps(run(mode, args)), flush=True)

@@ -119,6 +119,10 @@ pub enum BenchCommand {
         /// gradients are computed (`training.layer_backward`).
         #[arg(long, default_value = "auto")]
         layer_backward: String,
+        /// The device's dense bf16 peak in TFLOP/s, the MFU denominator (default: 989.4, an
+        /// H100 or H200 SXM; scripts/reference/bench_sft_torch.py uses the same).
+        #[arg(long, default_value_t = 989.4)]
+        peak_tflops: f64,
     },
     /// The lean AdamW update (8-bit moments, bf16 masters with stochastic rounding) on --device
     /// against the host oracle on the CPU, from the same weights and gradients: how many bits of
@@ -247,7 +251,7 @@ pub fn shape_config(shape: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool, layers: Option<usize>, (state, master, layer_backward): (&str, &str, &str)) -> anyhow::Result<serde_json::Value> {
+fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize, steps: usize, warmup: usize, device: &str, dtype: &str, phases: bool, layers: Option<usize>, (state, master, layer_backward): (&str, &str, &str), peak_tflops: f64) -> anyhow::Result<serde_json::Value> {
     use crate::model::ActivationCheckpointing;
     use crate::train::trainable::{BaseQuant, LoraConfig, Mode, Trainable};
     let lora = |quantize| {
@@ -346,10 +350,18 @@ fn bench_sft(shape: &str, mode: &str, checkpointing: &str, seq: usize, mb: usize
         serde_json::json!({"cast_weights_s": cast, "forward_s": fwd, "backward_s": bwd, "optimizer_s": opt})
     });
     let tokens = (mb * seq) as f64;
+    // Model FLOPs utilization: full fine-tuning trains every weight, LoRA only the adapters.
+    let trainable_weights = match mode {
+        "full" => None,
+        _ => Some(trainable.num_trainable()),
+    };
+    let flops_per_token = cfg.train_flops_per_token(seq, trainable_weights);
+    let mfu = tokens / step_s * flops_per_token / (peak_tflops * 1e12);
     let out = serde_json::json!({
         "impl": "medrl", "shape": shape, "mode": mode, "checkpointing": checkpointing, "optimizer_state": state, "master_weights": master, "layer_backward": if trainable.layer_backward.explicit_on(&dev) { "explicit" } else { "autograd" }, "optimizer_state_mb": opt.state_bytes() as f64 / (1 << 20) as f64, "build_s": build_s, "layers": cfg.num_hidden_layers, "seq": seq, "micro_batch": mb, "dtype": format!("{dt:?}"), "device": device,
         "parameters": cfg.num_parameters(), "trainable_parameters": trainable.num_trainable(),
         "median_step_s": step_s, "tokens_per_s": tokens / step_s,
+        "flops_per_token": flops_per_token, "peak_tflops": peak_tflops, "mfu": mfu,
         // What the process holds on the device (the memory pool keeps freed blocks, like
         // PyTorch's reserved memory) and, on CUDA, the peak actually allocated by tensors.
         "peak_memory_mb": peak,
@@ -733,9 +745,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        BenchCommand::Sft { shape, mode, checkpointing, seq, micro_batch, steps, warmup, device, dtype, json, phases, layers, optimizer_state, master, layer_backward } => {
+        BenchCommand::Sft { shape, mode, checkpointing, seq, micro_batch, steps, warmup, device, dtype, json, phases, layers, optimizer_state, master, layer_backward, peak_tflops } => {
             let lean = (optimizer_state.as_str(), master.as_str(), layer_backward.as_str());
-            let r = bench_sft(&shape, &mode, &checkpointing, seq, micro_batch, steps, warmup, &device, &dtype, phases, layers, lean)?;
+            let r = bench_sft(&shape, &mode, &checkpointing, seq, micro_batch, steps, warmup, &device, &dtype, phases, layers, lean, peak_tflops)?;
             println!("{}", serde_json::to_string(&r)?);
             if let Some(p) = json {
                 crate::fsutil::write_json_atomic(&p, &r).with_context(|| format!("writing {}", p.display()))?;

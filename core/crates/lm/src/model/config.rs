@@ -383,11 +383,54 @@ impl ModelConfig {
         let head = if self.tie_word_embeddings { 0 } else { embed };
         embed + head + h + self.num_hidden_layers * layer
     }
+
+    /// Weights that multiply activations in a forward pass: the decoder's projections and the
+    /// LM head (tied or not); not the embedding lookup, norms or biases.
+    pub fn matmul_parameters(&self) -> usize {
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size;
+        self.num_hidden_layers * layer + self.vocab_size * h
+    }
+
+    /// Model FLOPs of one training token at sequence length `seq` (the MFU numerator, as PaLM
+    /// counts them, appendix B): `6 N` for the weights when they all train (forward, input and
+    /// weight gradients), `4 N + 6 N_trainable` when only `trainable` parameters (LoRA
+    /// adapters) get weight gradients, plus `12 L H D seq` for attention scores and values
+    /// (causal masking not discounted). Recomputation (activation checkpointing) is not model
+    /// work and is not counted.
+    pub fn train_flops_per_token(&self, seq: usize, trainable: Option<usize>) -> f64 {
+        let n = self.matmul_parameters() as f64;
+        let weights = match trainable {
+            None => 6.0 * n,
+            Some(t) => 4.0 * n + 6.0 * t as f64,
+        };
+        let attention = 12.0 * (self.num_hidden_layers * self.num_attention_heads * self.head_dim * seq) as f64;
+        weights + attention
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn training_flops_per_token_count_weights_and_attention() {
+        // Qwen2.5-0.5B: 24 layers, hidden 896, 14 heads of 64, 2 KV heads, MLP 4864, vocab 151936.
+        let cfg = ModelConfig::from_json(
+            serde_json::json!({"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+                "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "tie_word_embeddings": true}),
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let layer = 896 * 896 + 2 * 896 * 128 + 896 * 896 + 3 * 896 * 4864;
+        let n = 24 * layer + 151936 * 896;
+        assert_eq!(cfg.matmul_parameters(), n);
+        let attn = 12.0 * (24 * 14 * 64 * 1024) as f64;
+        assert_eq!(cfg.train_flops_per_token(1024, None), 6.0 * n as f64 + attn);
+        assert_eq!(cfg.train_flops_per_token(1024, Some(1000)), 4.0 * n as f64 + 6000.0 + attn);
+    }
 
     fn base() -> serde_json::Value {
         serde_json::json!({"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 16,
