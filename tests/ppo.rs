@@ -100,14 +100,18 @@ fn activation_checkpointing_leaves_ppo_unchanged() {
     assert_eq!(first["kl"].as_f64(), Some(0.0), "{first}");
     // The explicit layer backward (policy and critic, sharing the NF4 base): step 1 (the same
     // rollouts) has the autograd run's losses and gradient norms to rounding.
-    let qe = d.path().join("q-explicit");
-    let q1 = [q[1], q[2], "training.max_steps=1", "training.layer_backward=explicit"];
-    ppo::run(&ppo_config(&base, &qe, &dialogue_reward(), &q1), Default::default(), &RunOptions::default()).unwrap();
-    let got = metrics(&qe).into_iter().find(|r| r.get("reward").is_some()).unwrap();
-    assert_eq!(got["reward"], first["reward"]);
-    for k in ["policy_loss", "value_loss", "grad_norm", "critic_grad_norm"] {
-        let (a, b) = (first[k].as_f64().unwrap(), got[k].as_f64().unwrap());
-        assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-3), "{k}: {a} vs {b}");
+    // So does a token budget per forward pass (dynamic batch size) in the rollout passes and
+    // the update.
+    for (name, variant) in [("explicit", "training.layer_backward=explicit"), ("budget", "algorithm.micro_batch_tokens=40")] {
+        let out = d.path().join(format!("q-{name}"));
+        let q1 = [q[1], q[2], "training.max_steps=1", variant];
+        ppo::run(&ppo_config(&base, &out, &dialogue_reward(), &q1), Default::default(), &RunOptions::default()).unwrap();
+        let got = metrics(&out).into_iter().find(|r| r.get("reward").is_some()).unwrap();
+        assert_eq!(got["reward"], first["reward"], "{name}");
+        for k in ["policy_loss", "value_loss", "grad_norm", "critic_grad_norm"] {
+            let (a, b) = (first[k].as_f64().unwrap(), got[k].as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-3), "{name}: {k}: {a} vs {b}");
+        }
     }
 }
 

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use medrl_data::batch::split_by_tokens;
+
 use crate::error::RunError;
 use crate::rl::algorithm::{drive, CheckpointExtra, RlAlgorithm, StepUpdate};
 use crate::rl::config::{AlgorithmConfig, RlConfig};
@@ -71,6 +73,11 @@ pub struct PpoAlgo {
     /// Whiten per-token rewards (without shifting their mean) before GAE.
     pub whiten_rewards: bool,
     pub entropy_coef: f64,
+    /// Dynamic batch size, as GRPO's `micro_batch_tokens` (docs/grpo.md): the rollout
+    /// log-prob and value passes and each mini-batch's forward passes hold at most this many
+    /// tokens (sequences x longest), longest first. null: `micro_batch_size` sequences.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micro_batch_tokens: Option<usize>,
 }
 
 impl Default for PpoAlgo {
@@ -91,6 +98,7 @@ impl Default for PpoAlgo {
             whiten_advantages: true,
             whiten_rewards: false,
             entropy_coef: 0.0,
+            micro_batch_tokens: None,
         }
     }
 }
@@ -109,6 +117,9 @@ impl AlgorithmConfig for PpoAlgo {
     fn micro_batch_size(&self) -> usize {
         self.micro_batch_size
     }
+    fn micro_batch_tokens(&self) -> Option<usize> {
+        self.micro_batch_tokens
+    }
     fn needs_reference(&self) -> bool {
         self.kl_coef > 0.0
     }
@@ -116,6 +127,9 @@ impl AlgorithmConfig for PpoAlgo {
         let a = self;
         if a.n == 0 || a.prompts_per_step == 0 || a.micro_batch_size == 0 || a.update_epochs == 0 || a.mini_batches == 0 {
             return Err(("algorithm".into(), "n, prompts_per_step, micro_batch_size, update_epochs and mini_batches must be at least 1".into()));
+        }
+        if a.micro_batch_tokens == Some(0) {
+            return Err(("algorithm.micro_batch_tokens".into(), "must be at least 1 (or null for micro-batches of micro_batch_size sequences)".into()));
         }
         if a.mini_batches > a.n * a.prompts_per_step {
             return Err(("algorithm.mini_batches".into(), format!("at most n * prompts_per_step = {} (one sequence per mini-batch)", a.n * a.prompts_per_step)));
@@ -474,7 +488,15 @@ impl RlAlgorithm for Ppo {
             for mb in order.chunks(per_mb) {
                 let mb_tokens: usize = mb.iter().map(|&i| old_lp[i].len()).sum();
                 let mut grads: Option<candle_core::backprop::GradStore> = None;
-                for micro in mb.chunks(a.micro_batch_size) {
+                let micros: Vec<Vec<usize>> = match a.micro_batch_tokens {
+                    None => mb.chunks(a.micro_batch_size).map(|c| c.to_vec()).collect(),
+                    Some(budget) => {
+                        let lengths: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
+                        split_by_tokens(mb.iter().map(|&i| vec![i]).collect(), &lengths, budget).into_iter().map(|m| m.into_iter().flatten().collect()).collect()
+                    }
+                };
+                for micro in &micros {
+                    let micro = micro.as_slice();
                     let b = rl.batch(seqs, micro)?;
                     let (bsz, tlen) = b.input_ids.dims2()?;
                     let mask = &b.loss_mask;
