@@ -305,25 +305,14 @@ pub fn attention_keeping(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
     attach2("medrl-attention", q, &kv, out, backward)
 }
 
-/// `x` `[B, H, T, D]` as `[B, KV, (H / KV) * T, D]`: the queries of the heads that share a
-/// key/value head stacked along the rows (head `h` uses key/value head `h / (H / KV)`, as
-/// [`repeat_kv`] lays them out). Grouped-query attention then multiplies by the `KV` heads
-/// directly: no repeated copy of the keys and values, and the gradients of the shared heads are
-/// summed inside the product.
-fn grouped(x: &Tensor, kv: usize) -> Result<Tensor> {
-    let (b, h, t, d) = x.dims4()?;
-    x.contiguous()?.reshape((b, kv, (h / kv) * t, d))
-}
-
 /// The attention probabilities `softmax(Q K^T / sqrt(D) + M)` `[B, H, T, S]` (untracked; the
 /// softmax in f32), for `q` `[B, H, T, D]` and `k` `[B, KV, S, D]` (see [`attention`]).
 pub fn attention_probs(q: &Tensor, k: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
-    let (kv, s) = (k.dim(1)?, k.dim(2)?);
-    let scale = 1.0 / (d as f64).sqrt();
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     // Scale the (small) queries rather than the (T x S) scores.
-    let qg = (grouped(&q.detach(), kv)? * scale)?;
-    let scores = qg.matmul(&k.detach().contiguous()?.t()?)?.reshape((b, h, t, s))?;
+    let k = repeat_kv(&k.detach(), n_rep)?.contiguous()?;
+    let scores = (q.detach() * scale)?.matmul(&k.t()?)?;
     if kernels::enabled(q) {
         // Mask add and softmax in one pass over the scores (f32 mask, f32 arithmetic).
         return kernels::masked_softmax(&scores, mask);
@@ -337,23 +326,21 @@ pub fn attention_probs(q: &Tensor, k: &Tensor, mask: Option<&Tensor>) -> Result<
 
 /// `P V` for probabilities `p` `[B, H, T, S]` and values `v` `[B, KV, S, D]` (untracked).
 pub fn attention_apply(p: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let (b, h, t, _) = p.dims4()?;
-    let (kv, d) = (v.dim(1)?, v.dim(3)?);
-    grouped(p, kv)?.matmul(&v.detach().contiguous()?)?.reshape((b, h, t, d))
+    let n_rep = p.dim(1)? / v.dim(1)?;
+    p.matmul(&repeat_kv(&v.detach(), n_rep)?.contiguous()?)
 }
 
 /// Gradients `(dq, dk, dv)` of attention with probabilities `p` and output `o` (from
 /// [`attention_probs`] / [`attention_apply`]) for output gradient `g` `[B, H, T, D]`; `dk` and
-/// `dv` are summed over the query heads each key/value head serves (inside the products).
+/// `dv` are summed over the query heads each key/value head serves.
 pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Tensor, o: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let (b, h, t, d) = q.dims4()?;
-    let (kv, s) = (k.dim(1)?, k.dim(2)?);
-    let scale = 1.0 / (d as f64).sqrt();
-    let (k, v) = (k.contiguous()?, v.contiguous()?);
-    let (pg, gg) = (grouped(p, kv)?, grouped(g, kv)?);
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let (kr, vr) = (repeat_kv(k, n_rep)?.contiguous()?, repeat_kv(v, n_rep)?.contiguous()?);
+    let g = g.contiguous()?;
     // O = P V:  dV = P^T dO,  dP = dO V^T.
-    let dv = pg.t()?.matmul(&gg)?;
-    let dp = gg.matmul(&v.t()?)?.reshape((b, h, t, s))?;
+    let dv = p.t()?.matmul(&g)?;
+    let dp = g.matmul(&vr.t()?)?;
     // Softmax backward: dS = P * (dP - rowsum(dO * O)), the row term in f32.
     let acc = accum_dtype(g.dtype());
     let row = (g.to_dtype(acc)? * o.to_dtype(acc)?)?.sum_keepdim(D::Minus1)?;
@@ -363,10 +350,17 @@ pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Tensor, o: &Te
         (p.to_dtype(acc)? * dp.to_dtype(acc)?.broadcast_sub(&row)?)?.to_dtype(g.dtype())?
     };
     // S = scale * Q K^T + M:  dQ = scale * dS K,  dK = scale * dS^T Q.
-    let dsg = grouped(&ds, kv)?;
-    let dq = (dsg.matmul(&k)? * scale)?.reshape((b, h, t, d))?;
-    let dk = (dsg.t()?.matmul(&grouped(q, kv)?)? * scale)?;
-    Ok((dq, dk, dv))
+    let dq = (ds.matmul(&kr)? * scale)?;
+    let dk = (ds.t()?.matmul(q)? * scale)?;
+    // Each key/value head served n_rep query heads: sum their gradients.
+    let fold = |x: Tensor| -> Result<Tensor> {
+        if n_rep == 1 {
+            return Ok(x);
+        }
+        let (b, h, s, dd) = x.dims4()?;
+        x.reshape((b, h / n_rep, n_rep, s, dd))?.sum(2)
+    };
+    Ok((dq, fold(dk)?, fold(dv)?))
 }
 
 /// `log p(targets[i])` for each row of `hidden` `[N, H]` under the output head `weight` `[V, H]`
