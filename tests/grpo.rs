@@ -6,7 +6,7 @@ use medrl::train::sft::RunOptions;
 use std::path::Path;
 
 mod common;
-use common::{assert_same_curve, dialogue_reward, metrics, repo, tiny_model, wasm, with_overrides};
+use common::{assert_same_curve, assert_same_step, dialogue_reward, first_step, metrics, repo, tiny_model, wasm, with_overrides};
 
 /// The test run's config tree: the keys every RL algorithm shares, and an `algorithm:` section
 /// GRPO and RLOO both read.
@@ -113,7 +113,7 @@ fn activation_checkpointing_leaves_grpo_unchanged() {
         if name != "full" {
             // The KL reference is the frozen base with the adapters off (shared, NF4 blocks
             // included): at step 1 (B = 0) the policy is that model exactly.
-            let first = metrics(&on).into_iter().find(|r| r.get("reward").is_some()).unwrap();
+            let first = first_step(&on);
             assert_eq!(first["kl"].as_f64(), Some(0.0), "{name}: {first}");
         }
     }
@@ -130,17 +130,12 @@ fn dynamic_batch_size_and_the_explicit_backward_leave_grpo_unchanged() {
         // (No LoRA dropout: its masks are drawn per forward pass, so another cut draws others.)
         let plain = d.path().join(format!("{name}-plain"));
         grpo::run(&config(&base, &plain, &dialogue_reward(), &extra), Default::default(), &RunOptions::default()).unwrap();
-        let want = metrics(&plain).into_iter().find(|r| r.get("reward").is_some()).unwrap();
+        let want = first_step(&plain);
         for variant in ["algorithm.micro_batch_tokens=90", "training.layer_backward=explicit"] {
             let out = d.path().join(format!("{name}-{}", variant.len()));
             let o = [&extra[..], &[variant]].concat();
             grpo::run(&config(&base, &out, &dialogue_reward(), &o), Default::default(), &RunOptions::default()).unwrap();
-            let got = metrics(&out).into_iter().find(|r| r.get("reward").is_some()).unwrap();
-            assert_eq!(got["reward"], want["reward"], "{name} {variant}: the same rollouts");
-            for k in ["loss", "kl", "grad_norm", "entropy"] {
-                let (a, b) = (want[k].as_f64().unwrap(), got[k].as_f64().unwrap());
-                assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-3), "{name} {variant}: {k} {a} vs {b}");
-            }
+            assert_same_step(&want, &first_step(&out), &["loss", "kl", "grad_norm", "entropy"], &format!("{name} {variant}"));
         }
     }
     let e = medrl::config::from_tree::<GrpoConfig>(tree(&base, d.path(), &dialogue_reward(), &["algorithm.micro_batch_tokens=0"]), Path::new("bad.yaml")).unwrap_err().to_string();

@@ -8,7 +8,7 @@ use medrl::train::sft::RunOptions;
 use std::path::Path;
 
 mod common;
-use common::{assert_same_curve, dialogue_reward, metrics, repo, tiny_model, wasm, with_overrides};
+use common::{assert_same_curve, assert_same_step, dialogue_reward, first_step, metrics, repo, tiny_model, wasm, with_overrides};
 
 fn ppo_config(model: &Path, out: &Path, rewards: &str, extra: &[&str]) -> PpoConfig {
     let yaml = format!(
@@ -96,22 +96,16 @@ fn activation_checkpointing_leaves_ppo_unchanged() {
     ppo::run(&ppo_config(&base, &qa, &dialogue_reward(), &q), Default::default(), &RunOptions::default()).unwrap();
     ppo::run(&ppo_config(&base, &qb, &dialogue_reward(), &[&q[..], &["training.activation_checkpointing={every: 2}"]].concat()), Default::default(), &RunOptions::default()).unwrap();
     assert_same_curve(&qa, &qb);
-    let first = metrics(&qa).into_iter().find(|r| r.get("reward").is_some()).unwrap();
+    let first = first_step(&qa);
     assert_eq!(first["kl"].as_f64(), Some(0.0), "{first}");
-    // The explicit layer backward (policy and critic, sharing the NF4 base): step 1 (the same
-    // rollouts) has the autograd run's losses and gradient norms to rounding.
-    // So does a token budget per forward pass (dynamic batch size) in the rollout passes and
-    // the update.
+    // The explicit layer backward (policy and critic, sharing the NF4 base) and a token budget
+    // per forward pass (dynamic batch size, rollout passes and update): step 1 (the same
+    // rollouts) has the plain run's losses and gradient norms to rounding.
     for (name, variant) in [("explicit", "training.layer_backward=explicit"), ("budget", "algorithm.micro_batch_tokens=40")] {
         let out = d.path().join(format!("q-{name}"));
         let q1 = [q[1], q[2], "training.max_steps=1", variant];
         ppo::run(&ppo_config(&base, &out, &dialogue_reward(), &q1), Default::default(), &RunOptions::default()).unwrap();
-        let got = metrics(&out).into_iter().find(|r| r.get("reward").is_some()).unwrap();
-        assert_eq!(got["reward"], first["reward"], "{name}");
-        for k in ["policy_loss", "value_loss", "grad_norm", "critic_grad_norm"] {
-            let (a, b) = (first[k].as_f64().unwrap(), got[k].as_f64().unwrap());
-            assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-3), "{name}: {k}: {a} vs {b}");
-        }
+        assert_same_step(&first, &first_step(&out), &["policy_loss", "value_loss", "grad_norm", "critic_grad_norm"], name);
     }
 }
 

@@ -226,9 +226,7 @@ fn dynamic_batch_size_and_the_explicit_backward_train_as_the_plain_run() {
         assert!(compared >= 12, "{name}: only {compared} values compared");
     }
     // A zero budget is refused, naming the key.
-    let mut bad = config(&base, &plain, &[]).1;
-    medrl::config::apply_override(&mut bad, "training.micro_batch_tokens=0").unwrap();
-    let e = medrl::config::from_tree::<SftConfig>(bad, Path::new("bad.yaml")).unwrap_err().to_string();
+    let e = config_error(&base, &plain, &["training.micro_batch_tokens=0"]);
     assert!(e.contains("micro_batch_tokens") && e.contains("at least 1"), "{e}");
 }
 

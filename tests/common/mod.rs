@@ -117,3 +117,18 @@ pub fn assert_same_curve(a: &std::path::Path, b: &std::path::Path) {
         }
     }
 }
+
+/// The metrics row of an RL run's first step.
+pub fn first_step(dir: &std::path::Path) -> serde_json::Value {
+    metrics(dir).into_iter().find(|r| r.get("reward").is_some()).expect("a step row")
+}
+
+/// Two RL runs' first steps drew the same rollouts (equal reward) and agree on each of `keys`
+/// to 1e-4 relative: the same step computed another way (to rounding).
+pub fn assert_same_step(want: &serde_json::Value, got: &serde_json::Value, keys: &[&str], label: &str) {
+    assert_eq!(got["reward"], want["reward"], "{label}: the same rollouts");
+    for k in keys {
+        let (a, b) = (want[k].as_f64().unwrap(), got[k].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-3), "{label}: {k} {a} vs {b}");
+    }
+}

@@ -459,13 +459,13 @@ fn optim_agreement(device: &str, steps: usize) -> anyhow::Result<serde_json::Val
     Ok(serde_json::json!({"device": device, "steps": steps, "checks": report}))
 }
 
-/// Train `steps` full-SFT steps of a random-init `shape` model on `device`; returns the losses
-/// and the final master weights (on the CPU).
 /// `--layer-backward`.
 fn parse_layer_backward(s: &str) -> anyhow::Result<crate::model::LayerBackward> {
     serde_yaml::from_str(s).map_err(|_| anyhow::anyhow!("--layer-backward {s:?}: expected auto, autograd or explicit"))
 }
 
+/// Train `steps` full-SFT steps of a random-init `shape` model on `device`; returns the losses
+/// and the final master weights (on the CPU).
 #[allow(clippy::too_many_arguments)]
 fn train_steps(shape: &str, seq: usize, mb: usize, steps: usize, device: &str, dtype: &str, fused: bool, layer_backward: crate::model::LayerBackward) -> anyhow::Result<(Vec<f64>, Vec<(String, Tensor)>)> {
     use crate::train::trainable::{Mode, Trainable};

@@ -198,7 +198,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             return Ok(value);
         }
         let (c, s) = (cos.clone(), sin.clone());
-        let backward: Arc<Backward> = Arc::new(move |_x: &Tensor, _y: &Tensor, g: &Tensor| kernels::rope(g, &c, &s, true));
+        let backward: Arc<Backward> = Arc::new(move |_x: &Tensor, _y: &Tensor, g: &Tensor| rope_inverse(g, &c, &s));
         return attach("medrl-rope", x, value, backward);
     }
     let d = x.dim(D::Minus1)?;
@@ -247,7 +247,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             return Ok(value);
         }
         let backward: Arc<Backward2> = Arc::new(|g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor| {
-            let (dg, du) = kernels::swiglu_backward(g, u, dy)?;
+            let (dg, du) = swiglu_backward(g, u, dy)?;
             Ok((Some(dg), Some(du)))
         });
         return attach2("medrl-swiglu", gate, up, value, backward);

@@ -354,7 +354,7 @@ fn hash_config(cfg: &SftConfig) -> String {
     c.training.max_steps = None;
     // Speed and memory only: a run may resume with it switched.
     c.training.activation_checkpointing = ActivationCheckpointing::Off;
-        c.training.layer_backward = LayerBackward::Auto;
+    c.training.layer_backward = LayerBackward::Auto;
     c.training.micro_batch_tokens = None;
     c.stages.clear();
     let bytes = serde_json::to_vec(&c).expect("config serializes");

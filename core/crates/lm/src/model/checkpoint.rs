@@ -254,12 +254,8 @@ impl CausalLm {
                 }
                 RunKind::Recompute(input)
             } else if ckpt.explicit {
-                let mut tapes = Vec::new();
-                for i in layers.clone() {
-                    let (y, tape) = self.layer_forward_taped(&self.layers[i], x, &ctx, ops::KEEP_PROBS_MAX_BYTES, true)?;
-                    x = y.expect("asked for the output");
-                    tapes.push(tape);
-                }
+                let (y, tapes) = self.forward_taped_run(layers.clone(), x, &ctx, ops::KEEP_PROBS_MAX_BYTES, true)?;
+                x = y.expect("asked for the output");
                 RunKind::Taped(tapes)
             } else {
                 let input = Var::from_tensor(&x)?.as_tensor().clone();
@@ -278,6 +274,22 @@ impl CausalLm {
         Ok(out)
     }
 
+    /// `layers` run from `x` untracked, with each layer's [`Tape`] (in layer order); the last
+    /// layer's output only when `output` is set.
+    fn forward_taped_run(&self, layers: Range<usize>, mut x: Tensor, ctx: &LayerCtx, keep_probs_bytes: usize, output: bool) -> CResult<(Option<Tensor>, Vec<Tape>)> {
+        let mut tapes = Vec::new();
+        let last = layers.end - 1;
+        for i in layers {
+            let (y, tape) = self.layer_forward_taped(&self.layers[i], x, ctx, keep_probs_bytes, output || i < last)?;
+            tapes.push(tape);
+            match y {
+                Some(y) => x = y,
+                None => return Ok((None, tapes)),
+            }
+        }
+        Ok((Some(x), tapes))
+    }
+
     /// Completes a backward pass through a training view with a [`Checkpointer`]: `grads` is
     /// what `loss.backward()` returned; the layers' share of the gradients of `leaves` (the
     /// trainable tensors, under the trainer's names) is added to it. Every forward recorded
@@ -291,20 +303,11 @@ impl CausalLm {
         for p in pending.into_iter().rev() {
             let Some(mut g) = grads.remove(&p.top) else { continue };
             for run in p.runs.into_iter().rev() {
-                let mut named = Vec::new();
-                match run.kind {
-                    RunKind::Taped(tapes) => {
-                        for (i, tape) in run.layers.clone().zip(tapes).rev() {
-                            g = self.layer_backward(i, &self.layers[i], tape, &g, &p.ctx, &mut named)?;
-                        }
-                    }
-                    RunKind::Recompute(input) if ckpt.explicit => {
-                        for i in run.layers.clone() {
-                            // One layer per recomputed run (see `Checkpointer::runs`).
-                            let (_, tape) = self.layer_forward_taped(&self.layers[i], input.clone(), &p.ctx, usize::MAX, false)?;
-                            g = self.layer_backward(i, &self.layers[i], tape, &g, &p.ctx, &mut named)?;
-                        }
-                    }
+                let tapes = match run.kind {
+                    RunKind::Taped(tapes) => Some(tapes),
+                    // The tapes live only for this run's backward, so the probabilities are
+                    // always kept (recomputing them would be a third pass).
+                    RunKind::Recompute(input) if ckpt.explicit => Some(self.forward_taped_run(run.layers.clone(), input, &p.ctx, usize::MAX, false)?.1),
                     kind => {
                         let (input, output) = match kind {
                             RunKind::Graph { input, output } => (input, output),
@@ -322,9 +325,16 @@ impl CausalLm {
                         let mut sub = (output * &g)?.sum_all()?.backward()?;
                         g = sub.remove(&input).ok_or_else(|| candle_core::Error::Msg(format!("activation checkpointing: layers {:?} produced no input gradient", run.layers)))?;
                         merge(grads, sub, &leaf_tensors)?;
+                        None
                     }
+                };
+                if let Some(tapes) = tapes {
+                    let mut named = Vec::new();
+                    for (i, tape) in run.layers.clone().zip(tapes).rev() {
+                        g = self.layer_backward(i, &self.layers[i], tape, &g, &p.ctx, &mut named)?;
+                    }
+                    add_named(grads, named, &by_name)?;
                 }
-                add_named(grads, named, &by_name)?;
             }
             let e = &self.embed_tokens;
             if e.is_variable() && !medrl_nn::kernels::enabled(e) {

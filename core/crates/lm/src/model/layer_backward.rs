@@ -15,7 +15,7 @@
 //! the CPU. It is chosen by `training.layer_backward` (see [`LayerBackward`]); activation
 //! checkpointing recomputes a layer's tape instead of keeping it.
 
-use candle_core::{DType, Result as CResult, Tensor, D};
+use candle_core::{DType, Module, Result as CResult, Tensor, D};
 
 use super::lora::LoraAdapter;
 use super::transformer::{Block, CausalLm, LayerCtx, Linear, Weight};
@@ -95,12 +95,6 @@ fn weight_grad(g: &Tensor, n: &Tensor, like: &Tensor) -> CResult<Tensor> {
     prod.sum(0)?.to_dtype(like.dtype())
 }
 
-/// A linear layer's value on untracked `x` (`[rows, in]`), its adapter and bias included.
-fn linear_value(lin: &Linear, x: &Tensor) -> CResult<Tensor> {
-    use candle_core::Module;
-    lin.forward(x)
-}
-
 /// The input gradient of `lin` at input `x` for output gradient `dy` (both `[rows, *]`); the
 /// gradients of its tracked tensors (`tracked` is the view's linear, whose tensors say which
 /// need one) go to `out` under `prefix`.
@@ -152,6 +146,18 @@ fn lora_backward(prefix: &str, tracked: &LoraAdapter, l: &LoraAdapter, x: &Tenso
     }
 }
 
+/// Backward of `w * normalize(x)` (`w`: the view's norm weight `tracked`) for output gradient
+/// `g`: the input gradient; the weight's gradient goes to `out` as `name` when `tracked` tracks
+/// one.
+fn norm_backward(name: &str, tracked: &Tensor, x: &Tensor, g: &Tensor, eps: f64, out: &mut NamedGrads) -> CResult<Tensor> {
+    let w = tracked.detach();
+    if tracked.track_op() {
+        let n = ops::rms_normalize(x, eps)?;
+        out.push((name.to_string(), weight_grad(g, &n, &w)?));
+    }
+    ops::rms_norm_backward(x, &g.broadcast_mul(&w)?, eps)
+}
+
 impl CausalLm {
     /// Decoder layer `layer` on rows `x` `[B * T, H]`, untracked, with the [`Tape`] its
     /// [`CausalLm::layer_backward`] needs. Computes what [`CausalLm::layer_forward`] does, op
@@ -169,7 +175,7 @@ impl CausalLm {
         let h1 = ops::rms_normalize(&x, eps)?.broadcast_mul(&layer.input_layernorm)?;
         let a = &layer.self_attn;
         let heads = |lin: &Linear, n: usize, norm: &Option<Tensor>| -> CResult<(Tensor, Option<Tensor>)> {
-            let y = linear_value(lin, &h1)?.reshape((b, t, n, hd))?;
+            let y = lin.forward(&h1)?.reshape((b, t, n, hd))?;
             let (y, pre) = match norm {
                 Some(w) => (ops::rms_normalize(&y, eps)?.broadcast_mul(w)?, Some(y)),
                 None => (y, None),
@@ -185,13 +191,13 @@ impl CausalLm {
         let o = ops::attention_apply(&p, &v)?;
         let probs = (bytes(&p) <= keep_probs_bytes).then_some(p);
         let o_rows = o.transpose(1, 2)?.reshape((b * t, nh * hd))?;
-        let x2 = (&x + linear_value(&a.o_proj, &o_rows)?)?;
+        let x2 = (&x + a.o_proj.forward(&o_rows)?)?;
         let h2 = ops::rms_normalize(&x2, eps)?.broadcast_mul(&layer.post_attention_layernorm)?;
         let m = &layer.mlp;
-        let gate = linear_value(&m.gate_proj, &h2)?;
-        let up = linear_value(&m.up_proj, &h2)?;
+        let gate = m.gate_proj.forward(&h2)?;
+        let up = m.up_proj.forward(&h2)?;
         let act = ops::swiglu(&gate, &up)?;
-        let y = if output { Some((&x2 + linear_value(&m.down_proj, &act)?)?) } else { None };
+        let y = if output { Some((&x2 + m.down_proj.forward(&act)?)?) } else { None };
         Ok((y, Tape { x, h1, q_pre, k_pre, q, k, v, probs, o, o_rows, x2, h2, gate, up, act }))
     }
 
@@ -219,7 +225,7 @@ impl CausalLm {
         let dh2 = (linear_backward(&format!("{p}.mlp.gate_proj"), &tm.gate_proj, &m.gate_proj, &h2, &d_gate, out)?
             + linear_backward(&format!("{p}.mlp.up_proj"), &tm.up_proj, &m.up_proj, &h2, &d_up, out)?)?;
         drop((h2, d_gate, d_up));
-        let dx2 = self.norm_backward(&format!("{p}.post_attention_layernorm.weight"), &tracked.post_attention_layernorm, &layer.post_attention_layernorm, &x2, &dh2, eps, out)?;
+        let dx2 = norm_backward(&format!("{p}.post_attention_layernorm.weight"), &tracked.post_attention_layernorm, &x2, &dh2, eps, out)?;
         let dx2 = (dy + dx2)?;
         drop((x2, dh2));
 
@@ -239,32 +245,21 @@ impl CausalLm {
         let dq = rows(ops::rope_inverse(&dq, &ctx.cos, &ctx.sin)?, nh)?;
         let dk = rows(ops::rope_inverse(&dk, &ctx.cos, &ctx.sin)?, nkv)?;
         let dv = rows(dv, nkv)?;
-        let head_norm = |name: &str, g: Tensor, pre: Option<Tensor>, tw: &Option<Tensor>, w: &Option<Tensor>, out: &mut NamedGrads| -> CResult<Tensor> {
-            match (pre, tw, w) {
-                (Some(pre), Some(tw), Some(w)) => self.norm_backward(&format!("{p}.self_attn.{name}.weight"), tw, w, &pre, &g, eps, out),
+        let head_norm = |name: &str, g: Tensor, pre: Option<Tensor>, tw: &Option<Tensor>, out: &mut NamedGrads| -> CResult<Tensor> {
+            match (pre, tw) {
+                (Some(pre), Some(tw)) => norm_backward(&format!("{p}.self_attn.{name}.weight"), tw, &pre, &g, eps, out),
                 _ => Ok(g),
             }
         };
-        let dq = head_norm("q_norm", dq, q_pre, &ta.q_norm, &a.q_norm, out)?.reshape((b * t, nh * hd))?;
-        let dk = head_norm("k_norm", dk, k_pre, &ta.k_norm, &a.k_norm, out)?.reshape((b * t, nkv * hd))?;
+        let dq = head_norm("q_norm", dq, q_pre, &ta.q_norm, out)?.reshape((b * t, nh * hd))?;
+        let dk = head_norm("k_norm", dk, k_pre, &ta.k_norm, out)?.reshape((b * t, nkv * hd))?;
         let dv = dv.reshape((b * t, nkv * hd))?;
         let dh1 = linear_backward(&format!("{p}.self_attn.q_proj"), &ta.q_proj, &a.q_proj, &h1, &dq, out)?;
         let dh1 = (dh1 + linear_backward(&format!("{p}.self_attn.k_proj"), &ta.k_proj, &a.k_proj, &h1, &dk, out)?)?;
         let dh1 = (dh1 + linear_backward(&format!("{p}.self_attn.v_proj"), &ta.v_proj, &a.v_proj, &h1, &dv, out)?)?;
         drop((h1, dq, dk, dv));
-        let dx = self.norm_backward(&format!("{p}.input_layernorm.weight"), &tracked.input_layernorm, &layer.input_layernorm, &x, &dh1, eps, out)?;
+        let dx = norm_backward(&format!("{p}.input_layernorm.weight"), &tracked.input_layernorm, &x, &dh1, eps, out)?;
         dx2 + dx
-    }
-
-    /// Backward of `w * normalize(x)` for output gradient `g`: the input gradient; the weight's
-    /// gradient goes to `out` as `name` when `tracked` tracks one.
-    #[allow(clippy::too_many_arguments)]
-    fn norm_backward(&self, name: &str, tracked: &Tensor, w: &Tensor, x: &Tensor, g: &Tensor, eps: f64, out: &mut NamedGrads) -> CResult<Tensor> {
-        if tracked.track_op() {
-            let n = ops::rms_normalize(x, eps)?;
-            out.push((name.to_string(), weight_grad(g, &n, w)?));
-        }
-        ops::rms_norm_backward(x, &g.broadcast_mul(w)?, eps)
     }
 }
 

@@ -23,5 +23,5 @@ pub mod validation;
 
 pub use algorithm::{drive, drive_with_tools, RlAlgorithm, RlOutcome, StepUpdate};
 pub use config::{default_rollout, AlgorithmConfig, CriticConfig, EvalSampling, RlConfig, RlData, RlTraining};
-pub use run::{chunks, Rollout, RlRun};
+pub use run::{micro_batches, Rollout, RlRun};
 pub use validation::{prompt_example, prompts_from_examples, validate, validate_by, validate_with, RlPrompt, Validation};

@@ -190,20 +190,22 @@ impl Rollout {
     }
 }
 
-/// Consecutive index chunks of `0..n`.
-pub fn chunks(n: usize, size: usize) -> Vec<Vec<usize>> {
-    (0..n).collect::<Vec<_>>().chunks(size.max(1)).map(|c| c.to_vec()).collect()
-}
-
-/// The forward passes over `seqs`: [`chunks`] of `micro_batch_size` sequences, or with a token
-/// budget, [`medrl_data::batch::split_by_tokens`] of them.
-pub fn micro_batches(seqs: &[TokenizedExample], shape: &RolloutShape) -> Vec<Vec<usize>> {
-    match shape.micro_batch_tokens {
-        None => chunks(seqs.len(), shape.micro_batch_size),
+/// Sequences `idx` of `seqs` cut into forward passes: `size` sequences each, or with a token
+/// budget, [`medrl_data::batch::split_by_tokens`] of them (longest first).
+pub fn micro_batches(seqs: &[TokenizedExample], idx: &[usize], size: usize, tokens: Option<usize>) -> Vec<Vec<usize>> {
+    match tokens {
+        None => idx.chunks(size.max(1)).map(|c| c.to_vec()).collect(),
         Some(budget) => {
             let lengths: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
-            medrl_data::batch::split_by_tokens((0..seqs.len()).map(|i| vec![i]).collect(), &lengths, budget).into_iter().map(|mb| mb.into_iter().flatten().collect()).collect()
+            medrl_data::batch::split_by_tokens(idx.iter().map(|&i| vec![i]).collect(), &lengths, budget).into_iter().map(|mb| mb.into_iter().flatten().collect()).collect()
         }
+    }
+}
+
+impl RolloutShape {
+    /// The log-prob passes over all of `seqs` (see [`micro_batches`]).
+    fn passes(&self, seqs: &[TokenizedExample]) -> Vec<Vec<usize>> {
+        micro_batches(seqs, &(0..seqs.len()).collect::<Vec<_>>(), self.micro_batch_size, self.micro_batch_tokens)
     }
 }
 
@@ -439,7 +441,7 @@ impl RolloutWorker {
         let t_gen = Instant::now();
         let s = self.sample(policy, &chosen, shape, step, 0)?;
         let gen_s = t_gen.elapsed().as_secs_f64();
-        let chunks = micro_batches(&s.seqs, &shape);
+        let chunks = shape.passes(&s.seqs);
         let (scored, (old_lps, ref_lps, extras, logprob_s), reward_s) = std::thread::scope(|sc| -> Result<_, RunError> {
             let handle = sc.spawn(|| self.score(&s.owners, &s.responses));
             let lps = self.logprob_pass(policy, &s.seqs, &chunks, &mut extra)?;
@@ -510,7 +512,7 @@ impl RolloutWorker {
         }
         stats.kept = kept.owners.len() / n.max(1);
         let t0 = Instant::now();
-        let chunks = micro_batches(&kept.seqs, &shape);
+        let chunks = shape.passes(&kept.seqs);
         let (old_lps, ref_lps, extras, _) = self.logprob_pass(policy, &kept.seqs, &chunks, &mut extra)?;
         let logprob_s = t0.elapsed().as_secs_f64();
         Ok(Rollout {

@@ -23,13 +23,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use medrl_data::batch::split_by_tokens;
-
 use crate::error::RunError;
 use crate::rl::algorithm::{drive, CheckpointExtra, RlAlgorithm, StepUpdate};
 use crate::rl::config::{AlgorithmConfig, RlConfig};
 use crate::rl::pg::{token_entropy, KlEstimator};
-use crate::rl::run::{add_prefix, strip_prefix, write_charts, Rollout, RlRun};
+use crate::rl::run::{add_prefix, micro_batches, strip_prefix, write_charts, Rollout, RlRun};
 use crate::session::{accumulate, export, RunOptions};
 use crate::trainable::{Mode, Trainable};
 use crate::{AdamW, LrSchedule, TrainError};
@@ -488,14 +486,7 @@ impl RlAlgorithm for Ppo {
             for mb in order.chunks(per_mb) {
                 let mb_tokens: usize = mb.iter().map(|&i| old_lp[i].len()).sum();
                 let mut grads: Option<candle_core::backprop::GradStore> = None;
-                let micros: Vec<Vec<usize>> = match a.micro_batch_tokens {
-                    None => mb.chunks(a.micro_batch_size).map(|c| c.to_vec()).collect(),
-                    Some(budget) => {
-                        let lengths: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
-                        split_by_tokens(mb.iter().map(|&i| vec![i]).collect(), &lengths, budget).into_iter().map(|m| m.into_iter().flatten().collect()).collect()
-                    }
-                };
-                for micro in &micros {
+                for micro in &micro_batches(seqs, mb, a.micro_batch_size, a.micro_batch_tokens) {
                     let micro = micro.as_slice();
                     let b = rl.batch(seqs, micro)?;
                     let (bsz, tlen) = b.input_ids.dims2()?;
